@@ -1,1 +1,126 @@
+//! gpukilld: the per-node GPU daemon. Everything lives in this library; `main.rs` only
+//! parses arguments, sets up logging and calls [`run`]. Tests call the same `run`.
+//!
+//! Data moves one way: vendor backends -> sampler -> snapshot -> ring -> readers (RPC).
 
+pub mod authz;
+pub mod config;
+pub mod procinfo;
+pub mod ring;
+pub mod rpc;
+pub mod sampler;
+pub mod snapshot;
+pub mod vendor;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use config::Config;
+use ring::Ring;
+use sampler::{Sampler, Timing};
+use vendor::Backend;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The Unix socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] rpc::unix::SocketError),
+    /// /proc could not be read.
+    #[error("cannot read /proc")]
+    Procfs(#[source] std::io::Error),
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread")]
+    Thread(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Environment facts the daemon's defaults depend on.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Effective uid of the daemon.
+    pub euid: u32,
+    /// `$XDG_RUNTIME_DIR`.
+    pub xdg_runtime_dir: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads the environment of this process.
+    pub fn current() -> Self {
+        Self {
+            euid: nix::unistd::geteuid().as_raw(),
+            xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        }
+    }
+}
+
+fn host_name() -> Arc<str> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from("localhost"))
+}
+
+/// Runs the daemon until `shutdown` completes: bind the socket, take the first sample,
+/// serve, then stop the sampler and remove the socket.
+pub async fn run(
+    config: Config,
+    environment: Environment,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let socket_path = config.socket_path(environment.euid, environment.xdg_runtime_dir.as_deref());
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    if config.nvidia.enabled {
+        let library = config
+            .nvidia
+            .library
+            .clone()
+            .map(PathBuf::into_os_string)
+            .unwrap_or_else(|| vendor::nvidia::DEFAULT_LIBRARY.into());
+        backends.push(Box::new(vendor::nvidia::NvidiaBackend::new(library)));
+    }
+    let proc_reader = procinfo::ProcReader::new("/proc").map_err(Error::Procfs)?;
+    let timing = Timing {
+        poll_interval: config.poll_interval,
+        call_timeout: config.vendor_timeout,
+    };
+    let mut sampler =
+        Sampler::new(host_name(), timing, backends, proc_reader).map_err(Error::Thread)?;
+
+    let listener = rpc::unix::bind(&socket_path, config.socket_mode.0)?;
+    let first = sampler.tick().await;
+    let ring = Arc::new(Ring::new(config.ring_capacity(), first));
+    let (stop_sampler, sampler_stopped) = watch::channel(false);
+    let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), sampler_stopped));
+    tracing::info!(
+        socket = %socket_path.display(),
+        poll_interval = %humantime::format_duration(config.poll_interval),
+        ring_capacity = config.ring_capacity(),
+        "gpukilld {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let served = tonic::transport::Server::builder()
+        .add_service(rpc::Service::new(Arc::clone(&ring)).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+
+    tracing::info!("stopping");
+    let _ = stop_sampler.send(true);
+    // The sampler may be waiting on a hung vendor; do not wait on it past its timeout.
+    let _ = tokio::time::timeout(config.vendor_timeout * 2, sampler_task).await;
+    if let Err(error) = std::fs::remove_file(&socket_path) {
+        tracing::warn!(socket = %socket_path.display(), %error, "cannot remove socket");
+    }
+    served.map_err(Error::Serve)
+}

@@ -1,1 +1,129 @@
-fn main(){}
+//! gpukilld: parse arguments, set up logging, run the daemon until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use gpukill_proto::exit_code;
+use gpukilld::config::{Config, DEFAULT_CONFIG_FILE, Sources};
+
+/// The gpukill daemon: samples the GPUs of this node and serves gpukillctl.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file [default: /etc/gpukill/gpukilld.toml, if present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Unix socket to serve on (overrides `socket`; env GPUKILL_SOCKET).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Time between samples, e.g. 500ms, 2s (overrides `poll_interval`).
+    #[arg(long, value_name = "DURATION")]
+    poll_interval: Option<String>,
+    /// NVML library to load (overrides `[nvidia] library`; env GPUKILL_NVML_LIBRARY).
+    #[arg(long, value_name = "PATH")]
+    nvml_library: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl Args {
+    fn sources(&self) -> Sources {
+        let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
+        let mut cli: Vec<(String, &'static [&'static str], toml::Value)> = Vec::new();
+        if let Some(socket) = &self.socket {
+            cli.push(("--socket".into(), &["socket"], path(socket)));
+        }
+        if let Some(interval) = &self.poll_interval {
+            cli.push((
+                "--poll-interval".into(),
+                &["poll_interval"],
+                toml::Value::String(interval.clone()),
+            ));
+        }
+        if let Some(library) = &self.nvml_library {
+            cli.push(("--nvml-library".into(), &["nvidia", "library"], path(library)));
+        }
+        Sources {
+            file: Some(match &self.config {
+                Some(file) => (file.clone(), true),
+                None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+            }),
+            env: std::env::vars().collect(),
+            cli,
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GPUKILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let environment = gpukilld::Environment::current();
+    let config = match Config::load(args.sources()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("gpukilld: invalid configuration: {error}");
+            return ExitCode::from(exit_code::INVALID_ARGUMENT as u8);
+        }
+    };
+    if args.print_config {
+        print!(
+            "{}",
+            config
+                .effective(environment.euid, environment.xdg_runtime_dir.as_deref())
+                .to_toml()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing();
+    match serve(config, environment) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gpukilld: error: {error:#}");
+            ExitCode::from(exit_code::ERROR as u8)
+        }
+    }
+}
+
+fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("gpukilld-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(gpukilld::run(config, environment, shutdown_signal()))?;
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! Daemon configuration: one serde struct with per-field defaults and
+//! `deny_unknown_fields`, layered as defaults < file < environment (`GPUKILL_*`) < command
+//! line. Every error names the key and where its value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where the daemon looks for its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/gpukill/gpukilld.toml";
+
+/// The effective configuration of gpukilld.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Path of the Unix socket; by default `/run/gpukill/gpukilld.sock` as root and
+    /// `$XDG_RUNTIME_DIR/gpukill/gpukilld.sock` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// File mode of the socket. Every request is authorized from the caller's kernel
+    /// credentials, so the socket may be world-connectable.
+    pub socket_mode: SocketMode,
+    /// Time between two samples (100ms to 1h).
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// How long a tick waits for a vendor library before it publishes the last data as stale.
+    #[serde(with = "duration")]
+    pub vendor_timeout: Duration,
+    /// Snapshots kept in memory; by default one hour of ticks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_capacity: Option<usize>,
+    /// The NVIDIA backend.
+    pub nvidia: NvidiaConfig,
+}
+
+/// `[nvidia]`: the NVML backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvidiaConfig {
+    /// Whether to poll NVIDIA GPUs.
+    pub enabled: bool,
+    /// Path or loader name of the NVML library; by default `libnvidia-ml.so.1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            socket_mode: SocketMode(0o666),
+            poll_interval: Duration::from_secs(2),
+            vendor_timeout: Duration::from_secs(1),
+            ring_capacity: None,
+            nvidia: NvidiaConfig::default(),
+        }
+    }
+}
+
+impl Default for NvidiaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            library: None,
+        }
+    }
+}
+
+/// A Unix file mode, written in octal (`"0666"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for SocketMode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(u32),
+        }
+        let mode = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid file mode {text:?}: expected octal digits such as \"0666\""
+                ))
+            })?,
+            Raw::Number(number) => number,
+        };
+        if mode > 0o777 {
+            return Err(serde::de::Error::custom(format!(
+                "file mode {mode:o} is out of range: expected 0000 to 0777"
+            )));
+        }
+        Ok(SocketMode(mode))
+    }
+}
+
+/// Serde for durations written as `500ms`, `2s`, `1h`.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({error}): write it like 500ms, 2s or 1h"
+            ))
+        })
+    }
+}
+
+/// Configuration errors. Each names the offending key or file and where the value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A source's text is not valid TOML, or holds an unknown key or a badly typed value.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, environment variable or option the value came from.
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{key} = {value} (from {origin}) {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Its value as written.
+        value: String,
+        /// The file, environment variable or option the value came from.
+        origin: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Every setting that an environment variable can set, with the variable's name. Each
+/// top-level key `k` is `GPUKILL_K`; keys of a section are `GPUKILL_SECTION_K`.
+const ENV_VARS: &[(&str, &[&str])] = &[
+    ("GPUKILL_SOCKET", &["socket"]),
+    ("GPUKILL_SOCKET_MODE", &["socket_mode"]),
+    ("GPUKILL_POLL_INTERVAL", &["poll_interval"]),
+    ("GPUKILL_VENDOR_TIMEOUT", &["vendor_timeout"]),
+    ("GPUKILL_RING_CAPACITY", &["ring_capacity"]),
+    ("GPUKILL_NVIDIA_ENABLED", &["nvidia", "enabled"]),
+    ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
+    // The name the NVML library override is documented under.
+    ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
+];
+
+/// What the configuration is built from, lowest precedence first after the defaults.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// The file, and whether it was named explicitly (a missing default file is fine).
+    pub file: Option<(PathBuf, bool)>,
+    /// Environment variables (all of them; only `GPUKILL_*` ones listed above are used).
+    pub env: Vec<(String, String)>,
+    /// Command-line overrides: (option name, key path, value).
+    pub cli: Vec<(String, &'static [&'static str], toml::Value)>,
+}
+
+impl Config {
+    /// Builds the configuration from its sources, checking each layer as it is added so an
+    /// error names the source that caused it.
+    pub fn load(sources: Sources) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut origins: BTreeMap<String, String> = BTreeMap::new();
+        if let Some((path, explicit)) = &sources.file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let origin = format!("config file {}", path.display());
+                    table = text.parse::<toml::Table>().map_err(|error| ConfigError::Parse {
+                        origin: origin.clone(),
+                        message: error.to_string(),
+                    })?;
+                    check(&table, &origin)?;
+                    for key in table.keys() {
+                        origins.insert(key.clone(), origin.clone());
+                    }
+                }
+                Err(error) if !explicit && error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        for (name, value) in &sources.env {
+            let Some((_, key)) = ENV_VARS.iter().find(|(var, _)| var == name) else {
+                continue;
+            };
+            let origin = format!("environment variable {name}={value}");
+            set(&mut table, key, parse_env_value(value));
+            check(&table, &origin)?;
+            origins.insert(key[0].to_string(), origin);
+        }
+        for (option, key, value) in &sources.cli {
+            let origin = format!("command-line option {option}");
+            set(&mut table, key, value.clone());
+            check(&table, &origin)?;
+            origins.insert(key[0].to_string(), origin);
+        }
+        let config = check(&table, "configuration")?;
+        config.validate(&|key: &str| {
+            origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "the default".to_string())
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let in_range = |key: &'static str, value: Duration, min: Duration, max: Duration| {
+            if value < min || value > max {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: humantime::format_duration(value).to_string(),
+                    origin: origin(key),
+                    message: format!(
+                        "is out of range: use {} to {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        in_range(
+            "poll_interval",
+            self.poll_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        in_range(
+            "vendor_timeout",
+            self.vendor_timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
+        if let Some(capacity) = self.ring_capacity
+            && !(1..=10_000_000).contains(&capacity)
+        {
+            return Err(ConfigError::Invalid {
+                key: "ring_capacity",
+                value: capacity.to_string(),
+                origin: origin("ring_capacity"),
+                message: "is out of range: use 1 to 10000000 snapshots".to_string(),
+            });
+        }
+        if let Some(socket) = &self.socket
+            && !socket.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                key: "socket",
+                value: socket.display().to_string(),
+                origin: origin("socket"),
+                message: "must be an absolute path".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The socket path in force for a daemon run by `euid`.
+    pub fn socket_path(&self, euid: u32, xdg_runtime_dir: Option<&Path>) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| gpukill_proto::daemon_socket_path(euid, xdg_runtime_dir))
+    }
+
+    /// Snapshots the ring keeps: the configured number, or one hour of ticks.
+    pub fn ring_capacity(&self) -> usize {
+        self.ring_capacity.unwrap_or_else(|| {
+            let per_hour = Duration::from_secs(3600).as_millis() / self.poll_interval.as_millis();
+            usize::try_from(per_hour).unwrap_or(usize::MAX).max(1)
+        })
+    }
+
+    /// The configuration with every default that depends on the environment filled in, as
+    /// `--print-config` shows it.
+    pub fn effective(&self, euid: u32, xdg_runtime_dir: Option<&Path>) -> Config {
+        let mut effective = self.clone();
+        effective.socket = Some(self.socket_path(euid, xdg_runtime_dir));
+        effective.ring_capacity = Some(self.ring_capacity());
+        effective.nvidia.library = Some(
+            self.nvidia
+                .library
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::vendor::nvidia::DEFAULT_LIBRARY)),
+        );
+        effective
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+}
+
+fn check(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
+    Config::deserialize(table.clone()).map_err(|error| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: error.to_string().trim_end().to_string(),
+    })
+}
+
+/// An environment value is read as a TOML value when it is one (`100`, `true`), and as a
+/// string otherwise (`2s`, `/run/x.sock`, `0666`).
+fn parse_env_value(text: &str) -> toml::Value {
+    format!("value = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .filter(|value| !matches!(value, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+fn set(table: &mut toml::Table, key: &[&str], value: toml::Value) {
+    match key {
+        [] => {}
+        [last] => {
+            table.insert((*last).to_string(), value);
+        }
+        [section, rest @ ..] => {
+            let entry = table
+                .entry((*section).to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        file
+    }
+
+    fn load_file(text: &str) -> (Result<Config, ConfigError>, PathBuf) {
+        let file = file(text);
+        let path = file.path().to_path_buf();
+        let result = Config::load(Sources {
+            file: Some((path.clone(), true)),
+            ..Sources::default()
+        });
+        (result, path)
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::load(Sources::default()).expect("defaults");
+        assert_eq!(config.poll_interval, Duration::from_secs(2));
+        assert_eq!(config.ring_capacity(), 1800);
+        assert_eq!(config.socket_mode, SocketMode(0o666));
+    }
+
+    #[test]
+    fn file_values_and_durations() {
+        let (config, _) = load_file(
+            "poll_interval = \"500ms\"\nsocket_mode = \"0660\"\n[nvidia]\nlibrary = \"/opt/libnvml.so\"\n",
+        );
+        let config = config.expect("valid");
+        assert_eq!(config.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.ring_capacity(), 7200);
+        assert_eq!(config.socket_mode, SocketMode(0o660));
+        assert_eq!(config.nvidia.library, Some(PathBuf::from("/opt/libnvml.so")));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let (error, path) = load_file("pol_interval = \"2s\"\n");
+        let message = error.expect_err("unknown key").to_string();
+        assert!(message.contains("pol_interval"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let (error, _) = load_file("poll_interval = \"2 parsecs\"\n");
+        let message = error.expect_err("bad duration").to_string();
+        assert!(message.contains("2 parsecs") && message.contains("poll_interval"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_origin() {
+        let error = Config::load(Sources {
+            env: vec![("GPUKILL_POLL_INTERVAL".into(), "10ms".into())],
+            ..Sources::default()
+        })
+        .expect_err("too fast");
+        let message = error.to_string();
+        assert!(message.contains("poll_interval = 10ms"), "{message}");
+        assert!(message.contains("GPUKILL_POLL_INTERVAL"), "{message}");
+    }
+
+    #[test]
+    fn precedence_is_cli_over_env_over_file() {
+        let config_file = file("poll_interval = \"5s\"\nvendor_timeout = \"3s\"\nring_capacity = 7\n");
+        let config = Config::load(Sources {
+            file: Some((config_file.path().to_path_buf(), true)),
+            env: vec![
+                ("GPUKILL_POLL_INTERVAL".into(), "4s".into()),
+                ("GPUKILL_VENDOR_TIMEOUT".into(), "2s".into()),
+                ("GPUKILL_NVML_LIBRARY".into(), "/x/libnvidia-ml.so".into()),
+                ("UNRELATED".into(), "1".into()),
+            ],
+            cli: vec![(
+                "--poll-interval".into(),
+                &["poll_interval"],
+                toml::Value::String("3s".into()),
+            )],
+        })
+        .expect("valid");
+        assert_eq!(config.poll_interval, Duration::from_secs(3));
+        assert_eq!(config.vendor_timeout, Duration::from_secs(2));
+        assert_eq!(config.ring_capacity, Some(7));
+        assert_eq!(config.nvidia.library, Some(PathBuf::from("/x/libnvidia-ml.so")));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        let missing = PathBuf::from("/nonexistent/gpukilld.toml");
+        let error = Config::load(Sources {
+            file: Some((missing.clone(), true)),
+            ..Sources::default()
+        })
+        .expect_err("explicit file must exist");
+        assert!(error.to_string().contains("/nonexistent/gpukilld.toml"));
+        Config::load(Sources {
+            file: Some((missing, false)),
+            ..Sources::default()
+        })
+        .expect("default file may be absent");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let config = Config::default().effective(0, None);
+        let text = config.to_toml();
+        assert!(text.contains("socket = \"/run/gpukill/gpukilld.sock\""), "{text}");
+        let reread = file(&text);
+        let (again, _) = (
+            Config::load(Sources {
+                file: Some((reread.path().to_path_buf(), true)),
+                ..Sources::default()
+            }),
+            (),
+        );
+        assert_eq!(again.expect("printed config loads"), config);
+    }
+
+    #[test]
+    fn every_key_has_an_environment_variable() {
+        let config = Config::default().effective(0, None);
+        let table: toml::Table = toml::from_str(&config.to_toml()).expect("toml");
+        for (key, value) in &table {
+            let paths: Vec<Vec<String>> = match value {
+                toml::Value::Table(section) => section
+                    .keys()
+                    .map(|inner| vec![key.clone(), inner.clone()])
+                    .collect(),
+                _ => vec![vec![key.clone()]],
+            };
+            for path in paths {
+                let var = format!("GPUKILL_{}", path.join("_").to_uppercase());
+                assert!(
+                    ENV_VARS.iter().any(|(name, key)| *name == var && *key == path.as_slice()),
+                    "{var} is missing from ENV_VARS"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Domain -> proto conversions, and the snapshot filter built from a request. A bad field in
+//! a request becomes `InvalidArgument` here, at the edge.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gpukill_proto::v1 as pb;
+use regex::Regex;
+
+use super::error::RpcError;
+use crate::procinfo::Container;
+use crate::snapshot::{
+    Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState, VendorStatus,
+};
+
+/// What part of a snapshot a reader asked for.
+#[derive(Debug, Default)]
+pub struct Filter {
+    vendor: Option<Vendor>,
+    process_regex: Option<Regex>,
+    containers_only: bool,
+}
+
+impl TryFrom<Option<pb::SnapshotFilter>> for Filter {
+    type Error = RpcError;
+
+    fn try_from(filter: Option<pb::SnapshotFilter>) -> Result<Self, RpcError> {
+        let Some(filter) = filter else {
+            return Ok(Filter::default());
+        };
+        let vendor = match pb::Vendor::try_from(filter.vendor) {
+            Ok(pb::Vendor::Unspecified) => None,
+            Ok(pb::Vendor::Nvidia) => Some(Vendor::Nvidia),
+            Ok(pb::Vendor::Amd) => Some(Vendor::Amd),
+            Ok(pb::Vendor::Intel) => Some(Vendor::Intel),
+            Ok(pb::Vendor::Apple) => Some(Vendor::Apple),
+            Err(_) => return Err(RpcError::UnknownVendor(filter.vendor)),
+        };
+        let process_regex = filter
+            .process_regex
+            .map(|pattern| {
+                Regex::new(&pattern).map_err(|source| RpcError::InvalidRegex { pattern, source })
+            })
+            .transpose()?;
+        Ok(Filter {
+            vendor,
+            process_regex,
+            containers_only: filter.containers_only,
+        })
+    }
+}
+
+impl Filter {
+    fn wants_vendor(&self, vendor: Vendor) -> bool {
+        self.vendor.is_none_or(|wanted| wanted == vendor)
+    }
+
+    fn wants_process(&self, process: &GpuProcess) -> bool {
+        if self.containers_only && process.info.container.is_none() {
+            return false;
+        }
+        self.process_regex.as_ref().is_none_or(|regex| {
+            regex.is_match(&process.info.name)
+                || regex.is_match(&process.info.cmdline)
+                || regex.is_match(&process.info.user)
+        })
+    }
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The proto enum of a vendor.
+pub fn vendor(vendor: Vendor) -> pb::Vendor {
+    match vendor {
+        Vendor::Nvidia => pb::Vendor::Nvidia,
+        Vendor::Amd => pb::Vendor::Amd,
+        Vendor::Intel => pb::Vendor::Intel,
+        Vendor::Apple => pb::Vendor::Apple,
+    }
+}
+
+/// A vendor's status as the API shows it at `now`.
+pub fn vendor_status(status: &VendorStatus, now: SystemTime) -> pb::VendorStatus {
+    let (state, message) = match &status.state {
+        VendorState::Ok => (pb::VendorState::Ok, None),
+        VendorState::Error(message) => (pb::VendorState::Error, Some(message.clone())),
+        VendorState::Hung { since } => (
+            pb::VendorState::Hung,
+            Some(format!(
+                "a {} library call has not returned for {}",
+                status.vendor.name(),
+                crate::snapshot::format_age(now.duration_since(*since).unwrap_or_default())
+            )),
+        ),
+    };
+    pb::VendorStatus {
+        vendor: vendor(status.vendor).into(),
+        state: state.into(),
+        message,
+        driver_version: status.driver_version.clone(),
+        last_success_unix_ms: status.last_success.map(unix_ms),
+    }
+}
+
+fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
+    pb::Gpu {
+        index: gpu.index,
+        vendor: vendor(vendor_).into(),
+        uuid: gpu.uuid.clone(),
+        name: gpu.name.clone(),
+        pci_bus_id: gpu.pci_bus_id.clone(),
+        memory_used_bytes: gpu.memory_used_bytes,
+        memory_total_bytes: gpu.memory_total_bytes,
+        utilization_gpu_pct: gpu.utilization_gpu_pct,
+        utilization_memory_pct: gpu.utilization_memory_pct,
+        temperature_c: gpu.temperature_c,
+        power_mw: gpu.power_mw,
+        fan_speed_pct: gpu.fan_speed_pct,
+        clock_sm_mhz: gpu.clock_sm_mhz,
+        clock_mem_mhz: gpu.clock_mem_mhz,
+        ecc_volatile_errors: gpu.ecc_volatile_errors,
+        mig_enabled: gpu.mig_enabled,
+        reset_supported: gpu.reset_supported,
+        error: gpu.error.clone(),
+    }
+}
+
+fn container(container: &Container) -> pb::Container {
+    pb::Container {
+        id: container.id.clone(),
+        runtime: container.runtime.to_string(),
+        pod_uid: container.pod_uid.clone(),
+    }
+}
+
+fn process(process: &GpuProcess) -> pb::GpuProcess {
+    let info = &process.info;
+    let kind = match process.kind {
+        ProcessKind::Compute => pb::ProcessKind::Compute,
+        ProcessKind::Graphics => pb::ProcessKind::Graphics,
+        ProcessKind::ComputeAndGraphics => pb::ProcessKind::ComputeAndGraphics,
+    };
+    pb::GpuProcess {
+        gpu_index: process.gpu_index,
+        vendor: vendor(process.vendor).into(),
+        pid: info.pid,
+        start_time_unix_ms: unix_ms(info.start_time),
+        uid: info.uid,
+        user: info.user.to_string(),
+        name: info.name.clone(),
+        cmdline: info.cmdline.clone(),
+        used_memory_bytes: process.used_memory_bytes,
+        sm_utilization_pct: process.sm_utilization_pct,
+        kind: kind.into(),
+        container: info.container.as_ref().map(container),
+        exe_name: info.exe_name.clone(),
+    }
+}
+
+/// The API view of a snapshot at `now`, restricted to what `filter` asks for.
+pub fn snapshot(snapshot: &Snapshot, filter: &Filter, now: SystemTime) -> pb::Snapshot {
+    let stale_reason = snapshot.stale_reason(now);
+    pb::Snapshot {
+        host: snapshot.host.to_string(),
+        timestamp_unix_ms: unix_ms(snapshot.taken_at),
+        sequence: snapshot.sequence,
+        vendors: snapshot
+            .vendors
+            .iter()
+            .filter(|status| filter.wants_vendor(status.vendor))
+            .map(|status| vendor_status(status, now))
+            .collect(),
+        stale: stale_reason.is_some(),
+        stale_reason,
+        age_ms: duration_ms(now.duration_since(snapshot.data_taken_at()).unwrap_or_default()),
+        gpus: snapshot
+            .gpus()
+            .filter(|(vendor, _)| filter.wants_vendor(*vendor))
+            .map(|(vendor, g)| gpu(vendor, g))
+            .collect(),
+        processes: snapshot
+            .processes()
+            .filter(|p| filter.wants_vendor(p.vendor) && filter.wants_process(p))
+            .map(process)
+            .collect(),
+        tick_duration_us: u64::try_from(snapshot.tick_duration.as_micros()).unwrap_or(u64::MAX),
+        poll_interval_ms: duration_ms(snapshot.poll_interval),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_regex_is_invalid_argument_naming_it() {
+        let filter = pb::SnapshotFilter {
+            process_regex: Some("python(".into()),
+            ..Default::default()
+        };
+        let error = Filter::try_from(Some(filter)).expect_err("bad regex");
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("python("), "{}", status.message());
+    }
+
+    #[test]
+    fn an_unknown_vendor_is_invalid_argument() {
+        let filter = pb::SnapshotFilter {
+            vendor: 42,
+            ..Default::default()
+        };
+        let status = tonic::Status::from(Filter::try_from(Some(filter)).expect_err("bad vendor"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+}

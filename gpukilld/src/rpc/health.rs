@@ -1,0 +1,74 @@
+//! `Health`: serving or degraded, and why.
+
+use std::time::{Instant, SystemTime};
+
+use gpukill_proto::v1 as pb;
+
+use super::convert;
+use crate::ring::Ring;
+use crate::snapshot::VendorState;
+
+/// Answers `Health`.
+pub async fn health(ring: &Ring, started: Instant) -> pb::HealthResponse {
+    let now = SystemTime::now();
+    let latest = ring.latest();
+    let mut problems: Vec<String> = latest
+        .vendors
+        .iter()
+        .filter_map(|status| match &status.state {
+            VendorState::Ok => None,
+            VendorState::Error(message) => Some(format!("{}: {message}", status.vendor.name())),
+            VendorState::Hung { .. } => convert::vendor_status(status, now).message,
+        })
+        .collect();
+    if let Some(reason) = latest.stale_reason(now)
+        && !problems.iter().any(|problem| reason.contains(problem.as_str()))
+    {
+        problems.push(format!("stale: {reason}"));
+    }
+    let (len, capacity) = ring.len_and_capacity();
+    let (p50, max) = ring.tick_durations();
+    let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    pb::HealthResponse {
+        state: if problems.is_empty() {
+            pb::ServingState::Serving
+        } else {
+            pb::ServingState::Degraded
+        }
+        .into(),
+        problems,
+        vendors: latest
+            .vendors
+            .iter()
+            .map(|status| convert::vendor_status(status, now))
+            .collect(),
+        latest_sequence: latest.sequence,
+        latest_age_ms: u64::try_from(
+            now.duration_since(latest.data_taken_at())
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX),
+        ring_len: len as u64,
+        ring_capacity: capacity as u64,
+        watchers: ring.watchers(),
+        watch_lagged_total: ring.watch_lagged(),
+        tick_duration_p50_us: micros(p50),
+        tick_duration_max_us: micros(max),
+        daemon_rss_bytes: tokio::task::spawn_blocking(own_rss).await.ok().flatten(),
+        uptime_s: started.elapsed().as_secs(),
+    }
+}
+
+/// The daemon's resident memory, from sysinfo.
+fn own_rss() -> Option<u64> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(std::process::id());
+    let mut system = System::new().ok()?;
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        true,
+        ProcessRefreshKind::nothing().with_memory(),
+    );
+    system.process(pid).map(|process| process.memory())
+}

@@ -1,0 +1,94 @@
+//! The gpukill gRPC service. Each rpc lives in its own module and is a thin adapter:
+//! attribute the caller, parse the request, call the core, convert the answer.
+
+pub mod convert;
+pub mod error;
+mod health;
+mod list;
+pub mod unix;
+mod version;
+mod watch;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gpukill_proto::v1 as pb;
+use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::authz::{self, Caller};
+use crate::ring::Ring;
+
+/// The stream type of `Watch`.
+pub type WatchStreamOf = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send + 'static>>;
+
+/// What the handlers share.
+pub struct Service {
+    ring: Arc<Ring>,
+    started: Instant,
+}
+
+impl Service {
+    /// A service over the snapshots in `ring`.
+    pub fn new(ring: Arc<Ring>) -> Self {
+        Self {
+            ring,
+            started: Instant::now(),
+        }
+    }
+
+    /// The tonic server wrapping this service.
+    pub fn into_server(self) -> GpuKillServer<Self> {
+        GpuKillServer::new(self)
+    }
+}
+
+/// Attributes a request and logs who made it.
+fn attribute<T>(request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
+    let caller = authz::caller(request).map_err(error::RpcError::from)?;
+    tracing::debug!(rpc, uid = caller.uid, gid = caller.gid, pid = ?caller.pid, "request");
+    Ok(caller)
+}
+
+#[tonic::async_trait]
+impl GpuKill for Service {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let caller = attribute(&request, "List")?;
+        list::list(&self.ring, &caller, request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    type WatchStream = WatchStreamOf;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = attribute(&request, "Watch")?;
+        watch::watch(&self.ring, &caller, request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn health(
+        &self,
+        request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        attribute(&request, "Health")?;
+        Ok(Response::new(health::health(&self.ring, self.started).await))
+    }
+
+    async fn version(
+        &self,
+        request: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        attribute(&request, "Version")?;
+        Ok(Response::new(version::version(&self.ring)))
+    }
+}

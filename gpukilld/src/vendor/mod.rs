@@ -1,0 +1,37 @@
+//! GPU vendor backends. Each backend is polled on its own dedicated thread (see
+//! `sampler::worker`), so a vendor call that blocks never blocks the async runtime.
+
+pub mod nvidia;
+
+use crate::snapshot::{Gpu, Vendor, VendorProcess};
+
+/// One GPU as a vendor reported it in one poll, with the processes on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuReading {
+    /// Device metrics.
+    pub gpu: Gpu,
+    /// Processes holding a context on this GPU, one entry per pid.
+    pub processes: Vec<VendorProcess>,
+}
+
+/// The result of one poll of one vendor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// The vendor answered; individual GPUs may carry errors.
+    Ok {
+        /// Driver version, when known.
+        driver_version: Option<String>,
+        /// GPUs in index order.
+        gpus: Vec<GpuReading>,
+    },
+    /// The vendor could not be polled at all (library missing, initialization failed).
+    Failed(String),
+}
+
+/// A GPU vendor's backend. `poll` blocks; it is only ever called on the backend's thread.
+pub trait Backend: Send + 'static {
+    /// Which vendor this is.
+    fn vendor(&self) -> Vendor;
+    /// Reads every GPU of this vendor and the processes on them.
+    fn poll(&mut self) -> Reading;
+}
