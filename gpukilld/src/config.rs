@@ -94,11 +94,13 @@ impl<'de> Deserialize<'de> for SocketMode {
             Number(u32),
         }
         let mode = match Raw::deserialize(deserializer)? {
-            Raw::Text(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid file mode {text:?}: expected octal digits such as \"0666\""
-                ))
-            })?,
+            Raw::Text(text) => {
+                u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid file mode {text:?}: expected octal digits such as \"0666\""
+                    ))
+                })?
+            }
             Raw::Number(number) => number,
         };
         if mode > 0o777 {
@@ -197,10 +199,12 @@ impl Config {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     let origin = format!("config file {}", path.display());
-                    table = text.parse::<toml::Table>().map_err(|error| ConfigError::Parse {
-                        origin: origin.clone(),
-                        message: error.to_string(),
-                    })?;
+                    table = text
+                        .parse::<toml::Table>()
+                        .map_err(|error| ConfigError::Parse {
+                            origin: origin.clone(),
+                            message: error.to_string(),
+                        })?;
                     check(&table, &origin)?;
                     for key in table.keys() {
                         origins.insert(key.clone(), origin.clone());
@@ -404,7 +408,10 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_millis(500));
         assert_eq!(config.ring_capacity(), 7200);
         assert_eq!(config.socket_mode, SocketMode(0o660));
-        assert_eq!(config.nvidia.library, Some(PathBuf::from("/opt/libnvml.so")));
+        assert_eq!(
+            config.nvidia.library,
+            Some(PathBuf::from("/opt/libnvml.so"))
+        );
     }
 
     #[test]
@@ -419,7 +426,10 @@ mod tests {
     fn bad_duration_names_the_value() {
         let (error, _) = load_file("poll_interval = \"2 parsecs\"\n");
         let message = error.expect_err("bad duration").to_string();
-        assert!(message.contains("2 parsecs") && message.contains("poll_interval"), "{message}");
+        assert!(
+            message.contains("2 parsecs") && message.contains("poll_interval"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -436,7 +446,8 @@ mod tests {
 
     #[test]
     fn precedence_is_cli_over_env_over_file() {
-        let config_file = file("poll_interval = \"5s\"\nvendor_timeout = \"3s\"\nring_capacity = 7\n");
+        let config_file =
+            file("poll_interval = \"5s\"\nvendor_timeout = \"3s\"\nring_capacity = 7\n");
         let config = Config::load(Sources {
             file: Some((config_file.path().to_path_buf(), true)),
             env: vec![
@@ -455,7 +466,10 @@ mod tests {
         assert_eq!(config.poll_interval, Duration::from_secs(3));
         assert_eq!(config.vendor_timeout, Duration::from_secs(2));
         assert_eq!(config.ring_capacity, Some(7));
-        assert_eq!(config.nvidia.library, Some(PathBuf::from("/x/libnvidia-ml.so")));
+        assert_eq!(
+            config.nvidia.library,
+            Some(PathBuf::from("/x/libnvidia-ml.so"))
+        );
     }
 
     #[test]
@@ -478,7 +492,10 @@ mod tests {
     fn effective_config_round_trips_through_toml() {
         let config = Config::default().effective(0, None);
         let text = config.to_toml();
-        assert!(text.contains("socket = \"/run/gpukill/gpukilld.sock\""), "{text}");
+        assert!(
+            text.contains("socket = \"/run/gpukill/gpukilld.sock\""),
+            "{text}"
+        );
         let reread = file(&text);
         let (again, _) = (
             Config::load(Sources {
@@ -505,10 +522,29 @@ mod tests {
             for path in paths {
                 let var = format!("GPUKILL_{}", path.join("_").to_uppercase());
                 assert!(
-                    ENV_VARS.iter().any(|(name, key)| *name == var && *key == path.as_slice()),
+                    ENV_VARS
+                        .iter()
+                        .any(|(name, key)| *name == var && *key == path.as_slice()),
                     "{var} is missing from ENV_VARS"
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod shipped_config {
+    use super::*;
+
+    /// The sample configuration we ship must load and must say the defaults.
+    #[test]
+    fn packaging_sample_config_loads_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/gpukilld.toml");
+        let config = Config::load(Sources {
+            file: Some((path, true)),
+            ..Sources::default()
+        })
+        .expect("shipped config loads");
+        assert_eq!(config, Config::default());
     }
 }

@@ -100,8 +100,10 @@ pub async fn run(
     let listener = rpc::unix::bind(&socket_path, config.socket_mode.0)?;
     let first = sampler.tick().await;
     let ring = Arc::new(Ring::new(config.ring_capacity(), first));
-    let (stop_sampler, sampler_stopped) = watch::channel(false);
-    let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), sampler_stopped));
+    // Turned true when shutdown starts: the sampler and every Watch stream end on it, so
+    // the server's graceful shutdown does not wait on watchers.
+    let (stop, stopped) = watch::channel(false);
+    let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), stopped.clone()));
     tracing::info!(
         socket = %socket_path.display(),
         poll_interval = %humantime::format_duration(config.poll_interval),
@@ -110,13 +112,16 @@ pub async fn run(
         env!("CARGO_PKG_VERSION")
     );
 
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping");
+        let _ = stop.send(true);
+    };
     let served = tonic::transport::Server::builder()
-        .add_service(rpc::Service::new(Arc::clone(&ring)).into_server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .add_service(rpc::Service::new(Arc::clone(&ring), stopped).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
         .await;
 
-    tracing::info!("stopping");
-    let _ = stop_sampler.send(true);
     // The sampler may be waiting on a hung vendor; do not wait on it past its timeout.
     let _ = tokio::time::timeout(config.vendor_timeout * 2, sampler_task).await;
     if let Err(error) = std::fs::remove_file(&socket_path) {

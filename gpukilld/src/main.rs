@@ -47,7 +47,11 @@ impl Args {
             ));
         }
         if let Some(library) = &self.nvml_library {
-            cli.push(("--nvml-library".into(), &["nvidia", "library"], path(library)));
+            cli.push((
+                "--nvml-library".into(),
+                &["nvidia", "library"],
+                path(library),
+            ));
         }
         Sources {
             file: Some(match &self.config {

@@ -128,8 +128,8 @@ impl ProcReader {
         let exe_name = fs::read_link(dir.join("exe"))
             .ok()
             .and_then(|exe| renamed_exe(&exe, &stat.comm));
-        let start_time = self.boot_time
-            + Duration::from_millis(stat.start_ticks * 1000 / self.ticks_per_second);
+        let start_time =
+            self.boot_time + Duration::from_millis(stat.start_ticks * 1000 / self.ticks_per_second);
         // The process may have exited while we read; a last stat read catches PID reuse too.
         let again = parse_stat(&fs::read_to_string(dir.join("stat"))?)?;
         if again.start_ticks != stat.start_ticks {
@@ -312,19 +312,31 @@ mod tests {
 
     #[test]
     fn cmdline_joins_arguments() {
-        assert_eq!(format_cmdline(b"python\0train.py\0--lr\x000.1\0"), "python train.py --lr 0.1");
+        assert_eq!(
+            format_cmdline(b"python\0train.py\0--lr\x000.1\0"),
+            "python train.py --lr 0.1"
+        );
         assert_eq!(format_cmdline(b""), "");
     }
 
     #[test]
     fn renamed_binaries_are_noticed_but_long_names_are_not() {
-        assert_eq!(renamed_exe(Path::new("/usr/bin/xmrig"), "python3"), Some("xmrig".into()));
+        assert_eq!(
+            renamed_exe(Path::new("/usr/bin/xmrig"), "python3"),
+            Some("xmrig".into())
+        );
         assert_eq!(renamed_exe(Path::new("/usr/bin/python3"), "python3"), None);
         assert_eq!(
-            renamed_exe(Path::new("/opt/bin/a-very-long-binary-name"), "a-very-long-bin"),
+            renamed_exe(
+                Path::new("/opt/bin/a-very-long-binary-name"),
+                "a-very-long-bin"
+            ),
             None
         );
-        assert_eq!(renamed_exe(Path::new("/tmp/sleep (deleted)"), "sleep"), None);
+        assert_eq!(
+            renamed_exe(Path::new("/tmp/sleep (deleted)"), "sleep"),
+            None
+        );
     }
 
     #[test]
@@ -344,7 +356,10 @@ mod tests {
         let container = parse_container(&line).expect("containerd");
         assert_eq!(container.runtime, "containerd");
         assert_eq!(container.id, ID);
-        assert_eq!(container.pod_uid.as_deref(), Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a"));
+        assert_eq!(
+            container.pod_uid.as_deref(),
+            Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a")
+        );
     }
 
     #[test]
@@ -353,14 +368,19 @@ mod tests {
             format!("0::/kubepods/besteffort/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a/{ID}\n");
         let container = parse_container(&line).expect("kubepods");
         assert_eq!(container.runtime, "kubepods");
-        assert_eq!(container.pod_uid.as_deref(), Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a"));
+        assert_eq!(
+            container.pod_uid.as_deref(),
+            Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a")
+        );
     }
 
     #[test]
     fn podman_and_crio() {
         let podman = format!("0::/machine.slice/libpod-{ID}.scope/container\n");
         assert_eq!(parse_container(&podman).expect("podman").runtime, "podman");
-        let crio = format!("0::/kubepods.slice/kubepods-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f90a.slice/crio-{ID}.scope\n");
+        let crio = format!(
+            "0::/kubepods.slice/kubepods-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f90a.slice/crio-{ID}.scope\n"
+        );
         let container = parse_container(&crio).expect("cri-o");
         assert_eq!(container.runtime, "cri-o");
         assert!(container.pod_uid.is_some());
@@ -368,7 +388,10 @@ mod tests {
 
     #[test]
     fn host_processes_have_no_container() {
-        assert_eq!(parse_container("0::/user.slice/user-1000.slice/session-2.scope\n"), None);
+        assert_eq!(
+            parse_container("0::/user.slice/user-1000.slice/session-2.scope\n"),
+            None
+        );
         assert_eq!(parse_container("0::/\n"), None);
     }
 

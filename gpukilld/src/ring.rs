@@ -42,7 +42,10 @@ impl Ring {
     pub fn push(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
         {
-            let mut snapshots = self.snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut snapshots = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if snapshots.len() == self.capacity {
                 snapshots.pop_front();
             }
@@ -102,7 +105,10 @@ impl Ring {
 
     /// A copy of the ring's contents, oldest first.
     pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
-        let snapshots = self.snapshots.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         snapshots.iter().cloned().collect()
     }
 
@@ -111,7 +117,10 @@ impl Ring {
         let mut durations: Vec<Duration> =
             self.snapshots().iter().map(|s| s.tick_duration).collect();
         durations.sort_unstable();
-        let median = durations.get(durations.len() / 2).copied().unwrap_or_default();
+        let median = durations
+            .get(durations.len() / 2)
+            .copied()
+            .unwrap_or_default();
         let max = durations.last().copied().unwrap_or_default();
         (median, max)
     }
@@ -154,7 +163,10 @@ mod tests {
         let kept: Vec<u64> = ring.snapshots().iter().map(|s| s.sequence).collect();
         assert_eq!(kept, vec![3, 4, 5]);
         assert_eq!(ring.latest().sequence, 5);
-        assert_eq!(ring.tick_durations(), (Duration::from_micros(4), Duration::from_micros(5)));
+        assert_eq!(
+            ring.tick_durations(),
+            (Duration::from_micros(4), Duration::from_micros(5))
+        );
     }
 
     #[tokio::test]

@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn a_user_client_falls_back_to_the_system_daemon() {
         let dir = Path::new("/nonexistent-runtime-dir");
-        assert_eq!(client_socket_path(1000, Some(dir)), PathBuf::from(SYSTEM_SOCKET));
+        assert_eq!(
+            client_socket_path(1000, Some(dir)),
+            PathBuf::from(SYSTEM_SOCKET)
+        );
     }
 
     #[test]

@@ -8,9 +8,7 @@ use regex::Regex;
 
 use super::error::RpcError;
 use crate::procinfo::Container;
-use crate::snapshot::{
-    Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState, VendorStatus,
-};
+use crate::snapshot::{Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState, VendorStatus};
 
 /// What part of a snapshot a reader asked for.
 #[derive(Debug, Default)]
@@ -180,7 +178,10 @@ pub fn snapshot(snapshot: &Snapshot, filter: &Filter, now: SystemTime) -> pb::Sn
             .collect(),
         stale: stale_reason.is_some(),
         stale_reason,
-        age_ms: duration_ms(now.duration_since(snapshot.data_taken_at()).unwrap_or_default()),
+        age_ms: duration_ms(
+            now.duration_since(snapshot.data_taken_at())
+                .unwrap_or_default(),
+        ),
         gpus: snapshot
             .gpus()
             .filter(|(vendor, _)| filter.wants_vendor(*vendor))

@@ -22,7 +22,9 @@ pub async fn health(ring: &Ring, started: Instant) -> pb::HealthResponse {
         })
         .collect();
     if let Some(reason) = latest.stale_reason(now)
-        && !problems.iter().any(|problem| reason.contains(problem.as_str()))
+        && !problems
+            .iter()
+            .any(|problem| reason.contains(problem.as_str()))
     {
         problems.push(format!("stale: {reason}"));
     }

@@ -10,7 +10,11 @@ use crate::authz::Caller;
 use crate::ring::Ring;
 
 /// Answers `List` from the latest snapshot in `ring`.
-pub fn list(ring: &Ring, _caller: &Caller, request: pb::ListRequest) -> Result<pb::ListResponse, RpcError> {
+pub fn list(
+    ring: &Ring,
+    _caller: &Caller,
+    request: pb::ListRequest,
+) -> Result<pb::ListResponse, RpcError> {
     let filter = Filter::try_from(request.filter)?;
     let latest = ring.latest();
     Ok(pb::ListResponse {

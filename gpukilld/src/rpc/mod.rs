@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use gpukill_proto::v1 as pb;
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
+use tokio::sync::watch as channel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -28,14 +29,16 @@ pub type WatchStreamOf = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>>
 pub struct Service {
     ring: Arc<Ring>,
     started: Instant,
+    stop: channel::Receiver<bool>,
 }
 
 impl Service {
-    /// A service over the snapshots in `ring`.
-    pub fn new(ring: Arc<Ring>) -> Self {
+    /// A service over the snapshots in `ring`; its streams end when `stop` turns true.
+    pub fn new(ring: Arc<Ring>, stop: channel::Receiver<bool>) -> Self {
         Self {
             ring,
             started: Instant::now(),
+            stop,
         }
     }
 
@@ -71,7 +74,7 @@ impl GpuKill for Service {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = attribute(&request, "Watch")?;
-        watch::watch(&self.ring, &caller, request.into_inner())
+        watch::watch(&self.ring, &caller, request.into_inner(), self.stop.clone())
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -81,7 +84,9 @@ impl GpuKill for Service {
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         attribute(&request, "Health")?;
-        Ok(Response::new(health::health(&self.ring, self.started).await))
+        Ok(Response::new(
+            health::health(&self.ring, self.started).await,
+        ))
     }
 
     async fn version(

@@ -11,7 +11,9 @@ use tokio::net::UnixListener;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// Another daemon answers on the socket.
-    #[error("another gpukilld is already listening on {0}; stop it first (systemctl stop gpukilld.service) or choose another --socket")]
+    #[error(
+        "another gpukilld is already listening on {0}; stop it first (systemctl stop gpukilld.service) or choose another --socket"
+    )]
     InUse(PathBuf),
     /// The socket's directory could not be created.
     #[error("cannot create the socket directory {path}")]

@@ -115,13 +115,25 @@ mod tests {
         })
         .expect("spawn");
         let timeout = Duration::from_millis(50);
-        assert!(matches!(worker.call(|| 1, timeout).await, Outcome::Pending { .. }));
-        assert!(matches!(worker.call(|| 2, timeout).await, Outcome::Pending { .. }));
+        assert!(matches!(
+            worker.call(|| 1, timeout).await,
+            Outcome::Pending { .. }
+        ));
+        assert!(matches!(
+            worker.call(|| 2, timeout).await,
+            Outcome::Pending { .. }
+        ));
         release.store(true, Ordering::SeqCst);
         // The first call's answer arrives; the second input was never sent.
-        assert!(matches!(worker.call(|| 3, Duration::from_secs(5)).await, Outcome::Done(2)));
+        assert!(matches!(
+            worker.call(|| 3, Duration::from_secs(5)).await,
+            Outcome::Done(2)
+        ));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(matches!(worker.call(|| 4, Duration::from_secs(5)).await, Outcome::Done(8)));
+        assert!(matches!(
+            worker.call(|| 4, Duration::from_secs(5)).await,
+            Outcome::Done(8)
+        ));
     }
 
     #[tokio::test]

@@ -77,7 +77,9 @@ impl NvidiaBackend {
                 }
             }
         }
-        self.nvml.as_mut().ok_or_else(|| "NVML is not loaded".to_string())
+        self.nvml
+            .as_mut()
+            .ok_or_else(|| "NVML is not loaded".to_string())
     }
 }
 
@@ -190,7 +192,9 @@ fn read_gpu(index: u32, device: &Device<'_>, since: Option<u64>) -> (GpuReading,
     };
     let uuid = fields.read("uuid", || device.uuid());
     let name = fields.read("name", || device.name());
-    let pci_bus_id = fields.read("pci", || device.pci_info()).map(|pci| pci.bus_id);
+    let pci_bus_id = fields
+        .read("pci", || device.pci_info())
+        .map(|pci| pci.bus_id);
     let memory = fields.read("memory", || device.memory_info());
     let utilization = fields.read("utilization", || device.utilization_rates());
     let temperature_c = fields

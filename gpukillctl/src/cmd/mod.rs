@@ -1,0 +1,4 @@
+//! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`).
+
+pub mod list;
+pub mod version;

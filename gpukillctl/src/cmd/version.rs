@@ -1,0 +1,193 @@
+//! `gpukillctl version`: this client's version and, through the Version RPC, the daemon's.
+//!
+//! The client's version is printed even when the daemon cannot be asked; the command then
+//! fails with the daemon's error (exit 6 when unreachable).
+
+use std::io::Write;
+
+use gpukill_proto::v1::{VersionRequest, VersionResponse};
+use serde::Serialize;
+
+use crate::Output;
+use crate::cli::{Address, OutputFormat, VersionArgs};
+use crate::conn;
+use crate::error::Error;
+
+/// This client's version.
+pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The JSON of `gpukillctl version --output json`; daemon fields are `null` when the daemon
+/// could not be asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionJson {
+    /// gpukillctl's version.
+    pub client_version: &'static str,
+    /// The API package gpukillctl speaks.
+    pub client_api: &'static str,
+    /// gpukilld's version.
+    pub daemon_version: Option<String>,
+    /// The API package the daemon serves.
+    pub api: Option<String>,
+    /// The daemon's host name.
+    pub host: Option<String>,
+}
+
+/// Runs `gpukillctl version` against the daemon at `address`.
+pub async fn run<W: Write>(
+    address: Option<&Address>,
+    args: &VersionArgs,
+    out: &mut Output<W>,
+) -> Result<(), Error> {
+    let daemon = ask(address).await;
+    let text = render(args.output, daemon.as_ref().ok())?;
+    out.write(&text)?;
+    daemon.map(|_| ())
+}
+
+/// Asks the daemon for its version.
+async fn ask(address: Option<&Address>) -> Result<VersionResponse, Error> {
+    let socket = conn::socket_path(address)?;
+    let mut client = conn::connect(&socket).await?;
+    client
+        .version(conn::unary(VersionRequest {}))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| Error::rpc("Version", status))
+}
+
+/// The versions as text; `daemon` is `None` when it could not be asked.
+fn render(format: OutputFormat, daemon: Option<&VersionResponse>) -> Result<String, Error> {
+    match format {
+        OutputFormat::Json => {
+            let json = VersionJson {
+                client_version: CLIENT_VERSION,
+                client_api: gpukill_proto::API,
+                daemon_version: daemon.map(|d| d.daemon_version.clone()),
+                api: daemon.map(|d| d.api.clone()),
+                host: daemon.map(|d| d.host.clone()),
+            };
+            let mut text = serde_json::to_string_pretty(&json).map_err(Error::Json)?;
+            text.push('\n');
+            Ok(text)
+        }
+        OutputFormat::Table => {
+            let mut text = format!(
+                "client  gpukillctl {CLIENT_VERSION} ({})\n",
+                gpukill_proto::API
+            );
+            if let Some(daemon) = daemon {
+                text.push_str(&format!(
+                    "daemon  gpukilld {} ({}) on {}\n",
+                    daemon.daemon_version, daemon.api, daemon.host
+                ));
+                if daemon.api != gpukill_proto::API {
+                    text.push_str(&format!(
+                        "warning: gpukilld serves {}, gpukillctl speaks {}\n",
+                        daemon.api,
+                        gpukill_proto::API
+                    ));
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::time::TimeZone;
+    use crate::testutil::{FakeDaemon, serve};
+    use serde_json::json;
+
+    fn daemon() -> VersionResponse {
+        VersionResponse {
+            daemon_version: "0.1.0".to_owned(),
+            api: "gpukill.v1".to_owned(),
+            host: "gpu-node-1".to_owned(),
+        }
+    }
+
+    fn output() -> Output<Vec<u8>> {
+        Output {
+            writer: Vec::new(),
+            is_tty: false,
+            tz: TimeZone::Utc,
+        }
+    }
+
+    #[test]
+    fn both_versions_as_a_table() {
+        let text = render(OutputFormat::Table, Some(&daemon())).expect("render");
+        assert_eq!(
+            text,
+            format!(
+                "client  gpukillctl {CLIENT_VERSION} (gpukill.v1)\n\
+                 daemon  gpukilld 0.1.0 (gpukill.v1) on gpu-node-1\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_api_mismatch_is_pointed_out() {
+        let other = VersionResponse {
+            api: "gpukill.v2".to_owned(),
+            ..daemon()
+        };
+        let text = render(OutputFormat::Table, Some(&other)).expect("render");
+        assert!(
+            text.ends_with("warning: gpukilld serves gpukill.v2, gpukillctl speaks gpukill.v1\n")
+        );
+    }
+
+    #[test]
+    fn json_has_nulls_without_a_daemon() {
+        let text = render(OutputFormat::Json, None).expect("render");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            value,
+            json!({
+                "client_version": CLIENT_VERSION,
+                "client_api": "gpukill.v1",
+                "daemon_version": null,
+                "api": null,
+                "host": null
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_version_is_printed_even_when_the_daemon_is_unreachable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let address = Address::Unix(dir.path().join("missing.sock"));
+        let mut out = output();
+        let args = VersionArgs {
+            output: OutputFormat::Table,
+        };
+        let err = run(Some(&address), &args, &mut out)
+            .await
+            .expect_err("unreachable");
+        assert_eq!(err.exit_code(), 6);
+        assert_eq!(
+            String::from_utf8(out.writer).expect("UTF-8"),
+            format!("client  gpukillctl {CLIENT_VERSION} (gpukill.v1)\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_daemon_is_asked() {
+        let served = serve(FakeDaemon {
+            version: Some(daemon()),
+            ..Default::default()
+        });
+        let address = Address::Unix(served.socket.clone());
+        let mut out = output();
+        let args = VersionArgs {
+            output: OutputFormat::Json,
+        };
+        run(Some(&address), &args, &mut out).await.expect("version");
+        let value: serde_json::Value = serde_json::from_slice(&out.writer).expect("JSON");
+        assert_eq!(value["daemon_version"], "0.1.0");
+        assert_eq!(value["host"], "gpu-node-1");
+    }
+}

@@ -1,0 +1,263 @@
+//! The one error type of gpukillctl and its exit codes.
+
+use std::path::PathBuf;
+
+use gpukill_proto::exit_code;
+use gpukill_proto::{SOCKET_ENV, SYSTEMD_UNIT};
+
+/// Everything that can make a gpukillctl command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon's socket could not be connected to. The message is one line on purpose:
+    /// it names the socket and what to check, and nothing below it adds anything.
+    #[error(
+        "cannot reach gpukilld at {}: {reason} (is {SYSTEMD_UNIT} running? try: systemctl status {SYSTEMD_UNIT}, or pass --socket / {SOCKET_ENV})",
+        socket.display()
+    )]
+    Unreachable {
+        /// The socket path tried.
+        socket: PathBuf,
+        /// Why it failed, e.g. "No such file or directory".
+        reason: String,
+    },
+
+    /// The connection to the daemon broke during a call, and a new one cannot be made: the
+    /// daemon stopped or crashed.
+    #[error(
+        "lost the connection to gpukilld at {}: {reason} (is {SYSTEMD_UNIT} running? try: systemctl status {SYSTEMD_UNIT})",
+        socket.display()
+    )]
+    ConnectionLost {
+        /// The socket path.
+        socket: PathBuf,
+        /// Why reconnecting failed, e.g. "Connection refused".
+        reason: String,
+    },
+
+    /// `--socket` named an address kind this client does not speak yet.
+    #[error("{address}: remote daemons (https://) are not supported yet; use a Unix socket path")]
+    UnsupportedAddress {
+        /// The address as given.
+        address: String,
+    },
+
+    /// The daemon answered an RPC with an error status.
+    #[error("{rpc} failed ({code:?}): {message}")]
+    Rpc {
+        /// The RPC name, e.g. "List".
+        rpc: &'static str,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message (names the offending value), or the code's description.
+        message: String,
+    },
+
+    /// The daemon answered successfully but left out a required field.
+    #[error("gpukilld sent a {rpc} response without a snapshot")]
+    EmptyResponse {
+        /// The RPC name.
+        rpc: &'static str,
+    },
+
+    /// A GPU vendor library failed as a whole (e.g. NVML could not be loaded). `list` still
+    /// prints what it has, then reports this.
+    #[error("GPU vendor library failure: {}", failures.join("; "))]
+    VendorFailed {
+        /// One "vendor: message" per failed vendor.
+        failures: Vec<String>,
+    },
+
+    /// The daemon closed the Watch stream without an error.
+    #[error("gpukilld closed the Watch stream")]
+    WatchEnded,
+
+    /// Ctrl-C could not be listened for.
+    #[error("cannot listen for Ctrl-C")]
+    Signal(#[source] std::io::Error),
+
+    /// Writing to standard output failed.
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
+
+    /// Serializing JSON output failed.
+    #[error("cannot encode JSON output")]
+    Json(#[source] serde_json::Error),
+
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl Error {
+    /// Builds [`Error::Rpc`] from a failed call's status.
+    pub fn rpc(rpc: &'static str, status: tonic::Status) -> Self {
+        let message = if status.message().is_empty() {
+            status.code().description().to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        Error::Rpc {
+            rpc,
+            code: status.code(),
+            message,
+        }
+    }
+
+    /// The process exit code for this error (see [`gpukill_proto::exit_code`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Unreachable { .. } | Error::ConnectionLost { .. } => {
+                exit_code::DAEMON_UNREACHABLE
+            }
+            Error::UnsupportedAddress { .. } => exit_code::UNSUPPORTED,
+            Error::VendorFailed { .. } => exit_code::VENDOR,
+            Error::Rpc { code, .. } => match code {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::NotFound => {
+                    exit_code::INVALID_ARGUMENT
+                }
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                    exit_code::PERMISSION_DENIED
+                }
+                tonic::Code::Unimplemented | tonic::Code::FailedPrecondition => {
+                    exit_code::UNSUPPORTED
+                }
+                tonic::Code::Unavailable => exit_code::DAEMON_UNREACHABLE,
+                tonic::Code::Ok
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::AlreadyExists
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Aborted
+                | tonic::Code::Internal
+                | tonic::Code::DataLoss => exit_code::ERROR,
+            },
+            Error::EmptyResponse { .. }
+            | Error::WatchEnded
+            | Error::Signal(_)
+            | Error::Output(_)
+            | Error::Json(_)
+            | Error::Runtime(_) => exit_code::ERROR,
+        }
+    }
+}
+
+/// The exit code for a command line clap rejected: 0 for `--help` and `--version`,
+/// [`exit_code::INVALID_ARGUMENT`] for every usage error.
+pub fn clap_exit_code(err: &clap::Error) -> i32 {
+    if err.exit_code() == 0 {
+        exit_code::OK
+    } else {
+        exit_code::INVALID_ARGUMENT
+    }
+}
+
+/// Renders an error and its sources as the lines gpukillctl prints on standard error:
+/// `gpukillctl: error: <error>` then `  caused by: <source>` for each source.
+pub fn format_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("gpukillctl: error: {err}\n");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!("  caused by: {cause}\n"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+    use tonic::Code;
+
+    #[test]
+    fn every_status_code_maps_to_its_documented_exit_code() {
+        let cases = [
+            (Code::Ok, 1),
+            (Code::Cancelled, 1),
+            (Code::Unknown, 1),
+            (Code::InvalidArgument, 3),
+            (Code::DeadlineExceeded, 1),
+            (Code::NotFound, 3),
+            (Code::AlreadyExists, 1),
+            (Code::PermissionDenied, 4),
+            (Code::ResourceExhausted, 1),
+            (Code::FailedPrecondition, 5),
+            (Code::Aborted, 1),
+            (Code::OutOfRange, 3),
+            (Code::Unimplemented, 5),
+            (Code::Internal, 1),
+            (Code::Unavailable, 6),
+            (Code::DataLoss, 1),
+            (Code::Unauthenticated, 4),
+        ];
+        for (code, expected) in cases {
+            let err = Error::rpc("List", tonic::Status::new(code, "boom"));
+            assert_eq!(err.exit_code(), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn rpc_errors_print_the_status_message() {
+        let status = tonic::Status::invalid_argument("invalid process regex \"(\": unclosed group");
+        let err = Error::rpc("List", status);
+        assert_eq!(
+            err.to_string(),
+            "List failed (InvalidArgument): invalid process regex \"(\": unclosed group"
+        );
+        let err = Error::rpc("List", tonic::Status::new(Code::Internal, ""));
+        assert_eq!(err.to_string(), "List failed (Internal): Internal error");
+    }
+
+    #[test]
+    fn other_errors_have_fixed_exit_codes() {
+        let unreachable = Error::Unreachable {
+            socket: PathBuf::from("/run/gpukill/gpukilld.sock"),
+            reason: "No such file or directory".to_owned(),
+        };
+        assert_eq!(unreachable.exit_code(), 6);
+        let lost = Error::ConnectionLost {
+            socket: PathBuf::from("/run/gpukill/gpukilld.sock"),
+            reason: "Connection refused".to_owned(),
+        };
+        assert_eq!(lost.exit_code(), 6);
+        assert_eq!(
+            unreachable.to_string(),
+            "cannot reach gpukilld at /run/gpukill/gpukilld.sock: No such file or directory \
+             (is gpukilld.service running? try: systemctl status gpukilld.service, \
+             or pass --socket / GPUKILL_SOCKET)"
+        );
+        let unsupported = Error::UnsupportedAddress {
+            address: "https://node1".to_owned(),
+        };
+        assert_eq!(unsupported.exit_code(), 5);
+        assert_eq!(Error::WatchEnded.exit_code(), 1);
+        assert_eq!(Error::EmptyResponse { rpc: "List" }.exit_code(), 1);
+    }
+
+    #[test]
+    fn usage_errors_exit_3_and_help_exits_0() {
+        let exit = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(_) => panic!("{args:?} should not parse"),
+            Err(err) => clap_exit_code(&err),
+        };
+        assert_eq!(exit(&["gpukillctl", "list", "--vendor", "matrox"]), 3);
+        assert_eq!(exit(&["gpukillctl", "list", "--bogus"]), 3);
+        assert_eq!(exit(&["gpukillctl", "list", "--output", "yaml"]), 3);
+        assert_eq!(exit(&["gpukillctl", "--socket", "ftp://x", "list"]), 3);
+        assert_eq!(exit(&["gpukillctl"]), 3);
+        assert_eq!(exit(&["gpukillctl", "--help"]), 0);
+        assert_eq!(exit(&["gpukillctl", "list", "--help"]), 0);
+        assert_eq!(exit(&["gpukillctl", "--version"]), 0);
+    }
+
+    #[test]
+    fn the_chain_is_printed_one_cause_per_line() {
+        let err = Error::Output(std::io::Error::other("disk full"));
+        assert_eq!(
+            format_chain(&err),
+            "gpukillctl: error: cannot write output\n  caused by: disk full\n"
+        );
+    }
+}

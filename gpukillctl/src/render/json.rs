@@ -1,0 +1,408 @@
+//! The JSON of `gpukillctl list --output json`.
+//!
+//! Field names are those of the original gpukill JSON and must never be renamed (fields may be
+//! added). Every struct field is serialized under its Rust name, in declaration order; no
+//! serde renames. Every absent value is `null`, never `0` and never omitted.
+//!
+//! Times: the snapshot's `ts` is RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.250Z`),
+//! so watchers can tell ticks of a sub-second poll interval apart; process `start_time` is
+//! RFC 3339 UTC with whole seconds (`2024-05-01T09:46:47Z`), with the exact value in
+//! `start_time_unix_ms`. A time the daemon left unset (zero) is `null`.
+
+use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, VendorStatus};
+use serde::Serialize;
+
+use super::time::{rfc3339_millis, rfc3339_seconds};
+use super::{mib, pid_count, process_kind_name, top_process, vendor_name, vendor_state_name};
+use crate::error::Error;
+
+/// One snapshot: the top-level JSON document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotJson {
+    /// Host name of the node.
+    pub host: String,
+    /// When the snapshot's tick started, RFC 3339 UTC with milliseconds.
+    pub ts: Option<String>,
+    /// Snapshot sequence number; gaps mean skipped snapshots.
+    pub seq: u64,
+    /// Whether the GPU data is older than it should be.
+    pub stale: bool,
+    /// Why the snapshot is stale.
+    pub stale_reason: Option<String>,
+    /// The daemon's poll interval, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Age of the GPU data when the daemon sent it, milliseconds.
+    pub age_ms: u64,
+    /// One entry per configured vendor backend.
+    pub vendors: Vec<VendorJson>,
+    /// The GPUs.
+    pub gpus: Vec<GpuJson>,
+    /// The processes using a GPU, once per GPU they use.
+    pub procs: Vec<ProcJson>,
+}
+
+/// The state of one vendor backend.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VendorJson {
+    /// `nvidia`, `amd`, `intel` or `apple`.
+    pub vendor: &'static str,
+    /// `ok`, `error` or `hung`.
+    pub state: &'static str,
+    /// The library error, or how long a call has been hung.
+    pub message: Option<String>,
+    /// Driver version, when known.
+    pub driver_version: Option<String>,
+    /// When the vendor last answered a poll completely, RFC 3339 UTC with milliseconds.
+    pub last_success_ts: Option<String>,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuJson {
+    /// Index as the vendor numbers it.
+    pub gpu_index: u32,
+    /// `nvidia`, `amd`, `intel` or `apple`.
+    pub vendor: &'static str,
+    /// Product name.
+    pub name: Option<String>,
+    /// Stable identifier.
+    pub uuid: Option<String>,
+    /// PCI bus id.
+    pub pci_bus_id: Option<String>,
+    /// Memory in use, whole MiB (rounded down).
+    pub mem_used_mb: Option<u64>,
+    /// Total memory, whole MiB (rounded down).
+    pub mem_total_mb: Option<u64>,
+    /// GPU utilization, percent.
+    pub util_pct: Option<u32>,
+    /// Memory-controller utilization, percent.
+    pub mem_util_pct: Option<u32>,
+    /// Temperature, degrees Celsius.
+    pub temp_c: Option<i32>,
+    /// Power draw, watts.
+    pub power_w: Option<f64>,
+    /// Fan speed, percent.
+    pub fan_pct: Option<u32>,
+    /// SM clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock, MHz.
+    pub mem_clock_mhz: Option<u32>,
+    /// Volatile ECC error count.
+    pub ecc_volatile: Option<u64>,
+    /// Whether MIG mode is enabled.
+    pub mig_enabled: Option<bool>,
+    /// Whether the GPU can be reset.
+    pub reset_supported: Option<bool>,
+    /// Why the GPU could not be read this tick.
+    pub error: Option<String>,
+    /// How many processes use this GPU (of those that matched the filter); `null` when the GPU
+    /// could not be read and no process was reported.
+    pub pids: Option<u64>,
+    /// The process using the most memory on this GPU.
+    pub top_proc: Option<ProcJson>,
+}
+
+/// One process on one GPU.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcJson {
+    /// The GPU it runs on.
+    pub gpu_index: u32,
+    /// Vendor of that GPU.
+    pub vendor: &'static str,
+    /// Process id.
+    pub pid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// User name (or the uid in decimal).
+    pub user: String,
+    /// Short name (comm).
+    pub proc_name: String,
+    /// Full command line.
+    pub cmdline: String,
+    /// GPU memory used, whole MiB (rounded down).
+    pub used_mem_mb: Option<u64>,
+    /// Share of the GPU's SM time, percent.
+    pub sm_util_pct: Option<u32>,
+    /// `compute`, `graphics` or `compute+graphics`.
+    pub kind: Option<&'static str>,
+    /// Start time, RFC 3339 UTC with whole seconds.
+    pub start_time: Option<String>,
+    /// Start time, milliseconds since the epoch; with `pid` it identifies the process.
+    pub start_time_unix_ms: Option<i64>,
+    /// Container id, when the process runs in a container.
+    pub container: Option<String>,
+    /// Container runtime (docker, containerd, cri-o, podman, kubepods).
+    pub container_runtime: Option<String>,
+    /// Kubernetes pod UID.
+    pub pod_uid: Option<String>,
+    /// Basename of the executable when it differs from `proc_name`.
+    pub exe_name: Option<String>,
+}
+
+impl SnapshotJson {
+    /// The JSON view of `snapshot`.
+    pub fn new(snapshot: &Snapshot) -> Self {
+        SnapshotJson {
+            host: snapshot.host.clone(),
+            ts: rfc3339_millis(snapshot.timestamp_unix_ms),
+            seq: snapshot.sequence,
+            stale: snapshot.stale,
+            stale_reason: snapshot.stale_reason.clone(),
+            poll_interval_ms: snapshot.poll_interval_ms,
+            age_ms: snapshot.age_ms,
+            vendors: snapshot.vendors.iter().map(VendorJson::new).collect(),
+            gpus: snapshot
+                .gpus
+                .iter()
+                .map(|gpu| GpuJson::new(snapshot, gpu))
+                .collect(),
+            procs: snapshot.processes.iter().map(ProcJson::new).collect(),
+        }
+    }
+}
+
+impl VendorJson {
+    /// The JSON view of one vendor status.
+    pub fn new(status: &VendorStatus) -> Self {
+        VendorJson {
+            vendor: vendor_name(status.vendor),
+            state: vendor_state_name(status.state),
+            message: status.message.clone(),
+            driver_version: status.driver_version.clone(),
+            last_success_ts: status.last_success_unix_ms.and_then(rfc3339_millis),
+        }
+    }
+}
+
+impl GpuJson {
+    /// The JSON view of `gpu`, with its process count and top process from `snapshot`.
+    pub fn new(snapshot: &Snapshot, gpu: &Gpu) -> Self {
+        GpuJson {
+            gpu_index: gpu.index,
+            vendor: vendor_name(gpu.vendor),
+            name: gpu.name.clone(),
+            uuid: gpu.uuid.clone(),
+            pci_bus_id: gpu.pci_bus_id.clone(),
+            mem_used_mb: gpu.memory_used_bytes.map(mib),
+            mem_total_mb: gpu.memory_total_bytes.map(mib),
+            util_pct: gpu.utilization_gpu_pct,
+            mem_util_pct: gpu.utilization_memory_pct,
+            temp_c: gpu.temperature_c,
+            power_w: gpu.power_mw.map(|mw| f64::from(mw) / 1000.0),
+            fan_pct: gpu.fan_speed_pct,
+            sm_clock_mhz: gpu.clock_sm_mhz,
+            mem_clock_mhz: gpu.clock_mem_mhz,
+            ecc_volatile: gpu.ecc_volatile_errors,
+            mig_enabled: gpu.mig_enabled,
+            reset_supported: gpu.reset_supported,
+            error: gpu.error.clone(),
+            pids: pid_count(snapshot, gpu),
+            top_proc: top_process(snapshot, gpu).map(ProcJson::new),
+        }
+    }
+}
+
+impl ProcJson {
+    /// The JSON view of one process.
+    pub fn new(process: &GpuProcess) -> Self {
+        let start = rfc3339_seconds(process.start_time_unix_ms);
+        ProcJson {
+            gpu_index: process.gpu_index,
+            vendor: vendor_name(process.vendor),
+            pid: process.pid,
+            uid: process.uid,
+            user: process.user.clone(),
+            proc_name: process.name.clone(),
+            cmdline: process.cmdline.clone(),
+            used_mem_mb: process.used_memory_bytes.map(mib),
+            sm_util_pct: process.sm_utilization_pct,
+            kind: process_kind_name(process.kind),
+            start_time_unix_ms: start.as_ref().map(|_| process.start_time_unix_ms),
+            start_time: start,
+            container: process.container.as_ref().map(|c| c.id.clone()),
+            container_runtime: process.container.as_ref().map(|c| c.runtime.clone()),
+            pod_uid: process.container.as_ref().and_then(|c| c.pod_uid.clone()),
+            exe_name: process.exe_name.clone(),
+        }
+    }
+}
+
+/// `snapshot` as one indented JSON document, ending in a newline.
+pub fn pretty(snapshot: &Snapshot) -> Result<String, Error> {
+    let mut text =
+        serde_json::to_string_pretty(&SnapshotJson::new(snapshot)).map_err(Error::Json)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// `snapshot` as one compact line of JSON ending in a newline (an NDJSON record).
+pub fn line(snapshot: &Snapshot) -> Result<String, Error> {
+    let mut text = serde_json::to_string(&SnapshotJson::new(snapshot)).map_err(Error::Json)?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+    use serde_json::{Value, json};
+
+    fn expected_python() -> Value {
+        json!({
+            "gpu_index": 0,
+            "vendor": "nvidia",
+            "pid": 4242,
+            "uid": 1000,
+            "user": "alice",
+            "proc_name": "python",
+            "cmdline": "python train.py --epochs 10",
+            "used_mem_mb": 20480,
+            "sm_util_pct": 80,
+            "kind": "compute",
+            "start_time": "2024-05-01T09:46:47Z",
+            "start_time_unix_ms": 1_714_556_807_000_i64,
+            "container": null,
+            "container_runtime": null,
+            "pod_uid": null,
+            "exe_name": null
+        })
+    }
+
+    fn expected() -> Value {
+        json!({
+            "host": "gpu-node-1",
+            "ts": "2024-05-01T12:00:00.250Z",
+            "seq": 42,
+            "stale": false,
+            "stale_reason": null,
+            "poll_interval_ms": 1000,
+            "age_ms": 120,
+            "vendors": [{
+                "vendor": "nvidia",
+                "state": "ok",
+                "message": null,
+                "driver_version": "550.54.15",
+                "last_success_ts": "2024-05-01T12:00:00.250Z"
+            }],
+            "gpus": [
+                {
+                    "gpu_index": 0,
+                    "vendor": "nvidia",
+                    "name": "NVIDIA A100-SXM4-80GB",
+                    "uuid": "GPU-5d1a3c2e-0b7f-4c1e-9a8d-1f2e3d4c5b6a",
+                    "pci_bus_id": "00000000:07:00.0",
+                    "mem_used_mb": 25600,
+                    "mem_total_mb": 81920,
+                    "util_pct": 87,
+                    "mem_util_pct": 45,
+                    "temp_c": null,
+                    "power_w": null,
+                    "fan_pct": null,
+                    "sm_clock_mhz": 1410,
+                    "mem_clock_mhz": 1593,
+                    "ecc_volatile": 0,
+                    "mig_enabled": false,
+                    "reset_supported": true,
+                    "error": null,
+                    "pids": 3,
+                    "top_proc": expected_python()
+                },
+                {
+                    "gpu_index": 1,
+                    "vendor": "nvidia",
+                    "name": "NVIDIA A100-SXM4-80GB",
+                    "uuid": "GPU-8e7f6a5b-4c3d-2e1f-0a9b-8c7d6e5f4a3b",
+                    "pci_bus_id": "00000000:0F:00.0",
+                    "mem_used_mb": null,
+                    "mem_total_mb": 81920,
+                    "util_pct": null,
+                    "mem_util_pct": null,
+                    "temp_c": null,
+                    "power_w": null,
+                    "fan_pct": null,
+                    "sm_clock_mhz": null,
+                    "mem_clock_mhz": null,
+                    "ecc_volatile": null,
+                    "mig_enabled": null,
+                    "reset_supported": null,
+                    "error": "GPU is lost",
+                    "pids": null,
+                    "top_proc": null
+                }
+            ],
+            "procs": [
+                expected_python(),
+                {
+                    "gpu_index": 0,
+                    "vendor": "nvidia",
+                    "pid": 5151,
+                    "uid": 1001,
+                    "user": "bob",
+                    "proc_name": "pt_main_thread",
+                    "cmdline": "python3 serve.py --port 8000",
+                    "used_mem_mb": 5120,
+                    "sm_util_pct": null,
+                    "kind": "compute+graphics",
+                    "start_time": "2024-05-01T11:55:00Z",
+                    "start_time_unix_ms": 1_714_564_500_000_i64,
+                    "container": "3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0",
+                    "container_runtime": "containerd",
+                    "pod_uid": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+                    "exe_name": "python3.11"
+                },
+                {
+                    "gpu_index": 0,
+                    "vendor": "nvidia",
+                    "pid": 1789,
+                    "uid": 0,
+                    "user": "root",
+                    "proc_name": "Xorg",
+                    "cmdline": "/usr/lib/xorg/Xorg :0",
+                    "used_mem_mb": null,
+                    "sm_util_pct": null,
+                    "kind": "graphics",
+                    "start_time": "2024-04-28T06:30:00Z",
+                    "start_time_unix_ms": 1_714_285_800_000_i64,
+                    "container": null,
+                    "container_runtime": null,
+                    "pod_uid": null,
+                    "exe_name": null
+                }
+            ]
+        })
+    }
+
+    #[test]
+    fn the_snapshot_renders_to_the_documented_json() {
+        let snapshot = testutil::snapshot();
+        let actual: Value =
+            serde_json::from_str(&pretty(&snapshot).expect("encode")).expect("valid JSON");
+        assert_eq!(actual, expected());
+    }
+
+    #[test]
+    fn watch_lines_are_single_line_json() {
+        let snapshot = testutil::snapshot();
+        let text = line(&snapshot).expect("encode");
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(text.ends_with('\n'));
+        let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(actual, expected());
+    }
+
+    #[test]
+    fn unset_times_and_kinds_are_null() {
+        let snapshot = Snapshot {
+            timestamp_unix_ms: 0,
+            processes: vec![GpuProcess::default()],
+            ..Default::default()
+        };
+        let actual = serde_json::to_value(SnapshotJson::new(&snapshot)).expect("encode");
+        assert_eq!(actual["ts"], Value::Null);
+        assert_eq!(actual["procs"][0]["start_time"], Value::Null);
+        assert_eq!(actual["procs"][0]["start_time_unix_ms"], Value::Null);
+        assert_eq!(actual["procs"][0]["kind"], Value::Null);
+        assert_eq!(actual["procs"][0]["vendor"], "unknown");
+    }
+}

@@ -1,0 +1,167 @@
+//! Turning snapshots into text: human tables ([`table`]) and the gpukill JSON ([`json`]).
+//!
+//! Both renderings share the helpers here, so a table and the JSON of the same snapshot always
+//! agree on names, units, the process count and the top process of a GPU.
+
+pub mod json;
+pub mod table;
+pub mod time;
+
+use gpukill_proto::v1::{Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState};
+
+/// Bytes per MiB; memory is shown in whole MiB, rounded down.
+const MIB: u64 = 1024 * 1024;
+
+/// Whole MiB in `bytes`, rounded down.
+pub fn mib(bytes: u64) -> u64 {
+    bytes / MIB
+}
+
+/// The lower-case vendor name (`nvidia`, `amd`, ...); `unknown` for an unset or unknown value.
+pub fn vendor_name(vendor: i32) -> &'static str {
+    match Vendor::try_from(vendor) {
+        Ok(Vendor::Unspecified) | Err(_) => "unknown",
+        Ok(vendor) => vendor.cli_name(),
+    }
+}
+
+/// The vendor state as `ok`, `error` or `hung`; `unknown` for an unset or unknown value.
+pub fn vendor_state_name(state: i32) -> &'static str {
+    match VendorState::try_from(state) {
+        Ok(VendorState::Ok) => "ok",
+        Ok(VendorState::Error) => "error",
+        Ok(VendorState::Hung) => "hung",
+        Ok(VendorState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// The process kind as `compute`, `graphics` or `compute+graphics`; `None` when unset.
+pub fn process_kind_name(kind: i32) -> Option<&'static str> {
+    match ProcessKind::try_from(kind) {
+        Ok(ProcessKind::Compute) => Some("compute"),
+        Ok(ProcessKind::Graphics) => Some("graphics"),
+        Ok(ProcessKind::ComputeAndGraphics) => Some("compute+graphics"),
+        Ok(ProcessKind::Unspecified) | Err(_) => None,
+    }
+}
+
+/// The processes of `snapshot` that run on `gpu` (same vendor and index).
+pub fn processes_on<'a>(
+    snapshot: &'a Snapshot,
+    gpu: &Gpu,
+) -> impl Iterator<Item = &'a GpuProcess> + use<'a> {
+    let (vendor, index) = (gpu.vendor, gpu.index);
+    snapshot
+        .processes
+        .iter()
+        .filter(move |process| process.vendor == vendor && process.gpu_index == index)
+}
+
+/// How many distinct processes run on `gpu`. `None` (unknown, not zero) when the GPU could
+/// not be read this tick and no process was reported for it.
+///
+/// When the request had a process filter, this counts the processes that matched it.
+pub fn pid_count(snapshot: &Snapshot, gpu: &Gpu) -> Option<u64> {
+    let mut pids: Vec<u32> = processes_on(snapshot, gpu).map(|p| p.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    if pids.is_empty() && gpu.error.is_some() {
+        None
+    } else {
+        Some(pids.len() as u64)
+    }
+}
+
+/// The process using the most memory on `gpu`. Processes whose memory is unknown rank below
+/// every process whose memory is known; ties go to the lowest PID. A GPU whose processes all
+/// have unknown memory still has a top process (the lowest PID), since one is better than none.
+pub fn top_process<'a>(snapshot: &'a Snapshot, gpu: &Gpu) -> Option<&'a GpuProcess> {
+    processes_on(snapshot, gpu).min_by(|a, b| {
+        // `Option` orders `None` below `Some`, so reversing puts the largest known first.
+        b.used_memory_bytes
+            .cmp(&a.used_memory_bytes)
+            .then(a.pid.cmp(&b.pid))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+
+    fn process(gpu_index: u32, pid: u32, used: Option<u64>) -> GpuProcess {
+        GpuProcess {
+            gpu_index,
+            vendor: Vendor::Nvidia as i32,
+            pid,
+            used_memory_bytes: used,
+            ..Default::default()
+        }
+    }
+
+    fn gpu(index: u32) -> Gpu {
+        Gpu {
+            index,
+            vendor: Vendor::Nvidia as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_top_process_uses_the_most_memory_on_that_gpu() {
+        let snapshot = testutil::snapshot();
+        let top = top_process(&snapshot, &snapshot.gpus[0]).expect("GPU 0 has processes");
+        assert_eq!((top.name.as_str(), top.pid), ("python", 4242));
+        assert_eq!(top_process(&snapshot, &snapshot.gpus[1]), None);
+    }
+
+    #[test]
+    fn known_memory_beats_unknown_and_ties_go_to_the_lowest_pid() {
+        let snapshot = Snapshot {
+            gpus: vec![gpu(0), gpu(1), gpu(2)],
+            processes: vec![
+                process(0, 30, None),
+                process(0, 20, Some(1)),
+                process(1, 9, Some(5 * MIB)),
+                process(1, 7, Some(5 * MIB)),
+                process(1, 8, Some(6 * MIB)),
+                process(2, 50, None),
+                process(2, 40, None),
+                // Same index, other vendor: not on GPU 2.
+                GpuProcess {
+                    vendor: Vendor::Amd as i32,
+                    ..process(2, 1, Some(100 * MIB))
+                },
+            ],
+            ..Default::default()
+        };
+        let top = |i: usize| top_process(&snapshot, &snapshot.gpus[i]).map(|p| p.pid);
+        assert_eq!(top(0), Some(20));
+        assert_eq!(top(1), Some(8));
+        assert_eq!(top(2), Some(40));
+    }
+
+    #[test]
+    fn pid_counts_are_unknown_for_unreadable_gpus_without_processes() {
+        let snapshot = testutil::snapshot();
+        assert_eq!(pid_count(&snapshot, &snapshot.gpus[0]), Some(3));
+        assert_eq!(pid_count(&snapshot, &snapshot.gpus[1]), None);
+        let idle = Snapshot {
+            gpus: vec![gpu(0)],
+            ..Default::default()
+        };
+        assert_eq!(pid_count(&idle, &idle.gpus[0]), Some(0));
+    }
+
+    #[test]
+    fn names_and_units() {
+        assert_eq!(mib(85_899_345_920), 81920);
+        assert_eq!(mib(MIB - 1), 0);
+        assert_eq!(vendor_name(Vendor::Nvidia as i32), "nvidia");
+        assert_eq!(vendor_name(0), "unknown");
+        assert_eq!(vendor_name(99), "unknown");
+        assert_eq!(vendor_state_name(VendorState::Hung as i32), "hung");
+        assert_eq!(process_kind_name(3), Some("compute+graphics"));
+        assert_eq!(process_kind_name(0), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! The human tables of `gpukillctl list`.
+//!
+//! Layout, top to bottom:
+//! 1. `host  <ts RFC 3339 UTC, seconds>  seq N`, plus `  STALE: <reason>` when stale;
+//! 2. the GPU table (the columns of the original gpukill);
+//! 3. one `GPU i (name): error: ...` line per GPU that could not be read;
+//! 4. one `vendor: state: message` line per vendor whose last poll was not OK;
+//! 5. with `--details` or `--containers`, a blank line and the process table.
+//!
+//! Every absent value is `-`. Tables use tabled's psql style with trailing spaces trimmed.
+
+use gpukill_proto::v1::{GpuProcess, Snapshot, VendorState};
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use super::time::{TimeZone, age, clock, rfc3339_seconds};
+use super::{mib, pid_count, top_process, vendor_name, vendor_state_name};
+
+/// The placeholder for an absent value.
+const ABSENT: &str = "-";
+
+/// Which tables to show, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Show the process table.
+    pub details: bool,
+    /// Show the process table with the container columns (RUNTIME, POD).
+    pub containers: bool,
+    /// The time zone of process start times.
+    pub tz: TimeZone,
+}
+
+/// Renders `snapshot` as text, ending in a newline.
+pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
+    let mut text = header(snapshot);
+    text.push_str(&gpu_table(snapshot));
+    for gpu in snapshot.gpus.iter().filter(|gpu| gpu.error.is_some()) {
+        let name = gpu.name.as_deref().unwrap_or(ABSENT);
+        let error = gpu.error.as_deref().unwrap_or_default();
+        text.push_str(&format!("GPU {} ({name}): error: {error}\n", gpu.index));
+    }
+    for vendor in &snapshot.vendors {
+        if vendor.state == VendorState::Ok as i32 {
+            continue;
+        }
+        let mut line = format!(
+            "{}: {}",
+            vendor_name(vendor.vendor),
+            vendor_state_name(vendor.state)
+        );
+        if let Some(message) = &vendor.message {
+            line.push_str(": ");
+            line.push_str(message);
+        }
+        line.push('\n');
+        text.push_str(&line);
+    }
+    if options.details || options.containers {
+        text.push('\n');
+        text.push_str(&process_table(snapshot, options));
+    }
+    text
+}
+
+/// The header line.
+fn header(snapshot: &Snapshot) -> String {
+    let ts = rfc3339_seconds(snapshot.timestamp_unix_ms);
+    let mut line = format!(
+        "{}  {}  seq {}",
+        snapshot.host,
+        ts.as_deref().unwrap_or(ABSENT),
+        snapshot.sequence
+    );
+    if snapshot.stale {
+        line.push_str("  STALE: ");
+        line.push_str(
+            snapshot
+                .stale_reason
+                .as_deref()
+                .unwrap_or("no reason given"),
+        );
+    }
+    line.push('\n');
+    line
+}
+
+/// The GPU table.
+fn gpu_table(snapshot: &Snapshot) -> String {
+    let header = [
+        "GPU",
+        "NAME",
+        "MEM_USED/TOTAL",
+        "UTIL(%)",
+        "TEMP(°C)",
+        "POWER(W)",
+        "ECC(volatile)",
+        "PIDS",
+        "TOP_PROC",
+    ];
+    let rows = snapshot.gpus.iter().map(|gpu| {
+        vec![
+            gpu.index.to_string(),
+            or_absent(gpu.name.as_deref()),
+            format!(
+                "{}/{}",
+                or_absent(gpu.memory_used_bytes.map(mib)),
+                or_absent(gpu.memory_total_bytes.map(mib))
+            ),
+            or_absent(gpu.utilization_gpu_pct),
+            or_absent(gpu.temperature_c),
+            or_absent(gpu.power_mw.map(watts)),
+            or_absent(gpu.ecc_volatile_errors),
+            or_absent(pid_count(snapshot, gpu)),
+            or_absent(
+                top_process(snapshot, gpu)
+                    .map(|process| format!("{}:{}", process.name, process.pid)),
+            ),
+        ]
+    });
+    table(&header, rows)
+}
+
+/// The process table.
+fn process_table(snapshot: &Snapshot, options: &TableOptions) -> String {
+    let mut header = vec![
+        "GPU",
+        "PID",
+        "USER",
+        "PROC",
+        "VRAM_MB",
+        "START",
+        "CONTAINER",
+    ];
+    if options.containers {
+        header.extend(["RUNTIME", "POD"]);
+    }
+    let rows = snapshot.processes.iter().map(|process| {
+        let container = process.container.as_ref();
+        let mut row = vec![
+            process.gpu_index.to_string(),
+            process.pid.to_string(),
+            process.user.clone(),
+            process.name.clone(),
+            or_absent(process.used_memory_bytes.map(mib)),
+            start(process, snapshot.timestamp_unix_ms, options.tz),
+            or_absent(container.map(|c| c.id.chars().take(12).collect::<String>())),
+        ];
+        if options.containers {
+            row.push(or_absent(container.map(|c| c.runtime.clone())));
+            row.push(or_absent(container.and_then(|c| c.pod_uid.clone())));
+        }
+        row
+    });
+    table(&header, rows)
+}
+
+/// `HH:MM:SS (age)`: the start time in `tz` and the age as of the snapshot (not as of now, so
+/// the same snapshot always renders the same way).
+fn start(process: &GpuProcess, now_ms: i64, tz: TimeZone) -> String {
+    match clock(process.start_time_unix_ms, tz) {
+        Some(time) => format!(
+            "{time} ({})",
+            age(now_ms.saturating_sub(process.start_time_unix_ms))
+        ),
+        None => ABSENT.to_owned(),
+    }
+}
+
+/// Milliwatts as watts with one decimal, rounded half up: 245_150 -> `245.2`.
+fn watts(mw: u32) -> String {
+    let tenths = (u64::from(mw) + 50) / 100;
+    format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+/// `value` as text, or `-` when absent.
+fn or_absent<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| ABSENT.to_owned(), |value| value.to_string())
+}
+
+/// A psql-style table of `header` and `rows`, without trailing spaces, ending in a newline.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut builder = Builder::default();
+    builder.push_record(header.iter().copied());
+    for row in rows {
+        builder.push_record(row);
+    }
+    let mut table = builder.build();
+    table.with(Style::psql());
+    let mut text = String::new();
+    for line in table.to_string().lines() {
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{self, assert_snapshot};
+    use gpukill_proto::v1::Vendor;
+
+    const PLAIN: TableOptions = TableOptions {
+        details: false,
+        containers: false,
+        tz: TimeZone::Utc,
+    };
+
+    #[test]
+    fn gpu_table() {
+        assert_snapshot("list-table.txt", &render(&testutil::snapshot(), &PLAIN));
+    }
+
+    #[test]
+    fn details_add_the_process_table() {
+        let options = TableOptions {
+            details: true,
+            ..PLAIN
+        };
+        assert_snapshot("list-details.txt", &render(&testutil::snapshot(), &options));
+    }
+
+    #[test]
+    fn containers_add_runtime_and_pod() {
+        let options = TableOptions {
+            containers: true,
+            ..PLAIN
+        };
+        assert_snapshot(
+            "list-containers.txt",
+            &render(&testutil::snapshot(), &options),
+        );
+    }
+
+    #[test]
+    fn stale_snapshots_say_why_and_name_the_hung_vendor() {
+        assert_snapshot(
+            "list-stale.txt",
+            &render(&testutil::stale_snapshot(), &PLAIN),
+        );
+    }
+
+    #[test]
+    fn absent_values_are_dashes() {
+        let text = render(&testutil::snapshot(), &PLAIN);
+        let lost = text
+            .lines()
+            .find(|line| line.starts_with(" 1 "))
+            .expect("a row for GPU 1");
+        let cells: Vec<&str> = lost.split('|').map(str::trim).collect();
+        assert_eq!(
+            cells,
+            [
+                "1",
+                "NVIDIA A100-SXM4-80GB",
+                "-/81920",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_snapshot_still_has_headers() {
+        let snapshot = Snapshot {
+            host: "h".to_owned(),
+            ..Default::default()
+        };
+        let options = TableOptions {
+            details: true,
+            ..PLAIN
+        };
+        let expected = [
+            "h  -  seq 0",
+            " GPU | NAME | MEM_USED/TOTAL | UTIL(%) | TEMP(°C) | POWER(W) | ECC(volatile) | PIDS | TOP_PROC",
+            "-----+------+----------------+---------+----------+----------+---------------+------+----------",
+            "",
+            " GPU | PID | USER | PROC | VRAM_MB | START | CONTAINER",
+            "-----+-----+------+------+---------+-------+-----------",
+            "",
+        ];
+        assert_eq!(render(&snapshot, &options), expected.join("\n"));
+    }
+
+    #[test]
+    fn vendors_without_a_message_print_their_state() {
+        let snapshot = Snapshot {
+            vendors: vec![gpukill_proto::v1::VendorStatus {
+                vendor: Vendor::Amd as i32,
+                state: VendorState::Error as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(render(&snapshot, &PLAIN).ends_with("\namd: error\n"));
+    }
+
+    #[test]
+    fn watts_have_one_decimal() {
+        assert_eq!(watts(0), "0.0");
+        assert_eq!(watts(245_123), "245.1");
+        assert_eq!(watts(245_150), "245.2");
+        assert_eq!(watts(999), "1.0");
+        assert_eq!(watts(u32::MAX), "4294967.3");
+    }
+}

@@ -1,0 +1,284 @@
+//! Test fixtures: a hand-built snapshot, snapshot files, and an in-process fake daemon.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
+use gpukill_proto::v1::{
+    Container, Gpu, GpuProcess, HealthRequest, HealthResponse, ListRequest, ListResponse,
+    ProcessKind, Snapshot, SnapshotFilter, Vendor, VendorState, VendorStatus, VersionRequest,
+    VersionResponse, WatchRequest,
+};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+/// 2024-05-01T12:00:00.250Z, the snapshot's tick.
+pub const NOW_MS: i64 = 1_714_564_800_250;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// Two NVIDIA GPUs: GPU 0 without temperature, power or fan; GPU 1 lost (error set). Three
+/// processes on GPU 0: alice's python (the largest), bob's server in a Kubernetes container,
+/// and root's Xorg whose memory is unknown.
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        host: "gpu-node-1".to_owned(),
+        timestamp_unix_ms: NOW_MS,
+        sequence: 42,
+        vendors: vec![VendorStatus {
+            vendor: Vendor::Nvidia as i32,
+            state: VendorState::Ok as i32,
+            message: None,
+            driver_version: Some("550.54.15".to_owned()),
+            last_success_unix_ms: Some(NOW_MS),
+        }],
+        stale: false,
+        stale_reason: None,
+        age_ms: 120,
+        gpus: vec![
+            Gpu {
+                index: 0,
+                vendor: Vendor::Nvidia as i32,
+                uuid: Some("GPU-5d1a3c2e-0b7f-4c1e-9a8d-1f2e3d4c5b6a".to_owned()),
+                name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+                pci_bus_id: Some("00000000:07:00.0".to_owned()),
+                memory_used_bytes: Some(25 * GIB + MIB / 2),
+                memory_total_bytes: Some(80 * GIB),
+                utilization_gpu_pct: Some(87),
+                utilization_memory_pct: Some(45),
+                temperature_c: None,
+                power_mw: None,
+                fan_speed_pct: None,
+                clock_sm_mhz: Some(1410),
+                clock_mem_mhz: Some(1593),
+                ecc_volatile_errors: Some(0),
+                mig_enabled: Some(false),
+                reset_supported: Some(true),
+                error: None,
+            },
+            Gpu {
+                index: 1,
+                vendor: Vendor::Nvidia as i32,
+                uuid: Some("GPU-8e7f6a5b-4c3d-2e1f-0a9b-8c7d6e5f4a3b".to_owned()),
+                name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+                pci_bus_id: Some("00000000:0F:00.0".to_owned()),
+                memory_total_bytes: Some(80 * GIB),
+                error: Some("GPU is lost".to_owned()),
+                ..Default::default()
+            },
+        ],
+        processes: vec![
+            GpuProcess {
+                gpu_index: 0,
+                vendor: Vendor::Nvidia as i32,
+                pid: 4242,
+                // 2h13m13s before the tick.
+                start_time_unix_ms: 1_714_556_807_000,
+                uid: 1000,
+                user: "alice".to_owned(),
+                name: "python".to_owned(),
+                cmdline: "python train.py --epochs 10".to_owned(),
+                used_memory_bytes: Some(20 * GIB),
+                sm_utilization_pct: Some(80),
+                kind: ProcessKind::Compute as i32,
+                container: None,
+                exe_name: None,
+            },
+            GpuProcess {
+                gpu_index: 0,
+                vendor: Vendor::Nvidia as i32,
+                pid: 5151,
+                start_time_unix_ms: 1_714_564_500_000,
+                uid: 1001,
+                user: "bob".to_owned(),
+                name: "pt_main_thread".to_owned(),
+                cmdline: "python3 serve.py --port 8000".to_owned(),
+                used_memory_bytes: Some(5 * GIB + 12345),
+                sm_utilization_pct: None,
+                kind: ProcessKind::ComputeAndGraphics as i32,
+                container: Some(Container {
+                    id: "3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0"
+                        .to_owned(),
+                    runtime: "containerd".to_owned(),
+                    pod_uid: Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_owned()),
+                }),
+                exe_name: Some("python3.11".to_owned()),
+            },
+            GpuProcess {
+                gpu_index: 0,
+                vendor: Vendor::Nvidia as i32,
+                pid: 1789,
+                start_time_unix_ms: 1_714_285_800_000,
+                uid: 0,
+                user: "root".to_owned(),
+                name: "Xorg".to_owned(),
+                cmdline: "/usr/lib/xorg/Xorg :0".to_owned(),
+                used_memory_bytes: None,
+                sm_utilization_pct: None,
+                kind: ProcessKind::Graphics as i32,
+                container: None,
+                exe_name: None,
+            },
+        ],
+        tick_duration_us: 850,
+        poll_interval_ms: 1000,
+    }
+}
+
+/// [`snapshot`] as served while NVML is hung: stale, the vendor hung, and GPU 0 showing its
+/// last values (including temperature and power).
+pub fn stale_snapshot() -> Snapshot {
+    let mut snapshot = snapshot();
+    snapshot.stale = true;
+    snapshot.stale_reason = Some("nvidia backend hung".to_owned());
+    snapshot.age_ms = 3200;
+    snapshot.vendors[0].state = VendorState::Hung as i32;
+    snapshot.vendors[0].message = Some("NVML call has not returned for 3.2s".to_owned());
+    snapshot.gpus[0].temperature_c = Some(64);
+    snapshot.gpus[0].power_mw = Some(245_123);
+    snapshot
+}
+
+/// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
+/// environment it (re)writes the file instead.
+#[track_caller]
+pub fn assert_snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|err| {
+        panic!(
+            "cannot read {}: {err}; run with UPDATE_SNAPSHOTS=1 to create it",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} differs (run with UPDATE_SNAPSHOTS=1 to accept the new output)\n\
+         --- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+/// A fake gpukilld serving fixed answers, recording the filters it was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDaemon {
+    /// What List answers, or the status it fails with.
+    pub list: Option<Result<Snapshot, Status>>,
+    /// What Watch streams, item by item; the stream then ends, or stays open when
+    /// `watch_stays_open` is set.
+    pub watch: Vec<Result<Snapshot, Status>>,
+    /// Keep the Watch stream open after its items (a live daemon between ticks).
+    pub watch_stays_open: bool,
+    /// What Version answers; `None` fails with UNIMPLEMENTED.
+    pub version: Option<VersionResponse>,
+    /// The filters of every List and Watch request received.
+    pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
+}
+
+impl FakeDaemon {
+    fn record(&self, filter: Option<SnapshotFilter>) {
+        if let Ok(mut filters) = self.filters.lock() {
+            filters.push(filter.unwrap_or_default());
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl GpuKill for FakeDaemon {
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.record(request.into_inner().filter);
+        match self.list.clone() {
+            Some(Ok(snapshot)) => Ok(Response::new(ListResponse {
+                snapshot: Some(snapshot),
+            })),
+            Some(Err(status)) => Err(status),
+            None => Err(Status::unimplemented("List")),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.record(request.into_inner().filter);
+        let items = tokio_stream::iter(self.watch.clone());
+        if self.watch_stays_open {
+            Ok(Response::new(Box::pin(
+                items.chain(tokio_stream::pending()),
+            )))
+        } else {
+            Ok(Response::new(Box::pin(items)))
+        }
+    }
+
+    async fn health(
+        &self,
+        _request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        Err(Status::unimplemented("Health"))
+    }
+
+    async fn version(
+        &self,
+        _request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        self.version
+            .clone()
+            .map(Response::new)
+            .ok_or_else(|| Status::unimplemented("Version"))
+    }
+}
+
+/// A running [`FakeDaemon`] on a socket in a temporary directory. It runs on its own runtime,
+/// so dropping it ends the fake daemon and every connection to it, like a crash would.
+pub struct Served {
+    /// The socket path.
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Serves `daemon` on a fresh Unix socket.
+pub fn serve(daemon: FakeDaemon) -> Served {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("gpukilld.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::UnixListener::bind(&socket).expect("bind")
+    };
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    runtime.spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(GpuKillServer::new(daemon))
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Served {
+        socket,
+        _dir: dir,
+        runtime: Some(runtime),
+    }
+}

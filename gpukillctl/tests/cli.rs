@@ -1,0 +1,77 @@
+//! Black-box tests of the `gpukillctl` binary: exit codes and what reaches the terminal.
+
+use std::process::{Command, Output};
+
+fn gpukillctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpukillctl"))
+        .args(args)
+        .env_remove("GPUKILL_SOCKET")
+        .output()
+        .expect("run gpukillctl")
+}
+
+#[test]
+fn an_unreachable_daemon_is_one_line_and_exit_6() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("gpukilld.sock");
+    let socket = socket.to_str().expect("UTF-8 path");
+    let output = gpukillctl(&["--socket", socket, "list"]);
+    assert_eq!(output.status.code(), Some(6));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert_eq!(
+        stderr,
+        format!(
+            "gpukillctl: error: cannot reach gpukilld at {socket}: No such file or directory \
+             (is gpukilld.service running? try: systemctl status gpukilld.service, or pass \
+             --socket / GPUKILL_SOCKET)\n"
+        )
+    );
+}
+
+#[test]
+fn the_socket_can_come_from_the_environment_as_a_unix_url() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("env.sock");
+    let output = Command::new(env!("CARGO_BIN_EXE_gpukillctl"))
+        .args(["version"])
+        .env("GPUKILL_SOCKET", format!("unix://{}", socket.display()))
+        .output()
+        .expect("run gpukillctl");
+    assert_eq!(output.status.code(), Some(6));
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(stdout.starts_with("client  gpukillctl "), "{stdout}");
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(stderr.contains(&socket.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_3() {
+    let output = gpukillctl(&["list", "--vendor", "matrox"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("invalid value 'matrox' for '--vendor"),
+        "{stderr}"
+    );
+    assert_eq!(gpukillctl(&["frobnicate"]).status.code(), Some(3));
+}
+
+#[test]
+fn remote_addresses_are_unsupported() {
+    let output = gpukillctl(&["--socket", "https://node1:50051", "list"]);
+    assert_eq!(output.status.code(), Some(5));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let help = gpukillctl(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: gpukillctl"));
+    let version = gpukillctl(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        format!("gpukillctl {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

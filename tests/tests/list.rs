@@ -1,0 +1,216 @@
+//! `gpukillctl list` against a real daemon on the fake NVML: what the scenario says, with
+//! users from /proc and null for what the device does not support.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::{Daemon, MIB, Target, full_gpu, other_uid, user_name};
+
+fn scenario(mine: &Target, theirs: &Target, both: &Target) -> Value {
+    json!({
+        "driver_version": "550.54.15",
+        "gpus": [
+            full_gpu(0, json!([
+                {"pid": mine.pid(), "used_memory_bytes": 1024 * MIB, "kind": "compute", "sm_util_pct": 37},
+                {"pid": theirs.pid(), "used_memory_bytes": 512 * MIB, "kind": "compute", "sm_util_pct": 5},
+                // A PID that does not exist: dropped cleanly, as a process that just exited.
+                {"pid": 999_999_999u32, "used_memory_bytes": 4 * MIB, "kind": "compute"},
+            ])),
+            {
+                "uuid": "GPU-00000000-0000-4000-8000-000000000001",
+                "name": "NVIDIA GeForce RTX 3090",
+                "pci_bus_id": "00000000:41:00.0",
+                "memory_total_bytes": 24576 * MIB,
+                "memory_used_bytes": 300 * MIB,
+                "utilization_gpu_pct": 3,
+                "utilization_memory_pct": 1,
+                "clock_sm_mhz": 210,
+                "clock_mem_mhz": 405,
+                "processes": [
+                    {"pid": both.pid(), "used_memory_bytes": null, "kind": "both"}
+                ]
+            }
+        ]
+    })
+}
+
+fn start_time_is_recent(proc_: &Value) {
+    let text = proc_["start_time"].as_str().expect("start_time string");
+    let start = humantime::parse_rfc3339_weak(text).expect("RFC 3339 start_time");
+    let now = SystemTime::now();
+    let age = now.duration_since(start).unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(120),
+        "start_time {text} is not recent"
+    );
+    assert!(start > UNIX_EPOCH);
+}
+
+#[test]
+fn json_equals_the_scenario_with_users_from_proc_and_null_for_unsupported() {
+    let mine = Target::sleep(None);
+    let theirs = Target::sleep(other_uid());
+    let both = Target::sleep(None);
+    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
+    let list = daemon.wait_for_list(Duration::from_secs(10), |list| {
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 3)
+    });
+
+    assert_eq!(list["stale"], json!(false));
+    assert!(list["host"].as_str().is_some_and(|h| !h.is_empty()));
+    assert!(list["ts"].as_str().is_some());
+    assert_eq!(list["vendors"][0]["vendor"], json!("nvidia"));
+    assert_eq!(list["vendors"][0]["state"], json!("ok"));
+    assert_eq!(list["vendors"][0]["driver_version"], json!("550.54.15"));
+
+    let gpus = list["gpus"].as_array().expect("gpus");
+    assert_eq!(gpus.len(), 2);
+    let gpu0 = &gpus[0];
+    let expected0 = json!({
+        "gpu_index": 0, "vendor": "nvidia", "name": "NVIDIA A100-SXM4-80GB",
+        "uuid": "GPU-00000000-0000-4000-8000-000000000000", "pci_bus_id": "00000000:07:00.0",
+        "mem_used_mb": 1536, "mem_total_mb": 81920, "util_pct": 50, "mem_util_pct": 20,
+        "temp_c": 41, "power_w": 250.5, "fan_pct": 30, "sm_clock_mhz": 1410, "mem_clock_mhz": 1593,
+        "ecc_volatile": 3, "mig_enabled": false, "reset_supported": true, "error": null, "pids": 2,
+    });
+    for (key, value) in expected0.as_object().expect("object") {
+        assert_eq!(&gpu0[key], value, "gpus[0].{key}");
+    }
+    assert_eq!(gpu0["top_proc"]["pid"], json!(mine.pid()));
+    assert_eq!(gpu0["top_proc"]["used_mem_mb"], json!(1024));
+
+    // GPU 1 does not support temperature, power, fan, ECC or MIG: null, never 0.
+    let gpu1 = &gpus[1];
+    for key in [
+        "temp_c",
+        "power_w",
+        "fan_pct",
+        "ecc_volatile",
+        "mig_enabled",
+        "reset_supported",
+    ] {
+        assert_eq!(
+            gpu1[key],
+            Value::Null,
+            "gpus[1].{key} must be null: {gpu1:#}"
+        );
+    }
+    assert_eq!(gpu1["mem_used_mb"], json!(300));
+    assert_eq!(gpu1["util_pct"], json!(3));
+    assert_eq!(gpu1["pids"], json!(1));
+    assert_eq!(gpu1["error"], Value::Null);
+
+    let procs = list["procs"].as_array().expect("procs");
+    let find = |pid: u32| {
+        procs
+            .iter()
+            .find(|p| p["pid"] == json!(pid))
+            .unwrap_or_else(|| panic!("pid {pid} missing from {procs:#?}"))
+    };
+    let mine_json = find(mine.pid());
+    assert_eq!(mine_json["gpu_index"], json!(0));
+    assert_eq!(mine_json["user"], json!(user_name(mine.uid)));
+    assert_eq!(mine_json["uid"], json!(mine.uid));
+    assert_eq!(mine_json["proc_name"], json!("sleep"));
+    assert_eq!(mine_json["cmdline"], json!("/bin/sleep 600"));
+    assert_eq!(mine_json["used_mem_mb"], json!(1024));
+    assert_eq!(mine_json["sm_util_pct"], json!(37));
+    assert_eq!(mine_json["kind"], json!("compute"));
+    assert_eq!(mine_json["container"], Value::Null);
+    start_time_is_recent(mine_json);
+
+    let theirs_json = find(theirs.pid());
+    assert_eq!(theirs_json["user"], json!(user_name(theirs.uid)));
+    assert_eq!(theirs_json["used_mem_mb"], json!(512));
+
+    let both_json = find(both.pid());
+    assert_eq!(both_json["gpu_index"], json!(1));
+    assert_eq!(both_json["kind"], json!("compute+graphics"));
+    assert_eq!(both_json["used_mem_mb"], Value::Null);
+    assert_eq!(both_json["sm_util_pct"], Value::Null);
+}
+
+#[test]
+fn table_shows_dashes_for_absent_values_and_the_process_table() {
+    let mine = Target::sleep(None);
+    let theirs = Target::sleep(other_uid());
+    let both = Target::sleep(None);
+    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
+    daemon.wait_for_list(Duration::from_secs(10), |list| {
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 3)
+    });
+    let output = daemon.ctl(&["list", "--details"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    for header in [
+        "GPU",
+        "NAME",
+        "MEM_USED/TOTAL",
+        "UTIL(%)",
+        "TEMP(°C)",
+        "POWER(W)",
+        "ECC(volatile)",
+        "PIDS",
+        "TOP_PROC",
+    ] {
+        assert!(table.contains(header), "missing column {header}:\n{table}");
+    }
+    for header in ["PID", "USER", "PROC", "VRAM_MB", "START", "CONTAINER"] {
+        assert!(
+            table.contains(header),
+            "missing process column {header}:\n{table}"
+        );
+    }
+    assert!(table.contains("1536/81920"), "{table}");
+    assert!(table.contains("250.5"), "{table}");
+    assert!(table.contains(&format!("sleep:{}", mine.pid())), "{table}");
+    let gpu1_row = table
+        .lines()
+        .find(|line| line.contains("RTX 3090"))
+        .expect("GPU 1 row");
+    assert!(
+        gpu1_row.contains(" - "),
+        "absent values must render as '-': {gpu1_row}"
+    );
+    assert!(table.contains(&theirs.pid().to_string()), "{table}");
+}
+
+#[test]
+fn filter_and_vendor_select_processes() {
+    let mine = Target::sleep(None);
+    let theirs = Target::sleep(other_uid());
+    let both = Target::sleep(None);
+    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
+    daemon.wait_for_list(Duration::from_secs(10), |list| {
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 3)
+    });
+    let none = daemon.list_json(&["--filter", "^python"]);
+    assert_eq!(none["procs"], json!([]));
+    assert_eq!(
+        none["gpus"].as_array().map(Vec::len),
+        Some(2),
+        "GPUs are always listed"
+    );
+    let sleeps = daemon.list_json(&["--filter", "sleep 600"]);
+    assert_eq!(sleeps["procs"].as_array().map(Vec::len), Some(3));
+    let amd = daemon.list_json(&["--vendor", "amd"]);
+    assert_eq!(amd["gpus"], json!([]));
+    let containers = daemon.list_json(&["--containers"]);
+    assert_eq!(
+        containers["procs"],
+        json!([]),
+        "no target runs in a container"
+    );
+}

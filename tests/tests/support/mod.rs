@@ -1,0 +1,367 @@
+//! Test support: start the real gpukilld against the fake NVML library, run the real
+//! gpukillctl against it, spawn real target processes, and talk gRPC to the daemon.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// The cargo target directory the test binaries were built into (target/debug).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test>-<hash> or target/release/deps/<bench>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for needed in ["gpukilld", "gpukillctl", "libfake_nvml.so"] {
+        assert!(
+            dir.join(needed).exists(),
+            "{} is missing: build the workspace first (scripts/test does: cargo build --workspace)",
+            dir.join(needed).display()
+        );
+    }
+    dir
+}
+
+pub fn gpukilld() -> PathBuf {
+    build_dir().join("gpukilld")
+}
+
+pub fn gpukillctl() -> PathBuf {
+    build_dir().join("gpukillctl")
+}
+
+pub fn fake_nvml() -> PathBuf {
+    build_dir().join("libfake_nvml.so")
+}
+
+/// Writes a scenario atomically (temp file + rename), as the fake NVML re-reads it.
+pub fn write_scenario(path: &Path, scenario: &Value) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, serde_json::to_vec_pretty(scenario).unwrap()).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// Options for starting a daemon.
+pub struct DaemonOptions {
+    pub poll_interval: &'static str,
+    pub vendor_timeout: &'static str,
+    pub ring_capacity: Option<usize>,
+    pub nvml_library: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: "200ms",
+            vendor_timeout: "300ms",
+            ring_capacity: None,
+            nvml_library: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running gpukilld in its own temp dir, stopped (SIGTERM) on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub scenario: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(scenario: &Value) -> Daemon {
+        Daemon::start_with(scenario, DaemonOptions::default())
+    }
+
+    pub fn start_with(scenario: &Value, options: DaemonOptions) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("gpukill-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("gpukilld.sock");
+        Daemon::start_on(dir, socket, scenario, options)
+    }
+
+    /// Starts a daemon on a given socket in a given dir (used for socket hygiene tests).
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        scenario: &Value,
+        options: DaemonOptions,
+    ) -> Daemon {
+        let scenario_path = dir.path().join("scenario.json");
+        write_scenario(&scenario_path, scenario);
+        let log = dir.path().join("gpukilld.log");
+        let child = Daemon::spawn(dir.path(), &socket, &scenario_path, &log, &options);
+        let mut daemon = Daemon {
+            dir,
+            socket,
+            scenario: scenario_path,
+            log,
+            child: Some(child),
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Spawns gpukilld without waiting for it.
+    pub fn spawn(
+        dir: &Path,
+        socket: &Path,
+        scenario: &Path,
+        log: &Path,
+        options: &DaemonOptions,
+    ) -> Child {
+        let config = dir.join("gpukilld.toml");
+        let mut text = String::new();
+        if let Some(capacity) = options.ring_capacity {
+            text.push_str(&format!("ring_capacity = {capacity}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        let library = options.nvml_library.clone().unwrap_or_else(fake_nvml);
+        let mut command = Command::new(gpukilld());
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--poll-interval")
+            .arg(options.poll_interval)
+            .env("GPUKILL_VENDOR_TIMEOUT", options.vendor_timeout)
+            .env("GPUKILL_NVML_LIBRARY", &library)
+            .env("FAKE_NVML_SCENARIO", scenario)
+            .env("GPUKILL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        command.spawn().expect("spawn gpukilld")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "gpukilld exited with {status} before serving:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gpukilld did not serve in 15 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn set_scenario(&self, scenario: &Value) {
+        write_scenario(&self.scenario, scenario);
+    }
+
+    /// Runs gpukillctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl_on(&self.socket, args)
+    }
+
+    /// Runs `gpukillctl list --output json` (plus `extra`) and parses its output.
+    pub fn list_json(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["list", "--output", "json"];
+        args.extend_from_slice(extra);
+        let output = self.ctl(&args);
+        assert!(
+            output.status.success(),
+            "gpukillctl {args:?} failed with {}: {}\ndaemon log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            self.log_text()
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON output")
+    }
+
+    /// Polls `list` until `accept` holds or `timeout` passes; returns the last output.
+    pub fn wait_for_list(&self, timeout: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = self.list_json(&[]);
+            if accept(&list) {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "condition not reached in {timeout:?}; last list:\n{list:#}\ndaemon log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A gRPC client over the daemon's socket.
+    pub async fn client(&self) -> GpuKillClient<Channel> {
+        client(&self.socket).await
+    }
+
+    /// SIGTERM, then wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate().expect("daemon running")
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Runs gpukillctl against `socket`.
+pub fn ctl_on(socket: &Path, args: &[&str]) -> Output {
+    Command::new(gpukillctl())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gpukillctl")
+}
+
+/// A gRPC client over a Unix socket.
+pub async fn client(socket: &Path) -> GpuKillClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to gpukilld");
+    GpuKillClient::new(channel)
+}
+
+/// A real process that a test puts "on a GPU"; killed on drop.
+pub struct Target {
+    pub child: Child,
+    pub uid: u32,
+}
+
+impl Target {
+    /// `sleep 600` as `uid` (None: as the test's own uid).
+    pub fn sleep(uid: Option<u32>) -> Target {
+        let mut command = Command::new("/bin/sleep");
+        command
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().expect("spawn sleep");
+        Target {
+            child,
+            uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The uid tests use for "another user": nobody when we are root (as in CI), else our own.
+pub fn other_uid() -> Option<u32> {
+    nix::unistd::geteuid().is_root().then_some(65534)
+}
+
+/// The user name /etc/passwd gives `uid`.
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// Reads a child's stdout to the end (for tests that kill a watcher).
+pub fn read_all(mut reader: impl Read) -> String {
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    text
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// A GPU object for a scenario with every metric present.
+pub fn full_gpu(index: u32, processes: Value) -> Value {
+    serde_json::json!({
+        "uuid": format!("GPU-00000000-0000-4000-8000-00000000000{index}"),
+        "name": "NVIDIA A100-SXM4-80GB",
+        "pci_bus_id": format!("00000000:{:02X}:00.0", index + 7),
+        "memory_total_bytes": 81920 * MIB,
+        "memory_used_bytes": 1536 * MIB,
+        "utilization_gpu_pct": 50,
+        "utilization_memory_pct": 20,
+        "temperature_c": 41,
+        "power_mw": 250500,
+        "fan_speed_pct": 30,
+        "clock_sm_mhz": 1410,
+        "clock_mem_mhz": 1593,
+        "ecc_volatile_corrected": 2,
+        "ecc_volatile_uncorrected": 1,
+        "mig_enabled": false,
+        "multi_gpu_board": false,
+        "processes": processes,
+    })
+}
