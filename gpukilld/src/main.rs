@@ -121,7 +121,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The daemon holds a pidfd per GPU process; lift the soft file limit to the hard one (as
+/// systemd's default 1024 soft limit is low for a node with hundreds of GPU processes).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "cannot raise the open file limit");
+    }
+}
+
 fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

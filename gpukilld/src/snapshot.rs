@@ -37,12 +37,12 @@ impl Vendor {
 pub struct Gpu {
     /// Index as the vendor numbers it.
     pub index: u32,
-    /// Stable identifier.
-    pub uuid: Option<String>,
+    /// Stable identifier (shared between ticks, like the other identity strings).
+    pub uuid: Option<Arc<str>>,
     /// Product name.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// PCI bus id (domain:bus:device.function).
-    pub pci_bus_id: Option<String>,
+    pub pci_bus_id: Option<Arc<str>>,
     /// Framebuffer memory in use, bytes.
     pub memory_used_bytes: Option<u64>,
     /// Total framebuffer memory, bytes.
@@ -106,32 +106,132 @@ pub struct VendorProcess {
     pub kind: ProcessKind,
 }
 
-/// A process on a GPU, joined with what /proc says of it. Kept small: the ring holds an hour
-/// of these, and the identity part is shared between ticks.
+/// Who is on which GPU, in what role. Changes only when processes come and go, so it is
+/// shared between ticks.
 #[derive(Debug, Clone)]
-pub struct GpuProcess {
+pub struct ProcessSlot {
     /// Vendor of the GPU.
     pub vendor: Vendor,
     /// Index of the GPU within its vendor.
     pub gpu_index: u32,
-    /// Who the process is (shared across ticks while the process lives).
+    /// Compute, graphics or both.
+    pub kind: ProcessKind,
+    /// Who the process is (shared for the life of the process).
     pub info: Arc<ProcessInfo>,
+}
+
+impl PartialEq for ProcessSlot {
+    fn eq(&self, other: &Self) -> bool {
+        self.vendor == other.vendor
+            && self.gpu_index == other.gpu_index
+            && self.kind == other.kind
+            && Arc::ptr_eq(&self.info, &other.info)
+    }
+}
+
+/// Marks an absent per-process memory reading (NVML's own NVML_VALUE_NOT_AVAILABLE).
+const NO_MEMORY: u64 = u64::MAX;
+/// Marks an absent per-process SM utilization.
+const NO_UTILIZATION: u8 = u8::MAX;
+
+/// The processes of one vendor at one tick, stored by column so an hour-long ring stays
+/// small: the membership, the memory column and the utilization column are each shared with
+/// the previous tick when unchanged, and a changing tick costs 9 bytes per process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessTable {
+    slots: Arc<[ProcessSlot]>,
+    used_memory: Arc<[u64]>,
+    sm_utilization: Arc<[u8]>,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self {
+            slots: Arc::from([]),
+            used_memory: Arc::from([]),
+            sm_utilization: Arc::from([]),
+        }
+    }
+}
+
+/// One process on a GPU at one tick: its slot and its numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuProcess<'a> {
+    /// Who and where.
+    pub slot: &'a ProcessSlot,
     /// GPU memory it uses, bytes.
     pub used_memory_bytes: Option<u64>,
     /// Its share of SM time, percent.
     pub sm_utilization_pct: Option<u32>,
-    /// Compute, graphics or both.
-    pub kind: ProcessKind,
 }
 
-impl PartialEq for GpuProcess {
-    fn eq(&self, other: &Self) -> bool {
-        self.vendor == other.vendor
-            && self.gpu_index == other.gpu_index
-            && Arc::ptr_eq(&self.info, &other.info)
-            && self.used_memory_bytes == other.used_memory_bytes
-            && self.sm_utilization_pct == other.sm_utilization_pct
-            && self.kind == other.kind
+impl ProcessTable {
+    /// A table of `rows` (slot, used memory, SM utilization), reusing every column of
+    /// `previous` that is unchanged.
+    pub fn new(
+        rows: impl IntoIterator<Item = (ProcessSlot, Option<u64>, Option<u32>)>,
+        previous: &ProcessTable,
+    ) -> Self {
+        let mut slots = Vec::new();
+        let mut used_memory = Vec::new();
+        let mut sm_utilization = Vec::new();
+        for (slot, memory, utilization) in rows {
+            slots.push(slot);
+            used_memory.push(
+                memory
+                    .filter(|bytes| *bytes != NO_MEMORY)
+                    .unwrap_or(NO_MEMORY),
+            );
+            sm_utilization.push(
+                utilization
+                    .and_then(|pct| u8::try_from(pct).ok())
+                    .filter(|pct| *pct != NO_UTILIZATION)
+                    .unwrap_or(NO_UTILIZATION),
+            );
+        }
+        fn reuse<T: PartialEq>(new: Vec<T>, old: &Arc<[T]>) -> Arc<[T]> {
+            if *new == **old {
+                Arc::clone(old)
+            } else {
+                Arc::from(new)
+            }
+        }
+        Self {
+            slots: reuse(slots, &previous.slots),
+            used_memory: reuse(used_memory, &previous.used_memory),
+            sm_utilization: reuse(sm_utilization, &previous.sm_utilization),
+        }
+    }
+
+    /// The processes, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = GpuProcess<'_>> {
+        self.slots
+            .iter()
+            .zip(self.used_memory.iter())
+            .zip(self.sm_utilization.iter())
+            .map(|((slot, memory), utilization)| GpuProcess {
+                slot,
+                used_memory_bytes: (*memory != NO_MEMORY).then_some(*memory),
+                sm_utilization_pct: (*utilization != NO_UTILIZATION)
+                    .then_some(u32::from(*utilization)),
+            })
+    }
+
+    /// Number of processes.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether `self` and `other` share their storage (no copy was made for this tick).
+    pub fn shares_storage_with(&self, other: &ProcessTable) -> bool {
+        Arc::ptr_eq(&self.slots, &other.slots)
+            && Arc::ptr_eq(&self.used_memory, &other.used_memory)
+            && Arc::ptr_eq(&self.sm_utilization, &other.sm_utilization)
     }
 }
 
@@ -171,7 +271,7 @@ pub struct VendorData {
     /// The GPUs, by index.
     pub gpus: Vec<Gpu>,
     /// Processes on those GPUs.
-    pub processes: Arc<[GpuProcess]>,
+    pub processes: ProcessTable,
 }
 
 /// What the daemon knows of the node after one tick.
@@ -202,7 +302,7 @@ impl Snapshot {
     }
 
     /// All processes of all vendors.
-    pub fn processes(&self) -> impl Iterator<Item = &GpuProcess> {
+    pub fn processes(&self) -> impl Iterator<Item = GpuProcess<'_>> {
         self.data.iter().flat_map(|(_, data)| data.processes.iter())
     }
 
@@ -250,5 +350,61 @@ pub fn format_age(age: Duration) -> String {
         format!("{}ms", age.as_millis())
     } else {
         format!("{:.1}s", age.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn slot(pid: u32) -> ProcessSlot {
+        ProcessSlot {
+            vendor: Vendor::Nvidia,
+            gpu_index: 0,
+            kind: ProcessKind::Compute,
+            info: Arc::new(ProcessInfo {
+                pid,
+                start_ticks: 1,
+                start_time: UNIX_EPOCH,
+                uid: 0,
+                user: Arc::from("root"),
+                name: "x".into(),
+                cmdline: "x".into(),
+                container: None,
+                exe_name: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn absent_readings_stay_absent_and_unchanged_columns_are_shared() {
+        let (a, b) = (slot(1), slot(2));
+        let first = ProcessTable::new(
+            [(a.clone(), Some(10), None), (b.clone(), None, Some(99))],
+            &ProcessTable::default(),
+        );
+        let rows: Vec<_> = first
+            .iter()
+            .map(|p| (p.slot.info.pid, p.used_memory_bytes, p.sm_utilization_pct))
+            .collect();
+        assert_eq!(rows, vec![(1, Some(10), None), (2, None, Some(99))]);
+
+        let same = ProcessTable::new(
+            [(a.clone(), Some(10), None), (b.clone(), None, Some(99))],
+            &first,
+        );
+        assert!(same.shares_storage_with(&first));
+
+        let changed = ProcessTable::new([(a, Some(11), None), (b, None, Some(99))], &first);
+        assert!(!changed.shares_storage_with(&first));
+        assert!(
+            Arc::ptr_eq(&changed.slots, &first.slots),
+            "membership still shared"
+        );
+        assert_eq!(
+            changed.iter().next().and_then(|p| p.used_memory_bytes),
+            Some(11)
+        );
     }
 }

@@ -52,14 +52,17 @@ impl Filter {
         self.vendor.is_none_or(|wanted| wanted == vendor)
     }
 
-    fn wants_process(&self, process: &GpuProcess) -> bool {
-        if self.containers_only && process.info.container.is_none() {
+    fn wants_process(&self, process: &GpuProcess<'_>) -> bool {
+        let info = &process.slot.info;
+        if !self.wants_vendor(process.slot.vendor)
+            || (self.containers_only && info.container.is_none())
+        {
             return false;
         }
         self.process_regex.as_ref().is_none_or(|regex| {
-            regex.is_match(&process.info.name)
-                || regex.is_match(&process.info.cmdline)
-                || regex.is_match(&process.info.user)
+            regex.is_match(&info.name)
+                || regex.is_match(&info.cmdline)
+                || regex.is_match(&info.user)
         })
     }
 }
@@ -112,9 +115,9 @@ fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
     pb::Gpu {
         index: gpu.index,
         vendor: vendor(vendor_).into(),
-        uuid: gpu.uuid.clone(),
-        name: gpu.name.clone(),
-        pci_bus_id: gpu.pci_bus_id.clone(),
+        uuid: gpu.uuid.as_deref().map(str::to_string),
+        name: gpu.name.as_deref().map(str::to_string),
+        pci_bus_id: gpu.pci_bus_id.as_deref().map(str::to_string),
         memory_used_bytes: gpu.memory_used_bytes,
         memory_total_bytes: gpu.memory_total_bytes,
         utilization_gpu_pct: gpu.utilization_gpu_pct,
@@ -139,16 +142,17 @@ fn container(container: &Container) -> pb::Container {
     }
 }
 
-fn process(process: &GpuProcess) -> pb::GpuProcess {
-    let info = &process.info;
-    let kind = match process.kind {
+fn process(process: GpuProcess<'_>) -> pb::GpuProcess {
+    let slot = process.slot;
+    let info = &slot.info;
+    let kind = match slot.kind {
         ProcessKind::Compute => pb::ProcessKind::Compute,
         ProcessKind::Graphics => pb::ProcessKind::Graphics,
         ProcessKind::ComputeAndGraphics => pb::ProcessKind::ComputeAndGraphics,
     };
     pb::GpuProcess {
-        gpu_index: process.gpu_index,
-        vendor: vendor(process.vendor).into(),
+        gpu_index: slot.gpu_index,
+        vendor: vendor(slot.vendor).into(),
         pid: info.pid,
         start_time_unix_ms: unix_ms(info.start_time),
         uid: info.uid,
@@ -189,7 +193,7 @@ pub fn snapshot(snapshot: &Snapshot, filter: &Filter, now: SystemTime) -> pb::Sn
             .collect(),
         processes: snapshot
             .processes()
-            .filter(|p| filter.wants_vendor(p.vendor) && filter.wants_process(p))
+            .filter(|p| filter.wants_process(p))
             .map(process)
             .collect(),
         tick_duration_us: u64::try_from(snapshot.tick_duration.as_micros()).unwrap_or(u64::MAX),

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use crate::procinfo::{ProcReader, ProcessInfo};
 use crate::ring::Ring;
 use crate::snapshot::{
-    GpuProcess, Snapshot, Vendor, VendorData, VendorProcess, VendorState, VendorStatus,
+    ProcessSlot, ProcessTable, Snapshot, Vendor, VendorData, VendorProcess, VendorState,
+    VendorStatus,
 };
 use crate::vendor::{Backend, GpuReading, Reading};
 use worker::{Outcome, Worker};
@@ -172,16 +173,9 @@ impl Sampler {
             let slot = &mut self.slots[position];
             let processes = match &infos {
                 Some(infos) => {
-                    let joined = join(slot.vendor, &gpus, infos);
-                    // Unchanged process lists are shared with the previous tick, which keeps
-                    // an hour-long ring small.
-                    if *joined == *slot.data.processes {
-                        Arc::clone(&slot.data.processes)
-                    } else {
-                        joined
-                    }
+                    ProcessTable::new(join(slot.vendor, &gpus, infos), &slot.data.processes)
                 }
-                None => Arc::clone(&slot.data.processes),
+                None => slot.data.processes.clone(),
             };
             slot.data = Arc::new(VendorData {
                 taken_at: Some(taken_at),
@@ -213,28 +207,26 @@ impl Sampler {
 /// tick's budget, give it this long.
 const MIN_PROC_WAIT: Duration = Duration::from_millis(200);
 
-fn join(
+/// Pairs each process a vendor reported with what /proc says of it.
+fn join<'a>(
     vendor: Vendor,
-    gpus: &[GpuReading],
-    infos: &HashMap<u32, Arc<ProcessInfo>>,
-) -> Arc<[GpuProcess]> {
-    gpus.iter()
-        .flat_map(|reading| {
-            reading
-                .processes
-                .iter()
-                .filter_map(|process: &VendorProcess| {
-                    // A process that exited between the vendor call and /proc is dropped.
-                    let info = infos.get(&process.pid)?;
-                    Some(GpuProcess {
-                        vendor,
-                        gpu_index: reading.gpu.index,
-                        info: Arc::clone(info),
-                        used_memory_bytes: process.used_memory_bytes,
-                        sm_utilization_pct: process.sm_utilization_pct,
-                        kind: process.kind,
-                    })
-                })
-        })
-        .collect()
+    gpus: &'a [GpuReading],
+    infos: &'a HashMap<u32, Arc<ProcessInfo>>,
+) -> impl Iterator<Item = (ProcessSlot, Option<u64>, Option<u32>)> + 'a {
+    gpus.iter().flat_map(move |reading| {
+        reading
+            .processes
+            .iter()
+            .filter_map(move |process: &VendorProcess| {
+                // A process that exited between the vendor call and /proc is dropped.
+                let info = infos.get(&process.pid)?;
+                let slot = ProcessSlot {
+                    vendor,
+                    gpu_index: reading.gpu.index,
+                    kind: process.kind,
+                    info: Arc::clone(info),
+                };
+                Some((slot, process.used_memory_bytes, process.sm_utilization_pct))
+            })
+    })
 }

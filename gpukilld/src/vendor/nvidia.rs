@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
@@ -33,6 +34,30 @@ struct Loaded {
     /// Per GPU index, the newest per-process utilization timestamp seen, so each poll asks
     /// only for samples taken since the previous one.
     last_utilization_sample: BTreeMap<u32, u64>,
+    /// GPU identity strings (uuid, name, bus id), shared between ticks.
+    identities: Interner,
+}
+
+/// Hands out one shared copy of each string, so the ring does not hold an hour of copies of
+/// the same GPU names.
+#[derive(Default)]
+struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    /// More distinct identity strings than this means something is off; start over.
+    const LIMIT: usize = 4096;
+
+    fn intern(&mut self, text: String) -> Arc<str> {
+        if let Some(shared) = self.0.get(text.as_str()) {
+            return Arc::clone(shared);
+        }
+        if self.0.len() >= Self::LIMIT {
+            self.0.clear();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
 impl NvidiaBackend {
@@ -65,6 +90,7 @@ impl NvidiaBackend {
                         nvml,
                         driver_version,
                         last_utilization_sample: BTreeMap::new(),
+                        identities: Interner::default(),
                     });
                 }
                 Err(error) => {
@@ -115,7 +141,7 @@ impl Backend for NvidiaBackend {
             let reading = match loaded.nvml.device_by_index(index) {
                 Ok(device) => {
                     let since = loaded.last_utilization_sample.get(&index).copied();
-                    let (reading, newest) = read_gpu(index, &device, since);
+                    let (reading, newest) = read_gpu(index, &device, since, &mut loaded.identities);
                     if let Some(newest) = newest {
                         loaded.last_utilization_sample.insert(index, newest);
                     }
@@ -185,16 +211,25 @@ impl FieldReader {
 }
 
 /// Reads one GPU. Returns the reading and the newest per-process utilization timestamp.
-fn read_gpu(index: u32, device: &Device<'_>, since: Option<u64>) -> (GpuReading, Option<u64>) {
+fn read_gpu(
+    index: u32,
+    device: &Device<'_>,
+    since: Option<u64>,
+    identities: &mut Interner,
+) -> (GpuReading, Option<u64>) {
     let mut fields = FieldReader {
         errors: Vec::new(),
         fatal: false,
     };
-    let uuid = fields.read("uuid", || device.uuid());
-    let name = fields.read("name", || device.name());
+    let uuid = fields
+        .read("uuid", || device.uuid())
+        .map(|uuid| identities.intern(uuid));
+    let name = fields
+        .read("name", || device.name())
+        .map(|name| identities.intern(name));
     let pci_bus_id = fields
         .read("pci", || device.pci_info())
-        .map(|pci| pci.bus_id);
+        .map(|pci| identities.intern(pci.bus_id));
     let memory = fields.read("memory", || device.memory_info());
     let utilization = fields.read("utilization", || device.utilization_rates());
     let temperature_c = fields

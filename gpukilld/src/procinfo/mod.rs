@@ -1,7 +1,10 @@
 //! What /proc says of a PID: uid and user, name and command line, start time, container,
 //! and the executable's real name. Only the PIDs a vendor reports are ever read (never the
-//! whole process table), and a process's identity is cached by (pid, start time) so that a
-//! tick costs one small read per known process.
+//! whole process table). A process is read once, when first seen; the reader then holds a
+//! pidfd on it, so a tick learns which known processes exited with one poll(2) and reads
+//! nothing else. Without pidfd support it re-reads /proc/PID/stat to catch PID reuse.
+
+pub mod pidfd;
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,6 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pidfd::PidFd;
 
 /// The container a process runs in, from /proc/PID/cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +56,15 @@ pub struct ProcReader {
     root: PathBuf,
     boot_time: SystemTime,
     ticks_per_second: u64,
-    cache: HashMap<u32, Arc<ProcessInfo>>,
+    cache: HashMap<u32, Known>,
     users: HashMap<u32, Arc<str>>,
+}
+
+/// A process already read, with a handle that tells when it exits.
+#[derive(Debug)]
+struct Known {
+    info: Arc<ProcessInfo>,
+    pidfd: Option<PidFd>,
 }
 
 impl ProcReader {
@@ -78,8 +90,16 @@ impl ProcReader {
     /// Looks up every PID in `pids`. A PID whose process has exited (or cannot be read) is
     /// left out. Cache entries for PIDs not asked about are dropped.
     pub fn lookup(&mut self, pids: &[u32]) -> HashMap<u32, Arc<ProcessInfo>> {
+        let verified = self.forget_exited(pids);
         let mut found = HashMap::with_capacity(pids.len());
         for &pid in pids {
+            if let Some(known) = self.cache.get(&pid)
+                && verified
+                && known.pidfd.is_some()
+            {
+                found.insert(pid, Arc::clone(&known.info));
+                continue;
+            }
             if found.contains_key(&pid) {
                 continue;
             }
@@ -96,16 +116,55 @@ impl ProcReader {
         found
     }
 
+    /// Drops the known processes among `pids` whose pidfd says they exited. Returns false
+    /// when that could not be checked (then every PID is verified through /proc).
+    fn forget_exited(&mut self, pids: &[u32]) -> bool {
+        let watched: Vec<(u32, &PidFd)> = pids
+            .iter()
+            .filter_map(|pid| Some((*pid, self.cache.get(pid)?.pidfd.as_ref()?)))
+            .collect();
+        let fds: Vec<&PidFd> = watched.iter().map(|(_, fd)| *fd).collect();
+        match pidfd::exited(&fds) {
+            Ok(exited) => {
+                let gone: Vec<u32> = watched
+                    .iter()
+                    .zip(exited)
+                    .filter_map(|((pid, _), exited)| exited.then_some(*pid))
+                    .collect();
+                for pid in gone {
+                    self.cache.remove(&pid);
+                }
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "poll on pidfds failed; verifying through /proc");
+                false
+            }
+        }
+    }
+
     fn lookup_one(&mut self, pid: u32) -> io::Result<Arc<ProcessInfo>> {
         let dir = self.root.join(pid.to_string());
         let stat = parse_stat(&fs::read_to_string(dir.join("stat"))?)?;
-        if let Some(cached) = self.cache.get(&pid)
-            && cached.start_ticks == stat.start_ticks
+        if let Some(known) = self.cache.get(&pid)
+            && known.info.start_ticks == stat.start_ticks
         {
-            return Ok(Arc::clone(cached));
+            return Ok(Arc::clone(&known.info));
         }
+        // Opened before reading, so the handle is on the process we read (or on none).
+        let pidfd = if self.root == Path::new("/proc") {
+            PidFd::open(pid).ok()
+        } else {
+            None
+        };
         let info = Arc::new(self.read_info(pid, &dir, stat)?);
-        self.cache.insert(pid, Arc::clone(&info));
+        self.cache.insert(
+            pid,
+            Known {
+                info: Arc::clone(&info),
+                pidfd,
+            },
+        );
         Ok(info)
     }
 
@@ -117,6 +176,13 @@ impl ProcReader {
     }
 
     fn read_info(&mut self, pid: u32, dir: &Path, stat: Stat) -> io::Result<ProcessInfo> {
+        // An exited process that is not reaped yet holds no GPU memory worth listing.
+        if stat.state == 'Z' || stat.state == 'X' {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("pid {pid} has exited"),
+            ));
+        }
         let uid = parse_real_uid(&fs::read_to_string(dir.join("status"))?)?;
         let cmdline = fs::read(dir.join("cmdline"))
             .map(|raw| format_cmdline(&raw))
@@ -165,6 +231,7 @@ impl ProcReader {
 #[derive(Debug, PartialEq)]
 struct Stat {
     comm: String,
+    state: char,
     start_ticks: u64,
 }
 
@@ -182,12 +249,23 @@ fn parse_stat(stat: &str) -> io::Result<Stat> {
         .ok_or_else(|| invalid("stat: bad comm"))?
         .to_string();
     // After ") " come fields 3 (state) onwards; starttime is field 22, so index 19 here.
-    let start_ticks = stat
+    let mut fields = stat
         .get(close + 1..)
-        .and_then(|rest| rest.split_ascii_whitespace().nth(19))
+        .unwrap_or_default()
+        .split_ascii_whitespace();
+    let state = fields
+        .next()
+        .and_then(|field| field.chars().next())
+        .ok_or_else(|| invalid("stat: no state"))?;
+    let start_ticks = fields
+        .nth(18)
         .and_then(|field| field.parse().ok())
         .ok_or_else(|| invalid("stat: no starttime"))?;
-    Ok(Stat { comm, start_ticks })
+    Ok(Stat {
+        comm,
+        state,
+        start_ticks,
+    })
 }
 
 /// The real uid from /proc/PID/status ("Uid:\treal\teffective\tsaved\tfs").
@@ -296,6 +374,7 @@ mod tests {
         let stat = "4242 (my (weird) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
         let parsed = parse_stat(stat).expect("parses");
         assert_eq!(parsed.comm, "my (weird) proc");
+        assert_eq!(parsed.state, 'S');
         assert_eq!(parsed.start_ticks, 987654);
     }
 
@@ -407,5 +486,26 @@ mod tests {
         // A second lookup reuses the cached identity.
         let again = reader.lookup(&[me]);
         assert!(Arc::ptr_eq(info, &again[&me]));
+    }
+
+    #[test]
+    fn an_exited_process_is_dropped_and_a_new_one_read() {
+        let mut reader = ProcReader::new("/proc").expect("procfs");
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        let first = reader.lookup(&[pid]);
+        assert_eq!(first[&pid].name, "sleep");
+        // Killed but not reaped: a zombie is not listed.
+        child.kill().expect("kill");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            reader.lookup(&[pid]).is_empty(),
+            "an exited process is dropped"
+        );
+        child.wait().expect("reap");
+        assert!(reader.lookup(&[pid]).is_empty());
     }
 }
