@@ -36,6 +36,23 @@ fn scenario(mine: &Target, theirs: &Target, both: &Target) -> Value {
     })
 }
 
+/// A daemon whose scenario puts three real processes (one of another user) on two GPUs,
+/// once all three are listed.
+fn start_with_three_targets() -> (Daemon, [Target; 3]) {
+    let targets = [
+        Target::sleep(None),
+        Target::sleep(other_uid()),
+        Target::sleep(None),
+    ];
+    let daemon = Daemon::start(&scenario(&targets[0], &targets[1], &targets[2]));
+    daemon.wait_for_list(Duration::from_secs(10), |list| {
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 3)
+    });
+    (daemon, targets)
+}
+
 fn start_time_is_recent(proc_: &Value) {
     let text = proc_["start_time"].as_str().expect("start_time string");
     let start = humantime::parse_rfc3339_weak(text).expect("RFC 3339 start_time");
@@ -50,15 +67,8 @@ fn start_time_is_recent(proc_: &Value) {
 
 #[test]
 fn json_equals_the_scenario_with_users_from_proc_and_null_for_unsupported() {
-    let mine = Target::sleep(None);
-    let theirs = Target::sleep(other_uid());
-    let both = Target::sleep(None);
-    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
-    let list = daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["procs"]
-            .as_array()
-            .is_some_and(|procs| procs.len() == 3)
-    });
+    let (daemon, [mine, theirs, both]) = start_with_three_targets();
+    let list = daemon.list_json(&[]);
 
     assert_eq!(list["stale"], json!(false));
     assert!(list["host"].as_str().is_some_and(|h| !h.is_empty()));
@@ -136,15 +146,7 @@ fn json_equals_the_scenario_with_users_from_proc_and_null_for_unsupported() {
 
 #[test]
 fn table_shows_dashes_for_absent_values_and_the_process_table() {
-    let mine = Target::sleep(None);
-    let theirs = Target::sleep(other_uid());
-    let both = Target::sleep(None);
-    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
-    daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["procs"]
-            .as_array()
-            .is_some_and(|procs| procs.len() == 3)
-    });
+    let (daemon, [mine, theirs, _both]) = start_with_three_targets();
     let output = daemon.ctl(&["list", "--details"]);
     assert!(
         output.status.success(),
@@ -187,15 +189,7 @@ fn table_shows_dashes_for_absent_values_and_the_process_table() {
 
 #[test]
 fn filter_and_vendor_select_processes() {
-    let mine = Target::sleep(None);
-    let theirs = Target::sleep(other_uid());
-    let both = Target::sleep(None);
-    let daemon = Daemon::start(&scenario(&mine, &theirs, &both));
-    daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["procs"]
-            .as_array()
-            .is_some_and(|procs| procs.len() == 3)
-    });
+    let (daemon, _targets) = start_with_three_targets();
     let none = daemon.list_json(&["--filter", "^python"]);
     assert_eq!(none["procs"], json!([]));
     assert_eq!(

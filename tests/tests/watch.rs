@@ -2,8 +2,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
@@ -22,10 +22,8 @@ fn scenario(target: &Target) -> Value {
     json!({"gpus": [full_gpu(0, json!([{"pid": target.pid(), "used_memory_bytes": 10 * MIB}]))]})
 }
 
-#[test]
-fn gpukillctl_watch_prints_consecutive_snapshots() {
-    let target = Target::sleep(None);
-    let daemon = Daemon::start(&scenario(&target));
+/// `gpukillctl list --watch --output json` on `daemon`, with its output lines.
+fn json_watcher(daemon: &Daemon) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = Command::new(support::gpukillctl())
         .arg("--socket")
         .arg(&daemon.socket)
@@ -34,7 +32,15 @@ fn gpukillctl_watch_prints_consecutive_snapshots() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn watch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+#[test]
+fn gpukillctl_watch_prints_consecutive_snapshots() {
+    let target = Target::sleep(None);
+    let daemon = Daemon::start(&scenario(&target));
+    let (mut child, mut lines) = json_watcher(&daemon);
     let mut sequences = Vec::new();
     while sequences.len() < 4 {
         let line = lines.next().expect("a line").expect("utf-8");
@@ -136,14 +142,7 @@ async fn disconnected_watchers_do_not_leak() {
 fn sigterm_stops_the_daemon_promptly_while_a_watcher_is_open() {
     let target = Target::sleep(None);
     let daemon = Daemon::start(&scenario(&target));
-    let mut watcher = Command::new(support::gpukillctl())
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["list", "--watch", "--output", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn watch");
-    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let (mut watcher, mut lines) = json_watcher(&daemon);
     lines.next().expect("first snapshot").expect("utf-8");
     let socket = daemon.socket.clone();
     let started = Instant::now();
