@@ -61,11 +61,6 @@ impl Ring {
         Arc::clone(&self.latest.borrow())
     }
 
-    /// A receiver that sees the latest snapshot change.
-    pub fn subscribe_latest(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.latest.subscribe()
-    }
-
     /// Subscribes a watcher to every new snapshot. The returned guard counts the watcher
     /// until it is dropped.
     pub fn subscribe(self: &Arc<Self>) -> (broadcast::Receiver<Arc<Snapshot>>, WatcherGuard) {

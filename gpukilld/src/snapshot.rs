@@ -217,18 +217,9 @@ impl ProcessTable {
             })
     }
 
-    /// Number of processes.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// Whether `self` and `other` share their storage (no copy was made for this tick).
-    pub fn shares_storage_with(&self, other: &ProcessTable) -> bool {
+    #[cfg(test)]
+    fn shares_storage_with(&self, other: &ProcessTable) -> bool {
         Arc::ptr_eq(&self.slots, &other.slots)
             && Arc::ptr_eq(&self.used_memory, &other.used_memory)
             && Arc::ptr_eq(&self.sm_utilization, &other.sm_utilization)

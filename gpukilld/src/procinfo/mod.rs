@@ -168,13 +168,6 @@ impl ProcReader {
         Ok(info)
     }
 
-    /// Reads a process's identity without the cache.
-    pub fn read(&mut self, pid: u32) -> io::Result<ProcessInfo> {
-        let dir = self.root.join(pid.to_string());
-        let stat = parse_stat(&fs::read_to_string(dir.join("stat"))?)?;
-        self.read_info(pid, &dir, stat)
-    }
-
     fn read_info(&mut self, pid: u32, dir: &Path, stat: Stat) -> io::Result<ProcessInfo> {
         // An exited process that is not reaped yet holds no GPU memory worth listing.
         if stat.state == 'Z' || stat.state == 'X' {
