@@ -1,9 +1,11 @@
 //! The command line: one clap derive tree, one subcommand per module in `cmd/`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gpukill_proto::v1::Vendor;
+use gpukill_proto::v1::kill_request::Target;
 
 /// gpukillctl, the client of the gpukilld GPU daemon.
 #[derive(Debug, Parser)]
@@ -40,6 +42,20 @@ pub struct Cli {
 pub enum Command {
     /// List GPUs and the processes using them (one snapshot, or a live view with --watch).
     List(ListArgs),
+    /// Kill GPU processes: gpukilld checks that you may, signals them and records it.
+    ///
+    /// gpukilld sends SIGTERM and waits up to --timeout-secs for each process to exit; with
+    /// --force it then sends SIGKILL. You may kill your own processes; admins may kill any
+    /// process that is not protected. A process is identified by its PID and start time, so
+    /// a PID reused in the meantime is never signalled. Every result, refusals included, is
+    /// written to the audit trail (gpukillctl events).
+    #[command(after_help = "Exit codes:\n  \
+        0 every process is gone (or several matched and, without --batch, were only listed),\n  \
+        4 a process was denied or protected, 1 a process is still running,\n  \
+        3 a bad selection (a regex that does not compile, a PID that is gone, ...)")]
+    Kill(KillArgs),
+    /// Show the audit trail: kills, resets and refusals, oldest first.
+    Events(EventsArgs),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
 }
@@ -76,6 +92,124 @@ pub struct ListArgs {
     /// Only processes running in a container; shows the process table with RUNTIME and POD
     #[arg(long)]
     pub containers: bool,
+}
+
+/// Arguments of `gpukillctl kill`.
+#[derive(Debug, Clone, Args)]
+pub struct KillArgs {
+    /// Which processes: exactly one selector.
+    #[command(flatten)]
+    pub target: KillTargetArgs,
+
+    /// Kill every match; without it, a selection that matches several processes is only listed
+    #[arg(long)]
+    pub batch: bool,
+
+    /// Seconds to wait for SIGTERM to take effect, 1 to 3600
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=3600)
+    )]
+    pub timeout_secs: u32,
+
+    /// Send SIGKILL to what still runs after the timeout; also allows a --pid that is not a
+    /// GPU process
+    #[arg(long)]
+    pub force: bool,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// The selectors of `gpukillctl kill`; clap requires exactly one.
+#[derive(Debug, Clone, Args)]
+#[group(id = "target", required = true, multiple = false)]
+pub struct KillTargetArgs {
+    /// The process with this PID
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// The GPU processes whose name or command line match REGEX (Rust regex syntax)
+    #[arg(long, value_name = "REGEX")]
+    pub filter: Option<String>,
+
+    /// Every process on GPU N
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// Every GPU process of this user (a name or a numeric uid)
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+impl KillTargetArgs {
+    /// The request's selection; `None` only when no selector is set, which clap prevents.
+    pub fn target(&self) -> Option<Target> {
+        if let Some(pid) = self.pid {
+            Some(Target::Pid(pid))
+        } else if let Some(filter) = &self.filter {
+            Some(Target::Filter(filter.clone()))
+        } else if let Some(gpu) = self.gpu {
+            Some(Target::GpuIndex(gpu))
+        } else {
+            self.user.clone().map(Target::User)
+        }
+    }
+}
+
+/// Arguments of `gpukillctl events`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Only events of the last DURATION, e.g. 30m, 2h, 7d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// Only events of this type
+    #[arg(long = "type", value_name = "TYPE", value_enum)]
+    pub event_type: Option<EventType>,
+
+    /// At most N events, the newest
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub limit: u32,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// The `--type` choices of `gpukillctl events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventType {
+    /// Processes signalled.
+    Kill,
+    /// GPUs reset.
+    Reset,
+    /// Requests refused.
+    Deny,
+}
+
+impl EventType {
+    /// The name the Events RPC filters on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Kill => "kill",
+            EventType::Reset => "reset",
+            EventType::Deny => "deny",
+        }
+    }
+}
+
+/// Parses a humantime duration (`30m`, `2h`, `7d`, `1h 30m`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|err| err.to_string())
 }
 
 /// Arguments of `gpukillctl version`.
@@ -207,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn kill_help_matches_the_snapshot() {
+        assert_snapshot(
+            "kill-help.txt",
+            &help_for(&["gpukillctl", "kill", "--help"]),
+        );
+    }
+
+    #[test]
+    fn events_help_matches_the_snapshot() {
+        assert_snapshot(
+            "events-help.txt",
+            &help_for(&["gpukillctl", "events", "--help"]),
+        );
+    }
+
+    #[test]
     fn short_help_matches_the_snapshot() {
         assert_snapshot("help-short.txt", &Cli::command().render_help().to_string());
     }
@@ -261,6 +411,125 @@ mod tests {
         assert_eq!(args.filter.as_deref(), Some("python"));
         assert!(args.containers);
         assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    /// The usage error clap reports for `args`.
+    fn usage_error(args: &[&str]) -> clap::Error {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => panic!("{args:?} should not parse: {cli:?}"),
+            Err(err) => err,
+        }
+    }
+
+    fn kill_args(args: &[&str]) -> KillArgs {
+        let argv = [&["gpukillctl", "kill"], args].concat();
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Kill(args) => args,
+            other => panic!("expected kill, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kill_needs_exactly_one_selector() {
+        let none = usage_error(&["gpukillctl", "kill", "--batch"]);
+        assert_eq!(none.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(crate::error::clap_exit_code(&none), 3);
+        let two = usage_error(&["gpukillctl", "kill", "--pid", "7", "--filter", "x"]);
+        assert_eq!(two.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(crate::error::clap_exit_code(&two), 3);
+        let twice = usage_error(&["gpukillctl", "kill", "--gpu", "0", "--user", "bob"]);
+        assert_eq!(crate::error::clap_exit_code(&twice), 3);
+    }
+
+    #[test]
+    fn kill_selectors_become_the_request_target() {
+        assert_eq!(
+            kill_args(&["--pid", "4242"]).target.target(),
+            Some(Target::Pid(4242))
+        );
+        assert_eq!(
+            kill_args(&["--filter", "^py"]).target.target(),
+            Some(Target::Filter("^py".to_owned()))
+        );
+        assert_eq!(
+            kill_args(&["--gpu", "3"]).target.target(),
+            Some(Target::GpuIndex(3))
+        );
+        assert_eq!(
+            kill_args(&["--user", "1001"]).target.target(),
+            Some(Target::User("1001".to_owned()))
+        );
+    }
+
+    #[test]
+    fn kill_defaults_and_timeout_range() {
+        let args = kill_args(&["--pid", "1"]);
+        assert_eq!(args.timeout_secs, 5);
+        assert!(!args.batch && !args.force);
+        assert_eq!(args.output, OutputFormat::Table);
+        assert_eq!(
+            kill_args(&["--pid", "1", "--timeout-secs", "3600"]).timeout_secs,
+            3600
+        );
+        for bad in ["0", "3601", "-1", "5s"] {
+            let err = usage_error(&["gpukillctl", "kill", "--pid", "1", "--timeout-secs", bad]);
+            assert_eq!(crate::error::clap_exit_code(&err), 3, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "gpukillctl",
+            "events",
+            "--since",
+            "7d",
+            "--type",
+            "deny",
+            "--limit",
+            "20",
+            "-o",
+            "json",
+        ])
+        .expect("valid arguments");
+        let Command::Events(args) = cli.command else {
+            panic!("expected events");
+        };
+        assert_eq!(args.since, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(args.event_type, Some(EventType::Deny));
+        assert_eq!(args.limit, 20);
+        assert_eq!(args.output, OutputFormat::Json);
+        let Command::Events(args) = Cli::try_parse_from(["gpukillctl", "events"])
+            .expect("valid arguments")
+            .command
+        else {
+            panic!("expected events");
+        };
+        assert_eq!((args.since, args.event_type, args.limit), (None, None, 100));
+    }
+
+    #[test]
+    fn a_bad_duration_is_a_usage_error_naming_the_value() {
+        let err = usage_error(&["gpukillctl", "events", "--since", "5 parsecs"]);
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(crate::error::clap_exit_code(&err), 3);
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid value '5 parsecs' for '--since <DURATION>'"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_type_names_are_the_rpc_names() {
+        for arg in EventType::value_variants() {
+            let name = arg
+                .to_possible_value()
+                .expect("visible value")
+                .get_name()
+                .to_owned();
+            assert_eq!(arg.as_str(), name);
+        }
     }
 
     #[test]

@@ -69,8 +69,14 @@ pub async fn connect(path: &Path) -> Result<Client, Error> {
 
 /// Wraps a unary request message with [`REQUEST_TIMEOUT`].
 pub fn unary<T>(message: T) -> tonic::Request<T> {
+    unary_with_timeout(message, REQUEST_TIMEOUT)
+}
+
+/// Wraps a unary request message with a deadline of `timeout`, for an RPC that waits on
+/// purpose (Kill waits for its targets to exit).
+pub fn unary_with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.set_timeout(REQUEST_TIMEOUT);
+    request.set_timeout(timeout);
     request
 }
 

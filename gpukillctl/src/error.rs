@@ -53,10 +53,29 @@ pub enum Error {
     },
 
     /// The daemon answered successfully but left out a required field.
-    #[error("gpukilld sent a {rpc} response without a snapshot")]
+    #[error("gpukilld sent a {rpc} response without {missing}")]
     EmptyResponse {
         /// The RPC name.
         rpc: &'static str,
+        /// What was missing, e.g. "a snapshot".
+        missing: &'static str,
+    },
+
+    /// A kill left processes running: the daemon refused some targets or they outlived the
+    /// timeout. The results were printed first; this only sets the exit code and says why.
+    #[error("{}", kill_incomplete(*.total, *.denied, *.protected, *.still_running, *.unexpected))]
+    KillIncomplete {
+        /// How many processes the request was about.
+        total: usize,
+        /// Targets the caller may not signal.
+        denied: usize,
+        /// Targets the daemon never signals.
+        protected: usize,
+        /// Targets still running when the timeout passed.
+        still_running: usize,
+        /// Targets with an outcome this client does not know (a newer daemon, or an unset
+        /// value); counted as not killed, since nothing says they are gone.
+        unexpected: usize,
     },
 
     /// A GPU vendor library failed as a whole (e.g. NVML could not be loaded). `list` still
@@ -132,6 +151,16 @@ impl Error {
                 | tonic::Code::Internal
                 | tonic::Code::DataLoss => exit_code::ERROR,
             },
+            // Refused targets are a permission problem; only survivors make it a plain error.
+            Error::KillIncomplete {
+                denied, protected, ..
+            } => {
+                if denied + protected > 0 {
+                    exit_code::PERMISSION_DENIED
+                } else {
+                    exit_code::ERROR
+                }
+            }
             Error::EmptyResponse { .. }
             | Error::WatchEnded
             | Error::Signal(_)
@@ -140,6 +169,34 @@ impl Error {
             | Error::Runtime(_) => exit_code::ERROR,
         }
     }
+}
+
+/// The one-line message of [`Error::KillIncomplete`], e.g.
+/// `2 of 5 processes were not killed: 1 denied, 1 protected`.
+fn kill_incomplete(
+    total: usize,
+    denied: usize,
+    protected: usize,
+    still_running: usize,
+    unexpected: usize,
+) -> String {
+    let failed = denied + protected + still_running + unexpected;
+    let parts: Vec<String> = [
+        (denied, "denied"),
+        (protected, "protected"),
+        (still_running, "still running"),
+        (unexpected, "with an unexpected outcome"),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, what)| format!("{count} {what}"))
+    .collect();
+    format!(
+        "{failed} of {total} {} {} not killed: {}",
+        if total == 1 { "process" } else { "processes" },
+        if failed == 1 { "was" } else { "were" },
+        parts.join(", ")
+    )
 }
 
 /// The exit code for a command line clap rejected: 0 for `--help` and `--version`,
@@ -233,7 +290,65 @@ mod tests {
         };
         assert_eq!(unsupported.exit_code(), 5);
         assert_eq!(Error::WatchEnded.exit_code(), 1);
-        assert_eq!(Error::EmptyResponse { rpc: "List" }.exit_code(), 1);
+        let empty = Error::EmptyResponse {
+            rpc: "List",
+            missing: "a snapshot",
+        };
+        assert_eq!(empty.exit_code(), 1);
+        assert_eq!(
+            empty.to_string(),
+            "gpukilld sent a List response without a snapshot"
+        );
+    }
+
+    fn incomplete(denied: usize, protected: usize, still_running: usize) -> Error {
+        Error::KillIncomplete {
+            total: 5,
+            denied,
+            protected,
+            still_running,
+            unexpected: 0,
+        }
+    }
+
+    #[test]
+    fn refused_kills_exit_4_and_survivors_exit_1() {
+        assert_eq!(incomplete(1, 0, 0).exit_code(), 4);
+        assert_eq!(incomplete(0, 1, 0).exit_code(), 4);
+        assert_eq!(incomplete(1, 1, 1).exit_code(), 4);
+        assert_eq!(incomplete(0, 0, 1).exit_code(), 1);
+        let unexpected = Error::KillIncomplete {
+            total: 1,
+            denied: 0,
+            protected: 0,
+            still_running: 0,
+            unexpected: 1,
+        };
+        assert_eq!(unexpected.exit_code(), 1);
+    }
+
+    #[test]
+    fn incomplete_kills_say_how_many_and_why_in_one_line() {
+        assert_eq!(
+            incomplete(1, 1, 0).to_string(),
+            "2 of 5 processes were not killed: 1 denied, 1 protected"
+        );
+        assert_eq!(
+            incomplete(0, 0, 1).to_string(),
+            "1 of 5 processes was not killed: 1 still running"
+        );
+        let one = Error::KillIncomplete {
+            total: 1,
+            denied: 0,
+            protected: 0,
+            still_running: 0,
+            unexpected: 1,
+        };
+        assert_eq!(
+            one.to_string(),
+            "1 of 1 process was not killed: 1 with an unexpected outcome"
+        );
+        assert_eq!(format_chain(&one).lines().count(), 1);
     }
 
     #[test]
@@ -247,6 +362,23 @@ mod tests {
         assert_eq!(exit(&["gpukillctl", "list", "--output", "yaml"]), 3);
         assert_eq!(exit(&["gpukillctl", "--socket", "ftp://x", "list"]), 3);
         assert_eq!(exit(&["gpukillctl"]), 3);
+        assert_eq!(exit(&["gpukillctl", "kill"]), 3);
+        assert_eq!(
+            exit(&["gpukillctl", "kill", "--pid", "1", "--user", "bob"]),
+            3
+        );
+        assert_eq!(
+            exit(&["gpukillctl", "kill", "--pid", "1", "--timeout-secs", "0"]),
+            3
+        );
+        assert_eq!(
+            exit(&["gpukillctl", "kill", "--gpu", "1", "--timeout-secs", "3601"]),
+            3
+        );
+        assert_eq!(exit(&["gpukillctl", "events", "--since", "5 parsecs"]), 3);
+        assert_eq!(exit(&["gpukillctl", "events", "--type", "reboot"]), 3);
+        assert_eq!(exit(&["gpukillctl", "events", "--limit", "0"]), 3);
+        assert_eq!(exit(&["gpukillctl", "kill", "--help"]), 0);
         assert_eq!(exit(&["gpukillctl", "--help"]), 0);
         assert_eq!(exit(&["gpukillctl", "list", "--help"]), 0);
         assert_eq!(exit(&["gpukillctl", "--version"]), 0);

@@ -21,9 +21,13 @@ pub use render::time::TimeZone;
 
 /// Where and how commands write their results.
 #[derive(Debug)]
-pub struct Output<W> {
+pub struct Output<W, E = std::io::Stderr> {
     /// Where results go.
     pub writer: W,
+    /// Where notes about the results go (standard error), so they never mix into a table or
+    /// JSON that a script reads, e.g. kill's "nothing was killed" line. Errors are not
+    /// written here: `main` prints them.
+    pub notes: E,
     /// Whether `writer` is a terminal; `list --watch` then redraws in place.
     pub is_tty: bool,
     /// The time zone of times shown in tables.
@@ -37,13 +41,14 @@ impl Output<std::io::Stdout> {
         let is_tty = writer.is_terminal();
         Output {
             writer,
+            notes: std::io::stderr(),
             is_tty,
             tz: TimeZone::Local,
         }
     }
 }
 
-impl<W: Write> Output<W> {
+impl<W: Write, E: Write> Output<W, E> {
     /// Writes `text` and flushes, so each watch frame appears whole.
     pub fn write(&mut self, text: &str) -> Result<(), Error> {
         self.writer
@@ -51,15 +56,24 @@ impl<W: Write> Output<W> {
             .and_then(|()| self.writer.flush())
             .map_err(Error::Output)
     }
+
+    /// Writes `line` and a newline to [`notes`](Self::notes).
+    pub fn note(&mut self, line: &str) -> Result<(), Error> {
+        writeln!(self.notes, "{line}")
+            .and_then(|()| self.notes.flush())
+            .map_err(Error::Output)
+    }
 }
 
 /// Runs the command `cli` names, writing its result to `out`.
 ///
 /// A closed standard output (`gpukillctl list --watch | head`) ends the command successfully.
-pub async fn run<W: Write>(cli: Cli, out: &mut Output<W>) -> Result<(), Error> {
+pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result<(), Error> {
     let address = cli.socket.as_ref();
     let result = match &cli.command {
         cli::Command::List(args) => cmd::list::run(address, args, out).await,
+        cli::Command::Kill(args) => cmd::kill::run(address, args, out).await,
+        cli::Command::Events(args) => cmd::events::run(address, args, out).await,
         cli::Command::Version(args) => cmd::version::run(address, args, out).await,
     };
     match result {

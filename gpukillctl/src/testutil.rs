@@ -1,14 +1,17 @@
-//! Test fixtures: a hand-built snapshot, snapshot files, and an in-process fake daemon.
+//! Test fixtures: hand-built answers (a snapshot, a kill, an audit trail), snapshot files,
+//! and an in-process fake daemon.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
-    Container, Gpu, GpuProcess, HealthRequest, HealthResponse, ListRequest, ListResponse,
-    ProcessKind, Snapshot, SnapshotFilter, Vendor, VendorState, VendorStatus, VersionRequest,
-    VersionResponse, WatchRequest,
+    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, HealthRequest,
+    HealthResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget, ListRequest,
+    ListResponse, ProcessKind, Snapshot, SnapshotFilter, Vendor, VendorState, VendorStatus,
+    VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -141,6 +144,124 @@ pub fn stale_snapshot() -> Snapshot {
     snapshot
 }
 
+/// A kill target started at 2024-05-01T09:46:47Z, with command line `<name> --job <pid>`;
+/// alice is uid 1000, everyone else 1001.
+fn kill_target(pid: u32, user: &str, name: &str, gpu_index: Option<u32>) -> KillTarget {
+    KillTarget {
+        pid,
+        start_time_unix_ms: 1_714_556_807_000,
+        uid: if user == "alice" { 1000 } else { 1001 },
+        user: user.to_owned(),
+        name: name.to_owned(),
+        cmdline: format!("{name} --job {pid}"),
+        gpu_index,
+    }
+}
+
+/// One result of every outcome, in PID order, as alice (not an admin) might get them; bob's
+/// sshd is not a GPU process (no GPU index).
+pub fn kill_response() -> KillResponse {
+    let result = |target: KillTarget, outcome: KillOutcome, reason: &str| KillResult {
+        target: Some(target),
+        outcome: outcome as i32,
+        reason: reason.to_owned(),
+    };
+    KillResponse {
+        results: vec![
+            result(
+                kill_target(4242, "alice", "python", Some(0)),
+                KillOutcome::Terminated,
+                "",
+            ),
+            result(
+                kill_target(4243, "alice", "python", Some(0)),
+                KillOutcome::Killed,
+                "still running after 5s; sent SIGKILL",
+            ),
+            result(
+                kill_target(4244, "alice", "python", Some(1)),
+                KillOutcome::StillRunning,
+                "still running after 5s",
+            ),
+            result(
+                kill_target(4245, "alice", "python", Some(1)),
+                KillOutcome::AlreadyGone,
+                "",
+            ),
+            result(
+                kill_target(5151, "bob", "serve", Some(0)),
+                KillOutcome::Denied,
+                "owned by bob; you are alice",
+            ),
+            result(
+                kill_target(5152, "bob", "sshd", None),
+                KillOutcome::Protected,
+                "protected process pattern ^sshd$",
+            ),
+            result(
+                kill_target(5153, "bob", "serve", Some(2)),
+                KillOutcome::Matched,
+                "",
+            ),
+        ],
+        needs_batch: false,
+    }
+}
+
+/// Three audit events, oldest first: alice's kill of her python on GPU 0, bob's refused GPU
+/// reset (no target, no caller PID), and root's kill of a miner that is not on a GPU.
+pub fn events_response() -> EventsResponse {
+    EventsResponse {
+        events: vec![
+            Event {
+                id: 17,
+                time_unix_ms: NOW_MS - 2125,
+                r#type: "kill".to_owned(),
+                caller_uid: 1000,
+                caller_user: "alice".to_owned(),
+                caller_pid: Some(31337),
+                transport: "unix".to_owned(),
+                action: "kill --pid 4242".to_owned(),
+                target: Some(KillTarget {
+                    cmdline: "python train.py --epochs 10".to_owned(),
+                    ..kill_target(4242, "alice", "python", Some(0))
+                }),
+                outcome: "terminated".to_owned(),
+                reason: String::new(),
+            },
+            Event {
+                id: 18,
+                time_unix_ms: NOW_MS,
+                r#type: "deny".to_owned(),
+                caller_uid: 1001,
+                caller_user: "bob".to_owned(),
+                caller_pid: None,
+                transport: "unix".to_owned(),
+                action: "reset --gpu 1".to_owned(),
+                target: None,
+                outcome: "denied".to_owned(),
+                reason: "resetting a GPU needs an admin".to_owned(),
+            },
+            Event {
+                id: 19,
+                time_unix_ms: NOW_MS + 750,
+                r#type: "kill".to_owned(),
+                caller_uid: 0,
+                caller_user: "root".to_owned(),
+                caller_pid: Some(1),
+                transport: "unix".to_owned(),
+                action: "kill --filter miner --batch".to_owned(),
+                target: Some(KillTarget {
+                    cmdline: "./xmrig -o pool".to_owned(),
+                    ..kill_target(6006, "bob", "xmrig", None)
+                }),
+                outcome: "killed".to_owned(),
+                reason: "still running after 5s; sent SIGKILL".to_owned(),
+            },
+        ],
+    }
+}
+
 /// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
 /// environment it (re)writes the file instead.
 #[track_caller]
@@ -167,7 +288,7 @@ pub fn assert_snapshot(name: &str, actual: &str) {
     );
 }
 
-/// A fake gpukilld serving fixed answers, recording the filters it was asked for.
+/// A fake gpukilld serving fixed answers, recording the requests it got.
 #[derive(Debug, Clone, Default)]
 pub struct FakeDaemon {
     /// What List answers, or the status it fails with.
@@ -179,8 +300,25 @@ pub struct FakeDaemon {
     pub watch_stays_open: bool,
     /// What Version answers; `None` fails with UNIMPLEMENTED.
     pub version: Option<VersionResponse>,
+    /// What Kill answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub kill: Option<Result<KillResponse, Status>>,
+    /// What Events answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub events: Option<Result<EventsResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
+    /// Every Kill request received, with the deadline the client set.
+    pub kill_requests: Arc<Mutex<Vec<ReceivedKill>>>,
+    /// Every Events request received.
+    pub events_requests: Arc<Mutex<Vec<EventsRequest>>>,
+}
+
+/// A Kill request as the fake daemon received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedKill {
+    /// The request message.
+    pub request: KillRequest,
+    /// The deadline the client set (`grpc-timeout`), if any.
+    pub deadline: Option<Duration>,
 }
 
 impl FakeDaemon {
@@ -189,6 +327,22 @@ impl FakeDaemon {
             filters.push(filter.unwrap_or_default());
         }
     }
+}
+
+/// The deadline a request carries in its `grpc-timeout` header (e.g. `35000m`), if any.
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 #[tonic::async_trait]
@@ -236,6 +390,33 @@ impl GpuKill for FakeDaemon {
             .clone()
             .map(Response::new)
             .ok_or_else(|| Status::unimplemented("Version"))
+    }
+
+    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<KillResponse>, Status> {
+        let deadline = grpc_timeout(&request);
+        if let Ok(mut requests) = self.kill_requests.lock() {
+            requests.push(ReceivedKill {
+                request: request.into_inner(),
+                deadline,
+            });
+        }
+        match self.kill.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Kill")),
+        }
+    }
+
+    async fn events(
+        &self,
+        request: Request<EventsRequest>,
+    ) -> Result<Response<EventsResponse>, Status> {
+        if let Ok(mut requests) = self.events_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.events.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Events")),
+        }
     }
 }
 

@@ -58,6 +58,30 @@ fn usage_errors_exit_3() {
 }
 
 #[test]
+fn kill_needs_exactly_one_selector() {
+    let none = gpukillctl(&["kill", "--batch"]);
+    assert_eq!(none.status.code(), Some(3));
+    let stderr = String::from_utf8(none.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("<--pid <PID>|--filter <REGEX>|--gpu <N>|--user <NAME>>"),
+        "{stderr}"
+    );
+    let two = gpukillctl(&["kill", "--pid", "1", "--filter", "x"]);
+    assert_eq!(two.status.code(), Some(3));
+    let stderr = String::from_utf8(two.stderr).expect("UTF-8");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
+fn a_bad_duration_exits_3_naming_it() {
+    let output = gpukillctl(&["events", "--since", "5 parsecs"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(stderr.contains("'5 parsecs'"), "{stderr}");
+}
+
+#[test]
 fn remote_addresses_are_unsupported() {
     let output = gpukillctl(&["--socket", "https://node1:50051", "list"]);
     assert_eq!(output.status.code(), Some(5));

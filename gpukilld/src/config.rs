@@ -32,6 +32,17 @@ pub struct Config {
     /// Snapshots kept in memory; by default one hour of ticks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ring_capacity: Option<usize>,
+    /// Where the daemon keeps its SQLite store (audit events).
+    pub state_dir: PathBuf,
+    /// Members of this group (and root) are admins: they may act on any unprotected process.
+    pub admin_group: String,
+    /// Users whose processes are never signalled. When not set: `["root"]`, except that root
+    /// itself may act on root's processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected_users: Option<Vec<String>>,
+    /// Regular expressions; a process whose name or command line matches one is never
+    /// signalled, whoever asks.
+    pub protected_processes: Vec<String>,
     /// The NVIDIA backend.
     pub nvidia: NvidiaConfig,
 }
@@ -55,6 +66,13 @@ impl Default for Config {
             poll_interval: Duration::from_secs(2),
             vendor_timeout: Duration::from_secs(1),
             ring_capacity: None,
+            state_dir: PathBuf::from("/var/lib/gpukill"),
+            admin_group: "gpukill".to_string(),
+            protected_users: None,
+            protected_processes: vec![
+                "^(Xorg|Xwayland|gnome-shell|kwin_wayland|sddm|gdm|gdm3)$".to_string(),
+                "^(nvidia-persistenced|nv-hostengine|nvidia-smi|dcgm-exporter)$".to_string(),
+            ],
             nvidia: NvidiaConfig::default(),
         }
     }
@@ -172,6 +190,10 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_POLL_INTERVAL", &["poll_interval"]),
     ("GPUKILL_VENDOR_TIMEOUT", &["vendor_timeout"]),
     ("GPUKILL_RING_CAPACITY", &["ring_capacity"]),
+    ("GPUKILL_STATE_DIR", &["state_dir"]),
+    ("GPUKILL_ADMIN_GROUP", &["admin_group"]),
+    ("GPUKILL_PROTECTED_USERS", &["protected_users"]),
+    ("GPUKILL_PROTECTED_PROCESSES", &["protected_processes"]),
     ("GPUKILL_NVIDIA_ENABLED", &["nvidia", "enabled"]),
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
     // The name the NVML library override is documented under.
@@ -283,6 +305,24 @@ impl Config {
                 message: "is out of range: use 1 to 10000000 snapshots".to_string(),
             });
         }
+        for pattern in &self.protected_processes {
+            if let Err(error) = regex::Regex::new(pattern) {
+                return Err(ConfigError::Invalid {
+                    key: "protected_processes",
+                    value: format!("{pattern:?}"),
+                    origin: origin("protected_processes"),
+                    message: format!("is not a valid regular expression: {error}"),
+                });
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "state_dir",
+                value: self.state_dir.display().to_string(),
+                origin: origin("state_dir"),
+                message: "must be an absolute path".to_string(),
+            });
+        }
         if let Some(socket) = &self.socket
             && !socket.is_absolute()
         {
@@ -339,14 +379,14 @@ fn check(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
     })
 }
 
-/// An environment value is read as a TOML value when it is one (`100`, `true`), and as a
-/// string otherwise (`2s`, `/run/x.sock`, `0666`).
+/// An environment value is read as a TOML value when it is one (`100`, `true`,
+/// `["root", "slurm"]`), and as a string otherwise (`2s`, `/run/x.sock`, `0666`).
 fn parse_env_value(text: &str) -> toml::Value {
     format!("value = {text}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut table| table.remove("value"))
-        .filter(|value| !matches!(value, toml::Value::Table(_) | toml::Value::Array(_)))
+        .filter(|value| !matches!(value, toml::Value::Table(_)))
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
@@ -469,6 +509,32 @@ mod tests {
         assert_eq!(
             config.nvidia.library,
             Some(PathBuf::from("/x/libnvidia-ml.so"))
+        );
+    }
+
+    #[test]
+    fn a_bad_protected_process_regex_names_the_key() {
+        let (error, _) = load_file("protected_processes = [\"(xmrig\"]\n");
+        let message = error.expect_err("bad regex").to_string();
+        assert!(
+            message.contains("protected_processes") && message.contains("(xmrig"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn protected_users_from_the_environment_as_a_toml_array() {
+        let config = Config::load(Sources {
+            env: vec![(
+                "GPUKILL_PROTECTED_USERS".into(),
+                "[\"root\", \"slurm\"]".into(),
+            )],
+            ..Sources::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            config.protected_users,
+            Some(vec!["root".to_string(), "slurm".to_string()])
         );
     }
 

@@ -3,6 +3,7 @@
 //!
 //! Data moves one way: vendor backends -> sampler -> snapshot -> ring -> readers (RPC).
 
+pub mod actions;
 pub mod authz;
 pub mod config;
 pub mod procinfo;
@@ -10,6 +11,7 @@ pub mod ring;
 pub mod rpc;
 pub mod sampler;
 pub mod snapshot;
+pub mod store;
 pub mod vendor;
 
 use std::future::Future;
@@ -63,6 +65,18 @@ impl Environment {
     }
 }
 
+/// An error and its sources on one line ("cannot open the store x: unable to open ...").
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 fn host_name() -> Arc<str> {
     nix::unistd::gethostname()
         .ok()
@@ -97,6 +111,31 @@ pub async fn run(
     let mut sampler =
         Sampler::new(host_name(), timing, backends, proc_reader).map_err(Error::Thread)?;
 
+    let database = config.state_dir.join("gpukill.db");
+    let events = match store::EventLog::start(database.clone()) {
+        Ok(log) => Ok(Arc::new(log)),
+        Err(error) => {
+            // Live service goes on; only actions, which must be audited, are refused.
+            let message = error_chain(&error);
+            tracing::error!(store = %database.display(), "{message}; kill is disabled");
+            Err(message)
+        }
+    };
+    let kill_context = Arc::new(rpc::kill::KillContext {
+        protection: actions::protect::Protection::new(
+            config.protected_users.clone(),
+            &config.protected_processes,
+        )
+        .map_err(|error| {
+            Error::Config(config::ConfigError::Parse {
+                origin: "protected_processes".to_string(),
+                message: error.to_string(),
+            })
+        })?,
+        admin_group: config.admin_group.clone(),
+        events,
+    });
+
     let listener = rpc::unix::bind(&socket_path, config.socket_mode.0)?;
     let first = sampler.tick().await;
     let ring = Arc::new(Ring::new(config.ring_capacity(), first));
@@ -118,7 +157,7 @@ pub async fn run(
         let _ = stop.send(true);
     };
     let served = tonic::transport::Server::builder()
-        .add_service(rpc::Service::new(Arc::clone(&ring), stopped).into_server())
+        .add_service(rpc::Service::new(Arc::clone(&ring), stopped, kill_context).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
         .await;
 

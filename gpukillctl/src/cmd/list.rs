@@ -16,10 +16,10 @@ use crate::render::table::{self, TableOptions};
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
 /// Runs `gpukillctl list` against the daemon at `address`.
-pub async fn run<W: Write>(
+pub async fn run<W: Write, E: Write>(
     address: Option<&Address>,
     args: &ListArgs,
-    out: &mut Output<W>,
+    out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     let socket = conn::socket_path(address)?;
     let mut client = conn::connect(&socket).await?;
@@ -42,7 +42,10 @@ pub async fn run<W: Write>(
         .map_err(|status| Error::rpc("List", status))?
         .into_inner()
         .snapshot
-        .ok_or(Error::EmptyResponse { rpc: "List" })?;
+        .ok_or(Error::EmptyResponse {
+            rpc: "List",
+            missing: "a snapshot",
+        })?;
     let text = match args.output {
         OutputFormat::Table => table::render(&snapshot, &table_options(args, out)),
         OutputFormat::Json => json::pretty(&snapshot)?,
@@ -81,7 +84,7 @@ fn filter(args: &ListArgs) -> SnapshotFilter {
     }
 }
 
-fn table_options<W>(args: &ListArgs, out: &Output<W>) -> TableOptions {
+fn table_options<W, E>(args: &ListArgs, out: &Output<W, E>) -> TableOptions {
     TableOptions {
         details: args.details,
         containers: args.containers,
@@ -92,11 +95,11 @@ fn table_options<W>(args: &ListArgs, out: &Output<W>) -> TableOptions {
 /// Renders every snapshot of the Watch stream until Ctrl-C (success) or until the stream
 /// ends or fails (an error with the status's exit code; [`Error::ConnectionLost`] when the
 /// daemon went away).
-async fn watch<W: Write>(
+async fn watch<W: Write, E: Write>(
     mut stream: tonic::Streaming<Snapshot>,
     socket: &Path,
     args: &ListArgs,
-    out: &mut Output<W>,
+    out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -128,7 +131,7 @@ async fn stream_failed(status: tonic::Status, socket: &Path) -> Error {
 
 /// One watch frame: an NDJSON line, or the tables (redrawn in place on a terminal, followed
 /// by a blank line otherwise).
-fn frame<W>(snapshot: &Snapshot, args: &ListArgs, out: &Output<W>) -> Result<String, Error> {
+fn frame<W, E>(snapshot: &Snapshot, args: &ListArgs, out: &Output<W, E>) -> Result<String, Error> {
     Ok(match args.output {
         OutputFormat::Json => json::line(snapshot)?,
         OutputFormat::Table => {
@@ -151,9 +154,10 @@ mod tests {
     use clap::Parser;
     use tonic::Status;
 
-    fn output() -> Output<Vec<u8>> {
+    fn output() -> Output<Vec<u8>, Vec<u8>> {
         Output {
             writer: Vec::new(),
+            notes: Vec::new(),
             is_tty: false,
             tz: TimeZone::Utc,
         }

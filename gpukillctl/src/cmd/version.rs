@@ -33,10 +33,10 @@ pub struct VersionJson {
 }
 
 /// Runs `gpukillctl version` against the daemon at `address`.
-pub async fn run<W: Write>(
+pub async fn run<W: Write, E: Write>(
     address: Option<&Address>,
     args: &VersionArgs,
-    out: &mut Output<W>,
+    out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     let daemon = ask(address).await;
     let text = render(args.output, daemon.as_ref().ok())?;
@@ -108,9 +108,10 @@ mod tests {
         }
     }
 
-    fn output() -> Output<Vec<u8>> {
+    fn output() -> Output<Vec<u8>, Vec<u8>> {
         Output {
             writer: Vec::new(),
+            notes: Vec::new(),
             is_tty: false,
             tz: TimeZone::Utc,
         }

@@ -229,10 +229,19 @@ impl ProcJson {
 
 /// `snapshot` as one indented JSON document, ending in a newline.
 pub fn pretty(snapshot: &Snapshot) -> Result<String, Error> {
-    let mut text =
-        serde_json::to_string_pretty(&SnapshotJson::new(snapshot)).map_err(Error::Json)?;
+    document(&SnapshotJson::new(snapshot))
+}
+
+/// `value` as one indented JSON document, ending in a newline: how every command prints JSON.
+pub fn document<T: Serialize>(value: &T) -> Result<String, Error> {
+    let mut text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
     text.push('\n');
     Ok(text)
+}
+
+/// `text`, or `None` when it is empty (the proto's "unset" for a string), so JSON shows `null`.
+pub fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// `snapshot` as one compact line of JSON ending in a newline (an NDJSON record).

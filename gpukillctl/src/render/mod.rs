@@ -1,13 +1,16 @@
-//! Turning snapshots into text: human tables ([`table`]) and the gpukill JSON ([`json`]).
+//! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
+//! ([`json`]); for `kill` and `events`, one module each with both renderings.
 //!
-//! Both renderings share the helpers here, so a table and the JSON of the same snapshot always
+//! The renderings share the helpers here, so a table and the JSON of the same answer always
 //! agree on names, units, the process count and the top process of a GPU.
 
+pub mod events;
 pub mod json;
+pub mod kill;
 pub mod table;
 pub mod time;
 
-use gpukill_proto::v1::{Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState};
+use gpukill_proto::v1::{Gpu, GpuProcess, KillOutcome, ProcessKind, Snapshot, Vendor, VendorState};
 
 /// Bytes per MiB; memory is shown in whole MiB, rounded down.
 const MIB: u64 = 1024 * 1024;
@@ -42,6 +45,31 @@ pub fn process_kind_name(kind: i32) -> Option<&'static str> {
         Ok(ProcessKind::Graphics) => Some("graphics"),
         Ok(ProcessKind::ComputeAndGraphics) => Some("compute+graphics"),
         Ok(ProcessKind::Unspecified) | Err(_) => None,
+    }
+}
+
+/// The kill outcome as JSON names it: `terminated`, `killed`, `still_running`,
+/// `already_gone`, `denied`, `protected` or `matched` (the proto names in lower case, as the
+/// audit trail writes them); `unknown` for an unset or unknown value.
+pub fn kill_outcome_name(outcome: i32) -> &'static str {
+    match KillOutcome::try_from(outcome) {
+        Ok(KillOutcome::Terminated) => "terminated",
+        Ok(KillOutcome::Killed) => "killed",
+        Ok(KillOutcome::StillRunning) => "still_running",
+        Ok(KillOutcome::AlreadyGone) => "already_gone",
+        Ok(KillOutcome::Denied) => "denied",
+        Ok(KillOutcome::Protected) => "protected",
+        Ok(KillOutcome::Matched) => "matched",
+        Ok(KillOutcome::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// The kill outcome in words, for tables: `still running` rather than `still_running`.
+pub fn kill_outcome_words(outcome: i32) -> &'static str {
+    match KillOutcome::try_from(outcome) {
+        Ok(KillOutcome::StillRunning) => "still running",
+        Ok(KillOutcome::AlreadyGone) => "already gone",
+        _ => kill_outcome_name(outcome),
     }
 }
 
@@ -163,5 +191,20 @@ mod tests {
         assert_eq!(vendor_state_name(VendorState::Hung as i32), "hung");
         assert_eq!(process_kind_name(3), Some("compute+graphics"));
         assert_eq!(process_kind_name(0), None);
+    }
+
+    #[test]
+    fn kill_outcome_names_are_the_proto_names_in_lower_case() {
+        for value in 1..=7 {
+            let outcome = KillOutcome::try_from(value).expect("known outcome");
+            let proto = outcome.as_str_name().trim_start_matches("KILL_OUTCOME_");
+            assert_eq!(kill_outcome_name(value), proto.to_lowercase());
+            assert_eq!(
+                kill_outcome_words(value),
+                proto.to_lowercase().replace('_', " ")
+            );
+        }
+        assert_eq!(kill_outcome_name(0), "unknown");
+        assert_eq!(kill_outcome_words(99), "unknown");
     }
 }

@@ -17,7 +17,7 @@ use super::time::{TimeZone, age, clock, rfc3339_seconds};
 use super::{mib, pid_count, top_process, vendor_name, vendor_state_name};
 
 /// The placeholder for an absent value.
-const ABSENT: &str = "-";
+pub(crate) const ABSENT: &str = "-";
 
 /// Which tables to show, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,12 +173,21 @@ fn watts(mw: u32) -> String {
 }
 
 /// `value` as text, or `-` when absent.
-fn or_absent<T: ToString>(value: Option<T>) -> String {
+pub(crate) fn or_absent<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| ABSENT.to_owned(), |value| value.to_string())
 }
 
+/// `text`, or `-` when it is empty (the proto's "unset" for a string).
+pub(crate) fn or_absent_str(text: &str) -> String {
+    if text.is_empty() {
+        ABSENT.to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// A psql-style table of `header` and `rows`, without trailing spaces, ending in a newline.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let mut builder = Builder::default();
     builder.push_record(header.iter().copied());
     for row in rows {

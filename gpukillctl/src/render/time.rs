@@ -38,20 +38,70 @@ pub fn rfc3339_millis(ms: i64) -> Option<String> {
 
 /// The wall-clock time of day `HH:MM:SS` of `ms` in `tz`.
 pub fn clock(ms: i64, tz: TimeZone) -> Option<String> {
-    system_time(ms)?;
-    let secs = ms.div_euclid(1000);
-    let (hour, minute, second) = match tz {
-        TimeZone::Utc => {
-            let of_day = secs.rem_euclid(86_400);
-            (of_day / 3600, of_day % 3600 / 60, of_day % 60)
-        }
-        TimeZone::Local => local_clock(secs)?,
-    };
-    Some(format!("{hour:02}:{minute:02}:{second:02}"))
+    let t = civil(ms, tz)?;
+    Some(format!("{:02}:{:02}:{:02}", t.hour, t.minute, t.second))
 }
 
-/// Hour, minute and second of `secs` since the epoch in the local time zone.
-fn local_clock(secs: i64) -> Option<(i64, i64, i64)> {
+/// The date and time `YYYY-MM-DD HH:MM:SS` of `ms` in `tz`, for tables of events that may
+/// span days.
+pub fn date_time(ms: i64, tz: TimeZone) -> Option<String> {
+    let t = civil(ms, tz)?;
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    ))
+}
+
+/// A calendar date and time of day in some time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Civil {
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+}
+
+/// The calendar date and time of `ms` in `tz`, or `None` when `ms` is not a usable time.
+fn civil(ms: i64, tz: TimeZone) -> Option<Civil> {
+    system_time(ms)?;
+    let secs = ms.div_euclid(1000);
+    match tz {
+        TimeZone::Utc => Some(utc_civil(secs)),
+        TimeZone::Local => local_civil(secs),
+    }
+}
+
+/// The UTC date and time of `secs` since the epoch (Howard Hinnant's `civil_from_days`).
+fn utc_civil(secs: i64) -> Civil {
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153; // March = 0
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    Civil {
+        year,
+        month,
+        day,
+        hour: of_day / 3600,
+        minute: of_day % 3600 / 60,
+        second: of_day % 60,
+    }
+}
+
+/// The local date and time of `secs` since the epoch.
+fn local_civil(secs: i64) -> Option<Civil> {
     let time = libc::time_t::try_from(secs).ok()?;
     let mut tm = MaybeUninit::<libc::tm>::uninit();
     // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant
@@ -62,11 +112,14 @@ fn local_clock(secs: i64) -> Option<(i64, i64, i64)> {
     }
     // SAFETY: localtime_r returned non-null, so it filled in `tm`.
     let tm = unsafe { tm.assume_init() };
-    Some((
-        i64::from(tm.tm_hour),
-        i64::from(tm.tm_min),
-        i64::from(tm.tm_sec),
-    ))
+    Some(Civil {
+        year: i64::from(tm.tm_year) + 1900,
+        month: i64::from(tm.tm_mon) + 1,
+        day: i64::from(tm.tm_mday),
+        hour: i64::from(tm.tm_hour),
+        minute: i64::from(tm.tm_min),
+        second: i64::from(tm.tm_sec),
+    })
 }
 
 /// A compact age: `42s`, `5m12s`, `2h13m`, `3d4h`. Negative ages (clock skew) show as `0s`.
@@ -122,6 +175,25 @@ mod tests {
         let local = clock(NOON, TimeZone::Local).expect("local time");
         assert_eq!(local.len(), 8, "{local}");
         assert_eq!((&local[2..3], &local[5..6]), (":", ":"), "{local}");
+    }
+
+    #[test]
+    fn dates_and_times() {
+        assert_eq!(
+            date_time(NOON, TimeZone::Utc).as_deref(),
+            Some("2024-05-01 12:00:00")
+        );
+        assert_eq!(date_time(0, TimeZone::Utc), None);
+        let local = date_time(NOON, TimeZone::Local).expect("local time");
+        assert_eq!(local.len(), 19, "{local}");
+        // UTC calendar dates agree with humantime's RFC 3339 over leap years and centuries.
+        let mut ms = 1;
+        while ms < END_OF_YEAR_9999_MS {
+            let rfc = rfc3339_seconds(ms).expect("in range");
+            let expected = rfc.trim_end_matches('Z').replacen('T', " ", 1);
+            assert_eq!(date_time(ms, TimeZone::Utc), Some(expected), "{ms}");
+            ms += 86_399_999 * 37 + 12_345;
+        }
     }
 
     #[test]

@@ -143,6 +143,13 @@ impl ProcReader {
         }
     }
 
+    /// Reads a process's identity without the cache (for a process that is not on a GPU).
+    pub fn read(&mut self, pid: u32) -> io::Result<ProcessInfo> {
+        let dir = self.root.join(pid.to_string());
+        let stat = parse_stat(&fs::read_to_string(dir.join("stat"))?)?;
+        self.read_info(pid, &dir, stat)
+    }
+
     fn lookup_one(&mut self, pid: u32) -> io::Result<Arc<ProcessInfo>> {
         let dir = self.root.join(pid.to_string());
         let stat = parse_stat(&fs::read_to_string(dir.join("stat"))?)?;
@@ -225,7 +232,36 @@ impl ProcReader {
 struct Stat {
     comm: String,
     state: char,
+    ppid: u32,
+    flags: u64,
     start_ticks: u64,
+}
+
+/// PF_KTHREAD in the flags field of /proc/PID/stat: a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// What /proc/PID/stat says of a process that matters before signalling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatInfo {
+    /// Run state (R, S, D, Z, ...).
+    pub state: char,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Whether it is a kernel thread.
+    pub kernel_thread: bool,
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Reads /proc/PID/stat of the running system.
+pub fn read_stat(pid: u32) -> io::Result<StatInfo> {
+    let stat = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    Ok(StatInfo {
+        state: stat.state,
+        ppid: stat.ppid,
+        kernel_thread: stat.flags & PF_KTHREAD != 0,
+        start_ticks: stat.start_ticks,
+    })
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -241,23 +277,35 @@ fn parse_stat(stat: &str) -> io::Result<Stat> {
         .get(open + 1..close)
         .ok_or_else(|| invalid("stat: bad comm"))?
         .to_string();
-    // After ") " come fields 3 (state) onwards; starttime is field 22, so index 19 here.
-    let mut fields = stat
+    // After ") " come fields 3 (state) onwards: ppid is field 4, flags field 9 and
+    // starttime field 22, so indexes 1, 6 and 19 here.
+    let fields: Vec<&str> = stat
         .get(close + 1..)
         .unwrap_or_default()
-        .split_ascii_whitespace();
-    let state = fields
+        .split_ascii_whitespace()
+        .take(20)
+        .collect();
+    let field = |index: usize, name: &str| {
+        fields
+            .get(index)
+            .copied()
+            .ok_or_else(|| invalid(format!("stat: no {name}")))
+    };
+    let number = |index: usize, name: &str| -> io::Result<u64> {
+        field(index, name)?
+            .parse()
+            .map_err(|_| invalid(format!("stat: bad {name}")))
+    };
+    let state = field(0, "state")?
+        .chars()
         .next()
-        .and_then(|field| field.chars().next())
         .ok_or_else(|| invalid("stat: no state"))?;
-    let start_ticks = fields
-        .nth(18)
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| invalid("stat: no starttime"))?;
     Ok(Stat {
         comm,
         state,
-        start_ticks,
+        ppid: u32::try_from(number(1, "ppid")?).map_err(|_| invalid("stat: bad ppid"))?,
+        flags: number(6, "flags")?,
+        start_ticks: number(19, "starttime")?,
     })
 }
 
@@ -368,7 +416,18 @@ mod tests {
         let parsed = parse_stat(stat).expect("parses");
         assert_eq!(parsed.comm, "my (weird) proc");
         assert_eq!(parsed.state, 'S');
+        assert_eq!(parsed.ppid, 1);
+        assert_eq!(parsed.flags, 4194560);
         assert_eq!(parsed.start_ticks, 987654);
+    }
+
+    #[test]
+    fn kernel_threads_are_recognized() {
+        let kthreadd = read_stat(2).expect("kthreadd");
+        assert!(kthreadd.kernel_thread);
+        let me = read_stat(std::process::id()).expect("self");
+        assert!(!me.kernel_thread);
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw() as u32);
     }
 
     #[test]

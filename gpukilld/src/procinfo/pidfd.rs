@@ -3,7 +3,7 @@
 //! tick learn which of them exited with a single poll(2) instead of re-reading /proc.
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
@@ -30,18 +30,67 @@ impl PidFd {
     }
 }
 
+impl PidFd {
+    /// Sends `signal` to exactly this process (pidfd_send_signal(2)); it can never reach a
+    /// process that reused the PID. Fails with ESRCH once the process has exited.
+    pub fn send_signal(&self, signal: nix::sys::signal::Signal) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal(2) takes an fd we own (alive for this call), a signal
+        // number, a null siginfo pointer (allowed: the kernel fills in a default) and flags 0.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// For each pidfd, whether its process has exited (a pidfd polls readable then), all in
 /// one non-blocking poll(2).
 pub fn exited(fds: &[&PidFd]) -> io::Result<Vec<bool>> {
-    let mut polls: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd.0.as_fd(), PollFlags::POLLIN))
-        .collect();
-    nix::poll::poll(&mut polls, PollTimeout::ZERO)?;
-    Ok(polls
-        .iter()
-        .map(|poll| poll.revents().is_some_and(|events| !events.is_empty()))
-        .collect())
+    wait_for_exit(fds, std::time::Duration::ZERO)
+}
+
+/// Waits until every process in `fds` has exited or `timeout` has passed, whichever is
+/// first; returns for each whether it exited. One thread waits for all of them.
+pub fn wait_for_exit(fds: &[&PidFd], timeout: std::time::Duration) -> io::Result<Vec<bool>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut done = vec![false; fds.len()];
+    loop {
+        let waiting: Vec<usize> = (0..fds.len()).filter(|i| !done[*i]).collect();
+        if waiting.is_empty() {
+            return Ok(done);
+        }
+        let mut polls: Vec<PollFd<'_>> = waiting
+            .iter()
+            .map(|i| PollFd::new(fds[*i].0.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        match nix::poll::poll(
+            &mut polls,
+            PollTimeout::try_from(left_ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+        for (poll, index) in polls.iter().zip(&waiting) {
+            if poll.revents().is_some_and(|events| !events.is_empty()) {
+                done[*index] = true;
+            }
+        }
+        if left.is_zero() {
+            return Ok(done);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +108,29 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("reap");
         assert_eq!(exited(&[&fd]).expect("poll"), vec![true]);
+    }
+
+    #[test]
+    fn a_signal_reaches_the_process_and_the_wait_sees_it_exit() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let fd = PidFd::open(child.id()).expect("pidfd_open");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            wait_for_exit(&[&fd], std::time::Duration::from_millis(100)).expect("poll"),
+            vec![false]
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+        fd.send_signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("signal");
+        assert_eq!(
+            wait_for_exit(&[&fd], std::time::Duration::from_secs(5)).expect("poll"),
+            vec![true]
+        );
+        child.wait().expect("reap");
+        assert!(fd.send_signal(nix::sys::signal::Signal::SIGTERM).is_err());
     }
 
     #[test]

@@ -67,7 +67,8 @@ impl Filter {
     }
 }
 
-fn unix_ms(time: SystemTime) -> i64 {
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
         Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
@@ -76,6 +77,20 @@ fn unix_ms(time: SystemTime) -> i64 {
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The proto enum of a kill outcome.
+pub fn kill_outcome(outcome: crate::actions::kill::Outcome) -> pb::KillOutcome {
+    use crate::actions::kill::Outcome;
+    match outcome {
+        Outcome::Terminated => pb::KillOutcome::Terminated,
+        Outcome::Killed => pb::KillOutcome::Killed,
+        Outcome::StillRunning => pb::KillOutcome::StillRunning,
+        Outcome::AlreadyGone => pb::KillOutcome::AlreadyGone,
+        Outcome::Denied => pb::KillOutcome::Denied,
+        Outcome::Protected => pb::KillOutcome::Protected,
+        Outcome::Matched => pb::KillOutcome::Matched,
+    }
 }
 
 /// The proto enum of a vendor.

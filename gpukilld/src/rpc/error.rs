@@ -22,20 +22,58 @@ pub enum RpcError {
     /// A vendor value that is not in the enum.
     #[error("unknown vendor value {0}: use nvidia, amd, intel, apple or all")]
     UnknownVendor(i32),
+    /// A kill request without a selection.
+    #[error("say which processes to kill: --pid, --filter, --gpu or --user")]
+    NoSelector,
+    /// A kill timeout out of range.
+    #[error("--timeout-secs {0} is out of range: use 1 to 3600")]
+    InvalidTimeout(u32),
+    /// A user name that the user database does not know.
+    #[error("unknown user {0:?}: give a user name or a numeric uid")]
+    UnknownUser(String),
+    /// The kill targets could not be chosen.
+    #[error(transparent)]
+    Select(#[from] crate::actions::kill::SelectError),
+    /// An event type that does not exist.
+    #[error("{0}")]
+    InvalidEventType(String),
+    /// The audit store is not available; nothing is killed without it.
+    #[error("the audit store is unavailable, so nothing is killed: {0}")]
+    AuditUnavailable(String),
+    /// Reading the audit store failed.
+    #[error("cannot read the audit store")]
+    Store(#[from] crate::store::StoreError),
+    /// A blocking task panicked.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl From<RpcError> for Status {
     fn from(error: RpcError) -> Status {
+        use crate::actions::kill::SelectError;
         let code = match &error {
             RpcError::Unattributed(_) => Code::Unauthenticated,
-            RpcError::InvalidRegex { .. } | RpcError::UnknownVendor(_) => Code::InvalidArgument,
+            RpcError::InvalidRegex { .. }
+            | RpcError::UnknownVendor(_)
+            | RpcError::NoSelector
+            | RpcError::InvalidTimeout(_)
+            | RpcError::UnknownUser(_)
+            | RpcError::InvalidEventType(_)
+            | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
+                Code::InvalidArgument
+            }
+            RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_)) => Code::NotFound,
+            RpcError::Select(SelectError::Proc { .. })
+            | RpcError::AuditUnavailable(_)
+            | RpcError::Store(_)
+            | RpcError::Internal(_) => Code::Internal,
         };
         // regex::Error's Display already holds the position and the reason; keep it whole.
         let message = match &error {
             RpcError::InvalidRegex { pattern, source } => {
                 format!("invalid --filter regex {pattern:?}:\n{source}")
             }
-            other => other.to_string(),
+            other => crate::error_chain(other),
         };
         Status::new(code, message)
     }

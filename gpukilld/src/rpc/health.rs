@@ -1,5 +1,6 @@
 //! `Health`: serving or degraded, and why.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use gpukill_proto::v1 as pb;
@@ -7,9 +8,14 @@ use gpukill_proto::v1 as pb;
 use super::convert;
 use crate::ring::Ring;
 use crate::snapshot::VendorState;
+use crate::store::EventLog;
 
 /// Answers `Health`.
-pub async fn health(ring: &Ring, started: Instant) -> pb::HealthResponse {
+pub async fn health(
+    ring: &Ring,
+    events: &Result<Arc<EventLog>, String>,
+    started: Instant,
+) -> pb::HealthResponse {
     let now = SystemTime::now();
     let latest = ring.latest();
     let mut problems: Vec<String> = latest
@@ -21,6 +27,20 @@ pub async fn health(ring: &Ring, started: Instant) -> pb::HealthResponse {
             VendorState::Hung { .. } => convert::vendor_status(status, now).message,
         })
         .collect();
+    match events {
+        Err(message) => problems.push(format!(
+            "audit store unavailable, kill is disabled: {message}"
+        )),
+        Ok(log) => {
+            let counters = log.counters();
+            if counters.dropped + counters.failed > 0 {
+                problems.push(format!(
+                    "audit store: {} events dropped (queue full), {} failed to write",
+                    counters.dropped, counters.failed
+                ));
+            }
+        }
+    }
     if let Some(reason) = latest.stale_reason(now)
         && !problems
             .iter()

@@ -3,7 +3,9 @@
 
 pub mod convert;
 pub mod error;
+mod events;
 mod health;
+pub mod kill;
 mod list;
 pub mod unix;
 mod version;
@@ -30,15 +32,22 @@ pub struct Service {
     ring: Arc<Ring>,
     started: Instant,
     stop: channel::Receiver<bool>,
+    kill: Arc<kill::KillContext>,
 }
 
 impl Service {
-    /// A service over the snapshots in `ring`; its streams end when `stop` turns true.
-    pub fn new(ring: Arc<Ring>, stop: channel::Receiver<bool>) -> Self {
+    /// A service over the snapshots in `ring`, killing with `kill`; its streams end when
+    /// `stop` turns true.
+    pub fn new(
+        ring: Arc<Ring>,
+        stop: channel::Receiver<bool>,
+        kill: Arc<kill::KillContext>,
+    ) -> Self {
         Self {
             ring,
             started: Instant::now(),
             stop,
+            kill,
         }
     }
 
@@ -85,7 +94,7 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         attribute(&request, "Health")?;
         Ok(Response::new(
-            health::health(&self.ring, self.started).await,
+            health::health(&self.ring, &self.kill.events, self.started).await,
         ))
     }
 
@@ -95,5 +104,27 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::VersionResponse>, Status> {
         attribute(&request, "Version")?;
         Ok(Response::new(version::version(&self.ring)))
+    }
+
+    async fn kill(
+        &self,
+        request: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::KillResponse>, Status> {
+        let caller = attribute(&request, "Kill")?;
+        kill::kill(&self.ring, &self.kill, caller, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        attribute(&request, "Events")?;
+        events::events(&self.kill.events, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }

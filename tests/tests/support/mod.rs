@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -53,6 +54,8 @@ pub fn write_scenario(path: &Path, scenario: &Value) {
 
 /// Options for starting a daemon.
 pub struct DaemonOptions {
+    /// Extra lines for the daemon's config file.
+    pub config: String,
     pub poll_interval: &'static str,
     pub vendor_timeout: &'static str,
     pub ring_capacity: Option<usize>,
@@ -63,6 +66,7 @@ pub struct DaemonOptions {
 impl Default for DaemonOptions {
     fn default() -> Self {
         Self {
+            config: String::new(),
             poll_interval: "200ms",
             vendor_timeout: "300ms",
             ring_capacity: None,
@@ -102,6 +106,8 @@ impl Daemon {
         scenario: &Value,
         options: DaemonOptions,
     ) -> Daemon {
+        // Other uids (test clients) must reach the socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let scenario_path = dir.path().join("scenario.json");
         write_scenario(&scenario_path, scenario);
         let log = dir.path().join("gpukilld.log");
@@ -126,7 +132,8 @@ impl Daemon {
         options: &DaemonOptions,
     ) -> Child {
         let config = dir.join("gpukilld.toml");
-        let mut text = String::new();
+        let mut text = options.config.clone();
+        text.push_str(&format!("state_dir = {:?}\n", dir.join("state")));
         if let Some(capacity) = options.ring_capacity {
             text.push_str(&format!("ring_capacity = {capacity}\n"));
         }
@@ -255,6 +262,53 @@ impl Drop for Daemon {
     }
 }
 
+/// gpukillctl where any uid can run it (the build dir may sit under a 0700 home): a hard
+/// link (or copy) in a world-readable directory of this test process.
+pub fn shared_gpukillctl() -> PathBuf {
+    static SHARED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("gpukill-bin-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let shared = dir.join("gpukillctl");
+            let _ = std::fs::remove_file(&shared);
+            if std::fs::hard_link(gpukillctl(), &shared).is_err() {
+                std::fs::copy(gpukillctl(), &shared).unwrap();
+            }
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+            shared
+        })
+        .clone()
+}
+
+impl Daemon {
+    /// Runs gpukillctl against this daemon as `uid` (gid = uid).
+    pub fn ctl_as(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new(shared_gpukillctl())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gpukillctl as another uid")
+    }
+
+    /// The audit trail as `gpukillctl events --output json` shows it to root.
+    pub fn events_json(&self) -> Vec<Value> {
+        let output = self.ctl(&["events", "--output", "json"]);
+        assert!(
+            output.status.success(),
+            "events failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let events: Value = serde_json::from_slice(&output.stdout).expect("events JSON");
+        events["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
 /// Runs gpukillctl against `socket`.
 pub fn ctl_on(socket: &Path, args: &[&str]) -> Output {
     Command::new(gpukillctl())
@@ -293,19 +347,52 @@ pub struct Target {
 impl Target {
     /// `sleep 600` as `uid` (None: as the test's own uid).
     pub fn sleep(uid: Option<u32>) -> Target {
-        let mut command = Command::new("/bin/sleep");
+        Target::spawn(uid, "/bin/sleep", &["600"])
+    }
+
+    /// A shell that ignores SIGTERM, as `uid`.
+    pub fn stubborn(uid: Option<u32>) -> Target {
+        let target = Target::spawn(
+            uid,
+            "/bin/sh",
+            &["-c", "trap '' TERM; while :; do sleep 0.05; done"],
+        );
+        // Let the shell install its trap before anyone signals it.
+        std::thread::sleep(Duration::from_millis(100));
+        target
+    }
+
+    fn spawn(uid: Option<u32>, program: &str, args: &[&str]) -> Target {
+        let mut command = Command::new(program);
         command
-            .arg("600")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
-        let child = command.spawn().expect("spawn sleep");
+        let child = command.spawn().expect("spawn target");
         Target {
             child,
             uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
         }
+    }
+
+    /// Whether the process is still running (reaps it if it exited).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit; true when it did.
+    pub fn exits_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.alive()
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,67 @@
+//! `Events`: the audit trail.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use gpukill_proto::v1 as pb;
+
+use super::error::RpcError;
+use crate::store::{EventKind, EventLog, EventQuery, StoredEvent};
+
+/// Events returned when the request names no limit.
+const DEFAULT_LIMIT: usize = 1000;
+/// The most events one request may return.
+const MAX_LIMIT: usize = 100_000;
+
+/// Answers `Events`.
+pub async fn events(
+    log: &Result<Arc<EventLog>, String>,
+    request: pb::EventsRequest,
+) -> Result<pb::EventsResponse, RpcError> {
+    let log = log.clone().map_err(RpcError::AuditUnavailable)?;
+    let kind = match request.r#type.as_str() {
+        "" => None,
+        name => Some(
+            EventKind::from_str(name)
+                .map_err(|error| RpcError::InvalidEventType(error.to_string()))?,
+        ),
+    };
+    let limit = match request.limit {
+        0 => DEFAULT_LIMIT,
+        limit => (limit as usize).min(MAX_LIMIT),
+    };
+    let events = log
+        .query(EventQuery {
+            since_ms: request.since_unix_ms,
+            kind,
+            limit,
+        })
+        .await?;
+    Ok(pb::EventsResponse {
+        events: events.into_iter().map(event).collect(),
+    })
+}
+
+fn event(event: StoredEvent) -> pb::Event {
+    pb::Event {
+        id: event.id,
+        time_unix_ms: event.time_ms,
+        r#type: event.kind.as_str().to_string(),
+        caller_uid: event.caller.uid,
+        caller_user: event.caller.user,
+        caller_pid: event.caller.pid,
+        transport: event.caller.transport,
+        action: event.action,
+        target: event.target.map(|target| pb::KillTarget {
+            pid: target.pid,
+            start_time_unix_ms: target.start_time_ms,
+            uid: target.uid,
+            user: target.user,
+            name: target.name,
+            cmdline: target.cmdline,
+            gpu_index: target.gpu_index,
+        }),
+        outcome: event.outcome,
+        reason: event.reason,
+    }
+}

@@ -1,0 +1,257 @@
+//! `Kill`: parse the selection, attribute and authorize the caller, protect what must never
+//! be signalled, signal the rest through `actions::kill`, and write every result to the
+//! audit trail.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gpukill_proto::v1 as pb;
+use gpukill_proto::v1::kill_request::Target as Selection;
+use regex::Regex;
+
+use super::convert;
+use super::error::RpcError;
+use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector, Target};
+use crate::actions::protect::Protection;
+use crate::authz::{Caller, Principal};
+use crate::ring::Ring;
+use crate::store::{EventCaller, EventKind, EventLog, EventTarget, NewEvent};
+
+/// SIGTERM's default time to work.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a caller may ask to wait.
+const MAX_TIMEOUT_SECS: u32 = 3600;
+
+/// What killing needs besides the snapshot.
+pub struct KillContext {
+    /// Never-signal rules.
+    pub protection: Protection,
+    /// The admin group's name.
+    pub admin_group: String,
+    /// The audit trail; without it nothing is killed.
+    pub events: Result<Arc<EventLog>, String>,
+}
+
+/// A request, checked.
+struct Parsed {
+    selector: Selector,
+    /// How the selection reads on the command line, for messages and the audit trail.
+    described: String,
+    options: KillOptions,
+    batch: bool,
+}
+
+fn parse(request: pb::KillRequest) -> Result<(Parsed, Option<String>), RpcError> {
+    let timeout = match request.timeout_secs {
+        0 => DEFAULT_TIMEOUT,
+        secs if secs <= MAX_TIMEOUT_SECS => Duration::from_secs(u64::from(secs)),
+        secs => return Err(RpcError::InvalidTimeout(secs)),
+    };
+    let mut user_name = None;
+    let (selector, described) = match request.target.ok_or(RpcError::NoSelector)? {
+        Selection::Pid(pid) => (Selector::Pid(pid), format!("--pid {pid}")),
+        Selection::Filter(pattern) => {
+            let regex = Regex::new(&pattern).map_err(|source| RpcError::InvalidRegex {
+                pattern: pattern.clone(),
+                source,
+            })?;
+            (Selector::Filter(regex), format!("--filter {pattern:?}"))
+        }
+        Selection::GpuIndex(index) => (Selector::Gpu(index), format!("--gpu {index}")),
+        Selection::User(user) => {
+            let described = format!("--user {user}");
+            user_name = Some(user);
+            // Resolved off the runtime (NSS) together with the caller.
+            (Selector::User(u32::MAX), described)
+        }
+    };
+    Ok((
+        Parsed {
+            selector,
+            described,
+            options: KillOptions {
+                timeout,
+                force: request.force,
+            },
+            batch: request.batch,
+        },
+        user_name,
+    ))
+}
+
+/// A user name or a numeric uid, from the user database.
+fn resolve_uid(user: &str) -> Result<u32, RpcError> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok(found.uid.as_raw()),
+        _ => Err(RpcError::UnknownUser(user.to_string())),
+    }
+}
+
+/// Answers `Kill`.
+pub async fn kill(
+    ring: &Ring,
+    context: &Arc<KillContext>,
+    caller: Caller,
+    request: pb::KillRequest,
+) -> Result<pb::KillResponse, RpcError> {
+    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let (mut parsed, user_name) = parse(request)?;
+    let snapshot = ring.latest();
+    let blocking_context = Arc::clone(context);
+    // NSS lookups and /proc reads block: off the runtime.
+    let (principal, parsed, targets) = tokio::task::spawn_blocking(move || {
+        let principal = Principal::resolve(caller, &blocking_context.admin_group);
+        if let Some(user) = user_name {
+            parsed.selector = Selector::User(resolve_uid(&user)?);
+        }
+        let targets = kill::select(
+            &snapshot,
+            &parsed.selector,
+            parsed.options.force,
+            &parsed.described,
+        )?;
+        Ok::<_, RpcError>((principal, parsed, targets))
+    })
+    .await
+    .map_err(|_| RpcError::Internal("target selection panicked"))??;
+
+    if targets.len() > 1 && !parsed.batch {
+        let results = targets
+            .into_iter()
+            .map(|target| Decided {
+                target,
+                outcome: Outcome::Matched,
+                reason: String::new(),
+            })
+            .collect::<Vec<_>>();
+        return Ok(pb::KillResponse {
+            results: results.iter().map(result).collect(),
+            needs_batch: true,
+        });
+    }
+
+    let blocking_context = Arc::clone(context);
+    let options = parsed.options;
+    let blocking_principal = principal.clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        decide_and_execute(
+            &blocking_principal,
+            &blocking_context.protection,
+            targets,
+            options,
+        )
+    })
+    .await
+    .map_err(|_| RpcError::Internal("killing panicked"))?;
+
+    let action = format!(
+        "kill {}{}{} --timeout-secs {}",
+        parsed.described,
+        if parsed.batch { " --batch" } else { "" },
+        if options.force { " --force" } else { "" },
+        options.timeout.as_secs()
+    );
+    let audit: Vec<NewEvent> = decided
+        .iter()
+        .map(|decided| event(&principal, &action, decided))
+        .collect();
+    for decided in &decided {
+        tracing::info!(
+            caller = %principal.user,
+            uid = principal.caller.uid,
+            pid = decided.target.info.pid,
+            target_user = %decided.target.info.user,
+            outcome = decided.outcome.as_str(),
+            reason = %decided.reason,
+            "{action}"
+        );
+    }
+    if let Err(error) = events.record(audit).await {
+        // The signals were sent; the caller gets the truth, the journal gets the failure.
+        tracing::error!(%error, "cannot write the audit events of a kill");
+    }
+    Ok(pb::KillResponse {
+        results: decided.iter().map(result).collect(),
+        needs_batch: false,
+    })
+}
+
+/// Applies protection, then authorization, then signals what is left.
+fn decide_and_execute(
+    principal: &Principal,
+    protection: &Protection,
+    targets: Vec<Target>,
+    options: KillOptions,
+) -> Vec<Decided> {
+    let mut decided = Vec::with_capacity(targets.len());
+    let mut allowed = Vec::new();
+    for target in targets {
+        if let Some(reason) = protection.check(principal, &target.info) {
+            decided.push(Decided {
+                target,
+                outcome: Outcome::Protected,
+                reason,
+            });
+        } else if let Err(reason) = principal.may_signal(target.info.uid, &target.info.user) {
+            decided.push(Decided {
+                target,
+                outcome: Outcome::Denied,
+                reason,
+            });
+        } else {
+            allowed.push(target);
+        }
+    }
+    decided.extend(kill::execute(allowed, options));
+    decided.sort_by_key(|decided| decided.target.info.pid);
+    decided
+}
+
+fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
+    let info = &decided.target.info;
+    NewEvent {
+        time: SystemTime::now(),
+        kind: match decided.outcome {
+            Outcome::Denied | Outcome::Protected => EventKind::Deny,
+            _ => EventKind::Kill,
+        },
+        caller: EventCaller {
+            uid: principal.caller.uid,
+            user: principal.user.clone(),
+            pid: principal.caller.pid,
+            transport: principal.caller.transport.name().to_string(),
+        },
+        action: action.to_string(),
+        target: Some(EventTarget {
+            pid: info.pid,
+            start_time_ms: convert::unix_ms(info.start_time),
+            uid: info.uid,
+            user: info.user.to_string(),
+            name: info.name.clone(),
+            cmdline: info.cmdline.clone(),
+            gpu_index: decided.target.gpu_index,
+        }),
+        outcome: decided.outcome.as_str().to_string(),
+        reason: decided.reason.clone(),
+    }
+}
+
+fn result(decided: &Decided) -> pb::KillResult {
+    let info = &decided.target.info;
+    pb::KillResult {
+        target: Some(pb::KillTarget {
+            pid: info.pid,
+            start_time_unix_ms: convert::unix_ms(info.start_time),
+            uid: info.uid,
+            user: info.user.to_string(),
+            name: info.name.clone(),
+            cmdline: info.cmdline.clone(),
+            gpu_index: decided.target.gpu_index,
+        }),
+        outcome: convert::kill_outcome(decided.outcome).into(),
+        reason: decided.reason.clone(),
+    }
+}

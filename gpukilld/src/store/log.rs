@@ -1,0 +1,506 @@
+//! [`EventLog`]: the daemon's async handle on the events table.
+//!
+//! Writes go to one dedicated thread (`gpukill-store`) that owns the writing connection,
+//! through a bounded queue: `record` never waits for room, so a stalled disk makes the queue
+//! fill and batches get refused and counted, never a stuck runtime. Reads of a file-backed
+//! log open their own read-only connection on the blocking pool, so a large audit query
+//! neither waits behind queued writes nor holds them up (WAL lets both run at once). An
+//! in-memory database exists only inside its one connection, so an in-memory log reads
+//! through the writer's connection instead (tests only).
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{EventQuery, NewEvent, Store, StoreError, StoredEvent};
+
+/// How many batches may wait for the writer thread.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// How long `record` and `query` wait for the store.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer thread's name.
+const THREAD_NAME: &str = "gpukill-store";
+
+type WriteReply = oneshot::Sender<Result<Vec<i64>, StoreError>>;
+
+/// What the writer thread is asked to do.
+enum Request {
+    /// Write a batch in one transaction and answer with its ids.
+    Write {
+        events: Vec<NewEvent>,
+        reply: WriteReply,
+    },
+    /// Stop until `release` is signalled or dropped, after saying so on `holding`: lets a
+    /// test fill the queue deterministically.
+    #[cfg(test)]
+    Hold {
+        holding: oneshot::Sender<()>,
+        release: mpsc::Receiver<()>,
+    },
+}
+
+/// Where queries read from.
+#[derive(Clone)]
+enum Reader {
+    /// A fresh read-only connection to this file per query.
+    File(PathBuf),
+    /// The writer's own connection (in-memory databases).
+    Shared(Arc<Mutex<Store>>),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    dropped: AtomicU64,
+    failed: AtomicU64,
+    unconfirmed: AtomicU64,
+    written: AtomicU64,
+}
+
+/// What became of the events handed to an [`EventLog`], counted in events (not batches)
+/// since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventLogCounters {
+    /// Refused because the queue was full or the writer thread was gone: never written.
+    pub dropped: u64,
+    /// Rejected by SQLite (or lost to a panic) on the writer thread: never written.
+    pub failed: u64,
+    /// Queued, but not confirmed within the timeout; the writer may still have written them
+    /// (then they are also in `written`) or failed them (then also in `failed`).
+    pub unconfirmed: u64,
+    /// Committed to the database.
+    pub written: u64,
+}
+
+/// The daemon's async handle on the events table; share it as `Arc<EventLog>`. Dropping it
+/// closes the queue: the writer thread writes what is queued, then ends. Use
+/// [`EventLog::close`] to wait for that.
+pub struct EventLog {
+    requests: mpsc::SyncSender<Request>,
+    counters: Arc<Counters>,
+    reader: Reader,
+    path: Option<PathBuf>,
+    timeout: Duration,
+    /// Never sent on; its sender is dropped when the writer thread ends.
+    stopped: oneshot::Receiver<()>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("path", &self.path)
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// Opens (creating and migrating) the database at `path` and starts the writer thread.
+    /// Fails fast if the file cannot be opened or migrated. Blocking: call it at startup,
+    /// before serving, or from `spawn_blocking`.
+    pub fn start(path: PathBuf) -> Result<Self, StoreError> {
+        let store = Store::open(&path)?;
+        Self::spawn(store, Some(path), QUEUE_CAPACITY, ANSWER_TIMEOUT)
+    }
+
+    /// Starts a log on a fresh in-memory database (for tests).
+    pub fn start_in_memory() -> Result<Self, StoreError> {
+        let store = Store::open_in_memory()?;
+        Self::spawn(store, None, QUEUE_CAPACITY, ANSWER_TIMEOUT)
+    }
+
+    /// Starts the writer thread on `store`, with a queue of `capacity` batches and
+    /// `timeout` for answers. `path` is the file `store` was opened on (read-only readers
+    /// open it), `None` for an in-memory store.
+    pub(crate) fn spawn(
+        store: Store,
+        path: Option<PathBuf>,
+        capacity: usize,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let store = Arc::new(Mutex::new(store));
+        let reader = match &path {
+            Some(path) => Reader::File(path.clone()),
+            None => Reader::Shared(Arc::clone(&store)),
+        };
+        let counters = Arc::new(Counters::default());
+        let (requests, queue) = mpsc::sync_channel(capacity);
+        let (stopping, stopped) = oneshot::channel();
+        let thread_counters = Arc::clone(&counters);
+        std::thread::Builder::new()
+            .name(THREAD_NAME.to_string())
+            .spawn(move || {
+                write_loop(&store, queue, &thread_counters);
+                drop(stopping);
+            })
+            .map_err(StoreError::Spawn)?;
+        Ok(Self {
+            requests,
+            counters,
+            reader,
+            path,
+            timeout,
+            stopped,
+        })
+    }
+
+    /// Writes `events` in one transaction and returns their ids, in order. Never waits for
+    /// room in the queue: a full queue refuses the batch (`QueueFull`, counted in
+    /// `dropped`). Waits for the write up to a timeout (`Timeout`, counted in
+    /// `unconfirmed`; the write may still land). A failed write is returned and counted in
+    /// `failed`.
+    pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = events.len();
+        let reply = self.submit(events)?;
+        match tokio::time::timeout(self.timeout, reply).await {
+            Ok(Ok(written)) => written,
+            // The writer dropped the reply: it panicked on this batch, and counted it.
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => {
+                self.counters
+                    .unconfirmed
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                tracing::error!(
+                    events = count,
+                    timeout = ?self.timeout,
+                    "the store did not confirm {count} audit events in time; they may still be written"
+                );
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// Queues `events` without waiting; the receiver gets the write's result. A refused
+    /// batch is counted in `dropped` and logged.
+    pub(crate) fn submit(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<i64>, StoreError>>, StoreError> {
+        let count = events.len();
+        let (reply, answer) = oneshot::channel();
+        let error = match self.requests.try_send(Request::Write { events, reply }) {
+            Ok(()) => return Ok(answer),
+            Err(mpsc::TrySendError::Full(_)) => StoreError::QueueFull { lost: count },
+            Err(mpsc::TrySendError::Disconnected(_)) => StoreError::Closed,
+        };
+        self.counters
+            .dropped
+            .fetch_add(count as u64, Ordering::Relaxed);
+        tracing::error!(
+            lost = count,
+            error = %error,
+            "{count} audit events lost: {error}"
+        );
+        Err(error)
+    }
+
+    /// Reads the newest `query.limit` matching events, oldest first, on the blocking pool,
+    /// waiting up to a timeout (`Timeout`).
+    pub async fn query(&self, query: EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let reader = self.reader.clone();
+        let read = tokio::task::spawn_blocking(move || match reader {
+            Reader::File(path) => Store::open_read_only(&path)?.events(&query),
+            Reader::Shared(store) => lock(&store).events(&query),
+        });
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(events)) => events,
+            Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// What became of the events handed to this log so far.
+    pub fn counters(&self) -> EventLogCounters {
+        EventLogCounters {
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            unconfirmed: self.counters.unconfirmed.load(Ordering::Relaxed),
+            written: self.counters.written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The database file; `None` for an in-memory log.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Closes the queue and waits up to `timeout` for the writer thread to write what is
+    /// queued and end (`Timeout` if it has not; it keeps going).
+    pub async fn close(self, timeout: Duration) -> Result<(), StoreError> {
+        let Self {
+            requests, stopped, ..
+        } = self;
+        drop(requests);
+        match tokio::time::timeout(timeout, stopped).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Makes the writer thread stop until the returned sender is dropped (or sent on), and
+    /// returns once it has stopped.
+    #[cfg(test)]
+    pub(crate) async fn hold(&self) -> Result<mpsc::Sender<()>, StoreError> {
+        let (holding, held) = oneshot::channel();
+        let (release, released) = mpsc::channel();
+        self.requests
+            .try_send(Request::Hold {
+                holding,
+                release: released,
+            })
+            .map_err(|_| StoreError::QueueFull { lost: 0 })?;
+        held.await.map_err(|_| StoreError::Closed)?;
+        Ok(release)
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    // A panic mid-write rolled its transaction back (rusqlite's Transaction rolls back on
+    // drop), so the connection is still consistent.
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The writer thread: writes batches in order until every sender is gone and the queue is
+/// empty.
+fn write_loop(store: &Mutex<Store>, queue: mpsc::Receiver<Request>, counters: &Counters) {
+    for request in queue {
+        match request {
+            Request::Write { events, reply } => {
+                let count = events.len();
+                match catch_unwind(AssertUnwindSafe(|| lock(store).insert_events(&events))) {
+                    Ok(Ok(ids)) => {
+                        counters.written.fetch_add(count as u64, Ordering::Relaxed);
+                        // The caller may have timed out or gone; the rows are written anyway.
+                        let _ = reply.send(Ok(ids));
+                    }
+                    Ok(Err(error)) => {
+                        counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+                        tracing::error!(
+                            lost = count,
+                            error = %chain(&error),
+                            "{count} audit events could not be written"
+                        );
+                        let _ = reply.send(Err(error));
+                    }
+                    Err(_) => {
+                        // Dropping the reply tells the caller; the thread lives on.
+                        counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+                        tracing::error!(
+                            lost = count,
+                            "{count} audit events lost: the store writer panicked"
+                        );
+                    }
+                }
+            }
+            #[cfg(test)]
+            Request::Hold { holding, release } => {
+                let _ = holding.send(());
+                let _ = release.recv();
+            }
+        }
+    }
+}
+
+/// `error: its source: ...`, for a log line.
+fn chain(error: &StoreError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::events::tests::event;
+    use super::super::{EventKind, EventQuery};
+    use super::*;
+
+    fn batch(count: u64, first_ms: u64) -> Vec<NewEvent> {
+        (0..count)
+            .map(|n| event(EventKind::Kill, first_ms + n, n % 2 == 0))
+            .collect()
+    }
+
+    fn all() -> EventQuery {
+        EventQuery {
+            since_ms: None,
+            kind: None,
+            limit: 10_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn file_log_records_a_batch_and_readers_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpukill/store.db");
+        let log = EventLog::start(path.clone()).unwrap();
+        assert_eq!(log.path(), Some(path.as_path()));
+
+        let ids = log.record(batch(50, 1_000)).await.unwrap();
+        assert_eq!(ids.len(), 50);
+        let read = log.query(all()).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+
+        // Another process's view: a read-only connection while the writer thread is alive
+        // and holds its connection open.
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.events(&all()).unwrap().len(), 50);
+        let more = log.record(batch(3, 5_000)).await.unwrap();
+        assert_eq!(more.len(), 3);
+        assert_eq!(reader.events(&all()).unwrap().len(), 53);
+
+        assert_eq!(
+            log.counters(),
+            EventLogCounters {
+                written: 53,
+                ..EventLogCounters::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_log_reads_through_the_writer_connection() {
+        let log = EventLog::start_in_memory().unwrap();
+        assert_eq!(log.path(), None);
+        let ids = log.record(batch(4, 1_000)).await.unwrap();
+        let newest = log
+            .query(EventQuery {
+                since_ms: None,
+                kind: Some(EventKind::Kill),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(newest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+        assert!(log.record(Vec::new()).await.unwrap().is_empty());
+        assert_eq!(log.counters().written, 4);
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_the_batch_and_counts_it() {
+        let store = Store::open_in_memory().unwrap();
+        let log = EventLog::spawn(store, None, 1, ANSWER_TIMEOUT).unwrap();
+        let release = log.hold().await.unwrap();
+        // The writer is stopped and the queue is empty; one batch fills it.
+        let queued = log.submit(batch(3, 1_000)).unwrap();
+
+        let error = log.record(batch(5, 2_000)).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::QueueFull { lost: 5 }),
+            "{error:?}"
+        );
+        assert_eq!(log.counters().dropped, 5);
+        assert_eq!(log.counters().written, 0);
+
+        drop(release);
+        assert_eq!(queued.await.unwrap().unwrap().len(), 3);
+        assert_eq!(
+            log.counters(),
+            EventLogCounters {
+                dropped: 5,
+                written: 3,
+                ..EventLogCounters::default()
+            }
+        );
+        // The dropped batch is really not there.
+        assert_eq!(log.query(all()).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn unanswered_write_times_out_and_is_counted_unconfirmed() {
+        let store = Store::open_in_memory().unwrap();
+        let log = EventLog::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
+        let release = log.hold().await.unwrap();
+
+        let error = log.record(batch(2, 1_000)).await.unwrap_err();
+        assert!(matches!(error, StoreError::Timeout), "{error:?}");
+        assert_eq!(log.counters().unconfirmed, 2);
+        assert_eq!(log.counters().dropped, 0);
+
+        drop(release);
+        // Writes are in order, so once this one is confirmed the timed-out one landed.
+        log.record(batch(1, 2_000)).await.unwrap();
+        assert_eq!(log.query(all()).await.unwrap().len(), 3);
+        assert_eq!(log.counters().written, 3);
+    }
+
+    #[tokio::test]
+    async fn failed_write_is_returned_and_counted() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let log = EventLog::spawn(store, None, 4, ANSWER_TIMEOUT).unwrap();
+        let error = log.record(batch(4, 1_000)).await.unwrap_err();
+        assert!(matches!(error, StoreError::Write(_)), "{error:?}");
+        assert_eq!(
+            log.counters(),
+            EventLogCounters {
+                failed: 4,
+                ..EventLogCounters::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn close_writes_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let log = EventLog::start(path.clone()).unwrap();
+        let release = log.hold().await.unwrap();
+        let queued = log.submit(batch(7, 1_000)).unwrap();
+        let closing = tokio::spawn(log.close(ANSWER_TIMEOUT));
+        drop(release);
+        closing.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap().unwrap().len(), 7);
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.events(&all()).unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_log_still_writes_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let log = EventLog::start(path.clone()).unwrap();
+        let release = log.hold().await.unwrap();
+        let queued = log.submit(batch(2, 1_000)).unwrap();
+        drop(log);
+        drop(release);
+        assert_eq!(queued.await.unwrap().unwrap().len(), 2);
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.events(&all()).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn unopenable_file_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        std::fs::write(&path, b"this is not an SQLite database, not even close").unwrap();
+        let error = EventLog::start(path.clone()).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Open { path: named, .. } if named == &path),
+            "{error:?}"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The schema: an ordered list of migrations. `PRAGMA user_version` records how many have
+//! been applied; each one runs in its own transaction together with the version bump, so a
+//! database is always at exactly one version. To change the schema, append to
+//! [`MIGRATIONS`]; never edit one that has shipped.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Migration `n + 1` is `MIGRATIONS[n]`.
+const MIGRATIONS: &[&str] = &[
+    // 1: audit events.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('kill','reset','deny')),
+        caller_uid INTEGER NOT NULL,
+        caller_user TEXT NOT NULL,
+        caller_pid INTEGER,
+        transport TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_pid INTEGER,
+        target_start_ms INTEGER,
+        target_uid INTEGER,
+        target_user TEXT,
+        target_name TEXT,
+        target_cmdline TEXT,
+        target_gpu INTEGER,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX events_by_time ON events(time_ms);
+    CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
+];
+
+/// The schema version this binary knows: the number of migrations.
+pub(super) fn known_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Applies the migrations `conn` lacks, one transaction each.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = known_version();
+    loop {
+        // Failing before a migration starts is failing to open (a lock held past the busy
+        // timeout, a file that is not a database).
+        let next = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // IMMEDIATE takes the write lock before reading the version, so two processes
+        // opening the same file cannot both apply the same migration.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(next)?;
+        let found = user_version(&tx).map_err(next)?;
+        if found > known {
+            return Err(too_new(path, found));
+        }
+        let Ok(applied) = usize::try_from(found) else {
+            // A negative user_version is not one of ours; treat it as foreign, not old.
+            return Err(too_new(path, found));
+        };
+        let Some(sql) = MIGRATIONS.get(applied) else {
+            // Up to date; the empty transaction rolls back on drop.
+            return Ok(());
+        };
+        let version = found + 1;
+        let failed = |source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
+        tx.execute_batch(sql).map_err(failed)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        tracing::info!(store = %path.display(), version, "store schema migrated");
+    }
+}
+
+/// Refuses a database whose schema is newer than this binary knows (for read-only opens,
+/// which do not migrate).
+pub(super) fn check_not_too_new(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found = user_version(conn).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if found > known_version() || found < 0 {
+        return Err(too_new(path, found));
+    }
+    Ok(())
+}
+
+fn too_new(path: &Path, found: i64) -> StoreError {
+    StoreError::TooNew {
+        path: path.to_path_buf(),
+        found,
+        known: known_version(),
+    }
+}
