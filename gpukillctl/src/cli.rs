@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gpukill_proto::v1::Vendor;
 use gpukill_proto::v1::kill_request::Target;
+use gpukill_proto::v1::reset_request;
 
 /// gpukillctl, the client of the gpukilld GPU daemon.
 #[derive(Debug, Parser)]
@@ -54,6 +55,19 @@ pub enum Command {
         4 a process was denied or protected, 1 a process is still running,\n  \
         3 a bad selection (a regex that does not compile, a PID that is gone, ...)")]
     Kill(KillArgs),
+    /// Reset NVIDIA GPUs (admins only): gpukilld runs nvidia-smi --gpu-reset and records it.
+    ///
+    /// Only admins may reset a GPU. Each GPU must support reset (not with MIG enabled, not on
+    /// a multi-GPU board) and be idle: a GPU with processes is not reset unless --force is
+    /// given. With --force, gpukilld first kills its processes (through the same checks as
+    /// kill: SIGTERM, then SIGKILL after 5 s) and waits for them to exit. It then runs
+    /// `nvidia-smi --gpu-reset -i <PCI bus id>` and checks that the GPU answers again. Every
+    /// attempt, refusals included, is written to the audit trail (gpukillctl events).
+    #[command(after_help = "Exit codes:\n  \
+        0 every GPU was reset, 1 a reset failed (or the GPU has processes and no --force),\n  \
+        4 not an admin, 5 reset not supported (MIG enabled, multi-GPU board),\n  \
+        3 no such GPU, 6 gpukilld not reachable")]
+    Reset(ResetArgs),
     /// Show the audit trail: kills, resets and refusals, oldest first.
     Events(EventsArgs),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
@@ -156,6 +170,47 @@ impl KillTargetArgs {
             Some(Target::GpuIndex(gpu))
         } else {
             self.user.clone().map(Target::User)
+        }
+    }
+}
+
+/// Arguments of `gpukillctl reset`.
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// Which GPUs: exactly one selector.
+    #[command(flatten)]
+    pub target: ResetTargetArgs,
+
+    /// Kill the GPU's processes first (SIGTERM, then SIGKILL after 5 s); without it, a GPU
+    /// with processes is not reset
+    #[arg(long)]
+    pub force: bool,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// The selectors of `gpukillctl reset`; clap requires exactly one.
+#[derive(Debug, Clone, Args)]
+#[group(id = "target", required = true, multiple = false)]
+pub struct ResetTargetArgs {
+    /// The NVIDIA GPU with index N
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// Every NVIDIA GPU
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl ResetTargetArgs {
+    /// The request's selection; `None` only when no selector is set, which clap prevents.
+    pub fn target(&self) -> Option<reset_request::Target> {
+        if let Some(gpu) = self.gpu {
+            Some(reset_request::Target::GpuIndex(gpu))
+        } else {
+            self.all.then_some(reset_request::Target::All(true))
         }
     }
 }
@@ -349,6 +404,14 @@ mod tests {
     }
 
     #[test]
+    fn reset_help_matches_the_snapshot() {
+        assert_snapshot(
+            "reset-help.txt",
+            &help_for(&["gpukillctl", "reset", "--help"]),
+        );
+    }
+
+    #[test]
     fn events_help_matches_the_snapshot() {
         assert_snapshot(
             "events-help.txt",
@@ -475,6 +538,40 @@ mod tests {
             let err = usage_error(&["gpukillctl", "kill", "--pid", "1", "--timeout-secs", bad]);
             assert_eq!(crate::error::clap_exit_code(&err), 3, "{bad}");
         }
+    }
+
+    fn reset_args(args: &[&str]) -> ResetArgs {
+        let argv = [&["gpukillctl", "reset"], args].concat();
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Reset(args) => args,
+            other => panic!("expected reset, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reset_needs_exactly_one_of_gpu_and_all() {
+        let none = usage_error(&["gpukillctl", "reset", "--force"]);
+        assert_eq!(none.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(crate::error::clap_exit_code(&none), 3);
+        let both = usage_error(&["gpukillctl", "reset", "--gpu", "0", "--all"]);
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(crate::error::clap_exit_code(&both), 3);
+        let bad = usage_error(&["gpukillctl", "reset", "--gpu", "-1"]);
+        assert_eq!(crate::error::clap_exit_code(&bad), 3);
+    }
+
+    #[test]
+    fn reset_selectors_become_the_request_target() {
+        let args = reset_args(&["--gpu", "1", "--force"]);
+        assert_eq!(
+            args.target.target(),
+            Some(reset_request::Target::GpuIndex(1))
+        );
+        assert!(args.force);
+        let args = reset_args(&["--all", "-o", "json"]);
+        assert_eq!(args.target.target(), Some(reset_request::Target::All(true)));
+        assert!(!args.force);
+        assert_eq!(args.output, OutputFormat::Json);
     }
 
     #[test]

@@ -78,6 +78,19 @@ pub enum Error {
         unexpected: usize,
     },
 
+    /// A reset left GPUs not reset: nvidia-smi failed or the GPU did not answer again. The
+    /// results were printed first; this only sets the exit code and says how many.
+    #[error(
+        "{failed} of {total} {} failed to reset",
+        if *.total == 1 { "GPU" } else { "GPUs" }
+    )]
+    ResetFailed {
+        /// GPUs whose outcome is not RESET (FAILED, or a value this client does not know).
+        failed: usize,
+        /// How many GPUs the request was about.
+        total: usize,
+    },
+
     /// A GPU vendor library failed as a whole (e.g. NVML could not be loaded). `list` still
     /// prints what it has, then reports this.
     #[error("GPU vendor library failure: {}", failures.join("; "))]
@@ -162,6 +175,7 @@ impl Error {
                 }
             }
             Error::EmptyResponse { .. }
+            | Error::ResetFailed { .. }
             | Error::WatchEnded
             | Error::Signal(_)
             | Error::Output(_)
@@ -352,6 +366,22 @@ mod tests {
     }
 
     #[test]
+    fn failed_resets_exit_1_and_say_how_many() {
+        let two = Error::ResetFailed {
+            failed: 1,
+            total: 2,
+        };
+        assert_eq!(two.exit_code(), 1);
+        assert_eq!(two.to_string(), "1 of 2 GPUs failed to reset");
+        let one = Error::ResetFailed {
+            failed: 1,
+            total: 1,
+        };
+        assert_eq!(one.to_string(), "1 of 1 GPU failed to reset");
+        assert_eq!(format_chain(&one).lines().count(), 1);
+    }
+
+    #[test]
     fn usage_errors_exit_3_and_help_exits_0() {
         let exit = |args: &[&str]| match Cli::try_parse_from(args) {
             Ok(_) => panic!("{args:?} should not parse"),
@@ -373,6 +403,12 @@ mod tests {
         );
         assert_eq!(
             exit(&["gpukillctl", "kill", "--gpu", "1", "--timeout-secs", "3601"]),
+            3
+        );
+        assert_eq!(exit(&["gpukillctl", "reset"]), 3);
+        assert_eq!(exit(&["gpukillctl", "reset", "--gpu", "0", "--all"]), 3);
+        assert_eq!(
+            exit(&["gpukillctl", "reset", "--all", "--output", "yaml"]),
             3
         );
         assert_eq!(exit(&["gpukillctl", "events", "--since", "5 parsecs"]), 3);

@@ -73,6 +73,7 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
     let result = match &cli.command {
         cli::Command::List(args) => cmd::list::run(address, args, out).await,
         cli::Command::Kill(args) => cmd::kill::run(address, args, out).await,
+        cli::Command::Reset(args) => cmd::reset::run(address, args, out).await,
         cli::Command::Events(args) => cmd::events::run(address, args, out).await,
         cli::Command::Version(args) => cmd::version::run(address, args, out).await,
     };

@@ -1,4 +1,4 @@
-//! Test fixtures: hand-built answers (a snapshot, a kill, an audit trail), snapshot files,
+//! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail), snapshot files,
 //! and an in-process fake daemon.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +10,9 @@ use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
     Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, HealthRequest,
     HealthResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget, ListRequest,
-    ListResponse, ProcessKind, Snapshot, SnapshotFilter, Vendor, VendorState, VendorStatus,
-    VersionRequest, VersionResponse, WatchRequest,
+    ListResponse, ProcessKind, ResetOutcome, ResetRequest, ResetResponse, ResetResult, Snapshot,
+    SnapshotFilter, Vendor, VendorState, VendorStatus, VersionRequest, VersionResponse,
+    WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -208,6 +209,34 @@ pub fn kill_response() -> KillResponse {
     }
 }
 
+/// `reset --all --force` on the two GPUs of [`snapshot`]: GPU 0 reset after its python was
+/// terminated; GPU 1 failed, with what nvidia-smi said.
+pub fn reset_response() -> ResetResponse {
+    ResetResponse {
+        results: vec![
+            ResetResult {
+                gpu_index: 0,
+                pci_bus_id: "00000000:07:00.0".to_owned(),
+                outcome: ResetOutcome::Reset as i32,
+                reason: String::new(),
+                killed: vec![KillResult {
+                    target: Some(kill_target(4242, "alice", "python", Some(0))),
+                    outcome: KillOutcome::Terminated as i32,
+                    reason: String::new(),
+                }],
+            },
+            ResetResult {
+                gpu_index: 1,
+                pci_bus_id: "00000000:0F:00.0".to_owned(),
+                outcome: ResetOutcome::Failed as i32,
+                reason: "nvidia-smi exited with status 255: GPU 00000000:0F:00.0 is lost"
+                    .to_owned(),
+                killed: Vec::new(),
+            },
+        ],
+    }
+}
+
 /// Three audit events, oldest first: alice's kill of her python on GPU 0, bob's refused GPU
 /// reset (no target, no caller PID), and root's kill of a miner that is not on a GPU.
 pub fn events_response() -> EventsResponse {
@@ -304,12 +333,16 @@ pub struct FakeDaemon {
     pub kill: Option<Result<KillResponse, Status>>,
     /// What Events answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
     pub events: Option<Result<EventsResponse, Status>>,
+    /// What Reset answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub reset: Option<Result<ResetResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
     pub kill_requests: Arc<Mutex<Vec<ReceivedKill>>>,
     /// Every Events request received.
     pub events_requests: Arc<Mutex<Vec<EventsRequest>>>,
+    /// Every Reset request received, with the deadline the client set.
+    pub reset_requests: Arc<Mutex<Vec<ReceivedReset>>>,
 }
 
 /// A Kill request as the fake daemon received it.
@@ -317,6 +350,15 @@ pub struct FakeDaemon {
 pub struct ReceivedKill {
     /// The request message.
     pub request: KillRequest,
+    /// The deadline the client set (`grpc-timeout`), if any.
+    pub deadline: Option<Duration>,
+}
+
+/// A Reset request as the fake daemon received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedReset {
+    /// The request message.
+    pub request: ResetRequest,
     /// The deadline the client set (`grpc-timeout`), if any.
     pub deadline: Option<Duration>,
 }
@@ -416,6 +458,23 @@ impl GpuKill for FakeDaemon {
         match self.events.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("Events")),
+        }
+    }
+
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        let deadline = grpc_timeout(&request);
+        if let Ok(mut requests) = self.reset_requests.lock() {
+            requests.push(ReceivedReset {
+                request: request.into_inner(),
+                deadline,
+            });
+        }
+        match self.reset.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Reset")),
         }
     }
 }

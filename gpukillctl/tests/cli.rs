@@ -73,6 +73,18 @@ fn kill_needs_exactly_one_selector() {
 }
 
 #[test]
+fn reset_needs_exactly_one_of_gpu_and_all() {
+    let none = gpukillctl(&["reset", "--force"]);
+    assert_eq!(none.status.code(), Some(3));
+    let stderr = String::from_utf8(none.stderr).expect("UTF-8");
+    assert!(stderr.contains("<--gpu <N>|--all>"), "{stderr}");
+    let two = gpukillctl(&["reset", "--gpu", "0", "--all"]);
+    assert_eq!(two.status.code(), Some(3));
+    let stderr = String::from_utf8(two.stderr).expect("UTF-8");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
 fn a_bad_duration_exits_3_naming_it() {
     let output = gpukillctl(&["events", "--since", "5 parsecs"]);
     assert_eq!(output.status.code(), Some(3));

@@ -56,6 +56,12 @@ pub struct NvidiaConfig {
     /// Path or loader name of the NVML library; by default `libnvidia-ml.so.1`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<PathBuf>,
+    /// The `nvidia-smi` that resets GPUs (NVML has no public reset call); a bare name is
+    /// looked up on PATH.
+    pub smi: PathBuf,
+    /// How long `nvidia-smi --gpu-reset` may take before it is killed and the reset failed.
+    #[serde(with = "duration")]
+    pub reset_timeout: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +89,8 @@ impl Default for NvidiaConfig {
         Self {
             enabled: true,
             library: None,
+            smi: PathBuf::from("nvidia-smi"),
+            reset_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -196,6 +204,8 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_PROTECTED_PROCESSES", &["protected_processes"]),
     ("GPUKILL_NVIDIA_ENABLED", &["nvidia", "enabled"]),
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
+    ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
+    ("GPUKILL_NVIDIA_RESET_TIMEOUT", &["nvidia", "reset_timeout"]),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];

@@ -157,7 +157,18 @@ pub async fn run(
         let _ = stop.send(true);
     };
     let served = tonic::transport::Server::builder()
-        .add_service(rpc::Service::new(Arc::clone(&ring), stopped, kill_context).into_server())
+        .add_service(
+            rpc::Service::new(
+                Arc::clone(&ring),
+                stopped,
+                kill_context,
+                rpc::reset::ResetConfig {
+                    smi: config.nvidia.smi.clone(),
+                    timeout: config.nvidia.reset_timeout,
+                },
+            )
+            .into_server(),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
         .await;
 

@@ -3,4 +3,5 @@
 pub mod events;
 pub mod kill;
 pub mod list;
+pub mod reset;
 pub mod version;

@@ -108,8 +108,14 @@ pub fn json(response: &KillResponse) -> Result<String, Error> {
 
 /// `response` as a table, ending in a newline.
 pub fn render(response: &KillResponse) -> String {
+    results_table(&response.results)
+}
+
+/// The table of kill results, `PID, USER, NAME, GPU, OUTCOME, REASON`, ending in a newline.
+/// Shared with `reset`, whose `--force` kills processes first.
+pub fn results_table<'a>(results: impl IntoIterator<Item = &'a KillResult>) -> String {
     let header = ["PID", "USER", "NAME", "GPU", "OUTCOME", "REASON"];
-    let rows = response.results.iter().map(|result| {
+    let rows = results.into_iter().map(|result| {
         let target = result.target.clone().unwrap_or_default();
         vec![
             target.pid.to_string(),

@@ -1,5 +1,5 @@
 //! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
-//! ([`json`]); for `kill` and `events`, one module each with both renderings.
+//! ([`json`]); for `kill`, `reset` and `events`, one module each with both renderings.
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
 //! agree on names, units, the process count and the top process of a GPU.
@@ -7,10 +7,13 @@
 pub mod events;
 pub mod json;
 pub mod kill;
+pub mod reset;
 pub mod table;
 pub mod time;
 
-use gpukill_proto::v1::{Gpu, GpuProcess, KillOutcome, ProcessKind, Snapshot, Vendor, VendorState};
+use gpukill_proto::v1::{
+    Gpu, GpuProcess, KillOutcome, ProcessKind, ResetOutcome, Snapshot, Vendor, VendorState,
+};
 
 /// Bytes per MiB; memory is shown in whole MiB, rounded down.
 const MIB: u64 = 1024 * 1024;
@@ -70,6 +73,16 @@ pub fn kill_outcome_words(outcome: i32) -> &'static str {
         Ok(KillOutcome::StillRunning) => "still running",
         Ok(KillOutcome::AlreadyGone) => "already gone",
         _ => kill_outcome_name(outcome),
+    }
+}
+
+/// The reset outcome as JSON and tables name it: `reset` or `failed` (the proto names in lower
+/// case); `unknown` for an unset or unknown value.
+pub fn reset_outcome_name(outcome: i32) -> &'static str {
+    match ResetOutcome::try_from(outcome) {
+        Ok(ResetOutcome::Reset) => "reset",
+        Ok(ResetOutcome::Failed) => "failed",
+        Ok(ResetOutcome::Unspecified) | Err(_) => "unknown",
     }
 }
 
@@ -206,5 +219,16 @@ mod tests {
         }
         assert_eq!(kill_outcome_name(0), "unknown");
         assert_eq!(kill_outcome_words(99), "unknown");
+    }
+
+    #[test]
+    fn reset_outcome_names_are_the_proto_names_in_lower_case() {
+        for value in 1..=2 {
+            let outcome = ResetOutcome::try_from(value).expect("known outcome");
+            let proto = outcome.as_str_name().trim_start_matches("RESET_OUTCOME_");
+            assert_eq!(reset_outcome_name(value), proto.to_lowercase());
+        }
+        assert_eq!(reset_outcome_name(0), "unknown");
+        assert_eq!(reset_outcome_name(99), "unknown");
     }
 }

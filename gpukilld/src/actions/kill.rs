@@ -13,6 +13,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use regex::Regex;
 
+use crate::actions::protect::Protection;
+use crate::authz::Principal;
 use crate::procinfo::pidfd::{self, PidFd};
 use crate::procinfo::{self, ProcessInfo};
 use crate::snapshot::{Snapshot, Vendor};
@@ -190,6 +192,38 @@ pub struct KillOptions {
     pub timeout: Duration,
     /// Whether to follow up with SIGKILL.
     pub force: bool,
+}
+
+/// Applies protection, then authorization, then signals what is left (blocking). Results
+/// are in pid order.
+pub fn decide_and_execute(
+    principal: &Principal,
+    protection: &Protection,
+    targets: Vec<Target>,
+    options: KillOptions,
+) -> Vec<Decided> {
+    let mut decided = Vec::with_capacity(targets.len());
+    let mut allowed = Vec::new();
+    for target in targets {
+        if let Some(reason) = protection.check(principal, &target.info) {
+            decided.push(Decided {
+                target,
+                outcome: Outcome::Protected,
+                reason,
+            });
+        } else if let Err(reason) = principal.may_signal(target.info.uid, &target.info.user) {
+            decided.push(Decided {
+                target,
+                outcome: Outcome::Denied,
+                reason,
+            });
+        } else {
+            allowed.push(target);
+        }
+    }
+    decided.extend(execute(allowed, options));
+    decided.sort_by_key(|decided| decided.target.info.pid);
+    decided
 }
 
 /// A target that was verified and pinned by a pidfd.

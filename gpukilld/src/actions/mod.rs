@@ -4,3 +4,4 @@
 
 pub mod kill;
 pub mod protect;
+pub mod reset;

@@ -43,6 +43,18 @@ pub enum RpcError {
     /// Reading the audit store failed.
     #[error("cannot read the audit store")]
     Store(#[from] crate::store::StoreError),
+    /// A reset request without a selection.
+    #[error("say which GPUs to reset: --gpu N or --all")]
+    NoResetSelector,
+    /// The caller is not an admin.
+    #[error("{0}")]
+    NotAdmin(String),
+    /// The GPU cannot be reset.
+    #[error("reset is not supported: {0}")]
+    ResetUnsupported(String),
+    /// Processes use the GPU and force was not given.
+    #[error("not reset: {0}")]
+    ResetBusy(String),
     /// A blocking task panicked.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -59,10 +71,14 @@ impl From<RpcError> for Status {
             | RpcError::InvalidTimeout(_)
             | RpcError::UnknownUser(_)
             | RpcError::InvalidEventType(_)
+            | RpcError::NoResetSelector
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }
             RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_)) => Code::NotFound,
+            RpcError::NotAdmin(_) => Code::PermissionDenied,
+            RpcError::ResetUnsupported(_) => Code::FailedPrecondition,
+            RpcError::ResetBusy(_) => Code::Aborted,
             RpcError::Select(SelectError::Proc { .. })
             | RpcError::AuditUnavailable(_)
             | RpcError::Store(_)

@@ -11,7 +11,7 @@ use regex::Regex;
 
 use super::convert;
 use super::error::RpcError;
-use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector, Target};
+use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
@@ -137,7 +137,7 @@ pub async fn kill(
     let options = parsed.options;
     let blocking_principal = principal.clone();
     let decided = tokio::task::spawn_blocking(move || {
-        decide_and_execute(
+        kill::decide_and_execute(
             &blocking_principal,
             &blocking_context.protection,
             targets,
@@ -179,38 +179,8 @@ pub async fn kill(
     })
 }
 
-/// Applies protection, then authorization, then signals what is left.
-fn decide_and_execute(
-    principal: &Principal,
-    protection: &Protection,
-    targets: Vec<Target>,
-    options: KillOptions,
-) -> Vec<Decided> {
-    let mut decided = Vec::with_capacity(targets.len());
-    let mut allowed = Vec::new();
-    for target in targets {
-        if let Some(reason) = protection.check(principal, &target.info) {
-            decided.push(Decided {
-                target,
-                outcome: Outcome::Protected,
-                reason,
-            });
-        } else if let Err(reason) = principal.may_signal(target.info.uid, &target.info.user) {
-            decided.push(Decided {
-                target,
-                outcome: Outcome::Denied,
-                reason,
-            });
-        } else {
-            allowed.push(target);
-        }
-    }
-    decided.extend(kill::execute(allowed, options));
-    decided.sort_by_key(|decided| decided.target.info.pid);
-    decided
-}
-
-fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
+/// The audit event of one kill result.
+pub(super) fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
     let info = &decided.target.info;
     NewEvent {
         time: SystemTime::now(),
@@ -218,12 +188,7 @@ fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
             Outcome::Denied | Outcome::Protected => EventKind::Deny,
             _ => EventKind::Kill,
         },
-        caller: EventCaller {
-            uid: principal.caller.uid,
-            user: principal.user.clone(),
-            pid: principal.caller.pid,
-            transport: principal.caller.transport.name().to_string(),
-        },
+        caller: event_caller(principal),
         action: action.to_string(),
         target: Some(EventTarget {
             pid: info.pid,
@@ -239,7 +204,8 @@ fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
     }
 }
 
-fn result(decided: &Decided) -> pb::KillResult {
+/// The API view of one kill result.
+pub(super) fn result(decided: &Decided) -> pb::KillResult {
     let info = &decided.target.info;
     pb::KillResult {
         target: Some(pb::KillTarget {
@@ -253,5 +219,15 @@ fn result(decided: &Decided) -> pb::KillResult {
         }),
         outcome: convert::kill_outcome(decided.outcome).into(),
         reason: decided.reason.clone(),
+    }
+}
+
+/// Who asked, as the audit trail records it.
+pub(super) fn event_caller(principal: &Principal) -> EventCaller {
+    EventCaller {
+        uid: principal.caller.uid,
+        user: principal.user.clone(),
+        pid: principal.caller.pid,
+        transport: principal.caller.transport.name().to_string(),
     }
 }

@@ -7,6 +7,7 @@ mod events;
 mod health;
 pub mod kill;
 mod list;
+pub mod reset;
 pub mod unix;
 mod version;
 mod watch;
@@ -33,21 +34,24 @@ pub struct Service {
     started: Instant,
     stop: channel::Receiver<bool>,
     kill: Arc<kill::KillContext>,
+    reset: reset::ResetConfig,
 }
 
 impl Service {
-    /// A service over the snapshots in `ring`, killing with `kill`; its streams end when
-    /// `stop` turns true.
+    /// A service over the snapshots in `ring`, killing with `kill` and resetting with
+    /// `reset`; its streams end when `stop` turns true.
     pub fn new(
         ring: Arc<Ring>,
         stop: channel::Receiver<bool>,
         kill: Arc<kill::KillContext>,
+        reset: reset::ResetConfig,
     ) -> Self {
         Self {
             ring,
             started: Instant::now(),
             stop,
             kill,
+            reset,
         }
     }
 
@@ -126,5 +130,22 @@ impl GpuKill for Service {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    async fn reset(
+        &self,
+        request: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetResponse>, Status> {
+        let caller = attribute(&request, "Reset")?;
+        reset::reset(
+            &self.ring,
+            &self.kill,
+            &self.reset,
+            caller,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 }

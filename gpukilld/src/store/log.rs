@@ -8,8 +8,6 @@
 //! in-memory database exists only inside its one connection, so an in-memory log reads
 //! through the writer's connection instead (tests only).
 
-use std::error::Error as _;
-use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -289,7 +287,7 @@ fn write_loop(store: &Mutex<Store>, queue: mpsc::Receiver<Request>, counters: &C
                         counters.failed.fetch_add(count as u64, Ordering::Relaxed);
                         tracing::error!(
                             lost = count,
-                            error = %chain(&error),
+                            error = %crate::error_chain(&error),
                             "{count} audit events could not be written"
                         );
                         let _ = reply.send(Err(error));
@@ -311,17 +309,6 @@ fn write_loop(store: &Mutex<Store>, queue: mpsc::Receiver<Request>, counters: &C
             }
         }
     }
-}
-
-/// `error: its source: ...`, for a log line.
-fn chain(error: &StoreError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,239 @@
+//! `Reset`: admins only; the GPUs must exist, support reset and be idle (or, with force,
+//! have their processes killed first through the same checks as `Kill`). Every attempt,
+//! refused or not, is audited.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gpukill_proto::v1 as pb;
+use gpukill_proto::v1::reset_request::Target as Selection;
+
+use super::error::RpcError;
+use super::kill::{KillContext, event, event_caller, result};
+use crate::actions::kill::{self, KillOptions, Outcome, Selector};
+use crate::actions::reset;
+use crate::authz::{Caller, Principal};
+use crate::ring::Ring;
+use crate::snapshot::{Gpu, Vendor};
+use crate::store::{EventKind, EventLog, NewEvent};
+
+/// How long the processes of a GPU get after SIGTERM before SIGKILL, with force.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reset GPU has to answer again (a few ticks).
+const COME_BACK: Duration = Duration::from_secs(30);
+
+/// Where nvidia-smi is and how long it may take.
+#[derive(Debug, Clone)]
+pub struct ResetConfig {
+    /// The nvidia-smi binary.
+    pub smi: std::path::PathBuf,
+    /// Its time limit.
+    pub timeout: Duration,
+}
+
+/// Answers `Reset`.
+pub async fn reset(
+    ring: &Arc<Ring>,
+    context: &Arc<KillContext>,
+    config: &ResetConfig,
+    caller: Caller,
+    request: pb::ResetRequest,
+) -> Result<pb::ResetResponse, RpcError> {
+    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let admin_group = context.admin_group.clone();
+    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
+        .await
+        .map_err(|_| RpcError::Internal("user lookup panicked"))?;
+    let (gpus, described) = select(ring, request.target)?;
+    let action = format!(
+        "reset {described}{}",
+        if request.force { " --force" } else { "" }
+    );
+    let refuse = |reason: String| NewEvent {
+        time: SystemTime::now(),
+        kind: EventKind::Deny,
+        caller: event_caller(&principal),
+        action: action.clone(),
+        target: None,
+        outcome: "denied".to_string(),
+        reason,
+    };
+
+    if !principal.admin {
+        let reason = format!(
+            "resetting a GPU is for admins (root or group {}); you are {} (uid {})",
+            context.admin_group, principal.user, principal.caller.uid
+        );
+        record(&events, vec![refuse(reason.clone())]).await;
+        return Err(RpcError::NotAdmin(reason));
+    }
+    if let Some(reason) = gpus.iter().find_map(reset::unsupported_reason) {
+        let mut event = refuse(reason.clone());
+        event.kind = EventKind::Reset;
+        event.outcome = "unsupported".to_string();
+        record(&events, vec![event]).await;
+        return Err(RpcError::ResetUnsupported(reason));
+    }
+    let snapshot = ring.latest();
+    let busy: Vec<String> = snapshot
+        .processes()
+        .filter(|p| {
+            p.slot.vendor == Vendor::Nvidia && gpus.iter().any(|g| g.index == p.slot.gpu_index)
+        })
+        .map(|p| {
+            format!(
+                "{} (pid {}, {}) on GPU {}",
+                p.slot.info.name, p.slot.info.pid, p.slot.info.user, p.slot.gpu_index
+            )
+        })
+        .collect();
+    if !busy.is_empty() && !request.force {
+        let reason = format!(
+            "{} process(es) still use the GPU: {}; stop them or add --force to kill them first",
+            busy.len(),
+            busy.join(", ")
+        );
+        let mut event = refuse(reason.clone());
+        event.kind = EventKind::Reset;
+        event.outcome = "refused".to_string();
+        record(&events, vec![event]).await;
+        return Err(RpcError::ResetBusy(reason));
+    }
+
+    let mut results = Vec::with_capacity(gpus.len());
+    for gpu in gpus {
+        let pci_bus_id = gpu.pci_bus_id.as_deref().unwrap_or_default().to_string();
+        let (killed, kill_failure) = if request.force {
+            kill_processes_on(ring, context, &events, &principal, &action, gpu.index).await?
+        } else {
+            (Vec::new(), None)
+        };
+        let started = SystemTime::now();
+        let outcome = match kill_failure {
+            Some(reason) => Err(reason),
+            None => match reset::run_nvidia_smi(&config.smi, &pci_bus_id, config.timeout).await {
+                Ok(printed) => reset::wait_until_back(ring, &pci_bus_id, started, COME_BACK)
+                    .await
+                    .map(|()| printed),
+                Err(reason) => Err(reason),
+            },
+        };
+        let (outcome, reason) = match outcome {
+            Ok(printed) => (pb::ResetOutcome::Reset, printed),
+            Err(reason) => (pb::ResetOutcome::Failed, reason),
+        };
+        tracing::info!(caller = %principal.user, gpu = gpu.index, pci = %pci_bus_id, ?outcome, %reason, "{action}");
+        record(
+            &events,
+            vec![NewEvent {
+                time: SystemTime::now(),
+                kind: EventKind::Reset,
+                caller: event_caller(&principal),
+                action: format!("{action} (GPU {} at {pci_bus_id})", gpu.index),
+                target: None,
+                outcome: if outcome == pb::ResetOutcome::Reset {
+                    "reset"
+                } else {
+                    "failed"
+                }
+                .to_string(),
+                reason: reason.clone(),
+            }],
+        )
+        .await;
+        results.push(pb::ResetResult {
+            gpu_index: gpu.index,
+            pci_bus_id,
+            outcome: outcome.into(),
+            reason,
+            killed,
+        });
+    }
+    Ok(pb::ResetResponse { results })
+}
+
+/// The NVIDIA GPUs a request names, from the latest snapshot.
+fn select(ring: &Ring, target: Option<Selection>) -> Result<(Vec<Gpu>, String), RpcError> {
+    let snapshot = ring.latest();
+    let gpus: Vec<Gpu> = snapshot
+        .gpus()
+        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
+        .map(|(_, gpu)| gpu.clone())
+        .collect();
+    match target.ok_or(RpcError::NoResetSelector)? {
+        Selection::All(_) => Ok((gpus, "--all".to_string())),
+        Selection::GpuIndex(index) => {
+            let count = gpus.len() as u32;
+            let gpu = gpus
+                .into_iter()
+                .find(|gpu| gpu.index == index)
+                .ok_or(kill::SelectError::NoSuchGpu { index, count })?;
+            Ok((vec![gpu], format!("--gpu {index}")))
+        }
+    }
+}
+
+/// Kills the processes on one GPU (force) and reports the first one that would not die.
+async fn kill_processes_on(
+    ring: &Arc<Ring>,
+    context: &Arc<KillContext>,
+    events: &Arc<EventLog>,
+    principal: &Principal,
+    action: &str,
+    index: u32,
+) -> Result<(Vec<pb::KillResult>, Option<String>), RpcError> {
+    let snapshot = ring.latest();
+    let blocking_context = Arc::clone(context);
+    let blocking_principal = principal.clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        let targets = match kill::select(&snapshot, &Selector::Gpu(index), false, "") {
+            Ok(targets) => targets,
+            Err(kill::SelectError::NoMatch(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let options = KillOptions {
+            timeout: KILL_TIMEOUT,
+            force: true,
+        };
+        Ok(kill::decide_and_execute(
+            &blocking_principal,
+            &blocking_context.protection,
+            targets,
+            options,
+        ))
+    })
+    .await
+    .map_err(|_| RpcError::Internal("killing panicked"))??;
+    record(
+        events,
+        decided
+            .iter()
+            .map(|d| event(principal, action, d))
+            .collect(),
+    )
+    .await;
+    let failure = decided
+        .iter()
+        .find(|d| {
+            !matches!(
+                d.outcome,
+                Outcome::Terminated | Outcome::Killed | Outcome::AlreadyGone
+            )
+        })
+        .map(|d| {
+            format!(
+                "not reset: {} (pid {}) on GPU {index} was not killed ({}: {})",
+                d.target.info.name,
+                d.target.info.pid,
+                d.outcome.as_str(),
+                d.reason
+            )
+        });
+    Ok((decided.iter().map(result).collect(), failure))
+}
+
+async fn record(events: &EventLog, batch: Vec<NewEvent>) {
+    if let Err(error) = events.record(batch).await {
+        tracing::error!(%error, "cannot write the audit events of a reset");
+    }
+}
