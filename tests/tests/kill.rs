@@ -111,6 +111,13 @@ fn owners_kill_their_own_others_are_denied_and_root_may_kill_anyone() {
     let root_rows = events_for(&daemon, alices_second.pid());
     assert_eq!(root_rows[0]["caller_uid"], json!(0));
     assert_eq!(root_rows[0]["outcome"], json!("terminated"));
+
+    // `events --type deny` shows only the denial.
+    let denials = daemon.ctl(&["events", "--type", "deny", "--output", "json"]);
+    let denials: Value = serde_json::from_slice(&denials.stdout).expect("events JSON");
+    let denials = denials["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(denials.len(), 1, "{denials:#?}");
+    assert_eq!(denials[0]["target"]["pid"], json!(alices.pid()));
 }
 
 #[test]

@@ -84,3 +84,90 @@ impl Protection {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{Caller, Transport};
+    use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
+
+    fn principal(uid: u32) -> Principal {
+        Principal {
+            caller: Caller {
+                uid,
+                gid: uid,
+                pid: None,
+                transport: Transport::Local,
+            },
+            user: uid.to_string(),
+            admin: uid == 0,
+        }
+    }
+
+    fn process(pid: u32, uid: u32, user: &str, name: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            start_ticks: 1,
+            start_time: UNIX_EPOCH,
+            uid,
+            user: Arc::from(user),
+            name: name.to_string(),
+            cmdline: format!("/usr/bin/{name} --flag"),
+            container: None,
+            exe_name: None,
+        }
+    }
+
+    fn defaults() -> Protection {
+        Protection::new(None, &["^Xorg$".to_string()]).expect("valid patterns")
+    }
+
+    #[test]
+    fn init_kernel_threads_and_the_daemon_and_its_ancestors_are_protected() {
+        let rules = defaults();
+        let root = principal(0);
+        for pid in [0, 1, 2, std::process::id()] {
+            let reason = rules.check(&root, &process(pid, 0, "root", "x"));
+            assert!(reason.is_some(), "pid {pid} must be protected");
+        }
+        // In this test the "daemon" is the test process; its parent is its ancestor.
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        let reason = rules.check(&root, &process(parent, 0, "root", "cargo"));
+        assert!(reason.is_some_and(|r| r.contains("ancestor")));
+    }
+
+    #[test]
+    fn roots_processes_are_protected_by_default_except_from_root() {
+        let rules = defaults();
+        let roots = process(999_999, 0, "root", "python3");
+        assert!(rules.check(&principal(1000), &roots).is_some());
+        assert!(rules.check(&principal(0), &roots).is_none());
+        let listed = Protection::new(Some(vec!["root".into(), "1234".into()]), &[]).expect("rules");
+        assert!(
+            listed.check(&principal(0), &roots).is_some(),
+            "listed: even for root"
+        );
+        let by_uid = process(999_999, 1234, "1234", "python3");
+        assert!(listed.check(&principal(0), &by_uid).is_some());
+    }
+
+    #[test]
+    fn protected_process_patterns_match_name_or_cmdline() {
+        let rules = Protection::new(None, &["^Xorg$".into(), "miner-guard".into()]).expect("rules");
+        let admin = principal(0);
+        assert!(
+            rules
+                .check(&admin, &process(999_999, 1000, "alice", "Xorg"))
+                .is_some()
+        );
+        let mut guarded = process(999_999, 1000, "alice", "python3");
+        guarded.cmdline = "python3 miner-guard.py".into();
+        assert!(rules.check(&admin, &guarded).is_some());
+        assert!(
+            rules
+                .check(&admin, &process(999_999, 1000, "alice", "python3"))
+                .is_none()
+        );
+    }
+}
