@@ -522,3 +522,25 @@ pub fn serve(daemon: FakeDaemon) -> Served {
         runtime: Some(runtime),
     }
 }
+
+/// Runs `gpukillctl --socket SOCKET ARGS...` in process; returns the result, standard
+/// output and the notes written to standard error.
+pub async fn run_cli(socket: &Path, args: &[&str]) -> (Result<(), crate::Error>, String, String) {
+    use clap::Parser;
+    let socket = socket.to_str().expect("UTF-8 path");
+    let mut argv = vec!["gpukillctl", "--socket", socket];
+    argv.extend_from_slice(args);
+    let cli = crate::Cli::try_parse_from(argv).expect("valid arguments");
+    let mut out = crate::Output {
+        writer: Vec::new(),
+        notes: Vec::new(),
+        is_tty: false,
+        tz: crate::TimeZone::Utc,
+    };
+    let result = crate::run(cli, &mut out).await;
+    (
+        result,
+        String::from_utf8(out.writer).expect("UTF-8 output"),
+        String::from_utf8(out.notes).expect("UTF-8 notes"),
+    )
+}

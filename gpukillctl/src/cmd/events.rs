@@ -56,26 +56,10 @@ fn since_unix_ms(now: SystemTime, since: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, EventType};
+    use crate::cli::EventType;
     use crate::render::time::TimeZone;
-    use crate::testutil::{self, FakeDaemon, serve};
-    use clap::Parser;
+    use crate::testutil::{self, FakeDaemon, run_cli, serve};
     use tonic::Status;
-
-    async fn run_cli(socket: &std::path::Path, args: &[&str]) -> (Result<(), Error>, String) {
-        let socket = socket.to_str().expect("UTF-8 path");
-        let mut argv = vec!["gpukillctl", "--socket", socket];
-        argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("valid arguments");
-        let mut out = Output {
-            writer: Vec::new(),
-            notes: Vec::new(),
-            is_tty: false,
-            tz: TimeZone::Utc,
-        };
-        let result = crate::run(cli, &mut out).await;
-        (result, String::from_utf8(out.writer).expect("UTF-8 output"))
-    }
 
     fn millis(time: SystemTime) -> i64 {
         let ms = time
@@ -94,7 +78,7 @@ mod tests {
         let requests = daemon.events_requests.clone();
         let served = serve(daemon);
         let before = millis(SystemTime::now());
-        let (result, text) = run_cli(
+        let (result, text, _) = run_cli(
             &served.socket,
             &["events", "--since", "1h", "--type", "deny"],
         )
@@ -128,7 +112,7 @@ mod tests {
         };
         let requests = daemon.events_requests.clone();
         let served = serve(daemon);
-        let (result, text) = run_cli(&served.socket, &["events", "-o", "json"]).await;
+        let (result, text, _) = run_cli(&served.socket, &["events", "-o", "json"]).await;
         result.expect("events succeeds");
         assert_eq!(
             text,
@@ -151,7 +135,7 @@ mod tests {
             events: Some(Err(Status::invalid_argument("unknown event type \"x\""))),
             ..Default::default()
         });
-        let (result, text) = run_cli(&served.socket, &["events"]).await;
+        let (result, text, _) = run_cli(&served.socket, &["events"]).await;
         let err = result.expect_err("the daemon refuses");
         assert_eq!(err.exit_code(), 3);
         assert_eq!(

@@ -119,35 +119,11 @@ fn check(response: &KillResponse) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::cli::Cli;
-    use crate::render::time::TimeZone;
-    use crate::testutil::{self, FakeDaemon, serve};
+    use crate::testutil::{self, FakeDaemon, run_cli, serve};
     use clap::Parser;
     use gpukill_proto::v1::KillResult;
     use gpukill_proto::v1::kill_request::Target;
     use tonic::Status;
-
-    /// Runs `gpukillctl --socket SOCKET ARGS...`; returns the result, stdout and stderr notes.
-    async fn run_cli(
-        socket: &std::path::Path,
-        args: &[&str],
-    ) -> (Result<(), Error>, String, String) {
-        let socket = socket.to_str().expect("UTF-8 path");
-        let mut argv = vec!["gpukillctl", "--socket", socket];
-        argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("valid arguments");
-        let mut out = Output {
-            writer: Vec::new(),
-            notes: Vec::new(),
-            is_tty: false,
-            tz: TimeZone::Utc,
-        };
-        let result = crate::run(cli, &mut out).await;
-        (
-            result,
-            String::from_utf8(out.writer).expect("UTF-8 output"),
-            String::from_utf8(out.notes).expect("UTF-8 notes"),
-        )
-    }
 
     /// A response whose results have these outcomes.
     fn outcomes(outcomes: &[KillOutcome], needs_batch: bool) -> KillResponse {

@@ -148,10 +148,8 @@ fn frame<W, E>(snapshot: &Snapshot, args: &ListArgs, out: &Output<W, E>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
     use crate::render::time::TimeZone;
-    use crate::testutil::{self, FakeDaemon, serve};
-    use clap::Parser;
+    use crate::testutil::{self, FakeDaemon, run_cli, serve};
     use tonic::Status;
 
     fn output() -> Output<Vec<u8>, Vec<u8>> {
@@ -163,16 +161,6 @@ mod tests {
         }
     }
 
-    async fn run_cli(socket: &std::path::Path, args: &[&str]) -> (Result<(), Error>, String) {
-        let socket = socket.to_str().expect("UTF-8 path");
-        let mut argv = vec!["gpukillctl", "--socket", socket];
-        argv.extend_from_slice(args);
-        let cli = Cli::try_parse_from(argv).expect("valid arguments");
-        let mut out = output();
-        let result = crate::run(cli, &mut out).await;
-        (result, String::from_utf8(out.writer).expect("UTF-8 output"))
-    }
-
     #[tokio::test]
     async fn list_sends_the_filter_and_prints_the_snapshot() {
         let daemon = FakeDaemon {
@@ -181,7 +169,7 @@ mod tests {
         };
         let filters = daemon.filters.clone();
         let served = serve(daemon);
-        let (result, text) = run_cli(
+        let (result, text, _) = run_cli(
             &served.socket,
             &[
                 "list",
@@ -217,7 +205,7 @@ mod tests {
             list: Some(Ok(testutil::snapshot())),
             ..Default::default()
         });
-        let (result, text) = run_cli(&served.socket, &["list", "--output", "json"]).await;
+        let (result, text, _) = run_cli(&served.socket, &["list", "--output", "json"]).await;
         result.expect("list succeeds");
         assert_eq!(text, json::pretty(&testutil::snapshot()).expect("encode"));
     }
@@ -229,7 +217,7 @@ mod tests {
             list: Some(Err(Status::invalid_argument(message))),
             ..Default::default()
         });
-        let (result, text) = run_cli(&served.socket, &["list", "--filter", "("]).await;
+        let (result, text, _) = run_cli(&served.socket, &["list", "--filter", "("]).await;
         let err = result.expect_err("the daemon refuses");
         assert_eq!(err.exit_code(), 3);
         assert_eq!(
@@ -253,7 +241,7 @@ mod tests {
         };
         let filters = daemon.filters.clone();
         let served = serve(daemon);
-        let (result, text) = run_cli(
+        let (result, text, _) = run_cli(
             &served.socket,
             &["list", "--watch", "-o", "json", "--vendor", "amd"],
         )
@@ -273,7 +261,7 @@ mod tests {
             watch: vec![Ok(testutil::snapshot()), Ok(testutil::stale_snapshot())],
             ..Default::default()
         });
-        let (result, text) = run_cli(&served.socket, &["list", "--watch"]).await;
+        let (result, text, _) = run_cli(&served.socket, &["list", "--watch"]).await;
         let err = result.expect_err("the stream ends");
         assert!(matches!(err, Error::WatchEnded), "{err}");
         assert_eq!(err.exit_code(), 1);
@@ -321,7 +309,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             drop(served);
         };
-        let ((result, text), ()) =
+        let ((result, text, _), ()) =
             tokio::join!(run_cli(&socket, &["list", "--watch", "-o", "json"]), crash);
         let err = result.expect_err("the daemon is gone");
         assert!(matches!(err, Error::ConnectionLost { .. }), "{err}");
@@ -337,7 +325,7 @@ mod tests {
     async fn an_unreachable_daemon_exits_6() {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("missing.sock");
-        let (result, text) = run_cli(&socket, &["list"]).await;
+        let (result, text, _) = run_cli(&socket, &["list"]).await;
         let err = result.expect_err("nothing listens");
         assert_eq!(err.exit_code(), 6);
         assert!(err.to_string().contains(&socket.display().to_string()));
