@@ -29,6 +29,10 @@ pub struct Config {
     /// How long a tick waits for a vendor library before it publishes the last data as stale.
     #[serde(with = "duration")]
     pub vendor_timeout: Duration,
+    /// Time covered by one stored history row per GPU (means and maxima over the ticks in
+    /// it); 1s to 1h.
+    #[serde(with = "duration")]
+    pub persist_interval: Duration,
     /// Snapshots kept in memory; by default one hour of ticks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ring_capacity: Option<usize>,
@@ -71,6 +75,7 @@ impl Default for Config {
             socket_mode: SocketMode(0o666),
             poll_interval: Duration::from_secs(2),
             vendor_timeout: Duration::from_secs(1),
+            persist_interval: Duration::from_secs(10),
             ring_capacity: None,
             state_dir: PathBuf::from("/var/lib/gpukill"),
             admin_group: "gpukill".to_string(),
@@ -197,6 +202,7 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_SOCKET_MODE", &["socket_mode"]),
     ("GPUKILL_POLL_INTERVAL", &["poll_interval"]),
     ("GPUKILL_VENDOR_TIMEOUT", &["vendor_timeout"]),
+    ("GPUKILL_PERSIST_INTERVAL", &["persist_interval"]),
     ("GPUKILL_RING_CAPACITY", &["ring_capacity"]),
     ("GPUKILL_STATE_DIR", &["state_dir"]),
     ("GPUKILL_ADMIN_GROUP", &["admin_group"]),
@@ -297,6 +303,12 @@ impl Config {
             "poll_interval",
             self.poll_interval,
             Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        in_range(
+            "persist_interval",
+            self.persist_interval,
+            Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
         in_range(

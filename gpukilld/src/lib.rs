@@ -7,6 +7,7 @@ pub mod actions;
 pub mod authz;
 pub mod config;
 pub mod procinfo;
+pub mod recorder;
 pub mod ring;
 pub mod rpc;
 pub mod sampler;
@@ -112,15 +113,16 @@ pub async fn run(
         Sampler::new(host_name(), timing, backends, proc_reader).map_err(Error::Thread)?;
 
     let database = config.state_dir.join("gpukill.db");
-    let events = match store::EventLog::start(database.clone()) {
-        Ok(log) => Ok(Arc::new(log)),
-        Err(error) => {
-            // Live service goes on; only actions, which must be audited, are refused.
-            let message = error_chain(&error);
-            tracing::error!(store = %database.display(), "{message}; kill is disabled");
-            Err(message)
-        }
-    };
+    let events =
+        match store::EventLog::start_with_history(database.clone(), config.persist_interval) {
+            Ok(log) => Ok(Arc::new(log)),
+            Err(error) => {
+                // Live service goes on; only actions, which must be audited, are refused.
+                let message = error_chain(&error);
+                tracing::error!(store = %database.display(), "{message}; kill is disabled");
+                Err(message)
+            }
+        };
     let kill_context = Arc::new(rpc::kill::KillContext {
         protection: actions::protect::Protection::new(
             config.protected_users.clone(),
@@ -143,6 +145,14 @@ pub async fn run(
     // the server's graceful shutdown does not wait on watchers.
     let (stop, stopped) = watch::channel(false);
     let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), stopped.clone()));
+    let recorder_task = kill_context.events.as_ref().ok().map(|log| {
+        tokio::spawn(recorder::run(
+            recorder::Recorder::new(config.persist_interval),
+            Arc::clone(&ring),
+            Arc::clone(log),
+            stopped.clone(),
+        ))
+    });
     tracing::info!(
         socket = %socket_path.display(),
         poll_interval = %humantime::format_duration(config.poll_interval),
@@ -174,6 +184,10 @@ pub async fn run(
 
     // The sampler may be waiting on a hung vendor; do not wait on it past its timeout.
     let _ = tokio::time::timeout(config.vendor_timeout * 2, sampler_task).await;
+    if let Some(recorder_task) = recorder_task {
+        // It hands the open interval to the store as it stops.
+        let _ = recorder_task.await;
+    }
     if let Err(error) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), %error, "cannot remove socket");
     }

@@ -73,6 +73,11 @@ impl Ring {
         )
     }
 
+    /// Every new snapshot, for the daemon's own consumers (not counted as a watcher).
+    pub fn updates(&self) -> broadcast::Receiver<Arc<Snapshot>> {
+        self.updates.subscribe()
+    }
+
     /// Records that a watcher skipped `count` snapshots.
     pub fn record_lag(&self, count: u64) {
         self.watch_lagged.fetch_add(count, Ordering::Relaxed);

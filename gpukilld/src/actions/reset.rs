@@ -80,7 +80,7 @@ pub async fn wait_until_back(
     since: SystemTime,
     timeout: Duration,
 ) -> Result<(), String> {
-    let (mut updates, _watcher) = ring.subscribe();
+    let mut updates = ring.updates();
     let deadline = Instant::now() + timeout;
     let answers = |ring: &Ring| {
         let latest = ring.latest();

@@ -39,6 +39,19 @@ pub async fn health(
                     counters.dropped, counters.failed
                 ));
             }
+            let history = log.history_counters();
+            if let Some(error) = history.last_error {
+                problems.push(format!(
+                    "store degraded: cannot write history ({} intervals waiting): {error}",
+                    history.queued
+                ));
+            }
+            if history.dropped > 0 {
+                problems.push(format!(
+                    "history: {} intervals dropped while the store could not keep up",
+                    history.dropped
+                ));
+            }
         }
     }
     if let Some(reason) = latest.stale_reason(now)

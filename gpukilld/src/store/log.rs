@@ -8,6 +8,7 @@
 //! in-memory database exists only inside its one connection, so an in-memory log reads
 //! through the writer's connection instead (tests only).
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{EventQuery, NewEvent, Store, StoreError, StoredEvent};
+use super::{EventQuery, GpuSampleRow, NewEvent, SessionUpdate, Store, StoreError, StoredEvent};
 
 /// How many batches may wait for the writer thread.
 const QUEUE_CAPACITY: usize = 1024;
@@ -27,6 +28,64 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The writer thread's name.
 const THREAD_NAME: &str = "gpukill-store";
 
+/// History batches that may wait for the writer (at the default 10 s interval, 10 minutes of
+/// a stalled disk); beyond that the oldest is dropped and counted.
+const HISTORY_CAPACITY: usize = 64;
+
+/// How often the writer looks at the history queue and the hour clock when no audit write
+/// wakes it.
+const HISTORY_POLL: Duration = Duration::from_millis(250);
+
+/// One persist interval of metrics history: the store writes it in one transaction.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryBatch {
+    /// One row per GPU.
+    pub samples: Vec<GpuSampleRow>,
+    /// One update per process session.
+    pub sessions: Vec<SessionUpdate>,
+}
+
+/// What became of the history batches handed to the store since start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryCounters {
+    /// Batches waiting to be written.
+    pub queued: u64,
+    /// Batches dropped because the queue was full (the oldest go first).
+    pub dropped: u64,
+    /// Batches written.
+    pub written: u64,
+    /// Write attempts that failed (the batch is kept and retried).
+    pub failed: u64,
+    /// Hours rolled up into gpu_hourly and user_hourly.
+    pub hours_rolled_up: u64,
+    /// The error of the last write attempt, when it failed: the store is degraded.
+    pub last_error: Option<String>,
+}
+
+/// The history batches waiting for the writer thread, shared with it.
+#[derive(Debug, Default)]
+struct HistoryQueue {
+    batches: Mutex<VecDeque<HistoryBatch>>,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    failed: AtomicU64,
+    hours_rolled_up: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl HistoryQueue {
+    fn batches(&self) -> MutexGuard<'_, VecDeque<HistoryBatch>> {
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
+}
+
 type WriteReply = oneshot::Sender<Result<Vec<i64>, StoreError>>;
 
 /// What the writer thread is asked to do.
@@ -36,6 +95,8 @@ enum Request {
         events: Vec<NewEvent>,
         reply: WriteReply,
     },
+    /// History is queued: write it now rather than at the next poll.
+    History,
     /// Stop until `release` is signalled or dropped, after saying so on `holding`: lets a
     /// test fill the queue deterministically.
     #[cfg(test)]
@@ -88,6 +149,7 @@ pub struct EventLog {
     timeout: Duration,
     /// Never sent on; its sender is dropped when the writer thread ends.
     stopped: oneshot::Receiver<()>,
+    history: Arc<HistoryQueue>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -104,8 +166,23 @@ impl EventLog {
     /// Fails fast if the file cannot be opened or migrated. Blocking: call it at startup,
     /// before serving, or from `spawn_blocking`.
     pub fn start(path: PathBuf) -> Result<Self, StoreError> {
+        Self::start_with_history(path, Duration::from_secs(10))
+    }
+
+    /// Like [`start`](Self::start), for a daemon that also records history every
+    /// `persist_interval` (the rollup weighs rows by it).
+    pub fn start_with_history(
+        path: PathBuf,
+        persist_interval: Duration,
+    ) -> Result<Self, StoreError> {
         let store = Store::open(&path)?;
-        Self::spawn(store, Some(path), QUEUE_CAPACITY, ANSWER_TIMEOUT)
+        Self::spawn_with(
+            store,
+            Some(path),
+            QUEUE_CAPACITY,
+            ANSWER_TIMEOUT,
+            persist_interval,
+        )
     }
 
     /// Starts a log on a fresh in-memory database (for tests).
@@ -123,6 +200,16 @@ impl EventLog {
         capacity: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        Self::spawn_with(store, path, capacity, timeout, Duration::from_secs(10))
+    }
+
+    fn spawn_with(
+        store: Store,
+        path: Option<PathBuf>,
+        capacity: usize,
+        timeout: Duration,
+        persist_interval: Duration,
+    ) -> Result<Self, StoreError> {
         let store = Arc::new(Mutex::new(store));
         let reader = match &path {
             Some(path) => Reader::File(path.clone()),
@@ -132,10 +219,18 @@ impl EventLog {
         let (requests, queue) = mpsc::sync_channel(capacity);
         let (stopping, stopped) = oneshot::channel();
         let thread_counters = Arc::clone(&counters);
+        let history = Arc::new(HistoryQueue::default());
+        let thread_history = Arc::clone(&history);
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
             .spawn(move || {
-                write_loop(&store, queue, &thread_counters);
+                write_loop(
+                    &store,
+                    queue,
+                    &thread_counters,
+                    &thread_history,
+                    persist_interval,
+                );
                 drop(stopping);
             })
             .map_err(StoreError::Spawn)?;
@@ -146,7 +241,41 @@ impl EventLog {
             path,
             timeout,
             stopped,
+            history,
         })
+    }
+
+    /// Queues one persist interval of history without waiting. When too many wait (a
+    /// stalled disk), the oldest is dropped and counted.
+    pub fn record_history(&self, batch: HistoryBatch) {
+        {
+            let mut batches = self.history.batches();
+            if batches.len() >= HISTORY_CAPACITY {
+                batches.pop_front();
+                let dropped = self.history.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(dropped, "history queue full: dropped the oldest interval");
+            }
+            batches.push_back(batch);
+        }
+        // A full audit queue only delays the nudge: the writer also polls.
+        let _ = self.requests.try_send(Request::History);
+    }
+
+    /// What became of the history batches so far.
+    pub fn history_counters(&self) -> HistoryCounters {
+        HistoryCounters {
+            queued: self.history.batches().len() as u64,
+            dropped: self.history.dropped.load(Ordering::Relaxed),
+            written: self.history.written.load(Ordering::Relaxed),
+            failed: self.history.failed.load(Ordering::Relaxed),
+            hours_rolled_up: self.history.hours_rolled_up.load(Ordering::Relaxed),
+            last_error: self
+                .history
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     /// Writes `events` in one transaction and returns their ids, in order. Never waits for
@@ -270,10 +399,107 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The writer thread: writes batches in order until every sender is gone and the queue is
-/// empty.
-fn write_loop(store: &Mutex<Store>, queue: mpsc::Receiver<Request>, counters: &Counters) {
-    for request in queue {
+/// The writer thread: writes audit batches in order, history as it comes, and rolls up
+/// every closed hour (at start for the hours missed while the daemon was down, then as each
+/// hour closes), until every sender is gone and both queues are empty.
+fn write_loop(
+    store: &Mutex<Store>,
+    queue: mpsc::Receiver<Request>,
+    counters: &Counters,
+    history: &HistoryQueue,
+    persist_interval: Duration,
+) {
+    let mut rolled_up_through: Option<i64> = None;
+    loop {
+        let request = match queue.recv_timeout(HISTORY_POLL) {
+            Ok(request) => Some(request),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                write_history(store, history);
+                break;
+            }
+        };
+        if let Some(request) = request {
+            handle(store, request, counters);
+        }
+        write_history(store, history);
+        roll_up(store, history, persist_interval, &mut rolled_up_through);
+    }
+}
+
+/// Writes the queued history batches, oldest first. A failed write keeps its batch at the
+/// front for the next attempt (the store is degraded until one succeeds).
+fn write_history(store: &Mutex<Store>, history: &HistoryQueue) {
+    loop {
+        let Some(batch) = history.batches().pop_front() else {
+            return;
+        };
+        let written = catch_unwind(AssertUnwindSafe(|| {
+            lock(store).write_history(&batch.samples, &batch.sessions)
+        }));
+        match written {
+            Ok(Ok(())) => {
+                history.written.fetch_add(1, Ordering::Relaxed);
+                history.set_error(None);
+            }
+            Ok(Err(error)) => {
+                history.failed.fetch_add(1, Ordering::Relaxed);
+                let message = crate::error_chain(&error);
+                tracing::warn!(error = %message, "cannot write history; will retry");
+                history.set_error(Some(message));
+                let mut batches = history.batches();
+                if batches.len() < HISTORY_CAPACITY {
+                    batches.push_front(batch);
+                } else {
+                    history.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Err(_) => {
+                history.failed.fetch_add(1, Ordering::Relaxed);
+                history.set_error(Some("the history writer panicked".to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// Rolls up every closed hour that has raw data but no rollup, once per hour.
+fn roll_up(
+    store: &Mutex<Store>,
+    history: &HistoryQueue,
+    persist_interval: Duration,
+    rolled_up_through: &mut Option<i64>,
+) {
+    let now_ms = super::events::unix_ms(std::time::SystemTime::now());
+    let hour = now_ms - now_ms.rem_euclid(3_600_000);
+    if *rolled_up_through == Some(hour) {
+        return;
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut store = lock(store);
+        let mut done = 0;
+        for hour in store.hours_needing_rollup(now_ms)? {
+            store.rollup_hour(hour, persist_interval)?;
+            done += 1;
+        }
+        Ok::<_, StoreError>(done)
+    }));
+    match result {
+        Ok(Ok(done)) => {
+            history.hours_rolled_up.fetch_add(done, Ordering::Relaxed);
+            *rolled_up_through = Some(hour);
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::error_chain(&error), "hourly rollup failed; will retry");
+        }
+        Err(_) => tracing::error!("the hourly rollup panicked; will retry"),
+    }
+}
+
+/// Carries out one request from the audit queue.
+fn handle(store: &Mutex<Store>, request: Request, counters: &Counters) {
+    {
         match request {
             Request::Write { events, reply } => {
                 let count = events.len();
@@ -302,6 +528,8 @@ fn write_loop(store: &Mutex<Store>, queue: mpsc::Receiver<Request>, counters: &C
                     }
                 }
             }
+            // The caller only wants the history written, which follows every request.
+            Request::History => {}
             #[cfg(test)]
             Request::Hold { holding, release } => {
                 let _ = holding.send(());

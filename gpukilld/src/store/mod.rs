@@ -9,6 +9,7 @@
 //!   every event it could not write ([`EventLogCounters`]).
 
 mod events;
+mod history;
 mod log;
 mod schema;
 
@@ -21,10 +22,15 @@ use rusqlite::{Connection, OpenFlags};
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
-pub use log::{EventLog, EventLogCounters};
+pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
+pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters};
 
 /// How long a connection waits on another connection's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes the WAL file keeps after a checkpoint (64 MiB); without a limit it stays as
+/// large as the largest burst of writes.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// The name errors use for an in-memory database.
 const IN_MEMORY: &str = ":memory:";
@@ -167,6 +173,11 @@ impl Store {
         };
         // First, so that the pragmas below wait out another connection's lock.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
+        // Before anything writes the file: auto_vacuum only takes effect on a database with
+        // no tables yet, and a store that drops old history should give the pages back
+        // (`PRAGMA incremental_vacuum`) without a full VACUUM. On an older file it is a no-op.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(open)?;
         let journal_mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open)?;
@@ -181,6 +192,12 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open)?;
         conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open)?;
+        // Answers with the limit; pragma_update would fail on the returned row.
+        let _: i64 = conn
+            .pragma_update_and_check(None, "journal_size_limit", JOURNAL_SIZE_LIMIT, |row| {
+                row.get(0)
+            })
             .map_err(open)?;
         schema::migrate(&mut conn, &path)?;
         Ok(Self { conn, path })

@@ -33,6 +33,51 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_time ON events(time_ms);
     CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
+    // 2: metrics history: raw GPU samples and process sessions, and their hourly rollups.
+    "CREATE TABLE gpu_samples (
+        time_ms INTEGER NOT NULL,
+        gpu_index INTEGER NOT NULL,
+        uuid TEXT, pci_bus_id TEXT, name TEXT,
+        ticks INTEGER NOT NULL,
+        util_mean REAL, util_max INTEGER,
+        mem_util_mean REAL,
+        mem_used_max INTEGER, mem_total INTEGER,
+        temp_mean REAL, temp_max INTEGER,
+        power_mean_mw REAL, power_max_mw INTEGER,
+        fan_mean REAL, sm_clock_mean REAL, mem_clock_mean REAL,
+        PRIMARY KEY (gpu_index, time_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX gpu_samples_by_time ON gpu_samples(time_ms);
+    CREATE TABLE process_sessions (
+        id INTEGER PRIMARY KEY,
+        pid INTEGER NOT NULL, start_time_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL,
+        first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+        uid INTEGER NOT NULL, user TEXT NOT NULL, name TEXT NOT NULL, cmdline TEXT NOT NULL,
+        container_id TEXT, container_runtime TEXT, pod_uid TEXT,
+        peak_memory_bytes INTEGER, memory_byte_seconds REAL NOT NULL DEFAULT 0,
+        gpu_seconds REAL NOT NULL DEFAULT 0, util_seconds REAL,
+        UNIQUE (pid, start_time_ms, gpu_index)
+    );
+    CREATE INDEX process_sessions_by_last_seen ON process_sessions(last_seen_ms);
+    CREATE INDEX process_sessions_by_user ON process_sessions(user, last_seen_ms);
+    CREATE TABLE gpu_hourly (
+        hour_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        util_mean REAL, util_min INTEGER, util_max INTEGER,
+        mem_used_mean REAL, mem_used_max INTEGER,
+        temp_mean REAL, temp_max INTEGER,
+        power_mean_mw REAL, power_max_mw INTEGER,
+        energy_wh REAL,
+        PRIMARY KEY (hour_ms, gpu_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE user_hourly (
+        hour_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL,
+        user TEXT NOT NULL, uid INTEGER NOT NULL,
+        gpu_seconds REAL NOT NULL, memory_gib_hours REAL NOT NULL, peak_memory_bytes INTEGER,
+        processes INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, gpu_index, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE rolled_up_hours (hour_ms INTEGER PRIMARY KEY);",
 ];
 
 /// The schema version this binary knows: the number of migrations.
@@ -46,7 +91,19 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// Applies the migrations `conn` lacks, one transaction each.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    migrate_to(conn, path, MIGRATIONS.len())
+}
+
+/// Applies the migrations `conn` lacks up to schema version `target` (tests use it to build
+/// a database as an older gpukilld left it). A database newer than [`known_version`] is
+/// still refused; one between `target` and that is left as it is.
+pub(super) fn migrate_to(
+    conn: &mut Connection,
+    path: &Path,
+    target: usize,
+) -> Result<(), StoreError> {
     let known = known_version();
+    let migrations = &MIGRATIONS[..target.min(MIGRATIONS.len())];
     loop {
         // Failing before a migration starts is failing to open (a lock held past the busy
         // timeout, a file that is not a database).
@@ -67,7 +124,7 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             // A negative user_version is not one of ours; treat it as foreign, not old.
             return Err(too_new(path, found));
         };
-        let Some(sql) = MIGRATIONS.get(applied) else {
+        let Some(sql) = migrations.get(applied) else {
             // Up to date; the empty transaction rolls back on drop.
             return Ok(());
         };

@@ -240,6 +240,18 @@ impl Daemon {
         self.terminate().expect("daemon running")
     }
 
+    /// SIGTERM, then wait; returns the exit status and the daemon's directory (with its
+    /// state), which lives on until the caller drops it.
+    pub fn stop_keeping_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let status = self.terminate().expect("daemon running");
+        let dir = tempfile::Builder::new()
+            .prefix("gpukill-moved-")
+            .tempdir()
+            .unwrap();
+        let kept = std::mem::replace(&mut self.dir, dir);
+        (status, kept)
+    }
+
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
