@@ -170,12 +170,27 @@ impl EventLog {
     }
 
     /// Like [`start`](Self::start), for a daemon that also records history every
-    /// `persist_interval` (the rollup weighs rows by it).
+    /// `persist_interval` (the rollup weighs rows by it). A database file that SQLite finds
+    /// corrupt (or not a database at all) is moved aside to `<name>.corrupt-<unix ms>`
+    /// (named in the log) and a new one is created: never silently truncated.
     pub fn start_with_history(
         path: PathBuf,
         persist_interval: Duration,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(&path)?;
+        let store = match Store::open(&path) {
+            Ok(store) => store,
+            Err(error) if is_corruption(&error) => {
+                let aside = move_aside(&path)?;
+                tracing::error!(
+                    store = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %crate::error_chain(&error),
+                    "the store is corrupt: moved it aside and started a new one"
+                );
+                Store::open(&path)?
+            }
+            Err(error) => return Err(error),
+        };
         Self::spawn_with(
             store,
             Some(path),
@@ -391,6 +406,43 @@ impl EventLog {
         held.await.map_err(|_| StoreError::Closed)?;
         Ok(release)
     }
+}
+
+/// Whether SQLite said the file is corrupt or not a database.
+fn is_corruption(error: &StoreError) -> bool {
+    let source = match error {
+        StoreError::Open { source, .. } | StoreError::Migrate { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// Renames a corrupt database (and its WAL and shared-memory files) out of the way.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = super::events::unix_ms(std::time::SystemTime::now());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(source) => {
+                return Err(StoreError::CreateDir {
+                    path: PathBuf::from(from),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(aside)
 }
 
 fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -609,6 +661,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_corrupt_database_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpukill.db");
+        std::fs::write(
+            &path,
+            b"this is not an SQLite database, it is 64 bytes of text........",
+        )
+        .unwrap();
+        let log = EventLog::start_with_history(path.clone(), Duration::from_secs(10)).unwrap();
+        assert_eq!(log.record(batch(2, 1_000)).await.unwrap().len(), 2);
+        let moved: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().to_string())
+            .filter(|name| name.starts_with("gpukill.db.corrupt-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        let kept = std::fs::read(dir.path().join(&moved[0])).unwrap();
+        assert!(
+            kept.starts_with(b"this is not an SQLite database"),
+            "kept byte for byte"
+        );
+    }
+
+    #[tokio::test]
     async fn full_queue_drops_the_batch_and_counts_it() {
         let store = Store::open_in_memory().unwrap();
         let log = EventLog::spawn(store, None, 1, ANSWER_TIMEOUT).unwrap();
@@ -710,8 +787,10 @@ mod tests {
     #[tokio::test]
     async fn unopenable_file_fails_at_start() {
         let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: not corruption (that is moved aside), but
+        // a store that cannot be opened at all.
         let path = dir.path().join("store.db");
-        std::fs::write(&path, b"this is not an SQLite database, not even close").unwrap();
+        std::fs::create_dir(&path).unwrap();
         let error = EventLog::start(path.clone()).unwrap_err();
         assert!(
             matches!(&error, StoreError::Open { path: named, .. } if named == &path),

@@ -133,7 +133,9 @@ impl Daemon {
     ) -> Child {
         let config = dir.join("gpukilld.toml");
         let mut text = options.config.clone();
-        text.push_str(&format!("state_dir = {:?}\n", dir.join("state")));
+        if !text.contains("state_dir") {
+            text.push_str(&format!("state_dir = {:?}\n", dir.join("state")));
+        }
         if let Some(capacity) = options.ring_capacity {
             text.push_str(&format!("ring_capacity = {capacity}\n"));
         }
@@ -238,6 +240,19 @@ impl Daemon {
     /// SIGTERM, then wait; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate().expect("daemon running")
+    }
+
+    /// SIGKILL (no chance to clean up), then reap; returns the daemon's directory.
+    pub fn sigkill_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gpukill-moved-")
+            .tempdir()
+            .unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// SIGTERM, then wait; returns the exit status and the daemon's directory (with its
