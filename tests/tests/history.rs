@@ -158,3 +158,65 @@ fn stored_rows_are_the_means_and_maxima_of_the_ticks_seen() {
         .expect("integrity_check");
     assert_eq!(integrity, "ok");
 }
+
+#[test]
+fn hours_missed_while_the_daemon_was_down_are_rolled_up_at_startup() {
+    let scenario = json!({"gpus": [full_gpu(0, json!([]))]});
+    let state = tempfile::Builder::new()
+        .prefix("gpukill-rollup-")
+        .tempdir()
+        .expect("state");
+    let options = || DaemonOptions {
+        config: format!("state_dir = {:?}\n", state.path()),
+        ..DaemonOptions::default()
+    };
+    // First run creates the schema.
+    assert!(Daemon::start_with(&scenario, options()).stop().success());
+
+    // Raw rows of an hour two hours ago, as a daemon that then went down would leave them.
+    let database = state.path().join("gpukill.db");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let hour = now_ms - now_ms.rem_euclid(3_600_000) - 2 * 3_600_000;
+    {
+        let db = rusqlite::Connection::open(&database).expect("open");
+        for (i, util) in [20.0, 40.0, 90.0].iter().enumerate() {
+            db.execute(
+                "INSERT INTO gpu_samples (time_ms, gpu_index, ticks, util_mean, util_max, power_mean_mw, power_max_mw)
+                 VALUES (?1, 0, 5, ?2, ?3, 100000.0, 120000)",
+                rusqlite::params![hour + i as i64 * 10_000, util, *util as i64 + 5],
+            )
+            .expect("insert");
+        }
+        db.execute("DELETE FROM rolled_up_hours WHERE hour_ms = ?1", [hour])
+            .expect("clear");
+    }
+
+    // The next start rolls that hour up.
+    let daemon = Daemon::start_with(&scenario, options());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = rusqlite::Connection::open_with_flags(
+        &database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open");
+    let row: (i64, f64, i64) = loop {
+        let found = db.query_row(
+            "SELECT samples, util_mean, util_max FROM gpu_hourly WHERE hour_ms = ?1 AND gpu_index = 0",
+            [hour],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
+        if let Ok(row) = found {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hour {hour} was not rolled up at startup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row, (3, 50.0, 95));
+    assert!(daemon.stop().success());
+}
