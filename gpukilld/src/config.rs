@@ -47,8 +47,52 @@ pub struct Config {
     /// Regular expressions; a process whose name or command line matches one is never
     /// signalled, whoever asks.
     pub protected_processes: Vec<String>,
+    /// How long stored history is kept.
+    pub retention: RetentionConfig,
     /// The NVIDIA backend.
     pub nvidia: NvidiaConfig,
+}
+
+/// `[retention]`: how long each kind of stored data is kept (pruned hourly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw per-interval GPU samples.
+    #[serde(with = "duration")]
+    pub samples: Duration,
+    /// Process sessions (by when they were last seen).
+    #[serde(with = "duration")]
+    pub sessions: Duration,
+    /// Hourly rollups per GPU and per user.
+    #[serde(with = "duration")]
+    pub rollups: Duration,
+    /// Audit events.
+    #[serde(with = "duration")]
+    pub events: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let defaults = crate::store::Retention::default();
+        Self {
+            samples: defaults.samples,
+            sessions: defaults.sessions,
+            rollups: defaults.rollups,
+            events: defaults.events,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The store's view of these limits.
+    pub fn limits(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            samples: self.samples,
+            sessions: self.sessions,
+            rollups: self.rollups,
+            events: self.events,
+        }
+    }
 }
 
 /// `[nvidia]`: the NVML backend.
@@ -84,6 +128,7 @@ impl Default for Config {
                 "^(Xorg|Xwayland|gnome-shell|kwin_wayland|sddm|gdm|gdm3)$".to_string(),
                 "^(nvidia-persistenced|nv-hostengine|nvidia-smi|dcgm-exporter)$".to_string(),
             ],
+            retention: RetentionConfig::default(),
             nvidia: NvidiaConfig::default(),
         }
     }
@@ -148,7 +193,24 @@ mod duration {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        serializer.serialize_str(&format(*value))
+    }
+
+    /// A duration in the largest unit that holds it exactly ("90days", "2h", "500ms"), which
+    /// reads better than humantime's calendar split ("2months 29days 2h 52m 48s").
+    pub fn format(value: Duration) -> String {
+        let millis = value.as_millis();
+        let units: [(u128, &str); 4] = [
+            (86_400_000, "days"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ];
+        units
+            .iter()
+            .find(|(size, _)| millis >= *size && millis.is_multiple_of(*size))
+            .map(|(size, unit)| format!("{}{unit}", millis / size))
+            .unwrap_or_else(|| format!("{millis}ms"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -208,6 +270,10 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_ADMIN_GROUP", &["admin_group"]),
     ("GPUKILL_PROTECTED_USERS", &["protected_users"]),
     ("GPUKILL_PROTECTED_PROCESSES", &["protected_processes"]),
+    ("GPUKILL_RETENTION_SAMPLES", &["retention", "samples"]),
+    ("GPUKILL_RETENTION_SESSIONS", &["retention", "sessions"]),
+    ("GPUKILL_RETENTION_ROLLUPS", &["retention", "rollups"]),
+    ("GPUKILL_RETENTION_EVENTS", &["retention", "events"]),
     ("GPUKILL_NVIDIA_ENABLED", &["nvidia", "enabled"]),
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
     ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
@@ -326,6 +392,19 @@ impl Config {
                 origin: origin("ring_capacity"),
                 message: "is out of range: use 1 to 10000000 snapshots".to_string(),
             });
+        }
+        for (key, value) in [
+            ("retention.samples", self.retention.samples),
+            ("retention.sessions", self.retention.sessions),
+            ("retention.rollups", self.retention.rollups),
+            ("retention.events", self.retention.events),
+        ] {
+            in_range(
+                key,
+                value,
+                Duration::from_secs(3600),
+                Duration::from_secs(100 * 365 * 86400),
+            )?;
         }
         for pattern in &self.protected_processes {
             if let Err(error) = regex::Regex::new(pattern) {
@@ -451,6 +530,20 @@ mod tests {
             ..Sources::default()
         });
         (result, path)
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_exact_unit_and_parse_back() {
+        for (duration, text) in [
+            (Duration::from_secs(90 * 86_400), "90days"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(duration::format(duration), text);
+            assert_eq!(humantime::parse_duration(text).expect("parses"), duration);
+        }
     }
 
     #[test]

@@ -113,16 +113,21 @@ pub async fn run(
         Sampler::new(host_name(), timing, backends, proc_reader).map_err(Error::Thread)?;
 
     let database = config.state_dir.join("gpukill.db");
-    let events =
-        match store::EventLog::start_with_history(database.clone(), config.persist_interval) {
-            Ok(log) => Ok(Arc::new(log)),
-            Err(error) => {
-                // Live service goes on; only actions, which must be audited, are refused.
-                let message = error_chain(&error);
-                tracing::error!(store = %database.display(), "{message}; kill is disabled");
-                Err(message)
-            }
-        };
+    let events = match store::EventLog::start_with_history(
+        database.clone(),
+        store::HistoryOptions {
+            persist_interval: config.persist_interval,
+            retention: config.retention.limits(),
+        },
+    ) {
+        Ok(log) => Ok(Arc::new(log)),
+        Err(error) => {
+            // Live service goes on; only actions, which must be audited, are refused.
+            let message = error_chain(&error);
+            tracing::error!(store = %database.display(), "{message}; kill is disabled");
+            Err(message)
+        }
+    };
     let kill_context = Arc::new(rpc::kill::KillContext {
         protection: actions::protect::Protection::new(
             config.protected_users.clone(),

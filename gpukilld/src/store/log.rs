@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{EventQuery, GpuSampleRow, NewEvent, SessionUpdate, Store, StoreError, StoredEvent};
+use super::{
+    EventQuery, GpuSampleRow, NewEvent, Retention, SessionUpdate, Store, StoreError, StoredEvent,
+};
 
 /// How many batches may wait for the writer thread.
 const QUEUE_CAPACITY: usize = 1024;
@@ -44,6 +46,27 @@ pub struct HistoryBatch {
     /// One update per process session.
     pub sessions: Vec<SessionUpdate>,
 }
+
+/// How the store keeps metrics history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Time covered by one sample row (the rollup weighs rows by it).
+    pub persist_interval: Duration,
+    /// How long each kind of data is kept; pruned once an hour.
+    pub retention: Retention,
+}
+
+impl Default for HistoryOptions {
+    fn default() -> Self {
+        Self {
+            persist_interval: Duration::from_secs(10),
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// Rows deleted per retention transaction: small, so readers never wait long.
+const PRUNE_BATCH_ROWS: usize = 1000;
 
 /// What became of the history batches handed to the store since start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -166,17 +189,14 @@ impl EventLog {
     /// Fails fast if the file cannot be opened or migrated. Blocking: call it at startup,
     /// before serving, or from `spawn_blocking`.
     pub fn start(path: PathBuf) -> Result<Self, StoreError> {
-        Self::start_with_history(path, Duration::from_secs(10))
+        Self::start_with_history(path, HistoryOptions::default())
     }
 
     /// Like [`start`](Self::start), for a daemon that also records history every
     /// `persist_interval` (the rollup weighs rows by it). A database file that SQLite finds
     /// corrupt (or not a database at all) is moved aside to `<name>.corrupt-<unix ms>`
     /// (named in the log) and a new one is created: never silently truncated.
-    pub fn start_with_history(
-        path: PathBuf,
-        persist_interval: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn start_with_history(path: PathBuf, options: HistoryOptions) -> Result<Self, StoreError> {
         let store = match Store::open(&path) {
             Ok(store) => store,
             Err(error) if is_corruption(&error) => {
@@ -191,13 +211,7 @@ impl EventLog {
             }
             Err(error) => return Err(error),
         };
-        Self::spawn_with(
-            store,
-            Some(path),
-            QUEUE_CAPACITY,
-            ANSWER_TIMEOUT,
-            persist_interval,
-        )
+        Self::spawn_with(store, Some(path), QUEUE_CAPACITY, ANSWER_TIMEOUT, options)
     }
 
     /// Starts a log on a fresh in-memory database (for tests).
@@ -215,7 +229,7 @@ impl EventLog {
         capacity: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        Self::spawn_with(store, path, capacity, timeout, Duration::from_secs(10))
+        Self::spawn_with(store, path, capacity, timeout, HistoryOptions::default())
     }
 
     fn spawn_with(
@@ -223,7 +237,7 @@ impl EventLog {
         path: Option<PathBuf>,
         capacity: usize,
         timeout: Duration,
-        persist_interval: Duration,
+        options: HistoryOptions,
     ) -> Result<Self, StoreError> {
         let store = Arc::new(Mutex::new(store));
         let reader = match &path {
@@ -239,13 +253,7 @@ impl EventLog {
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
             .spawn(move || {
-                write_loop(
-                    &store,
-                    queue,
-                    &thread_counters,
-                    &thread_history,
-                    persist_interval,
-                );
+                write_loop(&store, queue, &thread_counters, &thread_history, options);
                 drop(stopping);
             })
             .map_err(StoreError::Spawn)?;
@@ -459,7 +467,7 @@ fn write_loop(
     queue: mpsc::Receiver<Request>,
     counters: &Counters,
     history: &HistoryQueue,
-    persist_interval: Duration,
+    options: HistoryOptions,
 ) {
     let mut rolled_up_through: Option<i64> = None;
     loop {
@@ -475,7 +483,7 @@ fn write_loop(
             handle(store, request, counters);
         }
         write_history(store, history);
-        roll_up(store, history, persist_interval, &mut rolled_up_through);
+        roll_up(store, history, options, &mut rolled_up_through);
     }
 }
 
@@ -516,11 +524,12 @@ fn write_history(store: &Mutex<Store>, history: &HistoryQueue) {
     }
 }
 
-/// Rolls up every closed hour that has raw data but no rollup, once per hour.
+/// Once per hour (and at start): rolls up every closed hour that has raw data but no
+/// rollup, then deletes what is past its retention, in small transactions.
 fn roll_up(
     store: &Mutex<Store>,
     history: &HistoryQueue,
-    persist_interval: Duration,
+    options: HistoryOptions,
     rolled_up_through: &mut Option<i64>,
 ) {
     let now_ms = super::events::unix_ms(std::time::SystemTime::now());
@@ -532,8 +541,12 @@ fn roll_up(
         let mut store = lock(store);
         let mut done = 0;
         for hour in store.hours_needing_rollup(now_ms)? {
-            store.rollup_hour(hour, persist_interval)?;
+            store.rollup_hour(hour, options.persist_interval)?;
             done += 1;
+        }
+        let pruned = store.prune(now_ms, &options.retention, PRUNE_BATCH_ROWS)?;
+        if pruned != super::PruneSummary::default() {
+            tracing::info!(?pruned, "retention pass");
         }
         Ok::<_, StoreError>(done)
     }));
@@ -599,9 +612,12 @@ mod tests {
     use super::super::{EventKind, EventQuery};
     use super::*;
 
+    /// `count` events from `first_ms` after now on: recent, so the writer's hourly
+    /// retention pass (which runs when it starts) keeps them.
     fn batch(count: u64, first_ms: u64) -> Vec<NewEvent> {
+        let now = super::super::events::unix_ms(std::time::SystemTime::now()) as u64;
         (0..count)
-            .map(|n| event(EventKind::Kill, first_ms + n, n % 2 == 0))
+            .map(|n| event(EventKind::Kill, now + first_ms + n, n % 2 == 0))
             .collect()
     }
 
@@ -669,7 +685,7 @@ mod tests {
             b"this is not an SQLite database, it is 64 bytes of text........",
         )
         .unwrap();
-        let log = EventLog::start_with_history(path.clone(), Duration::from_secs(10)).unwrap();
+        let log = EventLog::start_with_history(path.clone(), HistoryOptions::default()).unwrap();
         assert_eq!(log.record(batch(2, 1_000)).await.unwrap().len(), 2);
         let moved: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

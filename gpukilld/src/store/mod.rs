@@ -11,6 +11,7 @@
 mod events;
 mod history;
 mod log;
+mod retention;
 mod schema;
 
 use std::io;
@@ -23,7 +24,8 @@ pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
 pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
-pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters};
+pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters, HistoryOptions};
+pub use retention::{PruneSummary, Retention};
 
 /// How long a connection waits on another connection's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
