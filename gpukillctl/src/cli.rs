@@ -1,7 +1,7 @@
 //! The command line: one clap derive tree, one subcommand per module in `cmd/`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gpukill_proto::v1::Vendor;
@@ -70,6 +70,14 @@ pub enum Command {
     Reset(ResetArgs),
     /// Show the audit trail: kills, resets and refusals, oldest first.
     Events(EventsArgs),
+    /// Show who used the GPUs and how much: the process sessions of a time window.
+    ///
+    /// gpukilld records every process it sees on a GPU as a session (one per PID, start time
+    /// and GPU) with its time on the GPU, its peak memory and its memory over time. The window
+    /// is the last --hours (24 by default), or --since to --until. Anyone may read it.
+    Audit(AuditArgs),
+    /// Show the metrics history of one GPU: one sample per persist interval, oldest first.
+    History(HistoryArgs),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
 }
@@ -262,6 +270,100 @@ impl EventType {
     }
 }
 
+/// Arguments of `gpukillctl audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Only sessions of this user (a user name or a numeric uid)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Only processes whose name or command line match REGEX (Rust regex syntax)
+    #[arg(long, value_name = "REGEX")]
+    pub process: Option<String>,
+
+    /// Only sessions on GPU N
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// The window: the last N hours
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 24,
+        conflicts_with_all = ["since", "until"],
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub hours: u32,
+
+    /// The window's start: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h, 7d)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<TimeArg>,
+
+    /// The window's end (default: now), like --since
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
+    pub until: Option<TimeArg>,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
+}
+
+/// Arguments of `gpukillctl history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// The GPU with index N
+    #[arg(long, value_name = "N")]
+    pub gpu: u32,
+
+    /// The last N hours
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub hours: u32,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
+}
+
+/// A point in time on the command line: absolute, or a duration before now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeArg {
+    /// An RFC 3339 time.
+    At(SystemTime),
+    /// This long before now.
+    Ago(Duration),
+}
+
+impl TimeArg {
+    /// Milliseconds since the epoch, `Ago` counted back from `now`; 0 for anything before
+    /// the epoch.
+    pub fn unix_ms(self, now: SystemTime) -> i64 {
+        let time = match self {
+            TimeArg::At(time) => Some(time),
+            TimeArg::Ago(ago) => now.checked_sub(ago),
+        };
+        time.and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |since| {
+                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+            })
+    }
+}
+
+/// Parses a `--since`/`--until` value: RFC 3339 (`2024-05-01T12:00:00Z`) or a humantime
+/// duration ago (`2h`, `1h 30m`).
+pub fn parse_time(value: &str) -> Result<TimeArg, String> {
+    if let Ok(ago) = humantime::parse_duration(value) {
+        return Ok(TimeArg::Ago(ago));
+    }
+    humantime::parse_rfc3339_weak(value)
+        .map(TimeArg::At)
+        .map_err(|_| "use RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h)".to_owned())
+}
+
 /// Parses a humantime duration (`30m`, `2h`, `7d`, `1h 30m`).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|err| err.to_string())
@@ -282,6 +384,17 @@ pub enum OutputFormat {
     Table,
     /// JSON, with the field names of the original gpukill.
     Json,
+}
+
+/// How a report (`audit`, `history`) prints its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Human-readable tables.
+    Table,
+    /// JSON.
+    Json,
+    /// CSV with a header row.
+    Csv,
 }
 
 /// The `--vendor` choices; `all` means no vendor filter.
@@ -417,6 +530,65 @@ mod tests {
             "events-help.txt",
             &help_for(&["gpukillctl", "events", "--help"]),
         );
+    }
+
+    #[test]
+    fn audit_help_matches_the_snapshot() {
+        assert_snapshot(
+            "audit-help.txt",
+            &help_for(&["gpukillctl", "audit", "--help"]),
+        );
+    }
+
+    #[test]
+    fn history_help_matches_the_snapshot() {
+        assert_snapshot(
+            "history-help.txt",
+            &help_for(&["gpukillctl", "history", "--help"]),
+        );
+    }
+
+    fn audit_args(args: &[&str]) -> AuditArgs {
+        let argv = [&["gpukillctl", "audit"], args].concat();
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Audit(args) => args,
+            other => panic!("expected audit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn audit_windows_parse() {
+        let args = audit_args(&[]);
+        assert_eq!((args.hours, args.since, args.until), (24, None, None));
+        assert_eq!(args.output, ReportFormat::Table);
+        let args = audit_args(&[
+            "--since",
+            "2024-05-01T12:00:00Z",
+            "--until",
+            "2h",
+            "-o",
+            "csv",
+        ]);
+        let noon = UNIX_EPOCH + Duration::from_secs(1_714_564_800);
+        assert_eq!(args.since, Some(TimeArg::At(noon)));
+        assert_eq!(args.until, Some(TimeArg::Ago(Duration::from_secs(7200))));
+        assert_eq!(args.output, ReportFormat::Csv);
+        let both = usage_error(&["gpukillctl", "audit", "--hours", "2", "--since", "1h"]);
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(crate::error::clap_exit_code(&both), 3);
+        let alone = usage_error(&["gpukillctl", "audit", "--until", "1h"]);
+        assert_eq!(crate::error::clap_exit_code(&alone), 3);
+        let bad = usage_error(&["gpukillctl", "audit", "--since", "yesterday"]);
+        assert_eq!(bad.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(bad.to_string().contains("'yesterday'"), "{bad}");
+    }
+
+    #[test]
+    fn times_count_back_from_now() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(TimeArg::Ago(Duration::from_secs(1)).unix_ms(now), 9_999_000);
+        assert_eq!(TimeArg::Ago(Duration::from_secs(20_000)).unix_ms(now), 0);
+        assert_eq!(TimeArg::At(now).unix_ms(UNIX_EPOCH), 10_000_000);
     }
 
     #[test]

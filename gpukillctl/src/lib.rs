@@ -1,5 +1,6 @@
 //! gpukillctl, the thin client of gpukilld: one clap subcommand per module in [`cmd`], each
-//! making one RPC over the daemon's Unix socket and rendering the answer as a table or JSON.
+//! making one RPC over the daemon's Unix socket and rendering the answer as a table or JSON (or CSV, for the
+//! reports `audit` and `history`).
 //!
 //! `main.rs` parses the command line and calls [`run`]; tests call the same function with
 //! an in-memory [`Output`].
@@ -75,6 +76,8 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
         cli::Command::Kill(args) => cmd::kill::run(address, args, out).await,
         cli::Command::Reset(args) => cmd::reset::run(address, args, out).await,
         cli::Command::Events(args) => cmd::events::run(address, args, out).await,
+        cli::Command::Audit(args) => cmd::audit::run(address, args, out).await,
+        cli::Command::History(args) => cmd::history::run(address, args, out).await,
         cli::Command::Version(args) => cmd::version::run(address, args, out).await,
     };
     match result {

@@ -1,4 +1,5 @@
-//! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail), snapshot files,
+//! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail, sessions,
+//! metrics history), snapshot files,
 //! and an in-process fake daemon.
 
 use std::path::{Path, PathBuf};
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
-    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, HealthRequest,
-    HealthResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget, ListRequest,
-    ListResponse, ProcessKind, ResetOutcome, ResetRequest, ResetResponse, ResetResult, Snapshot,
+    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, HealthRequest,
+    HealthResponse, HistoryRequest, HistoryResponse, KillOutcome, KillRequest, KillResponse,
+    KillResult, KillTarget, ListRequest, ListResponse, ProcessKind, ResetOutcome, ResetRequest,
+    ResetResponse, ResetResult, Session, SessionsRequest, SessionsResponse, Snapshot,
     SnapshotFilter, Vendor, VendorState, VendorStatus, VersionRequest, VersionResponse,
     WatchRequest,
 };
@@ -291,6 +293,82 @@ pub fn events_response() -> EventsResponse {
     }
 }
 
+/// Two sessions, most recently seen first: alice's python on GPU 0 (every value known) and
+/// bob's server on GPU 1 in a container, with a command line that needs CSV quoting and
+/// neither peak memory nor utilization known.
+pub fn sessions_response() -> SessionsResponse {
+    SessionsResponse {
+        sessions: vec![
+            Session {
+                pid: 4242,
+                start_time_unix_ms: 1_714_556_807_000,
+                gpu_index: 0,
+                first_seen_unix_ms: 1_714_556_810_000,
+                last_seen_unix_ms: NOW_MS,
+                uid: 1000,
+                user: "alice".to_owned(),
+                name: "python".to_owned(),
+                cmdline: "python train.py --epochs 10".to_owned(),
+                container_id: None,
+                peak_memory_bytes: Some(20 * GIB),
+                gpu_seconds: 7990.25,
+                memory_gib_hours: 40.5,
+                util_seconds: Some(6000.0),
+            },
+            Session {
+                pid: 5151,
+                start_time_unix_ms: 1_714_564_500_000,
+                gpu_index: 1,
+                first_seen_unix_ms: 1_714_564_500_500,
+                last_seen_unix_ms: 1_714_564_790_000,
+                uid: 1001,
+                user: "bob".to_owned(),
+                name: "pt_main_thread".to_owned(),
+                cmdline: "python3 serve.py --name \"a,b\"".to_owned(),
+                container_id: Some(
+                    "3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0".to_owned(),
+                ),
+                peak_memory_bytes: None,
+                gpu_seconds: 0.5,
+                memory_gib_hours: 0.25,
+                util_seconds: None,
+            },
+        ],
+    }
+}
+
+/// Two samples of GPU 0, oldest first: one with every metric, one with none known and a name
+/// that needs CSV quoting.
+pub fn history_response() -> HistoryResponse {
+    HistoryResponse {
+        samples: vec![
+            GpuSample {
+                time_unix_ms: NOW_MS - 10_250,
+                gpu_index: 0,
+                uuid: Some("GPU-5d1a3c2e-0b7f-4c1e-9a8d-1f2e3d4c5b6a".to_owned()),
+                name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+                ticks: 10,
+                util_mean: Some(87.5),
+                util_max: Some(99),
+                mem_util_mean: Some(45.0),
+                mem_used_max_bytes: Some(25 * GIB),
+                mem_total_bytes: Some(80 * GIB),
+                temp_mean: Some(64.25),
+                temp_max: Some(66),
+                power_mean_mw: Some(245_123.5),
+                power_max_mw: Some(250_000),
+            },
+            GpuSample {
+                time_unix_ms: NOW_MS - 250,
+                gpu_index: 0,
+                name: Some("A100, \"SXM4\"".to_owned()),
+                ticks: 3,
+                ..Default::default()
+            },
+        ],
+    }
+}
+
 /// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
 /// environment it (re)writes the file instead.
 #[track_caller]
@@ -335,6 +413,10 @@ pub struct FakeDaemon {
     pub events: Option<Result<EventsResponse, Status>>,
     /// What Reset answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
     pub reset: Option<Result<ResetResponse, Status>>,
+    /// What Sessions answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub sessions: Option<Result<SessionsResponse, Status>>,
+    /// What History answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub history: Option<Result<HistoryResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -343,6 +425,10 @@ pub struct FakeDaemon {
     pub events_requests: Arc<Mutex<Vec<EventsRequest>>>,
     /// Every Reset request received, with the deadline the client set.
     pub reset_requests: Arc<Mutex<Vec<ReceivedReset>>>,
+    /// Every Sessions request received.
+    pub sessions_requests: Arc<Mutex<Vec<SessionsRequest>>>,
+    /// Every History request received.
+    pub history_requests: Arc<Mutex<Vec<HistoryRequest>>>,
 }
 
 /// A Kill request as the fake daemon received it.
@@ -458,6 +544,32 @@ impl GpuKill for FakeDaemon {
         match self.events.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("Events")),
+        }
+    }
+
+    async fn sessions(
+        &self,
+        request: Request<SessionsRequest>,
+    ) -> Result<Response<SessionsResponse>, Status> {
+        if let Ok(mut requests) = self.sessions_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.sessions.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Sessions")),
+        }
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        if let Ok(mut requests) = self.history_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.history.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("History")),
         }
     }
 

@@ -1,6 +1,9 @@
-//! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`).
+//! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`);
+//! `audit` makes the Sessions RPC.
 
+pub mod audit;
 pub mod events;
+pub mod history;
 pub mod kill;
 pub mod list;
 pub mod reset;

@@ -19,6 +19,23 @@ pub enum RpcError {
         #[source]
         source: regex::Error,
     },
+    /// A `--process` regex of a history query does not compile.
+    #[error("invalid --process regex {pattern:?}: {source}")]
+    InvalidProcessRegex {
+        /// The regex as given.
+        pattern: String,
+        /// The compiler's complaint.
+        #[source]
+        source: regex::Error,
+    },
+    /// A history window that ends before it starts.
+    #[error("since ({since_unix_ms} ms) must be before until ({until_unix_ms} ms)")]
+    InvalidWindow {
+        /// The window's start, as given.
+        since_unix_ms: i64,
+        /// The window's end, as given.
+        until_unix_ms: i64,
+    },
     /// A vendor value that is not in the enum.
     #[error("unknown vendor value {0}: use nvidia, amd, intel, apple or all")]
     UnknownVendor(i32),
@@ -40,6 +57,9 @@ pub enum RpcError {
     /// The audit store is not available; nothing is killed without it.
     #[error("the audit store is unavailable, so nothing is killed: {0}")]
     AuditUnavailable(String),
+    /// The store is not available for reading.
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
     /// Reading the audit store failed.
     #[error("cannot read the audit store")]
     Store(#[from] crate::store::StoreError),
@@ -66,6 +86,8 @@ impl From<RpcError> for Status {
         let code = match &error {
             RpcError::Unattributed(_) => Code::Unauthenticated,
             RpcError::InvalidRegex { .. }
+            | RpcError::InvalidProcessRegex { .. }
+            | RpcError::InvalidWindow { .. }
             | RpcError::UnknownVendor(_)
             | RpcError::NoSelector
             | RpcError::InvalidTimeout(_)
@@ -81,6 +103,7 @@ impl From<RpcError> for Status {
             RpcError::ResetBusy(_) => Code::Aborted,
             RpcError::Select(SelectError::Proc { .. })
             | RpcError::AuditUnavailable(_)
+            | RpcError::StoreUnavailable(_)
             | RpcError::Store(_)
             | RpcError::Internal(_) => Code::Internal,
         };
@@ -88,6 +111,9 @@ impl From<RpcError> for Status {
         let message = match &error {
             RpcError::InvalidRegex { pattern, source } => {
                 format!("invalid --filter regex {pattern:?}:\n{source}")
+            }
+            RpcError::InvalidProcessRegex { pattern, source } => {
+                format!("invalid --process regex {pattern:?}:\n{source}")
             }
             other => crate::error_chain(other),
         };

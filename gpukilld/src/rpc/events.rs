@@ -18,7 +18,7 @@ pub async fn events(
     log: &Result<Arc<EventLog>, String>,
     request: pb::EventsRequest,
 ) -> Result<pb::EventsResponse, RpcError> {
-    let log = log.clone().map_err(RpcError::AuditUnavailable)?;
+    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
     let kind = match request.r#type.as_str() {
         "" => None,
         name => Some(

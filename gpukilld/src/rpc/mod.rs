@@ -5,9 +5,11 @@ pub mod convert;
 pub mod error;
 mod events;
 mod health;
+mod history;
 pub mod kill;
 mod list;
 pub mod reset;
+mod sessions;
 pub mod unix;
 mod version;
 mod watch;
@@ -127,6 +129,28 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::EventsResponse>, Status> {
         attribute(&request, "Events")?;
         events::events(&self.kill.events, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn sessions(
+        &self,
+        request: Request<pb::SessionsRequest>,
+    ) -> Result<Response<pb::SessionsResponse>, Status> {
+        attribute(&request, "Sessions")?;
+        sessions::sessions(&self.kill.events, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        attribute(&request, "History")?;
+        history::history(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)

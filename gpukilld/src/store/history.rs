@@ -154,14 +154,31 @@ pub struct RollupSummary {
 }
 
 const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO gpu_samples (
-        time_ms, gpu_index, uuid, pci_bus_id, name, ticks, util_mean, util_max, mem_util_mean,
+        time_ms, gpu_index, identity, ticks, util_mean, util_max, mem_util_mean,
         mem_used_max, mem_total, temp_mean, temp_max, power_mean_mw, power_max_mw, fan_mean,
         sm_clock_mean, mem_clock_mean
-    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
-const SAMPLE_COLUMNS: &str = "time_ms, gpu_index, uuid, pci_bus_id, name, ticks, util_mean, \
-    util_max, mem_util_mean, mem_used_max, mem_total, temp_mean, temp_max, power_mean_mw, \
-    power_max_mw, fan_mean, sm_clock_mean, mem_clock_mean";
+/// A GPU's identity strings are stored once in `gpu_identities` and referenced by id from
+/// every sample row: they would otherwise be most of each row's bytes. An unknown string is
+/// stored as '' (UNIQUE would not merge NULLs) and read back as NULL.
+const INSERT_IDENTITY: &str = "INSERT OR IGNORE INTO gpu_identities (uuid, pci_bus_id, name)
+    VALUES (coalesce(?1, ''), coalesce(?2, ''), coalesce(?3, ''))";
+
+const IDENTITY_ID: &str = "SELECT id FROM gpu_identities
+    WHERE uuid = coalesce(?1, '') AND pci_bus_id = coalesce(?2, '') AND name = coalesce(?3, '')";
+
+/// The sample columns, identity joined back in, under the names `sample_row` reads.
+const SAMPLE_COLUMNS: &str = "s.time_ms AS time_ms, s.gpu_index AS gpu_index, \
+    nullif(i.uuid, '') AS uuid, nullif(i.pci_bus_id, '') AS pci_bus_id, \
+    nullif(i.name, '') AS name, s.ticks AS ticks, s.util_mean AS util_mean, \
+    s.util_max AS util_max, s.mem_util_mean AS mem_util_mean, s.mem_used_max AS mem_used_max, \
+    s.mem_total AS mem_total, s.temp_mean AS temp_mean, s.temp_max AS temp_max, \
+    s.power_mean_mw AS power_mean_mw, s.power_max_mw AS power_max_mw, s.fan_mean AS fan_mean, \
+    s.sm_clock_mean AS sm_clock_mean, s.mem_clock_mean AS mem_clock_mean";
+
+/// The sample table with the identities joined, for [`SAMPLE_COLUMNS`].
+const SAMPLES_JOINED: &str = "gpu_samples AS s LEFT JOIN gpu_identities AS i ON i.id = s.identity";
 
 // Two-argument min()/max() are NULL when either argument is, hence the coalesce()s: a NULL
 // on one side leaves the other. Container fields keep the known value when the latest
@@ -309,14 +326,23 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(INSERT_SAMPLE)
                 .map_err(StoreError::Write)?;
+            let mut insert_identity = tx
+                .prepare_cached(INSERT_IDENTITY)
+                .map_err(StoreError::Write)?;
+            let mut identity_id = tx.prepare_cached(IDENTITY_ID).map_err(StoreError::Write)?;
             for sample in samples {
+                let identity = rusqlite::params![sample.uuid, sample.pci_bus_id, sample.name];
+                insert_identity
+                    .execute(identity)
+                    .map_err(StoreError::Write)?;
+                let identity: i64 = identity_id
+                    .query_row(identity, |row| row.get(0))
+                    .map_err(StoreError::Write)?;
                 insert
                     .execute(rusqlite::params![
                         sample.time_ms,
                         sample.gpu_index,
-                        sample.uuid,
-                        sample.pci_bus_id,
-                        sample.name,
+                        identity,
                         sample.ticks,
                         sample.util_mean,
                         sample.util_max,
@@ -459,12 +485,13 @@ impl Store {
         // primary key for one GPU, gpu_samples_by_time for all.
         let mut select = match gpu_index {
             Some(_) => self.conn.prepare_cached(&format!(
-                "SELECT {SAMPLE_COLUMNS} FROM gpu_samples \
-                 WHERE gpu_index = ?3 AND time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms"
+                "SELECT {SAMPLE_COLUMNS} FROM {SAMPLES_JOINED} \
+                 WHERE s.gpu_index = ?3 AND s.time_ms >= ?1 AND s.time_ms < ?2 \
+                 ORDER BY s.time_ms"
             )),
             None => self.conn.prepare_cached(&format!(
-                "SELECT {SAMPLE_COLUMNS} FROM gpu_samples \
-                 WHERE time_ms >= ?1 AND time_ms < ?2 ORDER BY time_ms, gpu_index"
+                "SELECT {SAMPLE_COLUMNS} FROM {SAMPLES_JOINED} \
+                 WHERE s.time_ms >= ?1 AND s.time_ms < ?2 ORDER BY s.time_ms, s.gpu_index"
             )),
         }
         .map_err(StoreError::Read)?;

@@ -371,6 +371,49 @@ impl EventLog {
         }
     }
 
+    /// Reads the process sessions overlapping [since_ms, until_ms), newest last seen first,
+    /// on the blocking pool, waiting up to a timeout (`Timeout`).
+    pub async fn sessions(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<super::StoredSession>, StoreError> {
+        self.read(move |store| store.sessions(since_ms, until_ms))
+            .await
+    }
+
+    /// Reads the GPU samples in [since_ms, until_ms) (of one GPU, or all), oldest first, on
+    /// the blocking pool, waiting up to a timeout (`Timeout`).
+    pub async fn gpu_samples(
+        &self,
+        gpu_index: Option<u32>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<GpuSampleRow>, StoreError> {
+        self.read(move |store| store.gpu_samples(gpu_index, since_ms, until_ms))
+            .await
+    }
+
+    /// Runs `read` on the blocking pool against a read-only connection (or the shared one of
+    /// an in-memory log), as [`query`](Self::query) does, waiting up to a timeout.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        let task = tokio::task::spawn_blocking(move || match reader {
+            Reader::File(path) => read(&Store::open_read_only(&path)?),
+            Reader::Shared(store) => read(&lock(&store)),
+        });
+        match tokio::time::timeout(self.timeout, task).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     /// What became of the events handed to this log so far.
     pub fn counters(&self) -> EventLogCounters {
         EventLogCounters {

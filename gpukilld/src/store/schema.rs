@@ -34,10 +34,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_time ON events(time_ms);
     CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
     // 2: metrics history: raw GPU samples and process sessions, and their hourly rollups.
-    "CREATE TABLE gpu_samples (
+    "CREATE TABLE gpu_identities (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL, pci_bus_id TEXT NOT NULL, name TEXT NOT NULL,
+        UNIQUE (uuid, pci_bus_id, name)
+    );
+    CREATE TABLE gpu_samples (
         time_ms INTEGER NOT NULL,
         gpu_index INTEGER NOT NULL,
-        uuid TEXT, pci_bus_id TEXT, name TEXT,
+        identity INTEGER REFERENCES gpu_identities (id),
         ticks INTEGER NOT NULL,
         util_mean REAL, util_max INTEGER,
         mem_util_mean REAL,

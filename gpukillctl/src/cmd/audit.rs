@@ -1,0 +1,177 @@
+//! `gpukillctl audit`: the Sessions RPC once; who used the GPUs in a window, as a table, JSON
+//! or CSV.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use gpukill_proto::v1::SessionsRequest;
+
+use crate::Output;
+use crate::cli::{Address, AuditArgs, ReportFormat, TimeArg};
+use crate::conn;
+use crate::error::Error;
+use crate::render::audit;
+
+/// Runs `gpukillctl audit` against the daemon at `address`.
+pub async fn run<W: Write, E: Write>(
+    address: Option<&Address>,
+    args: &AuditArgs,
+    out: &mut Output<W, E>,
+) -> Result<(), Error> {
+    let socket = conn::socket_path(address)?;
+    let mut client = conn::connect(&socket).await?;
+    let response = client
+        .sessions(conn::unary(request(args, SystemTime::now())))
+        .await
+        .map_err(|status| Error::rpc("Sessions", status))?
+        .into_inner();
+    let text = match args.output {
+        ReportFormat::Table => audit::render(&response, out.tz),
+        ReportFormat::Json => audit::json(&response)?,
+        ReportFormat::Csv => audit::csv(&response),
+    };
+    out.write(&text)
+}
+
+/// The request the arguments ask for: the window `--since`..`--until` (default now), or the
+/// last `--hours`, counted back from `now`. The daemon checks that the window is not empty.
+fn request(args: &AuditArgs, now: SystemTime) -> SessionsRequest {
+    let until = args.until.unwrap_or(TimeArg::Ago(Duration::ZERO));
+    let since = args.since.unwrap_or(TimeArg::Ago(Duration::from_secs(
+        u64::from(args.hours) * 3600,
+    )));
+    SessionsRequest {
+        since_unix_ms: since.unix_ms(now),
+        until_unix_ms: until.unix_ms(now),
+        user: args.user.clone(),
+        process_regex: args.process.clone(),
+        gpu_index: args.gpu,
+        limit: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::time::TimeZone;
+    use crate::testutil::{self, FakeDaemon, run_cli, serve};
+    use std::time::UNIX_EPOCH;
+    use tonic::Status;
+
+    fn millis(time: SystemTime) -> i64 {
+        let ms = time
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        i64::try_from(ms).expect("fits")
+    }
+
+    fn daemon() -> FakeDaemon {
+        FakeDaemon {
+            sessions: Some(Ok(testutil::sessions_response())),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_sends_the_filters_and_the_last_24_hours() {
+        let daemon = daemon();
+        let requests = daemon.sessions_requests.clone();
+        let served = serve(daemon);
+        let before = millis(SystemTime::now());
+        let (result, text, _) = run_cli(
+            &served.socket,
+            &["audit", "--user", "alice", "--process", "^py", "--gpu", "0"],
+        )
+        .await;
+        let after = millis(SystemTime::now());
+        result.expect("audit succeeds");
+        assert_eq!(
+            text,
+            audit::render(&testutil::sessions_response(), TimeZone::Utc)
+        );
+        let requests = requests.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert_eq!(request.user.as_deref(), Some("alice"));
+        assert_eq!(request.process_regex.as_deref(), Some("^py"));
+        assert_eq!(request.gpu_index, Some(0));
+        assert_eq!(request.limit, 0);
+        assert!((before..=after).contains(&request.until_unix_ms));
+        assert_eq!(
+            request.until_unix_ms - request.since_unix_ms,
+            24 * 3_600_000
+        );
+    }
+
+    #[tokio::test]
+    async fn json_and_csv_print_the_answer_unfiltered() {
+        let daemon = daemon();
+        let requests = daemon.sessions_requests.clone();
+        let served = serve(daemon);
+        let (result, text, _) = run_cli(&served.socket, &["audit", "-o", "json"]).await;
+        result.expect("audit succeeds");
+        assert_eq!(
+            text,
+            audit::json(&testutil::sessions_response()).expect("encode")
+        );
+        let (result, text, _) = run_cli(&served.socket, &["audit", "--output", "csv"]).await;
+        result.expect("audit succeeds");
+        assert_eq!(text, audit::csv(&testutil::sessions_response()));
+        let requests = requests.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            (
+                &requests[0].user,
+                &requests[0].process_regex,
+                requests[0].gpu_index
+            ),
+            (&None, &None, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_rpc_error_maps_as_usual() {
+        let served = serve(FakeDaemon {
+            sessions: Some(Err(Status::invalid_argument("invalid --process regex"))),
+            ..Default::default()
+        });
+        let (result, text, _) = run_cli(&served.socket, &["audit", "--process", "("]).await;
+        let err = result.expect_err("the daemon refuses");
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "Sessions failed (InvalidArgument): invalid --process regex"
+        );
+        assert_eq!(text, "");
+    }
+
+    #[test]
+    fn since_and_until_make_the_window() {
+        use clap::Parser;
+        let now = UNIX_EPOCH + Duration::from_millis(testutil::NOW_MS.unsigned_abs());
+        let args = |argv: &[&str]| {
+            let argv = [&["gpukillctl", "audit"], argv].concat();
+            match crate::Cli::try_parse_from(argv).expect("valid").command {
+                crate::cli::Command::Audit(args) => args,
+                other => panic!("expected audit, got {other:?}"),
+            }
+        };
+        let window = |argv: &[&str]| {
+            let request = request(&args(argv), now);
+            (request.since_unix_ms, request.until_unix_ms)
+        };
+        assert_eq!(
+            window(&["--since", "2024-05-01T10:00:00Z", "--until", "30m"]),
+            (1_714_557_600_000, testutil::NOW_MS - 1_800_000)
+        );
+        assert_eq!(
+            window(&["--since", "2h"]),
+            (testutil::NOW_MS - 7_200_000, testutil::NOW_MS)
+        );
+        assert_eq!(
+            window(&["--hours", "3"]),
+            (testutil::NOW_MS - 3 * 3_600_000, testutil::NOW_MS)
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! The table, JSON and CSV of `gpukillctl audit` (the Sessions RPC).
+//!
+//! Table: one row per session, most recently seen first, columns
+//! `USER, PID, PROC, GPU, START, LAST_SEEN, GPU_HOURS, PEAK_MB, MEM_GIB_H, CONTAINER`: START is
+//! the process start time and LAST_SEEN the last time it was seen on the GPU, both date and
+//! time in the chosen [`TimeZone`]; GPU_HOURS and MEM_GIB_H with two decimals; PEAK_MB whole
+//! MiB; CONTAINER the first 12 characters of the id; `-` for anything absent.
+//!
+//! JSON: `{"sessions": [...]}` with the fields of [`SessionJson`], times both RFC 3339 UTC and
+//! milliseconds, absent values `null`. CSV: the same fields in the same order under a header
+//! row, absent values empty.
+
+use gpukill_proto::v1::{Session, SessionsResponse};
+use serde::Serialize;
+
+use super::csv::{csv as csv_table, or_empty};
+use super::json::document;
+use super::mib;
+use super::table::{or_absent, or_absent_str, table};
+use super::time::{TimeZone, date_time, rfc3339_millis};
+use crate::error::Error;
+
+/// Seconds per hour.
+const HOUR_SECS: f64 = 3600.0;
+
+/// The JSON document of `gpukillctl audit --output json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditJson {
+    /// Matching sessions, most recently seen first.
+    pub sessions: Vec<SessionJson>,
+}
+
+/// One process session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionJson {
+    /// The owner's user name.
+    pub user: String,
+    /// The owner's uid.
+    pub uid: u32,
+    /// The PID.
+    pub pid: u32,
+    /// The process name.
+    pub proc_name: String,
+    /// The command line.
+    pub cmdline: String,
+    /// The GPU it ran on.
+    pub gpu_index: u32,
+    /// The process start time, RFC 3339 UTC with milliseconds.
+    pub start_time: Option<String>,
+    /// The process start time, milliseconds since the epoch.
+    pub start_time_unix_ms: i64,
+    /// First seen on the GPU, RFC 3339 UTC with milliseconds.
+    pub first_seen: Option<String>,
+    /// First seen on the GPU, milliseconds since the epoch.
+    pub first_seen_unix_ms: i64,
+    /// Last seen on the GPU, RFC 3339 UTC with milliseconds.
+    pub last_seen: Option<String>,
+    /// Last seen on the GPU, milliseconds since the epoch.
+    pub last_seen_unix_ms: i64,
+    /// Time on the GPU, seconds.
+    pub gpu_seconds: f64,
+    /// Most GPU memory used, bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// GPU memory over time, GiB-hours.
+    pub memory_gib_hours: f64,
+    /// SM utilization / 100 × seconds.
+    pub util_seconds: Option<f64>,
+    /// The container it ran in.
+    pub container_id: Option<String>,
+}
+
+/// The CSV header: the JSON field names, in order.
+const CSV_HEADER: [&str; 17] = [
+    "user",
+    "uid",
+    "pid",
+    "proc_name",
+    "cmdline",
+    "gpu_index",
+    "start_time",
+    "start_time_unix_ms",
+    "first_seen",
+    "first_seen_unix_ms",
+    "last_seen",
+    "last_seen_unix_ms",
+    "gpu_seconds",
+    "peak_memory_bytes",
+    "memory_gib_hours",
+    "util_seconds",
+    "container_id",
+];
+
+impl AuditJson {
+    /// The JSON view of `response`.
+    pub fn new(response: &SessionsResponse) -> Self {
+        AuditJson {
+            sessions: response.sessions.iter().map(SessionJson::new).collect(),
+        }
+    }
+}
+
+impl SessionJson {
+    /// The JSON view of one session.
+    pub fn new(session: &Session) -> Self {
+        SessionJson {
+            user: session.user.clone(),
+            uid: session.uid,
+            pid: session.pid,
+            proc_name: session.name.clone(),
+            cmdline: session.cmdline.clone(),
+            gpu_index: session.gpu_index,
+            start_time: rfc3339_millis(session.start_time_unix_ms),
+            start_time_unix_ms: session.start_time_unix_ms,
+            first_seen: rfc3339_millis(session.first_seen_unix_ms),
+            first_seen_unix_ms: session.first_seen_unix_ms,
+            last_seen: rfc3339_millis(session.last_seen_unix_ms),
+            last_seen_unix_ms: session.last_seen_unix_ms,
+            gpu_seconds: session.gpu_seconds,
+            peak_memory_bytes: session.peak_memory_bytes,
+            memory_gib_hours: session.memory_gib_hours,
+            util_seconds: session.util_seconds,
+            container_id: session.container_id.clone(),
+        }
+    }
+
+    /// The CSV row, in [`CSV_HEADER`] order.
+    fn csv_row(self) -> Vec<String> {
+        vec![
+            self.user,
+            self.uid.to_string(),
+            self.pid.to_string(),
+            self.proc_name,
+            self.cmdline,
+            self.gpu_index.to_string(),
+            or_empty(self.start_time),
+            self.start_time_unix_ms.to_string(),
+            or_empty(self.first_seen),
+            self.first_seen_unix_ms.to_string(),
+            or_empty(self.last_seen),
+            self.last_seen_unix_ms.to_string(),
+            self.gpu_seconds.to_string(),
+            or_empty(self.peak_memory_bytes),
+            self.memory_gib_hours.to_string(),
+            or_empty(self.util_seconds),
+            or_empty(self.container_id),
+        ]
+    }
+}
+
+/// `response` as one indented JSON document, ending in a newline.
+pub fn json(response: &SessionsResponse) -> Result<String, Error> {
+    document(&AuditJson::new(response))
+}
+
+/// `response` as CSV with a header row.
+pub fn csv(response: &SessionsResponse) -> String {
+    let rows = response
+        .sessions
+        .iter()
+        .map(|session| SessionJson::new(session).csv_row());
+    csv_table(&CSV_HEADER, rows)
+}
+
+/// `response` as a table with times in `tz`, ending in a newline.
+pub fn render(response: &SessionsResponse, tz: TimeZone) -> String {
+    let header = [
+        "USER",
+        "PID",
+        "PROC",
+        "GPU",
+        "START",
+        "LAST_SEEN",
+        "GPU_HOURS",
+        "PEAK_MB",
+        "MEM_GIB_H",
+        "CONTAINER",
+    ];
+    let rows = response.sessions.iter().map(|session| {
+        vec![
+            or_absent_str(&session.user),
+            session.pid.to_string(),
+            or_absent_str(&session.name),
+            session.gpu_index.to_string(),
+            or_absent(date_time(session.start_time_unix_ms, tz)),
+            or_absent(date_time(session.last_seen_unix_ms, tz)),
+            format!("{:.2}", session.gpu_seconds / HOUR_SECS),
+            or_absent(session.peak_memory_bytes.map(mib)),
+            format!("{:.2}", session.memory_gib_hours),
+            or_absent(
+                session
+                    .container_id
+                    .as_ref()
+                    .map(|id| id.chars().take(12).collect::<String>()),
+            ),
+        ]
+    });
+    table(&header, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{self, assert_snapshot};
+    use serde_json::{Value, json};
+
+    #[test]
+    fn sessions_table() {
+        assert_snapshot(
+            "audit-table.txt",
+            &render(&testutil::sessions_response(), TimeZone::Utc),
+        );
+    }
+
+    #[test]
+    fn the_response_renders_to_the_documented_json() {
+        let text = json(&testutil::sessions_response()).expect("encode");
+        let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            actual["sessions"][0],
+            json!({
+                "user": "alice",
+                "uid": 1000,
+                "pid": 4242,
+                "proc_name": "python",
+                "cmdline": "python train.py --epochs 10",
+                "gpu_index": 0,
+                "start_time": "2024-05-01T09:46:47.000Z",
+                "start_time_unix_ms": 1_714_556_807_000_i64,
+                "first_seen": "2024-05-01T09:46:50.000Z",
+                "first_seen_unix_ms": 1_714_556_810_000_i64,
+                "last_seen": "2024-05-01T12:00:00.250Z",
+                "last_seen_unix_ms": 1_714_564_800_250_i64,
+                "gpu_seconds": 7990.25,
+                "peak_memory_bytes": 21_474_836_480_u64,
+                "memory_gib_hours": 40.5,
+                "util_seconds": 6000.0,
+                "container_id": null
+            })
+        );
+        let bob = &actual["sessions"][1];
+        assert_eq!(bob["peak_memory_bytes"], Value::Null);
+        assert_eq!(bob["util_seconds"], Value::Null);
+        assert_eq!(
+            bob["container_id"],
+            "3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0"
+        );
+        let keys: Vec<&str> = CSV_HEADER.to_vec();
+        let mut sorted_keys = keys.clone();
+        sorted_keys.sort_unstable();
+        let mut json_keys: Vec<&str> = actual["sessions"][0]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        json_keys.sort_unstable();
+        assert_eq!(json_keys, sorted_keys, "CSV and JSON have the same fields");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_quotes_what_needs_it() {
+        let text = csv(&testutil::sessions_response());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], CSV_HEADER.join(","));
+        assert_eq!(
+            lines[1],
+            "alice,1000,4242,python,python train.py --epochs 10,0,\
+             2024-05-01T09:46:47.000Z,1714556807000,2024-05-01T09:46:50.000Z,1714556810000,\
+             2024-05-01T12:00:00.250Z,1714564800250,7990.25,21474836480,40.5,6000,"
+        );
+        assert!(
+            lines[2].starts_with(
+                "bob,1001,5151,pt_main_thread,\"python3 serve.py --name \"\"a,b\"\"\",1,"
+            ),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[2].ends_with(
+                ",0.5,,0.25,,3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0"
+            ),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn an_empty_answer_still_has_headers() {
+        let empty = SessionsResponse::default();
+        assert_eq!(render(&empty, TimeZone::Utc).lines().count(), 2);
+        assert_eq!(csv(&empty), format!("{}\n", CSV_HEADER.join(",")));
+        assert_eq!(json(&empty).expect("encode"), "{\n  \"sessions\": []\n}\n");
+    }
+}

@@ -1,0 +1,137 @@
+//! `History`: the metrics history of the GPUs, one sample per GPU and persist interval.
+
+use std::sync::Arc;
+
+use gpukill_proto::v1 as pb;
+
+use super::error::RpcError;
+use super::sessions::check_window;
+use crate::store::{EventLog, GpuSampleRow};
+
+/// Answers `History` with the raw rows of the window (no hourly resolution yet). Anyone may
+/// read it.
+pub async fn history(
+    log: &Result<Arc<EventLog>, String>,
+    request: pb::HistoryRequest,
+) -> Result<pb::HistoryResponse, RpcError> {
+    check_window(request.since_unix_ms, request.until_unix_ms)?;
+    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let samples = log
+        .gpu_samples(
+            request.gpu_index,
+            request.since_unix_ms,
+            request.until_unix_ms,
+        )
+        .await?;
+    Ok(pb::HistoryResponse {
+        samples: samples.into_iter().map(sample).collect(),
+    })
+}
+
+fn sample(row: GpuSampleRow) -> pb::GpuSample {
+    pb::GpuSample {
+        time_unix_ms: row.time_ms,
+        gpu_index: row.gpu_index,
+        uuid: row.uuid,
+        name: row.name,
+        ticks: row.ticks,
+        util_mean: row.util_mean,
+        util_max: row.util_max,
+        mem_util_mean: row.mem_util_mean,
+        mem_used_max_bytes: row.mem_used_max,
+        mem_total_bytes: row.mem_total,
+        temp_mean: row.temp_mean,
+        temp_max: row.temp_max,
+        power_mean_mw: row.power_mean_mw,
+        power_max_mw: row.power_max_mw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::HistoryBatch;
+    use std::time::Duration;
+    use tonic::{Code, Status};
+
+    fn row(gpu_index: u32, time_ms: i64) -> GpuSampleRow {
+        GpuSampleRow {
+            time_ms,
+            gpu_index,
+            uuid: None,
+            pci_bus_id: None,
+            name: None,
+            ticks: 10,
+            util_mean: Some(50.0),
+            util_max: Some(80),
+            mem_util_mean: None,
+            mem_used_max: Some(1 << 30),
+            mem_total: None,
+            temp_mean: None,
+            temp_max: None,
+            power_mean_mw: None,
+            power_max_mw: None,
+            fan_mean: None,
+            sm_clock_mean: None,
+            mem_clock_mean: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_returns_the_rows_of_the_window_and_gpu() {
+        // Recent rows: retention would prune rows from 1970 before they could be read.
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let (t0, t1, later) = (now_ms - 60_000, now_ms - 50_000, now_ms - 5_000);
+        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        log.record_history(HistoryBatch {
+            samples: vec![row(0, t0), row(1, t0), row(0, t1), row(0, later)],
+            sessions: Vec::new(),
+        });
+        let request = || pb::HistoryRequest {
+            gpu_index: Some(0),
+            since_unix_ms: t0,
+            until_unix_ms: later,
+        };
+        // The writer thread writes history on its own schedule.
+        let log = Ok(log);
+        let mut answer = history(&log, request()).await.unwrap();
+        for _ in 0..100 {
+            if !answer.samples.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            answer = history(&log, request()).await.unwrap();
+        }
+        let times: Vec<i64> = answer.samples.iter().map(|s| s.time_unix_ms).collect();
+        assert_eq!(times, [t0, t1]);
+        assert_eq!(answer.samples[0].util_mean, Some(50.0));
+        assert_eq!(answer.samples[0].mem_used_max_bytes, Some(1 << 30));
+        assert_eq!(answer.samples[0].temp_mean, None);
+    }
+
+    #[tokio::test]
+    async fn a_window_that_ends_before_it_starts_is_refused() {
+        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let error = history(
+            &Ok(log),
+            pb::HistoryRequest {
+                gpu_index: None,
+                since_unix_ms: 9,
+                until_unix_ms: 3,
+            },
+        )
+        .await
+        .unwrap_err();
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "since (9 ms) must be before until (3 ms)");
+    }
+}

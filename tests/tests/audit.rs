@@ -1,0 +1,120 @@
+//! Usage history end to end: the sessions and GPU samples the daemon persists are what
+//! `gpukillctl audit` and `gpukillctl history` show.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Daemon, DaemonOptions, MIB, Target, full_gpu};
+
+/// Runs `gpukillctl ARGS` and parses its JSON output, failing with the daemon's log.
+fn ctl_json(daemon: &Daemon, args: &[&str]) -> Value {
+    let output = daemon.ctl(args);
+    assert!(
+        output.status.success(),
+        "gpukillctl {args:?} failed with {}: {}\ndaemon log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log_text()
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// Polls `gpukillctl ARGS` until `accept` holds of its JSON (history is written when a
+/// persist interval closes), up to `timeout`; returns the last output.
+fn wait_for(
+    daemon: &Daemon,
+    args: &[&str],
+    timeout: Duration,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = ctl_json(daemon, args);
+        if accept(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gpukillctl {args:?} did not get there in {timeout:?}; last output:\n{value:#}\n\
+             daemon log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn audit_and_history_show_what_the_daemon_persisted() {
+    let target = Target::sleep(None);
+    let pid = u64::from(target.pid());
+    let daemon = Daemon::start_with(
+        &json!({"gpus": [full_gpu(0, json!([{"pid": target.pid(), "used_memory_bytes": 100 * MIB}]))]}),
+        DaemonOptions {
+            env: vec![("GPUKILL_PERSIST_INTERVAL".into(), "1s".into())],
+            ..DaemonOptions::default()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    let ours = |audit: &Value| -> Option<Value> {
+        audit["sessions"]
+            .as_array()?
+            .iter()
+            .find(|session| session["pid"].as_u64() == Some(pid))
+            .cloned()
+    };
+    let audit = wait_for(
+        &daemon,
+        &["audit", "--hours", "1", "--output", "json"],
+        Duration::from_secs(5),
+        |audit| ours(audit).is_some_and(|session| session["gpu_seconds"].as_f64() > Some(0.0)),
+    );
+    let session = ours(&audit).expect("the target's session");
+    assert_eq!(session["gpu_index"], 0, "{session:#}");
+    assert_eq!(session["peak_memory_bytes"], 100 * MIB, "{session:#}");
+    assert!(
+        session["memory_gib_hours"].as_f64() > Some(0.0),
+        "{session:#}"
+    );
+
+    let user = session["user"].as_str().expect("user").to_owned();
+    let by_user = ctl_json(
+        &daemon,
+        &["audit", "--hours", "1", "--user", &user, "--output", "json"],
+    );
+    assert!(ours(&by_user).is_some(), "{by_user:#}");
+    let nobody = ctl_json(
+        &daemon,
+        &[
+            "audit",
+            "--hours",
+            "1",
+            "--user",
+            "nobody-like-filter",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(nobody, json!({"sessions": []}));
+
+    let history = wait_for(
+        &daemon,
+        &["history", "--gpu", "0", "--hours", "1", "--output", "json"],
+        Duration::from_secs(5),
+        |history| history["samples"].as_array().is_some_and(|s| !s.is_empty()),
+    );
+    let samples = history["samples"].as_array().expect("samples");
+    for sample in samples {
+        assert_eq!(sample["gpu_index"], 0, "{sample:#}");
+        assert_eq!(sample["util_mean"].as_f64(), Some(50.0), "{sample:#}");
+    }
+
+    let bad = daemon.ctl(&["audit", "--process", "py("]);
+    assert_eq!(bad.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--process regex \"py(\""), "{stderr}");
+
+    assert!(daemon.stop().success());
+}
