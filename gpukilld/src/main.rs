@@ -73,19 +73,18 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal during startup is not fatal)
+/// and returns the future that completes on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -141,6 +140,10 @@ fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<(
         .thread_name("gpukilld-rt")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(gpukilld::run(config, environment, shutdown_signal()))?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
+        gpukilld::run(config, environment, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(())
 }

@@ -3,47 +3,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Daemon, DaemonOptions, MIB, Target, full_gpu};
-
-/// Runs `gpukillctl ARGS` and parses its JSON output, failing with the daemon's log.
-fn ctl_json(daemon: &Daemon, args: &[&str]) -> Value {
-    let output = daemon.ctl(args);
-    assert!(
-        output.status.success(),
-        "gpukillctl {args:?} failed with {}: {}\ndaemon log:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        daemon.log_text()
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
-}
-
-/// Polls `gpukillctl ARGS` until `accept` holds of its JSON (history is written when a
-/// persist interval closes), up to `timeout`; returns the last output.
-fn wait_for(
-    daemon: &Daemon,
-    args: &[&str],
-    timeout: Duration,
-    accept: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = ctl_json(daemon, args);
-        if accept(&value) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gpukillctl {args:?} did not get there in {timeout:?}; last output:\n{value:#}\n\
-             daemon log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn audit_and_history_show_what_the_daemon_persisted() {
@@ -65,8 +28,7 @@ fn audit_and_history_show_what_the_daemon_persisted() {
             .find(|session| session["pid"].as_u64() == Some(pid))
             .cloned()
     };
-    let audit = wait_for(
-        &daemon,
+    let audit = daemon.wait_for_json(
         &["audit", "--hours", "1", "--output", "json"],
         Duration::from_secs(5),
         |audit| ours(audit).is_some_and(|session| session["gpu_seconds"].as_f64() > Some(0.0)),
@@ -80,27 +42,20 @@ fn audit_and_history_show_what_the_daemon_persisted() {
     );
 
     let user = session["user"].as_str().expect("user").to_owned();
-    let by_user = ctl_json(
-        &daemon,
-        &["audit", "--hours", "1", "--user", &user, "--output", "json"],
-    );
+    let by_user = daemon.ctl_json(&["audit", "--hours", "1", "--user", &user, "--output", "json"]);
     assert!(ours(&by_user).is_some(), "{by_user:#}");
-    let nobody = ctl_json(
-        &daemon,
-        &[
-            "audit",
-            "--hours",
-            "1",
-            "--user",
-            "nobody-like-filter",
-            "--output",
-            "json",
-        ],
-    );
+    let nobody = daemon.ctl_json(&[
+        "audit",
+        "--hours",
+        "1",
+        "--user",
+        "nobody-like-filter",
+        "--output",
+        "json",
+    ]);
     assert_eq!(nobody, json!({"sessions": []}));
 
-    let history = wait_for(
-        &daemon,
+    let history = daemon.wait_for_json(
         &["history", "--gpu", "0", "--hours", "1", "--output", "json"],
         Duration::from_secs(5),
         |history| history["samples"].as_array().is_some_and(|s| !s.is_empty()),

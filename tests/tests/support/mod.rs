@@ -200,11 +200,9 @@ impl Daemon {
         ctl_on(&self.socket, args)
     }
 
-    /// Runs `gpukillctl list --output json` (plus `extra`) and parses its output.
-    pub fn list_json(&self, extra: &[&str]) -> Value {
-        let mut args = vec!["list", "--output", "json"];
-        args.extend_from_slice(extra);
-        let output = self.ctl(&args);
+    /// Runs gpukillctl with `args` and parses its JSON output, failing with the daemon's log.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let output = self.ctl(args);
         assert!(
             output.status.success(),
             "gpukillctl {args:?} failed with {}: {}\ndaemon log:\n{}",
@@ -215,21 +213,39 @@ impl Daemon {
         serde_json::from_slice(&output.stdout).expect("JSON output")
     }
 
-    /// Polls `list` until `accept` holds or `timeout` passes; returns the last output.
-    pub fn wait_for_list(&self, timeout: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+    /// Runs `gpukillctl list --output json` (plus `extra`) and parses its output.
+    pub fn list_json(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["list", "--output", "json"];
+        args.extend_from_slice(extra);
+        self.ctl_json(&args)
+    }
+
+    /// Polls gpukillctl `args` (JSON output) until `accept` holds or `timeout` passes;
+    /// returns the last output.
+    pub fn wait_for_json(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let list = self.list_json(&[]);
-            if accept(&list) {
-                return list;
+            let value = self.ctl_json(args);
+            if accept(&value) {
+                return value;
             }
             assert!(
                 Instant::now() < deadline,
-                "condition not reached in {timeout:?}; last list:\n{list:#}\ndaemon log:\n{}",
+                "gpukillctl {args:?}: condition not reached in {timeout:?}; last output:\n{value:#}\ndaemon log:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Polls `list` until `accept` holds or `timeout` passes; returns the last output.
+    pub fn wait_for_list(&self, timeout: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_json(&["list", "--output", "json"], timeout, accept)
     }
 
     /// A gRPC client over the daemon's socket.
@@ -325,14 +341,10 @@ impl Daemon {
 
     /// The audit trail as `gpukillctl events --output json` shows it to root.
     pub fn events_json(&self) -> Vec<Value> {
-        let output = self.ctl(&["events", "--output", "json"]);
-        assert!(
-            output.status.success(),
-            "events failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let events: Value = serde_json::from_slice(&output.stdout).expect("events JSON");
-        events["events"].as_array().cloned().unwrap_or_default()
+        self.ctl_json(&["events", "--output", "json"])["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
