@@ -4,10 +4,10 @@
 //! Pure bookkeeping: the store writes the batches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::snapshot::{Snapshot, Vendor};
-use crate::store::{GpuSampleRow, HistoryBatch, SessionUpdate};
+use crate::store::{GpuSampleRow, HistoryBatch, SessionUpdate, unix_ms};
 
 /// Sum, count and maximum of one metric over an interval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,12 +64,6 @@ pub struct Recorder {
     sessions: HashMap<SessionKey, SessionAccumulator>,
     /// The last snapshot counted: one seen twice is counted once.
     last_sequence: Option<u64>,
-}
-
-fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Recorder {
@@ -257,6 +251,7 @@ mod tests {
     use crate::procinfo::ProcessInfo;
     use crate::snapshot::{Gpu, ProcessKind, ProcessSlot, ProcessTable, VendorData};
     use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
 
     const START: u64 = 1_700_000_000_000; // a multiple of 10 s, in ms
 

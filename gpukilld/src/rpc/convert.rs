@@ -1,7 +1,7 @@
 //! Domain -> proto conversions, and the snapshot filter built from a request. A bad field in
 //! a request becomes `InvalidArgument` here, at the edge.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use gpukill_proto::v1 as pb;
 use regex::Regex;
@@ -67,13 +67,7 @@ impl Filter {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
+pub(crate) use crate::store::unix_ms;
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
