@@ -96,16 +96,32 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
             });
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
-        path: path.to_path_buf(),
+    // Bind under a temporary name, set the mode, then rename into place: the socket is
+    // never reachable at `path` with the default mode, so a client never sees a transient
+    // "permission denied".
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}.tmp", std::process::id()));
+    let staging = PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(|source| SocketError::Bind {
+        path: staging.clone(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        SocketError::Chmod {
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| SocketError::Chmod {
             path: path.to_path_buf(),
             mode,
             source,
-        }
-    })?;
+        })
+        .and_then(|()| {
+            std::fs::rename(&staging, path).map_err(|source| SocketError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(error);
+    }
     Ok(listener)
 }
