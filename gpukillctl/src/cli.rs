@@ -74,7 +74,9 @@ pub enum Command {
     ///
     /// gpukilld records every process it sees on a GPU as a session (one per PID, start time
     /// and GPU) with its time on the GPU, its peak memory and its memory over time. The window
-    /// is the last --hours (24 by default), or --since to --until. Anyone may read it.
+    /// is the last --hours (24 by default), or --since to --until. Anyone may read it. With
+    /// --summary, the window aggregated instead: top users and processes, GPU utilization and
+    /// GPU hours by hour of day.
     Audit(AuditArgs),
     /// Show the metrics history of one GPU: one sample per persist interval, oldest first.
     History(HistoryArgs),
@@ -303,9 +305,28 @@ pub struct AuditArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
     pub until: Option<TimeArg>,
 
-    /// Output format
+    /// Output format (--summary: table or json)
     #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
     pub output: ReportFormat,
+
+    /// Summarize the window instead of listing sessions
+    ///
+    /// Top users and processes by GPU hours (sessions overlapping the window count whole),
+    /// per-GPU utilization (tick-weighted mean and max of the metrics samples) and GPU hours
+    /// by UTC hour of day (each session's GPU time spread evenly over its span). Not with
+    /// --user, --process, --gpu or --output csv.
+    #[arg(long, conflicts_with_all = ["user", "process", "gpu"])]
+    pub summary: bool,
+
+    /// With --summary: at most N top users and N top processes
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        requires = "summary",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub top: u32,
 }
 
 /// Arguments of `gpukillctl history`.

@@ -1,5 +1,5 @@
 //! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail, sessions,
-//! metrics history), snapshot files,
+//! a usage summary, metrics history), snapshot files,
 //! and an in-process fake daemon.
 
 use std::path::{Path, PathBuf};
@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
-    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, HealthRequest,
-    HealthResponse, HistoryRequest, HistoryResponse, KillOutcome, KillRequest, KillResponse,
-    KillResult, KillTarget, ListRequest, ListResponse, ProcessKind, ResetOutcome, ResetRequest,
-    ResetResponse, ResetResult, Session, SessionsRequest, SessionsResponse, Snapshot,
-    SnapshotFilter, Vendor, VendorState, VendorStatus, VersionRequest, VersionResponse,
-    WatchRequest,
+    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage,
+    HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, KillOutcome, KillRequest,
+    KillResponse, KillResult, KillTarget, ListRequest, ListResponse, ProcessKind, ProcessUsage,
+    ResetOutcome, ResetRequest, ResetResponse, ResetResult, Session, SessionsRequest,
+    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor,
+    VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -337,6 +337,61 @@ pub fn sessions_response() -> SessionsResponse {
     }
 }
 
+/// A summary: two users, two processes (bob's without peak memory), GPU 0 with utilization
+/// and GPU 1 without, and GPU hours in hours 9 and 12 of the day.
+pub fn summary_response() -> SummaryResponse {
+    let mut hours = vec![0.0; 24];
+    hours[9] = 1.5;
+    hours[12] = 1.25;
+    SummaryResponse {
+        top_users: vec![
+            UserUsage {
+                user: "alice".to_owned(),
+                uid: 1000,
+                gpu_hours: 2.25,
+                memory_gib_hours: 40.5,
+                sessions: 3,
+            },
+            UserUsage {
+                user: "bob".to_owned(),
+                uid: 1001,
+                gpu_hours: 0.5,
+                memory_gib_hours: 0.25,
+                sessions: 1,
+            },
+        ],
+        top_processes: vec![
+            ProcessUsage {
+                name: "python".to_owned(),
+                user: "alice".to_owned(),
+                gpu_hours: 2.25,
+                peak_memory_bytes: Some(20 * GIB),
+            },
+            ProcessUsage {
+                name: "pt_main_thread".to_owned(),
+                user: "bob".to_owned(),
+                gpu_hours: 0.5,
+                peak_memory_bytes: None,
+            },
+        ],
+        gpus: vec![
+            GpuUsage {
+                gpu_index: 0,
+                samples: 1440,
+                util_mean: Some(87.5),
+                util_max: Some(100),
+            },
+            GpuUsage {
+                gpu_index: 1,
+                samples: 2,
+                util_mean: None,
+                util_max: None,
+            },
+        ],
+        hour_of_day_gpu_hours: hours,
+    }
+}
+
 /// Two samples of GPU 0, oldest first: one with every metric, one with none known and a name
 /// that needs CSV quoting.
 pub fn history_response() -> HistoryResponse {
@@ -417,6 +472,8 @@ pub struct FakeDaemon {
     pub sessions: Option<Result<SessionsResponse, Status>>,
     /// What History answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
     pub history: Option<Result<HistoryResponse, Status>>,
+    /// What Summary answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub summary: Option<Result<SummaryResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -429,6 +486,8 @@ pub struct FakeDaemon {
     pub sessions_requests: Arc<Mutex<Vec<SessionsRequest>>>,
     /// Every History request received.
     pub history_requests: Arc<Mutex<Vec<HistoryRequest>>>,
+    /// Every Summary request received.
+    pub summary_requests: Arc<Mutex<Vec<SummaryRequest>>>,
 }
 
 /// A Kill request as the fake daemon received it.
@@ -557,6 +616,19 @@ impl GpuKill for FakeDaemon {
         match self.sessions.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("Sessions")),
+        }
+    }
+
+    async fn summary(
+        &self,
+        request: Request<SummaryRequest>,
+    ) -> Result<Response<SummaryResponse>, Status> {
+        if let Ok(mut requests) = self.summary_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.summary.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Summary")),
         }
     }
 

@@ -66,6 +66,26 @@ fn audit_and_history_show_what_the_daemon_persisted() {
         assert_eq!(sample["util_mean"].as_f64(), Some(50.0), "{sample:#}");
     }
 
+    // The summary ranks the target's user, and spreads GPU time over 24 UTC hours.
+    let summary = daemon.ctl_json(&["audit", "--summary", "--hours", "1", "--output", "json"]);
+    let top = &summary["top_users"][0];
+    assert_eq!(top["uid"], json!(target.uid), "{summary:#}");
+    assert!(
+        top["gpu_hours"].as_f64().is_some_and(|h| h > 0.0),
+        "{summary:#}"
+    );
+    let hours = summary["hour_of_day_gpu_hours"]
+        .as_array()
+        .expect("24 hours");
+    assert_eq!(hours.len(), 24);
+    let spread: f64 = hours.iter().filter_map(Value::as_f64).sum();
+    assert!((spread - top["gpu_hours"].as_f64().unwrap_or_default()).abs() < 1e-9);
+    assert_eq!(
+        summary["gpus"][0]["util_mean"].as_f64(),
+        Some(50.0),
+        "{summary:#}"
+    );
+
     let bad = daemon.ctl(&["audit", "--process", "py("]);
     assert_eq!(bad.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&bad.stderr);

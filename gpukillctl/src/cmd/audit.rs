@@ -1,10 +1,12 @@
 //! `gpukillctl audit`: the Sessions RPC once; who used the GPUs in a window, as a table, JSON
-//! or CSV.
+//! or CSV. With `--summary`, the Summary RPC once instead, as a table or JSON; `--summary
+//! --output csv` is refused before contacting the daemon (exit 3).
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use gpukill_proto::v1::SessionsRequest;
+use gpukill_proto::v1::{SessionsRequest, SummaryRequest};
+use tonic::Status;
 
 use crate::Output;
 use crate::cli::{Address, AuditArgs, ReportFormat, TimeArg};
@@ -18,6 +20,9 @@ pub async fn run<W: Write, E: Write>(
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
+    if args.summary {
+        return summary(address, args, out).await;
+    }
     let socket = conn::socket_path(address)?;
     let mut client = conn::connect(&socket).await?;
     let response = client
@@ -31,6 +36,43 @@ pub async fn run<W: Write, E: Write>(
         ReportFormat::Csv => audit::csv(&response),
     };
     out.write(&text)
+}
+
+/// `gpukillctl audit --summary`: the Summary RPC over the same window.
+async fn summary<W: Write, E: Write>(
+    address: Option<&Address>,
+    args: &AuditArgs,
+    out: &mut Output<W, E>,
+) -> Result<(), Error> {
+    if args.output == ReportFormat::Csv {
+        // Four tables do not make one CSV; refused like an invalid argument (exit 3).
+        return Err(Error::rpc(
+            "Summary",
+            Status::invalid_argument("--summary has no CSV output; use --output table or json"),
+        ));
+    }
+    let socket = conn::socket_path(address)?;
+    let mut client = conn::connect(&socket).await?;
+    let response = client
+        .summary(conn::unary(summary_request(args, SystemTime::now())))
+        .await
+        .map_err(|status| Error::rpc("Summary", status))?
+        .into_inner();
+    let text = match args.output {
+        ReportFormat::Json => audit::summary_json(&response)?,
+        ReportFormat::Table | ReportFormat::Csv => audit::render_summary(&response),
+    };
+    out.write(&text)
+}
+
+/// The Summary request of the arguments: the window of [`request`] and `--top`.
+fn summary_request(args: &AuditArgs, now: SystemTime) -> SummaryRequest {
+    let window = request(args, now);
+    SummaryRequest {
+        since_unix_ms: window.since_unix_ms,
+        until_unix_ms: window.until_unix_ms,
+        top: args.top,
+    }
 }
 
 /// The request the arguments ask for: the window `--since`..`--until` (default now), or the
@@ -144,6 +186,79 @@ mod tests {
             "Sessions failed (InvalidArgument): invalid --process regex"
         );
         assert_eq!(text, "");
+    }
+
+    #[tokio::test]
+    async fn summary_sends_the_window_and_top_and_renders_the_answer() {
+        let daemon = FakeDaemon {
+            summary: Some(Ok(testutil::summary_response())),
+            ..Default::default()
+        };
+        let requests = daemon.summary_requests.clone();
+        let sessions = daemon.sessions_requests.clone();
+        let served = serve(daemon);
+        let (result, text, _) =
+            run_cli(&served.socket, &["audit", "--summary", "--hours", "2"]).await;
+        result.expect("summary succeeds");
+        assert_eq!(text, audit::render_summary(&testutil::summary_response()));
+        let (result, text, _) = run_cli(
+            &served.socket,
+            &["audit", "--summary", "--top", "3", "-o", "json"],
+        )
+        .await;
+        result.expect("summary succeeds");
+        assert_eq!(
+            text,
+            audit::summary_json(&testutil::summary_response()).expect("encode")
+        );
+        let requests = requests.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            requests[0].until_unix_ms - requests[0].since_unix_ms,
+            2 * 3_600_000
+        );
+        assert_eq!(requests[0].top, 10);
+        assert_eq!(requests[1].top, 3);
+        assert_eq!(
+            requests[1].until_unix_ms - requests[1].since_unix_ms,
+            24 * 3_600_000
+        );
+        assert!(sessions.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn summary_refuses_csv_without_asking_the_daemon() {
+        let daemon = FakeDaemon {
+            summary: Some(Ok(testutil::summary_response())),
+            ..Default::default()
+        };
+        let requests = daemon.summary_requests.clone();
+        let served = serve(daemon);
+        let (result, text, _) = run_cli(&served.socket, &["audit", "--summary", "-o", "csv"]).await;
+        let err = result.expect_err("csv is refused");
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.to_string().contains("no CSV output"), "{err}");
+        assert_eq!(text, "");
+        assert!(requests.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn summary_conflicts_with_the_filters_and_top_requires_it() {
+        use clap::Parser;
+        let parse = |argv: &[&str]| {
+            crate::Cli::try_parse_from([&["gpukillctl", "audit"], argv].concat()).map(|_| ())
+        };
+        assert!(parse(&["--summary", "--since", "2h", "--until", "1h"]).is_ok());
+        for argv in [
+            &["--summary", "--user", "alice"][..],
+            &["--summary", "--process", "py"],
+            &["--summary", "--gpu", "0"],
+            &["--top", "3"],
+            &["--summary", "--top", "0"],
+        ] {
+            let err = parse(argv).expect_err("refused");
+            assert_eq!(crate::error::clap_exit_code(&err), 3, "{argv:?}");
+        }
     }
 
     #[test]

@@ -9,8 +9,16 @@
 //! JSON: `{"sessions": [...]}` with the fields of [`SessionJson`], times both RFC 3339 UTC and
 //! milliseconds, absent values `null`. CSV: the same fields in the same order under a header
 //! row, absent values empty.
+//!
+//! `--summary` (the Summary RPC) has a table and JSON only. Table: four tables under the
+//! titles `TOP USERS` (USER, UID, GPU_HOURS, MEM_GIB_H, SESSIONS), `TOP PROCESSES` (PROC,
+//! USER, GPU_HOURS, PEAK_MB), `GPUS` (GPU, SAMPLES, UTIL_MEAN, UTIL_MAX) and
+//! `HOUR OF DAY (UTC)` (HOUR, GPU_HOURS; 24 rows), hours with two decimals, utilization in
+//! percent with one. JSON: [`SummaryJson`], absent values `null`.
 
-use gpukill_proto::v1::{Session, SessionsResponse};
+use gpukill_proto::v1::{
+    GpuUsage, ProcessUsage, Session, SessionsResponse, SummaryResponse, UserUsage,
+};
 use serde::Serialize;
 
 use super::csv::{csv as csv_table, or_empty};
@@ -197,6 +205,155 @@ pub fn render(response: &SessionsResponse, tz: TimeZone) -> String {
     table(&header, rows)
 }
 
+/// The JSON document of `gpukillctl audit --summary --output json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryJson {
+    /// The users with the most GPU hours, most first.
+    pub top_users: Vec<UserJson>,
+    /// The processes (name and user) with the most GPU hours, most first.
+    pub top_processes: Vec<ProcessJson>,
+    /// Every GPU with samples in the window, in index order.
+    pub gpus: Vec<GpuJson>,
+    /// GPU hours by UTC hour of day, 24 entries from 00:00.
+    pub hour_of_day_gpu_hours: Vec<f64>,
+}
+
+/// One user's usage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserJson {
+    /// The user name.
+    pub user: String,
+    /// The uid.
+    pub uid: u32,
+    /// Time on a GPU, hours.
+    pub gpu_hours: f64,
+    /// GPU memory over time, GiB-hours.
+    pub memory_gib_hours: f64,
+    /// How many sessions.
+    pub sessions: u32,
+}
+
+/// One process name's usage, per user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessJson {
+    /// The process name.
+    pub proc_name: String,
+    /// The owner's user name.
+    pub user: String,
+    /// Time on a GPU, hours.
+    pub gpu_hours: f64,
+    /// Most GPU memory used by any of its sessions, bytes.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// One GPU's utilization.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuJson {
+    /// The GPU's index.
+    pub gpu_index: u32,
+    /// Metrics samples in the window.
+    pub samples: u32,
+    /// Tick-weighted mean SM utilization, percent.
+    pub util_mean: Option<f64>,
+    /// Highest SM utilization, percent.
+    pub util_max: Option<u32>,
+}
+
+impl SummaryJson {
+    /// The JSON view of `response`.
+    pub fn new(response: &SummaryResponse) -> Self {
+        SummaryJson {
+            top_users: response
+                .top_users
+                .iter()
+                .map(|user: &UserUsage| UserJson {
+                    user: user.user.clone(),
+                    uid: user.uid,
+                    gpu_hours: user.gpu_hours,
+                    memory_gib_hours: user.memory_gib_hours,
+                    sessions: user.sessions,
+                })
+                .collect(),
+            top_processes: response
+                .top_processes
+                .iter()
+                .map(|process: &ProcessUsage| ProcessJson {
+                    proc_name: process.name.clone(),
+                    user: process.user.clone(),
+                    gpu_hours: process.gpu_hours,
+                    peak_memory_bytes: process.peak_memory_bytes,
+                })
+                .collect(),
+            gpus: response
+                .gpus
+                .iter()
+                .map(|gpu: &GpuUsage| GpuJson {
+                    gpu_index: gpu.gpu_index,
+                    samples: gpu.samples,
+                    util_mean: gpu.util_mean,
+                    util_max: gpu.util_max,
+                })
+                .collect(),
+            hour_of_day_gpu_hours: response.hour_of_day_gpu_hours.clone(),
+        }
+    }
+}
+
+/// The summary `response` as one indented JSON document, ending in a newline.
+pub fn summary_json(response: &SummaryResponse) -> Result<String, Error> {
+    document(&SummaryJson::new(response))
+}
+
+/// The summary `response` as four titled tables separated by blank lines, ending in a
+/// newline.
+pub fn render_summary(response: &SummaryResponse) -> String {
+    let users = table(
+        &["USER", "UID", "GPU_HOURS", "MEM_GIB_H", "SESSIONS"],
+        response.top_users.iter().map(|user| {
+            vec![
+                or_absent_str(&user.user),
+                user.uid.to_string(),
+                format!("{:.2}", user.gpu_hours),
+                format!("{:.2}", user.memory_gib_hours),
+                user.sessions.to_string(),
+            ]
+        }),
+    );
+    let processes = table(
+        &["PROC", "USER", "GPU_HOURS", "PEAK_MB"],
+        response.top_processes.iter().map(|process| {
+            vec![
+                or_absent_str(&process.name),
+                or_absent_str(&process.user),
+                format!("{:.2}", process.gpu_hours),
+                or_absent(process.peak_memory_bytes.map(mib)),
+            ]
+        }),
+    );
+    let gpus = table(
+        &["GPU", "SAMPLES", "UTIL_MEAN", "UTIL_MAX"],
+        response.gpus.iter().map(|gpu| {
+            vec![
+                gpu.gpu_index.to_string(),
+                gpu.samples.to_string(),
+                or_absent(gpu.util_mean.map(|util| format!("{util:.1}%"))),
+                or_absent(gpu.util_max.map(|util| format!("{util}%"))),
+            ]
+        }),
+    );
+    let hours = table(
+        &["HOUR", "GPU_HOURS"],
+        response
+            .hour_of_day_gpu_hours
+            .iter()
+            .enumerate()
+            .map(|(hour, gpu_hours)| vec![format!("{hour:02}:00"), format!("{gpu_hours:.2}")]),
+    );
+    format!(
+        "TOP USERS\n{users}\nTOP PROCESSES\n{processes}\nGPUS\n{gpus}\nHOUR OF DAY (UTC)\n{hours}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +439,53 @@ mod tests {
             ),
             "{}",
             lines[2]
+        );
+    }
+
+    #[test]
+    fn summary_table() {
+        assert_snapshot(
+            "audit-summary-table.txt",
+            &render_summary(&testutil::summary_response()),
+        );
+    }
+
+    #[test]
+    fn the_summary_renders_to_the_documented_json() {
+        let text = summary_json(&testutil::summary_response()).expect("encode");
+        let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            actual["top_users"][0],
+            json!({
+                "user": "alice",
+                "uid": 1000,
+                "gpu_hours": 2.25,
+                "memory_gib_hours": 40.5,
+                "sessions": 3
+            })
+        );
+        assert_eq!(
+            actual["top_processes"][1],
+            json!({
+                "proc_name": "pt_main_thread",
+                "user": "bob",
+                "gpu_hours": 0.5,
+                "peak_memory_bytes": null
+            })
+        );
+        assert_eq!(
+            actual["gpus"][1],
+            json!({"gpu_index": 1, "samples": 2, "util_mean": null, "util_max": null})
+        );
+        assert_eq!(actual["gpus"][0]["util_mean"], 87.5);
+        let hours = actual["hour_of_day_gpu_hours"].as_array().expect("array");
+        assert_eq!(hours.len(), 24);
+        assert_eq!(hours[9], 1.5);
+        let empty = summary_json(&SummaryResponse::default()).expect("encode");
+        assert_eq!(
+            empty,
+            "{\n  \"top_users\": [],\n  \"top_processes\": [],\n  \"gpus\": [],\n  \
+             \"hour_of_day_gpu_hours\": []\n}\n"
         );
     }
 

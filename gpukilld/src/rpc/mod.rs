@@ -10,6 +10,7 @@ pub mod kill;
 mod list;
 pub mod reset;
 mod sessions;
+mod summary;
 pub mod unix;
 mod version;
 mod watch;
@@ -140,6 +141,17 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::SessionsResponse>, Status> {
         attribute(&request, "Sessions")?;
         sessions::sessions(&self.kill.events, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn summary(
+        &self,
+        request: Request<pb::SummaryRequest>,
+    ) -> Result<Response<pb::SummaryResponse>, Status> {
+        attribute(&request, "Summary")?;
+        summary::summary(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
