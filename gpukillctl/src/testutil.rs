@@ -728,3 +728,12 @@ pub async fn run_cli(socket: &Path, args: &[&str]) -> (Result<(), crate::Error>,
         String::from_utf8(out.notes).expect("UTF-8 notes"),
     )
 }
+
+/// Milliseconds since the Unix epoch of a time after it.
+pub fn millis(time: std::time::SystemTime) -> i64 {
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    i64::try_from(ms).expect("fits")
+}

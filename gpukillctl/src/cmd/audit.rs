@@ -96,17 +96,9 @@ fn request(args: &AuditArgs, now: SystemTime) -> SessionsRequest {
 mod tests {
     use super::*;
     use crate::render::time::TimeZone;
-    use crate::testutil::{self, FakeDaemon, run_cli, serve};
+    use crate::testutil::{self, FakeDaemon, millis, run_cli, serve};
     use std::time::UNIX_EPOCH;
     use tonic::Status;
-
-    fn millis(time: SystemTime) -> i64 {
-        let ms = time
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis();
-        i64::try_from(ms).expect("fits")
-    }
 
     fn daemon() -> FakeDaemon {
         FakeDaemon {

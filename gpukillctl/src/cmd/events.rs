@@ -58,16 +58,8 @@ mod tests {
     use super::*;
     use crate::cli::EventType;
     use crate::render::time::TimeZone;
-    use crate::testutil::{self, FakeDaemon, run_cli, serve};
+    use crate::testutil::{self, FakeDaemon, millis, run_cli, serve};
     use tonic::Status;
-
-    fn millis(time: SystemTime) -> i64 {
-        let ms = time
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis();
-        i64::try_from(ms).expect("fits")
-    }
 
     #[tokio::test]
     async fn events_sends_since_and_type_and_prints_the_trail() {
