@@ -77,9 +77,18 @@ pub enum Command {
     /// is the last --hours (24 by default), or --since to --until. Anyone may read it. With
     /// --summary, the window aggregated instead: top users and processes, GPU utilization and
     /// GPU hours by hour of day.
+    ///
+    /// `audit export` writes the window in the original gpukill audit.jsonl format; `audit
+    /// import FILE` loads such a file into gpukilld's history (admins only).
     Audit(AuditArgs),
-    /// Show the metrics history of one GPU: one sample per persist interval, oldest first.
+    /// Show the metrics history of one GPU, oldest first (hourly rows for long windows)
+    ///
+    /// One sample per persist interval for windows up to two days, one row per closed hour
+    /// beyond (see --resolution).
     History(HistoryArgs),
+    /// Show the samples of every GPU at a moment, in gpu_monitor's collection format.
+    #[command(subcommand)]
+    Collection(CollectionCommand),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
 }
@@ -274,7 +283,12 @@ impl EventType {
 
 /// Arguments of `gpukillctl audit`.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    /// Export or import instead of showing sessions.
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+
     /// Only sessions of this user (a user name or a numeric uid)
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
@@ -329,6 +343,114 @@ pub struct AuditArgs {
     pub top: u32,
 }
 
+/// `gpukillctl audit export` and `gpukillctl audit import`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditAction {
+    /// Write the window's history as JSON lines in the original gpukill audit record format
+    ///
+    /// One record per GPU sample (pid null: utilization, memory used, temperature and power
+    /// of the persist interval) and one per process session (at its first sighting, with its
+    /// peak memory), oldest first. gpukill tools and `gpukillctl audit import` read it.
+    Export(AuditExportArgs),
+    /// Load an original gpukill audit.jsonl into gpukilld's history (admins only)
+    ///
+    /// GPU records become samples, process records become process sessions. Lines that are
+    /// not valid records are counted and reported with their line numbers; the others are
+    /// imported. Records imported before are skipped, so importing a file again (or a longer
+    /// version of it) adds nothing twice. Records older than the store keeps are skipped.
+    #[command(after_help = "Exit codes:
+          0 every line was imported (or had been before), 1 some lines were bad (the rest
+          were imported), 3 the file cannot be read, 4 not an admin")]
+    Import(AuditImportArgs),
+}
+
+/// Arguments of `gpukillctl audit export`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditExportArgs {
+    /// The record format
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    pub format: ExportFormat,
+
+    /// Only GPU N and its processes
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// The window: the last N hours
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 24,
+        conflicts_with_all = ["since", "until"],
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub hours: u32,
+
+    /// The window's start: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h, 7d)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<TimeArg>,
+
+    /// The window's end (default: now), like --since
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
+    pub until: Option<TimeArg>,
+}
+
+/// The formats of `gpukillctl audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// JSON lines in the original gpukill audit record format.
+    Jsonl,
+}
+
+/// Arguments of `gpukillctl audit import`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditImportArgs {
+    /// The gpukill audit.jsonl to load (`-` for standard input)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `gpukillctl collection ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CollectionCommand {
+    /// Print each GPU's stored sample nearest to TIME (within --within)
+    ///
+    /// Fields as gpu_monitor stores them: timestamp, uid (the GPU UUID), pci_bus_id, name,
+    /// temperature (°C), memory_used and memory_total (MiB), gpu_utilization and
+    /// memory_utilization (%), power_usage (W), fan_speed (%), graphics_clock and
+    /// memory_clock (MHz). Values are the means of the persist interval (memory used: its
+    /// maximum); graphics_clock is the SM clock.
+    Show(CollectionShowArgs),
+}
+
+/// Arguments of `gpukillctl collection show`.
+#[derive(Debug, Clone, Args)]
+pub struct CollectionShowArgs {
+    /// The moment: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (10m)
+    #[arg(value_name = "TIME", value_parser = parse_time)]
+    pub time: TimeArg,
+
+    /// How far from TIME a sample may be
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub within: Duration,
+
+    /// Only GPU N
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = CollectionFormat::Json)]
+    pub format: CollectionFormat,
+}
+
+/// The formats of `gpukillctl collection show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CollectionFormat {
+    /// A JSON array of objects.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
 /// Arguments of `gpukillctl history`.
 #[derive(Debug, Clone, Args)]
 pub struct HistoryArgs {
@@ -345,9 +467,35 @@ pub struct HistoryArgs {
     )]
     pub hours: u32,
 
+    /// Raw samples, hourly rollups, or auto: raw up to two days, hourly beyond
+    #[arg(long, value_enum, default_value_t = ResolutionArg::Auto)]
+    pub resolution: ResolutionArg,
+
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
     pub output: ReportFormat,
+}
+
+/// The `--resolution` choices of `gpukillctl history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResolutionArg {
+    /// Raw samples for windows up to two days, hourly rollups beyond.
+    Auto,
+    /// One sample per persist interval.
+    Raw,
+    /// One row per closed hour.
+    Hourly,
+}
+
+impl ResolutionArg {
+    /// The History request's value.
+    pub fn to_proto(self) -> gpukill_proto::v1::Resolution {
+        match self {
+            ResolutionArg::Auto => gpukill_proto::v1::Resolution::Auto,
+            ResolutionArg::Raw => gpukill_proto::v1::Resolution::Raw,
+            ResolutionArg::Hourly => gpukill_proto::v1::Resolution::Hourly,
+        }
+    }
 }
 
 /// A point in time on the command line: absolute, or a duration before now.
@@ -372,6 +520,19 @@ impl TimeArg {
                 i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
             })
     }
+}
+
+/// The window `since`..`until` (default now), or the last `hours` when `since` is absent,
+/// in milliseconds since the epoch, counted back from `now`.
+pub fn window(
+    hours: u32,
+    since: Option<TimeArg>,
+    until: Option<TimeArg>,
+    now: SystemTime,
+) -> (i64, i64) {
+    let until = until.unwrap_or(TimeArg::Ago(Duration::ZERO));
+    let since = since.unwrap_or(TimeArg::Ago(Duration::from_secs(u64::from(hours) * 3600)));
+    (since.unix_ms(now), until.unix_ms(now))
 }
 
 /// Parses a `--since`/`--until` value: RFC 3339 (`2024-05-01T12:00:00Z`) or a humantime

@@ -99,6 +99,43 @@ pub enum Error {
         failures: Vec<String>,
     },
 
+    /// Options that clap accepts one by one but that do not go together.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A file named on the command line cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file as given.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `collection show` found no sample near the time.
+    #[error(
+        "no samples stored within {within} of {time}; raw samples are kept for 30 days by default (try a time when gpukilld ran, or a larger --within)"
+    )]
+    NoSamples {
+        /// The time asked for, RFC 3339.
+        time: String,
+        /// The distance allowed, e.g. "5m".
+        within: String,
+    },
+
+    /// `audit import` imported the good lines of a file that also had bad ones (reported
+    /// before this).
+    #[error("{bad} of {total} lines of {} were not imported (see above)", path.display())]
+    ImportIncomplete {
+        /// The file.
+        path: PathBuf,
+        /// Lines not imported: unreadable, or refused by the daemon.
+        bad: usize,
+        /// Lines read (blank lines not counted).
+        total: usize,
+    },
+
     /// The daemon closed the Watch stream without an error.
     #[error("gpukilld closed the Watch stream")]
     WatchEnded,
@@ -174,7 +211,10 @@ impl Error {
                     exit_code::ERROR
                 }
             }
+            Error::Usage(_) | Error::ReadFile { .. } => exit_code::INVALID_ARGUMENT,
             Error::EmptyResponse { .. }
+            | Error::NoSamples { .. }
+            | Error::ImportIncomplete { .. }
             | Error::ResetFailed { .. }
             | Error::WatchEnded
             | Error::Signal(_)

@@ -10,11 +10,12 @@ use std::time::Duration;
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
     Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage,
-    HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, KillOutcome, KillRequest,
-    KillResponse, KillResult, KillTarget, ListRequest, ListResponse, ProcessKind, ProcessUsage,
-    ResetOutcome, ResetRequest, ResetResponse, ResetResult, Session, SessionsRequest,
-    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor,
-    VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
+    HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
+    ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget,
+    ListRequest, ListResponse, ProcessKind, ProcessUsage, ResetOutcome, ResetRequest,
+    ResetResponse, ResetResult, Resolution, Session, SessionsRequest, SessionsResponse, Snapshot,
+    SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor, VendorState, VendorStatus,
+    VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -412,15 +413,58 @@ pub fn history_response() -> HistoryResponse {
                 temp_max: Some(66),
                 power_mean_mw: Some(245_123.5),
                 power_max_mw: Some(250_000),
+                pci_bus_id: Some("00000000:17:00.0".to_owned()),
+                fan_mean_pct: Some(35.0),
+                sm_clock_mean_mhz: Some(1410.0),
+                mem_clock_mean_mhz: Some(1593.0),
+                samples: 1,
+                ..Default::default()
             },
             GpuSample {
                 time_unix_ms: NOW_MS - 250,
                 gpu_index: 0,
                 name: Some("A100, \"SXM4\"".to_owned()),
                 ticks: 3,
+                samples: 1,
                 ..Default::default()
             },
         ],
+        resolution: Resolution::Raw.into(),
+    }
+}
+
+/// A History answer at hourly resolution: two hours of GPU 1, the second without power.
+pub fn hourly_history_response() -> HistoryResponse {
+    let hour = NOW_MS - NOW_MS.rem_euclid(3_600_000) - 2 * 3_600_000;
+    let full = GpuSample {
+        time_unix_ms: hour,
+        gpu_index: 1,
+        samples: 360,
+        util_mean: Some(71.25),
+        util_min: Some(12),
+        util_max: Some(100),
+        mem_used_mean_bytes: Some(20.5 * GIB as f64),
+        mem_used_max_bytes: Some(30 * GIB),
+        temp_mean: Some(61.5),
+        temp_max: Some(70),
+        power_mean_mw: Some(251_000.0),
+        power_max_mw: Some(300_000),
+        energy_wh: Some(251.0),
+        ..Default::default()
+    };
+    HistoryResponse {
+        samples: vec![
+            full.clone(),
+            GpuSample {
+                time_unix_ms: hour + 3_600_000,
+                power_mean_mw: None,
+                power_max_mw: None,
+                energy_wh: None,
+                samples: 180,
+                ..full
+            },
+        ],
+        resolution: Resolution::Hourly.into(),
     }
 }
 
@@ -474,6 +518,9 @@ pub struct FakeDaemon {
     pub history: Option<Result<HistoryResponse, Status>>,
     /// What Summary answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
     pub summary: Option<Result<SummaryResponse, Status>>,
+    /// What ImportAudit answers, or the status it fails with; `None` fails with
+    /// UNIMPLEMENTED.
+    pub import_audit: Option<Result<ImportAuditResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -488,6 +535,8 @@ pub struct FakeDaemon {
     pub history_requests: Arc<Mutex<Vec<HistoryRequest>>>,
     /// Every Summary request received.
     pub summary_requests: Arc<Mutex<Vec<SummaryRequest>>>,
+    /// Every ImportAudit request received.
+    pub import_requests: Arc<Mutex<Vec<ImportAuditRequest>>>,
 }
 
 /// A Kill request as the fake daemon received it.
@@ -629,6 +678,19 @@ impl GpuKill for FakeDaemon {
         match self.summary.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("Summary")),
+        }
+    }
+
+    async fn import_audit(
+        &self,
+        request: Request<ImportAuditRequest>,
+    ) -> Result<Response<ImportAuditResponse>, Status> {
+        if let Ok(mut requests) = self.import_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.import_audit.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("ImportAudit")),
         }
     }
 

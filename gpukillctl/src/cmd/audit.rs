@@ -3,13 +3,12 @@
 //! --output csv` is refused before contacting the daemon (exit 3).
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use gpukill_proto::v1::{SessionsRequest, SummaryRequest};
-use tonic::Status;
 
 use crate::Output;
-use crate::cli::{Address, AuditArgs, ReportFormat, TimeArg};
+use crate::cli::{Address, AuditAction, AuditArgs, ReportFormat, window};
 use crate::conn;
 use crate::error::Error;
 use crate::render::audit;
@@ -20,6 +19,11 @@ pub async fn run<W: Write, E: Write>(
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
+    match &args.action {
+        Some(AuditAction::Export(export)) => return super::export::run(address, export, out).await,
+        Some(AuditAction::Import(import)) => return super::import::run(address, import, out).await,
+        None => {}
+    }
     if args.summary {
         return summary(address, args, out).await;
     }
@@ -45,10 +49,9 @@ async fn summary<W: Write, E: Write>(
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     if args.output == ReportFormat::Csv {
-        // Four tables do not make one CSV; refused like an invalid argument (exit 3).
-        return Err(Error::rpc(
-            "Summary",
-            Status::invalid_argument("--summary has no CSV output; use --output table or json"),
+        // Four tables do not make one CSV; a usage error (exit 3).
+        return Err(Error::Usage(
+            "--summary has no CSV output; use --output table or json".to_owned(),
         ));
     }
     let socket = conn::socket_path(address)?;
@@ -78,13 +81,10 @@ fn summary_request(args: &AuditArgs, now: SystemTime) -> SummaryRequest {
 /// The request the arguments ask for: the window `--since`..`--until` (default now), or the
 /// last `--hours`, counted back from `now`. The daemon checks that the window is not empty.
 fn request(args: &AuditArgs, now: SystemTime) -> SessionsRequest {
-    let until = args.until.unwrap_or(TimeArg::Ago(Duration::ZERO));
-    let since = args.since.unwrap_or(TimeArg::Ago(Duration::from_secs(
-        u64::from(args.hours) * 3600,
-    )));
+    let (since_unix_ms, until_unix_ms) = window(args.hours, args.since, args.until, now);
     SessionsRequest {
-        since_unix_ms: since.unix_ms(now),
-        until_unix_ms: until.unix_ms(now),
+        since_unix_ms,
+        until_unix_ms,
         user: args.user.clone(),
         process_regex: args.process.clone(),
         gpu_index: args.gpu,
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn since_and_until_make_the_window() {
         use clap::Parser;
-        let now = UNIX_EPOCH + Duration::from_millis(testutil::NOW_MS.unsigned_abs());
+        let now = UNIX_EPOCH + std::time::Duration::from_millis(testutil::NOW_MS.unsigned_abs());
         let args = |argv: &[&str]| {
             let argv = [&["gpukillctl", "audit"], argv].concat();
             match crate::Cli::try_parse_from(argv).expect("valid").command {

@@ -40,6 +40,7 @@ fn request(args: &HistoryArgs, now: SystemTime) -> HistoryRequest {
         gpu_index: Some(args.gpu),
         since_unix_ms: TimeArg::Ago(hours).unix_ms(now),
         until_unix_ms: TimeArg::Ago(Duration::ZERO).unix_ms(now),
+        resolution: args.resolution.to_proto().into(),
     }
 }
 
@@ -120,6 +121,7 @@ mod tests {
         let args = HistoryArgs {
             gpu: 2,
             hours: 1,
+            resolution: crate::cli::ResolutionArg::Hourly,
             output: ReportFormat::Table,
         };
         assert_eq!(
@@ -128,6 +130,7 @@ mod tests {
                 gpu_index: Some(2),
                 since_unix_ms: testutil::NOW_MS - 3_600_000,
                 until_unix_ms: testutil::NOW_MS,
+                resolution: gpukill_proto::v1::Resolution::Hourly.into(),
             }
         );
     }

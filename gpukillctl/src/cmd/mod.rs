@@ -2,8 +2,11 @@
 //! `audit` makes the Sessions RPC.
 
 pub mod audit;
+pub mod collection;
 pub mod events;
+pub mod export;
 pub mod history;
+pub mod import;
 pub mod kill;
 pub mod list;
 pub mod reset;

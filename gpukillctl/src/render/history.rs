@@ -3,12 +3,15 @@
 //! Table: one row per sample (a GPU over one persist interval), oldest first, columns
 //! `TIME, GPU, UTIL_MEAN, UTIL_MAX, MEM_MAX_MB, TEMP_MEAN, POWER_MEAN_W, TICKS`: TIME is the
 //! interval's start, date and time in the chosen [`TimeZone`]; means with one decimal;
-//! MEM_MAX_MB whole MiB; `-` for anything absent.
+//! MEM_MAX_MB whole MiB; `-` for anything absent. At hourly resolution one row per GPU and
+//! hour instead: `HOUR, GPU, UTIL_MEAN, UTIL_MIN, UTIL_MAX, MEM_MEAN_MB, MEM_MAX_MB,
+//! TEMP_MEAN, POWER_MEAN_W, ENERGY_WH, SAMPLES`.
 //!
-//! JSON: `{"samples": [...]}` with the fields of [`SampleJson`], absent values `null`. CSV: the
-//! same fields in the same order under a header row, absent values empty.
+//! JSON: `{"resolution": "raw"|"hourly", "samples": [...]}` with the fields of
+//! [`SampleJson`], absent values `null`. CSV: the sample fields in the same order under a
+//! header row, absent values empty.
 
-use gpukill_proto::v1::{GpuSample, HistoryResponse};
+use gpukill_proto::v1::{GpuSample, HistoryResponse, Resolution};
 use serde::Serialize;
 
 use super::csv::{csv as csv_table, or_empty};
@@ -21,6 +24,8 @@ use crate::error::Error;
 /// The JSON document of `gpukillctl history --output json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryJson {
+    /// `raw` (one row per persist interval) or `hourly`.
+    pub resolution: &'static str,
     /// The samples, oldest first.
     pub samples: Vec<SampleJson>,
 }
@@ -58,10 +63,26 @@ pub struct SampleJson {
     pub power_mean_mw: Option<f64>,
     /// Highest power draw, milliwatts.
     pub power_max_mw: Option<u32>,
+    /// The GPU's PCI bus id (raw only).
+    pub pci_bus_id: Option<String>,
+    /// Mean fan speed, percent (raw only).
+    pub fan_mean_pct: Option<f64>,
+    /// Mean SM clock, MHz (raw only).
+    pub sm_clock_mean_mhz: Option<f64>,
+    /// Mean memory clock, MHz (raw only).
+    pub mem_clock_mean_mhz: Option<f64>,
+    /// Raw samples aggregated: 1 for a raw sample.
+    pub samples: u32,
+    /// Floor of the lowest sample mean utilization, percent (hourly only).
+    pub util_min: Option<u32>,
+    /// Mean memory used, bytes (hourly only).
+    pub mem_used_mean_bytes: Option<f64>,
+    /// Energy used, watt-hours (hourly only).
+    pub energy_wh: Option<f64>,
 }
 
 /// The CSV header: the JSON field names, in order.
-const CSV_HEADER: [&str; 15] = [
+const CSV_HEADER: [&str; 23] = [
     "time",
     "time_unix_ms",
     "gpu_index",
@@ -77,12 +98,21 @@ const CSV_HEADER: [&str; 15] = [
     "temp_max",
     "power_mean_mw",
     "power_max_mw",
+    "pci_bus_id",
+    "fan_mean_pct",
+    "sm_clock_mean_mhz",
+    "mem_clock_mean_mhz",
+    "samples",
+    "util_min",
+    "mem_used_mean_bytes",
+    "energy_wh",
 ];
 
 impl HistoryJson {
     /// The JSON view of `response`.
     pub fn new(response: &HistoryResponse) -> Self {
         HistoryJson {
+            resolution: resolution_name(response.resolution()),
             samples: response.samples.iter().map(SampleJson::new).collect(),
         }
     }
@@ -107,6 +137,14 @@ impl SampleJson {
             temp_max: sample.temp_max,
             power_mean_mw: sample.power_mean_mw,
             power_max_mw: sample.power_max_mw,
+            pci_bus_id: sample.pci_bus_id.clone(),
+            fan_mean_pct: sample.fan_mean_pct,
+            sm_clock_mean_mhz: sample.sm_clock_mean_mhz,
+            mem_clock_mean_mhz: sample.mem_clock_mean_mhz,
+            samples: sample.samples,
+            util_min: sample.util_min,
+            mem_used_mean_bytes: sample.mem_used_mean_bytes,
+            energy_wh: sample.energy_wh,
         }
     }
 
@@ -128,6 +166,14 @@ impl SampleJson {
             or_empty(self.temp_max),
             or_empty(self.power_mean_mw),
             or_empty(self.power_max_mw),
+            or_empty(self.pci_bus_id),
+            or_empty(self.fan_mean_pct),
+            or_empty(self.sm_clock_mean_mhz),
+            or_empty(self.mem_clock_mean_mhz),
+            self.samples.to_string(),
+            or_empty(self.util_min),
+            or_empty(self.mem_used_mean_bytes),
+            or_empty(self.energy_wh),
         ]
     }
 }
@@ -146,8 +192,20 @@ pub fn csv(response: &HistoryResponse) -> String {
     csv_table(&CSV_HEADER, rows)
 }
 
+/// The JSON name of a resolution (the daemon never answers AUTO; a newer daemon's value
+/// that this client does not know reads as raw).
+fn resolution_name(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Hourly => "hourly",
+        Resolution::Raw | Resolution::Auto => "raw",
+    }
+}
+
 /// `response` as a table with times in `tz`, ending in a newline.
 pub fn render(response: &HistoryResponse, tz: TimeZone) -> String {
+    if response.resolution() == Resolution::Hourly {
+        return render_hourly(response, tz);
+    }
     let header = [
         "TIME",
         "GPU",
@@ -174,6 +232,40 @@ pub fn render(response: &HistoryResponse, tz: TimeZone) -> String {
     table(&header, rows)
 }
 
+/// The hourly table of [`render`].
+fn render_hourly(response: &HistoryResponse, tz: TimeZone) -> String {
+    let header = [
+        "HOUR",
+        "GPU",
+        "UTIL_MEAN",
+        "UTIL_MIN",
+        "UTIL_MAX",
+        "MEM_MEAN_MB",
+        "MEM_MAX_MB",
+        "TEMP_MEAN",
+        "POWER_MEAN_W",
+        "ENERGY_WH",
+        "SAMPLES",
+    ];
+    let one_decimal = |value: Option<f64>| or_absent(value.map(|value| format!("{value:.1}")));
+    let rows = response.samples.iter().map(|sample| {
+        vec![
+            or_absent(date_time(sample.time_unix_ms, tz)),
+            sample.gpu_index.to_string(),
+            one_decimal(sample.util_mean),
+            or_absent(sample.util_min),
+            or_absent(sample.util_max),
+            or_absent(sample.mem_used_mean_bytes.map(|bytes| mib(bytes as u64))),
+            or_absent(sample.mem_used_max_bytes.map(mib)),
+            one_decimal(sample.temp_mean),
+            one_decimal(sample.power_mean_mw.map(|mw| mw / 1000.0)),
+            one_decimal(sample.energy_wh),
+            sample.samples.to_string(),
+        ]
+    });
+    table(&header, rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +278,20 @@ mod tests {
             "history-table.txt",
             &render(&testutil::history_response(), TimeZone::Utc),
         );
+    }
+
+    #[test]
+    fn hourly_table() {
+        assert_snapshot(
+            "history-hourly-table.txt",
+            &render(&testutil::hourly_history_response(), TimeZone::Utc),
+        );
+        let text = json(&testutil::hourly_history_response()).expect("encode");
+        let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(actual["resolution"], "hourly");
+        assert_eq!(actual["samples"][0]["samples"], 360);
+        assert_eq!(actual["samples"][0]["util_min"], 12);
+        assert_eq!(actual["samples"][1]["energy_wh"], Value::Null);
     }
 
     #[test]
@@ -211,7 +317,15 @@ mod tests {
                         "temp_mean": 64.25,
                         "temp_max": 66,
                         "power_mean_mw": 245_123.5,
-                        "power_max_mw": 250_000
+                        "power_max_mw": 250_000,
+                        "pci_bus_id": "00000000:17:00.0",
+                        "fan_mean_pct": 35.0,
+                        "sm_clock_mean_mhz": 1410.0,
+                        "mem_clock_mean_mhz": 1593.0,
+                        "samples": 1,
+                        "util_min": null,
+                        "mem_used_mean_bytes": null,
+                        "energy_wh": null
                     },
                     {
                         "time": "2024-05-01T12:00:00.000Z",
@@ -228,9 +342,18 @@ mod tests {
                         "temp_mean": null,
                         "temp_max": null,
                         "power_mean_mw": null,
-                        "power_max_mw": null
+                        "power_max_mw": null,
+                        "pci_bus_id": null,
+                        "fan_mean_pct": null,
+                        "sm_clock_mean_mhz": null,
+                        "mem_clock_mean_mhz": null,
+                        "samples": 1,
+                        "util_min": null,
+                        "mem_used_mean_bytes": null,
+                        "energy_wh": null
                     }
-                ]
+                ],
+                "resolution": "raw"
             })
         );
     }
@@ -242,8 +365,9 @@ mod tests {
             format!(
                 "{}\n\
                  2024-05-01T11:59:50.000Z,1714564790000,0,GPU-5d1a3c2e-0b7f-4c1e-9a8d-1f2e3d4c5b6a,\
-                 NVIDIA A100-SXM4-80GB,10,87.5,99,45,26843545600,85899345920,64.25,66,245123.5,250000\n\
-                 2024-05-01T12:00:00.000Z,1714564800000,0,,\"A100, \"\"SXM4\"\"\",3,,,,,,,,,\n",
+                 NVIDIA A100-SXM4-80GB,10,87.5,99,45,26843545600,85899345920,64.25,66,245123.5,250000,\
+                 00000000:17:00.0,35,1410,1593,1,,,\n\
+                 2024-05-01T12:00:00.000Z,1714564800000,0,,\"A100, \"\"SXM4\"\"\",3,,,,,,,,,,,,,,1,,,\n",
                 CSV_HEADER.join(",")
             )
         );

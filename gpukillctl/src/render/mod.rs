@@ -6,8 +6,10 @@
 //! agree on names, units, the process count and the top process of a GPU.
 
 pub mod audit;
+pub mod collection;
 pub mod csv;
 pub mod events;
+pub mod gpukill_record;
 pub mod history;
 pub mod json;
 pub mod kill;

@@ -75,6 +75,14 @@ pub enum RpcError {
     /// Processes use the GPU and force was not given.
     #[error("not reset: {0}")]
     ResetBusy(String),
+    /// An import call with more records than one call may carry.
+    #[error("{sent} records in one import call; send at most {max} per call")]
+    TooManyRecords {
+        /// How many were sent.
+        sent: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// A blocking task panicked.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -94,6 +102,7 @@ impl From<RpcError> for Status {
             | RpcError::UnknownUser(_)
             | RpcError::InvalidEventType(_)
             | RpcError::NoResetSelector
+            | RpcError::TooManyRecords { .. }
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }

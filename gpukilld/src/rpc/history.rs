@@ -1,4 +1,5 @@
-//! `History`: the metrics history of the GPUs, one sample per GPU and persist interval.
+//! `History`: the metrics history of the GPUs, one sample per GPU and persist interval, or
+//! one row per GPU and hour for long windows.
 
 use std::sync::Arc;
 
@@ -6,29 +7,50 @@ use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
 use super::sessions::check_window;
-use crate::store::{EventLog, GpuSampleRow};
+use crate::store::{EventLog, GpuHourlyRow, GpuSampleRow};
 
-/// Answers `History` with the raw rows of the window (no hourly resolution yet). Anyone may
-/// read it.
+/// Windows longer than this are answered from the hourly rollups unless the request asks
+/// for raw samples: two days of raw samples at the default 10 s interval are 17280 rows per
+/// GPU, already more than a chart can show.
+const AUTO_RAW_LIMIT_MS: i64 = 2 * 24 * 3_600_000;
+
+/// Answers `History`. Anyone may read it.
 pub async fn history(
     log: &Result<Arc<EventLog>, String>,
     request: pb::HistoryRequest,
 ) -> Result<pb::HistoryResponse, RpcError> {
-    check_window(request.since_unix_ms, request.until_unix_ms)?;
+    let (since, until) = (request.since_unix_ms, request.until_unix_ms);
+    check_window(since, until)?;
     let log = log.clone().map_err(RpcError::StoreUnavailable)?;
-    let samples = log
-        .gpu_samples(
-            request.gpu_index,
-            request.since_unix_ms,
-            request.until_unix_ms,
-        )
-        .await?;
+    let gpu = request.gpu_index;
+    let resolution = match request.resolution() {
+        pb::Resolution::Auto if until.saturating_sub(since) > AUTO_RAW_LIMIT_MS => {
+            pb::Resolution::Hourly
+        }
+        pb::Resolution::Auto => pb::Resolution::Raw,
+        chosen => chosen,
+    };
+    let samples = match resolution {
+        pb::Resolution::Hourly => log
+            .read(move |store| store.gpu_hourly(gpu, since, until))
+            .await?
+            .into_iter()
+            .map(hourly)
+            .collect(),
+        _ => log
+            .gpu_samples(gpu, since, until)
+            .await?
+            .into_iter()
+            .map(raw)
+            .collect(),
+    };
     Ok(pb::HistoryResponse {
-        samples: samples.into_iter().map(sample).collect(),
+        samples,
+        resolution: resolution.into(),
     })
 }
 
-fn sample(row: GpuSampleRow) -> pb::GpuSample {
+fn raw(row: GpuSampleRow) -> pb::GpuSample {
     pb::GpuSample {
         time_unix_ms: row.time_ms,
         gpu_index: row.gpu_index,
@@ -44,6 +66,34 @@ fn sample(row: GpuSampleRow) -> pb::GpuSample {
         temp_max: row.temp_max,
         power_mean_mw: row.power_mean_mw,
         power_max_mw: row.power_max_mw,
+        pci_bus_id: row.pci_bus_id,
+        fan_mean_pct: row.fan_mean,
+        sm_clock_mean_mhz: row.sm_clock_mean,
+        mem_clock_mean_mhz: row.mem_clock_mean,
+        samples: 1,
+        util_min: None,
+        mem_used_mean_bytes: None,
+        energy_wh: None,
+    }
+}
+
+fn hourly(row: GpuHourlyRow) -> pb::GpuSample {
+    pb::GpuSample {
+        time_unix_ms: row.hour_ms,
+        gpu_index: row.gpu_index,
+        samples: row.samples,
+        util_mean: row.util_mean,
+        // A floor of a mean in 0..=100; anything else is not a percentage.
+        util_min: row.util_min.and_then(|min| u32::try_from(min).ok()),
+        util_max: row.util_max,
+        mem_used_mean_bytes: row.mem_used_mean,
+        mem_used_max_bytes: row.mem_used_max,
+        temp_mean: row.temp_mean,
+        temp_max: row.temp_max,
+        power_mean_mw: row.power_mean_mw,
+        power_max_mw: row.power_max_mw,
+        energy_wh: row.energy_wh,
+        ..pb::GpuSample::default()
     }
 }
 
@@ -99,6 +149,7 @@ mod tests {
             gpu_index: Some(0),
             since_unix_ms: t0,
             until_unix_ms: later,
+            resolution: pb::Resolution::Auto.into(),
         };
         // The writer thread writes history on its own schedule.
         let log = Ok(log);
@@ -112,6 +163,8 @@ mod tests {
         }
         let times: Vec<i64> = answer.samples.iter().map(|s| s.time_unix_ms).collect();
         assert_eq!(times, [t0, t1]);
+        assert_eq!(answer.resolution(), pb::Resolution::Raw);
+        assert_eq!(answer.samples[0].samples, 1);
         assert_eq!(answer.samples[0].util_mean, Some(50.0));
         assert_eq!(answer.samples[0].mem_used_max_bytes, Some(1 << 30));
         assert_eq!(answer.samples[0].temp_mean, None);
@@ -126,6 +179,7 @@ mod tests {
                 gpu_index: None,
                 since_unix_ms: 9,
                 until_unix_ms: 3,
+                resolution: 0,
             },
         )
         .await

@@ -6,11 +6,12 @@ pub mod error;
 mod events;
 mod health;
 mod history;
+pub mod import;
 pub mod kill;
 mod list;
 pub mod reset;
 mod sessions;
-mod summary;
+pub mod summary;
 pub mod unix;
 mod version;
 mod watch;
@@ -163,6 +164,17 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         attribute(&request, "History")?;
         history::history(&self.kill.events, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn import_audit(
+        &self,
+        request: Request<pb::ImportAuditRequest>,
+    ) -> Result<Response<pb::ImportAuditResponse>, Status> {
+        let caller = attribute(&request, "ImportAudit")?;
+        import::import_audit(&self.kill, caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)

@@ -1,9 +1,9 @@
 //! `Summary`: the usage history of a window, aggregated: top users and processes by GPU
 //! hours, per-GPU utilization and GPU hours by UTC hour of day.
 //!
-//! Everything is computed here from the rows the store already keeps: the process sessions
-//! overlapping the window (as `Sessions` reads them, each counted whole) and the GPU samples
-//! in it.
+//! Computed from the rows the store already keeps: the process sessions overlapping the
+//! window (as `Sessions` reads them, each counted whole) and the per-GPU utilization of the
+//! samples in it (through the hourly rollups for whole hours, see `Store::gpu_usage`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
 use super::sessions::check_window;
-use crate::store::{EventLog, GpuSampleRow, StoredSession};
+use crate::store::{EventLog, GpuUsage, Store, StoreError, StoredSession};
 
 /// Top users and processes returned when the request names no number.
 const DEFAULT_TOP: usize = 10;
@@ -32,29 +32,38 @@ pub async fn summary(
 ) -> Result<pb::SummaryResponse, RpcError> {
     check_window(request.since_unix_ms, request.until_unix_ms)?;
     let log = log.clone().map_err(RpcError::StoreUnavailable)?;
-    let sessions = log
-        .sessions(request.since_unix_ms, request.until_unix_ms)
-        .await?;
-    let samples = log
-        .gpu_samples(None, request.since_unix_ms, request.until_unix_ms)
-        .await?;
+    Ok(log.read(move |store| summarize(store, &request)).await?)
+}
+
+/// The summary of a (checked) window, read from `store`: blocking.
+pub fn summarize(
+    store: &Store,
+    request: &pb::SummaryRequest,
+) -> Result<pb::SummaryResponse, StoreError> {
+    let (since, until) = (request.since_unix_ms, request.until_unix_ms);
+    let sessions = store.sessions(since, until)?;
+    let gpus = store.gpu_usage(since, until)?;
     let top = match request.top {
         0 => DEFAULT_TOP,
         top => top as usize,
     };
-    Ok(aggregate(&sessions, &samples, top))
+    Ok(aggregate(&sessions, &gpus, top))
 }
 
-/// The summary of `sessions` and `samples`, with at most `top` users and processes.
-fn aggregate(
-    sessions: &[StoredSession],
-    samples: &[GpuSampleRow],
-    top: usize,
-) -> pb::SummaryResponse {
+/// The summary of `sessions` and per-GPU `usage`, with at most `top` users and processes.
+fn aggregate(sessions: &[StoredSession], usage: &[GpuUsage], top: usize) -> pb::SummaryResponse {
     pb::SummaryResponse {
         top_users: top_users(sessions, top),
         top_processes: top_processes(sessions, top),
-        gpus: gpus(samples),
+        gpus: usage
+            .iter()
+            .map(|gpu| pb::GpuUsage {
+                gpu_index: gpu.gpu_index,
+                samples: u32::try_from(gpu.samples).unwrap_or(u32::MAX),
+                util_mean: gpu.util_mean(),
+                util_max: gpu.util_max,
+            })
+            .collect(),
         hour_of_day_gpu_hours: hour_of_day(sessions).to_vec(),
     }
 }
@@ -110,37 +119,6 @@ fn top_processes(sessions: &[StoredSession], top: usize) -> Vec<pb::ProcessUsage
     processes
 }
 
-/// Per GPU, in index order: the sample count, the tick-weighted mean of the samples' mean
-/// utilization and the highest utilization.
-fn gpus(samples: &[GpuSampleRow]) -> Vec<pb::GpuUsage> {
-    /// Running sums of one GPU.
-    #[derive(Default)]
-    struct Sums {
-        samples: u32,
-        weighted_util: f64,
-        util_ticks: f64,
-        util_max: Option<u32>,
-    }
-    let mut gpus: BTreeMap<u32, Sums> = BTreeMap::new();
-    for sample in samples {
-        let sums = gpus.entry(sample.gpu_index).or_default();
-        sums.samples += 1;
-        if let Some(util_mean) = sample.util_mean {
-            sums.weighted_util += util_mean * f64::from(sample.ticks);
-            sums.util_ticks += f64::from(sample.ticks);
-        }
-        sums.util_max = sums.util_max.max(sample.util_max);
-    }
-    gpus.into_iter()
-        .map(|(gpu_index, sums)| pb::GpuUsage {
-            gpu_index,
-            samples: sums.samples,
-            util_mean: (sums.util_ticks > 0.0).then(|| sums.weighted_util / sums.util_ticks),
-            util_max: sums.util_max,
-        })
-        .collect()
-}
-
 /// GPU hours by UTC hour of day: each session's GPU time spread evenly over its
 /// [first seen, last seen] span; a session seen at one instant counts in that hour.
 fn hour_of_day(sessions: &[StoredSession]) -> [f64; 24] {
@@ -183,6 +161,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::GpuSampleRow;
     use tonic::Code;
     use tonic::Status;
 
@@ -363,7 +342,20 @@ mod tests {
             sample(0, 5, None, None),
             sample(2, 4, None, None),
         ];
-        let gpus = aggregate(&[], &samples, 10).gpus;
+        let mut store = Store::open_in_memory().unwrap();
+        for (offset, sample) in (0..).zip(samples) {
+            let sample = GpuSampleRow {
+                time_ms: MIDNIGHT + offset * 10_000,
+                ..sample
+            };
+            store.write_history(&[sample], &[]).unwrap();
+        }
+        let request = pb::SummaryRequest {
+            since_unix_ms: MIDNIGHT,
+            until_unix_ms: MIDNIGHT + HOUR_MS,
+            top: 0,
+        };
+        let gpus = summarize(&store, &request).unwrap().gpus;
         let gpus: Vec<_> = gpus
             .iter()
             .map(|g| (g.gpu_index, g.samples, g.util_mean, g.util_max))

@@ -18,7 +18,7 @@ use rusqlite::{Row, TransactionBehavior};
 use super::{Store, StoreError};
 
 /// One hour in milliseconds; rollups cover `[hour_ms, hour_ms + HOUR_MS)`.
-const HOUR_MS: i64 = 3_600_000;
+pub(super) const HOUR_MS: i64 = 3_600_000;
 
 /// A session seen for less than this long still counts as lasting this long when its sums are
 /// spread over hours, so that a process seen once is not spread over nothing.
@@ -162,14 +162,15 @@ const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO gpu_samples (
 /// A GPU's identity strings are stored once in `gpu_identities` and referenced by id from
 /// every sample row: they would otherwise be most of each row's bytes. An unknown string is
 /// stored as '' (UNIQUE would not merge NULLs) and read back as NULL.
-const INSERT_IDENTITY: &str = "INSERT OR IGNORE INTO gpu_identities (uuid, pci_bus_id, name)
+pub(super) const INSERT_IDENTITY: &str =
+    "INSERT OR IGNORE INTO gpu_identities (uuid, pci_bus_id, name)
     VALUES (coalesce(?1, ''), coalesce(?2, ''), coalesce(?3, ''))";
 
-const IDENTITY_ID: &str = "SELECT id FROM gpu_identities
+pub(super) const IDENTITY_ID: &str = "SELECT id FROM gpu_identities
     WHERE uuid = coalesce(?1, '') AND pci_bus_id = coalesce(?2, '') AND name = coalesce(?3, '')";
 
 /// The sample columns, identity joined back in, under the names `sample_row` reads.
-const SAMPLE_COLUMNS: &str = "s.time_ms AS time_ms, s.gpu_index AS gpu_index, \
+pub(super) const SAMPLE_COLUMNS: &str = "s.time_ms AS time_ms, s.gpu_index AS gpu_index, \
     nullif(i.uuid, '') AS uuid, nullif(i.pci_bus_id, '') AS pci_bus_id, \
     nullif(i.name, '') AS name, s.ticks AS ticks, s.util_mean AS util_mean, \
     s.util_max AS util_max, s.mem_util_mean AS mem_util_mean, s.mem_used_max AS mem_used_max, \
@@ -178,7 +179,8 @@ const SAMPLE_COLUMNS: &str = "s.time_ms AS time_ms, s.gpu_index AS gpu_index, \
     s.sm_clock_mean AS sm_clock_mean, s.mem_clock_mean AS mem_clock_mean";
 
 /// The sample table with the identities joined, for [`SAMPLE_COLUMNS`].
-const SAMPLES_JOINED: &str = "gpu_samples AS s LEFT JOIN gpu_identities AS i ON i.id = s.identity";
+pub(super) const SAMPLES_JOINED: &str =
+    "gpu_samples AS s LEFT JOIN gpu_identities AS i ON i.id = s.identity";
 
 // Two-argument min()/max() are NULL when either argument is, hence the coalesce()s: a NULL
 // on one side leaves the other. Container fields keep the known value when the latest
@@ -221,10 +223,10 @@ const SESSION_COLUMNS: &str = "id, pid, start_time_ms, gpu_index, first_seen_ms,
 /// lowest interval mean (the per-tick minimum is not kept). `CAST` truncates toward zero, so
 /// the comparison takes one more away for a negative non-integer.
 const ROLLUP_GPU: &str = "INSERT INTO gpu_hourly (
-        hour_ms, gpu_index, samples, util_mean, util_min, util_max, mem_used_mean,
+        hour_ms, gpu_index, samples, util_mean, util_ticks, util_min, util_max, mem_used_mean,
         mem_used_max, temp_mean, temp_max, power_mean_mw, power_max_mw, energy_wh
     )
-    SELECT ?1, gpu_index, samples, util_mean,
+    SELECT ?1, gpu_index, samples, util_mean, util_ticks,
         CAST(util_low AS INTEGER) - (util_low < CAST(util_low AS INTEGER)),
         util_max, mem_used_mean, mem_used_max, temp_mean, temp_max, power_mean_mw,
         power_max_mw, energy_wh
@@ -233,6 +235,7 @@ const ROLLUP_GPU: &str = "INSERT INTO gpu_hourly (
             count(*) AS samples,
             sum(util_mean * ticks)
                 / sum(CASE WHEN util_mean IS NOT NULL THEN ticks END) AS util_mean,
+            sum(CASE WHEN util_mean IS NOT NULL THEN ticks END) AS util_ticks,
             min(util_mean) AS util_low,
             max(util_max) AS util_max,
             avg(mem_used_max) AS mem_used_mean,
@@ -300,7 +303,7 @@ const HOURS_NEEDING_ROLLUP: &str = "WITH RECURSIVE
     ORDER BY hour_ms";
 
 /// The start of the hour `time_ms` falls in (floored, also before the epoch).
-fn hour_start(time_ms: i64) -> i64 {
+pub(super) fn hour_start(time_ms: i64) -> i64 {
     time_ms.div_euclid(HOUR_MS) * HOUR_MS
 }
 
@@ -523,7 +526,7 @@ impl Store {
     }
 }
 
-fn sample_row(row: &Row<'_>) -> rusqlite::Result<GpuSampleRow> {
+pub(super) fn sample_row(row: &Row<'_>) -> rusqlite::Result<GpuSampleRow> {
     Ok(GpuSampleRow {
         time_ms: row.get("time_ms")?,
         gpu_index: row.get("gpu_index")?,
@@ -679,8 +682,7 @@ mod tests {
     fn migration_2_applies_on_a_fresh_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.db")).unwrap();
-        assert_eq!(pragma_i64(&store, "user_version"), 2);
-        assert_eq!(schema::known_version(), 2);
+        assert_eq!(pragma_i64(&store, "user_version"), schema::known_version());
         // 2 = incremental.
         assert_eq!(pragma_i64(&store, "auto_vacuum"), 2);
         assert_eq!(pragma_i64(&store, "journal_size_limit"), 67_108_864);
@@ -692,6 +694,7 @@ mod tests {
             "gpu_hourly",
             "user_hourly",
             "rolled_up_hours",
+            "imported_records",
         ] {
             assert!(tables.iter().any(|name| name == table), "{tables:?}");
         }
@@ -715,7 +718,7 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(pragma_i64(&store, "user_version"), 2);
+        assert_eq!(pragma_i64(&store, "user_version"), schema::known_version());
         // The events survive, and the new tables work.
         let query = EventQuery {
             since_ms: None,
@@ -735,7 +738,7 @@ mod tests {
     fn migrate_to_an_older_version_leaves_a_newer_file_alone() {
         let mut store = Store::open_in_memory().unwrap();
         schema::migrate_to(&mut store.conn, Path::new(":memory:"), 1).unwrap();
-        assert_eq!(pragma_i64(&store, "user_version"), 2);
+        assert_eq!(pragma_i64(&store, "user_version"), schema::known_version());
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{
-    EventQuery, GpuSampleRow, NewEvent, Retention, SessionUpdate, Store, StoreError, StoredEvent,
+    EventQuery, GpuSampleRow, ImportRecord, ImportSummary, NewEvent, Retention, SessionUpdate,
+    Store, StoreError, StoredEvent,
 };
 
 /// How many batches may wait for the writer thread.
@@ -120,6 +121,11 @@ enum Request {
     },
     /// History is queued: write it now rather than at the next poll.
     History,
+    /// Import records of a gpukill audit.jsonl, then redo the rollups they change.
+    Import {
+        records: Vec<ImportRecord>,
+        reply: oneshot::Sender<Result<ImportSummary, StoreError>>,
+    },
     /// Stop until `release` is signalled or dropped, after saying so on `holding`: lets a
     /// test fill the queue deterministically.
     #[cfg(test)]
@@ -354,6 +360,25 @@ impl EventLog {
         Err(error)
     }
 
+    /// Imports records of a gpukill audit.jsonl (in time order) through the writer thread
+    /// in one transaction, skipping those imported before and those older than the rollups
+    /// are kept, then redoes the rollups of the closed hours it changed. Waits for it up to a
+    /// timeout (`Timeout`; the import may still land, and importing again is harmless).
+    pub async fn import(&self, records: Vec<ImportRecord>) -> Result<ImportSummary, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .try_send(Request::Import { records, reply })
+            .map_err(|error| match error {
+                mpsc::TrySendError::Full(_) => StoreError::QueueFull { lost: 0 },
+                mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+            })?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     /// Reads the newest `query.limit` matching events, oldest first, on the blocking pool,
     /// waiting up to a timeout (`Timeout`).
     pub async fn query(&self, query: EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
@@ -396,7 +421,7 @@ impl EventLog {
 
     /// Runs `read` on the blocking pool against a read-only connection (or the shared one of
     /// an in-memory log), as [`query`](Self::query) does, waiting up to a timeout.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -523,7 +548,7 @@ fn write_loop(
             }
         };
         if let Some(request) = request {
-            handle(store, request, counters);
+            handle(store, request, counters, history, options);
         }
         write_history(store, history);
         roll_up(store, history, options, &mut rolled_up_through);
@@ -605,8 +630,41 @@ fn roll_up(
     }
 }
 
+/// Imports `records`, then rolls up again each closed hour the import changed whose
+/// rollup can still be redone: one not rolled up yet, or one whose raw samples are still
+/// kept. (An hour rolled up long ago has lost its raw samples; redoing it from the imported
+/// ones alone would replace it with less. There the imported samples only go to waste.)
+fn import(
+    store: &mut Store,
+    records: &[ImportRecord],
+    history: &HistoryQueue,
+    options: HistoryOptions,
+) -> Result<ImportSummary, StoreError> {
+    let now_ms = super::events::unix_ms(std::time::SystemTime::now());
+    let age = |limit: Duration| i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    let summary = store.import_records(
+        records,
+        now_ms.saturating_sub(age(options.retention.rollups)),
+    )?;
+    let open_hour = super::history::hour_start(now_ms);
+    let raw_kept_from = now_ms.saturating_sub(age(options.retention.samples));
+    for &hour in summary.hours.range(..open_hour) {
+        if hour >= raw_kept_from || !store.is_rolled_up(hour)? {
+            store.rollup_hour(hour, options.persist_interval)?;
+            history.hours_rolled_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(summary)
+}
+
 /// Carries out one request from the audit queue.
-fn handle(store: &Mutex<Store>, request: Request, counters: &Counters) {
+fn handle(
+    store: &Mutex<Store>,
+    request: Request,
+    counters: &Counters,
+    history: &HistoryQueue,
+    options: HistoryOptions,
+) {
     {
         match request {
             Request::Write { events, reply } => {
@@ -638,6 +696,24 @@ fn handle(store: &Mutex<Store>, request: Request, counters: &Counters) {
             }
             // The caller only wants the history written, which follows every request.
             Request::History => {}
+            Request::Import { records, reply } => {
+                let imported = catch_unwind(AssertUnwindSafe(|| {
+                    import(&mut lock(store), &records, history, options)
+                }));
+                match imported {
+                    Ok(result) => {
+                        if let Err(error) = &result {
+                            tracing::error!(
+                                error = %crate::error_chain(error),
+                                "cannot import audit records"
+                            );
+                        }
+                        let _ = reply.send(result);
+                    }
+                    // Dropping the reply tells the caller.
+                    Err(_) => tracing::error!("the audit import panicked"),
+                }
+            }
             #[cfg(test)]
             Request::Hold { holding, release } => {
                 let _ = holding.send(());

@@ -10,9 +10,11 @@
 
 mod events;
 mod history;
+mod import;
 mod log;
 mod retention;
 mod schema;
+mod usage;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,8 +27,10 @@ pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
 pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
+pub use import::{ImportProcess, ImportRecord, ImportSummary, SESSION_GAP_MS};
 pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters, HistoryOptions};
 pub use retention::{PruneSummary, Retention};
+pub use usage::{GpuHourlyRow, GpuUsage};
 
 /// How long a connection waits on another connection's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

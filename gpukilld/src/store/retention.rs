@@ -41,6 +41,10 @@ const DELETE_USER_HOURLY: &str = "DELETE FROM user_hourly WHERE (hour_ms, gpu_in
 const DELETE_ROLLED_UP_HOURS: &str = "DELETE FROM rolled_up_hours WHERE hour_ms IN (
         SELECT hour_ms FROM rolled_up_hours WHERE hour_ms < ?1 LIMIT ?2
     )";
+const DELETE_IMPORTED_RECORDS: &str =
+    "DELETE FROM imported_records WHERE (time_ms, gpu_index, pid) IN (
+        SELECT time_ms, gpu_index, pid FROM imported_records WHERE time_ms < ?1 LIMIT ?2
+    )";
 const DELETE_EVENTS: &str = "DELETE FROM events WHERE id IN (
         SELECT id FROM events WHERE time_ms < ?1 LIMIT ?2
     )";
@@ -77,7 +81,8 @@ pub struct PruneSummary {
     pub samples: u64,
     /// Rows deleted from `process_sessions`.
     pub sessions: u64,
-    /// Rows deleted from `gpu_hourly`, `user_hourly` and `rolled_up_hours` together.
+    /// Rows deleted from `gpu_hourly`, `user_hourly`, `rolled_up_hours` and
+    /// `imported_records` together.
     pub rollups: u64,
     /// Rows deleted from `events`.
     pub events: u64,
@@ -132,6 +137,8 @@ impl Store {
             (DELETE_GPU_HOURLY, rollups_cutoff),
             (DELETE_USER_HOURLY, rollups_cutoff),
             (DELETE_ROLLED_UP_HOURS, markers_cutoff),
+            // An import older than the rollups would be refused as too old anyway.
+            (DELETE_IMPORTED_RECORDS, rollups_cutoff),
         ] {
             summary.rollups +=
                 self.delete_in_batches(sql, cutoff, batch_rows, &mut summary.batches)?;

@@ -83,6 +83,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hour_ms, gpu_index, uid)
     ) WITHOUT ROWID;
     CREATE TABLE rolled_up_hours (hour_ms INTEGER PRIMARY KEY);",
+    // 3: the tick count behind each hourly utilization mean, so that hours combine exactly;
+    // and the keys of the records imported from a gpukill audit.jsonl, so none is imported
+    // twice (pid -1 for a GPU record).
+    "ALTER TABLE gpu_hourly ADD COLUMN util_ticks INTEGER;
+    CREATE TABLE imported_records (
+        time_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL, pid INTEGER NOT NULL,
+        PRIMARY KEY (time_ms, gpu_index, pid)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary knows: the number of migrations.
