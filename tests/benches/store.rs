@@ -1,8 +1,9 @@
 //! Store benchmark: 30 days of history for 8 GPUs at the default 10 s persist interval (and
 //! 3 days of the heavy 1 s case), written through the store's real write path. Reports
-//! bytes per GPU-day on disk, write time per interval (the writer's cost per tick), one
-//! hourly rollup, one retention pass and the longest a reader waited during it. Prints a
-//! Markdown table. Run it with:
+//! bytes per GPU-day on disk, write time and writer-thread CPU per interval (the writer's
+//! cost per tick), one hourly rollup, `audit --summary` over the 30 days (on a read-only
+//! connection, as the daemon answers it), one retention pass and the longest a reader
+//! waited during it. Prints a Markdown table. Run it with:
 //!
 //!     cargo bench -p gpukill-tests --bench store
 
@@ -74,7 +75,25 @@ struct Filled {
     path: std::path::PathBuf,
     _dir: tempfile::TempDir,
     write_us_p50: f64,
+    write_cpu_us_p50: f64,
     bytes_per_gpu_day: f64,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn fill(days: i64, interval_ms: i64) -> Filled {
@@ -82,15 +101,17 @@ fn fill(days: i64, interval_ms: i64) -> Filled {
     let path = dir.path().join("gpukill.db");
     let mut store = Store::open(&path).expect("open");
     let mut write_times = Vec::new();
+    let mut write_cpu = Vec::new();
     let intervals = days * DAY_MS / interval_ms;
     for tick in 0..intervals {
         let time_ms = START_MS + tick * interval_ms;
         let samples: Vec<GpuSampleRow> = (0..GPUS).map(|gpu| sample(time_ms, gpu, tick)).collect();
         let updates = sessions(time_ms, interval_ms as f64 / 1000.0);
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), thread_cpu());
         store.write_history(&samples, &updates).expect("write");
         if tick % 97 == 0 {
             write_times.push(started.elapsed().as_secs_f64() * 1e6);
+            write_cpu.push((thread_cpu() - cpu).as_secs_f64() * 1e6);
         }
     }
     drop(store);
@@ -100,11 +121,11 @@ fn fill(days: i64, interval_ms: i64) -> Filled {
         .expect("checkpoint");
     drop(conn);
     let bytes = std::fs::metadata(&path).expect("size").len() as f64;
-    write_times.sort_by(f64::total_cmp);
     Filled {
         path,
         _dir: dir,
-        write_us_p50: write_times[write_times.len() / 2],
+        write_us_p50: median(&mut write_times),
+        write_cpu_us_p50: median(&mut write_cpu),
         bytes_per_gpu_day: bytes / (f64::from(GPUS) * days as f64),
     }
 }
@@ -128,6 +149,33 @@ fn main() {
         rollups.push(started.elapsed().as_secs_f64() * 1e3);
     }
     rollups.sort_by(f64::total_cmp);
+
+    // Every other hour of the 30 days rolled up, as the daemon leaves them; then the summary
+    // of the whole window, on a read-only connection like the daemon's readers.
+    let started = Instant::now();
+    for hour in 0..30 * 24 {
+        if !(240..264).contains(&hour) {
+            store
+                .rollup_hour(START_MS + hour * 3_600_000, Duration::from_secs(10))
+                .expect("rollup");
+        }
+    }
+    let rollup_all_s = started.elapsed().as_secs_f64();
+    let reader = Store::open_read_only(&default.path).expect("reader");
+    let request = gpukill_proto::v1::SummaryRequest {
+        since_unix_ms: START_MS,
+        until_unix_ms: START_MS + 30 * DAY_MS,
+        top: 10,
+    };
+    let mut summaries: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let summary = gpukilld::rpc::summary::summarize(&reader, &request).expect("summary");
+            assert_eq!(summary.gpus.len(), GPUS as usize);
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    drop(reader);
 
     // Retention at day 31 with 30-day samples: deletes one day of raw rows while a reader
     // on another connection keeps reading.
@@ -175,8 +223,19 @@ fn main() {
         default.write_us_p50, heavy.write_us_p50
     );
     println!(
+        "| writer-thread CPU for that write, p50 | {:.0} us (1 s case: {:.0} us) | - |",
+        default.write_cpu_us_p50, heavy.write_cpu_us_p50
+    );
+    println!(
         "| one hourly rollup over 30 days of data, median of 24 | {:.1} ms | <= 50 ms |",
         rollups[rollups.len() / 2]
+    );
+    println!(
+        "| audit --summary over 30 days (720 hours, 3840 sessions), median of 5 | {:.1} ms | <= 200 ms |",
+        median(&mut summaries)
+    );
+    println!(
+        "| rolling up all 720 hours (startup after a long outage) | {rollup_all_s:.1} s | - |"
     );
     println!(
         "| one retention pass (1 day of samples, {} rows, {} batches, {} pages vacuumed) | {prune_ms:.0} ms | - |",
