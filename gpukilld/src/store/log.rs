@@ -256,10 +256,18 @@ impl EventLog {
         let thread_counters = Arc::clone(&counters);
         let history = Arc::new(HistoryQueue::default());
         let thread_history = Arc::clone(&history);
+        let thread_path = path.clone();
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
             .spawn(move || {
-                write_loop(&store, queue, &thread_counters, &thread_history, options);
+                write_loop(
+                    store,
+                    thread_path,
+                    queue,
+                    &thread_counters,
+                    &thread_history,
+                    options,
+                );
                 drop(stopping);
             })
             .map_err(StoreError::Spawn)?;
@@ -530,37 +538,104 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
 /// The writer thread: writes audit batches in order, history as it comes, and rolls up
 /// every closed hour (at start for the hours missed while the daemon was down, then as each
 /// hour closes), until every sender is gone and both queues are empty.
+///
+/// A file-backed store (`path`) is closed when a history write fails and opened again for
+/// the next attempt, so that a broken filesystem is not held open: one that an ext4 error
+/// made read-only can only be unmounted, checked and mounted again once no process has a
+/// file on it open.
 fn write_loop(
-    store: &Mutex<Store>,
+    store: Arc<Mutex<Store>>,
+    path: Option<PathBuf>,
     queue: mpsc::Receiver<Request>,
     counters: &Counters,
     history: &HistoryQueue,
     options: HistoryOptions,
 ) {
+    let mut store = Some(store);
     let mut rolled_up_through: Option<i64> = None;
     loop {
-        let request = match queue.recv_timeout(HISTORY_POLL) {
-            Ok(request) => Some(request),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                write_history(store, history);
-                break;
+        let next = queue.recv_timeout(HISTORY_POLL);
+        let closing = matches!(next, Err(mpsc::RecvTimeoutError::Disconnected));
+        let request = next.ok();
+        let open = match connection(&mut store, path.as_deref()) {
+            Ok(open) => open,
+            Err(error) => {
+                let message = crate::error_chain(&error);
+                tracing::warn!(error = %message, "cannot reopen the store; will retry");
+                history.set_error(Some(message));
+                if let Some(request) = request {
+                    refuse(request, error, counters);
+                }
+                if closing {
+                    break;
+                }
+                continue;
             }
         };
         if let Some(request) = request {
-            handle(store, request, counters, history, options);
+            handle(&open, request, counters, history, options);
         }
-        write_history(store, history);
-        roll_up(store, history, options, &mut rolled_up_through);
+        let written = write_history(&open, history);
+        if closing {
+            break;
+        }
+        roll_up(&open, history, options, &mut rolled_up_through);
+        if !written && path.is_some() {
+            store = None;
+        }
     }
 }
 
-/// Writes the queued history batches, oldest first. A failed write keeps its batch at the
-/// front for the next attempt (the store is degraded until one succeeds).
-fn write_history(store: &Mutex<Store>, history: &HistoryQueue) {
+/// The writer's connection, opened again (never created) when a failed write closed it.
+fn connection(
+    store: &mut Option<Arc<Mutex<Store>>>,
+    path: Option<&Path>,
+) -> Result<Arc<Mutex<Store>>, StoreError> {
+    if let Some(open) = store {
+        return Ok(Arc::clone(open));
+    }
+    // Only a file-backed store is ever closed.
+    let path = path.ok_or(StoreError::Closed)?;
+    let open = Arc::new(Mutex::new(Store::reopen(path)?));
+    *store = Some(Arc::clone(&open));
+    Ok(open)
+}
+
+/// Answers `request` while the store cannot be opened: an audit write (counted in
+/// `failed`) or an import fails with `error`.
+fn refuse(request: Request, error: StoreError, counters: &Counters) {
+    match request {
+        Request::Write { events, reply } => {
+            let count = events.len();
+            counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+            tracing::error!(
+                lost = count,
+                error = %crate::error_chain(&error),
+                "{count} audit events could not be written"
+            );
+            let _ = reply.send(Err(error));
+        }
+        Request::Import { reply, .. } => {
+            tracing::error!(error = %crate::error_chain(&error), "cannot import audit records");
+            let _ = reply.send(Err(error));
+        }
+        // Written once the store opens again: history follows every request.
+        Request::History => {}
+        #[cfg(test)]
+        Request::Hold { holding, release } => {
+            let _ = holding.send(());
+            let _ = release.recv();
+        }
+    }
+}
+
+/// Writes the queued history batches, oldest first; false when one failed. A failed write
+/// keeps its batch at the front for the next attempt (the store is degraded until one
+/// succeeds).
+fn write_history(store: &Mutex<Store>, history: &HistoryQueue) -> bool {
     loop {
         let Some(batch) = history.batches().pop_front() else {
-            return;
+            return true;
         };
         let written = catch_unwind(AssertUnwindSafe(|| {
             lock(store).write_history(&batch.samples, &batch.sessions)
@@ -581,12 +656,12 @@ fn write_history(store: &Mutex<Store>, history: &HistoryQueue) {
                 } else {
                     history.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                return;
+                return false;
             }
             Err(_) => {
                 history.failed.fetch_add(1, Ordering::Relaxed);
                 history.set_error(Some("the history writer panicked".to_string()));
-                return;
+                return false;
             }
         }
     }

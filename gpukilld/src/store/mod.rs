@@ -144,6 +144,18 @@ impl Store {
         Self::configure(conn, path.to_path_buf())
     }
 
+    /// Opens the existing database at `path` again, as [`open`](Self::open) does but never
+    /// creating it or its directory: the writer reopens the store after a failed write, and
+    /// a missing file means that its filesystem is not mounted back yet.
+    pub fn reopen(path: &Path) -> Result<Self, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::configure(conn, path.to_path_buf())
+    }
+
     /// Opens a fresh, migrated in-memory database (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
