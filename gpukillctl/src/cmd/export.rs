@@ -214,7 +214,10 @@ mod tests {
         // The first page has both samples and both sessions (first seen before the window);
         // the second only the samples, since those sessions were exported already.
         assert_eq!(records.len(), 6);
-        assert!(times[..4].is_sorted() && times[4..].is_sorted(), "{times:?}");
+        assert!(
+            times[..4].is_sorted() && times[4..].is_sorted(),
+            "{times:?}"
+        );
     }
 
     #[tokio::test]

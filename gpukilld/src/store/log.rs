@@ -102,6 +102,13 @@ impl HistoryQueue {
         self.batches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn set_error(&self, error: Option<String>) {
         *self
             .last_error
@@ -306,12 +313,7 @@ impl EventLog {
             written: self.history.written.load(Ordering::Relaxed),
             failed: self.history.failed.load(Ordering::Relaxed),
             hours_rolled_up: self.history.hours_rolled_up.load(Ordering::Relaxed),
-            last_error: self
-                .history
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            last_error: self.history.last_error(),
         }
     }
 
@@ -561,7 +563,10 @@ fn write_loop(
             Ok(open) => open,
             Err(error) => {
                 let message = crate::error_chain(&error);
-                tracing::warn!(error = %message, "cannot reopen the store; will retry");
+                // Retried every poll: log a change of error, not every attempt.
+                if history.last_error().as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "cannot reopen the store; will retry");
+                }
                 history.set_error(Some(message));
                 if let Some(request) = request {
                     refuse(request, error, counters);
@@ -643,12 +648,18 @@ fn write_history(store: &Mutex<Store>, history: &HistoryQueue) -> bool {
         match written {
             Ok(Ok(())) => {
                 history.written.fetch_add(1, Ordering::Relaxed);
+                if history.last_error().is_some() {
+                    tracing::info!("the store is writable again");
+                }
                 history.set_error(None);
             }
             Ok(Err(error)) => {
                 history.failed.fetch_add(1, Ordering::Relaxed);
                 let message = crate::error_chain(&error);
-                tracing::warn!(error = %message, "cannot write history; will retry");
+                // Retried every poll while it fails: log a change of error, not every attempt.
+                if history.last_error().as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "cannot write history; will retry");
+                }
                 history.set_error(Some(message));
                 let mut batches = history.batches();
                 if batches.len() < HISTORY_CAPACITY {

@@ -91,8 +91,9 @@ pub enum StoreError {
         /// The newest schema version this binary knows.
         known: i64,
     },
-    /// Events could not be written; none of the batch was.
-    #[error("cannot write events to the store")]
+    /// A batch (of events, history or imported records) could not be written; none of it
+    /// was.
+    #[error("cannot write to the store")]
     Write(#[source] rusqlite::Error),
     /// Events could not be read.
     #[error("cannot read events from the store")]
