@@ -89,6 +89,13 @@ pub enum Command {
     /// Show the samples of every GPU at a moment, in gpu_monitor's collection format.
     #[command(subcommand)]
     Collection(CollectionCommand),
+    /// Show what the guard enforces and finds: its policy, violations, what it would do.
+    ///
+    /// gpukilld evaluates the policy file (guard_policy, /etc/gpukill/guard.toml) on every
+    /// snapshot and, in soft or hard mode, kills what breaks it through the same checks as
+    /// `gpukillctl kill`. Anyone may look.
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
 }
@@ -268,6 +275,8 @@ pub enum EventType {
     Reset,
     /// Requests refused.
     Deny,
+    /// Guard policy violations (warnings, dry-run "would act", rate-limited kills).
+    Violation,
 }
 
 impl EventType {
@@ -277,6 +286,7 @@ impl EventType {
             EventType::Kill => "kill",
             EventType::Reset => "reset",
             EventType::Deny => "deny",
+            EventType::Violation => "violation",
         }
     }
 }
@@ -407,6 +417,48 @@ pub struct AuditImportArgs {
     /// The gpukill audit.jsonl to load (`-` for standard input)
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// `gpukillctl guard ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GuardCommand {
+    /// The policy in force, its mode, and the violations being followed
+    Status(GuardOutputArgs),
+    /// Evaluate the policy against the current snapshot without acting, and say what the
+    /// guard would do about each violation
+    Test(GuardOutputArgs),
+    /// The violations the guard recorded (warnings, dry-run "would act", held-back kills);
+    /// its kills are in `gpukillctl events --type kill`
+    Violations(GuardViolationsArgs),
+}
+
+/// The output option of `guard status` and `guard test`.
+#[derive(Debug, Clone, Args)]
+pub struct GuardOutputArgs {
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `gpukillctl guard violations`.
+#[derive(Debug, Clone, Args)]
+pub struct GuardViolationsArgs {
+    /// Only violations of the last DURATION, e.g. 30m, 2h, 7d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// At most N, the newest
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub limit: u32,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// `gpukillctl collection ...`.

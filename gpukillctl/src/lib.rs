@@ -79,6 +79,7 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
         cli::Command::Audit(args) => cmd::audit::run(address, args, out).await,
         cli::Command::History(args) => cmd::history::run(address, args, out).await,
         cli::Command::Collection(command) => cmd::collection::run(address, command, out).await,
+        cli::Command::Guard(command) => cmd::guard::run(address, command, out).await,
         cli::Command::Version(args) => cmd::version::run(address, args, out).await,
     };
     match result {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
     Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage,
+    GuardStatusRequest, GuardStatusResponse, GuardTestRequest, GuardTestResponse, GuardViolation,
     HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
     ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget,
     ListRequest, ListResponse, ProcessKind, ProcessUsage, ResetOutcome, ResetRequest,
@@ -433,6 +434,66 @@ pub fn history_response() -> HistoryResponse {
     }
 }
 
+/// A violation of alice's memory limit by pid 4242 on GPU 1.
+pub fn guard_violation() -> GuardViolation {
+    GuardViolation {
+        rule: "memory_per_process".to_owned(),
+        policy: "[[user]] alice".to_owned(),
+        description: "memory_per_process: pid 4242 (python3, alice) on GPU 1 24.0 GiB, limit 20.0 GiB ([[user]] alice)".to_owned(),
+        measured: (24 * GIB) as f64,
+        limit: (20 * GIB) as f64,
+        unit: "bytes".to_owned(),
+        over: true,
+        offenders: vec![KillTarget {
+            pid: 4242,
+            start_time_unix_ms: NOW_MS - 3_600_000,
+            uid: 1000,
+            user: "alice".to_owned(),
+            name: "python3".to_owned(),
+            cmdline: "python3 train.py".to_owned(),
+            gpu_index: Some(1),
+        }],
+        would: String::new(),
+    }
+}
+
+/// A GuardStatus answer: a hard-mode policy with one violation and one rule not evaluable.
+pub fn guard_status_response() -> GuardStatusResponse {
+    GuardStatusResponse {
+        policy_path: "/etc/gpukill/guard.toml".to_owned(),
+        loaded: true,
+        load_error: Some("/etc/gpukill/guard.toml, line 7: invalid size \"lots\"".to_owned()),
+        enabled: true,
+        mode: "hard".to_owned(),
+        loaded_at_unix_ms: NOW_MS - 60_000,
+        grace_ms: 30_000,
+        min_duration_ms: 10_000,
+        users: 2,
+        groups: 1,
+        gpus: 1,
+        windows: 1,
+        active_windows: vec!["nights".to_owned()],
+        violations: vec![guard_violation()],
+        not_evaluable: vec!["GPU 2 reports no per-process utilization: the max_utilization_pct of [defaults] cannot be evaluated there".to_owned()],
+        kills_last_minute: 1,
+        max_kills_per_minute: 10,
+        evaluated_at_unix_ms: NOW_MS,
+        evaluation_us: 85,
+    }
+}
+
+/// A GuardTest answer with the violation and what would happen.
+pub fn guard_test_response() -> GuardTestResponse {
+    GuardTestResponse {
+        mode: "hard".to_owned(),
+        violations: vec![GuardViolation {
+            would: "kill once it has lasted 10s".to_owned(),
+            ..guard_violation()
+        }],
+        not_evaluable: Vec::new(),
+    }
+}
+
 /// A History answer at hourly resolution: two hours of GPU 1, the second without power.
 pub fn hourly_history_response() -> HistoryResponse {
     let hour = NOW_MS - NOW_MS.rem_euclid(3_600_000) - 2 * 3_600_000;
@@ -521,6 +582,12 @@ pub struct FakeDaemon {
     /// What ImportAudit answers, or the status it fails with; `None` fails with
     /// UNIMPLEMENTED.
     pub import_audit: Option<Result<ImportAuditResponse, Status>>,
+    /// What GuardStatus answers, or the status it fails with; `None` fails with
+    /// UNIMPLEMENTED.
+    pub guard_status: Option<Result<GuardStatusResponse, Status>>,
+    /// What GuardTest answers, or the status it fails with; `None` fails with
+    /// UNIMPLEMENTED.
+    pub guard_test: Option<Result<GuardTestResponse, Status>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -691,6 +758,26 @@ impl GpuKill for FakeDaemon {
         match self.import_audit.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("ImportAudit")),
+        }
+    }
+
+    async fn guard_status(
+        &self,
+        _request: Request<GuardStatusRequest>,
+    ) -> Result<Response<GuardStatusResponse>, Status> {
+        match self.guard_status.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("GuardStatus")),
+        }
+    }
+
+    async fn guard_test(
+        &self,
+        _request: Request<GuardTestRequest>,
+    ) -> Result<Response<GuardTestResponse>, Status> {
+        match self.guard_test.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("GuardTest")),
         }
     }
 

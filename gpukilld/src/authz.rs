@@ -11,6 +11,8 @@ use tonic::transport::server::UdsConnectInfo;
 pub enum Transport {
     /// The local Unix socket; identity from SO_PEERCRED.
     Local,
+    /// The daemon's own guard, enforcing the policy file.
+    Guard,
 }
 
 /// An attributed caller.
@@ -31,6 +33,7 @@ impl Transport {
     pub fn name(self) -> &'static str {
         match self {
             Transport::Local => "unix",
+            Transport::Guard => "guard",
         }
     }
 }

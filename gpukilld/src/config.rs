@@ -47,6 +47,9 @@ pub struct Config {
     /// Regular expressions; a process whose name or command line matches one is never
     /// signalled, whoever asks.
     pub protected_processes: Vec<String>,
+    /// The guard's policy file (see README, "Guard"); without it the guard is off. Re-read
+    /// on SIGHUP and whenever it changes.
+    pub guard_policy: PathBuf,
     /// How long stored history is kept.
     pub retention: RetentionConfig,
     /// The NVIDIA backend.
@@ -128,6 +131,7 @@ impl Default for Config {
                 "^(Xorg|Xwayland|gnome-shell|kwin_wayland|sddm|gdm|gdm3)$".to_string(),
                 "^(nvidia-persistenced|nv-hostengine|nvidia-smi|dcgm-exporter)$".to_string(),
             ],
+            guard_policy: PathBuf::from("/etc/gpukill/guard.toml"),
             retention: RetentionConfig::default(),
             nvidia: NvidiaConfig::default(),
         }
@@ -189,7 +193,7 @@ impl<'de> Deserialize<'de> for SocketMode {
 }
 
 /// Serde for durations written as `500ms`, `2s`, `1h`.
-mod duration {
+pub(crate) mod duration {
     use super::*;
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -270,6 +274,7 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_ADMIN_GROUP", &["admin_group"]),
     ("GPUKILL_PROTECTED_USERS", &["protected_users"]),
     ("GPUKILL_PROTECTED_PROCESSES", &["protected_processes"]),
+    ("GPUKILL_GUARD_POLICY", &["guard_policy"]),
     ("GPUKILL_RETENTION_SAMPLES", &["retention", "samples"]),
     ("GPUKILL_RETENTION_SESSIONS", &["retention", "sessions"]),
     ("GPUKILL_RETENTION_ROLLUPS", &["retention", "rollups"]),

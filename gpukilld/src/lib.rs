@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod authz;
 pub mod config;
+pub mod guard;
 pub mod procinfo;
 pub mod recorder;
 pub mod ring;
@@ -87,11 +88,13 @@ fn host_name() -> Arc<str> {
 }
 
 /// Runs the daemon until `shutdown` completes: bind the socket, take the first sample,
-/// serve, then stop the sampler and remove the socket.
+/// serve, then stop the sampler and remove the socket. Each item of `reload` (SIGHUP) makes
+/// the guard read its policy file again.
 pub async fn run(
     config: Config,
     environment: Environment,
     shutdown: impl Future<Output = ()> + Send,
+    mut reload: impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), Error> {
     let socket_path = config.socket_path(environment.euid, environment.xdg_runtime_dir.as_deref());
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
@@ -150,6 +153,28 @@ pub async fn run(
     // the server's graceful shutdown does not wait on watchers.
     let (stop, stopped) = watch::channel(false);
     let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), stopped.clone()));
+    let guard = Arc::new(guard::engine::Guard::new(
+        config.guard_policy.clone(),
+        config.protected_users.clone(),
+        config.protected_processes.clone(),
+    ));
+    // Without the audit trail nothing is killed, so no guard either.
+    let guard_task = kill_context.events.as_ref().ok().map(|log| {
+        tokio::spawn(guard::engine::run(
+            Arc::clone(&guard),
+            Arc::clone(&ring),
+            Arc::clone(log),
+            stopped.clone(),
+        ))
+    });
+    let reloading = Arc::clone(&guard);
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        while reload.next().await.is_some() {
+            tracing::info!("SIGHUP: reloading the guard policy");
+            reloading.request_reload();
+        }
+    });
     let recorder_task = kill_context.events.as_ref().ok().map(|log| {
         tokio::spawn(recorder::run(
             recorder::Recorder::new(config.persist_interval),
@@ -177,6 +202,7 @@ pub async fn run(
                 Arc::clone(&ring),
                 stopped,
                 kill_context,
+                guard,
                 rpc::reset::ResetConfig {
                     smi: config.nvidia.smi.clone(),
                     timeout: config.nvidia.reset_timeout,
@@ -189,6 +215,9 @@ pub async fn run(
 
     // The sampler may be waiting on a hung vendor; do not wait on it past its timeout.
     let _ = tokio::time::timeout(config.vendor_timeout * 2, sampler_task).await;
+    if let Some(guard_task) = guard_task {
+        let _ = guard_task.await;
+    }
     if let Some(recorder_task) = recorder_task {
         // It hands the open interval to the store as it stops.
         let _ = recorder_task.await;

@@ -1,4 +1,5 @@
-//! gpukilld: parse arguments, set up logging, run the daemon until SIGTERM or SIGINT.
+//! gpukilld: parse arguments, set up logging, run the daemon until SIGTERM or SIGINT
+//! (SIGHUP re-reads the guard policy).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,16 @@ fn init_tracing() {
         .init();
 }
 
+/// Installs the SIGHUP handler now (so a SIGHUP during startup is not fatal) and returns
+/// the stream of them.
+fn reload_signal() -> std::io::Result<impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static>
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(tokio_stream::wrappers::SignalStream::new(signal(
+        SignalKind::hangup(),
+    )?))
+}
+
 /// Installs the SIGTERM and SIGINT handlers now (so a signal during startup is not fatal)
 /// and returns the future that completes on the first of them.
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
@@ -142,7 +153,8 @@ fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<(
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
-        gpukilld::run(config, environment, shutdown).await?;
+        let reload = reload_signal().context("cannot install the SIGHUP handler")?;
+        gpukilld::run(config, environment, shutdown, reload).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod collection;
 pub mod events;
 pub mod export;
+pub mod guard;
 pub mod history;
 pub mod import;
 pub mod kill;

@@ -10,6 +10,7 @@ pub mod collection;
 pub mod csv;
 pub mod events;
 pub mod gpukill_record;
+pub mod guard;
 pub mod history;
 pub mod json;
 pub mod kill;

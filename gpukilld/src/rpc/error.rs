@@ -83,6 +83,9 @@ pub enum RpcError {
         /// The most allowed.
         max: usize,
     },
+    /// No guard policy is loaded.
+    #[error("{0}")]
+    GuardOff(String),
     /// A blocking task panicked.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -108,7 +111,7 @@ impl From<RpcError> for Status {
             }
             RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_)) => Code::NotFound,
             RpcError::NotAdmin(_) => Code::PermissionDenied,
-            RpcError::ResetUnsupported(_) => Code::FailedPrecondition,
+            RpcError::ResetUnsupported(_) | RpcError::GuardOff(_) => Code::FailedPrecondition,
             RpcError::ResetBusy(_) => Code::Aborted,
             RpcError::Select(SelectError::Proc { .. })
             | RpcError::AuditUnavailable(_)

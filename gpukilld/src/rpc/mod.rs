@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod error;
 mod events;
+mod guard;
 mod health;
 mod history;
 pub mod import;
@@ -38,16 +39,18 @@ pub struct Service {
     started: Instant,
     stop: channel::Receiver<bool>,
     kill: Arc<kill::KillContext>,
+    guard: Arc<crate::guard::engine::Guard>,
     reset: reset::ResetConfig,
 }
 
 impl Service {
-    /// A service over the snapshots in `ring`, killing with `kill` and resetting with
-    /// `reset`; its streams end when `stop` turns true.
+    /// A service over the snapshots in `ring`, killing with `kill`, reporting on `guard`
+    /// and resetting with `reset`; its streams end when `stop` turns true.
     pub fn new(
         ring: Arc<Ring>,
         stop: channel::Receiver<bool>,
         kill: Arc<kill::KillContext>,
+        guard: Arc<crate::guard::engine::Guard>,
         reset: reset::ResetConfig,
     ) -> Self {
         Self {
@@ -55,6 +58,7 @@ impl Service {
             started: Instant::now(),
             stop,
             kill,
+            guard,
             reset,
         }
     }
@@ -175,6 +179,25 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::ImportAuditResponse>, Status> {
         let caller = attribute(&request, "ImportAudit")?;
         import::import_audit(&self.kill, caller, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn guard_status(
+        &self,
+        request: Request<pb::GuardStatusRequest>,
+    ) -> Result<Response<pb::GuardStatusResponse>, Status> {
+        attribute(&request, "GuardStatus")?;
+        Ok(Response::new(guard::status(&self.guard)))
+    }
+
+    async fn guard_test(
+        &self,
+        request: Request<pb::GuardTestRequest>,
+    ) -> Result<Response<pb::GuardTestResponse>, Status> {
+        attribute(&request, "GuardTest")?;
+        guard::test(&self.guard, &self.ring)
             .await
             .map(Response::new)
             .map_err(Status::from)

@@ -20,18 +20,27 @@ pub enum EventKind {
     Reset,
     /// A request was refused by authorization.
     Deny,
+    /// The guard found a policy violation (a warning, a "would act" in dry-run, a kill
+    /// held back by the rate limit); its kills are `Kill` events.
+    Violation,
 }
 
 impl EventKind {
     /// Every kind, in the order the error message lists them.
-    pub const ALL: [EventKind; 3] = [EventKind::Kill, EventKind::Reset, EventKind::Deny];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Kill,
+        EventKind::Reset,
+        EventKind::Deny,
+        EventKind::Violation,
+    ];
 
-    /// The name stored in the `kind` column: `kill`, `reset` or `deny`.
+    /// The name stored in the `kind` column: `kill`, `reset`, `deny` or `violation`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Kill => "kill",
             EventKind::Reset => "reset",
             EventKind::Deny => "deny",
+            EventKind::Violation => "violation",
         }
     }
 }
@@ -44,7 +53,7 @@ impl fmt::Display for EventKind {
 
 /// A string that is not an [`EventKind`] name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind {value:?} (expected one of: kill, reset, deny)")]
+#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation)")]
 pub struct EventKindError {
     /// The string that was given.
     pub value: String,

@@ -356,6 +356,36 @@ mod tests {
     }
 
     #[test]
+    fn migration_4_keeps_the_events_and_allows_violations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            schema::migrate_to(&mut conn, &path, 3).unwrap();
+            let mut store = Store {
+                conn,
+                path: path.clone(),
+            };
+            store
+                .insert_events(&[events::tests::event(EventKind::Kill, 1_000, true)])
+                .unwrap();
+            let mut violation = events::tests::event(EventKind::Violation, 2_000, true);
+            violation.kind = EventKind::Violation;
+            assert!(
+                store.insert_events(&[violation]).is_err(),
+                "version 3 refuses it"
+            );
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(user_version(&store), schema::known_version());
+        let mut violation = events::tests::event(EventKind::Kill, 2_000, true);
+        violation.kind = EventKind::Violation;
+        let ids = store.insert_events(&[violation]).unwrap();
+        assert_eq!(ids, [2], "ids continue after the copied rows");
+        assert_eq!(count_events(&store), 2);
+    }
+
+    #[test]
     fn in_memory_store_is_migrated() {
         let store = Store::open_in_memory().unwrap();
         assert_eq!(user_version(&store), schema::known_version());

@@ -91,6 +91,32 @@ const MIGRATIONS: &[&str] = &[
         time_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL, pid INTEGER NOT NULL,
         PRIMARY KEY (time_ms, gpu_index, pid)
     ) WITHOUT ROWID;",
+    // 4: guard violations in the audit trail. SQLite cannot change a CHECK, so the table is
+    // copied into one that allows the new kind (ids kept).
+    "CREATE TABLE events_v4 (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('kill','reset','deny','violation')),
+        caller_uid INTEGER NOT NULL,
+        caller_user TEXT NOT NULL,
+        caller_pid INTEGER,
+        transport TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_pid INTEGER,
+        target_start_ms INTEGER,
+        target_uid INTEGER,
+        target_user TEXT,
+        target_name TEXT,
+        target_cmdline TEXT,
+        target_gpu INTEGER,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    INSERT INTO events_v4 SELECT * FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v4 RENAME TO events;
+    CREATE INDEX events_by_time ON events(time_ms);
+    CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
 ];
 
 /// The schema version this binary knows: the number of migrations.
@@ -117,6 +143,7 @@ pub(super) fn migrate_to(
 ) -> Result<(), StoreError> {
     let known = known_version();
     let migrations = &MIGRATIONS[..target.min(MIGRATIONS.len())];
+    let mut migrated = false;
     loop {
         // Failing before a migration starts is failing to open (a lock held past the busy
         // timeout, a file that is not a database).
@@ -139,6 +166,17 @@ pub(super) fn migrate_to(
         };
         let Some(sql) = migrations.get(applied) else {
             // Up to date; the empty transaction rolls back on drop.
+            drop(tx);
+            if migrated {
+                // A migration that copies a table (4) leaves its old pages free; give them
+                // back now rather than at the first retention pass. A no-op without
+                // auto_vacuum = INCREMENTAL.
+                conn.execute_batch("PRAGMA incremental_vacuum")
+                    .map_err(|source| StoreError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+            }
             return Ok(());
         };
         let version = found + 1;
@@ -151,6 +189,7 @@ pub(super) fn migrate_to(
         tx.pragma_update(None, "user_version", version)
             .map_err(failed)?;
         tx.commit().map_err(failed)?;
+        migrated = true;
         tracing::info!(store = %path.display(), version, "store schema migrated");
     }
 }

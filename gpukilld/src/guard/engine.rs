@@ -1,0 +1,422 @@
+//! The running guard: loads the policy file (at start, on SIGHUP, and whenever the file
+//! changes), evaluates every snapshot the sampler publishes, and acts through the same kill
+//! path as `gpukillctl kill`. Every warning, "would act", held-back kill and kill is written
+//! to the audit trail and logged.
+//!
+//! Evaluation runs on the guard's own task and takes a few microseconds per process; file
+//! reads, group lookups and kills (which wait for processes to exit) run on the blocking
+//! pool, so a slow one never delays the next evaluation.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, watch};
+
+use super::clock;
+use super::evaluate::{self, Evaluation, UtilHistory, Violation};
+use super::policy::{CompiledPolicy, LocalTime, Mode, unix_group_members};
+use super::tracker::{Decision, Tracker};
+use crate::actions::kill::{self, Decided, KillOptions, Target};
+use crate::actions::protect::Protection;
+use crate::authz::{Caller, Principal, Transport};
+use crate::ring::Ring;
+use crate::snapshot::Snapshot;
+use crate::store::{EventCaller, EventKind, EventLog, EventTarget, NewEvent};
+
+/// The name the guard acts under in the audit trail.
+pub const GUARD_USER: &str = "gpukilld-guard";
+
+/// A policy that loaded, with what acting on it needs.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The checked policy.
+    pub policy: CompiledPolicy,
+    /// The daemon's protections plus the policy's (root's processes are protected unless
+    /// `protected_users` says otherwise).
+    pub protection: Protection,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// What the guard reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// The policy in force, if one loaded.
+    pub loaded: Option<Arc<Loaded>>,
+    /// Why the file could not be (re)loaded last time, if it could not; the previous policy
+    /// stays in force.
+    pub load_error: Option<String>,
+    /// The violations being followed.
+    pub active: Vec<Violation>,
+    /// Rules that cannot be evaluated, and why.
+    pub not_evaluable: Vec<String>,
+    /// Kills started in the last minute.
+    pub recent_kills: usize,
+    /// When the last evaluation ran.
+    pub evaluated_at: Option<SystemTime>,
+    /// How long it took.
+    pub evaluation_time: Duration,
+}
+
+/// The guard's shared state: the status for RPCs, the reload flag for SIGHUP.
+#[derive(Debug)]
+pub struct Guard {
+    path: PathBuf,
+    daemon_users: Option<Vec<String>>,
+    daemon_processes: Vec<String>,
+    status: Mutex<Status>,
+    reload: AtomicBool,
+}
+
+impl Guard {
+    /// A guard for the policy file at `path`, with the daemon's own protections.
+    pub fn new(
+        path: PathBuf,
+        protected_users: Option<Vec<String>>,
+        protected_processes: Vec<String>,
+    ) -> Self {
+        Guard {
+            path,
+            daemon_users: protected_users,
+            daemon_processes: protected_processes,
+            status: Mutex::new(Status::default()),
+            reload: AtomicBool::new(true),
+        }
+    }
+
+    /// The policy file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Asks for the policy file to be read again before the next evaluation (SIGHUP).
+    pub fn request_reload(&self) {
+        self.reload.store(true, Ordering::Relaxed);
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads and checks the policy file (blocking: file and group database). A missing file
+    /// is no policy; a bad one keeps the previous policy and records the error.
+    pub fn load(&self) {
+        let result = load_file(
+            &self.path,
+            self.daemon_users.as_ref(),
+            &self.daemon_processes,
+        );
+        let mut status = self.lock();
+        match result {
+            Ok(loaded) => {
+                if let Some(loaded) = &loaded {
+                    tracing::info!(
+                        policy = %self.path.display(),
+                        mode = loaded.policy.policy.mode.as_str(),
+                        enabled = loaded.policy.policy.enabled,
+                        users = loaded.policy.policy.users.len(),
+                        groups = loaded.policy.policy.groups.len(),
+                        gpus = loaded.policy.policy.gpus.len(),
+                        windows = loaded.policy.policy.windows.len(),
+                        "guard policy loaded"
+                    );
+                } else {
+                    tracing::info!(policy = %self.path.display(), "no guard policy file: the guard is off");
+                }
+                status.loaded = loaded.map(Arc::new);
+                status.load_error = None;
+            }
+            Err(error) => {
+                tracing::error!(
+                    policy = %self.path.display(),
+                    %error,
+                    "guard policy rejected; the previous policy stays in force"
+                );
+                status.load_error = Some(error);
+            }
+        }
+    }
+
+    /// Evaluates the loaded policy against `snapshot` without acting (`gpukillctl guard
+    /// test`): the violations and what the mode would do about each now.
+    pub fn test(&self, snapshot: &Snapshot) -> Option<(Arc<Loaded>, Evaluation)> {
+        let loaded = self.lock().loaded.clone()?;
+        let mut history = UtilHistory::default();
+        history.record(snapshot, Duration::from_secs(3600));
+        let evaluation = evaluate::evaluate(
+            &loaded.policy,
+            snapshot,
+            &history,
+            clock::local_time(snapshot.taken_at),
+        );
+        Some((loaded, evaluation))
+    }
+}
+
+/// The file's policy; `Ok(None)` when there is no file.
+fn load_file(
+    path: &Path,
+    daemon_users: Option<&Vec<String>>,
+    daemon_processes: &[String],
+) -> Result<Option<Loaded>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    let origin = path.display().to_string();
+    let policy = CompiledPolicy::parse(&text, Some(&origin), &unix_group_members)
+        .map_err(|error| error.to_string())?;
+    let mut users = daemon_users
+        .cloned()
+        .unwrap_or_else(|| vec!["root".to_owned()]);
+    users.extend(policy.policy.protected_users.iter().cloned());
+    let mut patterns = daemon_processes.to_vec();
+    patterns.extend(policy.policy.protected_processes.iter().cloned());
+    let protection = Protection::new(Some(users), &patterns).map_err(|error| error.to_string())?;
+    Ok(Some(Loaded {
+        policy,
+        protection,
+        loaded_at: SystemTime::now(),
+    }))
+}
+
+/// The file's modification time and length, to notice a change.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// Evaluates every snapshot of `ring` until `stop` turns true, acting through `events`
+/// (nothing is killed without an audit trail).
+pub async fn run(
+    guard: Arc<Guard>,
+    ring: Arc<Ring>,
+    events: Arc<EventLog>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut updates = ring.updates();
+    let mut tracker = Tracker::default();
+    let mut history = UtilHistory::default();
+    let mut file = None;
+    let principal = guard_principal();
+    loop {
+        let snapshot = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            update = updates.recv() => match update {
+                Ok(snapshot) => snapshot,
+                Err(broadcast::error::RecvError::Lagged(_)) => ring.latest(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let path = guard.path.clone();
+        let (changed, now_stamp) = {
+            let now_stamp = tokio::task::spawn_blocking(move || stamp(&path))
+                .await
+                .ok()
+                .flatten();
+            (now_stamp != file, now_stamp)
+        };
+        if changed || guard.reload.swap(false, Ordering::Relaxed) {
+            file = now_stamp;
+            let loading = Arc::clone(&guard);
+            let _ = tokio::task::spawn_blocking(move || loading.load()).await;
+        }
+        let Some(loaded) = guard.lock().loaded.clone() else {
+            continue;
+        };
+        let policy = &loaded.policy.policy;
+        if !policy.enabled {
+            let mut status = guard.lock();
+            status.active.clear();
+            status.not_evaluable.clear();
+            continue;
+        }
+        let started = std::time::Instant::now();
+        history.record(&snapshot, longest_window(&loaded.policy));
+        let local: LocalTime = clock::local_time(snapshot.taken_at);
+        let evaluation = evaluate::evaluate(&loaded.policy, &snapshot, &history, local);
+        let active = evaluation.violations.clone();
+        let decisions = tracker.update(policy, evaluation.violations, snapshot.taken_at);
+        {
+            let mut status = guard.lock();
+            status.active = active;
+            status.not_evaluable = evaluation.not_evaluable;
+            status.recent_kills = tracker.recent_kills();
+            status.evaluated_at = Some(snapshot.taken_at);
+            status.evaluation_time = started.elapsed();
+        }
+        for decision in decisions {
+            respond(decision, &loaded, &principal, &events).await;
+        }
+    }
+}
+
+/// How far back utilization must be kept for the policy's windows.
+fn longest_window(policy: &CompiledPolicy) -> Duration {
+    let p = &policy.policy;
+    std::iter::once(p.defaults.window())
+        .chain(p.users.iter().map(|u| u.limits.window()))
+        .chain(p.windows.iter().map(|w| w.limits.window()))
+        .chain(p.groups.iter().filter_map(|g| g.utilization_window))
+        .max()
+        .unwrap_or(super::policy::DEFAULT_UTILIZATION_WINDOW)
+}
+
+/// The principal the guard acts as: the daemon itself, an admin.
+fn guard_principal() -> Principal {
+    Principal {
+        caller: Caller {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pid: i32::try_from(std::process::id()).ok(),
+            transport: Transport::Guard,
+        },
+        user: GUARD_USER.to_owned(),
+        admin: true,
+    }
+}
+
+/// Logs and records one decision; for `Act`, kills on the blocking pool and records each
+/// outcome, without holding up the next evaluation.
+async fn respond(
+    decision: Decision,
+    loaded: &Arc<Loaded>,
+    principal: &Principal,
+    events: &Arc<EventLog>,
+) {
+    let mode = loaded.policy.policy.mode;
+    let (violation, outcome) = match &decision {
+        Decision::Warn(v) => (v, "warned"),
+        Decision::WouldAct(v) => (v, "would_act"),
+        Decision::RateLimited(v) => (v, "rate_limited"),
+        Decision::Act(v) => (v, "acting"),
+    };
+    let description = violation.describe();
+    tracing::warn!(
+        rule = violation.rule.as_str(),
+        policy = %violation.policy,
+        measured = violation.measured,
+        limit = violation.limit,
+        mode = mode.as_str(),
+        outcome,
+        "guard: {description}"
+    );
+    let action = format!("guard {}: {}", mode.as_str(), violation.rule.as_str());
+    let caller = event_caller(principal);
+    let mut batch: Vec<NewEvent> = violation
+        .offenders
+        .iter()
+        .map(|offender| NewEvent {
+            time: SystemTime::now(),
+            kind: EventKind::Violation,
+            caller: caller.clone(),
+            action: action.clone(),
+            target: Some(event_target(&offender.info, offender.gpu_index)),
+            outcome: outcome.to_owned(),
+            reason: description.clone(),
+        })
+        .collect();
+    if batch.is_empty() {
+        // A violation with no process to act on (a GPU over its reserve from memory no
+        // process accounts for): recorded without a target.
+        batch.push(NewEvent {
+            time: SystemTime::now(),
+            kind: EventKind::Violation,
+            caller: caller.clone(),
+            action: action.clone(),
+            target: None,
+            outcome: outcome.to_owned(),
+            reason: description.clone(),
+        });
+    }
+    if let Err(error) = events.record(batch).await {
+        tracing::error!(%error, "cannot record a guard violation");
+    }
+    let Decision::Act(violation) = decision else {
+        return;
+    };
+    debug_assert!(mode != Mode::DryRun);
+    let targets: Vec<Target> = violation
+        .offenders
+        .iter()
+        .map(|offender| Target {
+            info: Arc::clone(&offender.info),
+            gpu_index: Some(offender.gpu_index),
+        })
+        .collect();
+    let options = KillOptions {
+        timeout: loaded.policy.policy.kill_timeout,
+        force: true,
+    };
+    let (loaded, principal, events) = (Arc::clone(loaded), principal.clone(), Arc::clone(events));
+    tokio::spawn(async move {
+        let killer = principal.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            kill::decide_and_execute(&killer, &loaded.protection, targets, options)
+        })
+        .await;
+        let Ok(decided) = decided else {
+            tracing::error!("the guard's kill panicked");
+            return;
+        };
+        let records: Vec<NewEvent> = decided
+            .iter()
+            .map(|decided| kill_event(&principal, &action, &description, decided))
+            .collect();
+        for decided in &decided {
+            tracing::warn!(
+                pid = decided.target.info.pid,
+                user = %decided.target.info.user,
+                outcome = decided.outcome.as_str(),
+                "guard acted: {}", decided.reason
+            );
+        }
+        if let Err(error) = events.record(records).await {
+            tracing::error!(%error, "cannot record the guard's kills");
+        }
+    });
+}
+
+fn event_caller(principal: &Principal) -> EventCaller {
+    EventCaller {
+        uid: principal.caller.uid,
+        user: principal.user.clone(),
+        pid: principal.caller.pid,
+        transport: principal.caller.transport.name().to_owned(),
+    }
+}
+
+fn event_target(info: &crate::procinfo::ProcessInfo, gpu_index: u32) -> EventTarget {
+    EventTarget {
+        pid: info.pid,
+        start_time_ms: crate::store::unix_ms(info.start_time),
+        uid: info.uid,
+        user: info.user.to_string(),
+        name: info.name.clone(),
+        cmdline: info.cmdline.clone(),
+        gpu_index: Some(gpu_index),
+    }
+}
+
+fn kill_event(principal: &Principal, action: &str, violation: &str, decided: &Decided) -> NewEvent {
+    NewEvent {
+        time: SystemTime::now(),
+        kind: EventKind::Kill,
+        caller: event_caller(principal),
+        action: action.to_owned(),
+        target: Some(event_target(
+            &decided.target.info,
+            decided.target.gpu_index.unwrap_or_default(),
+        )),
+        outcome: decided.outcome.as_str().to_owned(),
+        reason: format!("{violation}; {}", decided.reason),
+    }
+}

@@ -1,0 +1,8 @@
+//! Guard: policies enforced continuously, and rogue (miner/abuse) detection.
+
+pub mod clock;
+pub mod engine;
+pub mod evaluate;
+pub mod policy;
+pub mod rogue;
+pub mod tracker;
