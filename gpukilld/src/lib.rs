@@ -158,6 +158,8 @@ pub async fn run(
         config.protected_users.clone(),
         config.protected_processes.clone(),
     ));
+    let loading = Arc::clone(&guard);
+    let _ = tokio::task::spawn_blocking(move || loading.load()).await;
     // Without the audit trail nothing is killed, so no guard either.
     let guard_task = kill_context.events.as_ref().ok().map(|log| {
         tokio::spawn(guard::engine::run(

@@ -7,6 +7,7 @@
 //! reads, group lookups and kills (which wait for processes to exit) run on the blocking
 //! pool, so a slow one never delays the next evaluation.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -68,6 +69,8 @@ pub struct Guard {
     daemon_processes: Vec<String>,
     status: Mutex<Status>,
     reload: AtomicBool,
+    /// The policy file's modification time and length when it was last read.
+    stamp: Mutex<Option<(SystemTime, u64)>>,
 }
 
 impl Guard {
@@ -82,7 +85,8 @@ impl Guard {
             daemon_users: protected_users,
             daemon_processes: protected_processes,
             status: Mutex::new(Status::default()),
-            reload: AtomicBool::new(true),
+            reload: AtomicBool::new(false),
+            stamp: Mutex::new(None),
         }
     }
 
@@ -108,6 +112,7 @@ impl Guard {
     /// Reads and checks the policy file (blocking: file and group database). A missing file
     /// is no policy; a bad one keeps the previous policy and records the error.
     pub fn load(&self) {
+        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = stamp(&self.path);
         let result = load_file(
             &self.path,
             self.daemon_users.as_ref(),
@@ -205,8 +210,10 @@ pub async fn run(
     let mut updates = ring.updates();
     let mut tracker = Tracker::default();
     let mut history = UtilHistory::default();
-    let mut file = None;
     let principal = guard_principal();
+    // Whether each offender (pid, start ticks) is protected, and why: checked once per
+    // process (it reads /proc), forgotten when the process no longer offends.
+    let mut protected: HashMap<(u32, u64), Option<String>> = HashMap::new();
     loop {
         let snapshot = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return,
@@ -217,17 +224,15 @@ pub async fn run(
             },
         };
         let path = guard.path.clone();
-        let (changed, now_stamp) = {
-            let now_stamp = tokio::task::spawn_blocking(move || stamp(&path))
-                .await
-                .ok()
-                .flatten();
-            (now_stamp != file, now_stamp)
-        };
+        let now_stamp = tokio::task::spawn_blocking(move || stamp(&path))
+            .await
+            .ok()
+            .flatten();
+        let changed = now_stamp != *guard.stamp.lock().unwrap_or_else(PoisonError::into_inner);
         if changed || guard.reload.swap(false, Ordering::Relaxed) {
-            file = now_stamp;
             let loading = Arc::clone(&guard);
             let _ = tokio::task::spawn_blocking(move || loading.load()).await;
+            protected.clear();
         }
         let Some(loaded) = guard.lock().loaded.clone() else {
             continue;
@@ -242,7 +247,15 @@ pub async fn run(
         let started = std::time::Instant::now();
         history.record(&snapshot, longest_window(&loaded.policy));
         let local: LocalTime = clock::local_time(snapshot.taken_at);
-        let evaluation = evaluate::evaluate(&loaded.policy, &snapshot, &history, local);
+        let mut evaluation = evaluate::evaluate(&loaded.policy, &snapshot, &history, local);
+        let evaluation_time = started.elapsed();
+        mark_protected(
+            &mut evaluation.violations,
+            &mut protected,
+            &loaded,
+            &principal,
+        )
+        .await;
         let active = evaluation.violations.clone();
         let decisions = tracker.update(policy, evaluation.violations, snapshot.taken_at);
         {
@@ -251,11 +264,53 @@ pub async fn run(
             status.not_evaluable = evaluation.not_evaluable;
             status.recent_kills = tracker.recent_kills();
             status.evaluated_at = Some(snapshot.taken_at);
-            status.evaluation_time = started.elapsed();
+            status.evaluation_time = evaluation_time;
         }
         for decision in decisions {
             respond(decision, &loaded, &principal, &events).await;
         }
+    }
+}
+
+/// Fills in each offender's protection from `cache`, checking (on the blocking pool) those
+/// not seen before.
+async fn mark_protected(
+    violations: &mut [Violation],
+    cache: &mut HashMap<(u32, u64), Option<String>>,
+    loaded: &Arc<Loaded>,
+    principal: &Principal,
+) {
+    let offending: HashSet<(u32, u64)> = violations
+        .iter()
+        .flat_map(|v| v.offenders.iter().map(|o| (o.info.pid, o.info.start_ticks)))
+        .collect();
+    cache.retain(|key, _| offending.contains(key));
+    let unknown: Vec<Arc<crate::procinfo::ProcessInfo>> = violations
+        .iter()
+        .flat_map(|v| v.offenders.iter())
+        .filter(|o| !cache.contains_key(&(o.info.pid, o.info.start_ticks)))
+        .map(|o| Arc::clone(&o.info))
+        .collect();
+    if !unknown.is_empty() {
+        let (loaded, principal) = (Arc::clone(loaded), principal.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            unknown
+                .into_iter()
+                .map(|info| {
+                    let reason = loaded.protection.check(&principal, &info);
+                    ((info.pid, info.start_ticks), reason)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        cache.extend(checked);
+    }
+    for offender in violations.iter_mut().flat_map(|v| v.offenders.iter_mut()) {
+        offender.protected = cache
+            .get(&(offender.info.pid, offender.info.start_ticks))
+            .cloned()
+            .flatten();
     }
 }
 

@@ -87,6 +87,9 @@ pub struct Offender {
     pub vendor: Vendor,
     /// The GPU.
     pub gpu_index: u32,
+    /// Why it must never be signalled, when it must not (filled in by the guard before
+    /// deciding: a protected process spends none of the kill rate).
+    pub protected: Option<String>,
 }
 
 /// What a violation is about: it stays the same from tick to tick while the violation
@@ -299,6 +302,7 @@ impl Seen<'_> {
             info: Arc::clone(self.info()),
             vendor: self.key.vendor,
             gpu_index: self.key.gpu_index,
+            protected: None,
         }
     }
 

@@ -121,8 +121,14 @@ impl Tracker {
             if violation.offenders.is_empty() {
                 continue;
             }
+            // Protected offenders are recorded as such by the kill path; they spend no kill.
+            let kills = violation
+                .offenders
+                .iter()
+                .filter(|o| o.protected.is_none())
+                .count();
             let room = (policy.max_kills_per_minute as usize).saturating_sub(self.kills.len());
-            if room < violation.offenders.len() {
+            if room < kills {
                 if !episode.rate_limited {
                     episode.rate_limited = true;
                     decisions.push(Decision::RateLimited(violation));
@@ -133,7 +139,9 @@ impl Tracker {
                 episode
                     .acted_on
                     .insert((offender.info.pid, offender.info.start_ticks));
-                self.kills.push_back(now);
+                if offender.protected.is_none() {
+                    self.kills.push_back(now);
+                }
             }
             episode.rate_limited = false;
             decisions.push(Decision::Act(violation));
@@ -193,6 +201,7 @@ mod tests {
                 info: proc_info(pid, 1000, "alice", 60),
                 vendor: Vendor::Nvidia,
                 gpu_index: 0,
+                protected: None,
             }],
             over: measured > limit,
         }
@@ -336,6 +345,31 @@ mod tests {
     }
 
     #[test]
+    fn protected_offenders_spend_no_kill() {
+        let policy = policy(Mode::Hard);
+        let mut tracker = Tracker::default();
+        let protected = |pid| {
+            let mut v = violation(pid, 12.0, 10.0);
+            v.offenders[0].protected = Some("this is gpukilld itself".into());
+            v
+        };
+        let all = || {
+            vec![
+                protected(1),
+                protected(2),
+                violation(3, 12.0, 10.0),
+                violation(4, 12.0, 10.0),
+            ]
+        };
+        tracker.update(&policy, all(), at(0));
+        assert_eq!(
+            names(&tracker.update(&policy, all(), at(3))),
+            ["act 1", "act 2", "act 3", "act 4"]
+        );
+        assert_eq!(tracker.recent_kills(), 2);
+    }
+
+    #[test]
     fn an_aggregate_acts_again_only_on_new_offenders() {
         let policy = policy(Mode::Hard);
         let mut tracker = Tracker::default();
@@ -349,6 +383,7 @@ mod tests {
                     info: Arc::clone(&violation(*pid, 0.0, 0.0).offenders[0].info),
                     vendor: Vendor::Nvidia,
                     gpu_index: 0,
+                    protected: None,
                 })
                 .collect();
             v
