@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -371,4 +372,55 @@ fn guard_test_says_what_would_happen_without_acting() {
     assert_eq!(violation["offenders"][0]["pid"], pid);
     assert_eq!(violation["would"], "kill once it has lasted 1h", "{test:#}");
     assert!(target.alive());
+}
+
+#[test]
+fn a_renamed_miner_is_found_by_its_exe_and_killed_despite_a_whitelisted_name() {
+    // A copy of python3 named xmrig that sets its comm to "python3": /proc/PID/exe still
+    // says xmrig.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let miner = dir.path().join("xmrig");
+    std::fs::copy("/usr/bin/python3", &miner).expect("copy python3");
+    let script = "import ctypes, time\n\
+                  ctypes.CDLL(None).prctl(15, b'python3', 0, 0, 0)\n\
+                  time.sleep(600)\n";
+    let mut child = std::process::Command::new(&miner)
+        .args(["-c", script])
+        .env("PYTHONHOME", "/usr")
+        .uid(ALICE)
+        .gid(ALICE)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the renamed miner");
+    let pid = child.id();
+    // Wait for the rename.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "python3\n" {
+        assert!(Instant::now() < deadline, "the miner never renamed itself");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let policy = r#"
+mode = "hard"
+min_duration = "0s"
+rogue_act_at = "high"
+[rogue.whitelist]
+names = ["^python3$"]
+"#;
+    let (daemon, _policy_dir, _path) = start(&gpu0(&[(pid, 100)]), policy);
+    let kill = wait_event(&daemon, pid, Duration::from_secs(5), |e| {
+        e["type"] == "kill"
+    });
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    assert_eq!(kill["action"], "guard hard: rogue", "{kill:#}");
+    assert_eq!(kill["outcome"], "terminated", "{kill:#}");
+    let reason = kill["reason"].as_str().expect("reason");
+    assert!(reason.contains("xmrig"), "{reason}");
+    assert!(reason.contains("whitelist overridden"), "{reason}");
+    assert!(!status.success());
 }

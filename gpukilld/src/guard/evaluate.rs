@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::policy::{CompiledPolicy, Limits, LocalTime};
+use super::rogue::{Observed, RiskLevel};
 use crate::procinfo::ProcessInfo;
 use crate::snapshot::{GpuProcess, Snapshot, Vendor};
 
@@ -41,6 +42,8 @@ pub enum Rule {
     GroupUtilization,
     /// A group has more GPU processes than allowed.
     GroupProcesses,
+    /// A process scores as a miner or abuse (`[rogue]`).
+    Rogue,
 }
 
 impl Rule {
@@ -59,6 +62,7 @@ impl Rule {
             Rule::GroupMemory => "group_memory",
             Rule::GroupUtilization => "group_utilization",
             Rule::GroupProcesses => "group_processes",
+            Rule::Rogue => "rogue",
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum Unit {
     Count,
     /// A GPU index (the value is the GPU; no limit).
     Gpu,
+    /// A rogue score, 0 to 100 (the limit: the score of `rogue_act_at`).
+    Score,
 }
 
 /// A process a violation is about, on one GPU.
@@ -134,7 +140,11 @@ pub struct Violation {
     /// Whether the value is over the limit now. A violation that has started is still
     /// reported while its value stays within `hysteresis_pct` under the limit (then `over`
     /// is false), so a value flapping around the limit is one violation, not one per tick.
+    /// A rogue finding below `rogue_act_at` (or with no `rogue_act_at`) is reported with
+    /// `over` false: the guard never acts on it.
     pub over: bool,
+    /// More for people (a rogue finding's reasons); empty for limits.
+    pub note: String,
 }
 
 impl Violation {
@@ -163,10 +173,16 @@ impl Violation {
         };
         let measured = match self.unit {
             Unit::Gpu => format!("runs on GPU {}", self.measured),
+            Unit::Score => format!("scores {}", value(self.measured)),
             _ => format!("{}, limit {}", value(self.measured), value(self.limit)),
         };
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", self.note)
+        };
         format!(
-            "{}: {what} {measured} ({})",
+            "{}: {what} {measured} ({}){note}",
             self.rule.as_str(),
             self.policy
         )
@@ -181,6 +197,7 @@ pub fn format_value(value: f64, unit: Unit) -> String {
         Unit::Seconds => humantime::format_duration(Duration::from_secs(value as u64)).to_string(),
         Unit::Count => format!("{value:.0}"),
         Unit::Gpu => format!("GPU {value:.0}"),
+        Unit::Score => format!("{value:.0}"),
     }
 }
 
@@ -413,6 +430,7 @@ pub fn evaluate(
                     unit: Unit::Percent,
                     offenders,
                     over,
+                    note: String::new(),
                 });
             }
         }
@@ -440,6 +458,7 @@ pub fn evaluate(
                     unit: Unit::Gpu,
                     offenders: vec![process.offender()],
                     over: true,
+                    note: String::new(),
                 });
             }
             if let (Some(limit), Some(used)) = (
@@ -456,6 +475,7 @@ pub fn evaluate(
                     unit: Unit::Bytes,
                     offenders: vec![process.offender()],
                     over,
+                    note: String::new(),
                 });
             }
         }
@@ -489,13 +509,78 @@ pub fn evaluate(
                         unit: Unit::Bytes,
                         offenders,
                         over,
+                        note: String::new(),
                     });
                 }
             }
         }
     }
+    rogue_findings(
+        policy,
+        &seen,
+        history,
+        snapshot,
+        local,
+        &mut found.violations,
+    );
     found.not_evaluable = not_evaluable.into_iter().collect();
     found
+}
+
+/// Scores each process (once, on the first GPU it is on) with `[rogue]`: a finding of at
+/// least low risk is reported; it is `over` (the guard acts) at `rogue_act_at` and above.
+fn rogue_findings(
+    policy: &CompiledPolicy,
+    seen: &[Seen<'_>],
+    history: &UtilHistory,
+    snapshot: &Snapshot,
+    local: LocalTime,
+    out: &mut Vec<Violation>,
+) {
+    let config = &policy.policy.rogue;
+    let act_at = policy.policy.rogue_act_at;
+    let now = snapshot.taken_at;
+    let mut scored = std::collections::HashSet::new();
+    for process in seen {
+        let info = process.info();
+        if !scored.insert((info.pid, info.start_ticks)) {
+            continue;
+        }
+        let window = config.high_util_window;
+        let mean_util_pct = history
+            .mean(&process.key, window, now, snapshot.poll_interval)
+            .ok()
+            .flatten();
+        let observed = Observed {
+            name: &info.name,
+            exe_name: info.exe_name.as_deref(),
+            cmdline: &info.cmdline,
+            user: &info.user,
+            uid: info.uid,
+            running_for: now.duration_since(info.start_time).unwrap_or_default(),
+            mean_util_pct,
+            util_window: window,
+            local_hour: u8::try_from(local.minute / 60).ok(),
+        };
+        let finding = policy.rogue.score(&observed);
+        if finding.level < RiskLevel::Low {
+            continue;
+        }
+        let limit = act_at.map_or(f64::from(config.levels.low), |level| {
+            f64::from(config.levels.threshold(level))
+        });
+        out.push(Violation {
+            rule: Rule::Rogue,
+            policy: format!("[rogue] {}", finding.level.as_str()),
+            subject: process.subject(),
+            measured: f64::from(finding.score),
+            limit,
+            unit: Unit::Score,
+            offenders: vec![process.offender()],
+            over: act_at.is_some_and(|level| finding.level >= level),
+            note: finding.reasons.join("; "),
+        });
+    }
 }
 
 /// The table whose limits are in force for a user, for messages: the last window that
@@ -555,6 +640,7 @@ fn user_rules(
             unit,
             offenders: vec![process.offender()],
             over,
+            note: String::new(),
         };
         if let (Some(limit), Some(used)) = (
             limits.max_memory_per_process,
@@ -698,6 +784,7 @@ fn aggregate_memory(
         unit: Unit::Bytes,
         offenders,
         over,
+        note: String::new(),
     });
 }
 
@@ -735,6 +822,7 @@ fn aggregate_count(
         offenders,
         // A count has no in-between: one process more is over.
         over: true,
+        note: String::new(),
     });
 }
 
@@ -1024,6 +1112,53 @@ pub(crate) mod tests {
             "{}",
             violation.describe()
         );
+    }
+
+    #[test]
+    fn a_renamed_miner_is_a_rogue_finding_acted_on_at_the_configured_level() {
+        let text = r#"
+            rogue_act_at = "high"
+            [rogue.whitelist]
+            names = ["^python3$"]
+        "#;
+        let mut miner = (*proc_info(60, 1000, "alice", 60)).clone();
+        miner.exe_name = Some("xmrig".into());
+        let trainer = proc_info(61, 1000, "alice", 60);
+        let rows = [
+            (Arc::new(miner), 0, Some(1), Some(99)),
+            (trainer, 1, Some(1), Some(99)),
+        ];
+        let evaluation = evaluate(
+            &policy(text),
+            &snapshot_at(0, &rows),
+            &UtilHistory::default(),
+            WEDNESDAY_NOON,
+        );
+        assert_eq!(
+            evaluation.violations.len(),
+            1,
+            "{:?}",
+            evaluation.violations
+        );
+        let finding = &evaluation.violations[0];
+        assert_eq!(finding.rule, Rule::Rogue);
+        assert_eq!(finding.offenders[0].info.pid, 60);
+        assert!(finding.over, "high or critical is acted on");
+        assert!(finding.policy == "[rogue] critical" || finding.policy == "[rogue] high");
+        assert!(
+            finding.describe().contains("xmrig"),
+            "{}",
+            finding.describe()
+        );
+        // Without rogue_act_at: reported, never acted on.
+        let report_only = evaluate(
+            &policy(""),
+            &snapshot_at(0, &rows),
+            &UtilHistory::default(),
+            WEDNESDAY_NOON,
+        );
+        assert!(report_only.violations.iter().all(|v| !v.over));
+        assert_eq!(report_only.violations.len(), 1);
     }
 
     #[test]

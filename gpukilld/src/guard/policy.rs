@@ -47,7 +47,14 @@
 //! end = "06:00"                 # before start: the window crosses midnight
 //! applies_to = ["@students"]    # default: everyone
 //! max_memory_per_process = "70GiB"
+//!
+//! [rogue]                       # miner/abuse scoring (see guard::rogue); always reported
+//! whitelist = { users = ["ci-bot"] }
 //! ```
+//!
+//! With `rogue_act_at = "high"` (top level) the guard also acts on processes whose rogue
+//! score reaches that risk level, as on any other violation; without it findings are only
+//! reported (`guard status`, `guard test`, `audit --rogue`).
 //!
 //! A user's effective limits: `[defaults]`, each field replaced by the user's `[[user]]`
 //! entry where it sets one, then by every active `[[window]]` that applies to the user (in
@@ -61,6 +68,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::rogue::{RiskLevel, RogueConfig, RogueScorer};
 use crate::config::duration;
 
 /// How the guard responds to a violation.
@@ -404,6 +412,11 @@ pub struct Policy {
     /// `[[window]]` entries.
     #[serde(rename = "window")]
     pub windows: Vec<TimeWindow>,
+    /// Rogue scoring: patterns, weights, levels, whitelist.
+    pub rogue: RogueConfig,
+    /// Act on rogue findings at or above this risk level (low, medium, high, critical);
+    /// unset: report only.
+    pub rogue_act_at: Option<RiskLevel>,
 }
 
 impl Default for Policy {
@@ -423,6 +436,8 @@ impl Default for Policy {
             groups: Vec::new(),
             gpus: Vec::new(),
             windows: Vec::new(),
+            rogue: RogueConfig::default(),
+            rogue_act_at: None,
         }
     }
 }
@@ -449,6 +464,8 @@ pub struct CompiledPolicy {
     pub protected_patterns: Vec<Regex>,
     /// Each `[[group]]`'s members (user names and uids as written, plus the Unix group's).
     pub group_members: Vec<BTreeSet<String>>,
+    /// `[rogue]`, compiled.
+    pub rogue: RogueScorer,
 }
 
 impl CompiledPolicy {
@@ -553,10 +570,23 @@ impl CompiledPolicy {
             check_limits(&window.limits, &format!("[[window]] {}", window.name))
                 .map_err(|reason| error(lines.array("window", n), reason))?;
         }
+        let rogue = RogueScorer::new(&policy.rogue).map_err(|rogue| {
+            error(
+                lines.table("rogue"),
+                format!("[rogue] {}", crate::error_chain(&rogue)),
+            )
+        })?;
+        if policy.rogue_act_at == Some(RiskLevel::None) {
+            return Err(error(
+                lines.key("rogue_act_at"),
+                "rogue_act_at \"none\" would act on every process: use low, medium, high or critical".to_owned(),
+            ));
+        }
         Ok(CompiledPolicy {
             policy,
             protected_patterns,
             group_members,
+            rogue,
         })
     }
 
@@ -891,6 +921,25 @@ max_memory_per_process = "70GiB"
                     .starts_with(&format!("guard.toml, line {line}: "))
             );
         }
+    }
+
+    #[test]
+    fn rogue_settings_are_checked() {
+        let compiled = parse("rogue_act_at = \"high\"\n[rogue]\nhigh_util_pct = 90\n").unwrap();
+        assert_eq!(compiled.policy.rogue_act_at, Some(RiskLevel::High));
+        let error = parse("rogue_act_at = \"none\"").unwrap_err();
+        assert!(
+            error.reason.contains("would act on every process"),
+            "{error}"
+        );
+        let error = parse("x = 1\n[rogue]\nname_patterns = [\"(\"]\n").unwrap_err();
+        assert_eq!(error.line, 1, "unknown x first: {error}");
+        let error = parse("\n[rogue]\nname_patterns = [\"(\"]\n").unwrap_err();
+        assert_eq!(error.line, 2, "{error}");
+        assert!(
+            error.reason.starts_with("[rogue] name_patterns[0]"),
+            "{error}"
+        );
     }
 
     #[test]

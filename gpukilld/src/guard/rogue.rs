@@ -319,7 +319,18 @@ impl Default for Levels {
 }
 
 impl Levels {
-    /// The level of `score`.
+    /// The lowest score of `level` (0 for `None`).
+    pub fn threshold(&self, level: RiskLevel) -> u32 {
+        match level {
+            RiskLevel::None => 0,
+            RiskLevel::Low => self.low,
+            RiskLevel::Medium => self.medium,
+            RiskLevel::High => self.high,
+            RiskLevel::Critical => self.critical,
+        }
+    }
+
+    /// The risk level of `score`.
     pub fn level(&self, score: u32) -> RiskLevel {
         if score >= self.critical {
             RiskLevel::Critical

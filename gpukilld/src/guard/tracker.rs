@@ -204,6 +204,7 @@ mod tests {
                 protected: None,
             }],
             over: measured > limit,
+            note: String::new(),
         }
     }
 

@@ -165,6 +165,7 @@ fn unit(unit: Unit) -> &'static str {
         Unit::Seconds => "seconds",
         Unit::Count => "count",
         Unit::Gpu => "gpu",
+        Unit::Score => "score",
     }
 }
 
