@@ -342,6 +342,19 @@ pub struct AuditArgs {
     #[arg(long, conflicts_with_all = ["user", "process", "gpu"])]
     pub summary: bool,
 
+    /// List the window's sessions that score as miners or abuse instead
+    ///
+    /// Each session is scored with the guard's rogue model (the policy's [rogue] settings, or
+    /// the defaults): known miner names, miner command lines, renamed binaries (by argv[0];
+    /// history has no exe names), sustained high utilization, long runs, unusual hours.
+    /// Highest score first. Not with --summary, --user, --process, --gpu or --output csv.
+    #[arg(long, conflicts_with_all = ["summary", "user", "process", "gpu"])]
+    pub rogue: bool,
+
+    /// With --rogue: only findings at or above this risk level
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = RiskLevelArg::Low, requires = "rogue")]
+    pub min_level: RiskLevelArg,
+
     /// With --summary: at most N top users and N top processes
     #[arg(
         long,
@@ -501,6 +514,31 @@ pub enum CollectionFormat {
     Json,
     /// CSV with a header row.
     Csv,
+}
+
+/// Risk levels of rogue findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RiskLevelArg {
+    /// Score 20 or more by default.
+    Low,
+    /// 40 or more.
+    Medium,
+    /// 60 or more.
+    High,
+    /// 80 or more.
+    Critical,
+}
+
+impl RiskLevelArg {
+    /// The name the Rogue RPC takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevelArg::Low => "low",
+            RiskLevelArg::Medium => "medium",
+            RiskLevelArg::High => "high",
+            RiskLevelArg::Critical => "critical",
+        }
+    }
 }
 
 /// Arguments of `gpukillctl history`.

@@ -14,9 +14,9 @@ use gpukill_proto::v1::{
     HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
     ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget,
     ListRequest, ListResponse, ProcessKind, ProcessUsage, ResetOutcome, ResetRequest,
-    ResetResponse, ResetResult, Resolution, Session, SessionsRequest, SessionsResponse, Snapshot,
-    SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor, VendorState, VendorStatus,
-    VersionRequest, VersionResponse, WatchRequest,
+    ResetResponse, ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, Session,
+    SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
+    UserUsage, Vendor, VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -494,6 +494,22 @@ pub fn guard_test_response() -> GuardTestResponse {
     }
 }
 
+/// A Rogue answer: the first session of [`sessions_response`] as a renamed miner.
+pub fn rogue_response() -> RogueResponse {
+    RogueResponse {
+        findings: vec![RogueFinding {
+            session: sessions_response().sessions.into_iter().next(),
+            score: 100,
+            level: "critical".to_owned(),
+            reasons: vec![
+                "argv[0] xmrig is a known miner (+80)".to_owned(),
+                "renamed binary: argv[0] xmrig is a known miner but comm is python3 (+20)"
+                    .to_owned(),
+            ],
+        }],
+    }
+}
+
 /// A History answer at hourly resolution: two hours of GPU 1, the second without power.
 pub fn hourly_history_response() -> HistoryResponse {
     let hour = NOW_MS - NOW_MS.rem_euclid(3_600_000) - 2 * 3_600_000;
@@ -588,6 +604,10 @@ pub struct FakeDaemon {
     /// What GuardTest answers, or the status it fails with; `None` fails with
     /// UNIMPLEMENTED.
     pub guard_test: Option<Result<GuardTestResponse, Status>>,
+    /// What Rogue answers, or the status it fails with; `None` fails with UNIMPLEMENTED.
+    pub rogue: Option<Result<RogueResponse, Status>>,
+    /// Every Rogue request received.
+    pub rogue_requests: Arc<Mutex<Vec<RogueRequest>>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -778,6 +798,19 @@ impl GpuKill for FakeDaemon {
         match self.guard_test.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("GuardTest")),
+        }
+    }
+
+    async fn rogue(
+        &self,
+        request: Request<RogueRequest>,
+    ) -> Result<Response<RogueResponse>, Status> {
+        if let Ok(mut requests) = self.rogue_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.rogue.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Rogue")),
         }
     }
 

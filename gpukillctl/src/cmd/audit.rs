@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use gpukill_proto::v1::{SessionsRequest, SummaryRequest};
+use gpukill_proto::v1::{RogueRequest, SessionsRequest, SummaryRequest};
 
 use crate::Output;
 use crate::cli::{Address, AuditAction, AuditArgs, ReportFormat, window};
@@ -26,6 +26,9 @@ pub async fn run<W: Write, E: Write>(
     }
     if args.summary {
         return summary(address, args, out).await;
+    }
+    if args.rogue {
+        return rogue(address, args, out).await;
     }
     let socket = conn::socket_path(address)?;
     let mut client = conn::connect(&socket).await?;
@@ -64,6 +67,36 @@ async fn summary<W: Write, E: Write>(
     let text = match args.output {
         ReportFormat::Json => audit::summary_json(&response)?,
         ReportFormat::Table | ReportFormat::Csv => audit::render_summary(&response),
+    };
+    out.write(&text)
+}
+
+/// `gpukillctl audit --rogue`: the Rogue RPC over the same window.
+async fn rogue<W: Write, E: Write>(
+    address: Option<&Address>,
+    args: &AuditArgs,
+    out: &mut Output<W, E>,
+) -> Result<(), Error> {
+    if args.output == ReportFormat::Csv {
+        return Err(Error::Usage(
+            "--rogue has no CSV output; use --output table or json".to_owned(),
+        ));
+    }
+    let window = request(args, SystemTime::now());
+    let socket = conn::socket_path(address)?;
+    let mut client = conn::connect(&socket).await?;
+    let response = client
+        .rogue(conn::unary(RogueRequest {
+            since_unix_ms: window.since_unix_ms,
+            until_unix_ms: window.until_unix_ms,
+            min_level: args.min_level.as_str().to_owned(),
+        }))
+        .await
+        .map_err(|status| Error::rpc("Rogue", status))?
+        .into_inner();
+    let text = match args.output {
+        ReportFormat::Json => audit::rogue_json(&response)?,
+        ReportFormat::Table | ReportFormat::Csv => audit::render_rogue(&response, out.tz),
     };
     out.write(&text)
 }
@@ -251,6 +284,39 @@ mod tests {
             let err = parse(argv).expect_err("refused");
             assert_eq!(crate::error::clap_exit_code(&err), 3, "{argv:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn rogue_asks_for_the_window_and_level_and_prints_the_findings() {
+        let daemon = FakeDaemon {
+            rogue: Some(Ok(testutil::rogue_response())),
+            ..Default::default()
+        };
+        let requests = daemon.rogue_requests.clone();
+        let served = serve(daemon);
+        let (result, text, _) = run_cli(
+            &served.socket,
+            &["audit", "--rogue", "--hours", "48", "--min-level", "high"],
+        )
+        .await;
+        result.expect("rogue");
+        assert_eq!(
+            text,
+            audit::render_rogue(&testutil::rogue_response(), TimeZone::Utc)
+        );
+        let request = requests.lock().expect("lock")[0].clone();
+        assert_eq!(request.min_level, "high");
+        assert_eq!(
+            request.until_unix_ms - request.since_unix_ms,
+            48 * 3_600_000
+        );
+        let (result, _, _) = run_cli(&served.socket, &["audit", "--rogue", "-o", "csv"]).await;
+        assert_eq!(result.expect_err("no csv").exit_code(), 3);
+        let (result, text, _) = run_cli(&served.socket, &["audit", "--rogue", "-o", "json"]).await;
+        result.expect("json");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(json["findings"][0]["level"], "critical");
+        assert!(json["findings"][0]["session"]["pid"].is_u64());
     }
 
     #[test]

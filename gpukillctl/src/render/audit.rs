@@ -17,7 +17,7 @@
 //! percent with one. JSON: [`SummaryJson`], absent values `null`.
 
 use gpukill_proto::v1::{
-    GpuUsage, ProcessUsage, Session, SessionsResponse, SummaryResponse, UserUsage,
+    GpuUsage, ProcessUsage, RogueResponse, Session, SessionsResponse, SummaryResponse, UserUsage,
 };
 use serde::Serialize;
 
@@ -496,4 +496,71 @@ mod tests {
         assert_eq!(csv(&empty), format!("{}\n", CSV_HEADER.join(",")));
         assert_eq!(json(&empty).expect("encode"), "{\n  \"sessions\": []\n}\n");
     }
+}
+
+/// The JSON of `gpukillctl audit --rogue --output json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RogueJson {
+    /// Findings, highest score first.
+    pub findings: Vec<RogueFindingJson>,
+}
+
+/// One rogue finding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RogueFindingJson {
+    /// Score, 0 to 100.
+    pub score: u32,
+    /// low, medium, high or critical.
+    pub level: String,
+    /// One line per signal.
+    pub reasons: Vec<String>,
+    /// The session, as `audit` shows it.
+    pub session: Option<SessionJson>,
+}
+
+/// `response` as one JSON document.
+pub fn rogue_json(response: &RogueResponse) -> Result<String, Error> {
+    document(&RogueJson {
+        findings: response
+            .findings
+            .iter()
+            .map(|finding| RogueFindingJson {
+                score: finding.score,
+                level: finding.level.clone(),
+                reasons: finding.reasons.clone(),
+                session: finding.session.as_ref().map(SessionJson::new),
+            })
+            .collect(),
+    })
+}
+
+/// `response` as a table: `SCORE, LEVEL, USER, PID, PROC, GPU, LAST_SEEN, REASONS`.
+pub fn render_rogue(response: &RogueResponse, tz: TimeZone) -> String {
+    if response.findings.is_empty() {
+        return "no rogue findings in the window\n".to_owned();
+    }
+    let header = [
+        "SCORE",
+        "LEVEL",
+        "USER",
+        "PID",
+        "PROC",
+        "GPU",
+        "LAST_SEEN",
+        "REASONS",
+    ];
+    let rows = response.findings.iter().map(|finding| {
+        let session = finding.session.clone().unwrap_or_default();
+        vec![
+            finding.score.to_string(),
+            finding.level.clone(),
+            session.user.clone(),
+            session.pid.to_string(),
+            session.name.clone(),
+            session.gpu_index.to_string(),
+            or_absent(date_time(session.last_seen_unix_ms, tz)),
+            finding.reasons.join("; "),
+        ]
+    });
+    table(&header, rows)
 }

@@ -83,6 +83,9 @@ pub enum RpcError {
         /// The most allowed.
         max: usize,
     },
+    /// A risk level that does not exist (or `none` where it makes no sense).
+    #[error("unknown risk level {0:?}: use low, medium, high or critical")]
+    InvalidLevel(String),
     /// No guard policy is loaded.
     #[error("{0}")]
     GuardOff(String),
@@ -106,6 +109,7 @@ impl From<RpcError> for Status {
             | RpcError::InvalidEventType(_)
             | RpcError::NoResetSelector
             | RpcError::TooManyRecords { .. }
+            | RpcError::InvalidLevel(_)
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }

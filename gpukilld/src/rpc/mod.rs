@@ -11,6 +11,7 @@ pub mod import;
 pub mod kill;
 mod list;
 pub mod reset;
+mod rogue;
 mod sessions;
 pub mod summary;
 pub mod unix;
@@ -198,6 +199,17 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
         attribute(&request, "GuardTest")?;
         guard::test(&self.guard, &self.ring)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn rogue(
+        &self,
+        request: Request<pb::RogueRequest>,
+    ) -> Result<Response<pb::RogueResponse>, Status> {
+        attribute(&request, "Rogue")?;
+        rogue::rogue(&self.kill.events, &self.guard, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)

@@ -101,7 +101,7 @@ pub(super) fn check_window(since_unix_ms: i64, until_unix_ms: i64) -> Result<(),
     }
 }
 
-fn session(stored: StoredSession) -> pb::Session {
+pub(super) fn session(stored: StoredSession) -> pb::Session {
     pb::Session {
         pid: stored.pid,
         start_time_unix_ms: stored.start_time_ms,
