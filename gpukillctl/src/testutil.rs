@@ -10,7 +10,8 @@ use std::time::Duration;
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
     Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage,
-    GuardStatusRequest, GuardStatusResponse, GuardTestRequest, GuardTestResponse, GuardViolation,
+    GuardPolicyRequest, GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse,
+    GuardTestRequest, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation,
     HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
     ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget,
     ListRequest, ListResponse, ProcessKind, ProcessUsage, ResetOutcome, ResetRequest,
@@ -608,6 +609,12 @@ pub struct FakeDaemon {
     pub rogue: Option<Result<RogueResponse, Status>>,
     /// Every Rogue request received.
     pub rogue_requests: Arc<Mutex<Vec<RogueRequest>>>,
+    /// What GuardPolicy answers; `None` fails with UNIMPLEMENTED.
+    pub guard_policy: Option<Result<GuardPolicyResponse, Status>>,
+    /// What GuardUpdate answers; `None` fails with UNIMPLEMENTED.
+    pub guard_update: Option<Result<GuardUpdateResponse, Status>>,
+    /// Every GuardUpdate request received.
+    pub guard_update_requests: Arc<Mutex<Vec<GuardUpdateRequest>>>,
     /// The filters of every List and Watch request received.
     pub filters: Arc<Mutex<Vec<SnapshotFilter>>>,
     /// Every Kill request received, with the deadline the client set.
@@ -798,6 +805,29 @@ impl GpuKill for FakeDaemon {
         match self.guard_test.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("GuardTest")),
+        }
+    }
+
+    async fn guard_policy(
+        &self,
+        _request: Request<GuardPolicyRequest>,
+    ) -> Result<Response<GuardPolicyResponse>, Status> {
+        match self.guard_policy.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("GuardPolicy")),
+        }
+    }
+
+    async fn guard_update(
+        &self,
+        request: Request<GuardUpdateRequest>,
+    ) -> Result<Response<GuardUpdateResponse>, Status> {
+        if let Ok(mut requests) = self.guard_update_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.guard_update.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("GuardUpdate")),
         }
     }
 

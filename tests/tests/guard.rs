@@ -424,3 +424,88 @@ names = ["^python3$"]
     assert!(reason.contains("whitelist overridden"), "{reason}");
     assert!(!status.success());
 }
+
+#[test]
+fn admins_change_the_policy_through_the_api_keeping_its_comments_and_nothing_else_changes_it() {
+    let mut target = Target::sleep(Some(ALICE));
+    let pid = target.pid();
+    let original = "# The lab's policy: dry-run until we trust it.\nmode = \"dry-run\"\nmin_duration = \"0s\"\n";
+    let (daemon, _dir, path) = start(&gpu0(&[(pid, 2048)]), original);
+
+    // Another user may read but not change it: exit 4, file unchanged, refusal recorded.
+    let denied = daemon.ctl_as(BOB, &["guard", "mode", "hard"]);
+    assert_eq!(denied.status.code(), Some(4), "{denied:?}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), original);
+    let shown = daemon.ctl_as(BOB, &["guard", "export"]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout), original);
+
+    // An invalid entry: exit 3 naming the value, nothing written.
+    let bad = daemon.ctl(&[
+        "guard",
+        "policy",
+        "add-user",
+        "4242",
+        "--max-memory-per-process",
+        "lots",
+    ]);
+    assert_eq!(bad.status.code(), Some(3), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid size \"lots\""),
+        "{bad:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), original);
+
+    // Root is an admin: the limit and then hard mode; the comment stays.
+    let added = daemon.ctl(&[
+        "guard",
+        "policy",
+        "add-user",
+        "4242",
+        "--max-memory-per-process",
+        "1GiB",
+    ]);
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout),
+        "added [[user]] 4242\n"
+    );
+    assert!(target.alive(), "still dry-run");
+    let hard = daemon.ctl(&["guard", "mode", "hard"]);
+    assert!(hard.status.success(), "{hard:?}");
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(
+        text.starts_with("# The lab's policy: dry-run until we trust it.\nmode = \"hard\""),
+        "{text}"
+    );
+    assert!(
+        target.exits_within(Duration::from_secs(12)),
+        "hard mode acts on the new limit"
+    );
+
+    let policy_events: Vec<Value> = daemon
+        .events_json()
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "policy" || (e["type"] == "deny" && e["action"] == "guard mode hard")
+        })
+        .collect();
+    let outcomes: Vec<(String, String)> = policy_events
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("guard mode hard".to_owned(), "denied".to_owned()),
+            ("guard policy add-user".to_owned(), "rejected".to_owned()),
+            ("guard policy add-user".to_owned(), "changed".to_owned()),
+            ("guard mode hard".to_owned(), "changed".to_owned()),
+        ],
+        "{policy_events:#?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use gpukill_proto::v1::guard_update_request::Change;
 use gpukill_proto::v1::{GuardStatusRequest, GuardTestRequest};
 
 use crate::Output;
@@ -45,6 +46,21 @@ pub async fn run<W: Write, E: Write>(
                 OutputFormat::Json => guard::test_json(&response)?,
             };
             out.write(&text)
+        }
+        GuardCommand::Enable => {
+            super::guard_policy::update(address, Change::Enabled(true), out).await
+        }
+        GuardCommand::Disable => {
+            super::guard_policy::update(address, Change::Enabled(false), out).await
+        }
+        GuardCommand::Mode { mode } => {
+            super::guard_policy::update(address, Change::Mode(mode.as_str().to_owned()), out).await
+        }
+        GuardCommand::Policy(command) => super::guard_policy::run(address, command, out).await,
+        GuardCommand::Export => super::guard_policy::show(address, true, out).await,
+        GuardCommand::Import { file } => {
+            let text = super::guard_policy::read_policy(file)?;
+            super::guard_policy::update(address, Change::Replace(text), out).await
         }
         GuardCommand::Violations(args) => {
             let events = EventsArgs {

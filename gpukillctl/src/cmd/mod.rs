@@ -6,6 +6,7 @@ pub mod collection;
 pub mod events;
 pub mod export;
 pub mod guard;
+pub mod guard_policy;
 pub mod history;
 pub mod import;
 pub mod kill;

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch};
 
 use super::clock;
+use super::edit::{self, Change};
 use super::evaluate::{self, Evaluation, UtilHistory, Violation};
 use super::policy::{CompiledPolicy, LocalTime, Mode, unix_group_members};
 use super::tracker::{Decision, Tracker};
@@ -71,6 +72,28 @@ pub struct Guard {
     reload: AtomicBool,
     /// The policy file's modification time and length when it was last read.
     stamp: Mutex<Option<(SystemTime, u64)>>,
+    /// Held while a change is written, so two changes do not interleave.
+    writing: Mutex<()>,
+}
+
+/// Why a change to the policy was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The change does not apply (an entry that is not there, a fragment that is not TOML).
+    #[error("{0}")]
+    Edit(String),
+    /// The policy after the change would not be valid; the file is unchanged.
+    #[error("the changed policy is invalid, nothing was written: {0}")]
+    Invalid(String),
+    /// The file could not be read or written.
+    #[error("cannot write the policy file {}: {source}", path.display())]
+    Io {
+        /// The file (or its temporary sibling).
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Guard {
@@ -87,6 +110,7 @@ impl Guard {
             status: Mutex::new(Status::default()),
             reload: AtomicBool::new(false),
             stamp: Mutex::new(None),
+            writing: Mutex::new(()),
         }
     }
 
@@ -149,6 +173,34 @@ impl Guard {
         }
     }
 
+    /// The policy file's text ("" when there is none). Blocking.
+    pub fn text(&self) -> Result<String, UpdateError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(UpdateError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Applies `change` to the policy file: edits its text (keeping comments), checks the
+    /// result as a whole, writes it atomically (a temporary file renamed over it) and loads
+    /// it. Returns what changed. A change that fails writes nothing. Blocking. The caller
+    /// checks that the requester is an admin.
+    pub fn update(&self, change: &Change) -> Result<String, UpdateError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.text()?;
+        let (text, summary) = edit::apply(&current, change).map_err(UpdateError::Edit)?;
+        let origin = self.path.display().to_string();
+        CompiledPolicy::parse(&text, Some(&origin), &unix_group_members)
+            .map_err(|error| UpdateError::Invalid(error.to_string()))?;
+        write_atomically(&self.path, &text)?;
+        self.load();
+        Ok(summary)
+    }
+
     /// Evaluates the loaded policy against `snapshot` without acting (`gpukillctl guard
     /// test`): the violations and what the mode would do about each now.
     pub fn test(&self, snapshot: &Snapshot) -> Option<(Arc<Loaded>, Evaluation)> {
@@ -191,6 +243,44 @@ fn load_file(
         protection,
         loaded_at: SystemTime::now(),
     }))
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory, flushed to disk,
+/// then renamed over it: a reader (or a crash) sees the old file or the new one, never half.
+fn write_atomically(path: &Path, text: &str) -> Result<(), UpdateError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpdateError::Io { path, source }
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp-{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&temporary)
+        .map_err(io(&temporary))?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(UpdateError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        let _ = std::fs::File::open(dir).and_then(|dir| dir.sync_all());
+    }
+    Ok(())
 }
 
 /// The file's modification time and length, to notice a change.

@@ -86,6 +86,12 @@ pub enum RpcError {
     /// A risk level that does not exist (or `none` where it makes no sense).
     #[error("unknown risk level {0:?}: use low, medium, high or critical")]
     InvalidLevel(String),
+    /// A change of the guard policy that does not apply or would make it invalid.
+    #[error("{0}")]
+    InvalidPolicy(String),
+    /// The guard policy file could not be read or written.
+    #[error("{0}")]
+    GuardUpdate(String),
     /// No guard policy is loaded.
     #[error("{0}")]
     GuardOff(String),
@@ -110,6 +116,7 @@ impl From<RpcError> for Status {
             | RpcError::NoResetSelector
             | RpcError::TooManyRecords { .. }
             | RpcError::InvalidLevel(_)
+            | RpcError::InvalidPolicy(_)
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }
@@ -120,6 +127,7 @@ impl From<RpcError> for Status {
             RpcError::Select(SelectError::Proc { .. })
             | RpcError::AuditUnavailable(_)
             | RpcError::StoreUnavailable(_)
+            | RpcError::GuardUpdate(_)
             | RpcError::Store(_)
             | RpcError::Internal(_) => Code::Internal,
         };

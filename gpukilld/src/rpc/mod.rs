@@ -5,6 +5,7 @@ pub mod convert;
 pub mod error;
 mod events;
 mod guard;
+mod guard_update;
 mod health;
 mod history;
 pub mod import;
@@ -199,6 +200,28 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
         attribute(&request, "GuardTest")?;
         guard::test(&self.guard, &self.ring)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn guard_policy(
+        &self,
+        request: Request<pb::GuardPolicyRequest>,
+    ) -> Result<Response<pb::GuardPolicyResponse>, Status> {
+        attribute(&request, "GuardPolicy")?;
+        guard_update::policy(&self.guard)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn guard_update(
+        &self,
+        request: Request<pb::GuardUpdateRequest>,
+    ) -> Result<Response<pb::GuardUpdateResponse>, Status> {
+        let caller = attribute(&request, "GuardUpdate")?;
+        guard_update::update(&self.guard, &self.kill, caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)

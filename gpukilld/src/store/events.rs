@@ -23,24 +23,29 @@ pub enum EventKind {
     /// The guard found a policy violation (a warning, a "would act" in dry-run, a kill
     /// held back by the rate limit); its kills are `Kill` events.
     Violation,
+    /// The guard policy was changed through the API (or a change was refused).
+    Policy,
 }
 
 impl EventKind {
     /// Every kind, in the order the error message lists them.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Kill,
         EventKind::Reset,
         EventKind::Deny,
         EventKind::Violation,
+        EventKind::Policy,
     ];
 
-    /// The name stored in the `kind` column: `kill`, `reset`, `deny` or `violation`.
+    /// The name stored in the `kind` column: `kill`, `reset`, `deny`, `violation` or
+    /// `policy`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Kill => "kill",
             EventKind::Reset => "reset",
             EventKind::Deny => "deny",
             EventKind::Violation => "violation",
+            EventKind::Policy => "policy",
         }
     }
 }
@@ -53,7 +58,7 @@ impl fmt::Display for EventKind {
 
 /// A string that is not an [`EventKind`] name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation)")]
+#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy)")]
 pub struct EventKindError {
     /// The string that was given.
     pub value: String,

@@ -91,12 +91,12 @@ const MIGRATIONS: &[&str] = &[
         time_ms INTEGER NOT NULL, gpu_index INTEGER NOT NULL, pid INTEGER NOT NULL,
         PRIMARY KEY (time_ms, gpu_index, pid)
     ) WITHOUT ROWID;",
-    // 4: guard violations in the audit trail. SQLite cannot change a CHECK, so the table is
-    // copied into one that allows the new kind (ids kept).
+    // 4: guard violations and policy changes in the audit trail. SQLite cannot change a
+    // CHECK, so the table is copied into one that allows the new kinds (ids kept).
     "CREATE TABLE events_v4 (
         id INTEGER PRIMARY KEY,
         time_ms INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('kill','reset','deny','violation')),
+        kind TEXT NOT NULL CHECK (kind IN ('kill','reset','deny','violation','policy')),
         caller_uid INTEGER NOT NULL,
         caller_user TEXT NOT NULL,
         caller_pid INTEGER,

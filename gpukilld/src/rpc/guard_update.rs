@@ -1,0 +1,116 @@
+//! `GuardPolicy` and `GuardUpdate`: reading the policy file, and changing it (admins only;
+//! every change, and every refusal, goes to the audit trail as a `policy` event).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use gpukill_proto::v1 as pb;
+
+use super::error::RpcError;
+use super::kill::{KillContext, event_caller};
+use crate::authz::{Caller, Principal};
+use crate::guard::edit::{Change, EntryKind};
+use crate::guard::engine::{Guard, UpdateError};
+use crate::guard::policy::Mode;
+use crate::store::{EventKind, NewEvent};
+
+/// Answers `GuardPolicy`. Anyone may read the policy.
+pub async fn policy(guard: &Arc<Guard>) -> Result<pb::GuardPolicyResponse, RpcError> {
+    let reading = Arc::clone(guard);
+    let text = tokio::task::spawn_blocking(move || reading.text())
+        .await
+        .map_err(|_| RpcError::Internal("reading the policy panicked"))?
+        .map_err(|error| RpcError::GuardUpdate(error.to_string()))?;
+    Ok(pb::GuardPolicyResponse {
+        path: guard.path().display().to_string(),
+        text,
+    })
+}
+
+/// Answers `GuardUpdate`.
+pub async fn update(
+    guard: &Arc<Guard>,
+    context: &Arc<KillContext>,
+    caller: Caller,
+    request: pb::GuardUpdateRequest,
+) -> Result<pb::GuardUpdateResponse, RpcError> {
+    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let change = change(request)?;
+    let admin_group = context.admin_group.clone();
+    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
+        .await
+        .map_err(|_| RpcError::Internal("user lookup panicked"))?;
+    let record = |kind: EventKind, outcome: &str, reason: String| NewEvent {
+        time: SystemTime::now(),
+        kind,
+        caller: event_caller(&principal),
+        action: change.to_string(),
+        target: None,
+        outcome: outcome.to_owned(),
+        reason,
+    };
+    if !principal.admin {
+        let reason = format!(
+            "changing the guard policy is for admins (root or group {}); you are {} (uid {})",
+            context.admin_group, principal.user, principal.caller.uid
+        );
+        if let Err(error) = events
+            .record(vec![record(EventKind::Deny, "denied", reason.clone())])
+            .await
+        {
+            tracing::error!(%error, "cannot record a denied policy change");
+        }
+        return Err(RpcError::NotAdmin(reason));
+    }
+    let updating = Arc::clone(guard);
+    let applied = change.clone();
+    let result = tokio::task::spawn_blocking(move || updating.update(&applied))
+        .await
+        .map_err(|_| RpcError::Internal("the policy update panicked"))?;
+    let event = match &result {
+        Ok(summary) => record(EventKind::Policy, "changed", summary.clone()),
+        Err(error) => record(EventKind::Policy, "rejected", error.to_string()),
+    };
+    if let Err(error) = events.record(vec![event]).await {
+        tracing::error!(%error, "cannot record a policy change");
+    }
+    match result {
+        Ok(summary) => {
+            tracing::info!(user = %principal.user, uid = principal.caller.uid, "{change}: {summary}");
+            Ok(pb::GuardUpdateResponse { summary })
+        }
+        Err(error @ UpdateError::Io { .. }) => Err(RpcError::GuardUpdate(error.to_string())),
+        Err(error) => Err(RpcError::InvalidPolicy(error.to_string())),
+    }
+}
+
+/// The change a request asks for, checked.
+fn change(request: pb::GuardUpdateRequest) -> Result<Change, RpcError> {
+    use pb::guard_update_request::Change as Asked;
+    let kind = |kind: &str| {
+        EntryKind::parse(kind).ok_or_else(|| {
+            RpcError::InvalidPolicy(format!(
+                "unknown entry kind {kind:?}: use user, group or gpu"
+            ))
+        })
+    };
+    match request.change {
+        None => Err(RpcError::InvalidPolicy(
+            "say what to change: enabled, mode, add, remove or replace".to_owned(),
+        )),
+        Some(Asked::Enabled(enabled)) => Ok(Change::Enabled(enabled)),
+        Some(Asked::Mode(mode)) => mode
+            .parse::<Mode>()
+            .map(Change::Mode)
+            .map_err(RpcError::InvalidPolicy),
+        Some(Asked::Add(entry)) => Ok(Change::Add {
+            kind: kind(&entry.kind)?,
+            fragment: entry.toml,
+        }),
+        Some(Asked::Remove(entry)) => Ok(Change::Remove {
+            kind: kind(&entry.kind)?,
+            key: entry.key,
+        }),
+        Some(Asked::Replace(text)) => Ok(Change::Replace(text)),
+    }
+}
