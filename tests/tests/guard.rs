@@ -509,3 +509,143 @@ fn admins_change_the_policy_through_the_api_keeping_its_comments_and_nothing_els
         "{policy_events:#?}"
     );
 }
+
+/// A plain HTTP/1.1 receiver on loopback: answers 500 to the first request (to make the
+/// daemon retry) and 200 to the rest; keeps the bodies.
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 0) {
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let mut stream = stream;
+            if n == 0 {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n");
+                continue;
+            }
+            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                kept.lock().expect("lock").push(value);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+/// A pseudo-terminal whose slave side belongs to `uid`: (master, slave path).
+fn terminal_of(uid: u32) -> (std::fs::File, PathBuf) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0, "grantpt");
+        assert_eq!(libc::unlockpt(master), 0, "unlockpt");
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let path = PathBuf::from(
+            std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        );
+        std::os::unix::fs::chown(&path, Some(uid), None).expect("chown the terminal");
+        let flags = libc::fcntl(master, libc::F_GETFL);
+        libc::fcntl(master, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        (std::fs::File::from_raw_fd(master), path)
+    }
+}
+
+#[test]
+fn soft_mode_tells_the_user_on_their_terminal_and_posts_to_the_webhook_with_retries() {
+    use std::io::Read;
+    let (port, notices) = webhook_receiver();
+    let (mut master, _slave) = terminal_of(ALICE);
+    // The slave must stay open for writes to reach the master.
+    let _slave_open = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&_slave)
+        .expect("open slave");
+    let mut target = Target::sleep(Some(ALICE));
+    let pid = target.pid();
+    let policy = format!(
+        r#"
+mode = "soft"
+grace = "1s"
+[[user]]
+name = "4242"
+max_memory_per_process = "1GiB"
+[notify]
+webhook = "http://127.0.0.1:{port}/hooks/gpu"
+webhook_retries = 2
+terminals = true
+"#
+    );
+    let (_daemon, _dir, _path) = start(&gpu0(&[(pid, 2048)]), &policy);
+    assert!(
+        target.exits_within(Duration::from_secs(5)),
+        "killed after the grace"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut screen = String::new();
+    loop {
+        let mut buffer = [0u8; 4096];
+        if let Ok(read) = master.read(&mut buffer) {
+            screen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+        let outcomes: Vec<String> = notices
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|n| n["outcome"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let done = screen.contains("was killed by the GPU policy")
+            && outcomes.contains(&"warned".to_owned())
+            && outcomes.contains(&"terminated".to_owned());
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "terminal: {screen:?}\nwebhook outcomes: {outcomes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        screen.contains(&format!(
+            "your process {pid} (sleep) on GPU 0 breaks the GPU policy"
+        )),
+        "{screen}"
+    );
+    assert!(screen.contains("It will be killed in 1s"), "{screen}");
+    let notices = notices.lock().expect("lock").clone();
+    let warned = notices
+        .iter()
+        .find(|n| n["outcome"] == "warned")
+        .expect("warned");
+    assert_eq!(warned["rule"], "memory_per_process", "{warned:#}");
+    assert_eq!(warned["mode"], "soft");
+    assert_eq!(warned["processes"][0]["pid"], pid, "{warned:#}");
+    assert_eq!(warned["limit"].as_f64(), Some(1_073_741_824.0));
+}

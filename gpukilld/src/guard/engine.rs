@@ -18,11 +18,13 @@ use tokio::sync::{broadcast, watch};
 use super::clock;
 use super::edit::{self, Change};
 use super::evaluate::{self, Evaluation, UtilHistory, Violation};
+use super::notify::{self, Notice, NoticeProcess, Notifier};
 use super::policy::{CompiledPolicy, LocalTime, Mode, unix_group_members};
 use super::tracker::{Decision, Tracker};
-use crate::actions::kill::{self, Decided, KillOptions, Target};
+use crate::actions::kill::{self, Decided, KillOptions, Outcome, Target};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal, Transport};
+use crate::procinfo::ProcessInfo;
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
 use crate::store::{EventCaller, EventKind, EventLog, EventTarget, NewEvent};
@@ -301,6 +303,12 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut history = UtilHistory::default();
     let principal = guard_principal();
+    let responder = Arc::new(Responder {
+        principal: principal.clone(),
+        events: Arc::clone(&events),
+        notifier: Notifier::start(),
+        host: snapshot_host(&ring),
+    });
     // Whether each offender (pid, start ticks) is protected, and why: checked once per
     // process (it reads /proc), forgotten when the process no longer offends.
     let mut protected: HashMap<(u32, u64), Option<String>> = HashMap::new();
@@ -357,7 +365,7 @@ pub async fn run(
             status.evaluation_time = evaluation_time;
         }
         for decision in decisions {
-            respond(decision, &loaded, &principal, &events).await;
+            respond(decision, &loaded, &responder).await;
         }
     }
 }
@@ -404,6 +412,11 @@ async fn mark_protected(
     }
 }
 
+/// The node's name, as the snapshots carry it.
+fn snapshot_host(ring: &Ring) -> String {
+    ring.latest().host.to_string()
+}
+
 /// How far back utilization must be kept for the policy's windows.
 fn longest_window(policy: &CompiledPolicy) -> Duration {
     let p = &policy.policy;
@@ -429,15 +442,68 @@ fn guard_principal() -> Principal {
     }
 }
 
-/// Logs and records one decision; for `Act`, kills on the blocking pool and records each
-/// outcome, without holding up the next evaluation.
-async fn respond(
-    decision: Decision,
-    loaded: &Arc<Loaded>,
-    principal: &Principal,
-    events: &Arc<EventLog>,
-) {
-    let mode = loaded.policy.policy.mode;
+/// What responding to a decision needs.
+struct Responder {
+    principal: Principal,
+    events: Arc<EventLog>,
+    notifier: Notifier,
+    host: String,
+}
+
+impl Responder {
+    /// The webhook notice of `violation` with `outcome`, about `processes`.
+    fn notice(
+        &self,
+        mode: Mode,
+        violation: &Violation,
+        outcome: &str,
+        processes: &[&ProcessInfo],
+        gpu: &[u32],
+    ) -> Notice {
+        Notice {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            host: self.host.clone(),
+            mode: mode.as_str().to_owned(),
+            rule: violation.rule.as_str().to_owned(),
+            policy: violation.policy.clone(),
+            outcome: outcome.to_owned(),
+            description: violation.describe(),
+            measured: violation.measured,
+            limit: violation.limit,
+            unit: crate::guard::evaluate::unit_name(violation.unit).to_owned(),
+            processes: processes
+                .iter()
+                .zip(gpu)
+                .map(|(info, gpu_index)| NoticeProcess {
+                    pid: info.pid,
+                    uid: info.uid,
+                    user: info.user.to_string(),
+                    name: info.name.clone(),
+                    gpu_index: *gpu_index,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes `message` on the terminals of each of `users` (on the blocking pool).
+fn tell(users: Vec<(u32, String)>) {
+    if users.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        for (uid, message) in users {
+            let told = notify::tell_user(uid, &message);
+            tracing::debug!(uid, terminals = told.len(), "guard message written");
+        }
+    });
+}
+
+/// Logs, records and announces one decision; for `Act`, kills on the blocking pool and
+/// records and announces each outcome, without holding up the next evaluation.
+async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Responder>) {
+    let policy = &loaded.policy.policy;
+    let mode = policy.mode;
     let (violation, outcome) = match &decision {
         Decision::Warn(v) => (v, "warned"),
         Decision::WouldAct(v) => (v, "would_act"),
@@ -455,35 +521,57 @@ async fn respond(
         "guard: {description}"
     );
     let action = format!("guard {}: {}", mode.as_str(), violation.rule.as_str());
-    let caller = event_caller(principal);
+    let caller = event_caller(&responder.principal);
+    let event = |target: Option<EventTarget>| NewEvent {
+        time: SystemTime::now(),
+        kind: EventKind::Violation,
+        caller: caller.clone(),
+        action: action.clone(),
+        target,
+        outcome: outcome.to_owned(),
+        reason: description.clone(),
+    };
     let mut batch: Vec<NewEvent> = violation
         .offenders
         .iter()
-        .map(|offender| NewEvent {
-            time: SystemTime::now(),
-            kind: EventKind::Violation,
-            caller: caller.clone(),
-            action: action.clone(),
-            target: Some(event_target(&offender.info, offender.gpu_index)),
-            outcome: outcome.to_owned(),
-            reason: description.clone(),
-        })
+        .map(|offender| event(Some(event_target(&offender.info, offender.gpu_index))))
         .collect();
     if batch.is_empty() {
         // A violation with no process to act on (a GPU over its reserve from memory no
         // process accounts for): recorded without a target.
-        batch.push(NewEvent {
-            time: SystemTime::now(),
-            kind: EventKind::Violation,
-            caller: caller.clone(),
-            action: action.clone(),
-            target: None,
-            outcome: outcome.to_owned(),
-            reason: description.clone(),
-        });
+        batch.push(event(None));
     }
-    if let Err(error) = events.record(batch).await {
+    if let Err(error) = responder.events.record(batch).await {
         tracing::error!(%error, "cannot record a guard violation");
+    }
+    let infos: Vec<&ProcessInfo> = violation
+        .offenders
+        .iter()
+        .map(|o| o.info.as_ref())
+        .collect();
+    let gpus: Vec<u32> = violation.offenders.iter().map(|o| o.gpu_index).collect();
+    responder.notifier.send(
+        &policy.notify,
+        responder.notice(mode, violation, outcome, &infos, &gpus),
+    );
+    if policy.notify.terminals && matches!(decision, Decision::Warn(_)) {
+        let grace = humantime::format_duration(policy.grace);
+        tell(
+            violation
+                .offenders
+                .iter()
+                .filter(|o| o.protected.is_none())
+                .map(|o| {
+                    (
+                        o.info.uid,
+                        format!(
+                            "your process {} ({}) on GPU {} breaks the GPU policy: {description}. It will be killed in {grace} unless that changes.",
+                            o.info.pid, o.info.name, o.gpu_index
+                        ),
+                    )
+                })
+                .collect(),
+        );
     }
     let Decision::Act(violation) = decision else {
         return;
@@ -498,14 +586,14 @@ async fn respond(
         })
         .collect();
     let options = KillOptions {
-        timeout: loaded.policy.policy.kill_timeout,
+        timeout: policy.kill_timeout,
         force: true,
     };
-    let (loaded, principal, events) = (Arc::clone(loaded), principal.clone(), Arc::clone(events));
+    let (loaded, responder) = (Arc::clone(loaded), Arc::clone(responder));
     tokio::spawn(async move {
-        let killer = principal.clone();
+        let (killer, protection) = (responder.principal.clone(), loaded.protection.clone());
         let decided = tokio::task::spawn_blocking(move || {
-            kill::decide_and_execute(&killer, &loaded.protection, targets, options)
+            kill::decide_and_execute(&killer, &protection, targets, options)
         })
         .await;
         let Ok(decided) = decided else {
@@ -514,17 +602,42 @@ async fn respond(
         };
         let records: Vec<NewEvent> = decided
             .iter()
-            .map(|decided| kill_event(&principal, &action, &description, decided))
+            .map(|decided| kill_event(&responder.principal, &action, &description, decided))
             .collect();
+        let notify = &loaded.policy.policy.notify;
+        let mut messages = Vec::new();
         for decided in &decided {
+            let info = &decided.target.info;
+            let gpu = decided.target.gpu_index.unwrap_or_default();
             tracing::warn!(
-                pid = decided.target.info.pid,
-                user = %decided.target.info.user,
+                pid = info.pid,
+                user = %info.user,
                 outcome = decided.outcome.as_str(),
                 "guard acted: {}", decided.reason
             );
+            responder.notifier.send(
+                notify,
+                responder.notice(
+                    mode,
+                    &violation,
+                    decided.outcome.as_str(),
+                    &[info.as_ref()],
+                    &[gpu],
+                ),
+            );
+            if notify.terminals && matches!(decided.outcome, Outcome::Terminated | Outcome::Killed)
+            {
+                messages.push((
+                    info.uid,
+                    format!(
+                        "your process {} ({}) on GPU {gpu} was killed by the GPU policy: {description}",
+                        info.pid, info.name
+                    ),
+                ));
+            }
         }
-        if let Err(error) = events.record(records).await {
+        tell(messages);
+        if let Err(error) = responder.events.record(records).await {
             tracing::error!(%error, "cannot record the guard's kills");
         }
     });

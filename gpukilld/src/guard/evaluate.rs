@@ -189,6 +189,18 @@ impl Violation {
     }
 }
 
+/// The name of a unit in the API and in webhook notices.
+pub fn unit_name(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Bytes => "bytes",
+        Unit::Percent => "percent",
+        Unit::Seconds => "seconds",
+        Unit::Count => "count",
+        Unit::Gpu => "gpu",
+        Unit::Score => "score",
+    }
+}
+
 /// A value with its unit, for people.
 pub fn format_value(value: f64, unit: Unit) -> String {
     match unit {

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod edit;
 pub mod engine;
 pub mod evaluate;
+pub mod notify;
 pub mod policy;
 pub mod rogue;
 pub mod tracker;

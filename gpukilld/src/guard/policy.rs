@@ -50,6 +50,12 @@
 //!
 //! [rogue]                       # miner/abuse scoring (see guard::rogue); always reported
 //! whitelist = { users = ["ci-bot"] }
+//!
+//! [notify]
+//! webhook = "http://127.0.0.1:9000/gpukill"   # a JSON POST per violation and action
+//! webhook_timeout = "5s"
+//! webhook_retries = 3
+//! terminals = true              # warn the offending user on their terminals
 //! ```
 //!
 //! With `rogue_act_at = "high"` (top level) the guard also acts on processes whose rogue
@@ -68,6 +74,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::notify::{NotifyConfig, Webhook};
 use super::rogue::{RiskLevel, RogueConfig, RogueScorer};
 use crate::config::duration;
 
@@ -417,6 +424,8 @@ pub struct Policy {
     /// Act on rogue findings at or above this risk level (low, medium, high, critical);
     /// unset: report only.
     pub rogue_act_at: Option<RiskLevel>,
+    /// Webhook and terminal messages.
+    pub notify: NotifyConfig,
 }
 
 impl Default for Policy {
@@ -438,6 +447,7 @@ impl Default for Policy {
             windows: Vec::new(),
             rogue: RogueConfig::default(),
             rogue_act_at: None,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -576,6 +586,9 @@ impl CompiledPolicy {
                 format!("[rogue] {}", crate::error_chain(&rogue)),
             )
         })?;
+        if let Some(url) = &policy.notify.webhook {
+            Webhook::parse(url).map_err(|reason| error(lines.table("notify"), reason))?;
+        }
         if policy.rogue_act_at == Some(RiskLevel::None) {
             return Err(error(
                 lines.key("rogue_act_at"),

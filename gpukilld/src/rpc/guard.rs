@@ -10,7 +10,7 @@ use super::convert;
 use super::error::RpcError;
 use crate::guard::clock;
 use crate::guard::engine::{GUARD_USER, Guard, Loaded};
-use crate::guard::evaluate::{Unit, Violation};
+use crate::guard::evaluate::Violation;
 use crate::guard::policy::Mode;
 use crate::ring::Ring;
 
@@ -139,7 +139,7 @@ fn violation(v: &Violation, would: String) -> pb::GuardViolation {
         description: v.describe(),
         measured: v.measured,
         limit: v.limit,
-        unit: unit(v.unit).to_owned(),
+        unit: crate::guard::evaluate::unit_name(v.unit).to_owned(),
         over: v.over,
         offenders: v
             .offenders
@@ -155,17 +155,6 @@ fn violation(v: &Violation, would: String) -> pb::GuardViolation {
             })
             .collect(),
         would,
-    }
-}
-
-fn unit(unit: Unit) -> &'static str {
-    match unit {
-        Unit::Bytes => "bytes",
-        Unit::Percent => "percent",
-        Unit::Seconds => "seconds",
-        Unit::Count => "count",
-        Unit::Gpu => "gpu",
-        Unit::Score => "score",
     }
 }
 
