@@ -654,6 +654,14 @@ fn user_rules(
             over,
             note: String::new(),
         };
+        let memory_rules =
+            limits.max_memory_per_process.is_some() || limits.max_memory_total.is_some();
+        if memory_rules && process.process.used_memory_bytes.is_none() {
+            not_evaluable.insert(format!(
+                "GPU {} reports no memory for pid {}: the memory limits of {source} cannot be evaluated for it",
+                process.key.gpu_index, process.key.pid
+            ));
+        }
         if let (Some(limit), Some(used)) = (
             limits.max_memory_per_process,
             process.process.used_memory_bytes,
@@ -1171,6 +1179,25 @@ pub(crate) mod tests {
         );
         assert!(report_only.violations.iter().all(|v| !v.over));
         assert_eq!(report_only.violations.len(), 1);
+    }
+
+    #[test]
+    fn a_process_without_a_memory_reading_is_not_evaluable_not_zero() {
+        let text = "[defaults]\nmax_memory_per_process = \"1GiB\"\n";
+        let rows = [(proc_info(70, 1000, "alice", 10), 2, None, None)];
+        let evaluation = evaluate(
+            &policy(text),
+            &snapshot_at(0, &rows),
+            &UtilHistory::default(),
+            WEDNESDAY_NOON,
+        );
+        assert!(evaluation.violations.is_empty());
+        assert_eq!(
+            evaluation.not_evaluable,
+            [
+                "GPU 2 reports no memory for pid 70: the memory limits of [defaults] cannot be evaluated for it"
+            ]
+        );
     }
 
     #[test]

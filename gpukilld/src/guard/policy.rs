@@ -956,6 +956,16 @@ max_memory_per_process = "70GiB"
     }
 
     #[test]
+    fn the_packaged_example_is_valid() {
+        let text = include_str!("../../../packaging/guard.toml");
+        let compiled = parse(text).unwrap();
+        assert_eq!(compiled.policy.mode, Mode::DryRun);
+        assert_eq!(compiled.policy.users.len(), 1);
+        assert_eq!(compiled.policy.windows[0].start, TimeOfDay(20 * 60));
+        assert!(compiled.policy.notify.terminals);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_bytes("20GiB"), Ok(20 * GIB));
         assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
