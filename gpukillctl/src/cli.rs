@@ -311,23 +311,9 @@ pub struct AuditArgs {
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
-    /// The window: the last N hours
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 24,
-        conflicts_with_all = ["since", "until"],
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
-    pub hours: u32,
-
-    /// The window's start: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h, 7d)
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: Option<TimeArg>,
-
-    /// The window's end (default: now), like --since
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
-    pub until: Option<TimeArg>,
+    /// The time window.
+    #[command(flatten)]
+    pub window: WindowArgs,
 
     /// Output format (--summary: table or json)
     #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
@@ -366,6 +352,35 @@ pub struct AuditArgs {
     pub top: u32,
 }
 
+/// A time window: the last `--hours`, or `--since` to `--until`.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// The window: the last N hours
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 24,
+        conflicts_with_all = ["since", "until"],
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub hours: u32,
+
+    /// The window's start: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h, 7d)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<TimeArg>,
+
+    /// The window's end (default: now), like --since
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
+    pub until: Option<TimeArg>,
+}
+
+impl WindowArgs {
+    /// The window in milliseconds since the epoch, counted back from `now`.
+    pub fn unix_ms(&self, now: SystemTime) -> (i64, i64) {
+        window(self.hours, self.since, self.until, now)
+    }
+}
+
 /// `gpukillctl audit export` and `gpukillctl audit import`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AuditAction {
@@ -398,23 +413,9 @@ pub struct AuditExportArgs {
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
-    /// The window: the last N hours
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 24,
-        conflicts_with_all = ["since", "until"],
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
-    pub hours: u32,
-
-    /// The window's start: RFC 3339 in UTC (2024-05-01T12:00:00Z) or a duration ago (2h, 7d)
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: Option<TimeArg>,
-
-    /// The window's end (default: now), like --since
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "since")]
-    pub until: Option<TimeArg>,
+    /// The time window.
+    #[command(flatten)]
+    pub window: WindowArgs,
 }
 
 /// The formats of `gpukillctl audit export`.
@@ -977,7 +978,10 @@ mod tests {
     #[test]
     fn audit_windows_parse() {
         let args = audit_args(&[]);
-        assert_eq!((args.hours, args.since, args.until), (24, None, None));
+        assert_eq!(
+            (args.window.hours, args.window.since, args.window.until),
+            (24, None, None)
+        );
         assert_eq!(args.output, ReportFormat::Table);
         let args = audit_args(&[
             "--since",
@@ -988,8 +992,11 @@ mod tests {
             "csv",
         ]);
         let noon = UNIX_EPOCH + Duration::from_secs(1_714_564_800);
-        assert_eq!(args.since, Some(TimeArg::At(noon)));
-        assert_eq!(args.until, Some(TimeArg::Ago(Duration::from_secs(7200))));
+        assert_eq!(args.window.since, Some(TimeArg::At(noon)));
+        assert_eq!(
+            args.window.until,
+            Some(TimeArg::Ago(Duration::from_secs(7200)))
+        );
         assert_eq!(args.output, ReportFormat::Csv);
         let both = usage_error(&["gpukillctl", "audit", "--hours", "2", "--since", "1h"]);
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use gpukill_proto::v1::{RogueRequest, SessionsRequest, SummaryRequest};
 
 use crate::Output;
-use crate::cli::{Address, AuditAction, AuditArgs, ReportFormat, window};
+use crate::cli::{Address, AuditAction, AuditArgs, ReportFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::audit;
@@ -114,7 +114,7 @@ fn summary_request(args: &AuditArgs, now: SystemTime) -> SummaryRequest {
 /// The request the arguments ask for: the window `--since`..`--until` (default now), or the
 /// last `--hours`, counted back from `now`. The daemon checks that the window is not empty.
 fn request(args: &AuditArgs, now: SystemTime) -> SessionsRequest {
-    let (since_unix_ms, until_unix_ms) = window(args.hours, args.since, args.until, now);
+    let (since_unix_ms, until_unix_ms) = args.window.unix_ms(now);
     SessionsRequest {
         since_unix_ms,
         until_unix_ms,

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use gpukill_proto::v1::{GpuSample, HistoryRequest, Resolution, Session, SessionsRequest};
 
 use crate::Output;
-use crate::cli::{Address, AuditExportArgs, window};
+use crate::cli::{Address, AuditExportArgs};
 use crate::conn;
 use crate::error::Error;
 use crate::render::gpukill_record::GpukillRecord;
@@ -27,7 +27,7 @@ pub async fn run<W: Write, E: Write>(
     args: &AuditExportArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let (since, until) = window(args.hours, args.since, args.until, SystemTime::now());
+    let (since, until) = args.window.unix_ms(SystemTime::now());
     if since >= until {
         return Err(Error::Usage(format!(
             "--since ({since} ms) must be before --until ({until} ms)"

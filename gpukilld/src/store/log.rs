@@ -606,20 +606,22 @@ fn connection(
     Ok(open)
 }
 
+/// Counts and logs `count` audit events that could not be written, and tells the caller.
+fn write_failed(count: usize, error: StoreError, reply: WriteReply, counters: &Counters) {
+    counters.failed.fetch_add(count as u64, Ordering::Relaxed);
+    tracing::error!(
+        lost = count,
+        error = %crate::error_chain(&error),
+        "{count} audit events could not be written"
+    );
+    let _ = reply.send(Err(error));
+}
+
 /// Answers `request` while the store cannot be opened: an audit write (counted in
 /// `failed`) or an import fails with `error`.
 fn refuse(request: Request, error: StoreError, counters: &Counters) {
     match request {
-        Request::Write { events, reply } => {
-            let count = events.len();
-            counters.failed.fetch_add(count as u64, Ordering::Relaxed);
-            tracing::error!(
-                lost = count,
-                error = %crate::error_chain(&error),
-                "{count} audit events could not be written"
-            );
-            let _ = reply.send(Err(error));
-        }
+        Request::Write { events, reply } => write_failed(events.len(), error, reply, counters),
         Request::Import { reply, .. } => {
             tracing::error!(error = %crate::error_chain(&error), "cannot import audit records");
             let _ = reply.send(Err(error));
@@ -761,15 +763,7 @@ fn handle(
                         // The caller may have timed out or gone; the rows are written anyway.
                         let _ = reply.send(Ok(ids));
                     }
-                    Ok(Err(error)) => {
-                        counters.failed.fetch_add(count as u64, Ordering::Relaxed);
-                        tracing::error!(
-                            lost = count,
-                            error = %crate::error_chain(&error),
-                            "{count} audit events could not be written"
-                        );
-                        let _ = reply.send(Err(error));
-                    }
+                    Ok(Err(error)) => write_failed(count, error, reply, counters),
                     Err(_) => {
                         // Dropping the reply tells the caller; the thread lives on.
                         counters.failed.fetch_add(count as u64, Ordering::Relaxed);
