@@ -424,6 +424,8 @@ fn longest_window(policy: &CompiledPolicy) -> Duration {
         .chain(p.users.iter().map(|u| u.limits.window()))
         .chain(p.windows.iter().map(|w| w.limits.window()))
         .chain(p.groups.iter().filter_map(|g| g.utilization_window))
+        // The rogue model's sustained-utilization signal needs its window too.
+        .chain(std::iter::once(p.rogue.high_util_window))
         .max()
         .unwrap_or(super::policy::DEFAULT_UTILIZATION_WINDOW)
 }

@@ -234,10 +234,29 @@ impl ProcKey {
 }
 
 /// Per-process SM utilization over the last ticks, kept by the guard tick by tick (one
-/// sample per process per tick), for the `max_utilization_pct` windows.
+/// sample per process per tick), for the `max_utilization_pct` windows. Each sample holds
+/// running totals, so the mean over any window is two lookups, not a walk over the window.
 #[derive(Debug, Default)]
 pub struct UtilHistory {
-    samples: HashMap<ProcKey, VecDeque<(SystemTime, Option<u32>)>>,
+    series: HashMap<ProcKey, Series>,
+}
+
+/// Running totals of one process's samples, up to and including one sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    /// Σ utilization of the samples that had one.
+    sum: u64,
+    /// How many had one.
+    known: u64,
+    /// How many had none.
+    unknown: u64,
+}
+
+/// One process's samples: (time, totals up to it), and the totals before the first.
+#[derive(Debug, Default)]
+struct Series {
+    samples: VecDeque<(SystemTime, Totals)>,
+    before: Totals,
 }
 
 impl UtilHistory {
@@ -245,57 +264,63 @@ impl UtilHistory {
     /// (and processes that are gone).
     pub fn record(&mut self, snapshot: &Snapshot, keep: Duration) {
         let at = snapshot.taken_at;
-        let mut present = Vec::new();
+        let mut present = std::collections::HashSet::new();
         for process in snapshot.processes() {
             let key = ProcKey::of(&process);
-            present.push(key);
-            self.samples
-                .entry(key)
-                .or_default()
-                .push_back((at, process.sm_utilization_pct));
+            present.insert(key);
+            let series = self.series.entry(key).or_default();
+            let mut totals = series.samples.back().map_or(series.before, |(_, t)| *t);
+            match process.sm_utilization_pct {
+                Some(pct) => {
+                    totals.sum += u64::from(pct);
+                    totals.known += 1;
+                }
+                None => totals.unknown += 1,
+            }
+            series.samples.push_back((at, totals));
         }
         let oldest = at.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
-        self.samples.retain(|key, samples| {
-            while samples.front().is_some_and(|(time, _)| *time < oldest) {
-                samples.pop_front();
+        self.series.retain(|key, series| {
+            while series
+                .samples
+                .front()
+                .is_some_and(|(time, _)| *time < oldest)
+            {
+                if let Some((_, totals)) = series.samples.pop_front() {
+                    series.before = totals;
+                }
             }
-            !samples.is_empty() && present.contains(key)
+            !series.samples.is_empty() && present.contains(key)
         });
     }
+}
 
-    /// The mean utilization of `key` over the `window` before `now`: `Ok(None)` while the
-    /// process has not been seen for the whole window yet, `Err` when a tick in it had no
+impl Series {
+    /// The mean utilization over the `window` before `now`: `Ok(None)` while the process
+    /// has not been seen for the whole window yet, `Err` when a tick in it had no
     /// per-process utilization (the device does not give it).
-    fn mean(
-        &self,
-        key: &ProcKey,
-        window: Duration,
-        now: SystemTime,
-        poll: Duration,
-    ) -> Result<Option<f64>, ()> {
-        let Some(samples) = self.samples.get(key) else {
-            return Ok(None);
-        };
+    fn mean(&self, window: Duration, now: SystemTime, poll: Duration) -> Result<Option<f64>, ()> {
+        let series = self;
+        let samples = &series.samples;
         let since = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
         // Seen for the whole window: the first sample is within one tick of its start.
         let covered = samples
             .front()
             .is_some_and(|(first, _)| *first <= since + poll);
-        let mut sum = 0u64;
-        let mut count = 0u64;
-        for (_, value) in samples.iter().filter(|(time, _)| *time >= since) {
-            match value {
-                Some(pct) => {
-                    sum += u64::from(*pct);
-                    count += 1;
-                }
-                None => return Err(()),
-            }
+        let first = samples.partition_point(|(time, _)| *time < since);
+        let before = match first {
+            0 => series.before,
+            n => samples.get(n - 1).map_or(series.before, |(_, t)| *t),
+        };
+        let last = samples.back().map_or(series.before, |(_, t)| *t);
+        if last.unknown > before.unknown {
+            return Err(());
         }
+        let count = last.known - before.known;
         if !covered || count == 0 {
             return Ok(None);
         }
-        Ok(Some(sum as f64 / count as f64))
+        Ok(Some((last.sum - before.sum) as f64 / count as f64))
     }
 }
 
@@ -304,6 +329,22 @@ impl UtilHistory {
 fn exceeds(measured: f64, limit: f64, hysteresis: f64) -> Option<bool> {
     let release = limit * (1.0 - hysteresis / 100.0);
     (measured > release).then_some(measured > limit)
+}
+
+/// The utilization history as of one evaluation's snapshot.
+struct Means {
+    now: SystemTime,
+    poll: Duration,
+}
+
+impl Means {
+    /// The mean utilization of `process` over `window` (see [`Series::mean`]).
+    fn mean(&self, process: &Seen<'_>, window: Duration) -> Result<Option<f64>, ()> {
+        match process.series {
+            Some(series) => series.mean(window, self.now, self.poll),
+            None => Ok(None),
+        }
+    }
 }
 
 /// What one evaluation found.
@@ -319,6 +360,8 @@ pub struct Evaluation {
 struct Seen<'a> {
     process: GpuProcess<'a>,
     key: ProcKey,
+    /// Its utilization history, looked up once per evaluation.
+    series: Option<&'a Series>,
 }
 
 impl Seen<'_> {
@@ -357,14 +400,32 @@ pub fn evaluate(
     let mut found = Evaluation::default();
     let seen: Vec<Seen<'_>> = snapshot
         .processes()
-        .map(|process| Seen {
-            key: ProcKey::of(&process),
-            process,
+        .map(|process| {
+            let key = ProcKey::of(&process);
+            Seen {
+                series: history.series.get(&key),
+                key,
+                process,
+            }
         })
         .collect();
     let mut by_uid: BTreeMap<u32, Vec<&Seen<'_>>> = BTreeMap::new();
     for process in &seen {
         by_uid.entry(process.info().uid).or_default().push(process);
+    }
+    let means = Means {
+        now,
+        poll: snapshot.poll_interval,
+    };
+    // Each group's processes, found by user (a few lookups per user, not per process).
+    let mut group_processes: Vec<Vec<&Seen<'_>>> = vec![Vec::new(); policy.policy.groups.len()];
+    for processes in by_uid.values() {
+        let info = processes[0].info();
+        for (n, members) in group_processes.iter_mut().enumerate() {
+            if policy.is_member(n, &info.user, info.uid) {
+                members.extend(processes.iter().copied());
+            }
+        }
     }
     let mut not_evaluable = std::collections::BTreeSet::new();
     for processes in by_uid.values() {
@@ -373,7 +434,7 @@ pub fn evaluate(
         let source = limit_source(policy, &info.user, info.uid, local);
         let context = Context {
             source: &source,
-            history,
+            means: &means,
             snapshot,
             hysteresis,
         };
@@ -385,11 +446,7 @@ pub fn evaluate(
             &mut not_evaluable,
         );
     }
-    for (n, group) in policy.policy.groups.iter().enumerate() {
-        let members: Vec<&Seen<'_>> = seen
-            .iter()
-            .filter(|p| policy.is_member(n, &p.info().user, p.info().uid))
-            .collect();
+    for (group, members) in policy.policy.groups.iter().zip(&group_processes) {
         let name = format!("[[group]] {}", group.name);
         let subject = Subject::Group(group.name.clone());
         if let Some(limit) = group.max_memory_total {
@@ -397,7 +454,7 @@ pub fn evaluate(
                 Rule::GroupMemory,
                 &name,
                 subject.clone(),
-                &members,
+                members,
                 limit.0,
                 hysteresis,
                 &mut found.violations,
@@ -408,7 +465,7 @@ pub fn evaluate(
                 Rule::GroupProcesses,
                 &name,
                 subject.clone(),
-                &members,
+                members,
                 limit,
                 &mut found.violations,
             );
@@ -419,9 +476,13 @@ pub fn evaluate(
                 .unwrap_or(super::policy::DEFAULT_UTILIZATION_WINDOW);
             let mut total = 0.0;
             let mut evaluable = true;
-            for process in &members {
-                match history.mean(&process.key, window, now, snapshot.poll_interval) {
-                    Ok(mean) => total += mean.unwrap_or(0.0),
+            let mut each = HashMap::new();
+            for process in members {
+                match means.mean(process, window) {
+                    Ok(mean) => {
+                        total += mean.unwrap_or(0.0);
+                        each.insert(process.key, mean.unwrap_or(0.0));
+                    }
                     Err(()) => {
                         evaluable = false;
                         not_evaluable.insert(no_util(process.key.gpu_index, &name));
@@ -429,10 +490,16 @@ pub fn evaluate(
                 }
             }
             if evaluable && let Some(over) = exceeds(total, limit, hysteresis) {
-                let offenders = newest_first(&members)
-                    .into_iter()
-                    .map(Seen::offender)
-                    .collect();
+                // The newest, until the rest is back under the limit.
+                let mut left = total;
+                let mut offenders = Vec::new();
+                for process in newest_first(members) {
+                    if left <= limit {
+                        break;
+                    }
+                    left -= each.get(&process.key).copied().unwrap_or(0.0);
+                    offenders.push(process.offender());
+                }
                 found.violations.push(Violation {
                     rule: Rule::GroupUtilization,
                     policy: name.clone(),
@@ -527,14 +594,7 @@ pub fn evaluate(
             }
         }
     }
-    rogue_findings(
-        policy,
-        &seen,
-        history,
-        snapshot,
-        local,
-        &mut found.violations,
-    );
+    rogue_findings(policy, &seen, &means, local, &mut found.violations);
     found.not_evaluable = not_evaluable.into_iter().collect();
     found
 }
@@ -544,14 +604,17 @@ pub fn evaluate(
 fn rogue_findings(
     policy: &CompiledPolicy,
     seen: &[Seen<'_>],
-    history: &UtilHistory,
-    snapshot: &Snapshot,
+    means: &Means,
     local: LocalTime,
     out: &mut Vec<Violation>,
 ) {
     let config = &policy.policy.rogue;
     let act_at = policy.policy.rogue_act_at;
-    let now = snapshot.taken_at;
+    let now = means.now;
+    let mut identities = policy
+        .rogue_identities
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut scored = std::collections::HashSet::new();
     for process in seen {
         let info = process.info();
@@ -559,10 +622,7 @@ fn rogue_findings(
             continue;
         }
         let window = config.high_util_window;
-        let mean_util_pct = history
-            .mean(&process.key, window, now, snapshot.poll_interval)
-            .ok()
-            .flatten();
+        let mean_util_pct = means.mean(process, window).ok().flatten();
         let observed = Observed {
             name: &info.name,
             exe_name: info.exe_name.as_deref(),
@@ -574,7 +634,10 @@ fn rogue_findings(
             util_window: window,
             local_hour: u8::try_from(local.minute / 60).ok(),
         };
-        let finding = policy.rogue.score(&observed);
+        let identity = identities
+            .entry((info.pid, info.start_ticks))
+            .or_insert_with(|| Arc::new(policy.rogue.identity(&observed)));
+        let finding = policy.rogue.score_with(&observed, identity);
         if finding.level < RiskLevel::Low {
             continue;
         }
@@ -593,6 +656,8 @@ fn rogue_findings(
             note: finding.reasons.join("; "),
         });
     }
+    // Forget processes that are gone.
+    identities.retain(|key, _| scored.contains(key));
 }
 
 /// The table whose limits are in force for a user, for messages: the last window that
@@ -605,12 +670,7 @@ fn limit_source(policy: &CompiledPolicy, user: &str, uid: u32, local: LocalTime)
     if let Some(window) = window {
         return format!("[[window]] {}", window.name);
     }
-    match policy
-        .policy
-        .users
-        .iter()
-        .find(|entry| entry.name == user || entry.name.parse::<u32>() == Ok(uid))
-    {
+    match policy.user_entry(user, uid) {
         Some(entry) => format!("[[user]] {}", entry.name),
         None => "[defaults]".to_owned(),
     }
@@ -626,7 +686,7 @@ fn no_util(gpu_index: u32, policy: &str) -> String {
 struct Context<'a> {
     /// The table the limits come from.
     source: &'a str,
-    history: &'a UtilHistory,
+    means: &'a Means,
     snapshot: &'a Snapshot,
     hysteresis: f64,
 }
@@ -709,10 +769,7 @@ fn user_rules(
             ));
         }
         if let Some(limit) = limits.max_utilization_pct {
-            match context
-                .history
-                .mean(&process.key, limits.window(), now, snapshot.poll_interval)
-            {
+            match context.means.mean(process, limits.window()) {
                 Ok(Some(mean)) => {
                     if let Some(over) = exceeds(mean, limit, hysteresis) {
                         out.push(per_process(

@@ -67,15 +67,16 @@
 //! file order). Errors name the line of the offending table and what is wrong; nothing of a
 //! file that fails is used.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
 
 use super::notify::{NotifyConfig, Webhook};
-use super::rogue::{RiskLevel, RogueConfig, RogueScorer};
+use super::rogue::{Identity, RiskLevel, RogueConfig, RogueScorer};
 use crate::config::duration;
 
 /// How the guard responds to a violation.
@@ -473,9 +474,45 @@ pub struct CompiledPolicy {
     /// `protected_processes`, compiled.
     pub protected_patterns: Vec<Regex>,
     /// Each `[[group]]`'s members (user names and uids as written, plus the Unix group's).
-    pub group_members: Vec<BTreeSet<String>>,
+    pub group_members: Vec<Members>,
     /// `[rogue]`, compiled.
     pub rogue: RogueScorer,
+    /// `[[group]]` index by name.
+    groups_by_name: HashMap<String, usize>,
+    /// Unix groups named `@name` in user lists that are not `[[group]]`s, resolved at load.
+    unix_groups: HashMap<String, Members>,
+    /// `[[user]]` index by name, and by uid for numeric names.
+    users_by_name: HashMap<String, usize>,
+    users_by_uid: HashMap<u32, usize>,
+    /// The rogue identity of each process scored so far (pid, start ticks): it does not
+    /// change while the process runs, and is forgotten with the policy.
+    pub rogue_identities: Arc<Mutex<HashMap<(u32, u64), Arc<Identity>>>>,
+}
+
+/// A set of users: names, and uids for the entries that are numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    names: HashSet<String>,
+    uids: HashSet<u32>,
+}
+
+impl Members {
+    fn new(entries: impl IntoIterator<Item = String>) -> Members {
+        let mut members = Members::default();
+        for entry in entries {
+            if let Ok(uid) = entry.parse::<u32>() {
+                members.uids.insert(uid);
+            }
+            members.names.insert(entry);
+        }
+        members
+    }
+
+    /// Whether `user` (by name) or `uid` is one of them. No allocation: this runs for every
+    /// process on every tick.
+    pub fn contains(&self, user: &str, uid: u32) -> bool {
+        self.uids.contains(&uid) || self.names.contains(user)
+    }
 }
 
 impl CompiledPolicy {
@@ -541,7 +578,7 @@ impl CompiledPolicy {
         let mut group_members = Vec::new();
         for (n, group) in policy.groups.iter().enumerate() {
             let at = lines.array("group", n);
-            let mut members: BTreeSet<String> = group.members.iter().cloned().collect();
+            let mut members: Vec<String> = group.members.clone();
             if let Some(unix) = &group.unix_group {
                 let found = unix_group_members(unix).ok_or_else(|| {
                     error(
@@ -565,7 +602,54 @@ impl CompiledPolicy {
                     ),
                 ));
             }
-            group_members.push(members);
+            group_members.push(Members::new(members));
+        }
+        let groups_by_name: HashMap<String, usize> = policy
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(n, group)| (group.name.clone(), n))
+            .collect();
+        // `@name` that is not a [[group]]: a Unix group, resolved now.
+        let mut unix_groups = HashMap::new();
+        let lists = policy
+            .gpus
+            .iter()
+            .enumerate()
+            .flat_map(|(n, gpu)| {
+                let at = lines.array("gpu", n);
+                gpu.allowed_users
+                    .iter()
+                    .flatten()
+                    .chain(&gpu.blocked_users)
+                    .map(move |name| (at, name))
+            })
+            .chain(policy.windows.iter().enumerate().flat_map(|(n, window)| {
+                let at = lines.array("window", n);
+                window.applies_to.iter().map(move |name| (at, name))
+            }));
+        for (at, name) in lists {
+            let Some(group) = name.strip_prefix('@') else {
+                continue;
+            };
+            if groups_by_name.contains_key(group) || unix_groups.contains_key(group) {
+                continue;
+            }
+            let found = unix_group_members(group).ok_or_else(|| {
+                error(
+                    at,
+                    format!("{name:?} is neither a [[group]] of this file nor a Unix group"),
+                )
+            })?;
+            unix_groups.insert(group.to_owned(), Members::new(found));
+        }
+        let mut users_by_name = HashMap::new();
+        let mut users_by_uid = HashMap::new();
+        for (n, user) in policy.users.iter().enumerate() {
+            users_by_name.insert(user.name.clone(), n);
+            if let Ok(uid) = user.name.parse::<u32>() {
+                users_by_uid.insert(uid, n);
+            }
         }
         let mut gpus = BTreeSet::new();
         for (n, gpu) in policy.gpus.iter().enumerate() {
@@ -600,6 +684,11 @@ impl CompiledPolicy {
             protected_patterns,
             group_members,
             rogue,
+            groups_by_name,
+            unix_groups,
+            users_by_name,
+            users_by_uid,
+            rogue_identities: Arc::default(),
         })
     }
 
@@ -608,12 +697,13 @@ impl CompiledPolicy {
     /// `unix_group_members`).
     pub fn names_user(&self, names: &[String], user: &str, uid: u32) -> bool {
         names.iter().any(|name| match name.strip_prefix('@') {
-            Some(group) => self
-                .policy
-                .groups
-                .iter()
-                .position(|g| g.name == group)
-                .is_some_and(|n| self.is_member(n, user, uid)),
+            Some(group) => match self.groups_by_name.get(group) {
+                Some(n) => self.is_member(*n, user, uid),
+                None => self
+                    .unix_groups
+                    .get(group)
+                    .is_some_and(|members| members.contains(user, uid)),
+            },
             None => name == user || name.parse::<u32>() == Ok(uid),
         })
     }
@@ -622,18 +712,21 @@ impl CompiledPolicy {
     pub fn is_member(&self, n: usize, user: &str, uid: u32) -> bool {
         self.group_members
             .get(n)
-            .is_some_and(|members| members.contains(user) || members.contains(&uid.to_string()))
+            .is_some_and(|members| members.contains(user, uid))
+    }
+
+    /// The `[[user]]` entry of `user` / `uid`, if there is one (by name first).
+    pub fn user_entry(&self, user: &str, uid: u32) -> Option<&UserPolicy> {
+        self.users_by_name
+            .get(user)
+            .or_else(|| self.users_by_uid.get(&uid))
+            .and_then(|n| self.policy.users.get(*n))
     }
 
     /// The limits in force for `user` / `uid` at `now`.
     pub fn limits_for(&self, user: &str, uid: u32, now: LocalTime) -> Limits {
         let mut limits = self.policy.defaults.clone();
-        if let Some(entry) = self
-            .policy
-            .users
-            .iter()
-            .find(|entry| entry.name == user || entry.name.parse::<u32>() == Ok(uid))
-        {
+        if let Some(entry) = self.user_entry(user, uid) {
             limits = limits.overridden_by(&entry.limits);
         }
         for window in &self.policy.windows {

@@ -383,6 +383,17 @@ pub enum RogueConfigError {
     },
 }
 
+/// The identity part of a score (see [`RogueScorer::identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The weights of the identity signals that fired.
+    pub score: u32,
+    /// Their reasons.
+    pub reasons: Vec<String>,
+    /// Why the whitelist exempts the process, when it does.
+    pub whitelisted: Option<String>,
+}
+
 /// Scores processes against a compiled [`RogueConfig`].
 #[derive(Debug, Clone)]
 pub struct RogueScorer {
@@ -485,6 +496,13 @@ impl RogueScorer {
 
     /// Scores one process.
     pub fn score(&self, observed: &Observed<'_>) -> Finding {
+        self.score_with(observed, &self.identity(observed))
+    }
+
+    /// The part of the score that depends only on who the process is (its names, command
+    /// line and owner), which does not change while it runs: callers that score the same
+    /// process every tick compute it once and pass it to [`score_with`](Self::score_with).
+    pub fn identity(&self, observed: &Observed<'_>) -> Identity {
         let comm = observed.name;
         let argv0 = argv0_name(observed.cmdline);
         let disguise = self.disguise(observed, argv0);
@@ -493,9 +511,8 @@ impl RogueScorer {
         if let Some(why) = self.whitelist.exempts(observed) {
             match &disguise {
                 None => {
-                    return Finding {
+                    return Identity {
                         score: 0,
-                        level: RiskLevel::None,
                         reasons,
                         whitelisted: Some(why),
                     };
@@ -565,6 +582,33 @@ impl RogueScorer {
                 format!("exe {exe} is another program than comm {comm}"),
             );
         }
+        Identity {
+            score,
+            reasons,
+            whitelisted: None,
+        }
+    }
+
+    /// The finding for `observed` whose [`identity`](Self::identity) is `identity`: adds
+    /// the signals that change while it runs (utilization, duration, hour).
+    pub fn score_with(&self, observed: &Observed<'_>, identity: &Identity) -> Finding {
+        if let Some(why) = &identity.whitelisted {
+            return Finding {
+                score: 0,
+                level: RiskLevel::None,
+                reasons: Vec::new(),
+                whitelisted: Some(why.clone()),
+            };
+        }
+        let weights = &self.weights;
+        let mut score = identity.score;
+        let mut reasons = identity.reasons.clone();
+        let mut signal = |weight: u32, reason: String| {
+            if weight > 0 {
+                score = score.saturating_add(weight);
+                reasons.push(format!("{reason} (+{weight})"));
+            }
+        };
 
         if let Some(util) = observed.mean_util_pct
             && util >= self.high_util_pct
@@ -638,10 +682,9 @@ impl RogueScorer {
     }
 
     fn is_known_miner(&self, name: &str) -> bool {
-        let name = name.to_lowercase();
         self.known_miners
             .iter()
-            .any(|known| same_program(known, &name))
+            .any(|known| same_program(known, name))
     }
 }
 
@@ -703,17 +746,19 @@ fn compile(field: &str, patterns: &[String]) -> Result<Vec<Regex>, RogueConfigEr
 /// version suffix (`python3`/`python3.11`, `xmrig`/`xmrig-6.21`), or `a` is a comm cut at
 /// 15 bytes from `b` (or the other way round).
 fn same_program(a: &str, b: &str) -> bool {
-    let (a, b) = (a.to_lowercase(), b.to_lowercase());
+    // ASCII case folding on bytes: no allocation (this runs for every process and every
+    // known miner on every tick). Program names are ASCII in practice; a non-ASCII one is
+    // compared byte for byte.
     let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    if short.is_empty() || !long.starts_with(&short) {
+    let (short, long) = (short.as_bytes(), long.as_bytes());
+    if short.is_empty() || !long[..short.len()].eq_ignore_ascii_case(short) {
         return false;
     }
     let rest = &long[short.len()..];
-    let mut chars = rest.chars();
-    let is_version = match chars.next() {
+    let is_version = match rest.first() {
         None => true,
         Some(first) if first.is_ascii_digit() => true,
-        Some('.' | '-' | '_') => chars.next().is_some_and(|second| second.is_ascii_digit()),
+        Some(b'.' | b'-' | b'_') => rest.get(1).is_some_and(u8::is_ascii_digit),
         Some(_) => false,
     };
     is_version || short.len() == 15
