@@ -389,14 +389,27 @@ fn a_renamed_miner_is_found_by_its_exe_and_killed_despite_a_whitelisted_name() {
     let script = "import ctypes, time\n\
                   ctypes.CDLL(None).prctl(15, b'python3', 0, 0, 0)\n\
                   time.sleep(600)\n";
-    let mut child = std::process::Command::new(&miner)
-        .args(["-c", script])
-        .env("PYTHONHOME", "/usr")
-        .uid(ALICE)
-        .gid(ALICE)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("start the renamed miner");
+    // Another test's fork may briefly hold the copy's write descriptor (ETXTBSY): retry.
+    let spawn_deadline = Instant::now() + Duration::from_secs(5);
+    let mut child = loop {
+        match std::process::Command::new(&miner)
+            .args(["-c", script])
+            .env("PYTHONHOME", "/usr")
+            .uid(ALICE)
+            .gid(ALICE)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => break child,
+            Err(error)
+                if error.raw_os_error() == Some(libc::ETXTBSY)
+                    && Instant::now() < spawn_deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("cannot start the renamed miner: {error}"),
+        }
+    };
     let pid = child.id();
     // Wait for the rename.
     let deadline = Instant::now() + Duration::from_secs(5);
