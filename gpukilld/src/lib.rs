@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod guard;
 pub mod procinfo;

@@ -1,69 +1,13 @@
 //! gpukilld: parse arguments, set up logging, run the daemon until SIGTERM or SIGINT
 //! (SIGHUP re-reads the guard policy).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use gpukill_proto::exit_code;
-use gpukilld::config::{Config, DEFAULT_CONFIG_FILE, Sources};
-
-/// The gpukill daemon: samples the GPUs of this node and serves gpukillctl.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file [default: /etc/gpukill/gpukilld.toml, if present].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Unix socket to serve on (overrides `socket`; env GPUKILL_SOCKET).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Time between samples, e.g. 500ms, 2s (overrides `poll_interval`).
-    #[arg(long, value_name = "DURATION")]
-    poll_interval: Option<String>,
-    /// NVML library to load (overrides `[nvidia] library`; env GPUKILL_NVML_LIBRARY).
-    #[arg(long, value_name = "PATH")]
-    nvml_library: Option<PathBuf>,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Validate the configuration and exit.
-    #[arg(long)]
-    check_config: bool,
-}
-
-impl Args {
-    fn sources(&self) -> Sources {
-        let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
-        let mut cli: Vec<(String, &'static [&'static str], toml::Value)> = Vec::new();
-        if let Some(socket) = &self.socket {
-            cli.push(("--socket".into(), &["socket"], path(socket)));
-        }
-        if let Some(interval) = &self.poll_interval {
-            cli.push((
-                "--poll-interval".into(),
-                &["poll_interval"],
-                toml::Value::String(interval.clone()),
-            ));
-        }
-        if let Some(library) = &self.nvml_library {
-            cli.push((
-                "--nvml-library".into(),
-                &["nvidia", "library"],
-                path(library),
-            ));
-        }
-        Sources {
-            file: Some(match &self.config {
-                Some(file) => (file.clone(), true),
-                None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
-            }),
-            env: std::env::vars().collect(),
-            cli,
-        }
-    }
-}
+use gpukilld::cli::Args;
+use gpukilld::config::Config;
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
