@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The NVIDIA backend.
     pub nvidia: NvidiaConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -115,6 +118,51 @@ pub struct NvidiaConfig {
     pub reset_timeout: Duration,
 }
 
+/// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP: `IP:PORT`,
+    /// `[IPv6]:PORT` or `localhost:PORT`. Loopback only: gpukilld does not authenticate HTTP
+    /// clients yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The address to serve on, when the endpoint is on (validation refuses an address that
+    /// does not parse or is not loopback).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen
+            .as_deref()
+            .and_then(|text| parse_listen(text).ok())
+    }
+}
+
+/// Parses a `[metrics] listen` value (`127.0.0.1:9400`, `[::1]:9400`, `localhost:9400`,
+/// which is 127.0.0.1) and refuses any address that is not loopback.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let address = match text.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+            .ok(),
+        None => text.parse::<SocketAddr>().ok(),
+    }
+    .ok_or_else(|| {
+        "is not an address: write it like 127.0.0.1:9400, [::1]:9400 or localhost:9400".to_string()
+    })?;
+    if !address.ip().is_loopback() {
+        return Err(
+            "is not a loopback address: gpukilld does not authenticate HTTP clients \
+                    yet, so the metrics endpoint may listen only on 127.0.0.0/8, ::1 or \
+                    localhost (scrape it through a local agent or an authenticating proxy)"
+                .to_string(),
+        );
+    }
+    Ok(address)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -134,6 +182,7 @@ impl Default for Config {
             guard_policy: PathBuf::from("/etc/gpukill/guard.toml"),
             retention: RetentionConfig::default(),
             nvidia: NvidiaConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -283,6 +332,7 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
     ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
     ("GPUKILL_NVIDIA_RESET_TIMEOUT", &["nvidia", "reset_timeout"]),
+    ("GPUKILL_METRICS_LISTEN", &["metrics", "listen"]),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];
@@ -437,6 +487,16 @@ impl Config {
                 value: socket.display().to_string(),
                 origin: origin("socket"),
                 message: "must be an absolute path".to_string(),
+            });
+        }
+        if let Some(listen) = &self.metrics.listen
+            && let Err(message) = parse_listen(listen)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics.listen",
+                value: listen.clone(),
+                origin: origin("metrics"),
+                message,
             });
         }
         Ok(())
@@ -715,6 +775,68 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn metrics_listen_takes_loopback_addresses_only() {
+        let listen = |value: &str| {
+            Config::load(Sources {
+                env: vec![("GPUKILL_METRICS_LISTEN".into(), value.into())],
+                ..Sources::default()
+            })
+        };
+        for (value, address) in [
+            ("127.0.0.1:9400", "127.0.0.1:9400"),
+            ("127.8.9.10:0", "127.8.9.10:0"),
+            ("[::1]:9400", "[::1]:9400"),
+            ("localhost:9400", "127.0.0.1:9400"),
+        ] {
+            let config = listen(value).expect("loopback is accepted");
+            assert_eq!(
+                config.metrics.listen_addr(),
+                Some(address.parse().expect("address")),
+                "{value}"
+            );
+        }
+        for value in [
+            "0.0.0.0:9400",
+            "10.1.2.3:9400",
+            "[::]:9400",
+            "[2001:db8::1]:80",
+        ] {
+            let message = listen(value).expect_err("not loopback").to_string();
+            assert!(
+                message.contains(&format!("metrics.listen = {value}"))
+                    && message.contains("GPUKILL_METRICS_LISTEN")
+                    && message.contains("not a loopback address")
+                    && message.contains("authenticate"),
+                "{message}"
+            );
+        }
+        for value in ["localhost", ":9400", "example.org:9400", "127.0.0.1:99999"] {
+            let message = listen(value).expect_err("not an address").to_string();
+            assert!(message.contains("is not an address"), "{message}");
+        }
+        assert_eq!(
+            Config::default().metrics.listen_addr(),
+            None,
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn metrics_section_from_the_file_names_the_file_when_refused() {
+        let (config, _) = load_file("[metrics]\nlisten = \"127.0.0.1:9400\"\n");
+        assert_eq!(
+            config.expect("valid").metrics.listen.as_deref(),
+            Some("127.0.0.1:9400")
+        );
+        let (error, path) = load_file("[metrics]\nlisten = \"0.0.0.0:9400\"\n");
+        let message = error.expect_err("not loopback").to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        let (error, _) = load_file("[metrics]\nport = 9400\n");
+        let message = error.expect_err("unknown key").to_string();
+        assert!(message.contains("port"), "{message}");
     }
 }
 

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod procinfo;
 pub mod recorder;
 pub mod ring;
@@ -47,6 +48,18 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// The metrics endpoint could not listen on its address.
+    #[error("cannot listen for metrics on {address} ([metrics] listen)")]
+    Metrics {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket systemd passed cannot be used.
+    #[error("cannot use the socket passed by the service manager")]
+    Activation(#[source] std::io::Error),
 }
 
 /// Environment facts the daemon's defaults depend on.
@@ -147,6 +160,15 @@ pub async fn run(
         events,
     });
 
+    // Bound before the socket, so a taken port stops the start before anything is created.
+    let metrics_listener = match config.metrics.listen_addr() {
+        Some(address) => Some(
+            metrics::bind(address)
+                .await
+                .map_err(|source| Error::Metrics { address, source })?,
+        ),
+        None => None,
+    };
     let listener = rpc::unix::bind(&socket_path, config.socket_mode.0)?;
     let first = sampler.tick().await;
     let ring = Arc::new(Ring::new(config.ring_capacity(), first));
@@ -186,6 +208,20 @@ pub async fn run(
             stopped.clone(),
         ))
     });
+    if let Some(listener) = metrics_listener {
+        tracing::info!(
+            address = %listener.local_addr(),
+            "metrics endpoint serving /metrics, /healthz, /readyz"
+        );
+        let sources = metrics::Sources {
+            ring: Arc::clone(&ring),
+            events: kill_context.events.clone(),
+            guard: Arc::clone(&guard),
+            // Some(guard.counters()) once the guard counts its decisions and kills.
+            guard_counters: None,
+        };
+        tokio::spawn(listener.serve(sources, stopped.clone()));
+    }
     tracing::info!(
         socket = %socket_path.display(),
         poll_interval = %humantime::format_duration(config.poll_interval),

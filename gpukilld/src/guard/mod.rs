@@ -1,6 +1,7 @@
 //! Guard: policies enforced continuously, and rogue (miner/abuse) detection.
 
 pub mod clock;
+pub mod counters;
 pub mod edit;
 pub mod engine;
 pub mod evaluate;

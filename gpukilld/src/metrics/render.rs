@@ -1,0 +1,946 @@
+//! The Prometheus text exposition (format 0.0.4) of one snapshot and the daemon's counters.
+//! Pure: the caller passes the snapshot, the counters and the time, so a scrape never calls
+//! a vendor and tests need no daemon.
+//!
+//! GPU metrics carry dcgm-exporter's names, units and labels (`gpu`, `UUID`, `pci_bus_id`,
+//! `device`, `modelName`, `Hostname`), so dashboards made for it work unchanged; a metric a
+//! device does not report is absent, never 0. The daemon's own metrics are `gpukill_*`.
+
+use std::fmt::{Display, Write};
+use std::time::{Duration, SystemTime};
+
+use crate::guard::counters::{GuardCounters, RULES, rule_index};
+use crate::guard::engine::Status as GuardStatus;
+use crate::snapshot::{Gpu, Snapshot, Vendor, VendorState};
+use crate::store::{EventLogCounters, HistoryCounters};
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const MIB: u64 = 1024 * 1024;
+
+/// The store as the metrics see it.
+#[derive(Debug, Clone)]
+pub enum StoreState {
+    /// The store could not be opened at startup (kill and the guard are off).
+    Unavailable,
+    /// The store is open; what became of the writes so far.
+    Open {
+        /// Audit events.
+        events: EventLogCounters,
+        /// History batches.
+        history: HistoryCounters,
+    },
+}
+
+/// Everything besides the snapshot that a scrape reports.
+#[derive(Debug)]
+pub struct Status<'a> {
+    /// The time of the scrape (for the snapshot's age and staleness).
+    pub now: SystemTime,
+    /// Watch streams open now.
+    pub watchers: u64,
+    /// Snapshots watch streams skipped since start.
+    pub watch_lagged: u64,
+    /// The store.
+    pub store: StoreState,
+    /// The guard's status.
+    pub guard: &'a GuardStatus,
+    /// The guard's decision and kill counters, when the guard keeps them.
+    pub guard_counters: Option<&'a GuardCounters>,
+}
+
+/// The exposition of `snapshot` and `status`. `capacity` is a hint for the buffer (the
+/// previous exposition's length), so a scrape allocates its text once.
+pub fn render(snapshot: &Snapshot, status: &Status<'_>, capacity: usize) -> String {
+    let mut out = Exposition {
+        text: String::with_capacity(capacity.max(4096)),
+    };
+    render_gpus(&mut out, snapshot);
+    render_processes(&mut out, snapshot);
+    render_daemon(&mut out, snapshot, status);
+    render_store(&mut out, &status.store);
+    render_guard(&mut out, status.guard, status.guard_counters);
+    out.text
+}
+
+/// A dcgm-exporter GPU metric: name, help (dcgm-exporter's own), and how to read it.
+struct DcgmMetric {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Gpu) -> Option<Value>,
+}
+
+/// The dcgm-exporter default counters the snapshot can answer, in the order of its
+/// `default-counters.csv`. `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` is missing on purpose:
+/// the snapshot has no energy counter, and a made-up one would break `increase()`.
+const DCGM_METRICS: &[DcgmMetric] = &[
+    DcgmMetric {
+        name: "DCGM_FI_DEV_SM_CLOCK",
+        help: "SM clock frequency (in MHz).",
+        value: |gpu| gpu.clock_sm_mhz.map(|v| Value::Int(v.into())),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_MEM_CLOCK",
+        help: "Memory clock frequency (in MHz).",
+        value: |gpu| gpu.clock_mem_mhz.map(|v| Value::Int(v.into())),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_GPU_TEMP",
+        help: "GPU temperature (in C).",
+        value: |gpu| gpu.temperature_c.map(|v| Value::Int(v.into())),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_POWER_USAGE",
+        help: "Power draw (in W).",
+        value: |gpu| gpu.power_mw.map(|v| Value::Float(f64::from(v) / 1000.0)),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_GPU_UTIL",
+        help: "GPU utilization (in %).",
+        value: |gpu| gpu.utilization_gpu_pct.map(|v| Value::Int(v.into())),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_MEM_COPY_UTIL",
+        help: "Memory utilization (in %).",
+        value: |gpu| gpu.utilization_memory_pct.map(|v| Value::Int(v.into())),
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_FB_FREE",
+        help: "Framebuffer memory free (in MiB).",
+        value: |gpu| match (gpu.memory_total_bytes, gpu.memory_used_bytes) {
+            (Some(total), Some(used)) => Some(Value::Int(
+                i64::try_from(total.saturating_sub(used) / MIB).unwrap_or(i64::MAX),
+            )),
+            _ => None,
+        },
+    },
+    DcgmMetric {
+        name: "DCGM_FI_DEV_FB_USED",
+        help: "Framebuffer memory used (in MiB).",
+        value: |gpu| {
+            gpu.memory_used_bytes
+                .map(|used| Value::Int(i64::try_from(used / MIB).unwrap_or(i64::MAX)))
+        },
+    },
+];
+
+fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
+    // dcgm-exporter reports NVIDIA GPUs only; its `device` label is `nvidia<index>`.
+    let mut labels = String::new();
+    let mut starts = Vec::new();
+    // Where each GPU's `gpu` and `UUID` labels end: gpukill's own GPU metrics use only
+    // those (dcgm-exporter's `modelName` is not the snake case Prometheus recommends).
+    let mut short_ends = Vec::new();
+    for (_, gpu) in snapshot
+        .gpus()
+        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
+    {
+        starts.push(labels.len());
+        let _ = write!(labels, "gpu=\"{}\",UUID=\"", gpu.index);
+        escape_into(&mut labels, gpu.uuid.as_deref().unwrap_or(""));
+        labels.push('"');
+        short_ends.push(labels.len());
+        labels.push_str(",pci_bus_id=\"");
+        escape_into(&mut labels, gpu.pci_bus_id.as_deref().unwrap_or(""));
+        let _ = write!(labels, "\",device=\"nvidia{}\",modelName=\"", gpu.index);
+        escape_into(&mut labels, gpu.name.as_deref().unwrap_or(""));
+        labels.push_str("\",Hostname=\"");
+        escape_into(&mut labels, &snapshot.host);
+        labels.push('"');
+    }
+    starts.push(labels.len());
+    let gpu_labels = |n: usize| &labels[starts[n]..starts[n + 1]];
+    for metric in DCGM_METRICS {
+        let mut family = out.family(metric.name, "gauge", metric.help);
+        for (n, (_, gpu)) in snapshot
+            .gpus()
+            .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
+            .enumerate()
+        {
+            if let Some(value) = (metric.value)(gpu) {
+                family.sample(gpu_labels(n), &[], value);
+            }
+        }
+    }
+    let mut up = out.family(
+        "gpukill_gpu_up",
+        "gauge",
+        "Whether the GPU answered this tick (0: lost or unreadable, its metrics are absent).",
+    );
+    for (n, (_, gpu)) in snapshot
+        .gpus()
+        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
+        .enumerate()
+    {
+        up.sample(
+            &labels[starts[n]..short_ends[n]],
+            &[],
+            Value::Bool(gpu.error.is_none()),
+        );
+    }
+}
+
+fn render_processes(out: &mut Exposition, snapshot: &Snapshot) {
+    // One label set per process, built once and used by both families.
+    let mut labels = String::new();
+    let mut rows: Vec<(usize, Option<u64>, Option<u32>)> = Vec::new();
+    for (_, data) in &snapshot.data {
+        for process in data.processes.iter() {
+            let slot = process.slot;
+            let info = &slot.info;
+            let uuid = data
+                .gpus
+                .iter()
+                .find(|gpu| gpu.index == slot.gpu_index)
+                .and_then(|gpu| gpu.uuid.as_deref())
+                .unwrap_or("");
+            rows.push((
+                labels.len(),
+                process.used_memory_bytes,
+                process.sm_utilization_pct,
+            ));
+            let _ = write!(labels, "gpu=\"{}\",UUID=\"", slot.gpu_index);
+            escape_into(&mut labels, uuid);
+            let _ = write!(labels, "\",pid=\"{}\",user=\"", info.pid);
+            escape_into(&mut labels, &info.user);
+            labels.push_str("\",process=\"");
+            escape_into(&mut labels, &info.name);
+            labels.push_str("\",container=\"");
+            if let Some(container) = &info.container {
+                escape_into(&mut labels, &container.id);
+            }
+            labels.push('"');
+        }
+    }
+    let end = labels.len();
+    let label_of = |n: usize| {
+        let next = rows.get(n + 1).map_or(end, |row| row.0);
+        &labels[rows[n].0..next]
+    };
+    let mut memory = out.family(
+        "gpukill_process_gpu_memory_bytes",
+        "gauge",
+        "GPU memory used by a process (absent when the driver does not report it).",
+    );
+    for (n, row) in rows.iter().enumerate() {
+        if let Some(bytes) = row.1 {
+            memory.sample(label_of(n), &[], Value::Uint(bytes));
+        }
+    }
+    let mut sm = out.family(
+        "gpukill_process_sm_utilization_percent",
+        "gauge",
+        "A process's share of SM time over the last sample period, in percent (absent when the driver does not report it).",
+    );
+    for (n, row) in rows.iter().enumerate() {
+        if let Some(pct) = row.2 {
+            sm.sample(label_of(n), &[], Value::Uint(pct.into()));
+        }
+    }
+}
+
+fn render_daemon(out: &mut Exposition, snapshot: &Snapshot, status: &Status<'_>) {
+    out.family(
+        "gpukill_build_info",
+        "gauge",
+        "The gpukilld version serving these metrics (always 1).",
+    )
+    .sample("", &[("version", env!("CARGO_PKG_VERSION"))], Value::Int(1));
+    out.family(
+        "gpukill_ticks_total",
+        "counter",
+        "Sampling ticks since the daemon started.",
+    )
+    .sample("", &[], Value::Uint(snapshot.sequence));
+    out.family(
+        "gpukill_tick_duration_seconds",
+        "gauge",
+        "How long the latest tick took.",
+    )
+    .sample("", &[], Value::Seconds(snapshot.tick_duration));
+    out.family(
+        "gpukill_poll_interval_seconds",
+        "gauge",
+        "The configured time between ticks.",
+    )
+    .sample("", &[], Value::Seconds(snapshot.poll_interval));
+    let age = status
+        .now
+        .duration_since(snapshot.data_taken_at())
+        .unwrap_or_default();
+    out.family(
+        "gpukill_snapshot_age_seconds",
+        "gauge",
+        "Age of the oldest vendor data in the latest snapshot.",
+    )
+    .sample("", &[], Value::Seconds(age));
+    out.family(
+        "gpukill_snapshot_stale",
+        "gauge",
+        "1 when the latest snapshot is stale (a vendor is hung, or no tick completed for two poll intervals).",
+    )
+    .sample(
+        "",
+        &[],
+        Value::Bool(snapshot.stale_reason(status.now).is_some()),
+    );
+    let mut up = out.family(
+        "gpukill_vendor_up",
+        "gauge",
+        "1 when the vendor's last poll answered, 0 when it failed or hangs.",
+    );
+    for vendor in &snapshot.vendors {
+        up.sample(
+            "",
+            &[("vendor", vendor.vendor.name())],
+            Value::Bool(vendor.state == VendorState::Ok),
+        );
+    }
+    out.family("gpukill_watchers", "gauge", "Watch streams open now.")
+        .sample("", &[], Value::Uint(status.watchers));
+    out.family(
+        "gpukill_watch_skipped_snapshots_total",
+        "counter",
+        "Snapshots that slow watch streams skipped.",
+    )
+    .sample("", &[], Value::Uint(status.watch_lagged));
+}
+
+fn render_store(out: &mut Exposition, store: &StoreState) {
+    let degraded = match store {
+        StoreState::Unavailable => true,
+        StoreState::Open { history, .. } => history.last_error.is_some(),
+    };
+    out.family(
+        "gpukill_store_degraded",
+        "gauge",
+        "1 when the store cannot be written (kills are refused while it cannot be opened).",
+    )
+    .sample("", &[], Value::Bool(degraded));
+    let StoreState::Open { events, history } = store else {
+        return;
+    };
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "gpukill_store_events_written_total",
+            "Audit events committed to the store.",
+            events.written,
+        ),
+        (
+            "gpukill_store_events_dropped_total",
+            "Audit events refused because the write queue was full or the writer was gone.",
+            events.dropped,
+        ),
+        (
+            "gpukill_store_events_failed_total",
+            "Audit events the database rejected.",
+            events.failed,
+        ),
+        (
+            "gpukill_store_events_unconfirmed_total",
+            "Audit events not confirmed within the timeout (they may still have been written).",
+            events.unconfirmed,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, "counter", help)
+            .sample("", &[], Value::Uint(value));
+    }
+    let history_counters: [(&str, &str, &str, u64); 5] = [
+        (
+            "gpukill_history_batches_written_total",
+            "counter",
+            "History intervals written to the store.",
+            history.written,
+        ),
+        (
+            "gpukill_history_batches_dropped_total",
+            "counter",
+            "History intervals dropped because the queue was full (the oldest go first).",
+            history.dropped,
+        ),
+        (
+            "gpukill_history_write_failures_total",
+            "counter",
+            "Failed history write attempts (the interval is kept and retried).",
+            history.failed,
+        ),
+        (
+            "gpukill_history_batches_queued",
+            "gauge",
+            "History intervals waiting to be written.",
+            history.queued,
+        ),
+        (
+            "gpukill_history_rollups_total",
+            "counter",
+            "Closed hours rolled up into the hourly tables.",
+            history.hours_rolled_up,
+        ),
+    ];
+    for (name, kind, help, value) in history_counters {
+        out.family(name, kind, help)
+            .sample("", &[], Value::Uint(value));
+    }
+}
+
+fn render_guard(out: &mut Exposition, guard: &GuardStatus, counters: Option<&GuardCounters>) {
+    out.family(
+        "gpukill_guard_policy_loaded",
+        "gauge",
+        "1 when a guard policy is in force.",
+    )
+    .sample("", &[], Value::Bool(guard.loaded.is_some()));
+    out.family(
+        "gpukill_guard_policy_load_failed",
+        "gauge",
+        "1 when the policy file was last rejected (the previous policy stays in force).",
+    )
+    .sample("", &[], Value::Bool(guard.load_error.is_some()));
+    if guard.loaded.is_some() {
+        let mut active = [0u64; RULES.len()];
+        for violation in &guard.active {
+            active[rule_index(violation.rule)] += 1;
+        }
+        let mut family = out.family(
+            "gpukill_guard_violations_active",
+            "gauge",
+            "Violations the guard is following now, by rule.",
+        );
+        for (rule, count) in RULES.iter().zip(active) {
+            family.sample("", &[("rule", rule.as_str())], Value::Uint(count));
+        }
+        out.family(
+            "gpukill_guard_recent_kills",
+            "gauge",
+            "Kills the guard started in the last minute (its rate limit counts these).",
+        )
+        .sample("", &[], Value::Uint(guard.recent_kills as u64));
+    }
+    if guard.evaluated_at.is_some() {
+        out.family(
+            "gpukill_guard_evaluation_duration_seconds",
+            "gauge",
+            "How long the latest policy evaluation took.",
+        )
+        .sample("", &[], Value::Seconds(guard.evaluation_time));
+    }
+    if let Some(counters) = counters {
+        let mut family = out.family(
+            "gpukill_guard_violations_total",
+            "counter",
+            "Guard decisions about violations, by rule and outcome (warned, would_act, rate_limited, acting).",
+        );
+        for (rule, outcome, count) in counters.decisions() {
+            family.sample(
+                "",
+                &[("rule", rule.as_str()), ("outcome", outcome)],
+                Value::Uint(count),
+            );
+        }
+        let mut family = out.family(
+            "gpukill_guard_kills_total",
+            "counter",
+            "Processes the guard acted on, by rule and outcome.",
+        );
+        for (rule, outcome, count) in counters.kills() {
+            family.sample(
+                "",
+                &[("rule", rule.as_str()), ("outcome", outcome)],
+                Value::Uint(count),
+            );
+        }
+    }
+}
+
+/// A sample value.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Seconds(Duration),
+    Bool(bool),
+}
+
+impl Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Uint(v) => write!(f, "{v}"),
+            // Rust never writes an exponent for f64; every value here is finite.
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Seconds(d) => write!(f, "{}", d.as_secs_f64()),
+            Value::Bool(b) => f.write_str(if *b { "1" } else { "0" }),
+        }
+    }
+}
+
+/// The text being written.
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// Starts a family; its HELP and TYPE lines are written with its first sample, so a
+    /// family without samples (a metric no device reports) is absent altogether.
+    fn family(&mut self, name: &'static str, kind: &'static str, help: &'static str) -> Family<'_> {
+        Family {
+            out: self,
+            name,
+            kind,
+            help,
+            started: false,
+        }
+    }
+}
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut Exposition,
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    started: bool,
+}
+
+impl Family<'_> {
+    /// Writes one sample: `escaped` is a label list already escaped (or ""), `labels` more
+    /// labels whose values are escaped here.
+    fn sample(&mut self, escaped: &str, labels: &[(&str, &str)], value: Value) {
+        let text = &mut self.out.text;
+        if !self.started {
+            self.started = true;
+            let _ = write!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n",
+                name = self.name,
+                help = self.help,
+                kind = self.kind
+            );
+        }
+        text.push_str(self.name);
+        if !escaped.is_empty() || !labels.is_empty() {
+            text.push('{');
+            text.push_str(escaped);
+            for (n, (name, value)) in labels.iter().enumerate() {
+                if n > 0 || !escaped.is_empty() {
+                    text.push(',');
+                }
+                text.push_str(name);
+                text.push_str("=\"");
+                escape_into(text, value);
+                text.push('"');
+            }
+            text.push('}');
+        }
+        let _ = writeln!(text, " {value}");
+    }
+}
+
+/// Appends `value` escaped as a label value: backslash, double quote and line feed.
+fn escape_into(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
+
+    use crate::procinfo::{Container, ProcessInfo};
+    use crate::snapshot::{
+        ProcessKind, ProcessSlot, ProcessTable, VendorData, VendorState, VendorStatus,
+    };
+
+    fn t(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+    }
+
+    fn full_gpu(index: u32) -> Gpu {
+        Gpu {
+            index,
+            uuid: Some(Arc::from(format!("GPU-0000000{index}").as_str())),
+            name: Some(Arc::from("NVIDIA A100-SXM4-80GB")),
+            pci_bus_id: Some(Arc::from(format!("00000000:0{index}:00.0").as_str())),
+            memory_used_bytes: Some(1536 * MIB + 5),
+            memory_total_bytes: Some(81920 * MIB),
+            utilization_gpu_pct: Some(50),
+            utilization_memory_pct: Some(20),
+            temperature_c: Some(41),
+            power_mw: Some(250_500),
+            fan_speed_pct: Some(30),
+            clock_sm_mhz: Some(1410),
+            clock_mem_mhz: Some(1593),
+            ecc_volatile_errors: Some(0),
+            mig_enabled: Some(false),
+            reset_supported: Some(true),
+            error: None,
+        }
+    }
+
+    fn process(pid: u32, gpu_index: u32, user: &str, name: &str) -> ProcessSlot {
+        ProcessSlot {
+            vendor: Vendor::Nvidia,
+            gpu_index,
+            kind: ProcessKind::Compute,
+            info: Arc::new(ProcessInfo {
+                pid,
+                start_ticks: 1,
+                start_time: t(0),
+                uid: 1000,
+                user: Arc::from(user),
+                name: name.to_owned(),
+                cmdline: name.to_owned(),
+                container: None,
+                exe_name: None,
+            }),
+        }
+    }
+
+    fn snapshot(gpus: Vec<Gpu>, processes: ProcessTable) -> Snapshot {
+        Snapshot {
+            host: Arc::from("node-1"),
+            taken_at: t(100),
+            sequence: 42,
+            vendors: vec![VendorStatus {
+                vendor: Vendor::Nvidia,
+                state: VendorState::Ok,
+                driver_version: Some("550.54.15".into()),
+                last_success: Some(t(100)),
+            }],
+            data: vec![(
+                Vendor::Nvidia,
+                Arc::new(VendorData {
+                    taken_at: Some(t(100)),
+                    gpus,
+                    processes,
+                }),
+            )],
+            tick_duration: Duration::from_micros(750),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+
+    fn render_at(snapshot: &Snapshot, now: SystemTime, store: StoreState) -> String {
+        let guard = GuardStatus::default();
+        render(
+            snapshot,
+            &Status {
+                now,
+                watchers: 3,
+                watch_lagged: 7,
+                store,
+                guard: &guard,
+                guard_counters: None,
+            },
+            0,
+        )
+    }
+
+    /// The sample lines of family `name` (exact name, not a prefix).
+    fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gpu_metrics_have_dcgm_exporter_names_units_and_labels() {
+        let text = render_at(
+            &snapshot(vec![full_gpu(0)], ProcessTable::default()),
+            t(101),
+            StoreState::Unavailable,
+        );
+        let labels = "{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\"}";
+        for (name, value) in [
+            ("DCGM_FI_DEV_SM_CLOCK", "1410"),
+            ("DCGM_FI_DEV_MEM_CLOCK", "1593"),
+            ("DCGM_FI_DEV_GPU_TEMP", "41"),
+            ("DCGM_FI_DEV_POWER_USAGE", "250.5"),
+            ("DCGM_FI_DEV_GPU_UTIL", "50"),
+            ("DCGM_FI_DEV_MEM_COPY_UTIL", "20"),
+            ("DCGM_FI_DEV_FB_USED", "1536"),
+            ("DCGM_FI_DEV_FB_FREE", "80383"),
+        ] {
+            assert_eq!(
+                samples(&text, name),
+                vec![format!("{name}{labels} {value}")],
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} gauge\n")),
+                "{name}: {text}"
+            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert!(
+            !text.contains("TOTAL_ENERGY"),
+            "no energy counter is invented"
+        );
+        assert_eq!(
+            samples(&text, "gpukill_gpu_up"),
+            vec!["gpukill_gpu_up{gpu=\"0\",UUID=\"GPU-00000000\"} 1"]
+        );
+    }
+
+    #[test]
+    fn metrics_a_device_does_not_report_are_absent_not_zero() {
+        let mut sparse = full_gpu(1);
+        sparse.temperature_c = None;
+        sparse.power_mw = None;
+        sparse.memory_total_bytes = None;
+        sparse.clock_sm_mhz = None;
+        let mut lost = Gpu {
+            index: 2,
+            uuid: Some(Arc::from("GPU-lost")),
+            ..Gpu::default()
+        };
+        lost.error = Some("GPU is lost".into());
+        let text = render_at(
+            &snapshot(vec![full_gpu(0), sparse, lost], ProcessTable::default()),
+            t(101),
+            StoreState::Unavailable,
+        );
+        assert_eq!(samples(&text, "DCGM_FI_DEV_GPU_UTIL").len(), 2, "{text}");
+        assert_eq!(samples(&text, "DCGM_FI_DEV_FB_USED").len(), 2);
+        // GPU 1 has used but not total memory: FB_FREE is absent for it.
+        for name in [
+            "DCGM_FI_DEV_GPU_TEMP",
+            "DCGM_FI_DEV_POWER_USAGE",
+            "DCGM_FI_DEV_FB_FREE",
+            "DCGM_FI_DEV_SM_CLOCK",
+        ] {
+            let lines = samples(&text, name);
+            assert_eq!(lines.len(), 1, "{name}: {lines:?}");
+            assert!(lines[0].contains("gpu=\"0\""), "{name}: {lines:?}");
+        }
+        // A lost GPU has no metrics, and says so in gpukill_gpu_up.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("DCGM") && l.contains("gpu=\"2\"")),
+            "{text}"
+        );
+        assert!(
+            samples(&text, "gpukill_gpu_up")
+                .iter()
+                .any(|l| l.contains("gpu=\"2\"") && l.ends_with(" 0")),
+            "{text}"
+        );
+        // No GPUs at all: no DCGM family, not even its HELP line.
+        let empty = render_at(
+            &snapshot(Vec::new(), ProcessTable::default()),
+            t(101),
+            StoreState::Unavailable,
+        );
+        assert!(!empty.contains("DCGM"), "{empty}");
+        assert!(
+            !empty.contains("gpukill_process_gpu_memory_bytes"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut gpu = full_gpu(0);
+        gpu.name = Some(Arc::from("Weird \"GPU\" \\ model\nline two"));
+        let text = render_at(
+            &snapshot(vec![gpu], ProcessTable::default()),
+            t(101),
+            StoreState::Unavailable,
+        );
+        assert!(
+            text.contains("modelName=\"Weird \\\"GPU\\\" \\\\ model\\nline two\""),
+            "{text}"
+        );
+        assert!(text.lines().all(|line| !line.starts_with("line two")));
+    }
+
+    #[test]
+    fn processes_carry_gpu_uuid_pid_user_name_and_container() {
+        let mut in_container = process(20, 1, "bob", "torch\"run");
+        Arc::make_mut(&mut in_container.info).container = Some(Container {
+            id: "abc123".into(),
+            runtime: "docker",
+            pod_uid: None,
+        });
+        let table = ProcessTable::new(
+            [
+                (
+                    process(10, 0, "alice", "python3"),
+                    Some(1024 * MIB),
+                    Some(37),
+                ),
+                (in_container, Some(512), None),
+                (process(30, 1, "carol", "Xorg"), None, Some(1)),
+            ],
+            &ProcessTable::default(),
+        );
+        let text = render_at(
+            &snapshot(vec![full_gpu(0), full_gpu(1)], table),
+            t(101),
+            StoreState::Unavailable,
+        );
+        assert_eq!(
+            samples(&text, "gpukill_process_gpu_memory_bytes"),
+            vec![
+                "gpukill_process_gpu_memory_bytes{gpu=\"0\",UUID=\"GPU-00000000\",pid=\"10\",user=\"alice\",process=\"python3\",container=\"\"} 1073741824",
+                "gpukill_process_gpu_memory_bytes{gpu=\"1\",UUID=\"GPU-00000001\",pid=\"20\",user=\"bob\",process=\"torch\\\"run\",container=\"abc123\"} 512",
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            samples(&text, "gpukill_process_sm_utilization_percent"),
+            vec![
+                "gpukill_process_sm_utilization_percent{gpu=\"0\",UUID=\"GPU-00000000\",pid=\"10\",user=\"alice\",process=\"python3\",container=\"\"} 37",
+                "gpukill_process_sm_utilization_percent{gpu=\"1\",UUID=\"GPU-00000001\",pid=\"30\",user=\"carol\",process=\"Xorg\",container=\"\"} 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn daemon_store_and_guard_metrics() {
+        let snap = snapshot(vec![full_gpu(0)], ProcessTable::default());
+        let fresh = render_at(
+            &snap,
+            t(101),
+            StoreState::Open {
+                events: EventLogCounters {
+                    dropped: 1,
+                    failed: 2,
+                    unconfirmed: 3,
+                    written: 4,
+                },
+                history: HistoryCounters {
+                    queued: 5,
+                    dropped: 6,
+                    written: 7,
+                    failed: 8,
+                    hours_rolled_up: 9,
+                    last_error: Some("disk I/O error".into()),
+                },
+            },
+        );
+        for line in [
+            "gpukill_ticks_total 42",
+            "gpukill_tick_duration_seconds 0.00075",
+            "gpukill_poll_interval_seconds 2",
+            "gpukill_snapshot_age_seconds 1",
+            "gpukill_snapshot_stale 0",
+            "gpukill_vendor_up{vendor=\"nvidia\"} 1",
+            "gpukill_watchers 3",
+            "gpukill_watch_skipped_snapshots_total 7",
+            "gpukill_store_degraded 1",
+            "gpukill_store_events_written_total 4",
+            "gpukill_store_events_dropped_total 1",
+            "gpukill_store_events_failed_total 2",
+            "gpukill_store_events_unconfirmed_total 3",
+            "gpukill_history_batches_written_total 7",
+            "gpukill_history_batches_dropped_total 6",
+            "gpukill_history_write_failures_total 8",
+            "gpukill_history_batches_queued 5",
+            "gpukill_history_rollups_total 9",
+            "gpukill_guard_policy_loaded 0",
+            "gpukill_guard_policy_load_failed 0",
+        ] {
+            assert!(
+                fresh.lines().any(|l| l == line),
+                "missing {line:?} in:\n{fresh}"
+            );
+        }
+        assert!(fresh.contains(&format!(
+            "gpukill_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        // No policy: no per-rule gauges (not a row of made-up zeros), no counters given.
+        assert!(!fresh.contains("gpukill_guard_violations_active"));
+        assert!(!fresh.contains("gpukill_guard_kills_total"));
+
+        let stale = render_at(&snap, t(110), StoreState::Unavailable);
+        assert!(stale.contains("\ngpukill_snapshot_stale 1\n"), "{stale}");
+        assert!(stale.contains("\ngpukill_snapshot_age_seconds 10\n"));
+        assert!(stale.contains("\ngpukill_store_degraded 1\n"));
+        assert!(!stale.contains("gpukill_store_events_written_total"));
+    }
+
+    #[test]
+    fn guard_counters_are_rendered_per_rule_and_outcome() {
+        use crate::actions::kill::Outcome;
+        use crate::guard::evaluate::Rule;
+        let counters = GuardCounters::default();
+        counters.record_kill(Rule::Rogue, Outcome::Killed);
+        let guard = GuardStatus {
+            evaluated_at: Some(t(100)),
+            evaluation_time: Duration::from_micros(500),
+            ..GuardStatus::default()
+        };
+        let text = render(
+            &snapshot(Vec::new(), ProcessTable::default()),
+            &Status {
+                now: t(100),
+                watchers: 0,
+                watch_lagged: 0,
+                store: StoreState::Unavailable,
+                guard: &guard,
+                guard_counters: Some(&counters),
+            },
+            0,
+        );
+        assert!(text.contains("gpukill_guard_kills_total{rule=\"rogue\",outcome=\"killed\"} 1\n"));
+        assert!(text.contains(
+            "gpukill_guard_violations_total{rule=\"memory_per_process\",outcome=\"warned\"} 0\n"
+        ));
+        assert!(text.contains("gpukill_guard_evaluation_duration_seconds 0.0005\n"));
+        assert_eq!(samples(&text, "gpukill_guard_kills_total").len(), 13 * 6);
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_once_and_no_series_repeats() {
+        let table = ProcessTable::new(
+            (0..64).map(|pid| (process(pid, pid % 8, "alice", "python3"), Some(1), Some(2))),
+            &ProcessTable::default(),
+        );
+        let text = render_at(
+            &snapshot((0..8).map(full_gpu).collect(), table),
+            t(101),
+            StoreState::Unavailable,
+        );
+        let mut types = std::collections::HashSet::new();
+        let mut series = std::collections::HashSet::new();
+        let mut current = String::new();
+        let mut help = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                help = rest.split(' ').next().map(str::to_owned);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default().to_owned();
+                assert_eq!(help.as_deref(), Some(name.as_str()), "HELP before TYPE");
+                assert!(types.insert(name.clone()), "{name} declared twice");
+                current = name;
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                assert_eq!(name, current, "{line} outside its family");
+                let key = line.rsplit_once(' ').map(|(k, _)| k).unwrap_or(line);
+                assert!(series.insert(key.to_owned()), "{key} twice");
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+}
