@@ -536,6 +536,32 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
+
+    /// The keys whose values differ between `self` and `other` (`section.key` inside a
+    /// section), in alphabetical order.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let table = |config: &Config| toml::Table::try_from(config).unwrap_or_default();
+        let (old, new) = (table(self), table(other));
+        let mut changed = Vec::new();
+        let keys: Vec<&String> = old
+            .keys()
+            .chain(new.keys().filter(|k| !old.contains_key(*k)))
+            .collect();
+        for key in keys {
+            match (old.get(key), new.get(key)) {
+                (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                    for inner in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                        if a.get(inner) != b.get(inner) {
+                            changed.push(format!("{key}.{inner}"));
+                        }
+                    }
+                }
+                (a, b) if a != b => changed.push(key.clone()),
+                _ => {}
+            }
+        }
+        changed
+    }
 }
 
 fn check(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
@@ -578,6 +604,20 @@ fn set(table: &mut toml::Table, key: &[&str], value: toml::Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn changed_keys_name_top_level_and_section_keys() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.poll_interval = Duration::from_secs(5);
+        new.retention.events = Duration::from_secs(3600);
+        new.admin_group = "wheel".into();
+        assert_eq!(
+            old.changed_keys(&new),
+            ["admin_group", "poll_interval", "retention.events"]
+        );
+        assert!(old.changed_keys(&old).is_empty());
+    }
+
     use super::*;
     use std::io::Write;
 

@@ -14,6 +14,7 @@ pub mod recorder;
 pub mod ring;
 pub mod rpc;
 pub mod sampler;
+pub mod service;
 pub mod snapshot;
 pub mod store;
 pub mod vendor;
@@ -62,6 +63,9 @@ pub enum Error {
     Activation(#[source] std::io::Error),
 }
 
+/// How long stopping waits for the store to write what is queued.
+const STORE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Environment facts the daemon's defaults depend on.
 #[derive(Debug, Clone)]
 pub struct Environment {
@@ -101,14 +105,21 @@ fn host_name() -> Arc<str> {
         .unwrap_or_else(|| Arc::from("localhost"))
 }
 
-/// Runs the daemon until `shutdown` completes: bind the socket, take the first sample,
-/// serve, then stop the sampler and remove the socket. Each item of `reload` (SIGHUP) makes
-/// the guard read its policy file again.
+/// A fresh load of the configuration (from the same file, environment and options), for a
+/// reload.
+pub type LoadConfig = Arc<dyn Fn() -> Result<Config, config::ConfigError> + Send + Sync>;
+
+/// Runs the daemon until `shutdown` completes: bind the socket (or take the one systemd
+/// passed), take the first sample, tell systemd it is ready, serve; then stop the sampler,
+/// write what the store has queued and remove the socket. Each item of `reload` (SIGHUP)
+/// checks the configuration again with `load_config` (a bad one is rejected and the running
+/// one stays) and reloads the guard policy.
 pub async fn run(
     config: Config,
     environment: Environment,
     shutdown: impl Future<Output = ()> + Send,
     mut reload: impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static,
+    load_config: LoadConfig,
 ) -> Result<(), Error> {
     let socket_path = config.socket_path(environment.euid, environment.xdg_runtime_dir.as_deref());
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
@@ -169,7 +180,17 @@ pub async fn run(
         ),
         None => None,
     };
-    let listener = rpc::unix::bind(&socket_path, config.socket_mode.0)?;
+    // A socket systemd passed (socket activation) is systemd's: used as it is, not removed.
+    let (listener, owns_socket) =
+        match service::activation::inherited_listener().map_err(Error::Activation)? {
+            Some(inherited) => {
+                tracing::info!("serving on the socket passed by the service manager");
+                let listener =
+                    tokio::net::UnixListener::from_std(inherited).map_err(Error::Activation)?;
+                (listener, false)
+            }
+            None => (rpc::unix::bind(&socket_path, config.socket_mode.0)?, true),
+        };
     let first = sampler.tick().await;
     let ring = Arc::new(Ring::new(config.ring_capacity(), first));
     // Turned true when shutdown starts: the sampler and every Watch stream end on it, so
@@ -193,13 +214,48 @@ pub async fn run(
         ))
     });
     let reloading = Arc::clone(&guard);
+    let running = config.clone();
     tokio::spawn(async move {
         use tokio_stream::StreamExt;
         while reload.next().await.is_some() {
-            tracing::info!("SIGHUP: reloading the guard policy");
-            reloading.request_reload();
+            service::supervisor::reloading();
+            let load = Arc::clone(&load_config);
+            let status = match tokio::task::spawn_blocking(move || load()).await {
+                Ok(Ok(new)) => {
+                    let changed = running.changed_keys(&new);
+                    if changed.is_empty() {
+                        tracing::info!(
+                            "SIGHUP: configuration unchanged; reloading the guard policy"
+                        );
+                    } else {
+                        tracing::warn!(
+                            changed = %changed.join(", "),
+                            "SIGHUP: the configuration is valid; these settings take effect at the next restart"
+                        );
+                    }
+                    reloading.request_reload();
+                    "reloaded".to_owned()
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(
+                        error = %error_chain(&error),
+                        "SIGHUP: the new configuration is invalid; the running one stays"
+                    );
+                    format!("reload rejected: {}", error_chain(&error))
+                }
+                Err(_) => "reload failed".to_owned(),
+            };
+            service::supervisor::reloaded(&status);
         }
     });
+    if let Some(interval) = service::supervisor::watchdog_interval() {
+        tokio::spawn(service::supervisor::watchdog(
+            Arc::clone(&ring),
+            interval,
+            stopped.clone(),
+        ));
+    }
+    let kill_events = kill_context.events.clone();
     let recorder_task = kill_context.events.as_ref().ok().map(|log| {
         tokio::spawn(recorder::run(
             recorder::Recorder::new(config.persist_interval),
@@ -217,8 +273,7 @@ pub async fn run(
             ring: Arc::clone(&ring),
             events: kill_context.events.clone(),
             guard: Arc::clone(&guard),
-            // Some(guard.counters()) once the guard counts its decisions and kills.
-            guard_counters: None,
+            guard_counters: Some(guard.counters()),
         };
         tokio::spawn(listener.serve(sources, stopped.clone()));
     }
@@ -233,8 +288,10 @@ pub async fn run(
     let stop_on_shutdown = async move {
         shutdown.await;
         tracing::info!("stopping");
+        service::supervisor::stopping();
         let _ = stop.send(true);
     };
+    service::supervisor::ready(&ring.latest());
     let served = tonic::transport::Server::builder()
         .add_service(
             rpc::Service::new(
@@ -261,7 +318,13 @@ pub async fn run(
         // It hands the open interval to the store as it stops.
         let _ = recorder_task.await;
     }
-    if let Err(error) = std::fs::remove_file(&socket_path) {
+    if let Ok(log) = &kill_events {
+        // Everything queued (the last interval, the last audit events) is written before exit.
+        if let Err(error) = log.flush(STORE_FLUSH_TIMEOUT).await {
+            tracing::error!(%error, "the store did not finish writing before exit");
+        }
+    }
+    if owns_socket && let Err(error) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), %error, "cannot remove socket");
     }
     served.map_err(Error::Serve)

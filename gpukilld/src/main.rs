@@ -1,22 +1,15 @@
-//! gpukilld: parse arguments, set up logging, run the daemon until SIGTERM or SIGINT
-//! (SIGHUP re-reads the guard policy).
+//! gpukilld: parse arguments, set up logging (the journal under systemd), run the daemon
+//! until SIGTERM or SIGINT; SIGHUP checks the configuration again and reloads the guard
+//! policy.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use gpukill_proto::exit_code;
 use gpukilld::cli::Args;
 use gpukilld::config::Config;
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GPUKILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
 
 /// Installs the SIGHUP handler now (so a SIGHUP during startup is not fatal) and returns
 /// the stream of them.
@@ -65,8 +58,8 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_tracing();
-    match serve(config, environment) {
+    gpukilld::service::logging::init();
+    match serve(config, environment, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gpukilld: error: {error:#}");
@@ -87,7 +80,7 @@ fn raise_open_file_limit() {
     }
 }
 
-fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<()> {
+fn serve(config: Config, environment: gpukilld::Environment, args: Args) -> anyhow::Result<()> {
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -98,7 +91,8 @@ fn serve(config: Config, environment: gpukilld::Environment) -> anyhow::Result<(
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
         let reload = reload_signal().context("cannot install the SIGHUP handler")?;
-        gpukilld::run(config, environment, shutdown, reload).await?;
+        let load_config: gpukilld::LoadConfig = Arc::new(move || Config::load(args.sources()));
+        gpukilld::run(config, environment, shutdown, reload, load_config).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())

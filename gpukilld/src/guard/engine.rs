@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch};
 
 use super::clock;
+use super::counters::GuardCounters;
 use super::edit::{self, Change};
 use super::evaluate::{self, Evaluation, UtilHistory, Violation};
 use super::notify::{self, Notice, NoticeProcess, Notifier};
@@ -76,6 +77,8 @@ pub struct Guard {
     stamp: Mutex<Option<(SystemTime, u64)>>,
     /// Held while a change is written, so two changes do not interleave.
     writing: Mutex<()>,
+    /// Decisions and kills since start, per rule (for the metrics endpoint).
+    counters: Arc<GuardCounters>,
 }
 
 /// Why a change to the policy was not made.
@@ -113,12 +116,18 @@ impl Guard {
             reload: AtomicBool::new(false),
             stamp: Mutex::new(None),
             writing: Mutex::new(()),
+            counters: Arc::default(),
         }
     }
 
     /// The policy file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Decisions and kills since start, per rule.
+    pub fn counters(&self) -> Arc<GuardCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// Asks for the policy file to be read again before the next evaluation (SIGHUP).
@@ -304,6 +313,7 @@ pub async fn run(
     let mut history = UtilHistory::default();
     let principal = guard_principal();
     let responder = Arc::new(Responder {
+        counters: guard.counters(),
         principal: principal.clone(),
         events: Arc::clone(&events),
         notifier: Notifier::start(),
@@ -446,6 +456,7 @@ fn guard_principal() -> Principal {
 
 /// What responding to a decision needs.
 struct Responder {
+    counters: Arc<GuardCounters>,
     principal: Principal,
     events: Arc<EventLog>,
     notifier: Notifier,
@@ -512,6 +523,7 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
         Decision::RateLimited(v) => (v, "rate_limited"),
         Decision::Act(v) => (v, "acting"),
     };
+    responder.counters.record_decision(&decision);
     let description = violation.describe();
     tracing::warn!(
         rule = violation.rule.as_str(),
@@ -609,6 +621,9 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
         let notify = &loaded.policy.policy.notify;
         let mut messages = Vec::new();
         for decided in &decided {
+            responder
+                .counters
+                .record_kill(violation.rule, decided.outcome);
             let info = &decided.target.info;
             let gpu = decided.target.gpu_index.unwrap_or_default();
             tracing::warn!(

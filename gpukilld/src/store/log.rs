@@ -128,6 +128,8 @@ enum Request {
     },
     /// History is queued: write it now rather than at the next poll.
     History,
+    /// Answer once everything queued before this request is written.
+    Flush { reply: oneshot::Sender<()> },
     /// Import records of a gpukill audit.jsonl, then redo the rollups they change.
     Import {
         records: Vec<ImportRecord>,
@@ -464,6 +466,33 @@ impl EventLog {
         self.path.as_deref()
     }
 
+    /// Waits up to `timeout` until everything queued so far (audit batches and history) is
+    /// written (`Timeout` if it is not; the writer keeps going).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A full queue drains; keep offering until the deadline.
+        let mut request = Request::Flush { reply };
+        loop {
+            match self.requests.try_send(request) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+                Err(mpsc::TrySendError::Full(back)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Timeout);
+                    }
+                    request = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     /// Closes the queue and waits up to `timeout` for the writer thread to write what is
     /// queued and end (`Timeout` if it has not; it keeps going).
     pub async fn close(self, timeout: Duration) -> Result<(), StoreError> {
@@ -628,6 +657,8 @@ fn refuse(request: Request, error: StoreError, counters: &Counters) {
         }
         // Written once the store opens again: history follows every request.
         Request::History => {}
+        // Nothing can be written now: the caller learns it from the dropped reply.
+        Request::Flush { .. } => {}
         #[cfg(test)]
         Request::Hold { holding, release } => {
             let _ = holding.send(());
@@ -776,6 +807,11 @@ fn handle(
             }
             // The caller only wants the history written, which follows every request.
             Request::History => {}
+            Request::Flush { reply } => {
+                // Everything queued before this is written; the history queue too.
+                write_history(store, history);
+                let _ = reply.send(());
+            }
             Request::Import { records, reply } => {
                 let imported = catch_unwind(AssertUnwindSafe(|| {
                     import(&mut lock(store), &records, history, options)
