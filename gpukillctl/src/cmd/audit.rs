@@ -45,18 +45,24 @@ pub async fn run<W: Write, E: Write>(
     out.write(&text)
 }
 
+/// A usage error (exit 3) for `--output csv` with `flag`, whose report has no CSV form.
+fn refuse_csv(args: &AuditArgs, flag: &str) -> Result<(), Error> {
+    if args.output == ReportFormat::Csv {
+        return Err(Error::Usage(format!(
+            "{flag} has no CSV output; use --output table or json"
+        )));
+    }
+    Ok(())
+}
+
 /// `gpukillctl audit --summary`: the Summary RPC over the same window.
 async fn summary<W: Write, E: Write>(
     address: Option<&Address>,
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    if args.output == ReportFormat::Csv {
-        // Four tables do not make one CSV; a usage error (exit 3).
-        return Err(Error::Usage(
-            "--summary has no CSV output; use --output table or json".to_owned(),
-        ));
-    }
+    // Four tables do not make one CSV.
+    refuse_csv(args, "--summary")?;
     let socket = conn::socket_path(address)?;
     let mut client = conn::connect(&socket).await?;
     let response = client
@@ -77,11 +83,7 @@ async fn rogue<W: Write, E: Write>(
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    if args.output == ReportFormat::Csv {
-        return Err(Error::Usage(
-            "--rogue has no CSV output; use --output table or json".to_owned(),
-        ));
-    }
+    refuse_csv(args, "--rogue")?;
     let window = request(args, SystemTime::now());
     let socket = conn::socket_path(address)?;
     let mut client = conn::connect(&socket).await?;

@@ -441,7 +441,7 @@ fn longest_window(policy: &CompiledPolicy) -> Duration {
 }
 
 /// The principal the guard acts as: the daemon itself, an admin.
-fn guard_principal() -> Principal {
+pub fn guard_principal() -> Principal {
     Principal {
         caller: Caller {
             uid: nix::unistd::geteuid().as_raw(),

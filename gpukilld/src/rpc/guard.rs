@@ -9,7 +9,7 @@ use gpukill_proto::v1 as pb;
 use super::convert;
 use super::error::RpcError;
 use crate::guard::clock;
-use crate::guard::engine::{GUARD_USER, Guard, Loaded};
+use crate::guard::engine::{Guard, Loaded, guard_principal};
 use crate::guard::evaluate::Violation;
 use crate::guard::policy::Mode;
 use crate::ring::Ring;
@@ -94,16 +94,7 @@ fn would(loaded: &Loaded, violation: &Violation) -> String {
     if !violation.over {
         return "nothing yet: within the hysteresis band under the limit".to_owned();
     }
-    let principal = crate::authz::Principal {
-        caller: crate::authz::Caller {
-            uid: 0,
-            gid: 0,
-            pid: None,
-            transport: crate::authz::Transport::Guard,
-        },
-        user: GUARD_USER.to_owned(),
-        admin: true,
-    };
+    let principal = guard_principal();
     let protected: Vec<String> = violation
         .offenders
         .iter()
