@@ -55,6 +55,8 @@ pub struct Gpu {
     pub temperature_c: Option<i32>,
     /// Power draw, milliwatts.
     pub power_mw: Option<u32>,
+    /// Energy used since the driver loaded, millijoules (a counter).
+    pub energy_total_mj: Option<u64>,
     /// Fan speed, percent.
     pub fan_speed_pct: Option<u32>,
     /// SM clock, MHz.

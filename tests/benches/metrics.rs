@@ -169,6 +169,7 @@ fn in_process_snapshot() -> Snapshot {
             utilization_memory_pct: Some(20),
             temperature_c: Some(41),
             power_mw: Some(250_500),
+            energy_total_mj: Some(1_234_567_890),
             fan_speed_pct: Some(30),
             clock_sm_mhz: Some(1410),
             clock_mem_mhz: Some(1593),

@@ -509,6 +509,23 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     })
 }
 
+/// `total_energy_mj`, in millijoules.
+///
+/// # Safety
+/// `energy` must be null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
+    device: nvmlDevice_t,
+    energy: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    guard(|| {
+        device_call(Func::GetTotalEnergyConsumption, device, |_, g, t| {
+            // SAFETY: the caller's contract.
+            unsafe { put_metric(energy, g.total_energy.as_ref(), t) }
+        })
+    })
+}
+
 /// `num_fans` (default 1 with `fan_speed_pct`, 0 without).
 ///
 /// # Safety

@@ -54,6 +54,7 @@ funcs! {
     GetUtilizationRates = "nvmlDeviceGetUtilizationRates", Device;
     GetTemperature = "nvmlDeviceGetTemperature", Device;
     GetPowerUsage = "nvmlDeviceGetPowerUsage", Device;
+    GetTotalEnergyConsumption = "nvmlDeviceGetTotalEnergyConsumption", Device;
     GetNumFans = "nvmlDeviceGetNumFans", Device;
     GetFanSpeedV2 = "nvmlDeviceGetFanSpeed_v2", Device;
     GetFanSpeed = "nvmlDeviceGetFanSpeed", Device;
@@ -196,6 +197,7 @@ struct RawGpu {
     utilization_memory_pct: Option<Metric<u32>>,
     temperature_c: Option<Metric<u32>>,
     power_mw: Option<Metric<u32>>,
+    total_energy_mj: Option<Metric<u64>>,
     fan_speed_pct: Option<Metric<u32>>,
     num_fans: Option<u32>,
     clock_graphics_mhz: Option<Metric<u32>>,
@@ -251,6 +253,8 @@ pub(crate) struct Gpu {
     pub(crate) util_mem: Option<Metric<u32>>,
     pub(crate) temperature: Option<Metric<u32>>,
     pub(crate) power: Option<Metric<u32>>,
+    /// Energy since the driver loaded, millijoules.
+    pub(crate) total_energy: Option<Metric<u64>>,
     pub(crate) fan_speed: Option<Metric<u32>>,
     pub(crate) num_fans: u32,
     pub(crate) clock_graphics: Option<Metric<u32>>,
@@ -489,6 +493,7 @@ impl Gpu {
             (&g.memory_used_bytes, "memory_used_bytes"),
             (&g.ecc_volatile_corrected, "ecc_volatile_corrected"),
             (&g.ecc_volatile_uncorrected, "ecc_volatile_uncorrected"),
+            (&g.total_energy_mj, "total_energy_mj"),
         ];
         for (m, what) in metrics64 {
             if let Some(m) = m {
@@ -555,6 +560,7 @@ impl Gpu {
             util_mem: g.utilization_memory_pct,
             temperature: g.temperature_c,
             power: g.power_mw,
+            total_energy: g.total_energy_mj,
             fan_speed: g.fan_speed_pct,
             num_fans,
             clock_graphics: g.clock_graphics_mhz,

@@ -64,49 +64,63 @@ pub fn render(snapshot: &Snapshot, status: &Status<'_>, capacity: usize) -> Stri
     out.text
 }
 
-/// A dcgm-exporter GPU metric: name, help (dcgm-exporter's own), and how to read it.
+/// A dcgm-exporter GPU metric: name, type and help (dcgm-exporter's own), and how to read it.
 struct DcgmMetric {
     name: &'static str,
+    kind: &'static str,
     help: &'static str,
     value: fn(&Gpu) -> Option<Value>,
 }
 
 /// The dcgm-exporter default counters the snapshot can answer, in the order of its
-/// `default-counters.csv`. `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` is missing on purpose:
-/// the snapshot has no energy counter, and a made-up one would break `increase()`.
+/// `default-counters.csv`. The energy counter is NVML's own (since the driver loaded, Volta
+/// and newer), never integrated from power: a made-up counter would break `increase()`.
 const DCGM_METRICS: &[DcgmMetric] = &[
     DcgmMetric {
         name: "DCGM_FI_DEV_SM_CLOCK",
+        kind: "gauge",
         help: "SM clock frequency (in MHz).",
         value: |gpu| gpu.clock_sm_mhz.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_MEM_CLOCK",
+        kind: "gauge",
         help: "Memory clock frequency (in MHz).",
         value: |gpu| gpu.clock_mem_mhz.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_GPU_TEMP",
+        kind: "gauge",
         help: "GPU temperature (in C).",
         value: |gpu| gpu.temperature_c.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_POWER_USAGE",
+        kind: "gauge",
         help: "Power draw (in W).",
         value: |gpu| gpu.power_mw.map(|v| Value::Float(f64::from(v) / 1000.0)),
     },
     DcgmMetric {
+        name: "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        kind: "counter",
+        help: "Total energy consumption since boot (in mJ).",
+        value: |gpu| gpu.energy_total_mj.map(Value::Uint),
+    },
+    DcgmMetric {
         name: "DCGM_FI_DEV_GPU_UTIL",
+        kind: "gauge",
         help: "GPU utilization (in %).",
         value: |gpu| gpu.utilization_gpu_pct.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_MEM_COPY_UTIL",
+        kind: "gauge",
         help: "Memory utilization (in %).",
         value: |gpu| gpu.utilization_memory_pct.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_FB_FREE",
+        kind: "gauge",
         help: "Framebuffer memory free (in MiB).",
         value: |gpu| match (gpu.memory_total_bytes, gpu.memory_used_bytes) {
             (Some(total), Some(used)) => Some(Value::Int(
@@ -117,6 +131,7 @@ const DCGM_METRICS: &[DcgmMetric] = &[
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_FB_USED",
+        kind: "gauge",
         help: "Framebuffer memory used (in MiB).",
         value: |gpu| {
             gpu.memory_used_bytes
@@ -152,7 +167,7 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
     starts.push(labels.len());
     let gpu_labels = |n: usize| &labels[starts[n]..starts[n + 1]];
     for metric in DCGM_METRICS {
-        let mut family = out.family(metric.name, "gauge", metric.help);
+        let mut family = out.family(metric.name, metric.kind, metric.help);
         for (n, (_, gpu)) in snapshot
             .gpus()
             .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
@@ -582,6 +597,7 @@ mod tests {
             utilization_memory_pct: Some(20),
             temperature_c: Some(41),
             power_mw: Some(250_500),
+            energy_total_mj: Some(1_234_567_890),
             fan_speed_pct: Some(30),
             clock_sm_mhz: Some(1410),
             clock_mem_mhz: Some(1593),
@@ -674,6 +690,7 @@ mod tests {
             ("DCGM_FI_DEV_MEM_CLOCK", "1593"),
             ("DCGM_FI_DEV_GPU_TEMP", "41"),
             ("DCGM_FI_DEV_POWER_USAGE", "250.5"),
+            ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "1234567890"),
             ("DCGM_FI_DEV_GPU_UTIL", "50"),
             ("DCGM_FI_DEV_MEM_COPY_UTIL", "20"),
             ("DCGM_FI_DEV_FB_USED", "1536"),
@@ -684,16 +701,17 @@ mod tests {
                 vec![format!("{name}{labels} {value}")],
                 "{text}"
             );
+            let kind = if name == "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" {
+                "counter"
+            } else {
+                "gauge"
+            };
             assert!(
-                text.contains(&format!("# TYPE {name} gauge\n")),
+                text.contains(&format!("# TYPE {name} {kind}\n")),
                 "{name}: {text}"
             );
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
         }
-        assert!(
-            !text.contains("TOTAL_ENERGY"),
-            "no energy counter is invented"
-        );
         assert_eq!(
             samples(&text, "gpukill_gpu_up"),
             vec!["gpukill_gpu_up{gpu=\"0\",UUID=\"GPU-00000000\"} 1"]
@@ -705,6 +723,7 @@ mod tests {
         let mut sparse = full_gpu(1);
         sparse.temperature_c = None;
         sparse.power_mw = None;
+        sparse.energy_total_mj = None;
         sparse.memory_total_bytes = None;
         sparse.clock_sm_mhz = None;
         let mut lost = Gpu {
@@ -724,6 +743,7 @@ mod tests {
         for name in [
             "DCGM_FI_DEV_GPU_TEMP",
             "DCGM_FI_DEV_POWER_USAGE",
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
             "DCGM_FI_DEV_FB_FREE",
             "DCGM_FI_DEV_SM_CLOCK",
         ] {

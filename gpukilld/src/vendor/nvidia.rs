@@ -236,6 +236,7 @@ fn read_gpu(
         .read("temperature", || device.temperature(TemperatureSensor::Gpu))
         .and_then(|t| i32::try_from(t).ok());
     let power_mw = fields.read("power", || device.power_usage());
+    let energy_total_mj = fields.read("energy", || device.total_energy_consumption());
     let fan_speed_pct = match fields.read("fans", || device.num_fans()) {
         Some(0) | None => None,
         Some(_) => fields.read("fan", || device.fan_speed(0)),
@@ -319,6 +320,7 @@ fn read_gpu(
         utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
         temperature_c,
         power_mw,
+        energy_total_mj,
         fan_speed_pct,
         clock_sm_mhz,
         clock_mem_mhz,
