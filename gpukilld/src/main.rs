@@ -1,6 +1,7 @@
 //! gpukilld: parse arguments, set up logging (the journal under systemd), run the daemon
 //! until SIGTERM or SIGINT; SIGHUP checks the configuration again and reloads the guard
-//! policy.
+//! policy. On Windows (which gpukilld does not build for yet: packaging/windows/README.md)
+//! it runs under the Service Control Manager, or in a console until Ctrl-C.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,28 +12,67 @@ use gpukill_proto::exit_code;
 use gpukilld::cli::Args;
 use gpukilld::config::Config;
 
-/// Installs the SIGHUP handler now (so a SIGHUP during startup is not fatal) and returns
-/// the stream of them.
-fn reload_signal() -> std::io::Result<impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static>
-{
+/// What asks the daemon to stop besides signals: on Windows, the Service Control Manager.
+#[cfg(unix)]
+type ServiceStop = ();
+#[cfg(windows)]
+type ServiceStop = Option<tokio::sync::watch::Receiver<bool>>;
+
+/// SIGTERM, SIGINT and SIGHUP.
+#[cfg(unix)]
+mod signals {
     use tokio::signal::unix::{SignalKind, signal};
-    Ok(tokio_stream::wrappers::SignalStream::new(signal(
-        SignalKind::hangup(),
-    )?))
+
+    /// Installs the SIGHUP handler now (so a SIGHUP during startup is not fatal) and
+    /// returns the stream of them.
+    pub fn reload() -> std::io::Result<impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static>
+    {
+        Ok(tokio_stream::wrappers::SignalStream::new(signal(
+            SignalKind::hangup(),
+        )?))
+    }
+
+    /// Installs the SIGTERM and SIGINT handlers now (so a signal during startup is not
+    /// fatal) and returns the future that completes on the first of them.
+    pub fn shutdown(_: super::ServiceStop) -> std::io::Result<impl Future<Output = ()>> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            }
+        })
+    }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now (so a signal during startup is not fatal)
-/// and returns the future that completes on the first of them.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
-        }
-    })
+/// Ctrl-C and the Service Control Manager's stop; Windows has no SIGHUP.
+#[cfg(windows)]
+mod signals {
+    /// Reloads never come.
+    pub fn reload() -> std::io::Result<impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static>
+    {
+        Ok(tokio_stream::pending())
+    }
+
+    /// Completes on Ctrl-C or when the service is stopped.
+    pub fn shutdown(service: super::ServiceStop) -> std::io::Result<impl Future<Output = ()>> {
+        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            let stopped = async {
+                match service {
+                    Some(mut stop) => {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c.recv() => tracing::info!("Ctrl-C received"),
+                () = stopped => tracing::info!("stop requested by the Service Control Manager"),
+            }
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -59,17 +99,31 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     gpukilld::service::logging::init();
-    match serve(config, environment, args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("gpukilld: error: {error:#}");
-            ExitCode::from(exit_code::ERROR as u8)
+    #[cfg(unix)]
+    let code = serve(config, environment, args, ());
+    #[cfg(windows)]
+    let code = {
+        let daemon: gpukill_winservice::Daemon =
+            Box::new(move |stop| serve(config, environment, args, Some(stop)));
+        match gpukill_winservice::run(daemon) {
+            Ok(()) => 0,
+            Err(gpukill_winservice::Error::NotAService(daemon)) => {
+                // A console: run in the foreground until Ctrl-C (the sender stays alive).
+                let (_never, stop) = tokio::sync::watch::channel(false);
+                daemon(stop)
+            }
+            Err(error) => {
+                eprintln!("gpukilld: error: {error}");
+                exit_code::ERROR as u8
+            }
         }
-    }
+    };
+    ExitCode::from(code)
 }
 
 /// The daemon holds a pidfd per GPU process; lift the soft file limit to the hard one (as
 /// systemd's default 1024 soft limit is low for a node with hundreds of GPU processes).
+#[cfg(unix)]
 fn raise_open_file_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
@@ -80,7 +134,29 @@ fn raise_open_file_limit() {
     }
 }
 
-fn serve(config: Config, environment: gpukilld::Environment, args: Args) -> anyhow::Result<()> {
+/// Runs the daemon until it is told to stop; the process exit code.
+fn serve(
+    config: Config,
+    environment: gpukilld::Environment,
+    args: Args,
+    service: ServiceStop,
+) -> u8 {
+    match run_daemon(config, environment, args, service) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("gpukilld: error: {error:#}");
+            exit_code::ERROR as u8
+        }
+    }
+}
+
+fn run_daemon(
+    config: Config,
+    environment: gpukilld::Environment,
+    args: Args,
+    service: ServiceStop,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -89,8 +165,8 @@ fn serve(config: Config, environment: gpukilld::Environment, args: Args) -> anyh
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
-        let reload = reload_signal().context("cannot install the SIGHUP handler")?;
+        let shutdown = signals::shutdown(service).context("cannot install the signal handlers")?;
+        let reload = signals::reload().context("cannot install the SIGHUP handler")?;
         let load_config: gpukilld::LoadConfig = Arc::new(move || Config::load(args.sources()));
         gpukilld::run(config, environment, shutdown, reload, load_config).await?;
         Ok::<_, anyhow::Error>(())

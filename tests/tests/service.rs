@@ -1,6 +1,7 @@
 //! gpukilld as a systemd service: the notify protocol (READY, STATUS, WATCHDOG only while
 //! sampling, RELOADING, STOPPING) against a datagram socket the test owns, a clean stop on
-//! SIGTERM, SIGHUP with a broken configuration, and socket activation.
+//! SIGTERM, SIGHUP with a broken configuration, socket activation, the unit files, and the
+//! launchd job.
 
 mod support;
 
@@ -310,4 +311,74 @@ fn systemd_analyze_verify_prints_nothing_for_the_units() {
     );
     assert!(output.status.success(), "{printed}");
     assert_eq!(printed, "", "systemd-analyze verify printed something");
+}
+
+/// The launchd job (packaging/macos) runs gpukilld with options it accepts and a
+/// configuration it accepts, restarts it after a failure only, and gives it longer than its
+/// 5 s stop to exit. (launchd itself is not available here.)
+#[test]
+fn launchd_job_starts_gpukilld_with_a_valid_configuration() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let job = plist::Value::from_file(root.join("packaging/macos/com.gpukill.gpukilld.plist"))
+        .expect("the launchd plist parses");
+    let job = job.as_dictionary().expect("a dictionary");
+    assert_eq!(
+        job.get("Label").and_then(plist::Value::as_string),
+        Some("com.gpukill.gpukilld")
+    );
+    assert_eq!(
+        job.get("RunAtLoad").and_then(plist::Value::as_boolean),
+        Some(true)
+    );
+    let keep_alive = job
+        .get("KeepAlive")
+        .and_then(plist::Value::as_dictionary)
+        .expect("KeepAlive is a dictionary");
+    assert_eq!(
+        keep_alive
+            .get("SuccessfulExit")
+            .and_then(plist::Value::as_boolean),
+        Some(false),
+        "restart after a failure, not after a clean stop"
+    );
+    let exit_timeout = job
+        .get("ExitTimeOut")
+        .and_then(plist::Value::as_signed_integer)
+        .expect("ExitTimeOut");
+    assert!(exit_timeout > 5, "ExitTimeOut {exit_timeout} s");
+    let arguments: Vec<&str> = job
+        .get("ProgramArguments")
+        .and_then(plist::Value::as_array)
+        .expect("ProgramArguments")
+        .iter()
+        .map(|argument| argument.as_string().expect("a string"))
+        .collect();
+    assert_eq!(
+        arguments,
+        [
+            "/usr/local/bin/gpukilld",
+            "--config",
+            "/usr/local/etc/gpukill/gpukilld.toml"
+        ]
+    );
+    // The installed configuration is packaging/macos/gpukilld.toml.
+    let output = Command::new(support::gpukilld())
+        .arg("--config")
+        .arg(root.join("packaging/macos/gpukilld.toml"))
+        .arg("--print-config")
+        .output()
+        .expect("run gpukilld");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "socket = \"/var/run/gpukill/gpukilld.sock\"",
+        "state_dir = \"/usr/local/var/gpukill\"",
+        "guard_policy = \"/usr/local/etc/gpukill/guard.toml\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line}:\n{printed}");
+    }
 }

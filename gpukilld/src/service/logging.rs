@@ -10,6 +10,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub fn init() {
     let filter =
         || EnvFilter::try_from_env("GPUKILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    #[cfg(unix)]
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
             Ok(journal) => {

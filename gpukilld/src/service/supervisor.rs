@@ -1,46 +1,104 @@
-//! systemd's notify protocol (`sd_notify(3)`): `READY=1` once the daemon serves,
-//! `STATUS=` lines, `RELOADING=1` around a reload, `STOPPING=1`, and `WATCHDOG=1` only
-//! while snapshots keep coming. Without `NOTIFY_SOCKET` every message is dropped.
+//! What the service manager is told: systemd's notify protocol (`sd_notify(3)`) on Unix —
+//! `READY=1` once the daemon serves, `STATUS=` lines, `RELOADING=1` around a reload,
+//! `STOPPING=1`, and `WATCHDOG=1` only while snapshots keep coming; on Windows the Service
+//! Control Manager's running and stop-pending states (gpukill-winservice; it has no
+//! watchdog and no reload). Outside a service manager every message is dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sd_notify::NotifyState;
 use tokio::sync::watch;
 
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
 
-/// Sends a notify message; a failure (no service manager, a full socket) is only logged.
-fn send(states: &[NotifyState<'_>]) {
-    if let Err(error) = sd_notify::notify(states) {
-        tracing::debug!(%error, "cannot notify the service manager");
+/// systemd, through `NOTIFY_SOCKET`.
+#[cfg(unix)]
+mod manager {
+    use std::time::Duration;
+
+    use sd_notify::NotifyState;
+
+    /// Sends a notify message; a failure (no service manager, a full socket) is only logged.
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(error) = sd_notify::notify(states) {
+            tracing::debug!(%error, "cannot notify the service manager");
+        }
+    }
+
+    pub fn ready(status: &str) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    pub fn reloading() {
+        // With the monotonic time newer systemd requires.
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => send(&[NotifyState::Reloading, now]),
+            Err(_) => send(&[NotifyState::Reloading]),
+        }
+    }
+
+    pub fn stopping() {
+        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    pub fn status(status: &str) {
+        send(&[NotifyState::Status(status)]);
+    }
+
+    pub fn alive(status: &str) {
+        send(&[NotifyState::Watchdog, NotifyState::Status(status)]);
+    }
+
+    pub fn watchdog_interval() -> Option<Duration> {
+        sd_notify::watchdog_enabled()
+    }
+}
+
+/// The Windows Service Control Manager: no status text, no reload, no watchdog (its
+/// recovery actions restart a service that exits, not one that hangs).
+#[cfg(windows)]
+mod manager {
+    use std::time::Duration;
+
+    pub fn ready(_status: &str) {
+        gpukill_winservice::running();
+    }
+
+    pub fn reloading() {}
+
+    pub fn stopping() {
+        gpukill_winservice::stopping();
+    }
+
+    pub fn status(_status: &str) {}
+
+    pub fn alive(_status: &str) {}
+
+    pub fn watchdog_interval() -> Option<Duration> {
+        None
     }
 }
 
 /// `READY=1` with the status of `snapshot`: the store is open, the socket is bound and the
 /// first snapshot is taken.
 pub fn ready(snapshot: &Snapshot) {
-    let status = status_line(snapshot);
-    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    manager::ready(&status_line(snapshot));
 }
 
-/// `RELOADING=1` (with the monotonic time newer systemd requires), before a reload.
+/// `RELOADING=1`, before a reload.
 pub fn reloading() {
-    match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now]),
-        Err(_) => send(&[NotifyState::Reloading]),
-    }
+    manager::reloading();
 }
 
 /// `READY=1` again after a reload, with what came of it.
 pub fn reloaded(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    manager::ready(status);
 }
 
 /// `STOPPING=1`.
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    manager::stopping();
 }
 
 /// The `STATUS=` line of a snapshot: GPUs, processes, the last tick, staleness.
@@ -77,7 +135,7 @@ pub async fn watchdog(ring: Arc<Ring>, interval: Duration, mut stop: watch::Rece
         let latest = ring.latest();
         let status = status_line(&latest);
         if progressing(&ring) {
-            send(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+            manager::alive(&status);
             warned = false;
         } else {
             if !warned {
@@ -87,12 +145,12 @@ pub async fn watchdog(ring: Arc<Ring>, interval: Duration, mut stop: watch::Rece
                 );
                 warned = true;
             }
-            send(&[NotifyState::Status(&status)]);
+            manager::status(&status);
         }
     }
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this process).
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled()
+    manager::watchdog_interval()
 }
