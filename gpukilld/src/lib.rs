@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod guard;
 pub mod metrics;
+pub mod node;
 pub mod procinfo;
 pub mod recorder;
 pub mod ring;
@@ -61,6 +62,9 @@ pub enum Error {
     /// The socket systemd passed cannot be used.
     #[error("cannot use the socket passed by the service manager")]
     Activation(#[source] std::io::Error),
+    /// The TCP listener cannot start (its certificates, its token file, its address).
+    #[error(transparent)]
+    Tcp(#[from] rpc::tcp::TcpError),
 }
 
 /// How long stopping waits for the store to write what is queued.
@@ -103,6 +107,26 @@ fn host_name() -> Arc<str> {
         .and_then(|name| name.into_string().ok())
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from("localhost"))
+}
+
+/// This node's id (kept in the state directory) and name. Without a writable state
+/// directory the id lives only as long as the process, and says so.
+fn node_identity(config: &Config) -> node::NodeIdentity {
+    let id = node::load_or_create_id(&config.state_dir).unwrap_or_else(|error| {
+        let id = node::random_id().unwrap_or_else(|_| format!("{:032x}", std::process::id()));
+        tracing::error!(
+            error = %error_chain(&error),
+            id,
+            "no stable node id: a coordinator will see a new node after each restart"
+        );
+        id
+    });
+    let name = config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| host_name().to_string());
+    node::NodeIdentity { id, name }
 }
 
 /// A fresh load of the configuration (from the same file, environment and options), for a
@@ -171,7 +195,15 @@ pub async fn run(
         events,
     });
 
+    let node = Arc::new(node_identity(&config));
     // Bound before the socket, so a taken port stops the start before anything is created.
+    let tcp_listener = match config.tcp.listen_addr() {
+        Some(address) => Some(
+            rpc::tcp::TcpListenerSetup::bind(&config.tcp, address, kill_context.events.clone())
+                .await?,
+        ),
+        None => None,
+    };
     let metrics_listener = match config.metrics.listen_addr() {
         Some(address) => Some(
             metrics::bind(address)
@@ -291,23 +323,47 @@ pub async fn run(
         service::supervisor::stopping();
         let _ = stop.send(true);
     };
+    let grpc = rpc::Service::new(
+        Arc::clone(&ring),
+        stopped.clone(),
+        kill_context,
+        guard,
+        rpc::reset::ResetConfig {
+            smi: config.nvidia.smi.clone(),
+            timeout: config.nvidia.reset_timeout,
+        },
+        Arc::clone(&node),
+        config.cluster.role,
+    )
+    .into_server();
+    let tcp_task = tcp_listener.map(|setup| {
+        let address = setup.local_addr().ok();
+        let (authenticator, incoming) = setup.incoming(stopped.clone());
+        tracing::info!(address = ?address, "serving gRPC on TCP");
+        let mut stopping = stopped.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(rpc::tcp::AuthLayer::new(authenticator))
+                .add_service(grpc.clone())
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopping.wait_for(|stopped| *stopped).await;
+                }),
+        )
+    });
     service::supervisor::ready(&ring.latest());
     let served = tonic::transport::Server::builder()
-        .add_service(
-            rpc::Service::new(
-                Arc::clone(&ring),
-                stopped,
-                kill_context,
-                guard,
-                rpc::reset::ResetConfig {
-                    smi: config.nvidia.smi.clone(),
-                    timeout: config.nvidia.reset_timeout,
-                },
-            )
-            .into_server(),
-        )
+        .add_service(grpc)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
         .await;
+    if let Some(tcp_task) = tcp_task {
+        if served.is_err() {
+            // The Unix server failed before shutdown began: nothing stops the TCP one.
+            tcp_task.abort();
+        }
+        if let Ok(Err(error)) = tcp_task.await {
+            tracing::error!(error = %error_chain(&error), "the TCP server failed");
+        }
+    }
 
     // The sampler may be waiting on a hung vendor; do not wait on it past its timeout.
     let _ = tokio::time::timeout(config.vendor_timeout * 2, sampler_task).await;

@@ -99,6 +99,7 @@ mod tests {
                 gid: uid,
                 pid: None,
                 transport: Transport::Local,
+                remote: None,
             },
             user: uid.to_string(),
             admin: uid == 0,

@@ -28,7 +28,7 @@ use crate::authz::{Caller, Principal, Transport};
 use crate::procinfo::ProcessInfo;
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
-use crate::store::{EventCaller, EventKind, EventLog, EventTarget, NewEvent};
+use crate::store::{EventKind, EventLog, EventTarget, NewEvent};
 
 /// The name the guard acts under in the audit trail.
 pub const GUARD_USER: &str = "gpukilld-guard";
@@ -448,6 +448,7 @@ pub fn guard_principal() -> Principal {
             gid: nix::unistd::getegid().as_raw(),
             pid: i32::try_from(std::process::id()).ok(),
             transport: Transport::Guard,
+            remote: None,
         },
         user: GUARD_USER.to_owned(),
         admin: true,
@@ -660,14 +661,7 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
     });
 }
 
-fn event_caller(principal: &Principal) -> EventCaller {
-    EventCaller {
-        uid: principal.caller.uid,
-        user: principal.user.clone(),
-        pid: principal.caller.pid,
-        transport: principal.caller.transport.name().to_owned(),
-    }
-}
+use crate::actions::event_caller;
 
 fn event_target(info: &crate::procinfo::ProcessInfo, gpu_index: u32) -> EventTarget {
     EventTarget {

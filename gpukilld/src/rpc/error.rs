@@ -7,9 +7,9 @@ use crate::authz::AuthzError;
 /// Errors an RPC handler can return.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    /// The caller could not be identified.
+    /// The caller could not be identified, or its role does not allow the request.
     #[error(transparent)]
-    Unattributed(#[from] AuthzError),
+    Authz(#[from] AuthzError),
     /// A process filter regex does not compile.
     #[error("invalid --filter regex {pattern:?}: {source}")]
     InvalidRegex {
@@ -104,7 +104,8 @@ impl From<RpcError> for Status {
     fn from(error: RpcError) -> Status {
         use crate::actions::kill::SelectError;
         let code = match &error {
-            RpcError::Unattributed(_) => Code::Unauthenticated,
+            RpcError::Authz(AuthzError::Unattributed) => Code::Unauthenticated,
+            RpcError::Authz(AuthzError::Forbidden { .. }) => Code::PermissionDenied,
             RpcError::InvalidRegex { .. }
             | RpcError::InvalidProcessRegex { .. }
             | RpcError::InvalidWindow { .. }

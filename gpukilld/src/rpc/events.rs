@@ -63,5 +63,6 @@ fn event(event: StoredEvent) -> pb::Event {
         }),
         outcome: event.outcome,
         reason: event.reason,
+        via: event.caller.via,
     }
 }

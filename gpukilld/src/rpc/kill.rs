@@ -15,7 +15,7 @@ use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
-use crate::store::{EventCaller, EventKind, EventLog, EventTarget, NewEvent};
+use crate::store::{EventKind, EventLog, EventTarget, NewEvent};
 
 /// SIGTERM's default time to work.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,8 +29,11 @@ pub struct KillContext {
     /// The admin group's name.
     pub admin_group: String,
     /// The audit trail; without it nothing is killed.
-    pub events: Result<Arc<EventLog>, String>,
+    pub events: EventsHandle,
 }
+
+/// The audit trail, or why the store could not be opened.
+pub type EventsHandle = Result<Arc<EventLog>, String>;
 
 /// A request, checked.
 struct Parsed {
@@ -222,12 +225,4 @@ pub(super) fn result(decided: &Decided) -> pb::KillResult {
     }
 }
 
-/// Who asked, as the audit trail records it.
-pub(super) fn event_caller(principal: &Principal) -> EventCaller {
-    EventCaller {
-        uid: principal.caller.uid,
-        user: principal.user.clone(),
-        pid: principal.caller.pid,
-        transport: principal.caller.transport.name().to_string(),
-    }
-}
+pub(super) use crate::actions::event_caller;

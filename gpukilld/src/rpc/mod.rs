@@ -15,6 +15,7 @@ pub mod reset;
 mod rogue;
 mod sessions;
 pub mod summary;
+pub mod tcp;
 pub mod unix;
 mod version;
 mod watch;
@@ -29,8 +30,10 @@ use tokio::sync::watch as channel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{self, Caller};
+use crate::authz::{self, Access, AuthzError, Caller};
+use crate::node::NodeIdentity;
 use crate::ring::Ring;
+use crate::store::{EventCaller, EventKind, NewEvent};
 
 /// The stream type of `Watch`.
 pub type WatchStreamOf = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send + 'static>>;
@@ -43,6 +46,8 @@ pub struct Service {
     kill: Arc<kill::KillContext>,
     guard: Arc<crate::guard::engine::Guard>,
     reset: reset::ResetConfig,
+    node: Arc<NodeIdentity>,
+    cluster_role: crate::config::ClusterRole,
 }
 
 impl Service {
@@ -54,6 +59,8 @@ impl Service {
         kill: Arc<kill::KillContext>,
         guard: Arc<crate::guard::engine::Guard>,
         reset: reset::ResetConfig,
+        node: Arc<NodeIdentity>,
+        cluster_role: crate::config::ClusterRole,
     ) -> Self {
         Self {
             ring,
@@ -62,6 +69,8 @@ impl Service {
             kill,
             guard,
             reset,
+            node,
+            cluster_role,
         }
     }
 
@@ -71,11 +80,57 @@ impl Service {
     }
 }
 
-/// Attributes a request and logs who made it.
-fn attribute<T>(request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
+/// Attributes a request, checks that the caller's role allows `access`, and logs who made
+/// it. A refusal is written to the audit trail.
+pub(crate) fn attribute<T>(
+    request: &Request<T>,
+    rpc: &'static str,
+    access: Access,
+    events: &kill::EventsHandle,
+) -> Result<Caller, Status> {
     let caller = authz::caller(request).map_err(error::RpcError::from)?;
-    tracing::debug!(rpc, uid = caller.uid, gid = caller.gid, pid = ?caller.pid, "request");
+    tracing::debug!(rpc, %caller, "request");
+    if let Err(refusal) = caller.check(access, rpc) {
+        audit_refusal(events, &caller, rpc, &refusal);
+        return Err(error::RpcError::from(refusal).into());
+    }
     Ok(caller)
+}
+
+/// Writes a refused request to the audit trail (in the background: a refusal never waits
+/// on the store) and logs it.
+pub(crate) fn audit_refusal(
+    events: &kill::EventsHandle,
+    caller: &Caller,
+    rpc: &str,
+    refusal: &AuthzError,
+) {
+    tracing::warn!(rpc, %caller, %refusal, "request refused");
+    let Ok(log) = events else {
+        return;
+    };
+    let remote = caller.remote.as_ref();
+    let event = NewEvent {
+        time: std::time::SystemTime::now(),
+        kind: EventKind::Deny,
+        caller: EventCaller {
+            uid: caller.uid,
+            user: remote.map_or_else(|| caller.uid.to_string(), |r| r.principal.clone()),
+            pid: caller.pid,
+            transport: caller.transport.name().to_owned(),
+            via: None,
+        },
+        action: rpc.to_owned(),
+        target: None,
+        outcome: "denied".to_owned(),
+        reason: refusal.to_string(),
+    };
+    let log = Arc::clone(log);
+    tokio::spawn(async move {
+        if let Err(error) = log.record(vec![event]).await {
+            tracing::error!(%error, "cannot record a refused request");
+        }
+    });
 }
 
 #[tonic::async_trait]
@@ -84,7 +139,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let caller = attribute(&request, "List")?;
+        let caller = attribute(&request, "List", Access::Read, &self.kill.events)?;
         list::list(&self.ring, &caller, request.into_inner())
             .map(Response::new)
             .map_err(Status::from)
@@ -96,7 +151,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = attribute(&request, "Watch")?;
+        let caller = attribute(&request, "Watch", Access::Read, &self.kill.events)?;
         watch::watch(&self.ring, &caller, request.into_inner(), self.stop.clone())
             .map(Response::new)
             .map_err(Status::from)
@@ -106,7 +161,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        attribute(&request, "Health")?;
+        attribute(&request, "Health", Access::Read, &self.kill.events)?;
         Ok(Response::new(
             health::health(&self.ring, &self.kill.events, self.started).await,
         ))
@@ -116,15 +171,19 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
-        attribute(&request, "Version")?;
-        Ok(Response::new(version::version(&self.ring)))
+        attribute(&request, "Version", Access::Read, &self.kill.events)?;
+        Ok(Response::new(version::version(
+            &self.ring,
+            &self.node,
+            self.cluster_role,
+        )))
     }
 
     async fn kill(
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::KillResponse>, Status> {
-        let caller = attribute(&request, "Kill")?;
+        let caller = attribute(&request, "Kill", Access::Act, &self.kill.events)?;
         kill::kill(&self.ring, &self.kill, caller, request.into_inner())
             .await
             .map(Response::new)
@@ -135,7 +194,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
-        attribute(&request, "Events")?;
+        attribute(&request, "Events", Access::Read, &self.kill.events)?;
         events::events(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
@@ -146,7 +205,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::SessionsRequest>,
     ) -> Result<Response<pb::SessionsResponse>, Status> {
-        attribute(&request, "Sessions")?;
+        attribute(&request, "Sessions", Access::Read, &self.kill.events)?;
         sessions::sessions(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
@@ -157,7 +216,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::SummaryRequest>,
     ) -> Result<Response<pb::SummaryResponse>, Status> {
-        attribute(&request, "Summary")?;
+        attribute(&request, "Summary", Access::Read, &self.kill.events)?;
         summary::summary(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
@@ -168,7 +227,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        attribute(&request, "History")?;
+        attribute(&request, "History", Access::Read, &self.kill.events)?;
         history::history(&self.kill.events, request.into_inner())
             .await
             .map(Response::new)
@@ -179,7 +238,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ImportAuditRequest>,
     ) -> Result<Response<pb::ImportAuditResponse>, Status> {
-        let caller = attribute(&request, "ImportAudit")?;
+        let caller = attribute(&request, "ImportAudit", Access::Act, &self.kill.events)?;
         import::import_audit(&self.kill, caller, request.into_inner())
             .await
             .map(Response::new)
@@ -190,7 +249,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardStatusRequest>,
     ) -> Result<Response<pb::GuardStatusResponse>, Status> {
-        attribute(&request, "GuardStatus")?;
+        attribute(&request, "GuardStatus", Access::Read, &self.kill.events)?;
         Ok(Response::new(guard::status(&self.guard)))
     }
 
@@ -198,7 +257,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardTestRequest>,
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
-        attribute(&request, "GuardTest")?;
+        attribute(&request, "GuardTest", Access::Read, &self.kill.events)?;
         guard::test(&self.guard, &self.ring)
             .await
             .map(Response::new)
@@ -209,7 +268,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardPolicyRequest>,
     ) -> Result<Response<pb::GuardPolicyResponse>, Status> {
-        attribute(&request, "GuardPolicy")?;
+        attribute(&request, "GuardPolicy", Access::Read, &self.kill.events)?;
         guard_update::policy(&self.guard)
             .await
             .map(Response::new)
@@ -220,7 +279,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardUpdateRequest>,
     ) -> Result<Response<pb::GuardUpdateResponse>, Status> {
-        let caller = attribute(&request, "GuardUpdate")?;
+        let caller = attribute(&request, "GuardUpdate", Access::Act, &self.kill.events)?;
         guard_update::update(&self.guard, &self.kill, caller, request.into_inner())
             .await
             .map(Response::new)
@@ -231,7 +290,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::RogueRequest>,
     ) -> Result<Response<pb::RogueResponse>, Status> {
-        attribute(&request, "Rogue")?;
+        attribute(&request, "Rogue", Access::Read, &self.kill.events)?;
         rogue::rogue(&self.kill.events, &self.guard, request.into_inner())
             .await
             .map(Response::new)
@@ -242,7 +301,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        let caller = attribute(&request, "Reset")?;
+        let caller = attribute(&request, "Reset", Access::Act, &self.kill.events)?;
         reset::reset(
             &self.ring,
             &self.kill,

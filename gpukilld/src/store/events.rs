@@ -103,6 +103,9 @@ pub struct EventCaller {
     pub pid: Option<i32>,
     /// How the request came in, e.g. `unix` or `tcp`.
     pub transport: String,
+    /// The coordinator principal that forwarded the request, when one did (`user` is then
+    /// the original caller, `user@host`).
+    pub via: Option<String>,
 }
 
 /// The process an action was aimed at, as it was identified when the action ran.
@@ -187,45 +190,67 @@ pub(crate) fn unix_ms(time: SystemTime) -> i64 {
 const INSERT: &str = "INSERT INTO events (
         time_ms, kind, caller_uid, caller_user, caller_pid, transport, action,
         target_pid, target_start_ms, target_uid, target_user, target_name, target_cmdline,
-        target_gpu, outcome, reason
-    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+        target_gpu, outcome, reason, via
+    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 const COLUMNS: &str = "id, time_ms, kind, caller_uid, caller_user, caller_pid, transport, \
     action, target_pid, target_start_ms, target_uid, target_user, target_name, \
-    target_cmdline, target_gpu, outcome, reason";
+    target_cmdline, target_gpu, outcome, reason, via";
 
 impl Store {
     /// Writes `events` in one transaction and returns their ids, in order. Either all are
     /// written or none is.
     pub fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+        self.insert_event_rows(events, INSERT, 17)
+    }
+
+    /// Writes `events` as a store before schema 5 (no `via` column) did, for migration tests.
+    #[cfg(test)]
+    pub(crate) fn insert_events_before_via(
+        &mut self,
+        events: &[NewEvent],
+    ) -> Result<Vec<i64>, StoreError> {
+        let sql = INSERT.replace(", via\n", "\n").replace(", ?17)", ")");
+        self.insert_event_rows(events, &sql, 16)
+    }
+
+    /// Inserts with `sql`, binding the first `columns` of the event's values.
+    fn insert_event_rows(
+        &mut self,
+        events: &[NewEvent],
+        sql: &str,
+        columns: usize,
+    ) -> Result<Vec<i64>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::Write)?;
         let mut ids = Vec::with_capacity(events.len());
         {
-            let mut insert = tx.prepare_cached(INSERT).map_err(StoreError::Write)?;
+            let mut insert = tx.prepare_cached(sql).map_err(StoreError::Write)?;
             for event in events {
                 let target = event.target.as_ref();
+                let values: [&dyn rusqlite::ToSql; 17] = [
+                    &unix_ms(event.time),
+                    &event.kind,
+                    &event.caller.uid,
+                    &event.caller.user,
+                    &event.caller.pid,
+                    &event.caller.transport,
+                    &event.action,
+                    &target.map(|target| target.pid),
+                    &target.map(|target| target.start_time_ms),
+                    &target.map(|target| target.uid),
+                    &target.map(|target| target.user.as_str()),
+                    &target.map(|target| target.name.as_str()),
+                    &target.map(|target| target.cmdline.as_str()),
+                    &target.and_then(|target| target.gpu_index),
+                    &event.outcome,
+                    &event.reason,
+                    &event.caller.via,
+                ];
                 let id = insert
-                    .insert(rusqlite::params![
-                        unix_ms(event.time),
-                        event.kind,
-                        event.caller.uid,
-                        event.caller.user,
-                        event.caller.pid,
-                        event.caller.transport,
-                        event.action,
-                        target.map(|target| target.pid),
-                        target.map(|target| target.start_time_ms),
-                        target.map(|target| target.uid),
-                        target.map(|target| target.user.as_str()),
-                        target.map(|target| target.name.as_str()),
-                        target.map(|target| target.cmdline.as_str()),
-                        target.and_then(|target| target.gpu_index),
-                        event.outcome,
-                        event.reason,
-                    ])
+                    .insert(&values[..columns])
                     .map_err(StoreError::Write)?;
                 ids.push(id);
             }
@@ -289,6 +314,7 @@ fn stored_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
             user: row.get("caller_user")?,
             pid: row.get("caller_pid")?,
             transport: row.get("transport")?,
+            via: row.get("via")?,
         },
         action: row.get("action")?,
         target,
@@ -316,6 +342,7 @@ pub(super) mod tests {
                 user: "alice".to_string(),
                 pid: Some(4242),
                 transport: "unix".to_string(),
+                via: None,
             },
             action: format!("{kind} at {time_ms}"),
             target: with_target.then(|| EventTarget {

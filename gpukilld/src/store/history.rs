@@ -714,7 +714,7 @@ mod tests {
             assert_eq!(pragma_i64(&store, "user_version"), 1);
             assert!(!table_names(&store).contains(&"gpu_samples".to_string()));
             store
-                .insert_events(&[events::tests::event(EventKind::Kill, 1_000, true)])
+                .insert_events_before_via(&[events::tests::event(EventKind::Kill, 1_000, true)])
                 .unwrap();
         }
         let mut store = Store::open(&path).unwrap();

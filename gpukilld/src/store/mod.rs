@@ -367,12 +367,12 @@ mod tests {
                 path: path.clone(),
             };
             store
-                .insert_events(&[events::tests::event(EventKind::Kill, 1_000, true)])
+                .insert_events_before_via(&[events::tests::event(EventKind::Kill, 1_000, true)])
                 .unwrap();
             let mut violation = events::tests::event(EventKind::Violation, 2_000, true);
             violation.kind = EventKind::Violation;
             assert!(
-                store.insert_events(&[violation]).is_err(),
+                store.insert_events_before_via(&[violation]).is_err(),
                 "version 3 refuses it"
             );
         }

@@ -117,6 +117,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events_v4 RENAME TO events;
     CREATE INDEX events_by_time ON events(time_ms);
     CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
+    // 5: the coordinator principal that forwarded a request (NULL for direct callers).
+    "ALTER TABLE events ADD COLUMN via TEXT;",
 ];
 
 /// The schema version this binary knows: the number of migrations.

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod remote;
+
+pub use remote::{
+    ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
+    parse_daemon_url,
+};
+
 /// Where the daemon looks for its configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/gpukill/gpukilld.toml";
 
@@ -57,6 +64,12 @@ pub struct Config {
     pub nvidia: NvidiaConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// This node's identity in a cluster.
+    pub node: NodeConfig,
+    /// The authenticated TCP listener.
+    pub tcp: TcpConfig,
+    /// The coordinator role, and registration with one.
+    pub cluster: ClusterConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -183,6 +196,9 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             nvidia: NvidiaConfig::default(),
             metrics: MetricsConfig::default(),
+            node: NodeConfig::default(),
+            tcp: TcpConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -333,6 +349,32 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
     ("GPUKILL_NVIDIA_RESET_TIMEOUT", &["nvidia", "reset_timeout"]),
     ("GPUKILL_METRICS_LISTEN", &["metrics", "listen"]),
+    ("GPUKILL_NODE_NAME", &["node", "name"]),
+    ("GPUKILL_TCP_LISTEN", &["tcp", "listen"]),
+    ("GPUKILL_TCP_CERT", &["tcp", "cert"]),
+    ("GPUKILL_TCP_KEY", &["tcp", "key"]),
+    ("GPUKILL_TCP_CLIENT_CA", &["tcp", "client_ca"]),
+    ("GPUKILL_TCP_TOKENS", &["tcp", "tokens"]),
+    (
+        "GPUKILL_TCP_INSECURE_LOOPBACK",
+        &["tcp", "insecure_loopback"],
+    ),
+    ("GPUKILL_TCP_INSECURE_ROLE", &["tcp", "insecure_role"]),
+    ("GPUKILL_TCP_PRINCIPALS", &["tcp", "principals"]),
+    ("GPUKILL_CLUSTER_ROLE", &["cluster", "role"]),
+    ("GPUKILL_CLUSTER_NODES", &["cluster", "nodes"]),
+    ("GPUKILL_CLUSTER_COORDINATOR", &["cluster", "coordinator"]),
+    ("GPUKILL_CLUSTER_ADVERTISE", &["cluster", "advertise"]),
+    (
+        "GPUKILL_CLUSTER_HEARTBEAT_INTERVAL",
+        &["cluster", "heartbeat_interval"],
+    ),
+    ("GPUKILL_CLUSTER_NODE_TIMEOUT", &["cluster", "node_timeout"]),
+    ("GPUKILL_CLUSTER_DEADLINE", &["cluster", "deadline"]),
+    ("GPUKILL_CLUSTER_TOKEN_FILE", &["cluster", "token_file"]),
+    ("GPUKILL_CLUSTER_CERT", &["cluster", "cert"]),
+    ("GPUKILL_CLUSTER_KEY", &["cluster", "key"]),
+    ("GPUKILL_CLUSTER_CA", &["cluster", "ca"]),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];
@@ -499,6 +541,18 @@ impl Config {
                 message,
             });
         }
+        if let Some(name) = &self.node.name
+            && (name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/'))
+        {
+            return Err(ConfigError::Invalid {
+                key: "node.name",
+                value: format!("{name:?}"),
+                origin: origin("node"),
+                message: "is not a node name: use letters, digits, '-', '_' or '.'".to_string(),
+            });
+        }
+        self.tcp.validate(origin)?;
+        self.cluster.validate(&self.tcp, origin)?;
         Ok(())
     }
 
@@ -572,13 +626,13 @@ fn check(table: &toml::Table, origin: &str) -> Result<Config, ConfigError> {
 }
 
 /// An environment value is read as a TOML value when it is one (`100`, `true`,
-/// `["root", "slurm"]`), and as a string otherwise (`2s`, `/run/x.sock`, `0666`).
+/// `["root", "slurm"]`, `{ ops = "admin" }`), and as a string otherwise (`2s`,
+/// `/run/x.sock`, `0666`).
 fn parse_env_value(text: &str) -> toml::Value {
     format!("value = {text}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut table| table.remove("value"))
-        .filter(|value| !matches!(value, toml::Value::Table(_)))
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 

@@ -1,0 +1,209 @@
+//! Bearer tokens: the token file (`[tcp] tokens`) maps secrets to principals. Tokens are kept
+//! only as SHA-256 digests and a presented token is compared with every one of them in
+//! constant time, so neither the answer's timing nor the daemon's memory gives a token away.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ring::digest::{SHA256, digest};
+use subtle::ConstantTimeEq;
+
+/// The shortest token accepted: 16 characters (128 bits of hex or base64 are 22 or more).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The loaded token file.
+#[derive(Clone)]
+pub struct Tokens {
+    /// (principal, SHA-256 of its token).
+    entries: Vec<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field(
+                "principals",
+                &self.entries.iter().map(|e| &e.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Why the token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// It cannot be read.
+    #[error("cannot read the token file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Others may read it.
+    #[error(
+        "the token file {path} has mode {mode:04o}: it holds secrets, so no one but its owner may read it (chmod 600 {path})"
+    )]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A line is not `PRINCIPAL TOKEN`.
+    #[error("token file {path}, line {line}: {message}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+impl Tokens {
+    /// Reads `path`: one `PRINCIPAL TOKEN` per line; blank lines and `#` comments are
+    /// skipped. The file must not be readable by group or others.
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let read_error = |source| TokenFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let metadata = std::fs::metadata(path).map_err(read_error)?;
+        let mode = metadata.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TokenFileError::Mode {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Tokens::parse(&text).map_err(|(line, message)| TokenFileError::Line {
+            path: path.to_path_buf(),
+            line,
+            message,
+        })
+    }
+
+    /// Parses the file's text; an error carries the line number and what is wrong (never
+    /// the token).
+    pub fn parse(text: &str) -> Result<Tokens, (usize, String)> {
+        let mut entries: Vec<(String, [u8; 32])> = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let (Some(principal), Some(token), None) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err((
+                    number + 1,
+                    "expected `PRINCIPAL TOKEN` (two fields separated by spaces)".into(),
+                ));
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err((
+                    number + 1,
+                    format!(
+                        "the token of {principal} is {} characters long; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
+                        token.len()
+                    ),
+                ));
+            }
+            let digest = hash(token);
+            if let Some((other, _)) = entries.iter().find(|(_, d)| *d == digest) {
+                return Err((
+                    number + 1,
+                    format!(
+                        "the token of {principal} is also the token of {other}: tokens must be unique"
+                    ),
+                ));
+            }
+            entries.push((principal.to_string(), digest));
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// The principal whose token `presented` is. Every entry is compared, in constant time.
+    pub fn principal(&self, presented: &str) -> Option<&str> {
+        let presented = hash(presented);
+        let mut found = None;
+        for (principal, digest) in &self.entries {
+            if bool::from(digest.ct_eq(&presented)) {
+                found = Some(principal.as_str());
+            }
+        }
+        found
+    }
+
+    /// How many tokens the file holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the file holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_map_to_their_principals() {
+        let tokens = Tokens::parse(
+            "# ops tokens\n\ncoordinator 0123456789abcdef0123\nalice   fedcba9876543210fedc\n",
+        )
+        .unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            tokens.principal("0123456789abcdef0123"),
+            Some("coordinator")
+        );
+        assert_eq!(tokens.principal("fedcba9876543210fedc"), Some("alice"));
+        assert_eq!(tokens.principal("0123456789abcdef012"), None);
+        assert_eq!(tokens.principal(""), None);
+    }
+
+    #[test]
+    fn bad_lines_are_named_without_the_secret() {
+        let (line, message) = Tokens::parse("a 0123456789abcdef\nb short\n").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(message.contains("at least 16"), "{message}");
+        assert!(!message.contains("short"), "{message}");
+        let (line, message) =
+            Tokens::parse("a 0123456789abcdef\nb 0123456789abcdef\n").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(message.contains("unique"), "{message}");
+        let (line, _) = Tokens::parse("a b c\n").unwrap_err();
+        assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn a_readable_token_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "a 0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("0644") && error.contains("chmod 600"),
+            "{error}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Tokens::load(&path).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,716 @@
+//! The gRPC services on TCP (`[tcp] listen`): TLS with optional client certificates
+//! (rustls), and a layer that authenticates every request before any handler sees it — a
+//! bearer token or the client certificate names a principal, `[tcp.principals]` gives its
+//! role — and puts the [`Remote`] it found in the request's extensions for
+//! [`crate::authz::caller`]. Refusals are audit events.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::Connected;
+
+use super::kill::EventsHandle;
+use crate::authz::tokens::{TokenFileError, Tokens};
+use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
+use crate::config::TcpConfig;
+
+/// Metadata a coordinator sets on a forwarded request: the caller it verified.
+pub const CALLER_HEADER: &str = "gpukill-caller";
+/// The forwarded caller's uid on its host.
+pub const CALLER_UID_HEADER: &str = "gpukill-caller-uid";
+/// The forwarded caller's role: admin, user or reader.
+pub const CALLER_ROLE_HEADER: &str = "gpukill-caller-role";
+
+/// The principal of unauthenticated callers on an insecure loopback listener.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the TCP listener cannot start. Each names the file or address at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// A certificate or key file cannot be read or parsed.
+    #[error("tcp.{key} = {path}: {message}")]
+    Pem {
+        /// The configuration key.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the certificate, key or CA.
+    #[error("cannot set up TLS from tcp.cert, tcp.key and tcp.client_ca: {0}")]
+    Tls(String),
+    /// The token file is unusable.
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    /// The address cannot be bound.
+    #[error("cannot listen on {address} (tcp.listen)")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads every certificate in a PEM file.
+pub fn read_certificates(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, TcpError> {
+    let pem_error = |message: String| TcpError::Pem {
+        key,
+        path: path.to_path_buf(),
+        message,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| pem_error(format!("cannot read certificates: {error}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| pem_error(format!("not PEM certificates: {error}")))?;
+    if certificates.is_empty() {
+        return Err(pem_error(
+            "holds no certificate (expected PEM \"BEGIN CERTIFICATE\")".into(),
+        ));
+    }
+    Ok(certificates)
+}
+
+/// Reads a PEM private key.
+pub fn read_private_key(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<PrivateKeyDer<'static>, TcpError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TcpError::Pem {
+        key,
+        path: path.to_path_buf(),
+        message: format!("cannot read a PEM private key: {error}"),
+    })
+}
+
+/// The rustls server configuration of `[tcp]`, when it has TLS.
+fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TcpError> {
+    let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
+        return Ok(None);
+    };
+    let chain = read_certificates("cert", cert)?;
+    let private_key = read_private_key("key", key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TcpError::Tls(error.to_string()))?;
+    let builder = match &config.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in read_certificates("client_ca", ca)? {
+                roots.add(certificate).map_err(|error| TcpError::Pem {
+                    key: "client_ca",
+                    path: ca.clone(),
+                    message: format!("not a usable CA certificate: {error}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            // With a token file too, a client may come without a certificate and present a
+            // token; a certificate it does present must still chain to the CA.
+            let verifier = if config.tokens.is_some() {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|error| TcpError::Tls(error.to_string()))?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|error| TcpError::Tls(error.to_string()))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(Arc::new(server)))
+}
+
+/// Who a TCP connection is, as far as the connection itself says: its address and the
+/// client certificate chain the TLS handshake verified.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub address: Option<SocketAddr>,
+    /// The verified client certificate chain, leaf first.
+    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// An accepted TCP connection, in clear (insecure loopback) or TLS.
+pub enum Connection {
+    /// No TLS.
+    Plain(TcpStream),
+    /// TLS, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for Connection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            Connection::Plain(stream) => PeerInfo {
+                address: stream.peer_addr().ok(),
+                certificates: None,
+            },
+            Connection::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                PeerInfo {
+                    address: tcp.peer_addr().ok(),
+                    certificates: session.peer_certificates().map(|chain| {
+                        Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect())
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(stream) => stream.is_write_vectored(),
+            Connection::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+/// The bound TCP listener, its TLS and its authenticator, ready to serve.
+pub struct TcpListenerSetup {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Checks every request.
+    pub authenticator: Arc<Authenticator>,
+}
+
+impl TcpListenerSetup {
+    /// Reads the certificates and the token file and binds `[tcp] listen` (validation has
+    /// checked that the combination is allowed).
+    pub async fn bind(
+        config: &TcpConfig,
+        address: SocketAddr,
+        events: EventsHandle,
+    ) -> Result<TcpListenerSetup, TcpError> {
+        let tls = server_tls(config)?.map(tokio_rustls::TlsAcceptor::from);
+        let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| TcpError::Bind { address, source })?;
+        let authenticator = Arc::new(Authenticator {
+            tokens,
+            insecure_role: config.insecure_loopback.then_some(config.insecure_role),
+            principals: config.principals.clone(),
+            events,
+        });
+        Ok(TcpListenerSetup {
+            listener,
+            tls,
+            authenticator,
+        })
+    }
+
+    /// The bound address (the port, when `listen` asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `stop`, doing TLS handshakes concurrently (each bounded),
+    /// and yields the connections that completed one.
+    pub fn incoming(
+        self,
+        mut stop: watch::Receiver<bool>,
+    ) -> (
+        Arc<Authenticator>,
+        tokio_stream::wrappers::ReceiverStream<Result<Connection, std::io::Error>>,
+    ) {
+        let (sender, receiver) = mpsc::channel(64);
+        let TcpListenerSetup {
+            listener,
+            tls,
+            authenticator,
+        } = self;
+        let audit = Arc::clone(&authenticator);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, address) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and the like: wait a little rather than spin.
+                        tracing::warn!(%error, "cannot accept a TCP connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Some(acceptor) = tls.clone() else {
+                    if sender.send(Ok(Connection::Plain(stream))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let sender = sender.clone();
+                let audit = Arc::clone(&audit);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send(Ok(Connection::Tls(Box::new(stream)))).await;
+                        }
+                        Ok(Err(error)) => audit.handshake_failed(address, &error),
+                        Err(_) => {
+                            tracing::debug!(%address, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        (
+            authenticator,
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )
+    }
+}
+
+/// Decides who a TCP request comes from.
+pub struct Authenticator {
+    tokens: Option<Tokens>,
+    /// The role of unauthenticated callers, on an insecure loopback listener only.
+    insecure_role: Option<Role>,
+    principals: BTreeMap<String, Role>,
+    events: EventsHandle,
+}
+
+/// Why a request was refused before any handler saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credentials, a wrong token, or a principal that is not in `[tcp.principals]`.
+    Unauthenticated(String),
+    /// A principal presented forwarding metadata without the coordinator role, or the
+    /// metadata is malformed.
+    Forbidden(String),
+}
+
+impl Authenticator {
+    /// The principal and role of a request with `headers` on a connection `peer`.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer: &PeerInfo,
+    ) -> Result<Remote, Refusal> {
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| text.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .ok_or_else(|| {
+                        Refusal::Unauthenticated(
+                            "the authorization header is not \"Bearer TOKEN\"".into(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let principal = match bearer {
+            // A token, when presented, decides (and must be right, certificate or not).
+            Some(token) => match &self.tokens {
+                Some(tokens) => tokens.principal(token).map(str::to_string).ok_or_else(|| {
+                    Refusal::Unauthenticated("the bearer token is not valid".into())
+                })?,
+                None => {
+                    return Err(Refusal::Unauthenticated(
+                        "this daemon takes no bearer tokens (tcp.tokens is not set)".into(),
+                    ));
+                }
+            },
+            None => match peer.certificates.as_ref().and_then(|chain| chain.first()) {
+                Some(leaf) => authz::certs::principal(leaf).ok_or_else(|| {
+                    Refusal::Unauthenticated(
+                        "the client certificate names no principal (no common name or DNS name)"
+                            .into(),
+                    )
+                })?,
+                None => match self.insecure_role {
+                    Some(_) => ANONYMOUS.to_string(),
+                    None => {
+                        return Err(Refusal::Unauthenticated(
+                            "no credentials: present a client certificate or a bearer token".into(),
+                        ));
+                    }
+                },
+            },
+        };
+        let role = match (self.principals.get(&principal), self.insecure_role) {
+            (Some(role), _) => *role,
+            (None, Some(role)) if principal == ANONYMOUS => role,
+            (None, _) => {
+                return Err(Refusal::Unauthenticated(format!(
+                    "principal {principal:?} is not in [tcp.principals]"
+                )));
+            }
+        };
+        let forwarded = forwarded_caller(headers, &principal, role)?;
+        Ok(Remote {
+            principal,
+            role,
+            forwarded,
+            address: peer.address,
+        })
+    }
+
+    /// Writes a refusal to the audit trail and the log.
+    fn refused(&self, peer: &PeerInfo, path: &str, refusal: &Refusal) {
+        let (Refusal::Unauthenticated(reason) | Refusal::Forbidden(reason)) = refusal;
+        let caller = Caller::remote(Remote {
+            principal: peer
+                .address
+                .map_or_else(|| "unknown".to_string(), |address| address.to_string()),
+            role: Role::Reader,
+            forwarded: None,
+            address: peer.address,
+        });
+        let error = AuthzError::Forbidden {
+            who: caller.to_string(),
+            what: path.to_string(),
+            why: reason.clone(),
+        };
+        super::audit_refusal(&self.events, &caller, path, &error);
+    }
+
+    /// A TLS handshake that failed on the client's certificate is a refused caller too.
+    fn handshake_failed(&self, address: SocketAddr, error: &std::io::Error) {
+        let certificate = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| {
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                )
+            });
+        if !certificate {
+            tracing::debug!(%address, %error, "TLS handshake failed");
+            return;
+        }
+        let peer = PeerInfo {
+            address: Some(address),
+            certificates: None,
+        };
+        self.refused(
+            &peer,
+            "TLS handshake",
+            &Refusal::Unauthenticated(format!("client certificate refused: {error}")),
+        );
+    }
+}
+
+/// The caller a coordinator forwards for, from the request's metadata. Only a coordinator
+/// may name one; anyone else naming one is refused.
+fn forwarded_caller(
+    headers: &http::HeaderMap,
+    principal: &str,
+    role: Role,
+) -> Result<Option<Forwarded>, Refusal> {
+    let header = |name: &str| headers.get(name).map(|value| value.to_str().unwrap_or(""));
+    let (Some(caller), uid, caller_role) = (
+        header(CALLER_HEADER),
+        header(CALLER_UID_HEADER),
+        header(CALLER_ROLE_HEADER),
+    ) else {
+        if header(CALLER_UID_HEADER).is_some() || header(CALLER_ROLE_HEADER).is_some() {
+            return Err(Refusal::Forbidden(format!(
+                "{CALLER_UID_HEADER}/{CALLER_ROLE_HEADER} without {CALLER_HEADER}"
+            )));
+        }
+        return Ok(None);
+    };
+    if role != Role::Coordinator {
+        return Err(Refusal::Forbidden(format!(
+            "principal {principal:?} ({}) named a caller ({CALLER_HEADER}: {caller}); only the coordinator role may forward requests",
+            role.name()
+        )));
+    }
+    let malformed =
+        |what: String| Refusal::Forbidden(format!("malformed forwarded caller: {what}"));
+    let (user, host) = caller
+        .split_once('@')
+        .filter(|(user, host)| !user.is_empty() && !host.is_empty())
+        .ok_or_else(|| malformed(format!("{CALLER_HEADER} {caller:?} is not user@host")))?;
+    let uid = uid
+        .and_then(|uid| uid.parse::<u32>().ok())
+        .ok_or_else(|| malformed(format!("{CALLER_UID_HEADER} {uid:?} is not a uid")))?;
+    let caller_role = caller_role
+        .and_then(Role::from_name)
+        .filter(|role| matches!(role, Role::Admin | Role::User | Role::Reader))
+        .ok_or_else(|| {
+            malformed(format!(
+                "{CALLER_ROLE_HEADER} {caller_role:?} is not admin, user or reader"
+            ))
+        })?;
+    Ok(Some(Forwarded {
+        user: user.to_string(),
+        host: host.to_string(),
+        uid,
+        role: caller_role,
+    }))
+}
+
+/// The layer that authenticates every request on the TCP listener.
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// A layer checking with `authenticator`.
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+/// [`AuthLayer`]'s service.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for AuthService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .unwrap_or(PeerInfo {
+                address: None,
+                certificates: None,
+            });
+        match self.authenticator.authenticate(request.headers(), &peer) {
+            Ok(remote) => {
+                request.extensions_mut().insert(remote);
+                // The service that was polled ready handles this request.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(request))
+            }
+            Err(refusal) => {
+                let path = request.uri().path().to_string();
+                self.authenticator.refused(&peer, &path, &refusal);
+                let status = match refusal {
+                    Refusal::Unauthenticated(reason) => tonic::Status::unauthenticated(reason),
+                    Refusal::Forbidden(reason) => tonic::Status::permission_denied(reason),
+                };
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(tokens: Option<&str>, insecure: Option<Role>) -> Authenticator {
+        Authenticator {
+            tokens: tokens.map(|text| Tokens::parse(text).unwrap()),
+            insecure_role: insecure,
+            principals: BTreeMap::from([
+                ("coord".to_string(), Role::Coordinator),
+                ("ops".to_string(), Role::Admin),
+            ]),
+            events: Err("no store in this test".into()),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    const NO_PEER: PeerInfo = PeerInfo {
+        address: None,
+        certificates: None,
+    };
+
+    #[test]
+    fn tokens_name_principals_and_roles_come_from_the_configuration() {
+        let auth = authenticator(
+            Some(
+                "coord 0123456789abcdef0123\nops fedcba9876543210fedc\nstranger aaaaaaaaaaaaaaaaaaaa\n",
+            ),
+            None,
+        );
+        let ops = auth
+            .authenticate(
+                &headers(&[("authorization", "Bearer fedcba9876543210fedc")]),
+                &NO_PEER,
+            )
+            .unwrap();
+        assert_eq!((ops.principal.as_str(), ops.role), ("ops", Role::Admin));
+        let wrong = auth.authenticate(&headers(&[("authorization", "Bearer nope")]), &NO_PEER);
+        assert!(matches!(wrong, Err(Refusal::Unauthenticated(r)) if r.contains("not valid")));
+        let none = auth.authenticate(&headers(&[]), &NO_PEER);
+        assert!(matches!(none, Err(Refusal::Unauthenticated(r)) if r.contains("no credentials")));
+        let unknown = auth.authenticate(
+            &headers(&[("authorization", "Bearer aaaaaaaaaaaaaaaaaaaa")]),
+            &NO_PEER,
+        );
+        assert!(
+            matches!(unknown, Err(Refusal::Unauthenticated(r)) if r.contains("\"stranger\" is not in [tcp.principals]"))
+        );
+    }
+
+    #[test]
+    fn only_a_coordinator_may_name_a_caller() {
+        let auth = authenticator(
+            Some("coord 0123456789abcdef0123\nops fedcba9876543210fedc\n"),
+            None,
+        );
+        let forwarded = [
+            (CALLER_HEADER, "alice@login1"),
+            (CALLER_UID_HEADER, "1000"),
+            (CALLER_ROLE_HEADER, "user"),
+        ];
+        let mut with_token = forwarded.to_vec();
+        with_token.push(("authorization", "Bearer 0123456789abcdef0123"));
+        let remote = auth.authenticate(&headers(&with_token), &NO_PEER).unwrap();
+        let caller = remote.forwarded.unwrap();
+        assert_eq!(
+            (
+                caller.user.as_str(),
+                caller.host.as_str(),
+                caller.uid,
+                caller.role
+            ),
+            ("alice", "login1", 1000, Role::User)
+        );
+        let mut impostor = forwarded.to_vec();
+        impostor.push(("authorization", "Bearer fedcba9876543210fedc"));
+        let refused = auth.authenticate(&headers(&impostor), &NO_PEER);
+        assert!(
+            matches!(refused, Err(Refusal::Forbidden(r)) if r.contains("only the coordinator role"))
+        );
+        let mut bad_role = with_token.clone();
+        bad_role[2] = (CALLER_ROLE_HEADER, "coordinator");
+        assert!(matches!(
+            auth.authenticate(&headers(&bad_role), &NO_PEER),
+            Err(Refusal::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn insecure_loopback_callers_are_anonymous_with_the_configured_role() {
+        let auth = authenticator(None, Some(Role::Reader));
+        let anonymous = auth.authenticate(&headers(&[]), &NO_PEER).unwrap();
+        assert_eq!(
+            (anonymous.principal.as_str(), anonymous.role),
+            (ANONYMOUS, Role::Reader)
+        );
+    }
+}
