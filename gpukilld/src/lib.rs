@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod authz;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod metrics;
@@ -65,6 +66,9 @@ pub enum Error {
     /// The TCP listener cannot start (its certificates, its token file, its address).
     #[error(transparent)]
     Tcp(#[from] rpc::tcp::TcpError),
+    /// The cluster credentials or a node address cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] cluster::client::ClientError),
 }
 
 /// How long stopping waits for the store to write what is queued.
@@ -107,6 +111,21 @@ fn host_name() -> Arc<str> {
         .and_then(|name| name.into_string().ok())
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from("localhost"))
+}
+
+/// Where a coordinator reaches this node: `[cluster] advertise`, else the TCP listener's
+/// port on this host's name (`https://`), or its loopback address on an insecure loopback
+/// listener (`http://`). `None` without a TCP listener.
+fn advertised_address(config: &Config, tcp: Option<&rpc::tcp::TcpListenerSetup>) -> Option<String> {
+    if let Some(address) = &config.cluster.advertise {
+        return Some(address.clone());
+    }
+    let bound = tcp?.local_addr().ok()?;
+    Some(if config.tcp.tls() {
+        format!("https://{}:{}", host_name(), bound.port())
+    } else {
+        format!("http://{bound}")
+    })
 }
 
 /// This node's id (kept in the state directory) and name. Without a writable state
@@ -323,6 +342,23 @@ pub async fn run(
         service::supervisor::stopping();
         let _ = stop.send(true);
     };
+    let membership = cluster::Membership::from_config(&config, &node, &ring)?;
+    let advertise = advertised_address(&config, tcp_listener.as_ref());
+    membership.spawn(&config, &node, advertise, stopped.clone())?;
+    let cluster_grpc = gpukill_proto::v1::cluster_server::ClusterServer::new(
+        cluster::service::ClusterService::new(
+            membership.coordinator.clone(),
+            kill_context.events.clone(),
+        ),
+    );
+    let forward = cluster::forward::ForwardLayer::new(Arc::new(cluster::forward::Forwarder {
+        registry: membership
+            .coordinator
+            .as_ref()
+            .map(|coordinator| Arc::clone(&coordinator.registry)),
+        node: Arc::clone(&node),
+        admin_group: config.admin_group.clone(),
+    }));
     let grpc = rpc::Service::new(
         Arc::clone(&ring),
         stopped.clone(),
@@ -343,8 +379,14 @@ pub async fn run(
         let mut stopping = stopped.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .layer(rpc::tcp::AuthLayer::new(authenticator))
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .layer(rpc::tcp::AuthLayer::new(authenticator))
+                        .layer(forward.clone())
+                        .into_inner(),
+                )
                 .add_service(grpc.clone())
+                .add_service(cluster_grpc.clone())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopping.wait_for(|stopped| *stopped).await;
                 }),
@@ -352,7 +394,9 @@ pub async fn run(
     });
     service::supervisor::ready(&ring.latest());
     let served = tonic::transport::Server::builder()
+        .layer(forward)
         .add_service(grpc)
+        .add_service(cluster_grpc)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
         .await;
     if let Some(tcp_task) = tcp_task {

@@ -155,24 +155,26 @@ pub enum AuthzError {
 /// Attributes a request from the connection it arrived on: the Unix socket's peer
 /// credentials, or the principal the TCP layer authenticated.
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, AuthzError> {
-    if let Some(credentials) = request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-    {
-        return Ok(Caller {
-            uid: credentials.uid(),
-            gid: credentials.gid(),
-            pid: credentials.pid(),
-            transport: Transport::Local,
-            remote: None,
-        });
+    if let Some(caller) = local_caller(request.extensions()) {
+        return Ok(caller);
     }
     let remote = request
         .extensions()
         .get::<Remote>()
         .ok_or(AuthzError::Unattributed)?;
     Ok(Caller::remote(remote.clone()))
+}
+
+/// The caller of a Unix socket connection, from the peer credentials in `extensions`.
+pub fn local_caller(extensions: &tonic::Extensions) -> Option<Caller> {
+    let credentials = extensions.get::<UdsConnectInfo>()?.peer_cred?;
+    Some(Caller {
+        uid: credentials.uid(),
+        gid: credentials.gid(),
+        pid: credentials.pid(),
+        transport: Transport::Local,
+        remote: None,
+    })
 }
 
 impl Caller {

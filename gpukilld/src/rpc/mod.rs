@@ -10,7 +10,7 @@ mod health;
 mod history;
 pub mod import;
 pub mod kill;
-mod list;
+pub(crate) mod list;
 pub mod reset;
 mod rogue;
 mod sessions;

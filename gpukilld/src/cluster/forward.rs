@@ -1,0 +1,242 @@
+//! Forwarding: a GpuKill request carrying `gpukill-node: NAME` is sent by the coordinator to
+//! that node as it is (any rpc, streams included), with the caller the coordinator verified
+//! (`gpukill-caller: user@host`, its uid and role) and the coordinator's own credentials;
+//! whatever the caller sent as credentials or as a caller is removed first. The node then
+//! decides, with the same rules as for a local caller, and audits both names.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower::ServiceExt;
+
+use super::registry::Registry;
+use crate::authz::{Principal, Remote, Role};
+use crate::node::NodeIdentity;
+use crate::rpc::tcp::{CALLER_HEADER, CALLER_ROLE_HEADER, CALLER_UID_HEADER};
+
+/// The metadata that names the node a request is for.
+pub const NODE_HEADER: &str = "gpukill-node";
+
+/// The path prefix of the per-node service's rpcs.
+const NODE_SERVICE: &str = "/gpukill.v1.GpuKill/";
+
+/// What forwarding needs.
+pub struct Forwarder {
+    /// The nodes, when this daemon is a coordinator.
+    pub registry: Option<Arc<Registry>>,
+    /// This daemon (a request for its own name is served here).
+    pub node: Arc<NodeIdentity>,
+    /// Who is an admin among local callers.
+    pub admin_group: String,
+}
+
+/// The caller a coordinator vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Vouched {
+    user: String,
+    host: String,
+    uid: u32,
+    role: Role,
+}
+
+impl Forwarder {
+    /// Who the caller of `request` is, in the terms a node checks: a local caller by its
+    /// uid (admin by the admin group), a TCP principal by its name and role.
+    async fn vouch(
+        &self,
+        remote: Option<Remote>,
+        local: Option<crate::authz::Caller>,
+    ) -> Result<Vouched, tonic::Status> {
+        if let Some(remote) = remote {
+            if remote.forwarded.is_some() {
+                return Err(tonic::Status::permission_denied(
+                    "a forwarded request cannot be forwarded again",
+                ));
+            }
+            let role = match remote.role {
+                Role::Admin => Role::Admin,
+                Role::User => Role::User,
+                Role::Reader | Role::Coordinator => Role::Reader,
+                Role::Node => {
+                    return Err(tonic::Status::permission_denied(format!(
+                        "principal {:?} has the node role, which may not use other nodes",
+                        remote.principal
+                    )));
+                }
+            };
+            return Ok(Vouched {
+                user: remote.principal.clone(),
+                host: self.node.name.clone(),
+                uid: crate::authz::NO_UID,
+                role,
+            });
+        }
+        let caller = local.ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "the request carries no kernel credentials and cannot be attributed",
+            )
+        })?;
+        let admin_group = self.admin_group.clone();
+        let principal =
+            tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
+                .await
+                .map_err(|_| tonic::Status::internal("the user lookup failed"))?;
+        Ok(Vouched {
+            user: principal.user.clone(),
+            host: self.node.name.clone(),
+            uid: principal.caller.uid,
+            role: if principal.admin {
+                Role::Admin
+            } else {
+                Role::User
+            },
+        })
+    }
+
+    /// Sends `request` to the node it names and returns the node's answer.
+    async fn forward(
+        self: Arc<Self>,
+        name: String,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, tonic::Status> {
+        let Some(registry) = &self.registry else {
+            return Err(tonic::Status::failed_precondition(format!(
+                "this gpukilld is not a cluster coordinator: it cannot forward to node {name:?} (ask the coordinator, or connect to the node with --addr)"
+            )));
+        };
+        let remote = request.extensions().get::<Remote>().cloned();
+        let local = crate::authz::local_caller(request.extensions());
+        let vouched = self.vouch(remote, local).await?;
+        let target = registry.target(&name).ok_or_else(|| {
+            tonic::Status::not_found(format!(
+                "no node named {name:?} (gpukillctl cluster nodes lists them)"
+            ))
+        })?;
+        if let Some(reason) = target.down {
+            return Err(tonic::Status::unavailable(format!(
+                "node {name} is {reason}"
+            )));
+        }
+        let headers = request.headers_mut();
+        for header in [
+            NODE_HEADER,
+            CALLER_HEADER,
+            CALLER_UID_HEADER,
+            CALLER_ROLE_HEADER,
+            http::header::AUTHORIZATION.as_str(),
+        ] {
+            headers.remove(header);
+        }
+        let value = |text: String| {
+            http::HeaderValue::from_str(&text).map_err(|_| {
+                tonic::Status::invalid_argument(format!(
+                    "the caller {text:?} cannot be sent as metadata"
+                ))
+            })
+        };
+        headers.insert(
+            CALLER_HEADER,
+            value(format!("{}@{}", vouched.user, vouched.host))?,
+        );
+        headers.insert(CALLER_UID_HEADER, value(vouched.uid.to_string())?);
+        headers.insert(CALLER_ROLE_HEADER, value(vouched.role.name().to_string())?);
+        if let Some(authorization) = registry.credentials().authorization_header() {
+            headers.insert(http::header::AUTHORIZATION, authorization);
+        }
+        // Connection facts of this hop mean nothing to the next one.
+        request.extensions_mut().clear();
+        tracing::debug!(node = %name, path = %request.uri().path(), caller = %format!("{}@{}", vouched.user, vouched.host), "forwarding");
+        let response = target.channel.oneshot(request).await.map_err(|error| {
+            let reason = crate::error_chain(&error);
+            registry.record(&name, Some(format!("unreachable: {reason}")));
+            tonic::Status::unavailable(format!("node {name} did not answer: {reason}"))
+        })?;
+        registry.record(&name, None);
+        Ok(response)
+    }
+}
+
+/// The layer that forwards node-addressed requests; everything else goes to the local
+/// services.
+#[derive(Clone)]
+pub struct ForwardLayer {
+    forwarder: Arc<Forwarder>,
+}
+
+impl ForwardLayer {
+    /// A layer forwarding with `forwarder`.
+    pub fn new(forwarder: Arc<Forwarder>) -> Self {
+        Self { forwarder }
+    }
+}
+
+impl<S> tower::Layer<S> for ForwardLayer {
+    type Service = ForwardService<S>;
+
+    fn layer(&self, inner: S) -> ForwardService<S> {
+        ForwardService {
+            inner,
+            forwarder: Arc::clone(&self.forwarder),
+        }
+    }
+}
+
+/// [`ForwardLayer`]'s service.
+#[derive(Clone)]
+pub struct ForwardService<S> {
+    inner: S,
+    forwarder: Arc<Forwarder>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for ForwardService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let node = request
+            .uri()
+            .path()
+            .starts_with(NODE_SERVICE)
+            .then(|| request.headers().get(NODE_HEADER))
+            .flatten()
+            .map(|value| value.to_str().unwrap_or("").to_string());
+        match node {
+            Some(name) if name != self.forwarder.node.name => {
+                let forwarder = Arc::clone(&self.forwarder);
+                Box::pin(async move {
+                    Ok(forwarder
+                        .forward(name, request)
+                        .await
+                        .unwrap_or_else(|status| status.into_http()))
+                })
+            }
+            local => {
+                if local.is_some() {
+                    // This node's own name: served here, as without the header.
+                    request.headers_mut().remove(NODE_HEADER);
+                }
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(request))
+            }
+        }
+    }
+}

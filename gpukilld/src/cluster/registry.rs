@@ -1,0 +1,403 @@
+//! The nodes a coordinator knows: static ones from `[cluster] nodes` and those that
+//! registered, each with a lazily connected channel and what the coordinator last heard
+//! from it. A registered node is down once its heartbeats stop for `node_timeout`; a static
+//! node is up or down as its last request went.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use gpukill_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use super::client::{ClientError, Credentials};
+use crate::config::StaticNode;
+
+/// Where a node came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[cluster] nodes`.
+    Static,
+    /// It called Register.
+    Registered,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Registered => "registered",
+        }
+    }
+}
+
+/// One node.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: Option<String>,
+    address: String,
+    source: Source,
+    channel: Channel,
+    /// The last heartbeat, registration or answer.
+    last_seen: Option<(Instant, SystemTime)>,
+    /// The last request's failure (static nodes), cleared by an answer.
+    error: Option<String>,
+    /// Whether the monitor last logged this node as down.
+    logged_down: bool,
+}
+
+/// A node to send a request to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its name.
+    pub name: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// Why it is not asked at all (a registered node whose heartbeats stopped).
+    pub down: Option<String>,
+}
+
+/// Why a registration is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The name belongs to a static node or to another live node.
+    #[error("{0}")]
+    NameTaken(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The coordinator's view of the cluster.
+pub struct Registry {
+    nodes: Mutex<BTreeMap<String, Entry>>,
+    credentials: Credentials,
+    node_timeout: Duration,
+}
+
+impl Registry {
+    /// A registry of the static `nodes`, reached with `credentials`.
+    pub fn new(
+        nodes: &[StaticNode],
+        credentials: Credentials,
+        node_timeout: Duration,
+    ) -> Result<Registry, ClientError> {
+        let mut entries = BTreeMap::new();
+        for node in nodes {
+            entries.insert(
+                node.name.clone(),
+                Entry {
+                    id: None,
+                    address: node.address.clone(),
+                    source: Source::Static,
+                    channel: credentials.channel(&node.address)?,
+                    last_seen: None,
+                    error: None,
+                    logged_down: false,
+                },
+            );
+        }
+        Ok(Registry {
+            nodes: Mutex::new(entries),
+            credentials,
+            node_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The credentials requests to nodes carry.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Why a registered node counts as down now, if it does.
+    fn down_reason(&self, entry: &Entry, now: Instant) -> Option<String> {
+        if entry.source != Source::Registered {
+            return None;
+        }
+        let (seen, _) = entry.last_seen?;
+        let silent = now.saturating_duration_since(seen);
+        (silent > self.node_timeout).then(|| {
+            format!(
+                "down: no heartbeat for {}s (node_timeout {}s)",
+                silent.as_secs(),
+                self.node_timeout.as_secs()
+            )
+        })
+    }
+
+    /// Records a registration: a new node, or a known id with a new name or address. A name
+    /// that belongs to a static node, or to another registered node that is still up, is
+    /// refused.
+    pub fn register(&self, request: &pb::RegisterRequest) -> Result<(), RegisterError> {
+        let valid_name = !request.name.is_empty()
+            && !request.name.chars().any(|c| c.is_whitespace() || c == '/');
+        if !valid_name {
+            return Err(RegisterError::Invalid(format!(
+                "node name {:?} is not a name: use letters, digits, '-', '_' or '.'",
+                request.name
+            )));
+        }
+        if request.node_id.len() != 32 || !request.node_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RegisterError::Invalid(format!(
+                "node id {:?} is not 32 hex digits",
+                request.node_id
+            )));
+        }
+        let channel = self
+            .credentials
+            .channel(&request.address)
+            .map_err(|error| RegisterError::Invalid(error.to_string()))?;
+        let now = Instant::now();
+        let mut nodes = self.lock();
+        if let Some(existing) = nodes.get(&request.name) {
+            let same_node = existing.id.as_deref() == Some(request.node_id.as_str());
+            if existing.source == Source::Static {
+                return Err(RegisterError::NameTaken(format!(
+                    "node name {:?} is a static node of this coordinator ([cluster] nodes); give this node another [node] name",
+                    request.name
+                )));
+            }
+            if !same_node && self.down_reason(existing, now).is_none() {
+                return Err(RegisterError::NameTaken(format!(
+                    "node name {:?} is registered by node id {} which is up; give this node another [node] name",
+                    request.name,
+                    existing.id.as_deref().unwrap_or("?")
+                )));
+            }
+        }
+        // The same node under its old name (it was renamed) goes away.
+        nodes.retain(|name, entry| {
+            entry.id.as_deref() != Some(request.node_id.as_str()) || *name == request.name
+        });
+        let previous = nodes.insert(
+            request.name.clone(),
+            Entry {
+                id: Some(request.node_id.clone()),
+                address: request.address.clone(),
+                source: Source::Registered,
+                channel,
+                last_seen: Some((now, SystemTime::now())),
+                error: None,
+                logged_down: false,
+            },
+        );
+        match previous {
+            Some(old) if old.id.as_deref() == Some(request.node_id.as_str()) => {
+                tracing::info!(node = %request.name, address = %request.address, "node registered again");
+            }
+            Some(old) => tracing::warn!(
+                node = %request.name,
+                old_id = ?old.id,
+                new_id = %request.node_id,
+                "a new node took the name of a node that was down"
+            ),
+            None => tracing::info!(
+                node = %request.name,
+                id = %request.node_id,
+                address = %request.address,
+                version = %request.daemon_version,
+                "node registered"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Records a heartbeat; false when the id is unknown (the node must register again).
+    pub fn heartbeat(&self, node_id: &str) -> bool {
+        let mut nodes = self.lock();
+        let Some(entry) = nodes
+            .values_mut()
+            .find(|entry| entry.id.as_deref() == Some(node_id))
+        else {
+            return false;
+        };
+        entry.last_seen = Some((Instant::now(), SystemTime::now()));
+        true
+    }
+
+    /// The nodes named in `names` (all when empty) with their channels; unknown names are
+    /// returned separately.
+    pub fn targets(&self, names: &[String]) -> (Vec<Target>, Vec<String>) {
+        let now = Instant::now();
+        let nodes = self.lock();
+        let mut unknown = Vec::new();
+        let chosen: Vec<(&String, &Entry)> = if names.is_empty() {
+            nodes.iter().collect()
+        } else {
+            let mut chosen = Vec::new();
+            for name in names {
+                match nodes.get_key_value(name) {
+                    Some(found) => chosen.push(found),
+                    None => unknown.push(name.clone()),
+                }
+            }
+            chosen
+        };
+        let targets = chosen
+            .into_iter()
+            .map(|(name, entry)| Target {
+                name: name.clone(),
+                channel: entry.channel.clone(),
+                down: self.down_reason(entry, now),
+            })
+            .collect();
+        (targets, unknown)
+    }
+
+    /// The node called `name`, if there is one.
+    pub fn target(&self, name: &str) -> Option<Target> {
+        let (mut targets, _) = self.targets(&[name.to_string()]);
+        targets.pop()
+    }
+
+    /// Records how a request to `name` went: an answer (`None`) or why it failed.
+    pub fn record(&self, name: &str, failure: Option<String>) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes.get_mut(name) {
+            if failure.is_none() {
+                entry.last_seen = Some((Instant::now(), SystemTime::now()));
+            }
+            if entry.source == Source::Static {
+                entry.error = failure;
+            }
+        }
+    }
+
+    /// Every node, by name, as Cluster.Nodes reports it.
+    pub fn nodes(&self) -> Vec<pb::Node> {
+        let now = Instant::now();
+        let nodes = self.lock();
+        nodes
+            .iter()
+            .map(|(name, entry)| self.describe(name, entry, now))
+            .collect()
+    }
+
+    /// The description of the node `name`.
+    pub fn node(&self, name: &str) -> Option<pb::Node> {
+        let now = Instant::now();
+        let nodes = self.lock();
+        nodes.get(name).map(|entry| self.describe(name, entry, now))
+    }
+
+    fn describe(&self, name: &str, entry: &Entry, now: Instant) -> pb::Node {
+        let down = self.down_reason(entry, now);
+        let state = match (&down, &entry.error, entry.last_seen) {
+            (Some(_), _, _) | (None, Some(_), _) => pb::NodeState::Down,
+            (None, None, Some(_)) => pb::NodeState::Up,
+            (None, None, None) => pb::NodeState::Unknown,
+        };
+        pb::Node {
+            name: name.to_string(),
+            node_id: entry.id.clone(),
+            address: entry.address.clone(),
+            source: entry.source.name().to_string(),
+            state: state.into(),
+            last_seen_unix_ms: entry.last_seen.map(|(_, at)| crate::store::unix_ms(at)),
+            error: down.or_else(|| entry.error.clone()),
+        }
+    }
+
+    /// Logs registered nodes that went down or came back since the last call.
+    pub fn log_transitions(&self) {
+        let now = Instant::now();
+        let mut nodes = self.lock();
+        let downs: Vec<(String, Option<String>)> = nodes
+            .iter()
+            .map(|(name, entry)| (name.clone(), self.down_reason(entry, now)))
+            .collect();
+        for (name, down) in downs {
+            let Some(entry) = nodes.get_mut(&name) else {
+                continue;
+            };
+            match (down, entry.logged_down) {
+                (Some(reason), false) => {
+                    tracing::warn!(node = %name, "node is {reason}");
+                    entry.logged_down = true;
+                }
+                (None, true) => {
+                    tracing::info!(node = %name, "node is up again");
+                    entry.logged_down = false;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterConfig;
+
+    fn registry(timeout: Duration) -> Registry {
+        let credentials = Credentials::load(&ClusterConfig::default()).unwrap();
+        Registry::new(
+            &[StaticNode {
+                name: "s1".into(),
+                address: "http://127.0.0.1:1".into(),
+            }],
+            credentials,
+            timeout,
+        )
+        .unwrap()
+    }
+
+    fn request(name: &str, id: char) -> pb::RegisterRequest {
+        pb::RegisterRequest {
+            node_id: id.to_string().repeat(32),
+            name: name.into(),
+            address: "http://127.0.0.1:2".into(),
+            daemon_version: "0.1.0".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn registration_heartbeats_and_names() {
+        let registry = registry(Duration::from_millis(200));
+        assert_eq!(registry.nodes()[0].state, pb::NodeState::Unknown as i32);
+        registry.register(&request("n1", 'a')).unwrap();
+        let error = registry.register(&request("s1", 'b')).unwrap_err();
+        assert!(error.to_string().contains("static node"), "{error}");
+        let error = registry.register(&request("n1", 'b')).unwrap_err();
+        assert!(error.to_string().contains("which is up"), "{error}");
+        assert!(registry.heartbeat(&"a".repeat(32)));
+        assert!(!registry.heartbeat(&"c".repeat(32)));
+        let n1 = registry.node("n1").unwrap();
+        assert_eq!(n1.state, pb::NodeState::Up as i32);
+        assert_eq!(n1.source, "registered");
+
+        std::thread::sleep(Duration::from_millis(300));
+        let n1 = registry.node("n1").unwrap();
+        assert_eq!(n1.state, pb::NodeState::Down as i32);
+        assert!(n1.error.unwrap().contains("no heartbeat"));
+        assert!(registry.target("n1").unwrap().down.is_some());
+        // A down node's name may be taken by a new node; a heartbeat brings a node back.
+        registry.register(&request("n1", 'b')).unwrap();
+        assert_eq!(registry.node("n1").unwrap().node_id, Some("b".repeat(32)));
+
+        // A renamed node leaves its old name.
+        registry.register(&request("n2", 'b')).unwrap();
+        assert!(registry.node("n1").is_none());
+        let error = registry.register(&request("bad name", 'd')).unwrap_err();
+        assert!(matches!(error, RegisterError::Invalid(_)));
+    }
+
+    #[tokio::test]
+    async fn static_nodes_are_up_or_down_as_their_last_request_went() {
+        let registry = registry(Duration::from_secs(30));
+        registry.record("s1", Some("connection refused".into()));
+        let s1 = registry.node("s1").unwrap();
+        assert_eq!(s1.state, pb::NodeState::Down as i32);
+        assert_eq!(s1.error.as_deref(), Some("connection refused"));
+        registry.record("s1", None);
+        assert_eq!(registry.node("s1").unwrap().state, pb::NodeState::Up as i32);
+        let (targets, unknown) = registry.targets(&["s1".into(), "nope".into()]);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(unknown, vec!["nope".to_string()]);
+    }
+}

@@ -1,0 +1,165 @@
+//! The `Cluster` gRPC service: what a coordinator knows of its nodes, one view of all of
+//! them, contention, and node registration. A daemon that is not a coordinator answers
+//! FAILED_PRECONDITION.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpukill_proto::v1 as pb;
+use gpukill_proto::v1::cluster_server::Cluster;
+use tonic::{Request, Response, Status};
+
+use super::contention;
+use super::fanout::{self, Local};
+use super::registry::{RegisterError, Registry};
+use crate::authz::Access;
+use crate::rpc::attribute;
+use crate::rpc::kill::EventsHandle;
+
+/// What a coordinator runs on.
+pub struct Coordinator {
+    /// The nodes.
+    pub registry: Arc<Registry>,
+    /// Itself, when it samples GPUs.
+    pub local: Option<Local>,
+    /// How long a fan-out waits for each node.
+    pub deadline: Duration,
+    /// How often registered nodes send heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// The service; `coordinator` is `None` on a plain node.
+pub struct ClusterService {
+    coordinator: Option<Arc<Coordinator>>,
+    events: EventsHandle,
+}
+
+impl ClusterService {
+    /// The service of a coordinator, or of a plain node (`None`).
+    pub fn new(coordinator: Option<Arc<Coordinator>>, events: EventsHandle) -> Self {
+        Self {
+            coordinator,
+            events,
+        }
+    }
+
+    fn coordinator(&self) -> Result<&Coordinator, Status> {
+        self.coordinator.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this gpukilld is not a cluster coordinator ([cluster] role = \"node\"): ask the coordinator, or set [cluster] role = \"coordinator\" here",
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn nodes(
+        &self,
+        request: Request<pb::ClusterNodesRequest>,
+    ) -> Result<Response<pb::ClusterNodesResponse>, Status> {
+        attribute(&request, "Cluster.Nodes", Access::Read, &self.events)?;
+        let coordinator = self.coordinator()?;
+        let mut nodes = coordinator.registry.nodes();
+        if let Some(local) = &coordinator.local {
+            nodes.push(local.describe());
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(Response::new(pb::ClusterNodesResponse { nodes }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ClusterListRequest>,
+    ) -> Result<Response<pb::ClusterListResponse>, Status> {
+        let caller = attribute(&request, "Cluster.List", Access::Read, &self.events)?;
+        let coordinator = self.coordinator()?;
+        Ok(Response::new(
+            fanout::list(
+                &coordinator.registry,
+                coordinator.local.as_ref(),
+                &caller,
+                request.into_inner(),
+                coordinator.deadline,
+            )
+            .await,
+        ))
+    }
+
+    async fn contention(
+        &self,
+        request: Request<pb::ClusterContentionRequest>,
+    ) -> Result<Response<pb::ClusterContentionResponse>, Status> {
+        let caller = attribute(&request, "Cluster.Contention", Access::Read, &self.events)?;
+        let coordinator = self.coordinator()?;
+        let top = match request.get_ref().top {
+            0 => contention::DEFAULT_TOP,
+            top => top as usize,
+        };
+        let listed = fanout::list(
+            &coordinator.registry,
+            coordinator.local.as_ref(),
+            &caller,
+            pb::ClusterListRequest::default(),
+            coordinator.deadline,
+        )
+        .await;
+        let mut answered = Vec::new();
+        let mut unreachable = Vec::new();
+        for node in listed.nodes {
+            let name = node.node.map(|node| node.name).unwrap_or_default();
+            match (node.snapshot, node.error) {
+                (Some(snapshot), _) => answered.push((name, snapshot)),
+                (None, error) => unreachable.push(format!(
+                    "{name}: {}",
+                    error.unwrap_or_else(|| "no answer".into())
+                )),
+            }
+        }
+        Ok(Response::new(contention::contention(
+            &answered,
+            unreachable,
+            top,
+        )))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        attribute(&request, "Cluster.Register", Access::Register, &self.events)?;
+        let coordinator = self.coordinator()?;
+        coordinator
+            .registry
+            .register(request.get_ref())
+            .map_err(|error| match error {
+                RegisterError::NameTaken(message) => Status::already_exists(message),
+                RegisterError::Invalid(message) => Status::invalid_argument(message),
+            })?;
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: u64::try_from(coordinator.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        attribute(
+            &request,
+            "Cluster.Heartbeat",
+            Access::Register,
+            &self.events,
+        )?;
+        let coordinator = self.coordinator()?;
+        if coordinator.registry.heartbeat(&request.get_ref().node_id) {
+            Ok(Response::new(pb::HeartbeatResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "node id {} is not registered here: register again",
+                request.get_ref().node_id
+            )))
+        }
+    }
+}
