@@ -242,8 +242,10 @@ pub fn reset_response() -> ResetResponse {
     }
 }
 
-/// Three audit events, oldest first: alice's kill of her python on GPU 0, bob's refused GPU
-/// reset (no target, no caller PID), and root's kill of a miner that is not on a GPU.
+/// Five audit events, oldest first: alice's kill of her python on GPU 0, bob's refused GPU
+/// reset (no target, no caller PID), root's kill of a miner that is not on a GPU, alice's
+/// kill forwarded from login1 by the coordinator `coord` (over TCP), and a refused reset by
+/// the remote principal `ci-bot` (no uid).
 pub fn events_response() -> EventsResponse {
     EventsResponse {
         events: vec![
@@ -262,6 +264,7 @@ pub fn events_response() -> EventsResponse {
                 }),
                 outcome: "terminated".to_owned(),
                 reason: String::new(),
+                via: None,
             },
             Event {
                 id: 18,
@@ -275,6 +278,7 @@ pub fn events_response() -> EventsResponse {
                 target: None,
                 outcome: "denied".to_owned(),
                 reason: "resetting a GPU needs an admin".to_owned(),
+                via: None,
             },
             Event {
                 id: 19,
@@ -291,6 +295,35 @@ pub fn events_response() -> EventsResponse {
                 }),
                 outcome: "killed".to_owned(),
                 reason: "still running after 5s; sent SIGKILL".to_owned(),
+                via: None,
+            },
+            Event {
+                id: 20,
+                time_unix_ms: NOW_MS + 1000,
+                r#type: "kill".to_owned(),
+                caller_uid: 1000,
+                caller_user: "alice@login1".to_owned(),
+                caller_pid: None,
+                transport: "tcp".to_owned(),
+                action: "kill --pid 4243".to_owned(),
+                target: Some(kill_target(4243, "alice", "python", Some(1))),
+                outcome: "terminated".to_owned(),
+                reason: String::new(),
+                via: Some("coord".to_owned()),
+            },
+            Event {
+                id: 21,
+                time_unix_ms: NOW_MS + 2000,
+                r#type: "deny".to_owned(),
+                caller_uid: u32::MAX,
+                caller_user: "ci-bot".to_owned(),
+                caller_pid: None,
+                transport: "tcp".to_owned(),
+                action: "reset --all".to_owned(),
+                target: None,
+                outcome: "denied".to_owned(),
+                reason: "principal \"ci-bot\" has the reader role".to_owned(),
+                via: None,
             },
         ],
     }

@@ -70,10 +70,9 @@ pub async fn run<W: Write, E: Write>(
         // A session belongs to the page of its first sighting (the first page also takes
         // those that began before the window).
         let first_page = start == since;
-        let sessions = sessions.into_iter().filter(|session| {
-            session.first_seen_unix_ms >= start
-                || (first_page && session.first_seen_unix_ms < start)
-        });
+        let sessions = sessions
+            .into_iter()
+            .filter(|session| first_page || session.first_seen_unix_ms >= start);
         let text = page(samples, sessions, &mut names)?;
         out.write(&text)?;
         start = end;

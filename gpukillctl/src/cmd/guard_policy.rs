@@ -273,7 +273,7 @@ mod tests {
         let requests = daemon.guard_update_requests.clone();
         let served = serve(daemon);
         let mut policy = tempfile::NamedTempFile::new().expect("temp");
-        write!(policy, "mode = \"soft\"\n").expect("write");
+        writeln!(policy, "mode = \"soft\"").expect("write");
         let path = policy.path().to_str().expect("utf-8").to_owned();
         for argv in [
             &["guard", "mode", "dry-run"][..],

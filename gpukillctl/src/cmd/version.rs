@@ -12,6 +12,7 @@ use crate::Output;
 use crate::cli::{Address, OutputFormat, VersionArgs};
 use crate::conn;
 use crate::error::Error;
+use crate::render::json::non_empty;
 
 /// This client's version.
 pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,6 +31,12 @@ pub struct VersionJson {
     pub api: Option<String>,
     /// The daemon's host name.
     pub host: Option<String>,
+    /// The node's stable id (32 hex digits); `null` from a daemon that does not report it.
+    pub node_id: Option<String>,
+    /// The node's name in a cluster.
+    pub node_name: Option<String>,
+    /// `node` or `coordinator`.
+    pub cluster_role: Option<String>,
 }
 
 /// Runs `gpukillctl version` against the daemon at `address`.
@@ -65,6 +72,9 @@ fn render(format: OutputFormat, daemon: Option<&VersionResponse>) -> Result<Stri
                 daemon_version: daemon.map(|d| d.daemon_version.clone()),
                 api: daemon.map(|d| d.api.clone()),
                 host: daemon.map(|d| d.host.clone()),
+                node_id: daemon.and_then(|d| non_empty(&d.node_id)),
+                node_name: daemon.and_then(|d| non_empty(&d.node_name)),
+                cluster_role: daemon.and_then(|d| non_empty(&d.cluster_role)),
             };
             let mut text = serde_json::to_string_pretty(&json).map_err(Error::Json)?;
             text.push('\n');
@@ -80,6 +90,9 @@ fn render(format: OutputFormat, daemon: Option<&VersionResponse>) -> Result<Stri
                     "daemon  gpukilld {} ({}) on {}\n",
                     daemon.daemon_version, daemon.api, daemon.host
                 ));
+                if let Some(line) = node_line(daemon) {
+                    text.push_str(&line);
+                }
                 if daemon.api != gpukill_proto::API {
                     text.push_str(&format!(
                         "warning: gpukilld serves {}, gpukillctl speaks {}\n",
@@ -91,6 +104,21 @@ fn render(format: OutputFormat, daemon: Option<&VersionResponse>) -> Result<Stri
             Ok(text)
         }
     }
+}
+
+/// `node    NAME (ROLE), id ID`, or `None` for a daemon that reports none of them (one
+/// older than clusters).
+fn node_line(daemon: &VersionResponse) -> Option<String> {
+    if daemon.node_name.is_empty() && daemon.node_id.is_empty() && daemon.cluster_role.is_empty() {
+        return None;
+    }
+    let or_dash = |text: &str| non_empty(text).unwrap_or_else(|| "-".to_owned());
+    Some(format!(
+        "node    {} ({}), id {}\n",
+        or_dash(&daemon.node_name),
+        or_dash(&daemon.cluster_role),
+        or_dash(&daemon.node_id)
+    ))
 }
 
 #[cfg(test)]
@@ -105,6 +133,9 @@ mod tests {
             daemon_version: "0.1.0".to_owned(),
             api: "gpukill.v1".to_owned(),
             host: "gpu-node-1".to_owned(),
+            node_id: "5f0c1e2d3b4a69788796a5b4c3d2e1f0".to_owned(),
+            node_name: "n1".to_owned(),
+            cluster_role: "coordinator".to_owned(),
         }
     }
 
@@ -124,9 +155,26 @@ mod tests {
             text,
             format!(
                 "client  gpukillctl {CLIENT_VERSION} (gpukill.v1)\n\
-                 daemon  gpukilld 0.1.0 (gpukill.v1) on gpu-node-1\n"
+                 daemon  gpukilld 0.1.0 (gpukill.v1) on gpu-node-1\n\
+                 node    n1 (coordinator), id 5f0c1e2d3b4a69788796a5b4c3d2e1f0\n"
             )
         );
+    }
+
+    #[test]
+    fn a_daemon_without_node_fields_has_no_node_line() {
+        let old = VersionResponse {
+            node_id: String::new(),
+            node_name: String::new(),
+            cluster_role: String::new(),
+            ..daemon()
+        };
+        let text = render(OutputFormat::Table, Some(&old)).expect("render");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let json = render(OutputFormat::Json, Some(&old)).expect("render");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(value["node_id"], serde_json::Value::Null);
+        assert_eq!(value["cluster_role"], serde_json::Value::Null);
     }
 
     #[test]
@@ -152,7 +200,10 @@ mod tests {
                 "client_api": "gpukill.v1",
                 "daemon_version": null,
                 "api": null,
-                "host": null
+                "host": null,
+                "node_id": null,
+                "node_name": null,
+                "cluster_role": null
             })
         );
     }
@@ -190,5 +241,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&out.writer).expect("JSON");
         assert_eq!(value["daemon_version"], "0.1.0");
         assert_eq!(value["host"], "gpu-node-1");
+        assert_eq!(value["node_id"], "5f0c1e2d3b4a69788796a5b4c3d2e1f0");
+        assert_eq!(value["node_name"], "n1");
+        assert_eq!(value["cluster_role"], "coordinator");
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! Table: one row per event, oldest first, columns
 //! `TIME, TYPE, CALLER, ACTION, PID, TARGET, GPU, OUTCOME, REASON`: TIME is the date and time
-//! in the chosen [`TimeZone`] (local for users, UTC in tests), CALLER `user(uid)`, TARGET
-//! `user/name`, and `-` for anything absent or empty.
+//! in the chosen [`TimeZone`] (local for users, UTC in tests), CALLER `user(uid)` (just `user`
+//! for a remote principal, which has no uid) followed by ` via COORDINATOR` when a
+//! coordinator forwarded the request (`alice@login1(1000) via coord`), TARGET `user/name`,
+//! and `-` for anything absent or empty.
 //!
 //! JSON: `{"events": [...]}`, each event's `time` RFC 3339 UTC with milliseconds and its
 //! `target` the same object as a kill result's target ([`TargetJson`]), or `null`. As in
 //! `list`, fields are serialized under their Rust names, in declaration order, and every absent
-//! value (including an empty outcome or reason) is `null`.
+//! value (including an empty outcome or reason, a remote principal's uid and `via` when no
+//! coordinator forwarded the request) is `null`.
 
 use gpukill_proto::v1::{Event, EventsResponse};
 use serde::Serialize;
@@ -37,13 +40,14 @@ pub struct EventJson {
     pub time_unix_ms: Option<i64>,
     /// `kill`, `reset` or `deny`.
     pub r#type: String,
-    /// The caller's uid, from the kernel.
-    pub caller_uid: u32,
+    /// The caller's uid, from the kernel (or as the forwarding coordinator vouched for it);
+    /// `null` for a remote principal, which has none.
+    pub caller_uid: Option<u32>,
     /// The caller's user name.
     pub caller_user: String,
     /// The caller's PID at connect time.
     pub caller_pid: Option<i32>,
-    /// How the caller connected (`unix`).
+    /// How the caller connected: `unix`, `tcp` or `guard`.
     pub transport: String,
     /// What was asked, e.g. `kill --pid 4242 --force`.
     pub action: String,
@@ -53,6 +57,9 @@ pub struct EventJson {
     pub outcome: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// The coordinator principal that forwarded the request (the caller is then
+    /// `user@host`), or `null`.
+    pub via: Option<String>,
 }
 
 impl EventsJson {
@@ -73,7 +80,7 @@ impl EventJson {
             time_unix_ms: time.as_ref().map(|_| event.time_unix_ms),
             time,
             r#type: event.r#type.clone(),
-            caller_uid: event.caller_uid,
+            caller_uid: caller_uid(event),
             caller_user: event.caller_user.clone(),
             caller_pid: event.caller_pid,
             transport: event.transport.clone(),
@@ -81,8 +88,30 @@ impl EventJson {
             target: event.target.as_ref().map(TargetJson::new),
             outcome: non_empty(&event.outcome),
             reason: non_empty(&event.reason),
+            via: event.via.clone(),
         }
     }
+}
+
+/// The uid the daemon writes for a caller that has none: a remote principal.
+const NO_UID: u32 = u32::MAX;
+
+/// The caller's uid; `None` for a remote principal.
+fn caller_uid(event: &Event) -> Option<u32> {
+    (event.caller_uid != NO_UID).then_some(event.caller_uid)
+}
+
+/// The CALLER cell: `user(uid)`, or `user` without a uid, then ` via COORDINATOR`.
+fn caller(event: &Event) -> String {
+    let mut text = match caller_uid(event) {
+        Some(uid) => format!("{}({uid})", event.caller_user),
+        None => event.caller_user.clone(),
+    };
+    if let Some(via) = &event.via {
+        text.push_str(" via ");
+        text.push_str(via);
+    }
+    text
 }
 
 /// `response` as one indented JSON document, ending in a newline.
@@ -100,7 +129,7 @@ pub fn render(response: &EventsResponse, tz: TimeZone) -> String {
         vec![
             or_absent(date_time(event.time_unix_ms, tz)),
             or_absent_str(&event.r#type),
-            format!("{}({})", event.caller_user, event.caller_uid),
+            caller(event),
             or_absent_str(&event.action),
             or_absent(target.map(|t| t.pid)),
             target.map_or_else(|| ABSENT.to_owned(), |t| format!("{}/{}", t.user, t.name)),
@@ -163,7 +192,8 @@ mod tests {
                         "gpu_index": 0
                     },
                     "outcome": "terminated",
-                    "reason": null
+                    "reason": null,
+                    "via": null
                 },
                 {
                     "id": 18,
@@ -177,7 +207,8 @@ mod tests {
                     "action": "reset --gpu 1",
                     "target": null,
                     "outcome": "denied",
-                    "reason": "resetting a GPU needs an admin"
+                    "reason": "resetting a GPU needs an admin",
+                    "via": null
                 },
                 {
                     "id": 19,
@@ -200,7 +231,47 @@ mod tests {
                         "gpu_index": null
                     },
                     "outcome": "killed",
-                    "reason": "still running after 5s; sent SIGKILL"
+                    "reason": "still running after 5s; sent SIGKILL",
+                    "via": null
+                },
+                {
+                    "id": 20,
+                    "time": "2024-05-01T12:00:01.250Z",
+                    "time_unix_ms": 1_714_564_801_250_i64,
+                    "type": "kill",
+                    "caller_uid": 1000,
+                    "caller_user": "alice@login1",
+                    "caller_pid": null,
+                    "transport": "tcp",
+                    "action": "kill --pid 4243",
+                    "target": {
+                        "pid": 4243,
+                        "start_time": "2024-05-01T09:46:47Z",
+                        "start_time_unix_ms": 1_714_556_807_000_i64,
+                        "uid": 1000,
+                        "user": "alice",
+                        "proc_name": "python",
+                        "cmdline": "python --job 4243",
+                        "gpu_index": 1
+                    },
+                    "outcome": "terminated",
+                    "reason": null,
+                    "via": "coord"
+                },
+                {
+                    "id": 21,
+                    "time": "2024-05-01T12:00:02.250Z",
+                    "time_unix_ms": 1_714_564_802_250_i64,
+                    "type": "deny",
+                    "caller_uid": null,
+                    "caller_user": "ci-bot",
+                    "caller_pid": null,
+                    "transport": "tcp",
+                    "action": "reset --all",
+                    "target": null,
+                    "outcome": "denied",
+                    "reason": "principal \"ci-bot\" has the reader role",
+                    "via": null
                 }
             ]
         });
@@ -221,5 +292,15 @@ mod tests {
         assert_eq!(event["target"], Value::Null);
         assert_eq!(event["outcome"], Value::Null);
         assert_eq!(event["reason"], Value::Null);
+        assert_eq!(event["via"], Value::Null);
+        assert_eq!(event["caller_uid"], 0);
+    }
+
+    #[test]
+    fn forwarded_callers_name_the_coordinator() {
+        let response = testutil::events_response();
+        assert_eq!(caller(&response.events[0]), "alice(1000)");
+        assert_eq!(caller(&response.events[3]), "alice@login1(1000) via coord");
+        assert_eq!(caller(&response.events[4]), "ci-bot");
     }
 }
