@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod pki;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -132,13 +134,15 @@ impl Daemon {
         options: &DaemonOptions,
     ) -> Child {
         let config = dir.join("gpukilld.toml");
-        let mut text = options.config.clone();
-        if !text.contains("state_dir") {
+        // Top-level keys go first: the options' text may end inside a [section].
+        let mut text = String::new();
+        if !options.config.contains("state_dir") {
             text.push_str(&format!("state_dir = {:?}\n", dir.join("state")));
         }
         if let Some(capacity) = options.ring_capacity {
             text.push_str(&format!("ring_capacity = {capacity}\n"));
         }
+        text.push_str(&options.config);
         std::fs::write(&config, text).unwrap();
         let library = options.nvml_library.clone().unwrap_or_else(fake_nvml);
         let mut command = Command::new(gpukilld());
@@ -361,8 +365,13 @@ pub fn ctl_on(socket: &Path, args: &[&str]) -> Output {
 
 /// A gRPC client over a Unix socket.
 pub async fn client(socket: &Path) -> GpuKillClient<Channel> {
+    GpuKillClient::new(channel(socket).await)
+}
+
+/// A gRPC channel over a Unix socket.
+pub async fn channel(socket: &Path) -> Channel {
     let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+    tonic::transport::Endpoint::try_from("http://[::]:50051")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
@@ -373,8 +382,7 @@ pub async fn client(socket: &Path) -> GpuKillClient<Channel> {
             }
         }))
         .await
-        .expect("connect to gpukilld");
-    GpuKillClient::new(channel)
+        .expect("connect to gpukilld")
 }
 
 /// A real process that a test puts "on a GPU"; killed on drop.
