@@ -1,0 +1,409 @@
+//! A coordinator and three nodes, each a real gpukilld on its own fake NVML scenario, on
+//! loopback TCP with TLS and bearer tokens: nodes register and send heartbeats; `Cluster.List`
+//! shows every node's GPUs, a killed node is reported unreachable within the deadline while
+//! the others still answer, and a restarted node comes back under the same id; a kill sent
+//! through the coordinator with `--node` runs on the node, as the caller the coordinator
+//! verified, audited there with both names.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gpukill_proto::v1 as pb;
+use gpukill_proto::v1::cluster_client::ClusterClient;
+use serde_json::{Value, json};
+use support::pki::{Pki, client_token, free_port, token_file};
+use support::{Daemon, DaemonOptions, MIB, Target, full_gpu, other_uid};
+
+const COORDINATOR_TOKEN: &str = "coordinator-token-0123456789";
+
+fn node_token(name: &str) -> String {
+    format!("{name}-node-token-0123456789")
+}
+
+/// The test cluster: a coordinator named "coord" (no GPUs of its own) and nodes n1..nN.
+struct Cluster {
+    _pki_dir: tempfile::TempDir,
+    pki: Pki,
+    coordinator: Daemon,
+    coordinator_port: u16,
+    nodes: Vec<Option<Node>>,
+}
+
+struct Node {
+    name: String,
+    port: u16,
+    daemon: Daemon,
+}
+
+/// Fast timings, so a dead node is noticed in about a second.
+const DEADLINE_MS: u64 = 500;
+
+impl Cluster {
+    fn start(scenarios: Vec<Value>) -> Cluster {
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(pki_dir.path(), "test");
+        let (cert, key) = pki.server("server");
+        let names: Vec<String> = (1..=scenarios.len()).map(|i| format!("n{i}")).collect();
+        let mut tokens: Vec<(String, String)> = names
+            .iter()
+            .map(|name| (name.clone(), node_token(name)))
+            .collect();
+        tokens.push(("ops".into(), "ops-admin-token-0123456789".into()));
+        let borrowed: Vec<(&str, &str)> = tokens
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect();
+        let coordinator_tokens = token_file(&pki.dir.join("coordinator-tokens"), &borrowed);
+        let principals: String = names
+            .iter()
+            .map(|name| format!("{name} = \"node\"\n"))
+            .collect();
+        let coordinator_port = free_port();
+        let coordinator_client_token =
+            client_token(&pki.dir.join("coordinator.token"), COORDINATOR_TOKEN);
+        let config = format!(
+            "[node]\nname = \"coord\"\n\
+             [nvidia]\nenabled = false\n\
+             [tcp]\nlisten = \"127.0.0.1:{coordinator_port}\"\ncert = {cert:?}\nkey = {key:?}\ntokens = {coordinator_tokens:?}\n\
+             [tcp.principals]\n{principals}ops = \"admin\"\n\
+             [cluster]\nrole = \"coordinator\"\nheartbeat_interval = \"200ms\"\nnode_timeout = \"1s\"\ndeadline = \"{DEADLINE_MS}ms\"\n\
+             token_file = {coordinator_client_token:?}\nca = {ca:?}\n",
+            ca = pki.ca_file("test"),
+        );
+        let coordinator = Daemon::start_with(
+            &json!({"gpus": []}),
+            DaemonOptions {
+                config,
+                ..DaemonOptions::default()
+            },
+        );
+        let mut cluster = Cluster {
+            _pki_dir: pki_dir,
+            pki,
+            coordinator,
+            coordinator_port,
+            nodes: Vec::new(),
+        };
+        for (name, scenario) in names.iter().zip(scenarios) {
+            let node = cluster.start_node(name, &scenario, None);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn node_options(&self, name: &str, port: u16) -> DaemonOptions {
+        let (cert, key) = (
+            self.pki.dir.join("server.pem"),
+            self.pki.dir.join("server.key"),
+        );
+        let tokens = token_file(
+            &self.pki.dir.join(format!("{name}-tokens")),
+            &[("coord", COORDINATOR_TOKEN)],
+        );
+        let own_token = client_token(
+            &self.pki.dir.join(format!("{name}.token")),
+            &node_token(name),
+        );
+        let config = format!(
+            "[node]\nname = \"{name}\"\n\
+             [tcp]\nlisten = \"127.0.0.1:{port}\"\ncert = {cert:?}\nkey = {key:?}\ntokens = {tokens:?}\n\
+             [tcp.principals]\ncoord = \"coordinator\"\n\
+             [cluster]\ncoordinator = \"https://127.0.0.1:{coordinator}\"\nadvertise = \"https://127.0.0.1:{port}\"\n\
+             heartbeat_interval = \"200ms\"\nnode_timeout = \"1s\"\ntoken_file = {own_token:?}\nca = {ca:?}\n",
+            coordinator = self.coordinator_port,
+            ca = self.pki.ca_file("test"),
+        );
+        DaemonOptions {
+            config,
+            ..DaemonOptions::default()
+        }
+    }
+
+    /// Starts node `name` (in `dir` with its state, when restarting).
+    fn start_node(
+        &self,
+        name: &str,
+        scenario: &Value,
+        restart: Option<(tempfile::TempDir, PathBuf, u16)>,
+    ) -> Node {
+        let (daemon, port) = match restart {
+            Some((dir, socket, port)) => (
+                Daemon::start_on(dir, socket, scenario, self.node_options(name, port)),
+                port,
+            ),
+            None => {
+                let port = free_port();
+                (
+                    Daemon::start_with(scenario, self.node_options(name, port)),
+                    port,
+                )
+            }
+        };
+        Node {
+            name: name.to_string(),
+            port,
+            daemon,
+        }
+    }
+
+    fn node(&self, index: usize) -> &Node {
+        self.nodes[index].as_ref().expect("node running")
+    }
+
+    async fn client(&self) -> ClusterClient<tonic::transport::Channel> {
+        ClusterClient::new(support::channel(&self.coordinator.socket).await)
+    }
+
+    async fn nodes(&self) -> Vec<pb::Node> {
+        self.client()
+            .await
+            .nodes(pb::ClusterNodesRequest {})
+            .await
+            .expect("Cluster.Nodes")
+            .into_inner()
+            .nodes
+    }
+
+    async fn list(&self) -> pb::ClusterListResponse {
+        self.client()
+            .await
+            .list(pb::ClusterListRequest::default())
+            .await
+            .expect("Cluster.List")
+            .into_inner()
+    }
+
+    /// Waits until `accept` holds for the coordinator's node list.
+    async fn wait_for_nodes(
+        &self,
+        what: &str,
+        accept: impl Fn(&[pb::Node]) -> bool,
+    ) -> Vec<pb::Node> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let nodes = self.nodes().await;
+            if accept(&nodes) {
+                return nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {nodes:#?}\ncoordinator log:\n{}",
+                self.coordinator.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn up(nodes: &[pb::Node], name: &str) -> bool {
+    nodes
+        .iter()
+        .any(|node| node.name == name && node.state == pb::NodeState::Up as i32)
+}
+
+fn scenario_with(gpus: usize, processes: Value) -> Value {
+    let mut list: Vec<Value> = (0..gpus).map(|i| full_gpu(i as u32, json!([]))).collect();
+    list[0]["processes"] = processes;
+    json!({"gpus": list})
+}
+
+fn gpus_by_node(list: &pb::ClusterListResponse) -> Vec<(String, Option<usize>)> {
+    list.nodes
+        .iter()
+        .map(|node| {
+            (
+                node.node
+                    .as_ref()
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                node.snapshot.as_ref().map(|s| s.gpus.len()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_list_shows_every_node_and_a_dead_node_within_the_deadline() {
+    let mut cluster = Cluster::start(vec![
+        scenario_with(1, json!([])),
+        scenario_with(2, json!([])),
+        scenario_with(1, json!([])),
+    ]);
+    let nodes = cluster
+        .wait_for_nodes("all three nodes register", |nodes| {
+            ["n1", "n2", "n3"].iter().all(|name| up(nodes, name))
+        })
+        .await;
+    let n2_id = nodes
+        .iter()
+        .find(|node| node.name == "n2")
+        .and_then(|node| node.node_id.clone())
+        .expect("n2 has an id");
+    assert!(
+        nodes.iter().all(|node| node.source == "registered"),
+        "{nodes:#?}"
+    );
+
+    let list = cluster.list().await;
+    assert_eq!(
+        gpus_by_node(&list),
+        [
+            ("n1".to_string(), Some(1)),
+            ("n2".to_string(), Some(2)),
+            ("n3".to_string(), Some(1))
+        ],
+        "{list:#?}"
+    );
+    assert_eq!(list.deadline_ms, DEADLINE_MS);
+
+    // n2 dies: the next list still answers, within the deadline, naming n2 unreachable.
+    let n2 = cluster.nodes[1].take().expect("n2");
+    let (port, socket, scenario) = (
+        n2.port,
+        n2.daemon.socket.clone(),
+        scenario_with(2, json!([])),
+    );
+    let dir = n2.daemon.sigkill_keeping_dir();
+    let started = Instant::now();
+    let list = cluster.list().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(DEADLINE_MS) + Duration::from_millis(700),
+        "took {took:?}"
+    );
+    let by_node = gpus_by_node(&list);
+    assert_eq!(by_node[0], ("n1".to_string(), Some(1)));
+    assert_eq!(by_node[1], ("n2".to_string(), None));
+    assert_eq!(by_node[2], ("n3".to_string(), Some(1)));
+    let error = list.nodes[1].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("unreachable") || error.contains("deadline") || error.contains("down"),
+        "{error}"
+    );
+    // Without heartbeats it is down after node_timeout, and then not even asked.
+    cluster
+        .wait_for_nodes("n2 is marked down", |nodes| {
+            nodes
+                .iter()
+                .any(|node| node.name == "n2" && node.state == pb::NodeState::Down as i32)
+        })
+        .await;
+    let started = Instant::now();
+    let list = cluster.list().await;
+    assert!(started.elapsed() < Duration::from_millis(DEADLINE_MS));
+    assert!(
+        list.nodes[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no heartbeat")),
+        "{list:#?}"
+    );
+
+    // Restarted with its state, n2 comes back under the same id.
+    let n2 = cluster.start_node("n2", &scenario, Some((dir, socket, port)));
+    cluster.nodes[1] = Some(n2);
+    let nodes = cluster
+        .wait_for_nodes("n2 comes back", |nodes| up(nodes, "n2"))
+        .await;
+    assert_eq!(
+        nodes
+            .iter()
+            .find(|node| node.name == "n2")
+            .and_then(|node| node.node_id.clone()),
+        Some(n2_id)
+    );
+    let list = cluster.list().await;
+    assert_eq!(gpus_by_node(&list)[1], ("n2".to_string(), Some(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_through_the_coordinator_runs_on_the_node_as_the_verified_caller() {
+    let Some(nobody) = other_uid() else {
+        eprintln!("SKIPPED: needs root to run clients and targets as other uids");
+        return;
+    };
+    let mut victim = Target::sleep(Some(nobody));
+    let mut protected = Target::sleep(Some(nobody));
+    let processes = json!([
+        {"pid": victim.pid(), "used_memory_bytes": 512 * MIB, "kind": "compute"},
+        {"pid": protected.pid(), "used_memory_bytes": 512 * MIB, "kind": "compute"},
+    ]);
+    let cluster = Cluster::start(vec![
+        scenario_with(1, json!([])),
+        scenario_with(1, processes),
+    ]);
+    cluster
+        .wait_for_nodes("both nodes register", |nodes| {
+            up(nodes, "n1") && up(nodes, "n2")
+        })
+        .await;
+    let n2 = &cluster.node(1).daemon;
+
+    // A user who is not an admin on the coordinator may not kill nobody's process on n2.
+    let refused = cluster.coordinator.ctl_as(
+        4242,
+        &[
+            "--node",
+            "n2",
+            "kill",
+            "--pid",
+            &protected.pid().to_string(),
+            "--force",
+        ],
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(protected.alive());
+
+    // root on the coordinator is an admin there: the kill runs on n2.
+    let killed = cluster.coordinator.ctl(&[
+        "--node",
+        "n2",
+        "kill",
+        "--pid",
+        &victim.pid().to_string(),
+        "--force",
+    ]);
+    assert!(
+        killed.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&killed.stdout),
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    assert!(victim.exits_within(Duration::from_secs(10)));
+    assert!(protected.alive());
+
+    // n2's audit trail names the coordinator and the original caller, for both.
+    let events = n2.events_json();
+    let kill = events
+        .iter()
+        .find(|e| e["type"] == "kill" && e["target"]["pid"] == victim.pid())
+        .unwrap_or_else(|| panic!("the kill is audited on n2: {events:#?}"));
+    assert_eq!(kill["caller_user"], "root@coord", "{kill:#}");
+    assert_eq!(kill["via"], "coord", "{kill:#}");
+    assert_eq!(kill["transport"], "tcp", "{kill:#}");
+    let denied = events
+        .iter()
+        .find(|e| e["target"]["pid"] == protected.pid())
+        .unwrap_or_else(|| panic!("the refusal is audited on n2: {events:#?}"));
+    assert_eq!(denied["outcome"], "denied", "{denied:#}");
+    assert_eq!(denied["via"], "coord", "{denied:#}");
+    assert!(
+        denied["caller_user"]
+            .as_str()
+            .is_some_and(|user| user.ends_with("@coord")),
+        "{denied:#}"
+    );
+
+    // Nothing on n1 changed, and a node that does not exist is named as such.
+    assert!(cluster.node(0).daemon.events_json().is_empty());
+    let unknown = cluster.coordinator.ctl(&["--node", "n9", "list"]);
+    assert_eq!(unknown.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("n9"));
+}
