@@ -25,6 +25,7 @@ use gpukilld::snapshot::{
     VendorStatus,
 };
 use serde_json::{Value, json};
+use support::measure::{cpu_ns, percentile};
 use support::{Daemon, DaemonOptions, MIB, Target};
 
 const GPUS: u32 = 8;
@@ -48,26 +49,6 @@ fn scenario(targets: &[Target]) -> Value {
         })
         .collect();
     json!({"gpus": gpus})
-}
-
-/// CPU time of every thread of `pid`, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .filter_map(|task| {
-                    let path = task.ok()?.path().join("schedstat");
-                    let text = std::fs::read_to_string(path).ok()?;
-                    text.split_whitespace().next()?.parse::<u64>().ok()
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn percentile(values: &mut [f64], pct: usize) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[(values.len() - 1) * pct / 100]
 }
 
 /// Sends one GET /metrics on `stream` and reads the response (by its Content-Length);
