@@ -71,6 +71,25 @@ pub enum Error {
     Cluster(#[from] cluster::client::ClientError),
 }
 
+impl Error {
+    /// The process exit code for this error: 3 when the configuration (or a file it names:
+    /// a certificate, a key, a token file) is at fault, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        use gpukill_proto::exit_code::{ERROR, INVALID_ARGUMENT};
+        match self {
+            Error::Config(_) | Error::Cluster(_) => INVALID_ARGUMENT,
+            Error::Tcp(rpc::tcp::TcpError::Bind { .. }) => ERROR,
+            Error::Tcp(_) => INVALID_ARGUMENT,
+            Error::Socket(_)
+            | Error::Procfs(_)
+            | Error::Thread(_)
+            | Error::Serve(_)
+            | Error::Metrics { .. }
+            | Error::Activation(_) => ERROR,
+        }
+    }
+}
+
 /// How long stopping waits for the store to write what is queued.
 const STORE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 

@@ -145,7 +145,10 @@ fn serve(
         Ok(()) => 0,
         Err(error) => {
             eprintln!("gpukilld: error: {error:#}");
-            exit_code::ERROR as u8
+            let code = error
+                .downcast_ref::<gpukilld::Error>()
+                .map_or(exit_code::ERROR, gpukilld::Error::exit_code);
+            u8::try_from(code).unwrap_or(1)
         }
     }
 }

@@ -220,7 +220,7 @@ fn a_readable_token_file_stops_the_start_naming_it() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("0644") && stderr.contains("chmod 600"),
         "{stderr}"
