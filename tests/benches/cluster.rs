@@ -65,7 +65,11 @@ fn answered(response: &pb::ClusterListResponse) -> usize {
     response
         .nodes
         .iter()
-        .filter(|node| node.snapshot.as_ref().is_some_and(|s| s.gpus.len() == GPUS as usize))
+        .filter(|node| {
+            node.snapshot
+                .as_ref()
+                .is_some_and(|s| s.gpus.len() == GPUS as usize)
+        })
         .count()
 }
 
@@ -129,7 +133,10 @@ async fn main() {
         );
         nodes.push((format!("n{i:03}"), port, daemon));
     }
-    eprintln!("{NODES} nodes up in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{NODES} nodes up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let node_rss: Vec<f64> = nodes
         .iter()
         .map(|(_, _, daemon)| status_kib(daemon.pid(), "VmRSS") as f64 / 1024.0)
@@ -162,7 +169,12 @@ async fn main() {
 
     // The first call opens the 100 TLS connections.
     let (cold_ms, response) = list(&mut client, &[]).await;
-    assert_eq!(answered(&response), NODES, "{:#?}", response.nodes.iter().find(|n| n.error.is_some()));
+    assert_eq!(
+        answered(&response),
+        NODES,
+        "{:#?}",
+        response.nodes.iter().find(|n| n.error.is_some())
+    );
     let bytes: usize = response
         .nodes
         .iter()
@@ -175,7 +187,11 @@ async fn main() {
         let names: Vec<String> = if count == NODES {
             Vec::new()
         } else {
-            nodes.iter().take(count).map(|(name, _, _)| name.clone()).collect()
+            nodes
+                .iter()
+                .take(count)
+                .map(|(name, _, _)| name.clone())
+                .collect()
         };
         let mut latencies = Vec::new();
         let mut slowest_node = Vec::new();
@@ -227,7 +243,10 @@ async fn main() {
         "| answer size at {NODES} nodes (snapshots, protobuf) | {} KiB |",
         bytes / 1024
     );
-    println!("| coordinator CPU, idle ({}s) | {idle_cpu:.2} ms/s |", window.as_secs());
+    println!(
+        "| coordinator CPU, idle ({}s) | {idle_cpu:.2} ms/s |",
+        window.as_secs()
+    );
     println!(
         "| coordinator CPU, {NODES}-node view every 2 s ({refreshes} refreshes in {}s) | {busy_cpu:.2} ms/s ({:.1} ms per refresh) |",
         window.as_secs(),

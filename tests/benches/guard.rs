@@ -31,6 +31,7 @@ use gpukilld::snapshot::{
     Gpu, ProcessKind, ProcessSlot, ProcessTable, Snapshot, Vendor, VendorData,
 };
 use serde_json::{Value, json};
+use support::measure::{median, percentile};
 use support::{Daemon, DaemonOptions, MIB};
 
 const GPUS: u32 = 8;
@@ -321,16 +322,6 @@ impl Node {
             poll_interval: POLL,
         }
     }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn p99(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[(values.len() * 99 / 100).min(values.len() - 1)]
 }
 
 struct TickResult {
@@ -668,17 +659,17 @@ fn main() {
     println!(
         "| guard tick (`history.record` + `evaluate` + `tracker.update`), median (p99) of {TIMED_TICKS} | {:.0} us ({:.0} us) | <= 1 ms |",
         median(&mut ticks.tick_us),
-        p99(&mut ticks.tick_us)
+        percentile(&mut ticks.tick_us, 99)
     );
     println!(
         "| `evaluate` alone, median (p99) | {:.0} us ({:.0} us) | - |",
         median(&mut ticks.evaluate_us),
-        p99(&mut ticks.evaluate_us)
+        percentile(&mut ticks.evaluate_us, 99)
     );
     println!(
         "| `evaluate` with `[rogue]` `known_miners` and `name_patterns` emptied, median (p99) | {:.0} us ({:.0} us) | - |",
         median(&mut unnamed.evaluate_us),
-        p99(&mut unnamed.evaluate_us)
+        percentile(&mut unnamed.evaluate_us, 99)
     );
     println!(
         "| `history.record` / `tracker.update` alone, median | {:.0} us / {:.0} us | - |",

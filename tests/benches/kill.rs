@@ -11,6 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::measure::median;
 use support::{Daemon, MIB, Target, full_gpu};
 
 fn scenario(targets: &[Target]) -> Value {
@@ -33,11 +34,6 @@ fn wait_listed(daemon: &Daemon, targets: &[Target]) {
         listed.sort_unstable();
         listed == wanted
     });
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {

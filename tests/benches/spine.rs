@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gpukill_proto::v1 as pb;
 use serde_json::{Value, json};
+use support::measure::{cpu_ns, median, status_kib};
 use support::{Daemon, DaemonOptions, MIB, Target};
 
 const GPUS: u32 = 8;
@@ -55,37 +56,6 @@ fn scenario(targets: &[Target], changing: bool) -> Value {
     json!({"step_ms": 100, "gpus": gpus})
 }
 
-/// CPU time of every thread of `pid`, in nanoseconds (schedstat: ns precision).
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .filter_map(|task| {
-                    let path = task.ok()?.path().join("schedstat");
-                    let text = std::fs::read_to_string(path).ok()?;
-                    text.split_whitespace().next()?.parse::<u64>().ok()
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix(field)?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
-}
-
 async fn health(daemon: &Daemon) -> pb::HealthResponse {
     daemon
         .client()
@@ -94,11 +64,6 @@ async fn health(daemon: &Daemon) -> pb::HealthResponse {
         .await
         .expect("health")
         .into_inner()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Daemon CPU per tick over `ticks` ticks.
@@ -131,8 +96,8 @@ async fn fill_ring(daemon: &Daemon) -> RingResult {
             return RingResult {
                 cpu_ms_per_tick,
                 tick_p50_us: health.tick_duration_p50_us,
-                rss_mib: rss_kib(daemon.pid(), "VmRSS:") as f64 / 1024.0,
-                hwm_mib: rss_kib(daemon.pid(), "VmHWM:") as f64 / 1024.0,
+                rss_mib: status_kib(daemon.pid(), "VmRSS") as f64 / 1024.0,
+                hwm_mib: status_kib(daemon.pid(), "VmHWM") as f64 / 1024.0,
             };
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -4,7 +4,6 @@
 //! whatever the caller sent as credentials or as a caller is removed first. The node then
 //! decides, with the same rules as for a local caller, and audits both names.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,6 +14,7 @@ use tower::ServiceExt;
 use super::registry::Registry;
 use crate::authz::{Principal, Remote, Role};
 use crate::node::NodeIdentity;
+use crate::rpc::layer::{BoxFuture, call_ready};
 use crate::rpc::tcp::{CALLER_HEADER, CALLER_ROLE_HEADER, CALLER_UID_HEADER};
 
 /// The metadata that names the node a request is for.
@@ -191,8 +191,6 @@ pub struct ForwardService<S> {
     forwarder: Arc<Forwarder>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
 impl<S> tower::Service<http::Request<Body>> for ForwardService<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
@@ -233,9 +231,7 @@ where
                     // This node's own name: served here, as without the header.
                     request.headers_mut().remove(NODE_HEADER);
                 }
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                Box::pin(call_ready(&mut self.inner, request))
             }
         }
     }

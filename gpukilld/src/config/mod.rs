@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -155,16 +155,7 @@ impl MetricsConfig {
 /// Parses a `[metrics] listen` value (`127.0.0.1:9400`, `[::1]:9400`, `localhost:9400`,
 /// which is 127.0.0.1) and refuses any address that is not loopback.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    let address = match text.strip_prefix("localhost:") {
-        Some(port) => port
-            .parse::<u16>()
-            .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
-            .ok(),
-        None => text.parse::<SocketAddr>().ok(),
-    }
-    .ok_or_else(|| {
-        "is not an address: write it like 127.0.0.1:9400, [::1]:9400 or localhost:9400".to_string()
-    })?;
+    let address = parse_address(text)?;
     if !address.ip().is_loopback() {
         return Err(
             "is not a loopback address: gpukilld does not authenticate HTTP clients \

@@ -208,7 +208,7 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
         None => text.parse::<SocketAddr>().ok(),
     }
     .ok_or_else(|| {
-        "is not an address: write it like 10.0.0.5:9401, [::1]:9401 or localhost:9401".to_string()
+        "is not an address: write it as IP:PORT, [IPv6]:PORT or localhost:PORT".to_string()
     })
 }
 

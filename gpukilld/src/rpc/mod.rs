@@ -10,6 +10,7 @@ mod health;
 mod history;
 pub mod import;
 pub mod kill;
+pub mod layer;
 pub(crate) mod list;
 pub mod reset;
 mod rogue;

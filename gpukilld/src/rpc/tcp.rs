@@ -22,6 +22,7 @@ use tonic::codegen::http;
 use tonic::transport::server::Connected;
 
 use super::kill::EventsHandle;
+use super::layer::{BoxFuture, call_ready};
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
@@ -560,8 +561,6 @@ pub struct AuthService<S> {
     authenticator: Arc<Authenticator>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
 impl<S> tower::Service<http::Request<Body>> for AuthService<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
@@ -591,10 +590,7 @@ where
         match self.authenticator.authenticate(request.headers(), &peer) {
             Ok(remote) => {
                 request.extensions_mut().insert(remote);
-                // The service that was polled ready handles this request.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                Box::pin(call_ready(&mut self.inner, request))
             }
             Err(refusal) => {
                 let path = request.uri().path().to_string();

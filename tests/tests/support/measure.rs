@@ -33,3 +33,9 @@ pub fn percentile(values: &mut [f64], pct: usize) -> f64 {
     values.sort_by(f64::total_cmp);
     values[(values.len() - 1) * pct / 100]
 }
+
+/// The median of `values` (the upper one of an even count; sorts them).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
