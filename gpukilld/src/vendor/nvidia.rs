@@ -195,7 +195,12 @@ impl FieldReader {
         }
         match call() {
             Ok(value) => Some(value),
-            Err(NvmlError::NotSupported | NvmlError::NotFound) => None,
+            // An older driver's library without the function does not support the field.
+            Err(
+                NvmlError::NotSupported
+                | NvmlError::NotFound
+                | NvmlError::FailedToLoadSymbol(_),
+            ) => None,
             Err(error) if is_fatal(&error) => {
                 self.fatal = true;
                 self.errors.clear();
