@@ -8,6 +8,17 @@ use gpukill_proto::v1::Vendor;
 use gpukill_proto::v1::kill_request::Target;
 use gpukill_proto::v1::reset_request;
 
+/// Environment variable for `--token-file`.
+pub const TOKEN_FILE_ENV: &str = "GPUKILL_TOKEN_FILE";
+/// Environment variable for `--cert`.
+pub const CERT_ENV: &str = "GPUKILL_CERT";
+/// Environment variable for `--key`.
+pub const KEY_ENV: &str = "GPUKILL_KEY";
+/// Environment variable for `--ca`.
+pub const CA_ENV: &str = "GPUKILL_CA";
+/// Environment variable for `--node`.
+pub const NODE_ENV: &str = "GPUKILL_NODE";
+
 /// gpukillctl, the client of the gpukilld GPU daemon.
 #[derive(Debug, Parser)]
 #[command(
@@ -18,12 +29,30 @@ use gpukill_proto::v1::reset_request;
                   4 permission denied, 5 unsupported, 6 gpukilld not reachable"
 )]
 pub struct Cli {
-    /// The daemon's socket: a path or unix:///path
+    /// Where gpukilld is and how to prove who you are to it.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The global options that say which gpukilld to talk to, with which credentials, and which
+/// node of a cluster the request is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ConnectArgs {
+    /// The daemon: a socket path, unix:///path, or https://HOST:PORT
     ///
     /// Default: the per-user daemon's socket ($XDG_RUNTIME_DIR/gpukill/gpukilld.sock) if it
-    /// exists, else the system daemon's (/run/gpukill/gpukilld.sock).
+    /// exists, else the system daemon's (/run/gpukill/gpukilld.sock). A remote gpukilld (its
+    /// [tcp] listener, or a cluster coordinator) is reached over https://HOST:PORT with --ca
+    /// and a credential (--token-file, or --cert and --key); http://HOST:PORT is accepted
+    /// for a loopback HOST only (127.0.0.1, ::1, localhost), since requests carry
+    /// credentials.
     #[arg(
         long,
+        visible_alias = "addr",
         global = true,
         env = gpukill_proto::SOCKET_ENV,
         hide_env_values = true,
@@ -33,9 +62,73 @@ pub struct Cli {
     )]
     pub socket: Option<Address>,
 
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
+    /// File whose first non-empty line is the bearer token for an https:// address
+    ///
+    /// Sent as `authorization: Bearer TOKEN` with every request; gpukilld maps it to a
+    /// principal ([tcp] tokens). Keep the file private (mode 0600).
+    #[arg(
+        long,
+        global = true,
+        env = TOKEN_FILE_ENV,
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 101
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with an https:// address; needs --key
+    #[arg(
+        long,
+        global = true,
+        env = CERT_ENV,
+        hide_env_values = true,
+        value_name = "FILE",
+        requires = "key",
+        display_order = 102
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert
+    #[arg(
+        long,
+        global = true,
+        env = KEY_ENV,
+        hide_env_values = true,
+        value_name = "FILE",
+        requires = "cert",
+        display_order = 103
+    )]
+    pub key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that the https:// server's certificate must chain to
+    ///
+    /// Required for https://: this build trusts no system roots, only the CA you name.
+    #[arg(
+        long,
+        global = true,
+        env = CA_ENV,
+        hide_env_values = true,
+        value_name = "FILE",
+        display_order = 104
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// Send the request to this node of the cluster (through the coordinator at --socket)
+    ///
+    /// Every command except `cluster ...` then acts on NODE: the coordinator forwards the
+    /// request with your identity, and NODE checks what you may do. `cluster list` asks only
+    /// the nodes named (repeat --node); `cluster nodes` and `cluster contention` are about the
+    /// whole cluster.
+    #[arg(
+        long,
+        global = true,
+        env = NODE_ENV,
+        hide_env_values = true,
+        value_name = "NAME",
+        display_order = 105,
+        value_parser = parse_node_name
+    )]
+    pub node: Option<String>,
 }
 
 /// The subcommands.
@@ -98,6 +191,111 @@ pub enum Command {
     Guard(GuardCommand),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
+    /// The whole cluster, through its coordinator: nodes, all their GPUs, contention.
+    ///
+    /// Ask a coordinator: the local gpukilld when it has the coordinator role, or a remote
+    /// one with --addr https://HOST:PORT (and --ca, --token-file or --cert/--key). To act on
+    /// one node (list, kill, events, ...), use the other commands with --node NAME.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// The exit codes of the `cluster` commands.
+const CLUSTER_EXIT_CODES: &str = "Exit codes:\n  \
+    0 ok (cluster list: at least one node answered), 3 an unknown node or a bad option,\n  \
+    4 not allowed (credentials refused: check --token-file, --cert and --key),\n  \
+    5 the gpukilld asked is not a cluster coordinator,\n  \
+    6 the coordinator is not reachable (cluster list: or no node answered)";
+
+/// `gpukillctl cluster ...`: the coordinator's Cluster service.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes the coordinator knows: configured and registered ones, and how they are
+    /// doing
+    ///
+    /// STATE is up (answered its last request or heartbeat), down (heartbeats stopped, or it
+    /// did not answer; ERROR says why) or unknown (configured, not asked yet). SOURCE is
+    /// static ([cluster] nodes in the coordinator's configuration) or registered (the node
+    /// announced itself). LAST SEEN is how long ago it last answered.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Nodes(ClusterNodesArgs),
+    /// Every node's GPUs in one table: the coordinator asks each node concurrently
+    ///
+    /// One row per GPU with the node's name first and then the columns of `gpukillctl list`;
+    /// --details adds the process table. A node that does not answer within the
+    /// coordinator's per-node deadline does not hold up the others: it is listed after the
+    /// table with the reason (and in the JSON with its error).
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    List(ClusterListArgs),
+    /// Contention across the cluster: busy, free and idle GPUs, the top users, suggestions
+    ///
+    /// BUSY GPUS have memory or utilization at 90% or more; FREE GPUS have no processes;
+    /// IDLE GPUS have processes that do nothing (no utilization, no SM time). The top users
+    /// are ranked by GPU memory and by SM utilization across all nodes.
+    #[command(after_help = CLUSTER_EXIT_CODES)]
+    Contention(ClusterContentionArgs),
+}
+
+/// Arguments of `gpukillctl cluster nodes`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterNodesArgs {
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `gpukillctl cluster list`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterListArgs {
+    /// Also show the process table (NODE, GPU, PID, USER, PROC, VRAM_MB, START, CONTAINER)
+    #[arg(long)]
+    pub details: bool,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Only GPUs (and their processes) of this vendor
+    #[arg(long, value_enum, default_value_t = VendorArg::All)]
+    pub vendor: VendorArg,
+
+    /// Only processes whose name, command line or user match REGEX (checked by each node)
+    #[arg(long, value_name = "REGEX")]
+    pub filter: Option<String>,
+
+    /// Only processes running in a container; shows the process table with RUNTIME and POD
+    #[arg(long)]
+    pub containers: bool,
+
+    /// Ask only this node (repeat for several); default: every node
+    ///
+    /// The same option as the global --node (and GPUKILL_NODE), which here names the nodes
+    /// to ask rather than a node to forward to.
+    #[arg(
+        id = "node",
+        long = "node",
+        value_name = "NAME",
+        action = clap::ArgAction::Append,
+        value_parser = parse_node_name
+    )]
+    pub nodes: Vec<String>,
+}
+
+/// Arguments of `gpukillctl cluster contention`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterContentionArgs {
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How many users each ranking lists, 1 to 1000
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub top: u32,
 }
 
 /// Arguments of `gpukillctl list`.
@@ -843,16 +1041,46 @@ impl From<VendorArg> for Vendor {
     }
 }
 
-/// Where the daemon listens, as given by `--socket` or `GPUKILL_SOCKET`.
+/// Where the daemon listens, as given by `--socket`/`--addr` or `GPUKILL_SOCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     /// A Unix socket path (given as a path or as `unix:///path`).
     Unix(PathBuf),
-    /// An `https://` address of a remote daemon; not supported by this version.
-    Https(String),
+    /// A gpukilld reached over TCP: `https://HOST:PORT`, or `http://HOST:PORT` on loopback.
+    Remote(RemoteAddress),
 }
 
-/// Parses a `--socket` value: `unix:///path`, `https://host:port`, or a plain path.
+/// A TCP address of gpukilld, checked: a host, a port, and whether TLS is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAddress {
+    /// `https://` (TLS) rather than `http://` (plain, loopback only).
+    pub tls: bool,
+    /// The host name or IP address, without the brackets of an IPv6 address.
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl RemoteAddress {
+    /// The address as a URL, `https://host:port` (IPv6 hosts in brackets).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+/// Parses a `--socket`/`--addr` value: `unix:///path`, `https://HOST:PORT`,
+/// `http://HOST:PORT` (loopback hosts only), or a plain path.
 pub fn parse_address(value: &str) -> Result<Address, String> {
     if value.is_empty() {
         return Err("the address is empty".to_owned());
@@ -865,15 +1093,133 @@ pub fn parse_address(value: &str) -> Result<Address, String> {
         }
         return Ok(Address::Unix(PathBuf::from(path)));
     }
-    if value.starts_with("https://") {
-        return Ok(Address::Https(value.to_owned()));
+    if let Some(rest) = value.strip_prefix("https://") {
+        return parse_remote(value, rest, true).map(Address::Remote);
+    }
+    if let Some(rest) = value.strip_prefix("http://") {
+        let address = parse_remote(value, rest, false)?;
+        if !is_loopback(&address.host) {
+            return Err(format!(
+                "{value} is not a loopback address: requests carry credentials, so a remote \
+                 gpukilld must be reached over https://{}:{} (http:// is accepted for \
+                 127.0.0.1, ::1 and localhost only)",
+                bracketed(&address.host),
+                address.port
+            ));
+        }
+        return Ok(Address::Remote(address));
     }
     if let Some((scheme, _)) = value.split_once("://") {
         return Err(format!(
-            "unknown address scheme {scheme:?} in {value:?} (use a path, unix:///path or https://)"
+            "unknown address scheme {scheme:?} in {value:?} (use a path, unix:///path or \
+             https://HOST:PORT)"
         ));
     }
     Ok(Address::Unix(PathBuf::from(value)))
+}
+
+/// `host`, in brackets when it is an IPv6 address.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Parses the `HOST:PORT` after the scheme of `value`.
+fn parse_remote(value: &str, rest: &str, tls: bool) -> Result<RemoteAddress, String> {
+    let scheme = if tls { "https" } else { "http" };
+    let usage = format!("use {scheme}://HOST:PORT");
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    if !path.is_empty() && path != "/" {
+        return Err(format!(
+            "{value} has a path ({path:?}); gpukilld's address is a host and a port: {usage}"
+        ));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "{value} has credentials in it; pass them with --token-file (or --cert and --key) \
+             and {usage}"
+        ));
+    }
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{value}: an IPv6 address needs its closing ']'"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{value}: [{host}] is not an IPv6 address"));
+        }
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err(format!("{value}: expected ':PORT' after [{host}]; {usage}")),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err(format!(
+                    "{value}: put an IPv6 address in brackets, e.g. {scheme}://[::1]:PORT"
+                ));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{value} has no host; {usage}"));
+    }
+    if !host.contains(':')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(format!(
+            "{value}: {host:?} is not a host name or IP address; {usage}"
+        ));
+    }
+    let Some(port) = port else {
+        return Err(format!(
+            "{value} has no port; {usage} (the port of gpukilld's [tcp] listen)"
+        ));
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("{value}: {port:?} is not a TCP port (1 to 65535)"))?;
+    Ok(RemoteAddress {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Parses a `--node` value: a cluster node's name, sent as gRPC metadata, so printable
+/// ASCII without whitespace or `/`.
+pub fn parse_node_name(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err("the node name is empty (gpukillctl cluster nodes lists the names)".to_owned());
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic() || *c == '/') {
+        return Err(format!(
+            "{value:?} is not a node name: it contains {bad:?} (names are printable ASCII \
+             without spaces or '/'; gpukillctl cluster nodes lists them)"
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 #[cfg(test)]
@@ -1035,13 +1381,218 @@ mod tests {
             parse_address("relative.sock"),
             Ok(Address::Unix(PathBuf::from("relative.sock")))
         );
-        assert_eq!(
-            parse_address("https://node1:50051"),
-            Ok(Address::Https("https://node1:50051".to_owned()))
-        );
         assert!(parse_address("").is_err());
         assert!(parse_address("unix://relative").is_err());
         assert!(parse_address("ftp://x").is_err());
+    }
+
+    fn remote(value: &str) -> RemoteAddress {
+        match parse_address(value) {
+            Ok(Address::Remote(address)) => address,
+            other => panic!("{value}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn https_addresses_parse_into_host_and_port() {
+        let node = remote("https://node1:50051");
+        assert_eq!(
+            node,
+            RemoteAddress {
+                tls: true,
+                host: "node1".to_owned(),
+                port: 50051
+            }
+        );
+        assert_eq!(node.url(), "https://node1:50051");
+        assert_eq!(remote("https://node1.example.org:7443/").port, 7443);
+        assert_eq!(remote("https://10.0.0.5:7443").host, "10.0.0.5");
+        let v6 = remote("https://[fd00::5]:7443");
+        assert_eq!(v6.host, "fd00::5");
+        assert_eq!(v6.url(), "https://[fd00::5]:7443");
+    }
+
+    #[test]
+    fn http_is_for_loopback_only() {
+        for loopback in [
+            "http://127.0.0.1:7443",
+            "http://127.1.2.3:7443",
+            "http://localhost:7443",
+            "http://LOCALHOST:7443",
+            "http://[::1]:7443",
+            "http://[::ffff:127.0.0.1]:7443",
+        ] {
+            assert!(!remote(loopback).tls, "{loopback}");
+        }
+        for remote in [
+            "http://node1:7443",
+            "http://10.0.0.5:7443",
+            "http://[fd00::5]:7443",
+            "http://0.0.0.0:7443",
+        ] {
+            let err = parse_address(remote).expect_err(remote);
+            assert!(err.contains("is not a loopback address"), "{err}");
+            assert!(err.contains("requests carry credentials"), "{err}");
+            assert!(err.contains("https://"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_remote_addresses_say_what_is_wrong() {
+        let cases = [
+            ("https://node1", "has no port"),
+            ("https://node1:", "is not a TCP port"),
+            ("https://node1:0", "is not a TCP port"),
+            ("https://node1:70000", "is not a TCP port"),
+            ("https://node1:http", "is not a TCP port"),
+            ("https://node1:7443/gpukill", "has a path"),
+            ("https://node1:7443?x=1", "has a path"),
+            ("https://alice:secret@node1:7443", "has credentials in it"),
+            ("https://:7443", "has no host"),
+            ("https://fd00::5:7443", "in brackets"),
+            ("https://[fd00::5]", "has no port"),
+            ("https://[fd00::5:7443", "closing ']'"),
+            ("https://[node1]:7443", "is not an IPv6 address"),
+            ("https://no de:7443", "is not a host name"),
+            ("http://127.0.0.1", "has no port"),
+        ];
+        for (value, expected) in cases {
+            let err = parse_address(value).expect_err(value);
+            assert!(err.contains(expected), "{value}: {err}");
+            assert!(
+                err.contains(value),
+                "{value}: the message names the value: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_addresses_are_usage_errors() {
+        for value in ["http://node1:7443", "https://node1", "https://n:1/x"] {
+            let err = usage_error(&["gpukillctl", "--addr", value, "list"]);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+            assert_eq!(crate::error::clap_exit_code(&err), 3, "{value}");
+        }
+    }
+
+    #[test]
+    fn addr_is_an_alias_of_socket_and_global() {
+        let cli = Cli::try_parse_from(["gpukillctl", "list", "--addr", "https://c:7443"])
+            .expect("valid arguments");
+        assert_eq!(
+            cli.connect.socket,
+            Some(Address::Remote(remote("https://c:7443")))
+        );
+        let cli = Cli::try_parse_from([
+            "gpukillctl",
+            "--addr",
+            "https://c:7443",
+            "--token-file",
+            "/t",
+            "--ca",
+            "/ca.pem",
+            "--node",
+            "n2",
+            "cluster",
+            "nodes",
+        ])
+        .expect("valid arguments");
+        assert_eq!(cli.connect.token_file, Some(PathBuf::from("/t")));
+        assert_eq!(cli.connect.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(cli.connect.node.as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn cert_and_key_go_together() {
+        let base = ["gpukillctl", "--addr", "https://c:7443", "--ca", "/ca.pem"];
+        let only_cert = usage_error(&[&base[..], &["--cert", "/c.pem", "list"]].concat());
+        assert_eq!(
+            only_cert.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(crate::error::clap_exit_code(&only_cert), 3);
+        assert!(only_cert.to_string().contains("--key"), "{only_cert}");
+        let only_key = usage_error(&[&base[..], &["list", "--key", "/c.key"]].concat());
+        assert_eq!(crate::error::clap_exit_code(&only_key), 3);
+        let both = Cli::try_parse_from(
+            [&base[..], &["--cert", "/c.pem", "--key", "/c.key", "list"]].concat(),
+        )
+        .expect("valid arguments");
+        assert_eq!(both.connect.key, Some(PathBuf::from("/c.key")));
+    }
+
+    #[test]
+    fn node_names_are_checked() {
+        assert_eq!(parse_node_name("gpu-07.lab"), Ok("gpu-07.lab".to_owned()));
+        for bad in ["", "n 1", "n\t1", "a/b", "nœud"] {
+            let err = parse_node_name(bad).expect_err(bad);
+            assert!(err.contains("node name"), "{bad}: {err}");
+        }
+        let err = usage_error(&["gpukillctl", "--node", "a/b", "list"]);
+        assert_eq!(crate::error::clap_exit_code(&err), 3);
+        assert!(err.to_string().contains("'a/b'"), "{err}");
+    }
+
+    fn cluster_list_args(args: &[&str]) -> (Option<String>, ClusterListArgs) {
+        let argv = [&["gpukillctl"], args].concat();
+        let cli = Cli::try_parse_from(argv).expect("valid arguments");
+        match cli.command {
+            Command::Cluster(ClusterCommand::List(list)) => (cli.connect.node, list),
+            other => panic!("expected cluster list, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_list_takes_repeated_nodes() {
+        let (_, args) = cluster_list_args(&["cluster", "list"]);
+        assert!(args.nodes.is_empty());
+        assert!(!args.details);
+        let (_, args) = cluster_list_args(&[
+            "cluster",
+            "list",
+            "--node",
+            "n1",
+            "--node",
+            "n3",
+            "--details",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(args.nodes, ["n1", "n3"]);
+        assert!(args.details);
+        assert_eq!(args.output, OutputFormat::Json);
+        // The global --node before the subcommand names the node to ask, too.
+        let (node, args) = cluster_list_args(&["--node", "n2", "cluster", "list"]);
+        assert_eq!(node.as_deref(), Some("n2"));
+        assert_eq!(args.nodes, ["n2"]);
+        let err = usage_error(&["gpukillctl", "cluster", "list", "--node", "a b"]);
+        assert_eq!(crate::error::clap_exit_code(&err), 3);
+    }
+
+    #[test]
+    fn cluster_contention_top_is_bounded() {
+        let cli =
+            Cli::try_parse_from(["gpukillctl", "cluster", "contention"]).expect("valid arguments");
+        let Command::Cluster(ClusterCommand::Contention(args)) = cli.command else {
+            panic!("expected cluster contention");
+        };
+        assert_eq!(args.top, 10);
+        for bad in ["0", "1001", "x"] {
+            let err = usage_error(&["gpukillctl", "cluster", "contention", "--top", bad]);
+            assert_eq!(crate::error::clap_exit_code(&err), 3, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_help_matches_the_snapshot() {
+        assert_snapshot(
+            "cluster-list-help.txt",
+            &help_for(&["gpukillctl", "cluster", "list", "--help"]),
+        );
+        let help = help_for(&["gpukillctl", "cluster", "nodes", "--help"]);
+        assert!(help.contains("Exit codes:"), "{help}");
+        let help = help_for(&["gpukillctl", "cluster", "contention", "--help"]);
+        assert!(help.contains("Exit codes:"), "{help}");
     }
 
     #[test]
@@ -1061,7 +1612,7 @@ mod tests {
         ])
         .expect("valid arguments");
         assert_eq!(
-            cli.socket,
+            cli.connect.socket,
             Some(Address::Unix(PathBuf::from("/tmp/x.sock")))
         );
         let Command::List(args) = cli.command else {

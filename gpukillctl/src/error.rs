@@ -34,15 +34,61 @@ pub enum Error {
         reason: String,
     },
 
-    /// `--socket` named an address kind this client does not speak yet.
-    #[error("{address}: remote daemons (https://) are not supported yet; use a Unix socket path")]
-    UnsupportedAddress {
-        /// The address as given.
+    /// A remote gpukilld (`https://`, or `http://` on loopback) could not be connected to:
+    /// nothing listens, a firewall drops the connection, or the TLS handshake failed.
+    #[error("cannot reach gpukilld at {address}: {reason} ({hint})")]
+    UnreachableRemote {
+        /// The address tried, `https://host:port`.
         address: String,
+        /// Why it failed, e.g. "Connection refused" or the TLS error.
+        reason: String,
+        /// What to check.
+        hint: String,
     },
 
-    /// The daemon answered an RPC with an error status.
-    #[error("{rpc} failed ({code:?}): {message}")]
+    /// The connection to a remote gpukilld broke during a call, and a new one cannot be made.
+    #[error(
+        "lost the connection to gpukilld at {address}: {reason} (is it still running? check the address, the port and the network)"
+    )]
+    ConnectionLostRemote {
+        /// The address, `https://host:port`.
+        address: String,
+        /// Why reconnecting failed.
+        reason: String,
+    },
+
+    /// A credential file named by an option (`--token-file`, `--cert`, `--key`, `--ca`)
+    /// cannot be used.
+    #[error("{option} {}: {problem}", path.display())]
+    Credentials {
+        /// The option, e.g. "--token-file".
+        option: &'static str,
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong with it, and what is expected instead.
+        problem: String,
+    },
+
+    /// The gpukilld asked for a Cluster rpc is not a coordinator (FAILED_PRECONDITION), or
+    /// predates clusters (UNIMPLEMENTED).
+    #[error("{}", not_coordinator(address, message))]
+    NotCoordinator {
+        /// Where that gpukilld is (a socket path or a URL).
+        address: String,
+        /// What it said.
+        message: String,
+    },
+
+    /// `cluster list` (or `cluster contention`) got no answer from any node.
+    #[error("{}", no_node_answered(reasons))]
+    NoNodeAnswered {
+        /// One "NAME (why)" per node asked.
+        reasons: Vec<String>,
+    },
+
+    /// The daemon answered an RPC with an error status. An UNAUTHENTICATED answer adds what
+    /// to check.
+    #[error("{rpc} failed ({code:?}): {message}{}", rpc_hint(*code))]
     Rpc {
         /// The RPC name, e.g. "List".
         rpc: &'static str,
@@ -175,10 +221,12 @@ impl Error {
     /// The process exit code for this error (see [`gpukill_proto::exit_code`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Unreachable { .. } | Error::ConnectionLost { .. } => {
-                exit_code::DAEMON_UNREACHABLE
-            }
-            Error::UnsupportedAddress { .. } => exit_code::UNSUPPORTED,
+            Error::Unreachable { .. }
+            | Error::ConnectionLost { .. }
+            | Error::UnreachableRemote { .. }
+            | Error::ConnectionLostRemote { .. }
+            | Error::NoNodeAnswered { .. } => exit_code::DAEMON_UNREACHABLE,
+            Error::NotCoordinator { .. } => exit_code::UNSUPPORTED,
             Error::VendorFailed { .. } => exit_code::VENDOR,
             Error::Rpc { code, .. } => match code {
                 tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::NotFound => {
@@ -211,7 +259,9 @@ impl Error {
                     exit_code::ERROR
                 }
             }
-            Error::Usage(_) | Error::ReadFile { .. } => exit_code::INVALID_ARGUMENT,
+            Error::Usage(_) | Error::ReadFile { .. } | Error::Credentials { .. } => {
+                exit_code::INVALID_ARGUMENT
+            }
             Error::EmptyResponse { .. }
             | Error::NoSamples { .. }
             | Error::ImportIncomplete { .. }
@@ -223,6 +273,40 @@ impl Error {
             | Error::Runtime(_) => exit_code::ERROR,
         }
     }
+}
+
+/// What to check after an rpc failed with `code`: for UNAUTHENTICATED, the credentials.
+fn rpc_hint(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => {
+            " (gpukilld did not accept your credentials: check --token-file, or --cert and --key)"
+        }
+        _ => "",
+    }
+}
+
+/// The message of [`Error::NotCoordinator`]: where, then the daemon's own words (without
+/// repeating "this gpukilld is not a cluster coordinator" when it starts with that).
+fn not_coordinator(address: &str, message: &str) -> String {
+    const SAID: &str = "this gpukilld is not a cluster coordinator";
+    match message.strip_prefix(SAID) {
+        Some(rest) => format!("gpukilld at {address} is not a cluster coordinator{rest}"),
+        None => format!("gpukilld at {address} is not a cluster coordinator: {message}"),
+    }
+}
+
+/// The message of [`Error::NoNodeAnswered`].
+fn no_node_answered(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        return "the coordinator knows no nodes (nodes register themselves, or are listed in \
+                its [cluster] configuration)"
+            .to_owned();
+    }
+    format!(
+        "no node answered ({} asked): {}",
+        reasons.len(),
+        reasons.join("; ")
+    )
 }
 
 /// The one-line message of [`Error::KillIncomplete`], e.g.
@@ -322,6 +406,46 @@ mod tests {
     }
 
     #[test]
+    fn unauthenticated_answers_say_what_to_check() {
+        let err = Error::rpc(
+            "List",
+            tonic::Status::unauthenticated("the bearer token is not valid"),
+        );
+        assert_eq!(err.exit_code(), 4);
+        assert_eq!(
+            err.to_string(),
+            "List failed (Unauthenticated): the bearer token is not valid (gpukilld did not \
+             accept your credentials: check --token-file, or --cert and --key)"
+        );
+    }
+
+    #[test]
+    fn a_daemon_that_is_no_coordinator_is_named_with_its_words() {
+        let err = Error::NotCoordinator {
+            address: "/run/gpukill/gpukilld.sock".to_owned(),
+            message: "this gpukilld is not a cluster coordinator ([cluster] role = \"node\"): \
+                      ask the coordinator"
+                .to_owned(),
+        };
+        assert_eq!(err.exit_code(), 5);
+        assert_eq!(
+            err.to_string(),
+            "gpukilld at /run/gpukill/gpukilld.sock is not a cluster coordinator ([cluster] \
+             role = \"node\"): ask the coordinator"
+        );
+        let other = Error::NotCoordinator {
+            address: "https://c:7443".to_owned(),
+            message: "unknown service gpukill.v1.Cluster".to_owned(),
+        };
+        assert_eq!(
+            other.to_string(),
+            "gpukilld at https://c:7443 is not a cluster coordinator: unknown service \
+             gpukill.v1.Cluster"
+        );
+        assert_eq!(Error::NoNodeAnswered { reasons: vec![] }.exit_code(), 6);
+    }
+
+    #[test]
     fn other_errors_have_fixed_exit_codes() {
         let unreachable = Error::Unreachable {
             socket: PathBuf::from("/run/gpukill/gpukilld.sock"),
@@ -339,10 +463,34 @@ mod tests {
              (is gpukilld.service running? try: systemctl status gpukilld.service, \
              or pass --socket / GPUKILL_SOCKET)"
         );
-        let unsupported = Error::UnsupportedAddress {
-            address: "https://node1".to_owned(),
+        let remote = Error::UnreachableRemote {
+            address: "https://node1:50051".to_owned(),
+            reason: "Connection refused".to_owned(),
+            hint: "check the port".to_owned(),
         };
-        assert_eq!(unsupported.exit_code(), 5);
+        assert_eq!(remote.exit_code(), 6);
+        assert_eq!(
+            remote.to_string(),
+            "cannot reach gpukilld at https://node1:50051: Connection refused (check the port)"
+        );
+        let credentials = Error::Credentials {
+            option: "--token-file",
+            path: PathBuf::from("/etc/gpukill/token"),
+            problem: "holds no token".to_owned(),
+        };
+        assert_eq!(credentials.exit_code(), 3);
+        assert_eq!(
+            credentials.to_string(),
+            "--token-file /etc/gpukill/token: holds no token"
+        );
+        let none = Error::NoNodeAnswered {
+            reasons: vec!["n2 (deadline exceeded)".to_owned(), "n3 (down)".to_owned()],
+        };
+        assert_eq!(none.exit_code(), 6);
+        assert_eq!(
+            none.to_string(),
+            "no node answered (2 asked): n2 (deadline exceeded); n3 (down)"
+        );
         assert_eq!(Error::WatchEnded.exit_code(), 1);
         let empty = Error::EmptyResponse {
             rpc: "List",

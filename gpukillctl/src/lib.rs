@@ -1,5 +1,6 @@
 //! gpukillctl, the thin client of gpukilld: one clap subcommand per module in [`cmd`], each
-//! making one RPC over the daemon's Unix socket and rendering the answer as a table or JSON (or CSV, for the
+//! making one RPC to the daemon (on its Unix socket, or over https with a token or a client
+//! certificate, see [`conn`]) and rendering the answer as a table or JSON (or CSV, for the
 //! reports `audit` and `history`).
 //!
 //! `main.rs` parses the command line and calls [`run`]; tests call the same function with
@@ -70,17 +71,25 @@ impl<W: Write, E: Write> Output<W, E> {
 ///
 /// A closed standard output (`gpukillctl list --watch | head`) ends the command successfully.
 pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result<(), Error> {
-    let address = cli.socket.as_ref();
-    let result = match &cli.command {
-        cli::Command::List(args) => cmd::list::run(address, args, out).await,
-        cli::Command::Kill(args) => cmd::kill::run(address, args, out).await,
-        cli::Command::Reset(args) => cmd::reset::run(address, args, out).await,
-        cli::Command::Events(args) => cmd::events::run(address, args, out).await,
-        cli::Command::Audit(args) => cmd::audit::run(address, args, out).await,
-        cli::Command::History(args) => cmd::history::run(address, args, out).await,
-        cli::Command::Collection(command) => cmd::collection::run(address, command, out).await,
-        cli::Command::Guard(command) => cmd::guard::run(address, command, out).await,
-        cli::Command::Version(args) => cmd::version::run(address, args, out).await,
+    // The options are checked (and credential files read) once, before any command runs.
+    let target = conn::Target::new(&cli.connect);
+    let result = match (&cli.command, target) {
+        // The client's version is printed even when the options are unusable.
+        (cli::Command::Version(args), target) => cmd::version::run(target, args, out).await,
+        (_, Err(err)) => Err(err),
+        (cli::Command::List(args), Ok(target)) => cmd::list::run(&target, args, out).await,
+        (cli::Command::Kill(args), Ok(target)) => cmd::kill::run(&target, args, out).await,
+        (cli::Command::Reset(args), Ok(target)) => cmd::reset::run(&target, args, out).await,
+        (cli::Command::Events(args), Ok(target)) => cmd::events::run(&target, args, out).await,
+        (cli::Command::Audit(args), Ok(target)) => cmd::audit::run(&target, args, out).await,
+        (cli::Command::History(args), Ok(target)) => cmd::history::run(&target, args, out).await,
+        (cli::Command::Collection(command), Ok(target)) => {
+            cmd::collection::run(&target, command, out).await
+        }
+        (cli::Command::Guard(command), Ok(target)) => cmd::guard::run(&target, command, out).await,
+        (cli::Command::Cluster(command), Ok(target)) => {
+            cmd::cluster::run(&target, command, out).await
+        }
     };
     match result {
         Err(Error::Output(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

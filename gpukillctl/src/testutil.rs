@@ -7,17 +7,21 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gpukill_proto::v1::cluster_server::{Cluster, ClusterServer};
 use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
-    Container, Event, EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage,
-    GuardPolicyRequest, GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse,
-    GuardTestRequest, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation,
-    HealthRequest, HealthResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
-    ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult, KillTarget,
-    ListRequest, ListResponse, ProcessKind, ProcessUsage, ResetOutcome, ResetRequest,
-    ResetResponse, ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, Session,
-    SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
-    UserUsage, Vendor, VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
+    ClusterContentionRequest, ClusterContentionResponse, ClusterGpu, ClusterListRequest,
+    ClusterListResponse, ClusterNodesRequest, ClusterNodesResponse, ClusterUser, Container, Event,
+    EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage, GuardPolicyRequest,
+    GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse, GuardTestRequest,
+    GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation, HealthRequest,
+    HealthResponse, HeartbeatRequest, HeartbeatResponse, HistoryRequest, HistoryResponse,
+    ImportAuditRequest, ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult,
+    KillTarget, ListRequest, ListResponse, Node, NodeSnapshot, NodeState, ProcessKind,
+    ProcessUsage, RegisterRequest, RegisterResponse, ResetOutcome, ResetRequest, ResetResponse,
+    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, Session, SessionsRequest,
+    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor,
+    VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -579,6 +583,183 @@ pub fn hourly_history_response() -> HistoryResponse {
     }
 }
 
+/// The id of node n1.
+pub const N1_ID: &str = "5f0c1e2d3b4a69788796a5b4c3d2e1f0";
+
+/// The four nodes of the test cluster: n1 (configured, up), n2 (registered, up), n3
+/// (registered, down: its heartbeats stopped) and n4 (configured, not asked yet).
+pub fn cluster_nodes() -> Vec<Node> {
+    vec![
+        Node {
+            name: "n1".to_owned(),
+            node_id: Some(N1_ID.to_owned()),
+            address: "https://n1.example:7443".to_owned(),
+            source: "static".to_owned(),
+            state: NodeState::Up as i32,
+            last_seen_unix_ms: Some(NOW_MS - 2000),
+            error: None,
+        },
+        Node {
+            name: "n2".to_owned(),
+            node_id: Some("0a1b2c3d4e5f60718293a4b5c6d7e8f9".to_owned()),
+            address: "https://10.0.0.12:7443".to_owned(),
+            source: "registered".to_owned(),
+            state: NodeState::Up as i32,
+            last_seen_unix_ms: Some(NOW_MS - 4500),
+            error: None,
+        },
+        Node {
+            name: "n3".to_owned(),
+            node_id: Some("ffeeddccbbaa99887766554433221100".to_owned()),
+            address: "https://10.0.0.13:7443".to_owned(),
+            source: "registered".to_owned(),
+            state: NodeState::Down as i32,
+            last_seen_unix_ms: Some(NOW_MS - 45_000),
+            error: Some("no heartbeat for 45s".to_owned()),
+        },
+        Node {
+            name: "n4".to_owned(),
+            node_id: None,
+            address: "https://n4.example:7443".to_owned(),
+            source: "static".to_owned(),
+            state: NodeState::Unknown as i32,
+            last_seen_unix_ms: None,
+            error: None,
+        },
+    ]
+}
+
+/// What `cluster nodes` gets: [`cluster_nodes`].
+pub fn cluster_nodes_response() -> ClusterNodesResponse {
+    ClusterNodesResponse {
+        nodes: cluster_nodes(),
+    }
+}
+
+/// An idle node's snapshot: one H100 with nothing on it.
+pub fn idle_snapshot() -> Snapshot {
+    Snapshot {
+        host: "gpu-node-2".to_owned(),
+        timestamp_unix_ms: NOW_MS - 400,
+        sequence: 7,
+        vendors: snapshot().vendors,
+        age_ms: 80,
+        gpus: vec![Gpu {
+            index: 0,
+            vendor: Vendor::Nvidia as i32,
+            uuid: Some("GPU-0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".to_owned()),
+            name: Some("NVIDIA H100 80GB HBM3".to_owned()),
+            pci_bus_id: Some("00000000:1B:00.0".to_owned()),
+            memory_used_bytes: Some(MIB / 2),
+            memory_total_bytes: Some(80 * GIB),
+            utilization_gpu_pct: Some(0),
+            temperature_c: Some(31),
+            power_mw: Some(69_870),
+            ecc_volatile_errors: Some(0),
+            ..Default::default()
+        }],
+        processes: Vec::new(),
+        tick_duration_us: 400,
+        poll_interval_ms: 1000,
+        ..Default::default()
+    }
+}
+
+/// `cluster list` over [`cluster_nodes`]: n1 answers with [`snapshot`], n2 with
+/// [`idle_snapshot`]; n3 is down (not asked), n4 missed the 1 s deadline.
+pub fn cluster_list_response() -> ClusterListResponse {
+    let nodes = cluster_nodes();
+    ClusterListResponse {
+        nodes: vec![
+            NodeSnapshot {
+                node: Some(nodes[0].clone()),
+                snapshot: Some(snapshot()),
+                error: None,
+                latency_us: 1250,
+            },
+            NodeSnapshot {
+                node: Some(nodes[1].clone()),
+                snapshot: Some(idle_snapshot()),
+                error: None,
+                latency_us: 2875,
+            },
+            NodeSnapshot {
+                node: Some(nodes[2].clone()),
+                snapshot: None,
+                error: Some("down: no heartbeat for 45s".to_owned()),
+                latency_us: 0,
+            },
+            NodeSnapshot {
+                node: Some(Node {
+                    state: NodeState::Down as i32,
+                    ..nodes[3].clone()
+                }),
+                snapshot: None,
+                error: Some("deadline exceeded after 1s".to_owned()),
+                latency_us: 1_000_000,
+            },
+        ],
+        deadline_ms: 1000,
+    }
+}
+
+/// `cluster contention`: alice fills n1's GPU 0, bob's process sits idle on n1's GPU 1,
+/// n2's GPU 0 is free (its utilization unknown), n3 is down.
+pub fn cluster_contention_response() -> ClusterContentionResponse {
+    let alice = ClusterUser {
+        user: "alice".to_owned(),
+        memory_bytes: 78 * GIB,
+        sm_utilization_pct: 95,
+        gpus: 1,
+        processes: 2,
+        nodes: vec!["n1".to_owned()],
+    };
+    let bob = ClusterUser {
+        user: "bob".to_owned(),
+        memory_bytes: 20 * GIB,
+        sm_utilization_pct: 0,
+        gpus: 1,
+        processes: 1,
+        nodes: vec!["n1".to_owned()],
+    };
+    ClusterContentionResponse {
+        busy: vec![ClusterGpu {
+            node: "n1".to_owned(),
+            index: 0,
+            name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+            utilization_pct: Some(97),
+            memory_used_bytes: Some(78 * GIB),
+            memory_total_bytes: Some(80 * GIB),
+            users: vec!["alice".to_owned()],
+        }],
+        free: vec![ClusterGpu {
+            node: "n2".to_owned(),
+            index: 0,
+            name: Some("NVIDIA H100 80GB HBM3".to_owned()),
+            utilization_pct: None,
+            memory_used_bytes: Some(MIB / 2),
+            memory_total_bytes: Some(80 * GIB),
+            users: Vec::new(),
+        }],
+        idle: vec![ClusterGpu {
+            node: "n1".to_owned(),
+            index: 1,
+            name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+            utilization_pct: Some(0),
+            memory_used_bytes: Some(20 * GIB),
+            memory_total_bytes: Some(80 * GIB),
+            users: vec!["bob".to_owned()],
+        }],
+        top_by_memory: vec![alice.clone(), bob.clone()],
+        top_by_utilization: vec![alice, bob],
+        suggestions: vec![
+            "n2 GPU 0 (NVIDIA H100 80GB HBM3) is free".to_owned(),
+            "bob holds 20 GiB on n1 GPU 1 and does nothing: ask bob, or gpukillctl --node n1 kill --user bob".to_owned(),
+        ],
+        unreachable: vec!["n3: down: no heartbeat for 45s".to_owned()],
+    }
+}
+
 /// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
 /// environment it (re)writes the file instead.
 #[track_caller]
@@ -664,6 +845,57 @@ pub struct FakeDaemon {
     pub summary_requests: Arc<Mutex<Vec<SummaryRequest>>>,
     /// Every ImportAudit request received.
     pub import_requests: Arc<Mutex<Vec<ImportAuditRequest>>>,
+    /// What Cluster.Nodes answers; `None` fails with UNIMPLEMENTED.
+    pub cluster_nodes: Option<Result<ClusterNodesResponse, Status>>,
+    /// What Cluster.List answers; `None` fails with UNIMPLEMENTED.
+    pub cluster_list: Option<Result<ClusterListResponse, Status>>,
+    /// What Cluster.Contention answers; `None` fails with UNIMPLEMENTED.
+    pub cluster_contention: Option<Result<ClusterContentionResponse, Status>>,
+    /// Every Cluster.List request received.
+    pub cluster_list_requests: Arc<Mutex<Vec<ClusterListRequest>>>,
+    /// Every Cluster.Contention request received.
+    pub cluster_contention_requests: Arc<Mutex<Vec<ClusterContentionRequest>>>,
+    /// The credentials and node metadata of every request received, in order.
+    pub received: Arc<Mutex<Vec<ReceivedMetadata>>>,
+}
+
+/// The metadata of one request as the fake daemon received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMetadata {
+    /// `GpuKill` or `Cluster`.
+    pub service: &'static str,
+    /// The `authorization` value, if any.
+    pub authorization: Option<String>,
+    /// The `gpukill-node` value, if any.
+    pub node: Option<String>,
+}
+
+/// Records the metadata of every request of one service into `received`.
+#[derive(Clone)]
+struct Recorder {
+    service: &'static str,
+    received: Arc<Mutex<Vec<ReceivedMetadata>>>,
+}
+
+impl tonic::service::Interceptor for Recorder {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let value = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let metadata = ReceivedMetadata {
+            service: self.service,
+            authorization: value("authorization"),
+            node: value(crate::conn::NODE_HEADER),
+        };
+        if let Ok(mut received) = self.received.lock() {
+            received.push(metadata);
+        }
+        Ok(request)
+    }
 }
 
 /// A Kill request as the fake daemon received it.
@@ -908,6 +1140,80 @@ impl GpuKill for FakeDaemon {
     }
 }
 
+#[tonic::async_trait]
+impl Cluster for FakeDaemon {
+    async fn nodes(
+        &self,
+        _request: Request<ClusterNodesRequest>,
+    ) -> Result<Response<ClusterNodesResponse>, Status> {
+        match self.cluster_nodes.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Nodes")),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<ClusterListRequest>,
+    ) -> Result<Response<ClusterListResponse>, Status> {
+        if let Ok(mut requests) = self.cluster_list_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.cluster_list.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("List")),
+        }
+    }
+
+    async fn contention(
+        &self,
+        request: Request<ClusterContentionRequest>,
+    ) -> Result<Response<ClusterContentionResponse>, Status> {
+        if let Ok(mut requests) = self.cluster_contention_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.cluster_contention.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Contention")),
+        }
+    }
+
+    async fn register(
+        &self,
+        _request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Err(Status::unimplemented("Register"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("Heartbeat"))
+    }
+}
+
+/// The router of `daemon`: its GpuKill and Cluster services, each recording the metadata of
+/// every request into `daemon.received`.
+fn router(
+    daemon: FakeDaemon,
+    builder: &mut tonic::transport::Server,
+) -> tonic::transport::server::Router {
+    let recorder = |service| Recorder {
+        service,
+        received: daemon.received.clone(),
+    };
+    builder
+        .add_service(GpuKillServer::with_interceptor(
+            daemon.clone(),
+            recorder("GpuKill"),
+        ))
+        .add_service(ClusterServer::with_interceptor(
+            daemon.clone(),
+            recorder("Cluster"),
+        ))
+}
+
 /// A running [`FakeDaemon`] on a socket in a temporary directory. It runs on its own runtime,
 /// so dropping it ends the fake daemon and every connection to it, like a crash would.
 pub struct Served {
@@ -940,8 +1246,7 @@ pub fn serve(daemon: FakeDaemon) -> Served {
     };
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     runtime.spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(GpuKillServer::new(daemon))
+        let _ = router(daemon, &mut tonic::transport::Server::builder())
             .serve_with_incoming(incoming)
             .await;
     });
@@ -952,13 +1257,68 @@ pub fn serve(daemon: FakeDaemon) -> Served {
     }
 }
 
+/// A running [`FakeDaemon`] on TCP, on its own runtime like [`Served`].
+pub struct ServedTcp {
+    /// The address it listens on (127.0.0.1, a free port).
+    pub address: std::net::SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ServedTcp {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Serves `daemon` on 127.0.0.1 (a free port): with TLS when `tls` is given, plain HTTP/2
+/// otherwise.
+pub fn serve_tcp(daemon: FakeDaemon, tls: Option<tonic::transport::ServerTlsConfig>) -> ServedTcp {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let listener = {
+        let _entered = runtime.enter();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        tokio::net::TcpListener::from_std(std_listener).expect("listener")
+    };
+    let address = listener.local_addr().expect("address");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).expect("server TLS");
+    }
+    runtime.spawn(async move {
+        let _ = router(daemon, &mut builder)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    ServedTcp {
+        address,
+        runtime: Some(runtime),
+    }
+}
+
 /// Runs `gpukillctl --socket SOCKET ARGS...` in process; returns the result, standard
 /// output and the notes written to standard error.
 pub async fn run_cli(socket: &Path, args: &[&str]) -> (Result<(), crate::Error>, String, String) {
-    use clap::Parser;
     let socket = socket.to_str().expect("UTF-8 path");
-    let mut argv = vec!["gpukillctl", "--socket", socket];
-    argv.extend_from_slice(args);
+    let argv: Vec<&str> = ["--socket", socket]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    run_argv(&argv).await
+}
+
+/// Runs `gpukillctl ARGS...` in process; returns the result, standard output and the notes
+/// written to standard error.
+pub async fn run_argv(args: &[&str]) -> (Result<(), crate::Error>, String, String) {
+    use clap::Parser;
+    let argv = std::iter::once("gpukillctl").chain(args.iter().copied());
     let cli = crate::Cli::try_parse_from(argv).expect("valid arguments");
     let mut out = crate::Output {
         writer: Vec::new(),

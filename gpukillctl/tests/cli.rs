@@ -2,12 +2,27 @@
 
 use std::process::{Command, Output};
 
+/// The environment variables of gpukillctl's global options, removed so that the caller's
+/// environment cannot change what these tests see.
+const ENV: [&str; 6] = [
+    "GPUKILL_SOCKET",
+    "GPUKILL_TOKEN_FILE",
+    "GPUKILL_CERT",
+    "GPUKILL_KEY",
+    "GPUKILL_CA",
+    "GPUKILL_NODE",
+];
+
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gpukillctl"));
+    for name in ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 fn gpukillctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpukillctl"))
-        .args(args)
-        .env_remove("GPUKILL_SOCKET")
-        .output()
-        .expect("run gpukillctl")
+    command().args(args).output().expect("run gpukillctl")
 }
 
 #[test]
@@ -33,7 +48,7 @@ fn an_unreachable_daemon_is_one_line_and_exit_6() {
 fn the_socket_can_come_from_the_environment_as_a_unix_url() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("env.sock");
-    let output = Command::new(env!("CARGO_BIN_EXE_gpukillctl"))
+    let output = command()
         .args(["version"])
         .env("GPUKILL_SOCKET", format!("unix://{}", socket.display()))
         .output()
@@ -94,9 +109,66 @@ fn a_bad_duration_exits_3_naming_it() {
 }
 
 #[test]
-fn remote_addresses_are_unsupported() {
-    let output = gpukillctl(&["--socket", "https://node1:50051", "list"]);
-    assert_eq!(output.status.code(), Some(5));
+fn https_without_a_ca_is_a_usage_error() {
+    let output = gpukillctl(&["--addr", "https://node1:50051", "list"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.starts_with("gpukillctl: error: https://node1:50051 needs --ca FILE"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass --ca FILE"), "{stderr}");
+}
+
+#[test]
+fn http_to_another_host_is_refused() {
+    let output = gpukillctl(&["--addr", "http://node1:50051", "list"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("http://node1:50051 is not a loopback address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn credentials_from_the_environment_with_the_unix_socket_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("gpukilld.sock");
+    let output = command()
+        .args(["--socket", socket.to_str().expect("UTF-8"), "list"])
+        .env("GPUKILL_TOKEN_FILE", "/etc/gpukill/token")
+        .output()
+        .expect("run gpukillctl");
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("--token-file applies to https:// addresses; the Unix socket"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unset GPUKILL_TOKEN_FILE"), "{stderr}");
+}
+
+#[test]
+fn a_closed_loopback_port_is_unreachable_naming_the_url() {
+    // Bind and drop: nothing listens on the port afterwards.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let output = gpukillctl(&["--addr", &url, "list"]);
+    assert_eq!(output.status.code(), Some(6));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.starts_with(&format!(
+            "gpukillctl: error: cannot reach gpukilld at {url}: Connection refused (is gpukilld \
+             listening there?"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]

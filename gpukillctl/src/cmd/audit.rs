@@ -8,30 +8,29 @@ use std::time::SystemTime;
 use gpukill_proto::v1::{RogueRequest, SessionsRequest, SummaryRequest};
 
 use crate::Output;
-use crate::cli::{Address, AuditAction, AuditArgs, ReportFormat};
+use crate::cli::{AuditAction, AuditArgs, ReportFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::audit;
 
-/// Runs `gpukillctl audit` against the daemon at `address`.
+/// Runs `gpukillctl audit` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     match &args.action {
-        Some(AuditAction::Export(export)) => return super::export::run(address, export, out).await,
-        Some(AuditAction::Import(import)) => return super::import::run(address, import, out).await,
+        Some(AuditAction::Export(export)) => return super::export::run(target, export, out).await,
+        Some(AuditAction::Import(import)) => return super::import::run(target, import, out).await,
         None => {}
     }
     if args.summary {
-        return summary(address, args, out).await;
+        return summary(target, args, out).await;
     }
     if args.rogue {
-        return rogue(address, args, out).await;
+        return rogue(target, args, out).await;
     }
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .sessions(conn::unary(request(args, SystemTime::now())))
         .await
@@ -57,14 +56,13 @@ fn refuse_csv(args: &AuditArgs, flag: &str) -> Result<(), Error> {
 
 /// `gpukillctl audit --summary`: the Summary RPC over the same window.
 async fn summary<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     // Four tables do not make one CSV.
     refuse_csv(args, "--summary")?;
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .summary(conn::unary(summary_request(args, SystemTime::now())))
         .await
@@ -79,14 +77,13 @@ async fn summary<W: Write, E: Write>(
 
 /// `gpukillctl audit --rogue`: the Rogue RPC over the same window.
 async fn rogue<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &AuditArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     refuse_csv(args, "--rogue")?;
     let window = request(args, SystemTime::now());
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .rogue(conn::unary(RogueRequest {
             since_unix_ms: window.since_unix_ms,

@@ -8,22 +8,21 @@ use std::time::{Duration, SystemTime};
 use gpukill_proto::v1::{GpuSample, HistoryRequest, Resolution};
 
 use crate::Output;
-use crate::cli::{Address, CollectionCommand, CollectionFormat, CollectionShowArgs};
+use crate::cli::{CollectionCommand, CollectionFormat, CollectionShowArgs};
 use crate::conn;
 use crate::error::Error;
 use crate::render::collection;
 use crate::render::time::rfc3339_millis;
 
-/// Runs `gpukillctl collection ...` against the daemon at `address`.
+/// Runs `gpukillctl collection ...` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     command: &CollectionCommand,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     let CollectionCommand::Show(args) = command;
     let at = args.time.unix_ms(SystemTime::now());
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .history(conn::unary(request(args, at)))
         .await

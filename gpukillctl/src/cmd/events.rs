@@ -6,19 +6,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gpukill_proto::v1::EventsRequest;
 
 use crate::Output;
-use crate::cli::{Address, EventsArgs, OutputFormat};
+use crate::cli::{EventsArgs, OutputFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::events;
 
-/// Runs `gpukillctl events` against the daemon at `address`.
+/// Runs `gpukillctl events` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &EventsArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .events(conn::unary(request(args, SystemTime::now())))
         .await

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use gpukill_proto::v1::{GpuSample, HistoryRequest, Resolution, Session, SessionsRequest};
 
 use crate::Output;
-use crate::cli::{Address, AuditExportArgs};
+use crate::cli::AuditExportArgs;
 use crate::conn;
 use crate::error::Error;
 use crate::render::gpukill_record::GpukillRecord;
@@ -21,9 +21,9 @@ const SESSIONS_LIMIT: usize = 10_000;
 /// Bytes per MiB.
 const MIB: u64 = 1 << 20;
 
-/// Runs `gpukillctl audit export` against the daemon at `address`.
+/// Runs `gpukillctl audit export` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &AuditExportArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
@@ -33,8 +33,7 @@ pub async fn run<W: Write, E: Write>(
             "--since ({since} ms) must be before --until ({until} ms)"
         )));
     }
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     // The latest product name of each GPU, for process records.
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut start = since;

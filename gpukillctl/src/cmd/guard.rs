@@ -7,21 +7,20 @@ use gpukill_proto::v1::guard_update_request::Change;
 use gpukill_proto::v1::{GuardStatusRequest, GuardTestRequest};
 
 use crate::Output;
-use crate::cli::{Address, EventType, EventsArgs, GuardCommand, OutputFormat};
+use crate::cli::{EventType, EventsArgs, GuardCommand, OutputFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::guard;
 
-/// Runs `gpukillctl guard ...` against the daemon at `address`.
+/// Runs `gpukillctl guard ...` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     command: &GuardCommand,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
     match command {
         GuardCommand::Status(args) => {
-            let socket = conn::socket_path(address)?;
-            let mut client = conn::connect(&socket).await?;
+            let mut client = conn::connect(target).await?;
             let response = client
                 .guard_status(conn::unary(GuardStatusRequest {}))
                 .await
@@ -34,8 +33,7 @@ pub async fn run<W: Write, E: Write>(
             out.write(&text)
         }
         GuardCommand::Test(args) => {
-            let socket = conn::socket_path(address)?;
-            let mut client = conn::connect(&socket).await?;
+            let mut client = conn::connect(target).await?;
             let response = client
                 .guard_test(conn::unary(GuardTestRequest {}))
                 .await
@@ -48,19 +46,19 @@ pub async fn run<W: Write, E: Write>(
             out.write(&text)
         }
         GuardCommand::Enable => {
-            super::guard_policy::update(address, Change::Enabled(true), out).await
+            super::guard_policy::update(target, Change::Enabled(true), out).await
         }
         GuardCommand::Disable => {
-            super::guard_policy::update(address, Change::Enabled(false), out).await
+            super::guard_policy::update(target, Change::Enabled(false), out).await
         }
         GuardCommand::Mode { mode } => {
-            super::guard_policy::update(address, Change::Mode(mode.as_str().to_owned()), out).await
+            super::guard_policy::update(target, Change::Mode(mode.as_str().to_owned()), out).await
         }
-        GuardCommand::Policy(command) => super::guard_policy::run(address, command, out).await,
-        GuardCommand::Export => super::guard_policy::show(address, true, out).await,
+        GuardCommand::Policy(command) => super::guard_policy::run(target, command, out).await,
+        GuardCommand::Export => super::guard_policy::show(target, true, out).await,
         GuardCommand::Import { file } => {
             let text = super::guard_policy::read_policy(file)?;
-            super::guard_policy::update(address, Change::Replace(text), out).await
+            super::guard_policy::update(target, Change::Replace(text), out).await
         }
         GuardCommand::Violations(args) => {
             let events = EventsArgs {
@@ -69,7 +67,7 @@ pub async fn run<W: Write, E: Write>(
                 limit: args.limit,
                 output: args.output,
             };
-            super::events::run(address, &events, out).await
+            super::events::run(target, &events, out).await
         }
     }
 }

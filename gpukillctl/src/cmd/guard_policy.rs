@@ -10,18 +10,17 @@ use gpukill_proto::v1::guard_update_request::Change;
 use gpukill_proto::v1::{GuardEntry, GuardEntryKey, GuardPolicyRequest, GuardUpdateRequest};
 
 use crate::Output;
-use crate::cli::{Address, GpuRulesArgs, GroupLimitsArgs, GuardPolicyCommand, UserLimitsArgs};
+use crate::cli::{GpuRulesArgs, GroupLimitsArgs, GuardPolicyCommand, UserLimitsArgs};
 use crate::conn;
 use crate::error::Error;
 
 /// Sends `change` and prints what the daemon changed.
 pub async fn update<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     change: Change,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .guard_update(conn::unary(GuardUpdateRequest {
             change: Some(change),
@@ -34,12 +33,11 @@ pub async fn update<W: Write, E: Write>(
 
 /// Prints the policy file: as it is (`export`), or with its path (`policy show`).
 pub async fn show<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     raw: bool,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .guard_policy(conn::unary(GuardPolicyRequest {}))
         .await
@@ -59,7 +57,7 @@ pub async fn show<W: Write, E: Write>(
 
 /// Runs `gpukillctl guard policy ...`.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     command: &GuardPolicyCommand,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
@@ -76,7 +74,7 @@ pub async fn run<W: Write, E: Write>(
         })
     };
     let change = match command {
-        GuardPolicyCommand::Show => return show(address, false, out).await,
+        GuardPolicyCommand::Show => return show(target, false, out).await,
         GuardPolicyCommand::AddUser(args) => add("user", user_entry(args)),
         GuardPolicyCommand::RemoveUser { name } => remove("user", name.clone()),
         GuardPolicyCommand::AddGroup(args) => add("group", group_entry(args)),
@@ -84,7 +82,7 @@ pub async fn run<W: Write, E: Write>(
         GuardPolicyCommand::AddGpu(args) => add("gpu", gpu_entry(args)),
         GuardPolicyCommand::RemoveGpu { index } => remove("gpu", index.to_string()),
     };
-    update(address, change, out).await
+    update(target, change, out).await
 }
 
 /// `guard import FILE`: the file's text, read with the caller's permissions.

@@ -7,19 +7,18 @@ use std::time::{Duration, SystemTime};
 use gpukill_proto::v1::HistoryRequest;
 
 use crate::Output;
-use crate::cli::{Address, HistoryArgs, ReportFormat, TimeArg};
+use crate::cli::{HistoryArgs, ReportFormat, TimeArg};
 use crate::conn;
 use crate::error::Error;
 use crate::render::history;
 
-/// Runs `gpukillctl history` against the daemon at `address`.
+/// Runs `gpukillctl history` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &HistoryArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .history(conn::unary(request(args, SystemTime::now())))
         .await

@@ -9,7 +9,7 @@ use std::path::Path;
 use gpukill_proto::v1::{AuditRecord, ImportAuditResponse};
 
 use crate::Output;
-use crate::cli::{Address, AuditImportArgs};
+use crate::cli::AuditImportArgs;
 use crate::conn::{self, Client};
 use crate::error::Error;
 use crate::render::gpukill_record::GpukillRecord;
@@ -32,9 +32,9 @@ struct Totals {
     bad: Vec<(u64, String)>,
 }
 
-/// Runs `gpukillctl audit import` against the daemon at `address`.
+/// Runs `gpukillctl audit import` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &AuditImportArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
@@ -48,8 +48,7 @@ pub async fn run<W: Write, E: Write>(
     } else {
         Box::new(File::open(path).map_err(read_error)?)
     };
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let mut totals = Totals::default();
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(BATCH);
     for (index, line) in BufReader::new(input).lines().enumerate() {

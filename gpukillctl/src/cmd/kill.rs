@@ -11,7 +11,7 @@ use std::time::Duration;
 use gpukill_proto::v1::{KillOutcome, KillRequest, KillResponse};
 
 use crate::Output;
-use crate::cli::{Address, KillArgs, OutputFormat};
+use crate::cli::{KillArgs, OutputFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::kill;
@@ -21,14 +21,13 @@ use crate::render::kill;
 /// the audit trail.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 
-/// Runs `gpukillctl kill` against the daemon at `address`.
+/// Runs `gpukillctl kill` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &KillArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .kill(conn::unary_with_timeout(request(args), deadline(args)))
         .await

@@ -1,12 +1,11 @@
 //! `gpukillctl list`: the List RPC once, or the Watch stream with `--watch`.
 
 use std::io::Write;
-use std::path::Path;
 
 use gpukill_proto::v1::{ListRequest, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest};
 
 use crate::Output;
-use crate::cli::{Address, ListArgs, OutputFormat};
+use crate::cli::{ListArgs, OutputFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::json;
@@ -15,14 +14,13 @@ use crate::render::table::{self, TableOptions};
 /// Moves the cursor home and clears the screen, so each watch frame replaces the last.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
-/// Runs `gpukillctl list` against the daemon at `address`.
+/// Runs `gpukillctl list` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &ListArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let filter = filter(args);
     if args.watch {
         let stream = client
@@ -32,7 +30,7 @@ pub async fn run<W: Write, E: Write>(
             .await
             .map_err(|status| Error::rpc("Watch", status))?
             .into_inner();
-        return watch(stream, &socket, args, out).await;
+        return watch(stream, target, args, out).await;
     }
     let snapshot = client
         .list(conn::unary(ListRequest {
@@ -97,7 +95,7 @@ fn table_options<W, E>(args: &ListArgs, out: &Output<W, E>) -> TableOptions {
 /// daemon went away).
 async fn watch<W: Write, E: Write>(
     mut stream: tonic::Streaming<Snapshot>,
-    socket: &Path,
+    target: &conn::Target,
     args: &ListArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
@@ -111,20 +109,20 @@ async fn watch<W: Write, E: Write>(
         match next {
             Ok(Some(snapshot)) => out.write(&frame(&snapshot, args, out)?)?,
             Ok(None) => return Err(Error::WatchEnded),
-            Err(status) => return Err(stream_failed(status, socket).await),
+            Err(status) => return Err(stream_failed(status, target).await),
         }
     }
 }
 
 /// The error for a Watch stream that failed with `status`. A broken connection shows up as
 /// UNKNOWN ("h2 protocol error: ..."), which the daemon itself never sends for a stream it
-/// ends on purpose; when the socket then refuses a new connection, the daemon is gone, and
-/// that is what the user needs to hear (exit 6), not the HTTP/2 detail.
-async fn stream_failed(status: tonic::Status, socket: &Path) -> Error {
+/// ends on purpose; when the daemon then refuses a new connection, it is gone, and that is
+/// what the user needs to hear (exit 6), not the HTTP/2 detail.
+async fn stream_failed(status: tonic::Status, target: &conn::Target) -> Error {
     if status.code() == tonic::Code::Unknown
-        && let Err(Error::Unreachable { socket, reason }) = conn::connect(socket).await
+        && let Some(lost) = conn::connection_lost(target).await
     {
-        return Error::ConnectionLost { socket, reason };
+        return lost;
     }
     Error::rpc("Watch", status)
 }

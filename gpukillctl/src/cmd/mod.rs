@@ -2,6 +2,7 @@
 //! `audit` makes the Sessions RPC.
 
 pub mod audit;
+pub mod cluster;
 pub mod collection;
 pub mod events;
 pub mod export;

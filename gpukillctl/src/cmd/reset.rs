@@ -12,7 +12,7 @@ use std::time::Duration;
 use gpukill_proto::v1::{ResetOutcome, ResetRequest, ResetResponse};
 
 use crate::Output;
-use crate::cli::{Address, OutputFormat, ResetArgs};
+use crate::cli::{OutputFormat, ResetArgs};
 use crate::conn;
 use crate::error::Error;
 use crate::render::reset;
@@ -21,14 +21,13 @@ use crate::render::reset;
 /// with `--force` the daemon first waits for the processes to die (up to 5 s, then SIGKILL).
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Runs `gpukillctl reset` against the daemon at `address`.
+/// Runs `gpukillctl reset` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: &conn::Target,
     args: &ResetArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+    let mut client = conn::connect(target).await?;
     let response = client
         .reset(conn::unary_with_timeout(request(args), DEADLINE))
         .await

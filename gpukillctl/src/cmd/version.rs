@@ -9,7 +9,7 @@ use gpukill_proto::v1::{VersionRequest, VersionResponse};
 use serde::Serialize;
 
 use crate::Output;
-use crate::cli::{Address, OutputFormat, VersionArgs};
+use crate::cli::{OutputFormat, VersionArgs};
 use crate::conn;
 use crate::error::Error;
 use crate::render::json::non_empty;
@@ -39,22 +39,27 @@ pub struct VersionJson {
     pub cluster_role: Option<String>,
 }
 
-/// Runs `gpukillctl version` against the daemon at `address`.
+/// Runs `gpukillctl version` against the daemon `target` names.
+///
+/// `target` is the checked connection options, or why they are unusable: the client's
+/// version is printed either way.
 pub async fn run<W: Write, E: Write>(
-    address: Option<&Address>,
+    target: Result<conn::Target, Error>,
     args: &VersionArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let daemon = ask(address).await;
+    let daemon = match target {
+        Ok(target) => ask(&target).await,
+        Err(err) => Err(err),
+    };
     let text = render(args.output, daemon.as_ref().ok())?;
     out.write(&text)?;
     daemon.map(|_| ())
 }
 
 /// Asks the daemon for its version.
-async fn ask(address: Option<&Address>) -> Result<VersionResponse, Error> {
-    let socket = conn::socket_path(address)?;
-    let mut client = conn::connect(&socket).await?;
+async fn ask(target: &conn::Target) -> Result<VersionResponse, Error> {
+    let mut client = conn::connect(target).await?;
     client
         .version(conn::unary(VersionRequest {}))
         .await
@@ -211,12 +216,12 @@ mod tests {
     #[tokio::test]
     async fn the_client_version_is_printed_even_when_the_daemon_is_unreachable() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let address = Address::Unix(dir.path().join("missing.sock"));
+        let target = conn::Target::unix(dir.path().join("missing.sock"));
         let mut out = output();
         let args = VersionArgs {
             output: OutputFormat::Table,
         };
-        let err = run(Some(&address), &args, &mut out)
+        let err = run(Ok(target), &args, &mut out)
             .await
             .expect_err("unreachable");
         assert_eq!(err.exit_code(), 6);
@@ -232,12 +237,12 @@ mod tests {
             version: Some(daemon()),
             ..Default::default()
         });
-        let address = Address::Unix(served.socket.clone());
+        let target = conn::Target::unix(served.socket.clone());
         let mut out = output();
         let args = VersionArgs {
             output: OutputFormat::Json,
         };
-        run(Some(&address), &args, &mut out).await.expect("version");
+        run(Ok(target), &args, &mut out).await.expect("version");
         let value: serde_json::Value = serde_json::from_slice(&out.writer).expect("JSON");
         assert_eq!(value["daemon_version"], "0.1.0");
         assert_eq!(value["host"], "gpu-node-1");

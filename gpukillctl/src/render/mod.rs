@@ -1,11 +1,13 @@
 //! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
-//! ([`json`]); for `kill`, `reset` and `events`, one module each with both renderings; for
-//! the reports `audit` and `history`, one module each with a table, JSON and CSV ([`csv`]).
+//! ([`json`]); for `kill`, `reset`, `events` and `cluster`, one module each with both
+//! renderings; for the reports `audit` and `history`, one module each with a table, JSON and
+//! CSV ([`csv`]).
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
 //! agree on names, units, the process count and the top process of a GPU.
 
 pub mod audit;
+pub mod cluster;
 pub mod collection;
 pub mod csv;
 pub mod events;

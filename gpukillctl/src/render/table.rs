@@ -1,4 +1,4 @@
-//! The human tables of `gpukillctl list`.
+//! The human tables of `gpukillctl list` (whose rows `cluster list` reuses).
 //!
 //! Layout, top to bottom:
 //! 1. `host  <ts RFC 3339 UTC, seconds>  seq N`, plus `  STALE: <reason>` when stale;
@@ -9,7 +9,7 @@
 //!
 //! Every absent value is `-`. Tables use tabled's psql style with trailing spaces trimmed.
 
-use gpukill_proto::v1::{GpuProcess, Snapshot, VendorState};
+use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, VendorState};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
@@ -33,11 +33,36 @@ pub struct TableOptions {
 /// Renders `snapshot` as text, ending in a newline.
 pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
     let mut text = header(snapshot);
-    text.push_str(&gpu_table(snapshot));
+    text.push_str(&table(
+        &GPU_HEADER,
+        snapshot.gpus.iter().map(|gpu| gpu_row(snapshot, gpu)),
+    ));
+    for line in problems(snapshot) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if options.details || options.containers {
+        text.push('\n');
+        text.push_str(&table(
+            &process_header(options),
+            snapshot
+                .processes
+                .iter()
+                .map(|process| process_row(snapshot, process, options)),
+        ));
+    }
+    text
+}
+
+/// What is wrong in `snapshot`, one line each (without a newline): `GPU i (name): error: ...`
+/// per GPU that could not be read, then `vendor: state: message` per vendor whose last poll
+/// was not OK.
+pub(crate) fn problems(snapshot: &Snapshot) -> Vec<String> {
+    let mut lines = Vec::new();
     for gpu in snapshot.gpus.iter().filter(|gpu| gpu.error.is_some()) {
         let name = gpu.name.as_deref().unwrap_or(ABSENT);
         let error = gpu.error.as_deref().unwrap_or_default();
-        text.push_str(&format!("GPU {} ({name}): error: {error}\n", gpu.index));
+        lines.push(format!("GPU {} ({name}): error: {error}", gpu.index));
     }
     for vendor in &snapshot.vendors {
         if vendor.state == VendorState::Ok as i32 {
@@ -52,14 +77,9 @@ pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
             line.push_str(": ");
             line.push_str(message);
         }
-        line.push('\n');
-        text.push_str(&line);
+        lines.push(line);
     }
-    if options.details || options.containers {
-        text.push('\n');
-        text.push_str(&process_table(snapshot, options));
-    }
-    text
+    lines
 }
 
 /// The header line.
@@ -84,44 +104,42 @@ fn header(snapshot: &Snapshot) -> String {
     line
 }
 
-/// The GPU table.
-fn gpu_table(snapshot: &Snapshot) -> String {
-    let header = [
-        "GPU",
-        "NAME",
-        "MEM_USED/TOTAL",
-        "UTIL(%)",
-        "TEMP(°C)",
-        "POWER(W)",
-        "ECC(volatile)",
-        "PIDS",
-        "TOP_PROC",
-    ];
-    let rows = snapshot.gpus.iter().map(|gpu| {
-        vec![
-            gpu.index.to_string(),
-            or_absent(gpu.name.as_deref()),
-            format!(
-                "{}/{}",
-                or_absent(gpu.memory_used_bytes.map(mib)),
-                or_absent(gpu.memory_total_bytes.map(mib))
-            ),
-            or_absent(gpu.utilization_gpu_pct),
-            or_absent(gpu.temperature_c),
-            or_absent(gpu.power_mw.map(watts)),
-            or_absent(gpu.ecc_volatile_errors),
-            or_absent(pid_count(snapshot, gpu)),
-            or_absent(
-                top_process(snapshot, gpu)
-                    .map(|process| format!("{}:{}", process.name, process.pid)),
-            ),
-        ]
-    });
-    table(&header, rows)
+/// The columns of the GPU table (those of the original gpukill).
+pub(crate) const GPU_HEADER: [&str; 9] = [
+    "GPU",
+    "NAME",
+    "MEM_USED/TOTAL",
+    "UTIL(%)",
+    "TEMP(°C)",
+    "POWER(W)",
+    "ECC(volatile)",
+    "PIDS",
+    "TOP_PROC",
+];
+
+/// The GPU table's row for `gpu` of `snapshot`.
+pub(crate) fn gpu_row(snapshot: &Snapshot, gpu: &Gpu) -> Vec<String> {
+    vec![
+        gpu.index.to_string(),
+        or_absent(gpu.name.as_deref()),
+        format!(
+            "{}/{}",
+            or_absent(gpu.memory_used_bytes.map(mib)),
+            or_absent(gpu.memory_total_bytes.map(mib))
+        ),
+        or_absent(gpu.utilization_gpu_pct),
+        or_absent(gpu.temperature_c),
+        or_absent(gpu.power_mw.map(watts)),
+        or_absent(gpu.ecc_volatile_errors),
+        or_absent(pid_count(snapshot, gpu)),
+        or_absent(
+            top_process(snapshot, gpu).map(|process| format!("{}:{}", process.name, process.pid)),
+        ),
+    ]
 }
 
-/// The process table.
-fn process_table(snapshot: &Snapshot, options: &TableOptions) -> String {
+/// The columns of the process table: with `options.containers`, RUNTIME and POD too.
+pub(crate) fn process_header(options: &TableOptions) -> Vec<&'static str> {
     let mut header = vec![
         "GPU",
         "PID",
@@ -134,24 +152,30 @@ fn process_table(snapshot: &Snapshot, options: &TableOptions) -> String {
     if options.containers {
         header.extend(["RUNTIME", "POD"]);
     }
-    let rows = snapshot.processes.iter().map(|process| {
-        let container = process.container.as_ref();
-        let mut row = vec![
-            process.gpu_index.to_string(),
-            process.pid.to_string(),
-            process.user.clone(),
-            process.name.clone(),
-            or_absent(process.used_memory_bytes.map(mib)),
-            start(process, snapshot.timestamp_unix_ms, options.tz),
-            or_absent(container.map(|c| c.id.chars().take(12).collect::<String>())),
-        ];
-        if options.containers {
-            row.push(or_absent(container.map(|c| c.runtime.clone())));
-            row.push(or_absent(container.and_then(|c| c.pod_uid.clone())));
-        }
-        row
-    });
-    table(&header, rows)
+    header
+}
+
+/// The process table's row for `process` of `snapshot`.
+pub(crate) fn process_row(
+    snapshot: &Snapshot,
+    process: &GpuProcess,
+    options: &TableOptions,
+) -> Vec<String> {
+    let container = process.container.as_ref();
+    let mut row = vec![
+        process.gpu_index.to_string(),
+        process.pid.to_string(),
+        process.user.clone(),
+        process.name.clone(),
+        or_absent(process.used_memory_bytes.map(mib)),
+        start(process, snapshot.timestamp_unix_ms, options.tz),
+        or_absent(container.map(|c| c.id.chars().take(12).collect::<String>())),
+    ];
+    if options.containers {
+        row.push(or_absent(container.map(|c| c.runtime.clone())));
+        row.push(or_absent(container.and_then(|c| c.pod_uid.clone())));
+    }
+    row
 }
 
 /// `HH:MM:SS (age)`: the start time in `tz` and the age as of the snapshot (not as of now, so
