@@ -170,13 +170,24 @@ where
 pub fn describe_status(status: &tonic::Status) -> String {
     use std::error::Error as _;
     if status.code() == tonic::Code::Unavailable {
-        let mut reason = status.message().to_string();
-        let mut source = status.source();
-        while let Some(cause) = source {
-            reason = cause.to_string();
-            source = cause.source();
-        }
+        let reason = status
+            .source()
+            .map_or_else(|| status.message().to_string(), innermost);
         return format!("unreachable: {reason}");
     }
     format!("{:?}: {}", status.code(), status.message())
+}
+
+/// The innermost cause of `error` (the OS error under "transport error: tcp connect
+/// error: ..."), without io's "(os error N)" suffix.
+pub fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(cause) = current.source() {
+        current = cause;
+    }
+    let text = current.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
 }

@@ -150,7 +150,7 @@ impl Forwarder {
         request.extensions_mut().clear();
         tracing::debug!(node = %name, path = %request.uri().path(), caller = %format!("{}@{}", vouched.user, vouched.host), "forwarding");
         let response = target.channel.oneshot(request).await.map_err(|error| {
-            let reason = crate::error_chain(&error);
+            let reason = super::fanout::innermost(&error);
             registry.record(&name, Some(format!("unreachable: {reason}")));
             tonic::Status::unavailable(format!("node {name} did not answer: {reason}"))
         })?;

@@ -197,9 +197,7 @@ impl FieldReader {
             Ok(value) => Some(value),
             // An older driver's library without the function does not support the field.
             Err(
-                NvmlError::NotSupported
-                | NvmlError::NotFound
-                | NvmlError::FailedToLoadSymbol(_),
+                NvmlError::NotSupported | NvmlError::NotFound | NvmlError::FailedToLoadSymbol(_),
             ) => None,
             Err(error) if is_fatal(&error) => {
                 self.fatal = true;
