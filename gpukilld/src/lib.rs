@@ -370,7 +370,7 @@ pub async fn run(
             kill_context.events.clone(),
         ),
     );
-    let forward = cluster::forward::ForwardLayer::new(Arc::new(cluster::forward::Forwarder {
+    let forward = rpc::layer::InterceptLayer::new(Arc::new(cluster::forward::Forwarder {
         registry: membership
             .coordinator
             .as_ref()
@@ -400,7 +400,7 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .layer(
                     tower::ServiceBuilder::new()
-                        .layer(rpc::tcp::AuthLayer::new(authenticator))
+                        .layer(rpc::layer::InterceptLayer::new(authenticator))
                         .layer(forward.clone())
                         .into_inner(),
                 )

@@ -5,7 +5,6 @@
 //! decides, with the same rules as for a local caller, and audits both names.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -14,7 +13,7 @@ use tower::ServiceExt;
 use super::registry::Registry;
 use crate::authz::{Principal, Remote, Role};
 use crate::node::NodeIdentity;
-use crate::rpc::layer::{BoxFuture, call_ready};
+use crate::rpc::layer::{Intercept, Intercepted};
 use crate::rpc::tcp::{CALLER_HEADER, CALLER_ROLE_HEADER, CALLER_UID_HEADER};
 
 /// The metadata that names the node a request is for.
@@ -159,56 +158,10 @@ impl Forwarder {
     }
 }
 
-/// The layer that forwards node-addressed requests; everything else goes to the local
-/// services.
-#[derive(Clone)]
-pub struct ForwardLayer {
-    forwarder: Arc<Forwarder>,
-}
-
-impl ForwardLayer {
-    /// A layer forwarding with `forwarder`.
-    pub fn new(forwarder: Arc<Forwarder>) -> Self {
-        Self { forwarder }
-    }
-}
-
-impl<S> tower::Layer<S> for ForwardLayer {
-    type Service = ForwardService<S>;
-
-    fn layer(&self, inner: S) -> ForwardService<S> {
-        ForwardService {
-            inner,
-            forwarder: Arc::clone(&self.forwarder),
-        }
-    }
-}
-
-/// [`ForwardLayer`]'s service.
-#[derive(Clone)]
-pub struct ForwardService<S> {
-    inner: S,
-    forwarder: Arc<Forwarder>,
-}
-
-impl<S> tower::Service<http::Request<Body>> for ForwardService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+/// A GpuKill request for another node is forwarded there; everything else (and a request
+/// for this node's own name) goes to the local services.
+impl Intercept for Forwarder {
+    fn intercept(self: Arc<Self>, mut request: http::Request<Body>) -> Intercepted {
         let node = request
             .uri()
             .path()
@@ -217,21 +170,17 @@ where
             .flatten()
             .map(|value| value.to_str().unwrap_or("").to_string());
         match node {
-            Some(name) if name != self.forwarder.node.name => {
-                let forwarder = Arc::clone(&self.forwarder);
-                Box::pin(async move {
-                    Ok(forwarder
-                        .forward(name, request)
-                        .await
-                        .unwrap_or_else(|status| status.into_http()))
-                })
-            }
+            Some(name) if name != self.node.name => Intercepted::Answer(Box::pin(async move {
+                Ok(self
+                    .forward(name, request)
+                    .await
+                    .unwrap_or_else(|status| status.into_http()))
+            })),
             local => {
                 if local.is_some() {
-                    // This node's own name: served here, as without the header.
                     request.headers_mut().remove(NODE_HEADER);
                 }
-                Box::pin(call_ready(&mut self.inner, request))
+                Intercepted::Pass(request)
             }
         }
     }

@@ -22,7 +22,7 @@ use tonic::codegen::http;
 use tonic::transport::server::Connected;
 
 use super::kill::EventsHandle;
-use super::layer::{BoxFuture, call_ready};
+use super::layer::{Intercept, Intercepted};
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
@@ -530,55 +530,10 @@ fn forwarded_caller(
     }))
 }
 
-/// The layer that authenticates every request on the TCP listener.
-#[derive(Clone)]
-pub struct AuthLayer {
-    authenticator: Arc<Authenticator>,
-}
-
-impl AuthLayer {
-    /// A layer checking with `authenticator`.
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
-            inner,
-            authenticator: Arc::clone(&self.authenticator),
-        }
-    }
-}
-
-/// [`AuthLayer`]'s service.
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S> tower::Service<http::Request<Body>> for AuthService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+/// Every request on the TCP listener is authenticated before any service sees it: the
+/// [`Remote`] found goes into the request's extensions; a refusal is answered here.
+impl Intercept for Authenticator {
+    fn intercept(self: Arc<Self>, mut request: http::Request<Body>) -> Intercepted {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
@@ -587,19 +542,18 @@ where
                 address: None,
                 certificates: None,
             });
-        match self.authenticator.authenticate(request.headers(), &peer) {
+        match self.authenticate(request.headers(), &peer) {
             Ok(remote) => {
                 request.extensions_mut().insert(remote);
-                Box::pin(call_ready(&mut self.inner, request))
+                Intercepted::Pass(request)
             }
             Err(refusal) => {
-                let path = request.uri().path().to_string();
-                self.authenticator.refused(&peer, &path, &refusal);
+                self.refused(&peer, request.uri().path(), &refusal);
                 let status = match refusal {
                     Refusal::Unauthenticated(reason) => tonic::Status::unauthenticated(reason),
                     Refusal::Forbidden(reason) => tonic::Status::permission_denied(reason),
                 };
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Intercepted::Answer(Box::pin(std::future::ready(Ok(status.into_http()))))
             }
         }
     }
