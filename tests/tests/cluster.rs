@@ -32,7 +32,6 @@ struct Cluster {
 }
 
 struct Node {
-    name: String,
     port: u16,
     daemon: Daemon,
 }
@@ -141,11 +140,7 @@ impl Cluster {
                 )
             }
         };
-        Node {
-            name: name.to_string(),
-            port,
-            daemon,
-        }
+        Node { port, daemon }
     }
 
     fn node(&self, index: usize) -> &Node {
