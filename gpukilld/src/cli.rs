@@ -22,6 +22,9 @@ pub struct Args {
     /// NVML library to load (overrides `[nvidia] library`; env GPUKILL_NVML_LIBRARY).
     #[arg(long, value_name = "PATH")]
     pub nvml_library: Option<PathBuf>,
+    /// Queue each hour's usage for upload without sending it (overrides `[upload] offline`).
+    #[arg(long)]
+    pub offline: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -51,6 +54,13 @@ impl Args {
                 "--nvml-library".into(),
                 &["nvidia", "library"],
                 path(library),
+            ));
+        }
+        if self.offline {
+            cli.push((
+                "--offline".into(),
+                &["upload", "offline"],
+                toml::Value::Boolean(true),
             ));
         }
         Sources {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod guard;
+pub mod ingest;
 pub mod metrics;
 pub mod node;
 pub mod procinfo;
@@ -19,6 +20,7 @@ pub mod sampler;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod upload;
 pub mod vendor;
 
 use std::future::Future;
@@ -69,6 +71,12 @@ pub enum Error {
     /// The cluster credentials or a node address cannot be used.
     #[error(transparent)]
     Cluster(#[from] cluster::client::ClientError),
+    /// The upload credentials cannot be used.
+    #[error(transparent)]
+    Upload(#[from] upload::client::ClientError),
+    /// The ingest endpoint cannot start.
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
 }
 
 impl Error {
@@ -77,8 +85,12 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         use gpukill_proto::exit_code::{ERROR, INVALID_ARGUMENT};
         match self {
-            Error::Config(_) | Error::Cluster(_) => INVALID_ARGUMENT,
-            Error::Tcp(rpc::tcp::TcpError::Bind { .. }) => ERROR,
+            Error::Config(_) | Error::Cluster(_) | Error::Upload(_) => INVALID_ARGUMENT,
+            Error::Tcp(rpc::tcp::TcpError::Bind { .. })
+            | Error::Ingest(ingest::IngestError::Bind { .. } | ingest::IngestError::Store(_)) => {
+                ERROR
+            }
+            Error::Ingest(_) => INVALID_ARGUMENT,
             Error::Tcp(_) => INVALID_ARGUMENT,
             Error::Socket(_)
             | Error::Procfs(_)
@@ -202,12 +214,23 @@ pub async fn run(
     let mut sampler =
         Sampler::new(host_name(), timing, backends, proc_reader).map_err(Error::Thread)?;
 
+    // The node id lives in the state directory, and the outbox's payloads carry it.
+    if let Err(error) = store::create_dir(&config.state_dir) {
+        tracing::error!(error = %error_chain(&error), "cannot create the state directory");
+    }
+    let node = Arc::new(node_identity(&config));
     let database = config.state_dir.join("gpukill.db");
     let events = match store::EventLog::start_with_history(
         database.clone(),
         store::HistoryOptions {
             persist_interval: config.persist_interval,
             retention: config.retention.limits(),
+            outbox: config.upload.enabled().then(|| store::OutboxOptions {
+                node_id: node.id.clone(),
+                node_name: node.name.clone(),
+                max_hours: config.upload.max_outbox_hours,
+            }),
+            delivered_retention: config.upload.delivered_retention,
         },
     ) {
         Ok(log) => Ok(Arc::new(log)),
@@ -233,7 +256,11 @@ pub async fn run(
         events,
     });
 
-    let node = Arc::new(node_identity(&config));
+    let upload_client = upload::client::UploadClient::new(&config.upload)?;
+    let ingest = match config.ingest.enabled {
+        true => Some(ingest::Ingest::bind(&config.ingest, &config.state_dir).await?),
+        false => None,
+    };
     // Bound before the socket, so a taken port stops the start before anything is created.
     let tcp_listener = match config.tcp.listen_addr() {
         Some(address) => Some(
@@ -378,6 +405,34 @@ pub async fn run(
         node: Arc::clone(&node),
         admin_group: config.admin_group.clone(),
     }));
+    if let Some(ingest) = ingest {
+        tracing::info!(address = ?ingest.local_addr().ok(), path = ingest::PATH, "serving uploads (ingest)");
+        tokio::spawn(ingest.serve(stopped.clone()));
+    }
+    let upload_settings = rpc::uploads::UploadSettings {
+        enabled: config.upload.enabled(),
+        offline: config.upload.offline,
+        url: config.upload.url.clone(),
+    };
+    if let (Some(client), Ok(log)) = (upload_client, &kill_context.events) {
+        if config.upload.offline {
+            tracing::info!(
+                url = client.url(),
+                "offline: hours are queued for upload, not sent"
+            );
+        } else {
+            tokio::spawn(upload::run(
+                Arc::clone(log),
+                client,
+                upload::Policy {
+                    retry_min: config.upload.retry_min,
+                    retry_max: config.upload.retry_max,
+                    max_attempts: config.upload.max_attempts,
+                },
+                stopped.clone(),
+            ));
+        }
+    }
     let grpc = rpc::Service::new(
         Arc::clone(&ring),
         stopped.clone(),
@@ -389,6 +444,7 @@ pub async fn run(
         },
         Arc::clone(&node),
         config.cluster.role,
+        upload_settings,
     )
     .into_server();
     let tcp_task = tcp_listener.map(|setup| {

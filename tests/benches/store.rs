@@ -144,6 +144,7 @@ fn main() {
             .rollup_hour(
                 START_MS + 10 * DAY_MS + hour * 3_600_000,
                 Duration::from_secs(10),
+                None,
             )
             .expect("rollup");
         rollups.push(started.elapsed().as_secs_f64() * 1e3);
@@ -156,7 +157,7 @@ fn main() {
     for hour in 0..30 * 24 {
         if !(240..264).contains(&hour) {
             store
-                .rollup_hour(START_MS + hour * 3_600_000, Duration::from_secs(10))
+                .rollup_hour(START_MS + hour * 3_600_000, Duration::from_secs(10), None)
                 .expect("rollup");
         }
     }

@@ -11,11 +11,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod remote;
+mod upload;
 
 pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
     parse_daemon_url,
 };
+pub use upload::{IngestConfig, UploadConfig, UploadUrl, parse_upload_url};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/gpukill/gpukilld.toml";
@@ -70,6 +72,10 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The coordinator role, and registration with one.
     pub cluster: ClusterConfig,
+    /// Sending hourly usage to a central server.
+    pub upload: UploadConfig,
+    /// Receiving hourly usage from nodes.
+    pub ingest: IngestConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -190,6 +196,8 @@ impl Default for Config {
             node: NodeConfig::default(),
             tcp: TcpConfig::default(),
             cluster: ClusterConfig::default(),
+            upload: UploadConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -366,6 +374,27 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_CLUSTER_CERT", &["cluster", "cert"]),
     ("GPUKILL_CLUSTER_KEY", &["cluster", "key"]),
     ("GPUKILL_CLUSTER_CA", &["cluster", "ca"]),
+    ("GPUKILL_UPLOAD_URL", &["upload", "url"]),
+    ("GPUKILL_UPLOAD_TOKEN_FILE", &["upload", "token_file"]),
+    ("GPUKILL_UPLOAD_CA", &["upload", "ca"]),
+    ("GPUKILL_UPLOAD_OFFLINE", &["upload", "offline"]),
+    ("GPUKILL_UPLOAD_MAX_ATTEMPTS", &["upload", "max_attempts"]),
+    (
+        "GPUKILL_UPLOAD_MAX_OUTBOX_HOURS",
+        &["upload", "max_outbox_hours"],
+    ),
+    (
+        "GPUKILL_UPLOAD_DELIVERED_RETENTION",
+        &["upload", "delivered_retention"],
+    ),
+    ("GPUKILL_UPLOAD_RETRY_MIN", &["upload", "retry_min"]),
+    ("GPUKILL_UPLOAD_RETRY_MAX", &["upload", "retry_max"]),
+    ("GPUKILL_UPLOAD_TIMEOUT", &["upload", "timeout"]),
+    ("GPUKILL_INGEST_ENABLED", &["ingest", "enabled"]),
+    ("GPUKILL_INGEST_LISTEN", &["ingest", "listen"]),
+    ("GPUKILL_INGEST_TOKENS", &["ingest", "tokens"]),
+    ("GPUKILL_INGEST_CERT", &["ingest", "cert"]),
+    ("GPUKILL_INGEST_KEY", &["ingest", "key"]),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];
@@ -544,6 +573,8 @@ impl Config {
         }
         self.tcp.validate(origin)?;
         self.cluster.validate(&self.tcp, origin)?;
+        self.upload.validate(origin)?;
+        self.ingest.validate(origin)?;
         Ok(())
     }
 

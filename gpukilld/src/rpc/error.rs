@@ -98,6 +98,23 @@ pub enum RpcError {
     /// A blocking task panicked.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// Uploads are not configured.
+    #[error(
+        "uploads are off on this node: set [upload] url (or [upload] offline = true to queue hours without sending them)"
+    )]
+    UploadsOff,
+    /// An upload status the daemon does not know.
+    #[error("unknown upload status {0}: use pending, delivered, parked or rejected")]
+    UnknownUploadStatus(i32),
+    /// An hour without an outbox entry.
+    #[error("no upload of the hour starting at {} (gpukillctl uploads list shows the hours)", crate::rpc::convert::rfc3339_ms(*.0))]
+    NoUpload(i64),
+    /// An hour that is neither parked nor rejected.
+    #[error("the hour starting at {hour} is {status}: only parked or rejected hours are sent again", hour = crate::rpc::convert::rfc3339_ms(*.0), status = .1)]
+    UploadNotStuck(i64, &'static str),
+    /// A retry request that names nothing.
+    #[error("name an hour or ask for every parked hour (--all-parked)")]
+    InvalidUploadRetry,
 }
 
 impl From<RpcError> for Status {
@@ -118,12 +135,18 @@ impl From<RpcError> for Status {
             | RpcError::TooManyRecords { .. }
             | RpcError::InvalidLevel(_)
             | RpcError::InvalidPolicy(_)
+            | RpcError::UnknownUploadStatus(_)
+            | RpcError::InvalidUploadRetry
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }
-            RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_)) => Code::NotFound,
+            RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_))
+            | RpcError::NoUpload(_) => Code::NotFound,
             RpcError::NotAdmin(_) => Code::PermissionDenied,
-            RpcError::ResetUnsupported(_) | RpcError::GuardOff(_) => Code::FailedPrecondition,
+            RpcError::ResetUnsupported(_)
+            | RpcError::GuardOff(_)
+            | RpcError::UploadsOff
+            | RpcError::UploadNotStuck(..) => Code::FailedPrecondition,
             RpcError::ResetBusy(_) => Code::Aborted,
             RpcError::Select(SelectError::Proc { .. })
             | RpcError::AuditUnavailable(_)

@@ -14,6 +14,7 @@ use crate::store::EventLog;
 pub async fn health(
     ring: &Ring,
     events: &Result<Arc<EventLog>, String>,
+    upload_settings: &super::uploads::UploadSettings,
     started: Instant,
 ) -> pb::HealthResponse {
     let now = SystemTime::now();
@@ -54,6 +55,30 @@ pub async fn health(
             }
         }
     }
+    let mut uploads = None;
+    if let (true, Ok(log)) = (upload_settings.enabled, events) {
+        match log.read(|store| store.outbox_summary()).await {
+            Ok(summary) => {
+                if summary.dropped_total > 0 {
+                    problems.push(format!(
+                        "uploads: {} hours dropped because the outbox was full ([upload] max_outbox_hours)",
+                        summary.dropped_total
+                    ));
+                }
+                if summary.parked + summary.rejected > 0 {
+                    problems.push(format!(
+                        "uploads: {} hours parked and {} rejected (gpukillctl uploads list)",
+                        summary.parked, summary.rejected
+                    ));
+                }
+                uploads = Some(upload_settings.summary(summary));
+            }
+            Err(error) => problems.push(format!(
+                "uploads: cannot read the outbox: {}",
+                crate::error_chain(&error)
+            )),
+        }
+    }
     if let Some(reason) = latest.stale_reason(now)
         && !problems
             .iter()
@@ -77,6 +102,7 @@ pub async fn health(
             .iter()
             .map(|status| convert::vendor_status(status, now))
             .collect(),
+        uploads,
         latest_sequence: latest.sequence,
         latest_age_ms: u64::try_from(
             now.duration_since(latest.data_taken_at())

@@ -18,6 +18,7 @@ mod sessions;
 pub mod summary;
 pub mod tcp;
 pub mod unix;
+pub mod uploads;
 mod version;
 mod watch;
 
@@ -49,6 +50,7 @@ pub struct Service {
     reset: reset::ResetConfig,
     node: Arc<NodeIdentity>,
     cluster_role: crate::config::ClusterRole,
+    uploads: uploads::UploadSettings,
 }
 
 impl Service {
@@ -62,6 +64,7 @@ impl Service {
         reset: reset::ResetConfig,
         node: Arc<NodeIdentity>,
         cluster_role: crate::config::ClusterRole,
+        uploads: uploads::UploadSettings,
     ) -> Self {
         Self {
             ring,
@@ -72,6 +75,7 @@ impl Service {
             reset,
             node,
             cluster_role,
+            uploads,
         }
     }
 
@@ -164,7 +168,7 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         attribute(&request, "Health", Access::Read, &self.kill.events)?;
         Ok(Response::new(
-            health::health(&self.ring, &self.kill.events, self.started).await,
+            health::health(&self.ring, &self.kill.events, &self.uploads, self.started).await,
         ))
     }
 
@@ -296,6 +300,45 @@ impl GpuKill for Service {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    async fn uploads(
+        &self,
+        request: Request<pb::UploadsRequest>,
+    ) -> Result<Response<pb::UploadsResponse>, Status> {
+        attribute(&request, "Uploads", Access::Read, &self.kill.events)?;
+        uploads::list(&self.kill.events, &self.uploads, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn upload_show(
+        &self,
+        request: Request<pb::UploadShowRequest>,
+    ) -> Result<Response<pb::UploadShowResponse>, Status> {
+        attribute(&request, "UploadShow", Access::Read, &self.kill.events)?;
+        uploads::show(&self.kill.events, &self.uploads, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn upload_retry(
+        &self,
+        request: Request<pb::UploadRetryRequest>,
+    ) -> Result<Response<pb::UploadRetryResponse>, Status> {
+        let caller = attribute(&request, "UploadRetry", Access::Act, &self.kill.events)?;
+        uploads::retry(
+            &self.kill.events,
+            &self.uploads,
+            &self.kill.admin_group,
+            caller,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn reset(

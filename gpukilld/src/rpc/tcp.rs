@@ -109,26 +109,44 @@ fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, T
     let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
         return Ok(None);
     };
+    server_config(
+        cert,
+        key,
+        config.client_ca.as_deref(),
+        config.tokens.is_some(),
+        b"h2",
+    )
+    .map(Some)
+}
+
+/// A rustls server configuration: the chain in `cert` and the key in `key`; with
+/// `client_ca`, client certificates are verified against it (and required unless
+/// `certificate_optional`: a token may stand in for one); `alpn` is the protocol offered.
+pub fn server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+    certificate_optional: bool,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TcpError> {
     let chain = read_certificates("cert", cert)?;
     let private_key = read_private_key("key", key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|error| TcpError::Tls(error.to_string()))?;
-    let builder = match &config.client_ca {
+    let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for certificate in read_certificates("client_ca", ca)? {
                 roots.add(certificate).map_err(|error| TcpError::Pem {
                     key: "client_ca",
-                    path: ca.clone(),
+                    path: ca.to_path_buf(),
                     message: format!("not a usable CA certificate: {error}"),
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            // With a token file too, a client may come without a certificate and present a
-            // token; a certificate it does present must still chain to the CA.
-            let verifier = if config.tokens.is_some() {
+            let verifier = if certificate_optional {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
@@ -144,8 +162,8 @@ fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, T
     let mut server = builder
         .with_single_cert(chain, private_key)
         .map_err(|error| TcpError::Tls(error.to_string()))?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Some(Arc::new(server)))
+    server.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(server))
 }
 
 /// Who a TCP connection is, as far as the connection itself says: its address and the

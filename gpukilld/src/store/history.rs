@@ -151,6 +151,8 @@ pub struct RollupSummary {
     pub gpu_rows: usize,
     /// Rows written to `user_hourly` (one per GPU and uid with sessions in the hour).
     pub user_rows: usize,
+    /// Outbox entries dropped at its bound when this hour was queued (their hours).
+    pub dropped_uploads: Vec<i64>,
 }
 
 const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO gpu_samples (
@@ -303,7 +305,7 @@ const HOURS_NEEDING_ROLLUP: &str = "WITH RECURSIVE
     ORDER BY hour_ms";
 
 /// The start of the hour `time_ms` falls in (floored, also before the epoch).
-pub(super) fn hour_start(time_ms: i64) -> i64 {
+pub(crate) fn hour_start(time_ms: i64) -> i64 {
     time_ms.div_euclid(HOUR_MS) * HOUR_MS
 }
 
@@ -418,10 +420,13 @@ impl Store {
     ///   only this hour; not a sum over concurrent processes);
     /// - `processes` = the number of sessions;
     /// - `user` = the name on the session seen last (one row per uid even if names differ).
+    ///
+    /// With `outbox`, the hour's upload payload is queued in the same transaction.
     pub fn rollup_hour(
         &mut self,
         hour_ms: i64,
         persist_interval: Duration,
+        outbox: Option<&super::OutboxOptions>,
     ) -> Result<RollupSummary, StoreError> {
         let hour_ms = hour_start(hour_ms);
         let end_ms = hour_ms.saturating_add(HOUR_MS);
@@ -454,10 +459,21 @@ impl Store {
             [hour_ms],
         )
         .map_err(StoreError::Write)?;
+        let dropped_uploads = match outbox {
+            Some(options) => super::outbox::queue_hour(
+                &tx,
+                hour_ms,
+                options,
+                super::events::unix_ms(std::time::SystemTime::now()),
+            )
+            .map_err(StoreError::Write)?,
+            None => Vec::new(),
+        };
         tx.commit().map_err(StoreError::Write)?;
         Ok(RollupSummary {
             gpu_rows,
             user_rows,
+            dropped_uploads,
         })
     }
 
@@ -1272,7 +1288,7 @@ mod tests {
         let mut store = Store::open_in_memory().unwrap();
         let samples = write_an_hour(&mut store);
 
-        let summary = store.rollup_hour(H0, TEN_S).unwrap();
+        let summary = store.rollup_hour(H0, TEN_S, None).unwrap();
         let stored = store.sessions(i64::MIN, i64::MAX).unwrap();
         let expected_users = expected_user_hourly(&stored, H0);
         assert_eq!(
@@ -1308,7 +1324,7 @@ mod tests {
         // Twice: the same tables, byte for byte.
         let gpu_before = dump(&store, "gpu_hourly", "hour_ms, gpu_index");
         let user_before = dump(&store, "user_hourly", "hour_ms, gpu_index, uid");
-        let summary_again = store.rollup_hour(H0, TEN_S).unwrap();
+        let summary_again = store.rollup_hour(H0, TEN_S, None).unwrap();
         assert_eq!(summary_again, summary);
         assert_eq!(dump(&store, "gpu_hourly", "hour_ms, gpu_index"), gpu_before);
         assert_eq!(
@@ -1330,7 +1346,7 @@ mod tests {
                 &[update(1, 0, H0, H0 + 10_000)],
             )
             .unwrap();
-        store.rollup_hour(H0, TEN_S).unwrap();
+        store.rollup_hour(H0, TEN_S, None).unwrap();
         // A late row for GPU 0, and GPU 1's row gone (say, deleted by retention).
         store
             .write_history(&[sample(H0 + 10_000, 0, 3)], &[])
@@ -1339,7 +1355,7 @@ mod tests {
             .conn
             .execute("DELETE FROM gpu_samples WHERE gpu_index = 1", [])
             .unwrap();
-        let summary = store.rollup_hour(H0, TEN_S).unwrap();
+        let summary = store.rollup_hour(H0, TEN_S, None).unwrap();
         assert_eq!(
             summary,
             RollupSummary {
@@ -1356,7 +1372,7 @@ mod tests {
     fn rollup_of_an_unaligned_hour_is_floored() {
         let mut store = Store::open_in_memory().unwrap();
         store.write_history(&[sample(H0, 0, 1)], &[]).unwrap();
-        store.rollup_hour(H0 + 1_234, TEN_S).unwrap();
+        store.rollup_hour(H0 + 1_234, TEN_S, None).unwrap();
         assert_eq!(gpu_hourly(&store, H0).len(), 1);
         assert_eq!(
             store.hours_needing_rollup(H0 + 2 * HOUR_MS).unwrap(),
@@ -1382,7 +1398,7 @@ mod tests {
         across.memory_byte_seconds = GIB * 3600.0 * 8.0;
         store.write_history(&[], &[inside, once, across]).unwrap();
 
-        let summary = store.rollup_hour(H0, TEN_S).unwrap();
+        let summary = store.rollup_hour(H0, TEN_S, None).unwrap();
         assert_eq!(
             summary,
             RollupSummary {
@@ -1403,7 +1419,7 @@ mod tests {
         assert_close("across gpu_seconds", Some(user2.gpu_seconds), Some(2_700.0));
         assert_close("across GiB-h", Some(user2.memory_gib_hours), Some(6.0));
 
-        store.rollup_hour(H0 + HOUR_MS, TEN_S).unwrap();
+        store.rollup_hour(H0 + HOUR_MS, TEN_S, None).unwrap();
         let next = user_hourly(&store, H0 + HOUR_MS);
         assert_eq!(next.keys().copied().collect::<Vec<_>>(), vec![(1, 1002)]);
         assert_close(
@@ -1417,7 +1433,7 @@ mod tests {
             Some(2.0),
         );
         // Nothing is left for the hour before.
-        store.rollup_hour(H0 - HOUR_MS, TEN_S).unwrap();
+        store.rollup_hour(H0 - HOUR_MS, TEN_S, None).unwrap();
         assert!(user_hourly(&store, H0 - HOUR_MS).is_empty());
     }
 
@@ -1428,7 +1444,7 @@ mod tests {
         let mut new_name = update(6, 0, H0 + 120_000, H0 + 180_000);
         new_name.user = "user0-renamed".to_string();
         store.write_history(&[], &[new_name, old_name]).unwrap();
-        let summary = store.rollup_hour(H0, TEN_S).unwrap();
+        let summary = store.rollup_hour(H0, TEN_S, None).unwrap();
         assert_eq!(summary.user_rows, 1);
         let rows = user_hourly(&store, H0);
         assert_eq!(rows[&(0, 1000)].user, "user0-renamed");
@@ -1453,7 +1469,7 @@ mod tests {
             store.hours_needing_rollup(now).unwrap(),
             vec![H0, H0 + HOUR_MS, H0 + 3 * HOUR_MS]
         );
-        store.rollup_hour(H0 + HOUR_MS, TEN_S).unwrap();
+        store.rollup_hour(H0 + HOUR_MS, TEN_S, None).unwrap();
         assert_eq!(
             store.hours_needing_rollup(now).unwrap(),
             vec![H0, H0 + 3 * HOUR_MS]
@@ -1468,7 +1484,7 @@ mod tests {
             vec![H0, H0 + 3 * HOUR_MS]
         );
         for hour in store.hours_needing_rollup(now).unwrap() {
-            store.rollup_hour(hour, TEN_S).unwrap();
+            store.rollup_hour(hour, TEN_S, None).unwrap();
         }
         assert!(store.hours_needing_rollup(now).unwrap().is_empty());
     }

@@ -49,12 +49,16 @@ pub struct HistoryBatch {
 }
 
 /// How the store keeps metrics history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryOptions {
     /// Time covered by one sample row (the rollup weighs rows by it).
     pub persist_interval: Duration,
     /// How long each kind of data is kept; pruned once an hour.
     pub retention: Retention,
+    /// Queue each rolled-up hour for upload, when uploads are configured.
+    pub outbox: Option<super::OutboxOptions>,
+    /// How long delivered uploads are kept.
+    pub delivered_retention: Duration,
 }
 
 impl Default for HistoryOptions {
@@ -62,6 +66,8 @@ impl Default for HistoryOptions {
         Self {
             persist_interval: Duration::from_secs(10),
             retention: Retention::default(),
+            outbox: None,
+            delivered_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -130,6 +136,8 @@ enum Request {
     History,
     /// Answer once everything queued before this request is written.
     Flush { reply: oneshot::Sender<()> },
+    /// Run a write on the writer's connection (it answers through its own channel).
+    Apply(Box<dyn FnOnce(&mut Store) + Send>),
     /// Import records of a gpukill audit.jsonl, then redo the rollups they change.
     Import {
         records: Vec<ImportRecord>,
@@ -391,6 +399,29 @@ impl EventLog {
         }
     }
 
+    /// Runs `write` on the writer thread's connection (after what is queued before it) and
+    /// waits for its answer up to a timeout (`Timeout`: it may still run).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let apply: Box<dyn FnOnce(&mut Store) + Send> = Box::new(move |store| {
+            let _ = reply.send(write(store));
+        });
+        self.requests
+            .try_send(Request::Apply(apply))
+            .map_err(|error| match error {
+                mpsc::TrySendError::Full(_) => StoreError::QueueFull { lost: 0 },
+                mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+            })?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     /// Reads the newest `query.limit` matching events, oldest first, on the blocking pool,
     /// waiting up to a timeout (`Timeout`).
     pub async fn query(&self, query: EventQuery) -> Result<Vec<StoredEvent>, StoreError> {
@@ -607,13 +638,13 @@ fn write_loop(
             }
         };
         if let Some(request) = request {
-            handle(&open, request, counters, history, options);
+            handle(&open, request, counters, history, &options);
         }
         let written = write_history(&open, history);
         if closing {
             break;
         }
-        roll_up(&open, history, options, &mut rolled_up_through);
+        roll_up(&open, history, &options, &mut rolled_up_through);
         if !written && path.is_some() {
             store = None;
         }
@@ -658,7 +689,7 @@ fn refuse(request: Request, error: StoreError, counters: &Counters) {
         // Written once the store opens again: history follows every request.
         Request::History => {}
         // Nothing can be written now: the caller learns it from the dropped reply.
-        Request::Flush { .. } => {}
+        Request::Flush { .. } | Request::Apply(_) => {}
         #[cfg(test)]
         Request::Hold { holding, release } => {
             let _ = holding.send(());
@@ -716,7 +747,7 @@ fn write_history(store: &Mutex<Store>, history: &HistoryQueue) -> bool {
 fn roll_up(
     store: &Mutex<Store>,
     history: &HistoryQueue,
-    options: HistoryOptions,
+    options: &HistoryOptions,
     rolled_up_through: &mut Option<i64>,
 ) {
     let now_ms = super::events::unix_ms(std::time::SystemTime::now());
@@ -728,12 +759,19 @@ fn roll_up(
         let mut store = lock(store);
         let mut done = 0;
         for hour in store.hours_needing_rollup(now_ms)? {
-            store.rollup_hour(hour, options.persist_interval)?;
+            rollup_hour(&mut store, hour, options)?;
             done += 1;
         }
         let pruned = store.prune(now_ms, &options.retention, PRUNE_BATCH_ROWS)?;
         if pruned != super::PruneSummary::default() {
             tracing::info!(?pruned, "retention pass");
+        }
+        if options.outbox.is_some() {
+            let keep = i64::try_from(options.delivered_retention.as_millis()).unwrap_or(i64::MAX);
+            let delivered = store.outbox_prune_delivered(now_ms.saturating_sub(keep))?;
+            if delivered > 0 {
+                tracing::info!(delivered, "pruned delivered uploads");
+            }
         }
         Ok::<_, StoreError>(done)
     }));
@@ -757,7 +795,7 @@ fn import(
     store: &mut Store,
     records: &[ImportRecord],
     history: &HistoryQueue,
-    options: HistoryOptions,
+    options: &HistoryOptions,
 ) -> Result<ImportSummary, StoreError> {
     let now_ms = super::events::unix_ms(std::time::SystemTime::now());
     let age = |limit: Duration| i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
@@ -769,11 +807,29 @@ fn import(
     let raw_kept_from = now_ms.saturating_sub(age(options.retention.samples));
     for &hour in summary.hours.range(..open_hour) {
         if hour >= raw_kept_from || !store.is_rolled_up(hour)? {
-            store.rollup_hour(hour, options.persist_interval)?;
+            rollup_hour(store, hour, options)?;
             history.hours_rolled_up.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(summary)
+}
+
+/// Rolls up one hour (queueing it for upload when uploads are on) and logs the uploads the
+/// outbox's bound dropped.
+fn rollup_hour(store: &mut Store, hour: i64, options: &HistoryOptions) -> Result<(), StoreError> {
+    let summary = store.rollup_hour(hour, options.persist_interval, options.outbox.as_ref())?;
+    if let (Some(first), Some(last)) = (
+        summary.dropped_uploads.first(),
+        summary.dropped_uploads.last(),
+    ) {
+        tracing::warn!(
+            dropped = summary.dropped_uploads.len(),
+            oldest_hour_ms = first.min(last),
+            max_outbox_hours = options.outbox.as_ref().map(|o| o.max_hours),
+            "the upload outbox is full: dropped the oldest undelivered hours"
+        );
+    }
+    Ok(())
 }
 
 /// Carries out one request from the audit queue.
@@ -782,7 +838,7 @@ fn handle(
     request: Request,
     counters: &Counters,
     history: &HistoryQueue,
-    options: HistoryOptions,
+    options: &HistoryOptions,
 ) {
     {
         match request {
@@ -828,6 +884,12 @@ fn handle(
                     }
                     // Dropping the reply tells the caller.
                     Err(_) => tracing::error!("the audit import panicked"),
+                }
+            }
+            Request::Apply(apply) => {
+                // A panic drops the closure's reply, which tells its caller.
+                if catch_unwind(AssertUnwindSafe(|| apply(&mut lock(store)))).is_err() {
+                    tracing::error!("a store write panicked");
                 }
             }
             #[cfg(test)]

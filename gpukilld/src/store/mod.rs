@@ -12,6 +12,7 @@ mod events;
 mod history;
 mod import;
 mod log;
+mod outbox;
 mod retention;
 mod schema;
 mod usage;
@@ -26,9 +27,14 @@ pub(crate) use events::unix_ms;
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
+pub(crate) use history::hour_start;
 pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
 pub use import::{ImportProcess, ImportRecord, ImportSummary, SESSION_GAP_MS};
 pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters, HistoryOptions};
+pub use outbox::{
+    AttemptResult, DueEntry, OutboxEntry, OutboxOptions, OutboxStatus, OutboxSummary, RetryRefusal,
+    SendAttemptRow,
+};
 pub use retention::{PruneSummary, Retention};
 pub use usage::{GpuHourlyRow, GpuUsage};
 
@@ -225,7 +231,7 @@ impl Store {
 }
 
 /// Creates `dir` and its missing parents with [`DIR_MODE`]; an existing one is left as is.
-fn create_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn create_dir(dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::DirBuilderExt;
 
     std::fs::DirBuilder::new()

@@ -119,6 +119,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
     // 5: the coordinator principal that forwarded a request (NULL for direct callers).
     "ALTER TABLE events ADD COLUMN via TEXT;",
+    // 6: the upload outbox (one payload per closed hour), every attempt to send one, and
+    // the count of entries dropped at the outbox's bound.
+    "CREATE TABLE outbox (
+        hour_ms INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        sha256 TEXT NOT NULL,
+        gpu_rows INTEGER NOT NULL,
+        user_rows INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending','delivered','parked','rejected')),
+        attempts INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        first_attempt_ms INTEGER,
+        last_attempt_ms INTEGER,
+        next_attempt_ms INTEGER,
+        last_error TEXT,
+        delivered_ms INTEGER
+    );
+    CREATE INDEX outbox_by_status ON outbox(status, hour_ms);
+    CREATE TABLE send_attempts (
+        id INTEGER PRIMARY KEY,
+        hour_ms INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        http_status INTEGER,
+        error TEXT,
+        latency_ms INTEGER NOT NULL
+    );
+    CREATE INDEX send_attempts_by_hour ON send_attempts(hour_ms, id);
+    CREATE TABLE outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
 ];
 
 /// The schema version this binary knows: the number of migrations.

@@ -317,7 +317,7 @@ mod tests {
         // Hours 0 and 2 rolled up, hour 1 not yet (a daemon that was down), hour 3 open.
         for hour in [0, 2] {
             store
-                .rollup_hour(H0 + hour * HOUR_MS, Duration::from_secs(600))
+                .rollup_hour(H0 + hour * HOUR_MS, Duration::from_secs(600), None)
                 .unwrap();
         }
         for (since, until) in [
@@ -338,7 +338,9 @@ mod tests {
     fn usage_keeps_hours_whose_raw_samples_are_gone() {
         let mut store = Store::open_in_memory().unwrap();
         fill(&mut store);
-        store.rollup_hour(H0, Duration::from_secs(600)).unwrap();
+        store
+            .rollup_hour(H0, Duration::from_secs(600), None)
+            .unwrap();
         let before = store.gpu_usage(H0, H0 + HOUR_MS).unwrap();
         store
             .conn
@@ -354,7 +356,7 @@ mod tests {
         fill(&mut store);
         for hour in 0..3 {
             store
-                .rollup_hour(H0 + hour * HOUR_MS, Duration::from_secs(600))
+                .rollup_hour(H0 + hour * HOUR_MS, Duration::from_secs(600), None)
                 .unwrap();
         }
         let rows = store.gpu_hourly(Some(1), H0 + 1, H0 + 2 * HOUR_MS).unwrap();

@@ -1,0 +1,286 @@
+//! `[upload]` (sending each closed hour's usage to a central server) and `[ingest]`
+//! (receiving it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, duration, parse_address};
+
+/// `[upload]`: off unless `url` is set (or `offline`, which queues without sending).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Where to POST each hour: `https://host[:port]/path` (`http://` to a loopback host
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file holding the bearer token to present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificates (PEM) the server's certificate must chain to (required for
+    /// `https://`: this build trusts no system roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Queue hours without sending them (also `gpukilld --offline`).
+    pub offline: bool,
+    /// Failed attempts after which an entry is parked (kept, not sent again until an admin
+    /// retries it).
+    pub max_attempts: u32,
+    /// Undelivered hours kept at most; the oldest beyond are dropped, counted and logged.
+    pub max_outbox_hours: u32,
+    /// How long delivered hours are kept.
+    #[serde(with = "duration")]
+    pub delivered_retention: Duration,
+    /// The first retry's ceiling; each retry doubles it (full jitter), up to `retry_max`.
+    #[serde(with = "duration")]
+    pub retry_min: Duration,
+    /// The longest wait between two attempts.
+    #[serde(with = "duration")]
+    pub retry_max: Duration,
+    /// How long one attempt may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token_file: None,
+            ca: None,
+            offline: false,
+            max_attempts: 10,
+            max_outbox_hours: 24 * 90,
+            delivered_retention: Duration::from_secs(30 * 86_400),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A parsed upload URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadUrl {
+    /// The URL as written.
+    pub url: String,
+    /// Whether it is `https`.
+    pub tls: bool,
+    /// The host the certificate must name.
+    pub host: String,
+    /// The port (443 or 80 when not written).
+    pub port: u16,
+    /// The path (and query).
+    pub path: String,
+}
+
+/// Parses `https://host[:port]/path`, or `http://` to a loopback host.
+pub fn parse_upload_url(text: &str) -> Result<UploadUrl, String> {
+    let (tls, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err("must start with https:// (http:// to a loopback host only)".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("needs a host: https://HOST[:PORT]/PATH".into());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            match port.parse::<u16>() {
+                Ok(port) if !host.is_empty() => (host, port),
+                _ if authority.starts_with('[') && authority.ends_with(']') => {
+                    (authority, if tls { 443 } else { 80 })
+                }
+                _ => return Err(format!("has a bad port {port:?}")),
+            }
+        }
+        _ => (authority, if tls { 443 } else { 80 }),
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if !tls {
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|address| address.is_loopback());
+        if !loopback {
+            return Err(
+                "uses http:// to a host that is not loopback: use https:// (uploads carry a token)"
+                    .into(),
+            );
+        }
+    }
+    Ok(UploadUrl {
+        url: text.to_string(),
+        tls,
+        host,
+        port,
+        path: path.to_string(),
+    })
+}
+
+impl UploadConfig {
+    /// Whether hours are queued (sent or not).
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || self.offline
+    }
+
+    pub(super) fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, message: String| ConfigError::Invalid {
+            key,
+            value,
+            origin: origin("upload"),
+            message,
+        };
+        if let Some(url) = &self.url {
+            let parsed = parse_upload_url(url)
+                .map_err(|message| invalid("upload.url", url.clone(), message))?;
+            if parsed.tls && self.ca.is_none() {
+                return Err(invalid(
+                    "upload.url",
+                    url.clone(),
+                    "is https:// but upload.ca is not set: name the CA that signs the server's certificate".into(),
+                ));
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(
+                "upload.max_attempts",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_outbox_hours == 0 {
+            return Err(invalid(
+                "upload.max_outbox_hours",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.retry_min > self.retry_max || self.retry_min < Duration::from_millis(10) {
+            return Err(invalid(
+                "upload.retry_min",
+                duration::format(self.retry_min),
+                format!(
+                    "must be at least 10ms and at most upload.retry_max ({})",
+                    duration::format(self.retry_max)
+                ),
+            ));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "upload.timeout",
+                duration::format(self.timeout),
+                "must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[ingest]`: receiving uploads (`POST /api/v1/usage`) and serving them back (`GET`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Whether to serve the ingest endpoint.
+    pub enabled: bool,
+    /// Where: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
+    pub listen: String,
+    /// The token file (`PRINCIPAL TOKEN` per line, mode 0600) of the nodes that may upload
+    /// and the readers; required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<PathBuf>,
+    /// The server's certificate chain (PEM); with `key`, the endpoint speaks TLS (required
+    /// off loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9402".to_string(),
+            tokens: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub(super) fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let invalid = |key: &'static str, value: String, message: &str| ConfigError::Invalid {
+            key,
+            value,
+            origin: origin("ingest"),
+            message: message.to_string(),
+        };
+        let address = parse_address(&self.listen)
+            .map_err(|message| invalid("ingest.listen", self.listen.clone(), &message))?;
+        if self.tokens.is_none() {
+            return Err(invalid(
+                "ingest.tokens",
+                "(unset)".into(),
+                "is required: the ingest endpoint accepts uploads only with a bearer token",
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(invalid(
+                "ingest.cert",
+                format!("{:?}", self.cert),
+                "and ingest.key go together: set both for TLS, or neither",
+            ));
+        }
+        if !address.ip().is_loopback() && self.cert.is_none() {
+            return Err(invalid(
+                "ingest.listen",
+                self.listen.clone(),
+                "is not a loopback address and the endpoint has no TLS: set ingest.cert and ingest.key (tokens must not cross the network in clear)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_urls() {
+        let url = parse_upload_url("https://central.example/api/v1/usage").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("central.example", 443, "/api/v1/usage")
+        );
+        let url = parse_upload_url("http://127.0.0.1:9402/api/v1/usage").unwrap();
+        assert_eq!((url.tls, url.port), (false, 9402));
+        let url = parse_upload_url("https://[::1]:8443/x").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 8443));
+        assert!(
+            parse_upload_url("http://central:9402/x")
+                .unwrap_err()
+                .contains("not loopback")
+        );
+        assert!(parse_upload_url("ftp://x/y").is_err());
+        assert!(parse_upload_url("https://user@x/y").is_err());
+        assert!(parse_upload_url("https://x:port/y").is_err());
+    }
+}
