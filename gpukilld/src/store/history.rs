@@ -1295,7 +1295,8 @@ mod tests {
             summary,
             RollupSummary {
                 gpu_rows: 4,
-                user_rows: expected_users.len()
+                user_rows: expected_users.len(),
+                dropped_uploads: Vec::new(),
             }
         );
 
@@ -1360,7 +1361,8 @@ mod tests {
             summary,
             RollupSummary {
                 gpu_rows: 1,
-                user_rows: 1
+                user_rows: 1,
+                dropped_uploads: Vec::new(),
             }
         );
         let rows = gpu_hourly(&store, H0);
@@ -1403,7 +1405,8 @@ mod tests {
             summary,
             RollupSummary {
                 gpu_rows: 0,
-                user_rows: 2
+                user_rows: 2,
+                dropped_uploads: Vec::new(),
             }
         );
         let rows = user_hourly(&store, H0);

@@ -594,3 +594,132 @@ pub enum RetryRefusal {
     /// The hour is pending or delivered.
     NotStuck(i64, OutboxStatus),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::GpuSampleRow;
+
+    const HOUR: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+
+    fn sample(time_ms: i64, util: f64) -> GpuSampleRow {
+        GpuSampleRow {
+            time_ms,
+            gpu_index: 0,
+            uuid: Some("GPU-0".into()),
+            pci_bus_id: Some("00000000:07:00.0".into()),
+            name: Some("A100".into()),
+            ticks: 5,
+            util_mean: Some(util),
+            util_max: Some(90),
+            mem_util_mean: None,
+            mem_used_max: Some(1 << 30),
+            mem_total: Some(80 << 30),
+            temp_mean: None,
+            temp_max: None,
+            power_mean_mw: Some(100_000.0),
+            power_max_mw: Some(120_000),
+            fan_mean: None,
+            sm_clock_mean: None,
+            mem_clock_mean: None,
+        }
+    }
+
+    fn options(max_hours: u32) -> OutboxOptions {
+        OutboxOptions {
+            node_id: "a".repeat(32),
+            node_name: "n1".into(),
+            max_hours,
+        }
+    }
+
+    #[test]
+    fn a_revised_hour_is_sent_again_and_an_unchanged_one_is_not() {
+        let mut store = Store::open_in_memory().unwrap();
+        let interval = Duration::from_secs(10);
+        store.write_history(&[sample(HOUR, 10.0)], &[]).unwrap();
+        store
+            .rollup_hour(HOUR, interval, Some(&options(10)))
+            .unwrap();
+        let (due, _) = store.outbox_due(i64::MAX).unwrap();
+        let due = due.expect("queued");
+        let payload: Payload = serde_json::from_slice(&due.payload).unwrap();
+        assert_eq!((payload.hour_unix_ms, payload.gpus.len()), (HOUR, 1));
+        assert_eq!(payload::sha256_hex(&due.payload), due.entry.sha256);
+        let status = store
+            .outbox_record(
+                HOUR,
+                1,
+                5,
+                &AttemptResult::Delivered { http_status: 200 },
+                10,
+            )
+            .unwrap();
+        assert_eq!(status, Some(OutboxStatus::Delivered));
+        // Rolled up again, same rows: still delivered.
+        store
+            .rollup_hour(HOUR, interval, Some(&options(10)))
+            .unwrap();
+        assert_eq!(store.outbox_summary().unwrap().delivered, 1);
+        // New rows in the hour: its new usage is pending again, attempts start over.
+        store
+            .write_history(&[sample(HOUR + 10_000, 90.0)], &[])
+            .unwrap();
+        store
+            .rollup_hour(HOUR, interval, Some(&options(10)))
+            .unwrap();
+        let (entries, summary) = store.outbox_list(None, 10).unwrap();
+        assert_eq!((summary.pending, summary.delivered), (1, 0));
+        assert_eq!(entries[0].attempts, 0);
+        assert!(
+            entries[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("rolled up again")
+        );
+    }
+
+    #[test]
+    fn failures_back_off_then_park_and_an_admin_retry_starts_over() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.write_history(&[sample(HOUR, 10.0)], &[]).unwrap();
+        store
+            .rollup_hour(HOUR, Duration::from_secs(10), Some(&options(10)))
+            .unwrap();
+        let failed = |next| AttemptResult::Failed {
+            http_status: Some(503),
+            error: "HTTP 503".into(),
+            next_attempt_ms: next,
+        };
+        assert_eq!(
+            store.outbox_record(HOUR, 10, 1, &failed(500), 2).unwrap(),
+            Some(OutboxStatus::Pending)
+        );
+        // Not due before its next attempt.
+        assert_eq!(store.outbox_due(499).unwrap(), (None, Some(500)));
+        assert_eq!(
+            store.outbox_record(HOUR, 600, 1, &failed(900), 2).unwrap(),
+            Some(OutboxStatus::Parked)
+        );
+        assert_eq!(store.outbox_due(i64::MAX).unwrap(), (None, None));
+        assert_eq!(
+            store.outbox_retry(Some(HOUR + 5), 1_000).unwrap(),
+            Ok(vec![HOUR])
+        );
+        let (_, attempts, _) = store.outbox_show(HOUR).unwrap().unwrap();
+        assert_eq!(attempts.len(), 2);
+        let (entries, _) = store.outbox_list(Some(OutboxStatus::Pending), 10).unwrap();
+        assert_eq!(entries[0].attempts, 0);
+        assert_eq!(
+            store.outbox_retry(Some(HOUR), 1_000).unwrap(),
+            Err(RetryRefusal::NotStuck(HOUR, OutboxStatus::Pending))
+        );
+        assert_eq!(
+            store.outbox_retry(Some(HOUR + 3_600_000), 1_000).unwrap(),
+            Err(RetryRefusal::NotFound(HOUR + 3_600_000))
+        );
+    }
+}
