@@ -370,3 +370,59 @@ async fn hours_land_once_in_the_projects_own_ingest_and_read_back() {
     assert!(get("?since=yesterday", Some(TOKEN)).starts_with("HTTP/1.1 400"));
     drop(ingest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_go_over_tls_checked_against_the_configured_ca() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::Pki::new(pki_dir.path(), "test");
+    let (cert, key) = pki.server("ingest");
+    let ingest_port = free_port();
+    let tokens = token_file(&pki_dir.path().join("tokens"), &[("node-a", TOKEN)]);
+    let _ingest = Daemon::start_with(
+        &json!({"gpus": []}),
+        DaemonOptions {
+            config: format!(
+                "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\ncert = {cert:?}\nkey = {key:?}\n"
+            ),
+            ..DaemonOptions::default()
+        },
+    );
+    let hour = past_hour(1);
+    let dir = tempfile::Builder::new()
+        .prefix("gpukill-upload-")
+        .tempdir()
+        .unwrap();
+    prefill(&dir.path().join("state"), &[hour], 1, 1);
+    let token = client_token(&dir.path().join("upload.token"), TOKEN);
+    // A node that trusts another CA never delivers; one that trusts the right CA does.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = support::pki::Pki::new(other_dir.path(), "other");
+    let start = |dir: tempfile::TempDir, ca: std::path::PathBuf| {
+        let socket = dir.path().join("gpukilld.sock");
+        Daemon::start_on(
+            dir,
+            socket,
+            &json!({"gpus": []}),
+            DaemonOptions {
+                config: format!(
+                    "[upload]\nurl = \"https://127.0.0.1:{ingest_port}/api/v1/usage\"\ntoken_file = {token:?}\nca = {ca:?}\n\
+                     retry_min = \"50ms\"\nretry_max = \"100ms\"\nmax_attempts = 1000\n"
+                ),
+                ..DaemonOptions::default()
+            },
+        )
+    };
+    let wrong = start(dir, other.ca_file("other"));
+    let answer = wait_for(&wrong, "refused by TLS", |answer| {
+        answer.entries.first().is_some_and(|e| e.attempts >= 2)
+    })
+    .await;
+    let error = answer.entries[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("TLS handshake"), "{error}");
+    let (_, dir) = wrong.stop_keeping_dir();
+    let right = start(dir, pki.ca_file("test"));
+    wait_for(&right, "delivered over TLS", |answer| {
+        delivered(answer) == 1
+    })
+    .await;
+}

@@ -324,3 +324,59 @@ impl IngestStore {
         Ok((gpu_rows, user_rows))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::payload::{SCHEMA, UserHour};
+
+    fn payload(gpu_seconds: f64) -> Payload {
+        Payload {
+            schema: SCHEMA.into(),
+            node_id: "a".repeat(32),
+            node_name: "n1".into(),
+            hour_unix_ms: 3_600_000,
+            hour: "1970-01-01T01:00:00Z".into(),
+            gpus: Vec::new(),
+            users: vec![UserHour {
+                gpu_index: 0,
+                user: "alice".into(),
+                uid: 1000,
+                gpu_seconds,
+                memory_gib_hours: 1.0,
+                peak_memory_bytes: None,
+                processes: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_repeat_is_a_no_op_and_a_revision_replaces_the_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = IngestStore::open(&dir.path().join("ingest.db")).unwrap();
+        let first = payload(100.0);
+        assert_eq!(
+            store.receive(&first, "h1", "node", 1).unwrap(),
+            Received::Stored { rows: 1 }
+        );
+        assert_eq!(
+            store.receive(&first, "h1", "node", 2).unwrap(),
+            Received::Duplicate
+        );
+        let revised = payload(250.0);
+        assert_eq!(
+            store.receive(&revised, "h2", "node", 3).unwrap(),
+            Received::Stored { rows: 1 }
+        );
+        let (_, users) = store.query(&Query::default()).unwrap();
+        assert_eq!(users.len(), 1, "replaced, not added");
+        assert_eq!(users[0].gpu_seconds, 250.0);
+        let (_, users) = store
+            .query(&Query {
+                user: Some("bob".into()),
+                ..Query::default()
+            })
+            .unwrap();
+        assert!(users.is_empty());
+    }
+}
