@@ -63,6 +63,22 @@ pub enum TokenFileError {
     },
 }
 
+/// The `authorization` value (`Bearer TOKEN`) for the token a daemon presents, read from a
+/// file that holds it on its first non-empty line. The error says what is wrong with the
+/// file (the caller names the setting).
+pub fn read_bearer(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read it: {error}"))?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .ok_or_else(|| "holds no token (put the token on its first line)".to_string())?;
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token holds characters a header cannot carry".to_string());
+    }
+    Ok(format!("Bearer {token}"))
+}
+
 fn hash(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());

@@ -24,9 +24,14 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The token file holds no token.
-    #[error("cluster.token_file = {0} holds no token (put the token on its first line)")]
-    EmptyToken(PathBuf),
+    /// The token file is unusable.
+    #[error("cluster.token_file = {path}: {message}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// An `https://` address without `cluster.ca`.
     #[error(
         "{0} is https:// but cluster.ca is not set: name the CA that signs the other daemons' certificates"
@@ -74,25 +79,20 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
 impl Credentials {
     /// Reads the files `[cluster]` names.
     pub fn load(config: &ClusterConfig) -> Result<Credentials, ClientError> {
-        let authorization = match &config.token_file {
-            Some(path) => {
-                let text = String::from_utf8_lossy(&read("token_file", path)?).into_owned();
-                let token = text
-                    .lines()
-                    .map(str::trim)
-                    .find(|line| !line.is_empty())
-                    .ok_or_else(|| ClientError::EmptyToken(path.clone()))?;
-                Some(
-                    format!("Bearer {token}")
-                        .parse()
-                        .map_err(|_| ClientError::Address {
-                            address: path.display().to_string(),
-                            message: "the token holds characters a header cannot carry".into(),
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let authorization =
+            match &config.token_file {
+                Some(path) => {
+                    let bad = |message: String| ClientError::Token {
+                        path: path.clone(),
+                        message,
+                    };
+                    let value = crate::authz::tokens::read_bearer(path).map_err(bad)?;
+                    Some(value.parse().map_err(|_| {
+                        bad("the token holds characters a header cannot carry".into())
+                    })?)
+                }
+                None => None,
+            };
         let ca = config
             .ca
             .as_deref()

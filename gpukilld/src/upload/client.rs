@@ -27,17 +27,6 @@ const MESSAGE_LIMIT: usize = 300;
 /// Why the upload client cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// A file cannot be read.
-    #[error("cannot read upload.{key} = {path}")]
-    Read {
-        /// The key.
-        key: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// A file holds nothing usable.
     #[error("upload.{key} = {path}: {message}")]
     Content {
@@ -94,34 +83,21 @@ impl UploadClient {
             path: url.into(),
             message,
         })?;
-        let authorization = match &config.token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ClientError::Read {
-                    key: "token_file",
-                    path: path.clone(),
-                    source,
-                })?;
-                let token = text
-                    .lines()
-                    .map(str::trim)
-                    .find(|line| !line.is_empty())
-                    .ok_or_else(|| ClientError::Content {
+        let authorization =
+            match &config.token_file {
+                Some(path) => {
+                    let bad = |message: String| ClientError::Content {
                         key: "token_file",
                         path: path.clone(),
-                        message: "holds no token (put it on the first line)".into(),
-                    })?;
-                Some(
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        ClientError::Content {
-                            key: "token_file",
-                            path: path.clone(),
-                            message: "the token holds characters a header cannot carry".into(),
-                        }
-                    })?,
-                )
-            }
-            None => None,
-        };
+                        message,
+                    };
+                    let value = crate::authz::tokens::read_bearer(path).map_err(bad)?;
+                    Some(HeaderValue::from_str(&value).map_err(|_| {
+                        bad("the token holds characters a header cannot carry".into())
+                    })?)
+                }
+                None => None,
+            };
         let tls = match (&config.ca, url.tls) {
             (Some(ca), true) => {
                 let mut roots = rustls::RootCertStore::empty();
