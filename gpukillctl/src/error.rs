@@ -170,6 +170,16 @@ pub enum Error {
         within: String,
     },
 
+    /// `uploads show` got a payload that is not JSON (a gpukilld bug, or a damaged store).
+    #[error("gpukilld sent the payload of the hour {hour} as text that is not JSON")]
+    BadPayload {
+        /// The hour, RFC 3339.
+        hour: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// `audit import` imported the good lines of a file that also had bad ones (reported
     /// before this).
     #[error("{bad} of {total} lines of {} were not imported (see above)", path.display())]
@@ -264,6 +274,7 @@ impl Error {
             }
             Error::EmptyResponse { .. }
             | Error::NoSamples { .. }
+            | Error::BadPayload { .. }
             | Error::ImportIncomplete { .. }
             | Error::ResetFailed { .. }
             | Error::WatchEnded

@@ -87,6 +87,9 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
             cmd::collection::run(&target, command, out).await
         }
         (cli::Command::Guard(command), Ok(target)) => cmd::guard::run(&target, command, out).await,
+        (cli::Command::Uploads(command), Ok(target)) => {
+            cmd::uploads::run(&target, command, out).await
+        }
         (cli::Command::Cluster(command), Ok(target)) => {
             cmd::cluster::run(&target, command, out).await
         }

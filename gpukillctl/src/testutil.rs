@@ -1,5 +1,5 @@
 //! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail, sessions,
-//! a usage summary, metrics history), snapshot files,
+//! a usage summary, metrics history, the upload outbox), snapshot files,
 //! and an in-process fake daemon.
 
 use std::path::{Path, PathBuf};
@@ -19,9 +19,11 @@ use gpukill_proto::v1::{
     ImportAuditRequest, ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult,
     KillTarget, ListRequest, ListResponse, Node, NodeSnapshot, NodeState, ProcessKind,
     ProcessUsage, RegisterRequest, RegisterResponse, ResetOutcome, ResetRequest, ResetResponse,
-    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, Session, SessionsRequest,
-    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UserUsage, Vendor,
-    VendorState, VendorStatus, VersionRequest, VersionResponse, WatchRequest,
+    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, SendAttempt, Session,
+    SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
+    UploadEntry, UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse,
+    UploadStatus, UploadSummary, UploadsRequest, UploadsResponse, UserUsage, Vendor, VendorState,
+    VendorStatus, VersionRequest, VersionResponse, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -760,6 +762,161 @@ pub fn cluster_contention_response() -> ClusterContentionResponse {
     }
 }
 
+/// The hour of 2024-05-01 starting at `hour` o'clock UTC, milliseconds since the epoch.
+const fn may_first(hour: i64) -> i64 {
+    1_714_521_600_000 + hour * 3_600_000
+}
+
+/// The payload of the 10:00 hour of [`uploads_response`], compact as gpukilld sends it
+/// (schema gpukill.usage/v1): one GPU, two users (bob's peak memory unknown).
+pub const UPLOAD_PAYLOAD: &str = concat!(
+    r#"{"schema":"gpukill.usage/v1","node_id":"5f0c1e2d3b4a69788796a5b4c3d2e1f0","#,
+    r#""node_name":"gpu-node-1","hour_unix_ms":1714557600000,"hour":"2024-05-01T10:00:00Z","#,
+    r#""gpus":[{"gpu_index":0,"samples":360,"util_mean_pct":41.5,"util_min_pct":3,"#,
+    r#""util_max_pct":97,"mem_used_mean_bytes":8100000000.0,"mem_used_max_bytes":8589934592,"#,
+    r#""temp_mean_c":55.2,"temp_max_c":61,"power_mean_w":250.1,"power_max_w":300.0,"#,
+    r#""energy_wh":250.1}],"users":[{"gpu_index":0,"user":"alice","uid":1000,"#,
+    r#""gpu_seconds":3000.0,"memory_gib_hours":3.3,"peak_memory_bytes":4294967296,"#,
+    r#""processes":2},{"gpu_index":0,"user":"bob","uid":1001,"gpu_seconds":600.5,"#,
+    r#""memory_gib_hours":0.25,"peak_memory_bytes":null,"processes":1}]}"#
+);
+
+/// The pending 10:00 hour: sent twice (connection refused, then a 503), next attempt set.
+fn pending_upload() -> UploadEntry {
+    UploadEntry {
+        hour_unix_ms: may_first(10),
+        status: UploadStatus::Pending as i32,
+        attempts: 2,
+        first_attempt_unix_ms: Some(may_first(11) + 5_100),
+        last_attempt_unix_ms: Some(may_first(11) + 7_350),
+        last_error: Some("HTTP 503: upstream busy, try again later".to_owned()),
+        next_attempt_unix_ms: Some(may_first(11) + 67_000),
+        sha256: "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8".to_owned(),
+        payload_bytes: UPLOAD_PAYLOAD.len() as u64,
+        delivered_unix_ms: None,
+        created_unix_ms: may_first(11) + 5_000,
+        gpu_rows: 1,
+        user_rows: 2,
+    }
+}
+
+/// The outbox on 2024-05-01 at noon, oldest hour first: 07:00 delivered at the first
+/// attempt; 08:00 rejected by the server (a message too long for the table); 09:00 parked
+/// after 10 attempts; 10:00 pending after two failed attempts; 11:00 pending, never sent.
+/// Three hours were dropped before; uploads go to central.example.
+pub fn uploads_response() -> UploadsResponse {
+    UploadsResponse {
+        entries: vec![
+            UploadEntry {
+                hour_unix_ms: may_first(7),
+                status: UploadStatus::Delivered as i32,
+                attempts: 1,
+                first_attempt_unix_ms: Some(may_first(8) + 5_120),
+                last_attempt_unix_ms: Some(may_first(8) + 5_120),
+                last_error: None,
+                next_attempt_unix_ms: None,
+                sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                    .to_owned(),
+                payload_bytes: 1843,
+                delivered_unix_ms: Some(may_first(8) + 5_480),
+                created_unix_ms: may_first(8) + 5_000,
+                gpu_rows: 2,
+                user_rows: 3,
+            },
+            UploadEntry {
+                hour_unix_ms: may_first(8),
+                status: UploadStatus::Rejected as i32,
+                attempts: 1,
+                first_attempt_unix_ms: Some(may_first(9) + 5_200),
+                last_attempt_unix_ms: Some(may_first(9) + 5_200),
+                last_error: Some(
+                    "HTTP 400: payload rejected: node 5f0c1e2d3b4a69788796a5b4c3d2e1f0 is not \
+                     registered on this server"
+                        .to_owned(),
+                ),
+                next_attempt_unix_ms: None,
+                sha256: "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b"
+                    .to_owned(),
+                payload_bytes: 2210,
+                delivered_unix_ms: None,
+                created_unix_ms: may_first(9) + 5_000,
+                gpu_rows: 2,
+                user_rows: 4,
+            },
+            UploadEntry {
+                hour_unix_ms: may_first(9),
+                status: UploadStatus::Parked as i32,
+                attempts: 10,
+                first_attempt_unix_ms: Some(may_first(10) + 5_300),
+                last_attempt_unix_ms: Some(may_first(11) - 1_138_000),
+                last_error: Some("no answer within 30s".to_owned()),
+                next_attempt_unix_ms: None,
+                sha256: "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c"
+                    .to_owned(),
+                payload_bytes: 1790,
+                delivered_unix_ms: None,
+                created_unix_ms: may_first(10) + 5_000,
+                gpu_rows: 2,
+                user_rows: 2,
+            },
+            pending_upload(),
+            UploadEntry {
+                hour_unix_ms: may_first(11),
+                status: UploadStatus::Pending as i32,
+                attempts: 0,
+                first_attempt_unix_ms: None,
+                last_attempt_unix_ms: None,
+                last_error: None,
+                next_attempt_unix_ms: None,
+                sha256: "7d865e959b2466918c9863afca942d0fb89d7c9ac0c99bafc3749504ded97730"
+                    .to_owned(),
+                payload_bytes: 1650,
+                delivered_unix_ms: None,
+                created_unix_ms: may_first(12) + 100,
+                gpu_rows: 2,
+                user_rows: 1,
+            },
+        ],
+        summary: Some(UploadSummary {
+            pending: 2,
+            delivered: 1,
+            parked: 1,
+            rejected: 1,
+            dropped_total: 3,
+            offline: false,
+            url: Some("https://central.example:9402/api/v1/usage".to_owned()),
+        }),
+    }
+}
+
+/// The 10:00 hour of [`uploads_response`] in detail: its two attempts (no answer, then a
+/// 503) and its payload.
+pub fn upload_show_response() -> UploadShowResponse {
+    UploadShowResponse {
+        entry: Some(pending_upload()),
+        attempts: vec![
+            SendAttempt {
+                attempt: 1,
+                time_unix_ms: may_first(11) + 5_100,
+                http_status: None,
+                error: Some(
+                    "cannot connect to central.example:9402: Connection refused (os error 111)"
+                        .to_owned(),
+                ),
+                latency_ms: 3,
+            },
+            SendAttempt {
+                attempt: 2,
+                time_unix_ms: may_first(11) + 7_350,
+                http_status: Some(503),
+                error: Some("HTTP 503: upstream busy, try again later".to_owned()),
+                latency_ms: 85,
+            },
+        ],
+        payload_json: UPLOAD_PAYLOAD.to_owned(),
+    }
+}
+
 /// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
 /// environment it (re)writes the file instead.
 #[track_caller]
@@ -845,6 +1002,18 @@ pub struct FakeDaemon {
     pub summary_requests: Arc<Mutex<Vec<SummaryRequest>>>,
     /// Every ImportAudit request received.
     pub import_requests: Arc<Mutex<Vec<ImportAuditRequest>>>,
+    /// What Uploads answers; `None` fails with UNIMPLEMENTED.
+    pub uploads: Option<Result<UploadsResponse, Status>>,
+    /// What UploadShow answers; `None` fails with UNIMPLEMENTED.
+    pub upload_show: Option<Result<UploadShowResponse, Status>>,
+    /// What UploadRetry answers; `None` fails with UNIMPLEMENTED.
+    pub upload_retry: Option<Result<UploadRetryResponse, Status>>,
+    /// Every Uploads request received.
+    pub uploads_requests: Arc<Mutex<Vec<UploadsRequest>>>,
+    /// Every UploadShow request received.
+    pub upload_show_requests: Arc<Mutex<Vec<UploadShowRequest>>>,
+    /// Every UploadRetry request received.
+    pub upload_retry_requests: Arc<Mutex<Vec<UploadRetryRequest>>>,
     /// What Cluster.Nodes answers; `None` fails with UNIMPLEMENTED.
     pub cluster_nodes: Option<Result<ClusterNodesResponse, Status>>,
     /// What Cluster.List answers; `None` fails with UNIMPLEMENTED.
@@ -1136,6 +1305,45 @@ impl GpuKill for FakeDaemon {
         match self.reset.clone() {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("Reset")),
+        }
+    }
+
+    async fn uploads(
+        &self,
+        request: Request<UploadsRequest>,
+    ) -> Result<Response<UploadsResponse>, Status> {
+        if let Ok(mut requests) = self.uploads_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.uploads.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Uploads")),
+        }
+    }
+
+    async fn upload_show(
+        &self,
+        request: Request<UploadShowRequest>,
+    ) -> Result<Response<UploadShowResponse>, Status> {
+        if let Ok(mut requests) = self.upload_show_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.upload_show.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("UploadShow")),
+        }
+    }
+
+    async fn upload_retry(
+        &self,
+        request: Request<UploadRetryRequest>,
+    ) -> Result<Response<UploadRetryResponse>, Status> {
+        if let Ok(mut requests) = self.upload_retry_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.upload_retry.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("UploadRetry")),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`);
-//! `audit` makes the Sessions RPC.
+//! `audit` makes the Sessions RPC, `uploads` the Uploads, UploadShow and UploadRetry RPCs.
 
 pub mod audit;
 pub mod cluster;
@@ -13,4 +13,5 @@ pub mod import;
 pub mod kill;
 pub mod list;
 pub mod reset;
+pub mod uploads;
 pub mod version;

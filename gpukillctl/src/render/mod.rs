@@ -1,7 +1,7 @@
 //! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
-//! ([`json`]); for `kill`, `reset`, `events` and `cluster`, one module each with both
-//! renderings; for the reports `audit` and `history`, one module each with a table, JSON and
-//! CSV ([`csv`]).
+//! ([`json`]); for `kill`, `reset`, `events`, `cluster` and `uploads`, one module each with
+//! both renderings; for the reports `audit` and `history`, one module each with a table, JSON
+//! and CSV ([`csv`]).
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
 //! agree on names, units, the process count and the top process of a GPU.
@@ -19,6 +19,7 @@ pub mod kill;
 pub mod reset;
 pub mod table;
 pub mod time;
+pub mod uploads;
 
 use gpukill_proto::v1::{
     Gpu, GpuProcess, KillOutcome, ProcessKind, ResetOutcome, Snapshot, Vendor, VendorState,

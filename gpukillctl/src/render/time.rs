@@ -52,6 +52,16 @@ pub fn date_time(ms: i64, tz: TimeZone) -> Option<String> {
     ))
 }
 
+/// The date and time `YYYY-MM-DD HH:MM` of `ms` in `tz`, for hours (the seconds of an hour's
+/// start are always zero).
+pub fn date_minutes(ms: i64, tz: TimeZone) -> Option<String> {
+    let t = civil(ms, tz)?;
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute
+    ))
+}
+
 /// A calendar date and time of day in some time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Civil {
@@ -184,6 +194,11 @@ mod tests {
             Some("2024-05-01 12:00:00")
         );
         assert_eq!(date_time(0, TimeZone::Utc), None);
+        assert_eq!(
+            date_minutes(NOON, TimeZone::Utc).as_deref(),
+            Some("2024-05-01 12:00")
+        );
+        assert_eq!(date_minutes(-1, TimeZone::Utc), None);
         let local = date_time(NOON, TimeZone::Local).expect("local time");
         assert_eq!(local.len(), 19, "{local}");
         // UTC calendar dates agree with humantime's RFC 3339 over leap years and centuries.
