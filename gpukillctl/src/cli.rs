@@ -883,18 +883,20 @@ pub enum UploadsCommand {
     /// List the hours in the outbox, oldest first, with a count of every hour by status
     ///
     /// One row per hour (the newest --limit hours). HOUR is the start of the hour and the
-    /// attempt times are date and time, all in local time (the JSON has them in UTC, and
-    /// HOUR arguments are RFC 3339 in UTC or a duration ago). STATUS is pending (waiting to be sent, or to be sent again at NEXT), delivered
-    /// (the server stored it and echoed its content hash), parked (max_attempts failed; kept,
-    /// not sent again until an admin runs `uploads retry`) or rejected (the server refused it
-    /// with a 4xx other than 408 and 429; LAST ERROR says why). ATTEMPTS counts the sends
-    /// since the hour was queued or last retried; LAST ERROR is shortened (`uploads show
-    /// HOUR` prints it whole); ROWS(GPU/USER) are the payload's per-GPU and per-user rows;
-    /// SIZE is the payload's size.
+    /// attempt times are date and time, all in local time (the JSON has them in UTC; HOUR
+    /// arguments are RFC 3339 in UTC or a duration ago). STATUS is pending (waiting to be
+    /// sent, or to be sent again at NEXT; NEXT is `offline` while gpukilld queues without
+    /// sending), delivered (the server stored it and echoed its content hash), parked
+    /// (max_attempts failed; kept, not sent again until an admin runs `uploads retry`) or
+    /// rejected (the server refused it with a 4xx other than 408 and 429; LAST ERROR says
+    /// why). ATTEMPTS counts the sends since the hour was queued or last retried; LAST ERROR
+    /// is shortened (`uploads show HOUR` prints it whole); ROWS(GPU/USER) are the payload's
+    /// per-GPU and per-user rows; SIZE is the payload's size.
     ///
     /// The line above the table counts the whole outbox by status (not only the rows shown),
     /// the hours dropped because the outbox was full ([upload] max_outbox_hours), and says
-    /// where gpukilld sends, or that it is offline (queueing without sending).
+    /// where gpukilld sends, or that it is offline. Lines below it say what to do about
+    /// parked, rejected and dropped hours.
     #[command(after_help = UPLOADS_EXIT_CODES)]
     List(UploadsListArgs),
     /// Show one hour: its outbox entry, every attempt to send it and, with --payload, what

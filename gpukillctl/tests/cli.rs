@@ -100,6 +100,28 @@ fn reset_needs_exactly_one_of_gpu_and_all() {
 }
 
 #[test]
+fn uploads_retry_needs_exactly_one_of_hour_and_all_parked() {
+    let none = gpukillctl(&["uploads", "retry"]);
+    assert_eq!(none.status.code(), Some(3));
+    let stderr = String::from_utf8(none.stderr).expect("UTF-8");
+    assert!(stderr.contains("<HOUR|--all-parked>"), "{stderr}");
+    let two = gpukillctl(&["uploads", "retry", "2h", "--all-parked"]);
+    assert_eq!(two.status.code(), Some(3));
+    let stderr = String::from_utf8(two.stderr).expect("UTF-8");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
+fn a_bad_upload_hour_exits_3_naming_it() {
+    let output = gpukillctl(&["uploads", "show", "noonish"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(stderr.contains("'noonish'"), "{stderr}");
+    assert!(stderr.contains("RFC 3339 in UTC"), "{stderr}");
+}
+
+#[test]
 fn a_bad_duration_exits_3_naming_it() {
     let output = gpukillctl(&["events", "--since", "5 parsecs"]);
     assert_eq!(output.status.code(), Some(3));

@@ -4,10 +4,11 @@
 //! `outbox: P pending, D delivered, K parked, R rejected, N dropped; sending to URL` (or
 //! `offline: queued, not sent`), then one row per hour, oldest first, columns
 //! `HOUR, STATUS, ATTEMPTS, FIRST ATTEMPT, LAST ATTEMPT, NEXT, LAST ERROR, ROWS(GPU/USER),
-//! SIZE`, then a line per thing an operator should act on (parked or rejected hours). HOUR
-//! is the hour's start (`YYYY-MM-DD HH:MM`) and the attempt times are date and time, all in
-//! the chosen [`TimeZone`]; LAST ERROR is cut to [`ERROR_WIDTH`] characters; `-` for
-//! anything absent.
+//! SIZE`, then a line per thing an operator should act on (parked, rejected or dropped
+//! hours). HOUR is the hour's start (`YYYY-MM-DD HH:MM`) and the attempt times are date and
+//! time, all in the chosen [`TimeZone`]; NEXT of a pending hour is `offline` while gpukilld
+//! is offline (it sends nothing then, whatever time is set); LAST ERROR is cut to
+//! [`ERROR_WIDTH`] characters; `-` for anything absent.
 //!
 //! `uploads show` (text): the entry's fields one per line, then the attempts
 //! (`ATTEMPT, TIME, HTTP, LATENCY(ms), ERROR`, errors whole), then with `--payload` the
@@ -374,7 +375,7 @@ pub fn render_list(response: &UploadsResponse, summary: &UploadSummary, tz: Time
             entry.attempts.to_string(),
             at(entry.first_attempt_unix_ms),
             at(entry.last_attempt_unix_ms),
-            at(entry.next_attempt_unix_ms),
+            next(entry, summary, tz),
             or_absent(entry.last_error.as_deref().and_then(shorten)),
             format!("{}/{}", entry.gpu_rows, entry.user_rows),
             size(entry.payload_bytes),
@@ -386,6 +387,15 @@ pub fn render_list(response: &UploadsResponse, summary: &UploadSummary, tz: Time
         text.push('\n');
     }
     text
+}
+
+/// The NEXT cell: when a pending hour is sent next, or `offline` while gpukilld sends
+/// nothing.
+fn next(entry: &UploadEntry, summary: &UploadSummary, tz: TimeZone) -> String {
+    if summary.offline && entry.status == UploadStatus::Pending as i32 {
+        return "offline".to_owned();
+    }
+    or_absent(entry.next_attempt_unix_ms.and_then(|ms| date_time(ms, tz)))
 }
 
 /// `error` on one line (whitespace runs as one space), cut to [`ERROR_WIDTH`] characters
@@ -672,6 +682,29 @@ mod tests {
             lines[1],
             " HOUR | STATUS | ATTEMPTS | FIRST ATTEMPT | LAST ATTEMPT | NEXT | LAST ERROR | \
              ROWS(GPU/USER) | SIZE"
+        );
+    }
+
+    #[test]
+    fn pending_hours_of_an_offline_daemon_are_not_sent_next() {
+        let response = testutil::uploads_response();
+        let summary = UploadSummary {
+            offline: true,
+            ..summary()
+        };
+        let text = render_list(&response, &summary, TimeZone::Utc);
+        let next: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with(" 2024"))
+            .map(|line| line.split('|').nth(5).expect("NEXT").trim())
+            .collect();
+        assert_eq!(next, ["-", "-", "-", "offline", "offline"]);
+        // The JSON keeps the daemon's time: `summary.offline` says it does not apply.
+        let json: Value =
+            serde_json::from_str(&list_json(&response, &summary).expect("encode")).expect("JSON");
+        assert_eq!(
+            json["entries"][3]["next_attempt"],
+            "2024-05-01T11:01:07.000Z"
         );
     }
 
