@@ -176,7 +176,11 @@ fn node_identity(config: &Config) -> node::NodeIdentity {
         .name
         .clone()
         .unwrap_or_else(|| host_name().to_string());
-    node::NodeIdentity { id, name }
+    node::NodeIdentity {
+        id,
+        name,
+        role: config.cluster.role,
+    }
 }
 
 /// A fresh load of the configuration (from the same file, environment and options), for a
@@ -443,7 +447,6 @@ pub async fn run(
             timeout: config.nvidia.reset_timeout,
         },
         Arc::clone(&node),
-        config.cluster.role,
         upload_settings,
     )
     .into_server();

@@ -15,6 +15,8 @@ pub struct NodeIdentity {
     pub id: String,
     /// The name other daemons and `gpukillctl --node` use.
     pub name: String,
+    /// A plain node or the coordinator.
+    pub role: crate::config::ClusterRole,
 }
 
 /// Why the node id could not be read or kept.
@@ -115,6 +117,8 @@ pub fn random_id() -> std::io::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

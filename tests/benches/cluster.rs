@@ -9,6 +9,8 @@
 //!
 //! `GPUKILL_BENCH_SECONDS` shortens the two CPU windows (default 60 s each).
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

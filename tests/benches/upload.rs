@@ -6,6 +6,8 @@
 //!
 //!     cargo build --release --workspace && cargo bench -p gpukill-tests --bench upload
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -5,6 +5,8 @@
 //! through the coordinator with `--node` runs on the node, as the caller the coordinator
 //! verified, audited there with both names.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::PathBuf;

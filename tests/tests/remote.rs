@@ -2,6 +2,8 @@
 //! roles limit what a principal may do, and every refusal changes nothing and is audited.
 //! A listener without authentication is refused at startup.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::{Command, Stdio};

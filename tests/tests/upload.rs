@@ -2,6 +2,8 @@
 //! at start) sends them to a central server on loopback — a scriptable one that stores
 //! idempotently and fails on command, or the project's own ingest endpoint.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::SocketAddr;

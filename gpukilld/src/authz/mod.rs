@@ -333,6 +333,8 @@ fn is_member(group: &nix::unistd::Group, gid: u32, user: Option<(&str, u32)>) ->
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn local(uid: u32, gid: u32) -> Caller {

@@ -171,6 +171,8 @@ fn suggestions(report: &pb::ClusterContentionResponse, unreachable: &[String]) -
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const GB: u64 = 1 << 30;

@@ -453,6 +453,8 @@ impl ClusterConfig {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn tcp(listen: &str) -> TcpConfig {

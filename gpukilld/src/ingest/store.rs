@@ -327,6 +327,8 @@ impl IngestStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::upload::payload::{SCHEMA, UserHour};
 

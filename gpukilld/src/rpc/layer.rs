@@ -15,6 +15,8 @@ use tonic::codegen::http;
 pub type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// What an [`Intercept`] does with a request.
+// The request is moved once per call; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Intercepted {
     /// Let it through to the services.
     Pass(http::Request<Body>),

@@ -49,7 +49,6 @@ pub struct Service {
     guard: Arc<crate::guard::engine::Guard>,
     reset: reset::ResetConfig,
     node: Arc<NodeIdentity>,
-    cluster_role: crate::config::ClusterRole,
     uploads: uploads::UploadSettings,
 }
 
@@ -63,7 +62,6 @@ impl Service {
         guard: Arc<crate::guard::engine::Guard>,
         reset: reset::ResetConfig,
         node: Arc<NodeIdentity>,
-        cluster_role: crate::config::ClusterRole,
         uploads: uploads::UploadSettings,
     ) -> Self {
         Self {
@@ -74,7 +72,6 @@ impl Service {
             guard,
             reset,
             node,
-            cluster_role,
             uploads,
         }
     }
@@ -177,11 +174,7 @@ impl GpuKill for Service {
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
         attribute(&request, "Version", Access::Read, &self.kill.events)?;
-        Ok(Response::new(version::version(
-            &self.ring,
-            &self.node,
-            self.cluster_role,
-        )))
+        Ok(Response::new(version::version(&self.ring, &self.node)))
     }
 
     async fn kill(

@@ -579,6 +579,8 @@ impl Intercept for Authenticator {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn authenticator(tokens: Option<&str>, insecure: Option<Role>) -> Authenticator {

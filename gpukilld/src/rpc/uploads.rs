@@ -131,13 +131,13 @@ pub async fn show(
         .map_err(|e| RpcError::StoreUnavailable(e.clone()))?;
     let hour = request.hour_unix_ms;
     let found = log.read(move |store| store.outbox_show(hour)).await?;
-    let Some((found, attempts, payload)) = found else {
+    let Some(shown) = found else {
         return Err(RpcError::NoUpload(crate::store::hour_start(hour)));
     };
     Ok(pb::UploadShowResponse {
-        entry: Some(entry(found)),
-        attempts: attempts.into_iter().map(attempt).collect(),
-        payload_json: String::from_utf8_lossy(&payload).into_owned(),
+        entry: Some(entry(shown.entry)),
+        attempts: shown.attempts.into_iter().map(attempt).collect(),
+        payload_json: String::from_utf8_lossy(&shown.payload).into_owned(),
     })
 }
 

@@ -2,18 +2,17 @@
 
 use gpukill_proto::v1 as pb;
 
-use crate::config::ClusterRole;
 use crate::node::NodeIdentity;
 use crate::ring::Ring;
 
 /// Answers `Version`.
-pub fn version(ring: &Ring, node: &NodeIdentity, role: ClusterRole) -> pb::VersionResponse {
+pub fn version(ring: &Ring, node: &NodeIdentity) -> pb::VersionResponse {
     pb::VersionResponse {
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         api: gpukill_proto::API.to_string(),
         host: ring.latest().host.to_string(),
         node_id: node.id.clone(),
         node_name: node.name.clone(),
-        cluster_role: role.name().to_string(),
+        cluster_role: node.role.name().to_string(),
     }
 }

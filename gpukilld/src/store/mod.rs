@@ -33,7 +33,7 @@ pub use import::{ImportProcess, ImportRecord, ImportSummary, SESSION_GAP_MS};
 pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters, HistoryOptions};
 pub use outbox::{
     AttemptResult, DueEntry, OutboxEntry, OutboxOptions, OutboxStatus, OutboxSummary, RetryRefusal,
-    SendAttemptRow,
+    SendAttemptRow, ShownUpload,
 };
 pub use retention::{PruneSummary, Retention};
 pub use usage::{GpuHourlyRow, GpuUsage};

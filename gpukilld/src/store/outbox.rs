@@ -473,10 +473,7 @@ impl Store {
     }
 
     /// The entry of the hour containing `hour_ms`, its attempts (oldest first) and payload.
-    pub fn outbox_show(
-        &self,
-        hour_ms: i64,
-    ) -> Result<Option<(OutboxEntry, Vec<SendAttemptRow>, Vec<u8>)>, StoreError> {
+    pub fn outbox_show(&self, hour_ms: i64) -> Result<Option<ShownUpload>, StoreError> {
         let hour_ms = super::history::hour_start(hour_ms);
         let found = self
             .conn
@@ -509,7 +506,11 @@ impl Store {
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(StoreError::Read)?;
-        Ok(Some((entry, attempts, payload)))
+        Ok(Some(ShownUpload {
+            entry,
+            attempts,
+            payload,
+        }))
     }
 
     /// Makes parked or rejected entries pending again, their attempts starting over: the
@@ -586,6 +587,17 @@ impl Store {
     }
 }
 
+/// One hour's entry with everything about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownUpload {
+    /// The entry.
+    pub entry: OutboxEntry,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<SendAttemptRow>,
+    /// The payload, as sent.
+    pub payload: Vec<u8>,
+}
+
 /// Why an hour cannot be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryRefusal {
@@ -597,6 +609,8 @@ pub enum RetryRefusal {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::time::Duration;
 
     use super::*;
@@ -709,8 +723,8 @@ mod tests {
             store.outbox_retry(Some(HOUR + 5), 1_000).unwrap(),
             Ok(vec![HOUR])
         );
-        let (_, attempts, _) = store.outbox_show(HOUR).unwrap().unwrap();
-        assert_eq!(attempts.len(), 2);
+        let shown = store.outbox_show(HOUR).unwrap().unwrap();
+        assert_eq!(shown.attempts.len(), 2);
         let (entries, _) = store.outbox_list(Some(OutboxStatus::Pending), 10).unwrap();
         assert_eq!(entries[0].attempts, 0);
         assert_eq!(
