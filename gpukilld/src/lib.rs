@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod guard;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod node;

@@ -311,6 +311,15 @@ pub struct DaemonUrl {
     pub host: String,
 }
 
+/// Whether `host` (a name or an address, without brackets) is `localhost` or a loopback
+/// address: where `http://` is allowed.
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 /// Parses the address of another daemon: `https://host:port`, or `http://` to a loopback
 /// address (tests, an SSH tunnel).
 pub fn parse_daemon_url(text: &str) -> Result<DaemonUrl, String> {
@@ -335,11 +344,7 @@ pub fn parse_daemon_url(text: &str) -> Result<DaemonUrl, String> {
         .trim_end_matches(']')
         .to_string();
     if !tls {
-        let loopback = host == "localhost"
-            || host
-                .parse::<IpAddr>()
-                .is_ok_and(|address| address.is_loopback());
-        if !loopback {
+        if !is_loopback_host(&host) {
             return Err(
                 "uses http:// to a host that is not loopback: use https:// (requests carry credentials)"
                     .into(),

@@ -109,11 +109,7 @@ pub fn parse_upload_url(text: &str) -> Result<UploadUrl, String> {
         .trim_end_matches(']')
         .to_string();
     if !tls {
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|address| address.is_loopback());
-        if !loopback {
+        if !super::remote::is_loopback_host(&host) {
             return Err(
                 "uses http:// to a host that is not loopback: use https:// (uploads carry a token)"
                     .into(),

@@ -15,10 +15,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -32,7 +31,6 @@ use store::{IngestStore, Query, Received};
 pub const PATH: &str = "/api/v1/usage";
 /// The largest payload accepted.
 const MAX_BODY: usize = 32 * 1024 * 1024;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the ingest endpoint cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +76,7 @@ impl Ingest {
         let tokens = Tokens::load(config.tokens.as_deref().unwrap_or(std::path::Path::new("")))?;
         let tls = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::rpc::tcp::server_config(cert, key, None, false, b"http/1.1")?,
+                crate::rpc::tcp::server_config("ingest", cert, key, None, false, b"http/1.1")?,
             )),
             _ => None,
         };
@@ -132,7 +130,7 @@ impl Ingest {
     }
 }
 
-async fn serve_connection<T>(io: T, state: Arc<State>, mut stop: watch::Receiver<bool>)
+async fn serve_connection<T>(io: T, state: Arc<State>, stop: watch::Receiver<bool>)
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -140,24 +138,7 @@ where
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(respond(&state, request).await) }
     });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(io, service);
-    tokio::pin!(connection);
-    let stopping = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopping => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "ingest: connection ended with an error");
-    }
+    crate::http::serve_connection(io, service, stop, "ingest").await;
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {

@@ -16,10 +16,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -30,8 +29,6 @@ use crate::store::EventLog;
 
 /// Connections served at once; more wait in the kernel's accept queue. Scrapers are few.
 const MAX_CONNECTIONS: usize = 16;
-/// How long a connection may take to send a request's headers (idle keep-alive included).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// What the endpoint reports on.
@@ -97,32 +94,14 @@ impl Listener {
                 tracing::debug!(%error, "metrics endpoint: cannot set TCP_NODELAY");
             }
             let endpoint = Arc::clone(&endpoint);
-            let mut stop = stop.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = service_fn(move |request| {
                     let response = endpoint.respond(&request);
                     async move { Ok::<_, Infallible>(response) }
                 });
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(connection);
-                let stopping = async move {
-                    // The watch guard is dropped here, before the connection is awaited.
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                };
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = stopping => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%error, "metrics endpoint: connection ended with an error");
-                }
+                crate::http::serve_connection(TokioIo::new(stream), service, stop, "metrics").await;
             });
         }
     }

@@ -44,8 +44,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
     /// A certificate or key file cannot be read or parsed.
-    #[error("tcp.{key} = {path}: {message}")]
+    #[error("{section}.{key} = {path}: {message}")]
     Pem {
+        /// The configuration section (`tcp`, `ingest`, `upload`).
+        section: &'static str,
         /// The configuration key.
         key: &'static str,
         /// The file.
@@ -54,8 +56,15 @@ pub enum TcpError {
         message: String,
     },
     /// rustls refused the certificate, key or CA.
-    #[error("cannot set up TLS from tcp.cert, tcp.key and tcp.client_ca: {0}")]
-    Tls(String),
+    #[error(
+        "cannot set up TLS from {section}.cert, {section}.key and {section}.client_ca: {message}"
+    )]
+    Tls {
+        /// The configuration section.
+        section: &'static str,
+        /// What rustls said.
+        message: String,
+    },
     /// The token file is unusable.
     #[error(transparent)]
     Tokens(#[from] TokenFileError),
@@ -70,12 +79,14 @@ pub enum TcpError {
     },
 }
 
-/// Reads every certificate in a PEM file.
+/// Reads every certificate in a PEM file (`section.key` names it in errors).
 pub fn read_certificates(
+    section: &'static str,
     key: &'static str,
     path: &std::path::Path,
 ) -> Result<Vec<CertificateDer<'static>>, TcpError> {
     let pem_error = |message: String| TcpError::Pem {
+        section,
         key,
         path: path.to_path_buf(),
         message,
@@ -92,12 +103,14 @@ pub fn read_certificates(
     Ok(certificates)
 }
 
-/// Reads a PEM private key.
+/// Reads a PEM private key (`section.key` names it in errors).
 pub fn read_private_key(
+    section: &'static str,
     key: &'static str,
     path: &std::path::Path,
 ) -> Result<PrivateKeyDer<'static>, TcpError> {
     PrivateKeyDer::from_pem_file(path).map_err(|error| TcpError::Pem {
+        section,
         key,
         path: path.to_path_buf(),
         message: format!("cannot read a PEM private key: {error}"),
@@ -110,6 +123,7 @@ fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, T
         return Ok(None);
     };
     server_config(
+        "tcp",
         cert,
         key,
         config.client_ca.as_deref(),
@@ -123,23 +137,29 @@ fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, T
 /// `client_ca`, client certificates are verified against it (and required unless
 /// `certificate_optional`: a token may stand in for one); `alpn` is the protocol offered.
 pub fn server_config(
+    section: &'static str,
     cert: &std::path::Path,
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
     certificate_optional: bool,
     alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, TcpError> {
-    let chain = read_certificates("cert", cert)?;
-    let private_key = read_private_key("key", key)?;
+    let chain = read_certificates(section, "cert", cert)?;
+    let private_key = read_private_key(section, "key", key)?;
+    let tls_error = |error: rustls::Error| TcpError::Tls {
+        section,
+        message: error.to_string(),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|error| TcpError::Tls(error.to_string()))?;
+        .map_err(tls_error)?;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for certificate in read_certificates("client_ca", ca)? {
+            for certificate in read_certificates(section, "client_ca", ca)? {
                 roots.add(certificate).map_err(|error| TcpError::Pem {
+                    section,
                     key: "client_ca",
                     path: ca.to_path_buf(),
                     message: format!("not a usable CA certificate: {error}"),
@@ -151,17 +171,16 @@ pub fn server_config(
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|error| TcpError::Tls(error.to_string()))?,
-            )
+            builder.with_client_cert_verifier(verifier.build().map_err(|error| TcpError::Tls {
+                section,
+                message: error.to_string(),
+            })?)
         }
         None => builder.with_no_client_auth(),
     };
     let mut server = builder
         .with_single_cert(chain, private_key)
-        .map_err(|error| TcpError::Tls(error.to_string()))?;
+        .map_err(tls_error)?;
     server.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(server))
 }

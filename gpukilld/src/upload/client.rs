@@ -11,8 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{UploadConfig, UploadUrl, parse_upload_url};
@@ -37,6 +36,9 @@ pub enum ClientError {
         /// What is wrong.
         message: String,
     },
+    /// A PEM file cannot be read or parsed.
+    #[error(transparent)]
+    Pem(#[from] crate::rpc::tcp::TcpError),
 }
 
 /// What the server said to one attempt.
@@ -101,14 +103,7 @@ impl UploadClient {
         let tls = match (&config.ca, url.tls) {
             (Some(ca), true) => {
                 let mut roots = rustls::RootCertStore::empty();
-                let certificates = CertificateDer::pem_file_iter(ca)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|error| ClientError::Content {
-                        key: "ca",
-                        path: ca.clone(),
-                        message: format!("not PEM certificates: {error}"),
-                    })?;
-                for certificate in certificates {
+                for certificate in crate::rpc::tcp::read_certificates("upload", "ca", ca)? {
                     roots
                         .add(certificate)
                         .map_err(|error| ClientError::Content {

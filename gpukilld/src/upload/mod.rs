@@ -33,10 +33,10 @@ pub struct Policy {
 /// The wait before attempt `attempts + 1` after `attempts` failures: uniformly random in
 /// `[0, min(retry_max, retry_min * 2^(attempts-1))]` ("full jitter").
 pub fn backoff(policy: &Policy, attempts: u32, random: u64) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(40);
+    let exponent = attempts.saturating_sub(1).min(31);
     let ceiling = policy
         .retry_min
-        .saturating_mul(1u32 << exponent.min(31))
+        .saturating_mul(1u32 << exponent)
         .min(policy.retry_max);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(random % millis.saturating_add(1))
