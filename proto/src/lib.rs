@@ -58,6 +58,8 @@ pub mod exit_code {
     pub const UNSUPPORTED: i32 = 5;
     /// The daemon could not be reached on its socket.
     pub const DAEMON_UNREACHABLE: i32 = 6;
+    /// The GPUs asked for are not free (reserve, `run --nonblock`, or `run --wait` gave up).
+    pub const BUSY: i32 = 7;
 }
 
 impl v1::Vendor {
