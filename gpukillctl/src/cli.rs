@@ -26,7 +26,8 @@ pub const NODE_ENV: &str = "GPUKILL_NODE";
     version,
     about = "Show the GPUs of this node and the processes using them, as gpukilld sees them",
     after_help = "Exit codes:\n  0 ok, 1 error, 2 GPU vendor library failure, 3 invalid arguments,\n  \
-                  4 permission denied, 5 unsupported, 6 gpukilld not reachable"
+                  4 permission denied, 5 unsupported, 6 gpukilld not reachable,\n  \
+                  7 GPUs busy (reserve, run); run: the command's own exit status"
 )]
 pub struct Cli {
     /// Where gpukilld is and how to prove who you are to it.
@@ -199,6 +200,58 @@ pub enum Command {
     /// may look.
     #[command(subcommand)]
     Uploads(UploadsCommand),
+    /// Reserve GPUs of this node for yourself, for a while (8 h unless --duration says).
+    ///
+    /// gpukilld picks free GPUs (unreserved, and not used by anyone's processes): the ones you
+    /// used most recently first, then those released longest ago; or reserves exactly the
+    /// GPUs of --gpu-ids. You are your Unix user as the kernel reports it to gpukilld on its
+    /// socket (never $USER); a reservation cannot be made over https://. It lasts --duration
+    /// (gpukilld's [reservations] default_duration, 8 h, when not given), until you release it
+    /// (`gpukillctl release`). Nothing is reserved when any GPU asked for is not free (exit 7;
+    /// the message says why), or when `gpukillctl run` requests wait in the queue.
+    #[command(after_help = RESERVATIONS_EXIT_CODES)]
+    Reserve(ReserveArgs),
+    /// End your reservations: every manual one of yours, or those on the GPUs of --gpu-ids.
+    ///
+    /// Without --gpu-ids, every reservation you made with `gpukillctl reserve` ends (those of
+    /// `gpukillctl run` end when its command exits). With --gpu-ids, the reservations on those
+    /// GPUs end; admins may end anyone's, and a reservation of someone else makes the request
+    /// fail (exit 4) without releasing anything.
+    #[command(after_help = RESERVATIONS_EXIT_CODES)]
+    Release(ReleaseArgs),
+    /// Show every GPU's reservation state and the queue of waiting `gpukillctl run` requests.
+    ///
+    /// STATUS is AVAILABLE (free to reserve), IN USE by the holder (for how long, and whether
+    /// by `run` (its pid) or a manual reservation (when it expires, its note)), UNRESERVED USE
+    /// (not reserved, but someone's processes use it) or WRONG USER (reserved, and other users'
+    /// processes use it). Waiting requests are listed below, first in line first. Anyone may
+    /// look.
+    #[command(after_help = RESERVATIONS_EXIT_CODES)]
+    Status(StatusArgs),
+    /// Run a command on reserved GPUs; they are released when it exits.
+    ///
+    /// gpukilld reserves --gpus GPUs for you (your Unix user as the kernel reports it) and
+    /// says which, in the order it allocates them; the command then runs with
+    /// CUDA_VISIBLE_DEVICES (and the other vendors' variables) set to them, with this
+    /// terminal, in gpukillctl's process group. When the GPUs are not free, the request waits
+    /// in a first-come-first-served queue (as long as it takes, or --wait), or fails at once
+    /// with --nonblock (exit 7).
+    ///
+    /// The reservation lasts while the command runs: gpukillctl tells gpukilld it is alive
+    /// every few seconds, and the GPUs are released when the command exits or when gpukillctl
+    /// dies. With --timeout, gpukilld ends the reservation after that long; gpukillctl then
+    /// stops the command (SIGTERM, SIGKILL 10 s later) and exits 124. SIGTERM, SIGHUP, SIGUSR1
+    /// and SIGUSR2 sent to gpukillctl are passed on to the command (SIGINT and SIGQUIT too,
+    /// when the terminal does not deliver them to it already). When gpukilld restarts,
+    /// gpukillctl takes the reservation over again; the command keeps running in any case.
+    #[command(after_help = "Exit codes:\n  \
+        the command's exit status (128+N when signal N killed it),\n  \
+        124 the reservation's --timeout expired and the command was stopped,\n  \
+        126 the command is not executable, 127 the command is not found,\n  \
+        before the command runs: 3 invalid arguments, 4 permission denied,\n  \
+        5 not on this host's socket, 6 gpukilld not reachable,\n  \
+        7 the GPUs are busy (--nonblock, or --wait ran out)")]
+    Run(RunArgs),
     /// Print the versions of gpukillctl and of the gpukilld it talks to.
     Version(VersionArgs),
     /// The whole cluster, through its coordinator: nodes, all their GPUs, contention.
@@ -1151,6 +1204,115 @@ pub fn parse_time(value: &str) -> Result<TimeArg, String> {
 /// Parses a humantime duration (`30m`, `2h`, `7d`, `1h 30m`).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|err| err.to_string())
+}
+
+/// Parses a humantime duration that is not zero (`30m`, `4h`, `1h 30m`).
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// `duration` in whole milliseconds, for the API; 0 (the API's "not given") when `None`.
+pub fn millis(duration: Option<Duration>) -> u64 {
+    duration.map_or(0, |duration| {
+        // Rounded up, so that a duration under a millisecond is not taken for "not given".
+        let partial = u128::from(duration.subsec_nanos() % 1_000_000 != 0);
+        u64::try_from(duration.as_millis() + partial).unwrap_or(u64::MAX)
+    })
+}
+
+/// The exit codes of `reserve`, `release` and `status`.
+const RESERVATIONS_EXIT_CODES: &str = "Exit codes:\n  \
+    0 ok, 3 a bad option (no such GPU, a bad duration), 4 not allowed (release: someone\n  \
+    else's reservation), 5 not on this host's socket (reservations are local),\n  \
+    6 gpukilld not reachable, 7 the GPUs asked for are busy (reserve)";
+
+/// Arguments of `gpukillctl reserve`.
+#[derive(Debug, Clone, Args)]
+pub struct ReserveArgs {
+    /// How many GPUs (gpukilld picks them); default 1
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "gpu_ids",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub gpus: Option<u32>,
+
+    /// These GPUs exactly, by index, e.g. 0,3
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    pub gpu_ids: Vec<u32>,
+
+    /// For how long, e.g. 30m, 4h, 2d (default: gpukilld's, 8h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+
+    /// A note shown in `gpukillctl status`, e.g. what the GPUs are for
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `gpukillctl release`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// Only the reservations on these GPUs, by index, e.g. 0,3 (default: every reservation
+    /// you made with `gpukillctl reserve`)
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    pub gpu_ids: Vec<u32>,
+
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `gpukillctl status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `gpukillctl run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// How many GPUs
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub gpus: u32,
+
+    /// End the reservation after this long, e.g. 2h; the command is then stopped (exit 124)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Fail at once when the GPUs are not free (exit 7) instead of waiting in the queue
+    #[arg(long, conflicts_with = "wait")]
+    pub nonblock: bool,
+
+    /// Wait in the queue at most this long, e.g. 10m (default: as long as it takes)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub wait: Option<Duration>,
+
+    /// The command and its arguments (put `--` before them when they start with `-`)
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
 }
 
 /// Arguments of `gpukillctl version`.

@@ -192,6 +192,33 @@ pub enum Error {
         total: usize,
     },
 
+    /// `gpukillctl run`: the command exited with a status other than 0 or was killed by
+    /// signal N (128+N), could not be started (127 not found, 126 not executable), or was
+    /// stopped when the reservation's timeout expired (124). gpukillctl exits with `code` and
+    /// prints nothing more ([`Error::is_quiet`]): the command, or gpukillctl's own line on
+    /// standard error, has said why.
+    #[error("the command exited with status {code}")]
+    CommandExit {
+        /// The exit status, 1 to 255.
+        code: i32,
+    },
+
+    /// gpukilld ended a `run` request before granting GPUs (its stream closed, or it sent
+    /// Ended).
+    #[error("gpukilld ended the run request before granting GPUs: {reason}")]
+    RunNotGranted {
+        /// Why, as gpukilld said or as far as gpukillctl can tell.
+        reason: String,
+    },
+
+    /// The signals `run` passes on to its command cannot be listened for.
+    #[error("cannot listen for the signals to pass on to the command")]
+    RunSignals(#[source] std::io::Error),
+
+    /// `run` cannot wait for its command to exit.
+    #[error("cannot wait for the command to exit")]
+    RunWait(#[source] std::io::Error),
+
     /// The daemon closed the Watch stream without an error.
     #[error("gpukilld closed the Watch stream")]
     WatchEnded,
@@ -228,9 +255,17 @@ impl Error {
         }
     }
 
-    /// The process exit code for this error (see [`gpukill_proto::exit_code`]).
+    /// Whether `main` prints nothing for this error, only exits with its code: true for
+    /// [`Error::CommandExit`], whose command has spoken for itself.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, Error::CommandExit { .. })
+    }
+
+    /// The process exit code for this error (see [`gpukill_proto::exit_code`]; `run` exits
+    /// with its command's status).
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::CommandExit { code } => *code,
             Error::Unreachable { .. }
             | Error::ConnectionLost { .. }
             | Error::UnreachableRemote { .. }
@@ -249,12 +284,13 @@ impl Error {
                     exit_code::UNSUPPORTED
                 }
                 tonic::Code::Unavailable => exit_code::DAEMON_UNREACHABLE,
+                // The GPUs asked for are not free (reserve, run --nonblock, run --wait).
+                tonic::Code::ResourceExhausted => exit_code::BUSY,
                 tonic::Code::Ok
                 | tonic::Code::Cancelled
                 | tonic::Code::Unknown
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::AlreadyExists
-                | tonic::Code::ResourceExhausted
                 | tonic::Code::Aborted
                 | tonic::Code::Internal
                 | tonic::Code::DataLoss => exit_code::ERROR,
@@ -278,6 +314,9 @@ impl Error {
             | Error::ImportIncomplete { .. }
             | Error::ResetFailed { .. }
             | Error::WatchEnded
+            | Error::RunNotGranted { .. }
+            | Error::RunSignals(_)
+            | Error::RunWait(_)
             | Error::Signal(_)
             | Error::Output(_)
             | Error::Json(_)
@@ -388,7 +427,7 @@ mod tests {
             (Code::NotFound, 3),
             (Code::AlreadyExists, 1),
             (Code::PermissionDenied, 4),
-            (Code::ResourceExhausted, 1),
+            (Code::ResourceExhausted, 7),
             (Code::FailedPrecondition, 5),
             (Code::Aborted, 1),
             (Code::OutOfRange, 3),
@@ -617,6 +656,27 @@ mod tests {
         assert_eq!(exit(&["gpukillctl", "--help"]), 0);
         assert_eq!(exit(&["gpukillctl", "list", "--help"]), 0);
         assert_eq!(exit(&["gpukillctl", "--version"]), 0);
+    }
+
+    #[test]
+    fn a_command_exit_is_quiet_and_exits_with_its_status() {
+        let exit = Error::CommandExit { code: 137 };
+        assert!(exit.is_quiet());
+        assert_eq!(exit.exit_code(), 137);
+        assert!(!Error::WatchEnded.is_quiet());
+        let busy = Error::rpc(
+            "Run",
+            tonic::Status::resource_exhausted("GPU 0 is reserved by bob"),
+        );
+        assert_eq!(busy.exit_code(), 7);
+        let refused = Error::RunNotGranted {
+            reason: "cancelled by root".to_owned(),
+        };
+        assert_eq!(refused.exit_code(), 1);
+        assert_eq!(
+            refused.to_string(),
+            "gpukilld ended the run request before granting GPUs: cancelled by root"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `gpukillctl` binary: parse the command line, run the command, print the error chain
-//! and exit with the documented code.
+//! and exit with the documented code (`run`: its command's status).
 
 use std::process::ExitCode;
 
@@ -25,7 +25,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprint!("{}", format_chain(&err));
+            if !err.is_quiet() {
+                eprint!("{}", format_chain(&err));
+            }
             exit(err.exit_code())
         }
     }

@@ -1,6 +1,6 @@
 //! Test fixtures: hand-built answers (a snapshot, a kill, a reset, an audit trail, sessions,
-//! a usage summary, metrics history, the upload outbox), snapshot files,
-//! and an in-process fake daemon.
+//! a usage summary, metrics history, the upload outbox, reservations), snapshot files,
+//! and an in-process fake daemon (with a scripted Run stream).
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -12,18 +12,22 @@ use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
 use gpukill_proto::v1::{
     ClusterContentionRequest, ClusterContentionResponse, ClusterGpu, ClusterListRequest,
     ClusterListResponse, ClusterNodesRequest, ClusterNodesResponse, ClusterUser, Container, Event,
-    EventsRequest, EventsResponse, Gpu, GpuProcess, GpuSample, GpuUsage, GuardPolicyRequest,
+    EventsRequest, EventsResponse, Gpu, GpuProcess, GpuReservation, GpuSample, GpuUsage,
+    GuardPolicyRequest,
     GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse, GuardTestRequest,
     GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation, HealthRequest,
     HealthResponse, HeartbeatRequest, HeartbeatResponse, HistoryRequest, HistoryResponse,
     ImportAuditRequest, ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult,
-    KillTarget, ListRequest, ListResponse, Node, NodeSnapshot, NodeState, ProcessKind,
-    ProcessUsage, RegisterRequest, RegisterResponse, ResetOutcome, ResetRequest, ResetResponse,
-    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, SendAttempt, Session,
+    KillTarget, ListRequest, ListResponse, MisusingProcess, Node, NodeSnapshot, NodeState,
+    ProcessKind, ProcessUsage, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+    Reservation, ReservationKind, ReservationState, ReservationsRequest, ReservationsResponse,
+    ReserveRequest, ReserveResponse, ReservedGpu, ResetOutcome, ResetRequest, ResetResponse,
+    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, RunMessage, RunUpdate,
+    SendAttempt, Session,
     SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
     UploadEntry, UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse,
     UploadStatus, UploadSummary, UploadsRequest, UploadsResponse, UserUsage, Vendor, VendorState,
-    VendorStatus, VersionRequest, VersionResponse, WatchRequest,
+    VendorStatus, VersionRequest, VersionResponse, WaitingRequest, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -917,6 +921,184 @@ pub fn upload_show_response() -> UploadShowResponse {
     }
 }
 
+/// A GPU of a reservation: nvidia, with the UUID `GPU-<index>` and no name.
+pub fn reserved_gpu(index: u32) -> ReservedGpu {
+    ReservedGpu {
+        index,
+        uuid: Some(format!("GPU-{index}")),
+        vendor: Vendor::Nvidia as i32,
+        name: None,
+    }
+}
+
+/// Reservation 17 of GPU 0 (UUID and name known) and GPU 3 (neither), for 8 hours from
+/// [`NOW_MS`].
+pub fn reserve_response() -> ReserveResponse {
+    ReserveResponse {
+        reservation_id: 17,
+        gpus: vec![
+            ReservedGpu {
+                index: 0,
+                uuid: Some("GPU-5d1a3c2e-0b7f-4c1e-9a8d-1f2e3d4c5b6a".to_owned()),
+                vendor: Vendor::Nvidia as i32,
+                name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+            },
+            ReservedGpu {
+                index: 3,
+                uuid: None,
+                vendor: Vendor::Nvidia as i32,
+                name: None,
+            },
+        ],
+        expires_unix_ms: NOW_MS + 8 * 3_600_000,
+    }
+}
+
+/// Alice's manual reservation 11 of GPU 2 (09:00 to 17:00, with a note) and her run
+/// reservation 12 of GPU 3 (since 11:58:59.250, no timeout).
+pub fn release_response() -> ReleaseResponse {
+    ReleaseResponse {
+        released: vec![
+            Reservation {
+                id: 11,
+                gpu: Some(reserved_gpu(2)),
+                user: "alice".to_owned(),
+                uid: 1000,
+                kind: ReservationKind::Manual as i32,
+                start_unix_ms: 1_714_554_000_000,
+                expires_unix_ms: Some(1_714_582_800_000),
+                note: "thesis runs".to_owned(),
+                client_pid: None,
+                attached: false,
+            },
+            Reservation {
+                id: 12,
+                gpu: Some(reserved_gpu(3)),
+                user: "alice".to_owned(),
+                uid: 1000,
+                kind: ReservationKind::Run as i32,
+                start_unix_ms: NOW_MS - 61_000,
+                expires_unix_ms: None,
+                note: "python train.py".to_owned(),
+                client_pid: Some(999),
+                attached: true,
+            },
+        ],
+    }
+}
+
+/// A run reservation of GPU `index` by `user`, held for `held_ms` before [`NOW_MS`].
+fn run_reservation(id: i64, index: u32, user: &str, held_ms: i64) -> Reservation {
+    Reservation {
+        id,
+        gpu: Some(reserved_gpu(index)),
+        user: user.to_owned(),
+        uid: 1000 + index,
+        kind: ReservationKind::Run as i32,
+        start_unix_ms: NOW_MS - held_ms,
+        expires_unix_ms: None,
+        note: "python train.py".to_owned(),
+        client_pid: None,
+        attached: true,
+    }
+}
+
+/// A process of `user` using a GPU it does not hold.
+fn misusing(pid: u32, user: &str, name: &str, used: Option<u64>) -> MisusingProcess {
+    MisusingProcess {
+        pid,
+        user: user.to_owned(),
+        uid: if user == "bob" { 1001 } else { 1003 },
+        name: name.to_owned(),
+        used_memory_bytes: used,
+    }
+}
+
+/// Seven GPUs as of [`NOW_MS`]: 0 available; 1 alice's run (pid 1234, 1h2m); 2 carol's manual
+/// reservation with a note (5m3s, 3h5m left); 3 used unreserved by bob (two processes, one of
+/// unknown memory) and dave; 4 alice's manual reservation used by bob; 5 erin's run whose
+/// client is disconnected and 6 frank's run (pid 77), both with 59m47s left. Two requests
+/// wait.
+pub fn reservations_response() -> ReservationsResponse {
+    let gpu = |index: u32, state: ReservationState, reservation: Option<Reservation>| {
+        GpuReservation {
+            gpu: Some(reserved_gpu(index)),
+            state: state as i32,
+            reservation,
+            misuse: Vec::new(),
+        }
+    };
+    let mut available = gpu(0, ReservationState::Available, None);
+    available.gpu = Some(ReservedGpu {
+        name: Some("NVIDIA A100-SXM4-80GB".to_owned()),
+        ..reserved_gpu(0)
+    });
+    let alice = Reservation {
+        client_pid: Some(1234),
+        ..run_reservation(21, 1, "alice", (3600 + 120 + 5) * 1000)
+    };
+    let carol = Reservation {
+        kind: ReservationKind::Manual as i32,
+        expires_unix_ms: Some(NOW_MS + (3 * 3600 + 5 * 60 + 30) * 1000),
+        note: "thesis runs".to_owned(),
+        ..run_reservation(22, 2, "carol", 303_000)
+    };
+    let mut unreserved = gpu(3, ReservationState::UnreservedUse, None);
+    unreserved.misuse = vec![
+        misusing(123, "bob", "python", Some(10 * GIB)),
+        misusing(124, "bob", "train", None),
+        misusing(9, "dave", "x", Some(GIB + GIB / 2)),
+    ];
+    let mut wrong = gpu(
+        4,
+        ReservationState::WrongUser,
+        Some(Reservation {
+            kind: ReservationKind::Manual as i32,
+            ..run_reservation(23, 4, "alice", 600_000)
+        }),
+    );
+    wrong.misuse = vec![misusing(123, "bob", "python", Some(10 * GIB))];
+    let erin = Reservation {
+        attached: false,
+        expires_unix_ms: Some(NOW_MS + 3_587_000),
+        ..run_reservation(24, 5, "erin", 12_000)
+    };
+    let frank = Reservation {
+        client_pid: Some(77),
+        expires_unix_ms: Some(NOW_MS + 3_587_000),
+        ..run_reservation(25, 6, "frank", 12_000)
+    };
+    ReservationsResponse {
+        gpus: vec![
+            available,
+            gpu(1, ReservationState::Reserved, Some(alice)),
+            gpu(2, ReservationState::Reserved, Some(carol)),
+            unreserved,
+            wrong,
+            gpu(5, ReservationState::Reserved, Some(erin)),
+            gpu(6, ReservationState::Reserved, Some(frank)),
+        ],
+        queue: vec![
+            WaitingRequest {
+                user: "gina".to_owned(),
+                uid: 1007,
+                count: 2,
+                since_unix_ms: NOW_MS - 300_000,
+                command: "python train.py --gpus 2".to_owned(),
+            },
+            WaitingRequest {
+                user: "henry".to_owned(),
+                uid: 1008,
+                count: 1,
+                since_unix_ms: NOW_MS - 12_000,
+                command: "./bench.sh".to_owned(),
+            },
+        ],
+        unreserved_threshold_bytes: GIB,
+        now_unix_ms: NOW_MS,
+    }
+}
+
 /// Compares `actual` with `tests/snapshots/<name>`. With `UPDATE_SNAPSHOTS=1` in the
 /// environment it (re)writes the file instead.
 #[track_caller]
@@ -1026,6 +1208,41 @@ pub struct FakeDaemon {
     pub cluster_contention_requests: Arc<Mutex<Vec<ClusterContentionRequest>>>,
     /// The credentials and node metadata of every request received, in order.
     pub received: Arc<Mutex<Vec<ReceivedMetadata>>>,
+    /// What Reserve answers; `None` fails with UNIMPLEMENTED.
+    pub reserve: Option<Result<ReserveResponse, Status>>,
+    /// Every Reserve request received.
+    pub reserve_requests: Arc<Mutex<Vec<ReserveRequest>>>,
+    /// What Release answers; `None` fails with UNIMPLEMENTED.
+    pub release: Option<Result<ReleaseResponse, Status>>,
+    /// Every Release request received.
+    pub release_requests: Arc<Mutex<Vec<ReleaseRequest>>>,
+    /// What Reservations answers; `None` fails with UNIMPLEMENTED.
+    pub reservations: Option<Result<ReservationsResponse, Status>>,
+    /// What each Run call does, in the order of the calls; a call beyond them fails with
+    /// UNIMPLEMENTED.
+    pub run: Vec<RunScript>,
+    /// What each Run call received, one list per call, in the order of the calls.
+    pub run_received: Arc<Mutex<Vec<Vec<RunReceived>>>>,
+}
+
+/// What the fake daemon does in one Run call: once the client's first message is in, it
+/// sends `updates` (an error ends the stream there); it then keeps the stream open until the
+/// client ends its side, and ends its own.
+#[derive(Debug, Clone, Default)]
+pub struct RunScript {
+    /// The updates sent after the first message, in order.
+    pub updates: Vec<Result<RunUpdate, Status>>,
+}
+
+/// What the fake daemon received on one Run stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunReceived {
+    /// A message.
+    Message(RunMessage),
+    /// The client ended its stream.
+    End,
+    /// The stream broke, with the error.
+    Broken(String),
 }
 
 /// The metadata of one request as the fake daemon received it.
@@ -1345,6 +1562,94 @@ impl GpuKill for FakeDaemon {
             Some(answer) => answer.map(Response::new),
             None => Err(Status::unimplemented("UploadRetry")),
         }
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        if let Ok(mut requests) = self.reserve_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.reserve.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Reserve")),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        if let Ok(mut requests) = self.release_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.release.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Release")),
+        }
+    }
+
+    async fn reservations(
+        &self,
+        _request: Request<ReservationsRequest>,
+    ) -> Result<Response<ReservationsResponse>, Status> {
+        match self.reservations.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Reservations")),
+        }
+    }
+
+    type RunStream = Pin<Box<dyn Stream<Item = Result<RunUpdate, Status>> + Send>>;
+
+    async fn run(
+        &self,
+        request: Request<tonic::Streaming<RunMessage>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let call = {
+            let mut received = self
+                .run_received
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            received.push(Vec::new());
+            received.len() - 1
+        };
+        let Some(script) = self.run.get(call).cloned() else {
+            return Err(Status::unimplemented("Run"));
+        };
+        let received = self.run_received.clone();
+        let record = move |event: RunReceived| {
+            if let Ok(mut received) = received.lock() {
+                received[call].push(event);
+            }
+        };
+        let mut inbound = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut script = Some(script.updates);
+            loop {
+                let event = match inbound.message().await {
+                    Ok(Some(message)) => RunReceived::Message(message),
+                    Ok(None) => RunReceived::End,
+                    Err(status) => RunReceived::Broken(status.to_string()),
+                };
+                let last = !matches!(event, RunReceived::Message(_));
+                record(event);
+                for update in script.take().unwrap_or_default() {
+                    let is_error = update.is_err();
+                    if sender.send(update).await.is_err() || is_error {
+                        break;
+                    }
+                }
+                if last {
+                    // The client's side is over: end ours (the sender is dropped).
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 

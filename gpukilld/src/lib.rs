@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod procinfo;
 pub mod recorder;
+pub mod reservations;
 pub mod ring;
 pub mod rpc;
 pub mod sampler;
@@ -299,6 +300,27 @@ pub async fn run(
     // the server's graceful shutdown does not wait on watchers.
     let (stop, stopped) = watch::channel(false);
     let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), stopped.clone()));
+    let reservations: rpc::reservations::ReservationsHandle = match &kill_context.events {
+        Ok(log) => crate::reservations::Reservations::load(
+            config.reservations.clone(),
+            Arc::clone(log),
+            Arc::clone(&ring),
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|error| {
+            let message = error_chain(&error);
+            tracing::error!("cannot load the reservations: {message}; reservations are off");
+            message
+        }),
+        Err(message) => Err(message.clone()),
+    };
+    if let Ok(held) = &reservations {
+        tokio::spawn(crate::reservations::run_timers(
+            Arc::clone(held),
+            stopped.clone(),
+        ));
+    }
     let guard = Arc::new(guard::engine::Guard::new(
         config.guard_policy.clone(),
         config.protected_users.clone(),
@@ -312,6 +334,7 @@ pub async fn run(
             Arc::clone(&guard),
             Arc::clone(&ring),
             Arc::clone(log),
+            reservations.as_ref().ok().cloned(),
             stopped.clone(),
         ))
     });
@@ -449,6 +472,7 @@ pub async fn run(
         },
         Arc::clone(&node),
         upload_settings,
+        reservations,
     )
     .into_server();
     let tcp_task = tcp_listener.map(|setup| {

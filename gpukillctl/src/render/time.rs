@@ -26,6 +26,12 @@ fn system_time(ms: i64) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
+/// `time` in milliseconds since the epoch; 0 for a time before it.
+pub fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 in UTC with whole seconds, e.g. `2024-05-01T12:00:00Z`.
 pub fn rfc3339_seconds(ms: i64) -> Option<String> {
     system_time(ms).map(|t| humantime::format_rfc3339_seconds(t).to_string())
@@ -152,6 +158,19 @@ pub fn age(ms: i64) -> String {
     }
 }
 
+/// A length of time as [`age`] shows it, rounded to the nearest second and without a
+/// trailing zero unit: `8h` rather than `8h0m`, `1h2m`, `5m`, `12s`.
+pub fn span(ms: i64) -> String {
+    let mut text = age(ms.max(0).saturating_add(500));
+    // Two units end in `<letter>0<letter>`: `8h0m`, but not `10s` or `1h10m`.
+    if let [.., first, b'0', _] = text.as_bytes() {
+        if first.is_ascii_alphabetic() {
+            text.truncate(text.len() - 2);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +238,18 @@ mod tests {
         assert_eq!(age(312_000), "5m12s");
         assert_eq!(age((2 * 3600 + 13 * 60 + 13) * 1000), "2h13m");
         assert_eq!(age((3 * 86_400 + 4 * 3600 + 59) * 1000), "3d4h");
+    }
+
+    #[test]
+    fn spans_drop_a_trailing_zero_unit() {
+        assert_eq!(span(8 * 3600 * 1000 - 40), "8h");
+        assert_eq!(span((3600 + 120) * 1000), "1h2m");
+        assert_eq!(span(300_000), "5m");
+        assert_eq!(span(303_000), "5m3s");
+        assert_eq!(span(12_400), "12s");
+        assert_eq!(span(2 * 86_400 * 1000), "2d");
+        assert_eq!(span(-5), "0s");
+        assert_eq!(span(10_000), "10s");
+        assert_eq!(span((3600 + 600) * 1000), "1h10m");
     }
 }

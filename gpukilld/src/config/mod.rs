@@ -11,12 +11,14 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod remote;
+mod reservations;
 mod upload;
 
 pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
     parse_daemon_url,
 };
+pub use reservations::ReservationsConfig;
 pub use upload::{IngestConfig, UploadConfig, UploadUrl, parse_upload_url};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
@@ -76,6 +78,8 @@ pub struct Config {
     pub upload: UploadConfig,
     /// Receiving hourly usage from nodes.
     pub ingest: IngestConfig,
+    /// GPU reservations.
+    pub reservations: ReservationsConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -198,6 +202,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
             ingest: IngestConfig::default(),
+            reservations: ReservationsConfig::default(),
         }
     }
 }
@@ -575,6 +580,7 @@ impl Config {
         self.cluster.validate(&self.tcp, origin)?;
         self.upload.validate(origin)?;
         self.ingest.validate(origin)?;
+        self.reservations.validate(origin)?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use super::tracker::Decision;
 use crate::actions::kill::Outcome;
 
 /// Every rule, in the order of [`rule_index`].
-pub const RULES: [Rule; 13] = [
+pub const RULES: [Rule; 14] = [
     Rule::MemoryPerProcess,
     Rule::MemoryTotal,
     Rule::Utilization,
@@ -23,6 +23,7 @@ pub const RULES: [Rule; 13] = [
     Rule::GroupUtilization,
     Rule::GroupProcesses,
     Rule::Rogue,
+    Rule::Reservation,
 ];
 
 /// The position of `rule` in [`RULES`]. Exhaustive, so a new rule does not compile until it
@@ -42,6 +43,7 @@ pub fn rule_index(rule: Rule) -> usize {
         Rule::GroupUtilization => 10,
         Rule::GroupProcesses => 11,
         Rule::Rogue => 12,
+        Rule::Reservation => 13,
     }
 }
 

@@ -26,6 +26,8 @@ use crate::actions::kill::{self, Decided, KillOptions, Outcome, Target};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal, Transport};
 use crate::procinfo::ProcessInfo;
+use crate::reservations::Reservations;
+use crate::reservations::usage::Assessment;
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
 use crate::store::{EventKind, EventLog, EventTarget, NewEvent};
@@ -213,17 +215,25 @@ impl Guard {
     }
 
     /// Evaluates the loaded policy against `snapshot` without acting (`gpukillctl guard
-    /// test`): the violations and what the mode would do about each now.
-    pub fn test(&self, snapshot: &Snapshot) -> Option<(Arc<Loaded>, Evaluation)> {
+    /// test`), with the reservations' `misuse` of it: the violations and what the mode would
+    /// do about each now.
+    pub fn test(
+        &self,
+        snapshot: &Snapshot,
+        misuse: &[Assessment],
+    ) -> Option<(Arc<Loaded>, Evaluation)> {
         let loaded = self.lock().loaded.clone()?;
         let mut history = UtilHistory::default();
         history.record(snapshot, Duration::from_secs(3600));
-        let evaluation = evaluate::evaluate(
+        let mut evaluation = evaluate::evaluate(
             &loaded.policy,
             snapshot,
             &history,
             clock::local_time(snapshot.taken_at),
         );
+        evaluation
+            .violations
+            .extend(evaluate::reservation_findings(&loaded.policy, misuse));
         Some((loaded, evaluation))
     }
 }
@@ -306,6 +316,7 @@ pub async fn run(
     guard: Arc<Guard>,
     ring: Arc<Ring>,
     events: Arc<EventLog>,
+    reservations: Option<Arc<Reservations>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut updates = ring.updates();
@@ -356,6 +367,12 @@ pub async fn run(
         history.record(&snapshot, longest_window(&loaded.policy));
         let local: LocalTime = clock::local_time(snapshot.taken_at);
         let mut evaluation = evaluate::evaluate(&loaded.policy, &snapshot, &history, local);
+        if let Some(reservations) = &reservations {
+            let misuse = reservations.misuse(&snapshot);
+            evaluation
+                .violations
+                .extend(evaluate::reservation_findings(&loaded.policy, &misuse));
+        }
         let evaluation_time = started.elapsed();
         mark_protected(
             &mut evaluation.violations,

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use super::policy::{CompiledPolicy, Limits, LocalTime};
 use super::rogue::{Observed, RiskLevel};
 use crate::procinfo::ProcessInfo;
+use crate::reservations::usage::Assessment;
 use crate::snapshot::{GpuProcess, Snapshot, Vendor};
 
 /// Which rule a violation breaks.
@@ -44,6 +45,9 @@ pub enum Rule {
     GroupProcesses,
     /// A process scores as a miner or abuse (`[rogue]`).
     Rogue,
+    /// A process uses a GPU without a reservation, or on another user's reservation
+    /// (`[reservation]`).
+    Reservation,
 }
 
 impl Rule {
@@ -63,6 +67,7 @@ impl Rule {
             Rule::GroupUtilization => "group_utilization",
             Rule::GroupProcesses => "group_processes",
             Rule::Rogue => "rogue",
+            Rule::Reservation => "reservation",
         }
     }
 }
@@ -658,6 +663,43 @@ fn rogue_findings(
     }
     // Forget processes that are gone.
     identities.retain(|key, _| scored.contains(key));
+}
+
+/// One finding per process using a GPU it does not hold (`misuse`, from the reservations):
+/// reported always, `over` (the guard acts) when `[reservation] enforce` is on.
+pub fn reservation_findings(policy: &CompiledPolicy, misuse: &[Assessment]) -> Vec<Violation> {
+    let enforce = policy.policy.reservation.enforce;
+    let mut found = Vec::new();
+    for assessment in misuse {
+        let gpu = &assessment.gpu;
+        let note = match &assessment.holder {
+            Some(holder) => format!("on {}'s reservation of GPU {}", holder.user, gpu.index),
+            None => format!("GPU {} is not reserved", gpu.index),
+        };
+        for process in &assessment.misuse {
+            found.push(Violation {
+                rule: Rule::Reservation,
+                policy: "[reservation]".to_owned(),
+                subject: Subject::Process {
+                    pid: process.info.pid,
+                    start_ticks: process.info.start_ticks,
+                    gpu_index: gpu.index,
+                },
+                measured: f64::from(gpu.index),
+                limit: 0.0,
+                unit: Unit::Gpu,
+                offenders: vec![Offender {
+                    info: Arc::clone(&process.info),
+                    vendor: gpu.vendor,
+                    gpu_index: gpu.index,
+                    protected: None,
+                }],
+                over: enforce,
+                note: note.clone(),
+            });
+        }
+    }
+    found
 }
 
 /// The table whose limits are in force for a user, for messages: the last window that

@@ -56,6 +56,9 @@
 //! webhook_timeout = "5s"
 //! webhook_retries = 3
 //! terminals = true              # warn the offending user on their terminals
+//!
+//! [reservation]                 # GPUs used without a reservation or by the wrong user;
+//! enforce = true                # always reported, acted on only with enforce = true
 //! ```
 //!
 //! With `rogue_act_at = "high"` (top level) the guard also acts on processes whose rogue
@@ -427,6 +430,18 @@ pub struct Policy {
     pub rogue_act_at: Option<RiskLevel>,
     /// Webhook and terminal messages.
     pub notify: NotifyConfig,
+    /// Processes on GPUs their users do not hold (see `gpukillctl status`).
+    pub reservation: ReservationRule,
+}
+
+/// `[reservation]`: what the guard does about GPUs used without a reservation, or by a user
+/// other than the holder. Such use is always reported (`guard status`, `guard test`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservationRule {
+    /// Act on it as on any violation (in soft mode after the grace, in hard mode after
+    /// `min_duration`).
+    pub enforce: bool,
 }
 
 impl Default for Policy {
@@ -449,6 +464,7 @@ impl Default for Policy {
             rogue: RogueConfig::default(),
             rogue_act_at: None,
             notify: NotifyConfig::default(),
+            reservation: ReservationRule::default(),
         }
     }
 }

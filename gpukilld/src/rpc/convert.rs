@@ -67,13 +67,7 @@ impl Filter {
     }
 }
 
-pub(crate) use crate::store::unix_ms;
-
-/// Milliseconds since the epoch as RFC 3339 (UTC, whole seconds).
-pub(crate) fn rfc3339_ms(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
-}
+pub(crate) use crate::store::{rfc3339_ms, unix_ms};
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

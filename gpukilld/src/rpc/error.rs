@@ -115,11 +115,18 @@ pub enum RpcError {
     /// A retry request that names nothing.
     #[error("name an hour or ask for every parked hour (--all-parked)")]
     InvalidUploadRetry,
+    /// A reservation request that was refused.
+    #[error(transparent)]
+    Reservation(#[from] crate::reservations::ReservationError),
+    /// A Run stream whose first message is neither start nor resume.
+    #[error("a Run stream must begin with a start or a resume message")]
+    BadRunStart,
 }
 
 impl From<RpcError> for Status {
     fn from(error: RpcError) -> Status {
         use crate::actions::kill::SelectError;
+        use crate::reservations::ReservationError;
         let code = match &error {
             RpcError::Authz(AuthzError::Unattributed) => Code::Unauthenticated,
             RpcError::Authz(AuthzError::Forbidden { .. }) => Code::PermissionDenied,
@@ -137,12 +144,24 @@ impl From<RpcError> for Status {
             | RpcError::InvalidPolicy(_)
             | RpcError::UnknownUploadStatus(_)
             | RpcError::InvalidUploadRetry
+            | RpcError::BadRunStart
+            | RpcError::Reservation(
+                ReservationError::BadCount { .. }
+                | ReservationError::NoSuchGpu(_)
+                | ReservationError::Duplicate(_)
+                | ReservationError::BadDuration { .. },
+            )
             | RpcError::Select(SelectError::NotAGpuProcess(_) | SelectError::NoSuchGpu { .. }) => {
                 Code::InvalidArgument
             }
             RpcError::Select(SelectError::NoSuchPid(_) | SelectError::NoMatch(_))
-            | RpcError::NoUpload(_) => Code::NotFound,
-            RpcError::NotAdmin(_) => Code::PermissionDenied,
+            | RpcError::NoUpload(_)
+            | RpcError::Reservation(ReservationError::NoSuchRun(_)) => Code::NotFound,
+            RpcError::NotAdmin(_) | RpcError::Reservation(ReservationError::NotHolder { .. }) => {
+                Code::PermissionDenied
+            }
+            RpcError::Reservation(ReservationError::Busy(_)) => Code::ResourceExhausted,
+            RpcError::Reservation(ReservationError::NotLocal) => Code::FailedPrecondition,
             RpcError::ResetUnsupported(_)
             | RpcError::GuardOff(_)
             | RpcError::UploadsOff
@@ -153,6 +172,7 @@ impl From<RpcError> for Status {
             | RpcError::StoreUnavailable(_)
             | RpcError::GuardUpdate(_)
             | RpcError::Store(_)
+            | RpcError::Reservation(ReservationError::Store(_))
             | RpcError::Internal(_) => Code::Internal,
         };
         // regex::Error's Display already holds the position and the reason; keep it whole.

@@ -1,6 +1,7 @@
 //! `GuardStatus` and `GuardTest`: what the guard is enforcing and finding. Anyone may ask:
 //! limits and violations on a shared node are not secret.
 
+use crate::reservations::Reservations;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,12 +59,17 @@ pub fn status(guard: &Guard) -> pb::GuardStatusResponse {
 }
 
 /// Answers `GuardTest`: the latest snapshot evaluated now, without acting.
-pub async fn test(guard: &Arc<Guard>, ring: &Ring) -> Result<pb::GuardTestResponse, RpcError> {
+pub async fn test(
+    guard: &Arc<Guard>,
+    ring: &Ring,
+    reservations: Option<&Reservations>,
+) -> Result<pb::GuardTestResponse, RpcError> {
     let snapshot = ring.latest();
+    let misuse = reservations.map_or_else(Vec::new, |r| r.misuse(&snapshot));
     let tested = Arc::clone(guard);
     // Protection checks read /proc.
     let answer = tokio::task::spawn_blocking(move || {
-        let (loaded, evaluation) = tested.test(&snapshot)?;
+        let (loaded, evaluation) = tested.test(&snapshot, &misuse)?;
         let violations = evaluation
             .violations
             .iter()

@@ -12,8 +12,10 @@ pub mod import;
 pub mod kill;
 pub mod layer;
 pub(crate) mod list;
+pub mod reservations;
 pub mod reset;
 mod rogue;
+mod run;
 mod sessions;
 pub mod summary;
 pub mod tcp;
@@ -50,6 +52,7 @@ pub struct Service {
     reset: reset::ResetConfig,
     node: Arc<NodeIdentity>,
     uploads: uploads::UploadSettings,
+    reservations: reservations::ReservationsHandle,
 }
 
 impl Service {
@@ -63,6 +66,7 @@ impl Service {
         reset: reset::ResetConfig,
         node: Arc<NodeIdentity>,
         uploads: uploads::UploadSettings,
+        reservations: reservations::ReservationsHandle,
     ) -> Self {
         Self {
             ring,
@@ -73,6 +77,7 @@ impl Service {
             reset,
             node,
             uploads,
+            reservations,
         }
     }
 
@@ -256,7 +261,8 @@ impl GpuKill for Service {
         request: Request<pb::GuardTestRequest>,
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
         attribute(&request, "GuardTest", Access::Read, &self.kill.events)?;
-        guard::test(&self.guard, &self.ring)
+        let reservations = self.reservations.as_ref().ok().map(|r| &**r);
+        guard::test(&self.guard, &self.ring, reservations)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -332,6 +338,57 @@ impl GpuKill for Service {
         .await
         .map(Response::new)
         .map_err(Status::from)
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let caller = attribute(&request, "Reserve", Access::Act, &self.kill.events)?;
+        let answer = async {
+            let reservations = reservations::available(&self.reservations)?;
+            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+            reservations::reserve(reservations, requester, request.into_inner()).await
+        };
+        answer.await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = attribute(&request, "Release", Access::Act, &self.kill.events)?;
+        let answer = async {
+            let reservations = reservations::available(&self.reservations)?;
+            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+            reservations::release(reservations, requester, request.into_inner()).await
+        };
+        answer.await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn reservations(
+        &self,
+        request: Request<pb::ReservationsRequest>,
+    ) -> Result<Response<pb::ReservationsResponse>, Status> {
+        attribute(&request, "Reservations", Access::Read, &self.kill.events)?;
+        reservations::available(&self.reservations)
+            .map(|reservations| Response::new(reservations::status(reservations)))
+            .map_err(Status::from)
+    }
+
+    type RunStream = run::RunStream;
+
+    async fn run(
+        &self,
+        request: Request<tonic::Streaming<pb::RunMessage>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let caller = attribute(&request, "Run", Access::Act, &self.kill.events)?;
+        let answer = async {
+            let reservations = Arc::clone(reservations::available(&self.reservations)?);
+            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+            run::run(reservations, requester, request.into_inner(), self.stop.clone()).await
+        };
+        answer.await.map(Response::new).map_err(Status::from)
     }
 
     async fn reset(

@@ -47,7 +47,55 @@ pub fn summarize(
         0 => DEFAULT_TOP,
         top => top as usize,
     };
-    Ok(aggregate(&sessions, &gpus, top))
+    let mut summary = aggregate(&sessions, &gpus, top);
+    // A reservation still held counts up to now.
+    let now = crate::store::unix_ms(std::time::SystemTime::now());
+    let held = store.reservations_between(since, until)?;
+    summary.reservations = reservations_by_user(&held, since, until.min(now));
+    Ok(summary)
+}
+
+/// GPU time held per user over [since, until), most first (ties by name): each reservation
+/// row is one GPU from its start to its end (or `until` while held), clipped to the window.
+fn reservations_by_user(
+    rows: &[crate::store::ReservationRow],
+    since: i64,
+    until: i64,
+) -> Vec<pb::UserReservations> {
+    use std::collections::{BTreeMap, BTreeSet};
+    const HOUR_MS: f64 = 3_600_000.0;
+    let mut users: BTreeMap<(u32, &str), (pb::UserReservations, BTreeSet<i64>)> = BTreeMap::new();
+    for row in rows {
+        let start = row.start_ms.max(since);
+        let end = row.end_ms.unwrap_or(until).min(until);
+        let hours = (end - start).max(0) as f64 / HOUR_MS;
+        let (user, leases) = users.entry((row.uid, &row.user)).or_insert_with(|| {
+            let user = pb::UserReservations {
+                user: row.user.clone(),
+                uid: row.uid,
+                ..Default::default()
+            };
+            (user, BTreeSet::new())
+        });
+        user.reserved_gpu_hours += hours;
+        if row.kind == crate::store::LeaseKind::Run {
+            user.run_gpu_hours += hours;
+        }
+        leases.insert(row.lease);
+    }
+    let mut users: Vec<pb::UserReservations> = users
+        .into_values()
+        .map(|(mut user, leases)| {
+            user.reservations = u32::try_from(leases.len()).unwrap_or(u32::MAX);
+            user
+        })
+        .collect();
+    users.sort_by(|a, b| {
+        b.reserved_gpu_hours
+            .total_cmp(&a.reserved_gpu_hours)
+            .then_with(|| a.user.cmp(&b.user))
+    });
+    users
 }
 
 /// The summary of `sessions` and per-GPU `usage`, with at most `top` users and processes.
@@ -65,6 +113,7 @@ fn aggregate(sessions: &[StoredSession], usage: &[GpuUsage], top: usize) -> pb::
             })
             .collect(),
         hour_of_day_gpu_hours: hour_of_day(sessions).to_vec(),
+        reservations: Vec::new(),
     }
 }
 

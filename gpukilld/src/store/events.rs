@@ -25,20 +25,24 @@ pub enum EventKind {
     Violation,
     /// The guard policy was changed through the API (or a change was refused).
     Policy,
+    /// A GPU was reserved, or a reservation ended (released, expired, its `run` client
+    /// gone).
+    Reservation,
 }
 
 impl EventKind {
     /// Every kind, in the order the error message lists them.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Kill,
         EventKind::Reset,
         EventKind::Deny,
         EventKind::Violation,
         EventKind::Policy,
+        EventKind::Reservation,
     ];
 
-    /// The name stored in the `kind` column: `kill`, `reset`, `deny`, `violation` or
-    /// `policy`.
+    /// The name stored in the `kind` column: `kill`, `reset`, `deny`, `violation`,
+    /// `policy` or `reservation`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Kill => "kill",
@@ -46,6 +50,7 @@ impl EventKind {
             EventKind::Deny => "deny",
             EventKind::Violation => "violation",
             EventKind::Policy => "policy",
+            EventKind::Reservation => "reservation",
         }
     }
 }
@@ -58,7 +63,7 @@ impl fmt::Display for EventKind {
 
 /// A string that is not an [`EventKind`] name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy)")]
+#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy, reservation)")]
 pub struct EventKindError {
     /// The string that was given.
     pub value: String,
@@ -187,7 +192,13 @@ pub(crate) fn unix_ms(time: SystemTime) -> i64 {
     }
 }
 
-const INSERT: &str = "INSERT INTO events (
+/// Milliseconds since the epoch as RFC 3339 (UTC, whole seconds).
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    let time = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+pub(super) const INSERT: &str = "INSERT INTO events (
         time_ms, kind, caller_uid, caller_user, caller_pid, transport, action,
         target_pid, target_start_ms, target_uid, target_user, target_name, target_cmdline,
         target_gpu, outcome, reason, via
@@ -225,36 +236,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::Write)?;
-        let mut ids = Vec::with_capacity(events.len());
-        {
-            let mut insert = tx.prepare_cached(sql).map_err(StoreError::Write)?;
-            for event in events {
-                let target = event.target.as_ref();
-                let values: [&dyn rusqlite::ToSql; 17] = [
-                    &unix_ms(event.time),
-                    &event.kind,
-                    &event.caller.uid,
-                    &event.caller.user,
-                    &event.caller.pid,
-                    &event.caller.transport,
-                    &event.action,
-                    &target.map(|target| target.pid),
-                    &target.map(|target| target.start_time_ms),
-                    &target.map(|target| target.uid),
-                    &target.map(|target| target.user.as_str()),
-                    &target.map(|target| target.name.as_str()),
-                    &target.map(|target| target.cmdline.as_str()),
-                    &target.and_then(|target| target.gpu_index),
-                    &event.outcome,
-                    &event.reason,
-                    &event.caller.via,
-                ];
-                let id = insert
-                    .insert(&values[..columns])
-                    .map_err(StoreError::Write)?;
-                ids.push(id);
-            }
-        }
+        let ids = insert_events_in(&tx, events, sql, columns)?;
         tx.commit().map_err(StoreError::Write)?;
         Ok(ids)
     }
@@ -321,6 +303,45 @@ fn stored_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         outcome: row.get("outcome")?,
         reason: row.get("reason")?,
     })
+}
+
+/// Inserts `events` with `sql` (binding the first `columns` of each event's values) in the
+/// caller's transaction; returns their ids.
+pub(super) fn insert_events_in(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[NewEvent],
+    sql: &str,
+    columns: usize,
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut insert = tx.prepare_cached(sql).map_err(StoreError::Write)?;
+    for event in events {
+        let target = event.target.as_ref();
+        let values: [&dyn rusqlite::ToSql; 17] = [
+            &unix_ms(event.time),
+            &event.kind,
+            &event.caller.uid,
+            &event.caller.user,
+            &event.caller.pid,
+            &event.caller.transport,
+            &event.action,
+            &target.map(|target| target.pid),
+            &target.map(|target| target.start_time_ms),
+            &target.map(|target| target.uid),
+            &target.map(|target| target.user.as_str()),
+            &target.map(|target| target.name.as_str()),
+            &target.map(|target| target.cmdline.as_str()),
+            &target.and_then(|target| target.gpu_index),
+            &event.outcome,
+            &event.reason,
+            &event.caller.via,
+        ];
+        let id = insert
+            .insert(&values[..columns])
+            .map_err(StoreError::Write)?;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

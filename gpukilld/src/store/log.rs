@@ -405,6 +405,16 @@ impl EventLog {
         &self,
         write: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let answer = self.submit_write(write)?;
+        self.confirm(answer).await
+    }
+
+    /// Queues `write` for the writer thread without waiting (so writes queued under one lock
+    /// run in that order); [`confirm`](Self::confirm) waits for its answer.
+    pub(crate) fn submit_write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let apply: Box<dyn FnOnce(&mut Store) + Send> = Box::new(move |store| {
             let _ = reply.send(write(store));
@@ -415,6 +425,15 @@ impl EventLog {
                 mpsc::TrySendError::Full(_) => StoreError::QueueFull { lost: 0 },
                 mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
             })?;
+        Ok(answer)
+    }
+
+    /// Waits for the answer of a [`submit_write`](Self::submit_write) up to a timeout
+    /// (`Timeout`: it may still run).
+    pub(crate) async fn confirm<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StoreError::Closed),

@@ -13,6 +13,7 @@ mod history;
 mod import;
 mod log;
 mod outbox;
+mod reservations;
 mod retention;
 mod schema;
 mod usage;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-pub(crate) use events::unix_ms;
+pub(crate) use events::{rfc3339_ms, unix_ms};
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
@@ -35,6 +36,7 @@ pub use outbox::{
     AttemptResult, DueEntry, OutboxEntry, OutboxOptions, OutboxStatus, OutboxSummary, RetryRefusal,
     SendAttemptRow, ShownUpload,
 };
+pub use reservations::{LeaseKind, ReservationMarks, ReservationRow};
 pub use retention::{PruneSummary, Retention};
 pub use usage::{GpuHourlyRow, GpuUsage};
 

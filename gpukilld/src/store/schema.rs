@@ -149,6 +149,51 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX send_attempts_by_hour ON send_attempts(hour_ms, id);
     CREATE TABLE outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    // 7: GPU reservations (one row per GPU; `lease` groups the GPUs of one request; a row
+    // is held while `end_ms` is NULL), and their events in the audit trail (the CHECK is
+    // widened as in 4, ids kept).
+    "CREATE TABLE events_v7 (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL
+            CHECK (kind IN ('kill','reset','deny','violation','policy','reservation')),
+        caller_uid INTEGER NOT NULL,
+        caller_user TEXT NOT NULL,
+        caller_pid INTEGER,
+        transport TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_pid INTEGER,
+        target_start_ms INTEGER,
+        target_uid INTEGER,
+        target_user TEXT,
+        target_name TEXT,
+        target_cmdline TEXT,
+        target_gpu INTEGER,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        via TEXT
+    );
+    INSERT INTO events_v7 SELECT * FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v7 RENAME TO events;
+    CREATE INDEX events_by_time ON events(time_ms);
+    CREATE INDEX events_by_kind_time ON events(kind, time_ms);
+    CREATE TABLE reservations (
+        id INTEGER PRIMARY KEY,
+        lease INTEGER NOT NULL,
+        gpu_key TEXT NOT NULL,
+        gpu_index INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('run','manual')),
+        start_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        note TEXT NOT NULL,
+        client_pid INTEGER,
+        end_ms INTEGER,
+        end_reason TEXT
+    );
+    CREATE INDEX reservations_by_end ON reservations(end_ms);",
 ];
 
 /// The schema version this binary knows: the number of migrations.
