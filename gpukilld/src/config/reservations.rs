@@ -112,7 +112,12 @@ mod tests {
         let config = parse("unreserved_threshold = \"512MiB\"\ndefault_duration = \"2h\"").unwrap();
         assert_eq!(config.unreserved_threshold, 512 << 20);
         assert_eq!(config.default_duration, Duration::from_secs(7200));
-        assert_eq!(parse("unreserved_threshold = 1000").unwrap().unreserved_threshold, 1000);
+        assert_eq!(
+            parse("unreserved_threshold = 1000")
+                .unwrap()
+                .unreserved_threshold,
+            1000
+        );
     }
 
     #[test]

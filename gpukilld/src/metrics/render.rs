@@ -928,7 +928,10 @@ mod tests {
             "gpukill_guard_violations_total{rule=\"memory_per_process\",outcome=\"warned\"} 0\n"
         ));
         assert!(text.contains("gpukill_guard_evaluation_duration_seconds 0.0005\n"));
-        assert_eq!(samples(&text, "gpukill_guard_kills_total").len(), 13 * 6);
+        assert_eq!(
+            samples(&text, "gpukill_guard_kills_total").len(),
+            crate::guard::counters::RULES.len() * 6
+        );
     }
 
     #[test]

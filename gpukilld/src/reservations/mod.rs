@@ -271,9 +271,9 @@ impl Reservations {
         requester: &Requester,
         request: &LeaseRequest,
     ) -> Result<Grant, ReservationError> {
-        let (grant, pending) = self.grant(requester, request, None)?.ok_or_else(|| {
-            ReservationError::Busy("the GPUs asked for are not free".to_owned())
-        })?;
+        let (grant, pending) = self
+            .grant(requester, request, None)?
+            .ok_or_else(|| ReservationError::Busy("the GPUs asked for are not free".to_owned()))?;
         self.settle(grant, pending).await
     }
 
@@ -314,11 +314,7 @@ impl Reservations {
 
     fn ahead_of(&self, ticket: u64) -> usize {
         let state = self.lock();
-        state
-            .queue
-            .iter()
-            .position(|t| t.id == ticket)
-            .unwrap_or(0)
+        state.queue.iter().position(|t| t.id == ticket).unwrap_or(0)
     }
 
     /// Waits for a grant's store write; undoes the grant when it failed.
@@ -435,14 +431,27 @@ impl Reservations {
             .collect();
         let reason = match (request.kind, expires_ms) {
             (LeaseKind::Manual, Some(until)) => {
-                format!("manual until {}{}", rfc3339_ms(until), note_suffix(&request.note))
+                format!(
+                    "manual until {}{}",
+                    rfc3339_ms(until),
+                    note_suffix(&request.note)
+                )
             }
             (_, Some(until)) => format!("run until {}: {}", rfc3339_ms(until), request.note),
             (_, None) => format!("run: {}", request.note),
         };
         let events: Vec<NewEvent> = rows
             .iter()
-            .map(|row| event(now, &requester.caller, "reserve", row.gpu_index, "ok", &reason))
+            .map(|row| {
+                event(
+                    now,
+                    &requester.caller,
+                    "reserve",
+                    row.gpu_index,
+                    "ok",
+                    &reason,
+                )
+            })
             .collect();
         let stored = rows.clone();
         let pending = self
@@ -570,7 +579,11 @@ impl Reservations {
         let (ended, kept): (Vec<ReservationRow>, Vec<ReservationRow>) =
             std::mem::take(&mut state.held)
                 .into_iter()
-                .partition(|row| which.iter().any(|(l, k)| *l == row.lease && *k == row.gpu_key));
+                .partition(|row| {
+                    which
+                        .iter()
+                        .any(|(l, k)| *l == row.lease && *k == row.gpu_key)
+                });
         state.held = kept;
         if ended.is_empty() {
             return (ended, None);
@@ -581,7 +594,10 @@ impl Reservations {
                 .marks
                 .last_used
                 .insert((row.uid, row.gpu_key.clone()), now_ms);
-            state.marks.last_released.insert(row.gpu_key.clone(), now_ms);
+            state
+                .marks
+                .last_released
+                .insert(row.gpu_key.clone(), now_ms);
             let detail = format!(
                 "{}; {}'s {} reservation since {}",
                 reason,
@@ -589,7 +605,14 @@ impl Reservations {
                 row.kind.as_str(),
                 rfc3339_ms(row.start_ms)
             );
-            events.push(event(now, caller, verb, row.gpu_index, outcome(verb), &detail));
+            events.push(event(
+                now,
+                caller,
+                verb,
+                row.gpu_index,
+                outcome(verb),
+                &detail,
+            ));
             if row.kind == LeaseKind::Run
                 && !state.held.iter().any(|other| other.lease == row.lease)
                 && let Some(run) = state.runs.remove(&row.lease)
@@ -643,7 +666,8 @@ impl Reservations {
                 .filter(|row| row.lease == lease)
                 .map(|row| (row.lease, row.gpu_key.clone()))
                 .collect();
-            self.end_locked(&mut state, &which, &caller, "release", why).1
+            self.end_locked(&mut state, &which, &caller, "release", why)
+                .1
         };
         self.changed.notify_waiters();
         if let Some(pending) = pending
@@ -715,7 +739,10 @@ impl Reservations {
 
     /// Why a run reservation ended without its client, when it does.
     pub fn run_ended(&self, lease: i64) -> Option<watch::Receiver<Option<String>>> {
-        self.lock().runs.get(&lease).map(|run| run.ended.subscribe())
+        self.lock()
+            .runs
+            .get(&lease)
+            .map(|run| run.ended.subscribe())
     }
 
     /// Ends manual reservations whose time came and runs whose client went silent, and
@@ -748,7 +775,10 @@ impl Reservations {
                 .collect();
             if !expired.is_empty() {
                 let reason = "expired at the end of its time";
-                pending.push(self.end_locked(&mut state, &expired, &daemon, "expire", reason).1);
+                pending.push(
+                    self.end_locked(&mut state, &expired, &daemon, "expire", reason)
+                        .1,
+                );
             }
             let lapsed: Vec<(i64, bool)> = state
                 .runs
@@ -774,7 +804,10 @@ impl Reservations {
                         humantime::format_duration(self.config.heartbeat_timeout)
                     )
                 };
-                pending.push(self.end_locked(&mut state, &which, &daemon, "expire", &reason).1);
+                pending.push(
+                    self.end_locked(&mut state, &which, &daemon, "expire", &reason)
+                        .1,
+                );
                 state.runs.remove(&lease);
             }
             !state.queue.is_empty()
@@ -927,10 +960,17 @@ fn describe(assessment: &Assessment, now_ms: i64) -> String {
                 .expires_ms
                 .map(|at| format!(" for {} more", remaining(at, now_ms)))
                 .unwrap_or_default();
-            format!("GPU {index} is reserved by {} ({}){until}", holder.user, holder.kind.as_str())
+            format!(
+                "GPU {index} is reserved by {} ({}){until}",
+                holder.user,
+                holder.kind.as_str()
+            )
         }
         (None, GpuState::UnreservedUse) => {
-            format!("GPU {index} is in use without a reservation by {}", by(&assessment.misuse))
+            format!(
+                "GPU {index} is in use without a reservation by {}",
+                by(&assessment.misuse)
+            )
         }
         (None, _) => format!("GPU {index} is available"),
     }

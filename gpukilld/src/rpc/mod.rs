@@ -386,7 +386,13 @@ impl GpuKill for Service {
         let answer = async {
             let reservations = Arc::clone(reservations::available(&self.reservations)?);
             let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-            run::run(reservations, requester, request.into_inner(), self.stop.clone()).await
+            run::run(
+                reservations,
+                requester,
+                request.into_inner(),
+                self.stop.clone(),
+            )
+            .await
         };
         answer.await.map(Response::new).map_err(Status::from)
     }

@@ -9,9 +9,7 @@ use gpukill_proto::v1 as pb;
 use super::error::RpcError;
 use crate::authz::{Caller, Principal};
 use crate::reservations::usage::{Assessment, GpuRef, GpuState};
-use crate::reservations::{
-    LeaseRequest, ReservationError, Requester, Reservations, Status, Want,
-};
+use crate::reservations::{LeaseRequest, Requester, ReservationError, Reservations, Status, Want};
 use crate::store::{LeaseKind, ReservationRow};
 
 /// The reservations, or why there are none (no store).
@@ -20,7 +18,9 @@ pub type ReservationsHandle = Result<Arc<Reservations>, String>;
 /// The reservations, or `StoreUnavailable`.
 pub(crate) fn available(handle: &ReservationsHandle) -> Result<&Arc<Reservations>, RpcError> {
     handle.as_ref().map_err(|error| {
-        RpcError::StoreUnavailable(format!("{error}; reservations are kept in it, so they are off"))
+        RpcError::StoreUnavailable(format!(
+            "{error}; reservations are kept in it, so they are off"
+        ))
     })
 }
 

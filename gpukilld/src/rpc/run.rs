@@ -16,7 +16,9 @@ use tonic::{Status, Streaming};
 
 use super::error::RpcError;
 use super::reservations::reserved_gpu;
-use crate::reservations::{stopped, Grant, LeaseRequest, ReservationError, Requester, Reservations, Want};
+use crate::reservations::{
+    Grant, LeaseRequest, Requester, ReservationError, Reservations, Want, stopped,
+};
 use crate::store::LeaseKind;
 
 /// The stream type of `Run`.
@@ -114,7 +116,10 @@ impl Session {
             let changed = reservations.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let ahead = match reservations.serve_ticket(&queued, &requester, &request).await {
+            let ahead = match reservations
+                .serve_ticket(&queued, &requester, &request)
+                .await
+            {
                 Ok(Ok(grant)) => break grant,
                 Ok(Err(ahead)) => ahead,
                 Err(error) => {

@@ -63,7 +63,9 @@ impl fmt::Display for EventKind {
 
 /// A string that is not an [`EventKind`] name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy, reservation)")]
+#[error(
+    "unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy, reservation)"
+)]
 pub struct EventKindError {
     /// The string that was given.
     pub value: String,

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-pub(crate) use events::{rfc3339_ms, unix_ms};
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
+pub(crate) use events::{rfc3339_ms, unix_ms};
 pub(crate) use history::hour_start;
 pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
 pub use import::{ImportProcess, ImportRecord, ImportSummary, SESSION_GAP_MS};

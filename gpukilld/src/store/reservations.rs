@@ -211,7 +211,9 @@ impl Store {
             )
             .map_err(StoreError::Read)?;
         let rows = select
-            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })
             .map_err(StoreError::Read)?;
         for held in rows {
             let (uid, key, end_ms): (u32, String, i64) = held.map_err(StoreError::Read)?;
@@ -263,7 +265,10 @@ mod tests {
         let event = crate::store::events::tests::event(EventKind::Reservation, 10, false);
         store
             .insert_reservations(
-                &[reservation(1, "GPU-a", 1000, 10), reservation(1, "GPU-b", 1000, 10)],
+                &[
+                    reservation(1, "GPU-a", 1000, 10),
+                    reservation(1, "GPU-b", 1000, 10),
+                ],
                 &[event.clone()],
             )
             .unwrap();
