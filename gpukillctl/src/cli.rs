@@ -27,7 +27,7 @@ pub const NODE_ENV: &str = "GPUKILL_NODE";
     about = "Show the GPUs of this node and the processes using them, as gpukilld sees them",
     after_help = "Exit codes:\n  0 ok, 1 error, 2 GPU vendor library failure, 3 invalid arguments,\n  \
                   4 permission denied, 5 unsupported, 6 gpukilld not reachable,\n  \
-                  7 GPUs busy (reserve, run); run: the command's own exit status"
+                  7 the GPUs are busy (reserve, run); run exits with its command's status"
 )]
 pub struct Cli {
     /// Where gpukilld is and how to prove who you are to it.
@@ -200,7 +200,7 @@ pub enum Command {
     /// may look.
     #[command(subcommand)]
     Uploads(UploadsCommand),
-    /// Reserve GPUs of this node for yourself, for a while (8 h unless --duration says).
+    /// Reserve GPUs of this node for yourself (for 8 h unless --duration says otherwise).
     ///
     /// gpukilld picks free GPUs (unreserved, and not used by anyone's processes): the ones you
     /// used most recently first, then those released longest ago; or reserves exactly the
@@ -211,7 +211,7 @@ pub enum Command {
     /// the message says why), or when `gpukillctl run` requests wait in the queue.
     #[command(after_help = RESERVATIONS_EXIT_CODES)]
     Reserve(ReserveArgs),
-    /// End your reservations: every manual one of yours, or those on the GPUs of --gpu-ids.
+    /// End your reservations: all your manual ones, or those on the GPUs of --gpu-ids.
     ///
     /// Without --gpu-ids, every reservation you made with `gpukillctl reserve` ends (those of
     /// `gpukillctl run` end when its command exits). With --gpu-ids, the reservations on those
@@ -219,7 +219,7 @@ pub enum Command {
     /// fail (exit 4) without releasing anything.
     #[command(after_help = RESERVATIONS_EXIT_CODES)]
     Release(ReleaseArgs),
-    /// Show every GPU's reservation state and the queue of waiting `gpukillctl run` requests.
+    /// Show who holds or uses each GPU, and the queue of waiting `run` requests.
     ///
     /// STATUS is AVAILABLE (free to reserve), IN USE by the holder (for how long, and whether
     /// by `run` (its pid) or a manual reservation (when it expires, its note)), UNRESERVED USE
@@ -230,10 +230,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Run a command on reserved GPUs; they are released when it exits.
     ///
-    /// gpukilld reserves --gpus GPUs for you (your Unix user as the kernel reports it) and
-    /// says which, in the order it allocates them; the command then runs with
-    /// CUDA_VISIBLE_DEVICES (and the other vendors' variables) set to them, with this
-    /// terminal, in gpukillctl's process group. When the GPUs are not free, the request waits
+    /// gpukilld picks --gpus free GPUs (in its own order of preference) and reserves them for
+    /// you: your Unix user as the kernel reports it to gpukilld on its socket, never $USER.
+    /// The command then runs with CUDA_VISIBLE_DEVICES (and the other vendors' variables) set
+    /// to them, with this terminal, in gpukillctl's process group. When the GPUs are not free, the request waits
     /// in a first-come-first-served queue (as long as it takes, or --wait), or fails at once
     /// with --nonblock (exit 7).
     ///
@@ -2238,6 +2238,128 @@ mod tests {
                 .to_owned();
             assert_eq!(arg.as_str(), name);
         }
+    }
+
+    #[test]
+    fn run_help_matches_the_snapshot() {
+        assert_snapshot("run-help.txt", &help_for(&["gpukillctl", "run", "--help"]));
+        let help = help_for(&["gpukillctl", "reserve", "--help"]);
+        assert!(help.contains("7 the GPUs asked for are busy"), "{help}");
+    }
+
+    fn reserve_args(args: &[&str]) -> ReserveArgs {
+        let argv = [&["gpukillctl", "reserve"], args].concat();
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Reserve(args) => args,
+            other => panic!("expected reserve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserve_takes_a_count_or_ids_and_a_duration() {
+        let args = reserve_args(&[]);
+        assert_eq!(
+            (args.gpus, args.gpu_ids.len(), args.duration),
+            (None, 0, None)
+        );
+        let args = reserve_args(&["--gpu-ids", "0,3", "--duration", "4h", "--note", "x"]);
+        assert_eq!(args.gpu_ids, [0, 3]);
+        assert_eq!(args.duration, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(args.note.as_deref(), Some("x"));
+        assert_eq!(reserve_args(&["--gpus", "2", "-o", "json"]).gpus, Some(2));
+        let both = usage_error(&["gpukillctl", "reserve", "--gpus", "2", "--gpu-ids", "1"]);
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(crate::error::clap_exit_code(&both), 3);
+        for bad in [
+            &["--gpus", "0"][..],
+            &["--gpu-ids", "a"],
+            &["--duration", "0s"],
+        ] {
+            let argv = [&["gpukillctl", "reserve"], bad].concat();
+            assert_eq!(
+                crate::error::clap_exit_code(&usage_error(&argv)),
+                3,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_and_bad_durations_are_usage_errors_naming_the_value() {
+        for (option, value) in [
+            ("--duration", "0s"),
+            ("--duration", "soon"),
+            ("--timeout", "0"),
+            ("--wait", "0m"),
+        ] {
+            let command = if option == "--duration" {
+                "reserve"
+            } else {
+                "run"
+            };
+            let mut argv = vec!["gpukillctl", command, option, value];
+            if command == "run" {
+                argv.push("true");
+            }
+            let err = usage_error(&argv);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+            assert_eq!(crate::error::clap_exit_code(&err), 3);
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("invalid value '{value}' for '{option}")),
+                "{text}"
+            );
+        }
+        assert_eq!(millis(None), 0);
+        assert_eq!(millis(Some(Duration::from_micros(1))), 1);
+        assert_eq!(millis(Some(Duration::from_secs(2))), 2000);
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = [&["gpukillctl", "run"], args].concat();
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Run(args) => args,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_takes_the_command_after_its_options() {
+        let args = run_args(&["python", "-u", "train.py", "--gpus", "8"]);
+        assert_eq!(args.command, ["python", "-u", "train.py", "--gpus", "8"]);
+        assert_eq!(args.gpus, 1);
+        assert!(!args.nonblock);
+        assert_eq!((args.timeout, args.wait), (None, None));
+        let args = run_args(&["--gpus", "2", "--timeout", "2h", "--nonblock", "--", "-x"]);
+        assert_eq!(args.command, ["-x"]);
+        assert_eq!(args.gpus, 2);
+        assert!(args.nonblock);
+        assert_eq!(args.timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            run_args(&["--wait", "10m", "true"]).wait,
+            Some(Duration::from_secs(600))
+        );
+        let both = usage_error(&["gpukillctl", "run", "--nonblock", "--wait", "1m", "true"]);
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let none = usage_error(&["gpukillctl", "run", "--gpus", "2"]);
+        assert_eq!(none.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(crate::error::clap_exit_code(&none), 3);
+    }
+
+    #[test]
+    fn release_and_status_parse() {
+        let cli = Cli::try_parse_from(["gpukillctl", "release", "--gpu-ids", "1,2", "-o", "json"])
+            .expect("valid arguments");
+        let Command::Release(args) = cli.command else {
+            panic!("expected release");
+        };
+        assert_eq!(args.gpu_ids, [1, 2]);
+        assert_eq!(args.output, OutputFormat::Json);
+        let cli = Cli::try_parse_from(["gpukillctl", "status"]).expect("valid arguments");
+        let Command::Status(args) = cli.command else {
+            panic!("expected status");
+        };
+        assert_eq!(args.output, OutputFormat::Table);
     }
 
     #[test]

@@ -587,7 +587,7 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// An I/O error's message without its "(os error N)" suffix.
-fn io_reason(io: &std::io::Error) -> String {
+pub(crate) fn io_reason(io: &std::io::Error) -> String {
     let text = io.to_string();
     match io.raw_os_error() {
         Some(code) => text

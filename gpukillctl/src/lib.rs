@@ -93,6 +93,10 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
         (cli::Command::Cluster(command), Ok(target)) => {
             cmd::cluster::run(&target, command, out).await
         }
+        (cli::Command::Reserve(args), Ok(target)) => cmd::reserve::run(&target, args, out).await,
+        (cli::Command::Release(args), Ok(target)) => cmd::release::run(&target, args, out).await,
+        (cli::Command::Status(args), Ok(target)) => cmd::status::run(&target, args, out).await,
+        (cli::Command::Run(args), Ok(target)) => cmd::run::run(&target, args, out).await,
     };
     match result {
         Err(Error::Output(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

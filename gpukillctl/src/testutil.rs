@@ -13,21 +13,20 @@ use gpukill_proto::v1::{
     ClusterContentionRequest, ClusterContentionResponse, ClusterGpu, ClusterListRequest,
     ClusterListResponse, ClusterNodesRequest, ClusterNodesResponse, ClusterUser, Container, Event,
     EventsRequest, EventsResponse, Gpu, GpuProcess, GpuReservation, GpuSample, GpuUsage,
-    GuardPolicyRequest,
-    GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse, GuardTestRequest,
-    GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation, HealthRequest,
-    HealthResponse, HeartbeatRequest, HeartbeatResponse, HistoryRequest, HistoryResponse,
-    ImportAuditRequest, ImportAuditResponse, KillOutcome, KillRequest, KillResponse, KillResult,
-    KillTarget, ListRequest, ListResponse, MisusingProcess, Node, NodeSnapshot, NodeState,
-    ProcessKind, ProcessUsage, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
-    Reservation, ReservationKind, ReservationState, ReservationsRequest, ReservationsResponse,
-    ReserveRequest, ReserveResponse, ReservedGpu, ResetOutcome, ResetRequest, ResetResponse,
-    ResetResult, Resolution, RogueFinding, RogueRequest, RogueResponse, RunMessage, RunUpdate,
-    SendAttempt, Session,
-    SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
-    UploadEntry, UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse,
-    UploadStatus, UploadSummary, UploadsRequest, UploadsResponse, UserUsage, Vendor, VendorState,
-    VendorStatus, VersionRequest, VersionResponse, WaitingRequest, WatchRequest,
+    GuardPolicyRequest, GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse,
+    GuardTestRequest, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, GuardViolation,
+    HealthRequest, HealthResponse, HeartbeatRequest, HeartbeatResponse, HistoryRequest,
+    HistoryResponse, ImportAuditRequest, ImportAuditResponse, KillOutcome, KillRequest,
+    KillResponse, KillResult, KillTarget, ListRequest, ListResponse, MisusingProcess, Node,
+    NodeSnapshot, NodeState, ProcessKind, ProcessUsage, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, Reservation, ReservationKind, ReservationState,
+    ReservationsRequest, ReservationsResponse, ReserveRequest, ReserveResponse, ReservedGpu,
+    ResetOutcome, ResetRequest, ResetResponse, ResetResult, Resolution, RogueFinding, RogueRequest,
+    RogueResponse, RunMessage, RunUpdate, SendAttempt, Session, SessionsRequest, SessionsResponse,
+    Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UploadEntry, UploadRetryRequest,
+    UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadStatus, UploadSummary,
+    UploadsRequest, UploadsResponse, UserUsage, Vendor, VendorState, VendorStatus, VersionRequest,
+    VersionResponse, WaitingRequest, WatchRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -435,6 +434,7 @@ pub fn summary_response() -> SummaryResponse {
             },
         ],
         hour_of_day_gpu_hours: hours,
+        reservations: Vec::new(),
     }
 }
 
@@ -1020,14 +1020,13 @@ fn misusing(pid: u32, user: &str, name: &str, used: Option<u64>) -> MisusingProc
 /// client is disconnected and 6 frank's run (pid 77), both with 59m47s left. Two requests
 /// wait.
 pub fn reservations_response() -> ReservationsResponse {
-    let gpu = |index: u32, state: ReservationState, reservation: Option<Reservation>| {
-        GpuReservation {
+    let gpu =
+        |index: u32, state: ReservationState, reservation: Option<Reservation>| GpuReservation {
             gpu: Some(reserved_gpu(index)),
             state: state as i32,
             reservation,
             misuse: Vec::new(),
-        }
-    };
+        };
     let mut available = gpu(0, ReservationState::Available, None);
     available.gpu = Some(ReservedGpu {
         name: Some("NVIDIA A100-SXM4-80GB".to_owned()),

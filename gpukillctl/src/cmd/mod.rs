@@ -1,5 +1,6 @@
 //! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`);
-//! `audit` makes the Sessions RPC, `uploads` the Uploads, UploadShow and UploadRetry RPCs.
+//! `audit` makes the Sessions RPC, `uploads` the Uploads, UploadShow and UploadRetry RPCs,
+//! `status` the Reservations RPC.
 
 pub mod audit;
 pub mod cluster;
@@ -12,6 +13,10 @@ pub mod history;
 pub mod import;
 pub mod kill;
 pub mod list;
+pub mod release;
+pub mod reserve;
 pub mod reset;
+pub mod run;
+pub mod status;
 pub mod uploads;
 pub mod version;

@@ -51,8 +51,7 @@ mod tests {
         };
         let requests = daemon.release_requests.clone();
         let served = serve(daemon);
-        let (result, text, notes) =
-            run_cli(&served.socket, &["release", "--gpu-ids", "2,3"]).await;
+        let (result, text, notes) = run_cli(&served.socket, &["release", "--gpu-ids", "2,3"]).await;
         result.expect("released");
         assert_eq!(
             text,

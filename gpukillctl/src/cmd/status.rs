@@ -48,10 +48,7 @@ mod tests {
         assert_eq!(text, reservations::render_status(&response, TimeZone::Utc));
         let (result, text, _) = run_cli(&served.socket, &["status", "--output", "json"]).await;
         result.expect("status");
-        assert_eq!(
-            text,
-            reservations::status_json(&response).expect("encode")
-        );
+        assert_eq!(text, reservations::status_json(&response).expect("encode"));
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
 //! ([`json`]); for `kill`, `reset`, `events`, `cluster` and `uploads`, one module each with
-//! both renderings; for the reports `audit` and `history`, one module each with a table, JSON
+//! both renderings (and [`reservations`] for `reserve`, `release` and `status`); for the reports `audit` and `history`, one module each with a table, JSON
 //! and CSV ([`csv`]).
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
@@ -16,6 +16,7 @@ pub mod guard;
 pub mod history;
 pub mod json;
 pub mod kill;
+pub mod reservations;
 pub mod reset;
 pub mod table;
 pub mod time;

@@ -78,7 +78,10 @@ pub fn gpu_label(gpu: &ReservedGpu) -> String {
 
 /// GPU memory for status texts: `10 GiB`, `1.5 GiB`, `512 MiB`; `-` when unknown.
 fn memory(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| ABSENT.to_owned(), |bytes| size(bytes).replace(".0 ", " "))
+    bytes.map_or_else(
+        || ABSENT.to_owned(),
+        |bytes| size(bytes).replace(".0 ", " "),
+    )
 }
 
 /// The lines of `gpukillctl reserve`, the lengths counted from `now_ms`.
@@ -102,8 +105,8 @@ pub fn render_release(response: &ReleaseResponse, tz: TimeZone) -> String {
         .iter()
         .map(|reservation| {
             let gpu = reservation.gpu.clone().unwrap_or_default();
-            let since = date_time(reservation.start_unix_ms, tz)
-                .unwrap_or_else(|| ABSENT.to_owned());
+            let since =
+                date_time(reservation.start_unix_ms, tz).unwrap_or_else(|| ABSENT.to_owned());
             format!(
                 "released GPU {} ({}, held by {} since {since})\n",
                 gpu.index,
@@ -177,7 +180,10 @@ fn in_use(reservation: &Reservation, now_ms: i64) -> String {
         how.push(format!("pid {pid}"));
     }
     if let Some(expires) = reservation.expires_unix_ms {
-        how.push(format!("expires in {}", age(expires.saturating_sub(now_ms))));
+        how.push(format!(
+            "expires in {}",
+            age(expires.saturating_sub(now_ms))
+        ));
     }
     let mut words = how.join(", ");
     if !is_run && !reservation.note.is_empty() {
@@ -308,7 +314,11 @@ impl ReserveJson {
         let (expires, expires_unix_ms) = time_pair(Some(response.expires_unix_ms));
         ReserveJson {
             reservation_id: response.reservation_id,
-            gpus: response.gpus.iter().map(|gpu| GpuJson::new(Some(gpu))).collect(),
+            gpus: response
+                .gpus
+                .iter()
+                .map(|gpu| GpuJson::new(Some(gpu)))
+                .collect(),
             expires,
             expires_unix_ms,
         }

@@ -28,8 +28,9 @@ fn system_time(ms: i64) -> Option<SystemTime> {
 
 /// `time` in milliseconds since the epoch; 0 for a time before it.
 pub fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
 }
 
 /// RFC 3339 in UTC with whole seconds, e.g. `2024-05-01T12:00:00Z`.
@@ -163,10 +164,10 @@ pub fn age(ms: i64) -> String {
 pub fn span(ms: i64) -> String {
     let mut text = age(ms.max(0).saturating_add(500));
     // Two units end in `<letter>0<letter>`: `8h0m`, but not `10s` or `1h10m`.
-    if let [.., first, b'0', _] = text.as_bytes() {
-        if first.is_ascii_alphabetic() {
-            text.truncate(text.len() - 2);
-        }
+    if let [.., first, b'0', _] = text.as_bytes()
+        && first.is_ascii_alphabetic()
+    {
+        text.truncate(text.len() - 2);
     }
     text
 }

@@ -138,10 +138,10 @@ mod tests {
 
     #[tokio::test]
     async fn statuses_are_reported_as_a_shell_does() {
-        let status = |script: &str| async move {
+        async fn status(script: &str) -> i32 {
             let mut child = spawn(&shell(script), &HashMap::new()).expect("spawn");
             exit_code(child.wait().await.expect("wait"))
-        };
+        }
         assert_eq!(status("exit 0").await, 0);
         assert_eq!(status("exit 3").await, 3);
         assert_eq!(status("kill -9 $$").await, 137);
@@ -153,10 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("env");
         let environment = HashMap::from([("GPUKILL_TEST_VALUE".to_owned(), "42".to_owned())]);
-        let script = format!(
-            "echo \"$GPUKILL_TEST_VALUE $HOME\" > '{}'",
-            file.display()
-        );
+        let script = format!("echo \"$GPUKILL_TEST_VALUE $HOME\" > '{}'", file.display());
         let mut child = spawn(&shell(&script), &environment).expect("spawn");
         assert_eq!(exit_code(child.wait().await.expect("wait")), 0);
         let seen = std::fs::read_to_string(&file).expect("read");
