@@ -205,3 +205,42 @@ fn help_and_version_exit_0() {
         format!("gpukillctl {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn run_without_a_daemon_exits_6_and_runs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("gpukilld.sock");
+    let ran = dir.path().join("ran");
+    let touch = format!("touch '{}'", ran.display());
+    let output = gpukillctl(&[
+        "--socket",
+        socket.to_str().expect("UTF-8 path"),
+        "run",
+        "/bin/sh",
+        "-c",
+        &touch,
+    ]);
+    assert_eq!(output.status.code(), Some(6));
+    let stderr = String::from_utf8(output.stderr).expect("UTF-8");
+    assert!(
+        stderr.starts_with("gpukillctl: error: cannot reach gpukilld at "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!ran.exists());
+}
+
+#[test]
+fn run_needs_a_command_and_positive_durations() {
+    let none = gpukillctl(&["run", "--gpus", "2"]);
+    assert_eq!(none.status.code(), Some(3));
+    let zero = gpukillctl(&["reserve", "--duration", "0s"]);
+    assert_eq!(zero.status.code(), Some(3));
+    let stderr = String::from_utf8(zero.stderr).expect("UTF-8");
+    assert!(
+        stderr.contains("invalid value '0s' for '--duration <DURATION>'"),
+        "{stderr}"
+    );
+    let both = gpukillctl(&["run", "--nonblock", "--wait", "1m", "true"]);
+    assert_eq!(both.status.code(), Some(3));
+}

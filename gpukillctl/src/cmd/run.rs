@@ -490,14 +490,13 @@ async fn attempt(
     };
     let mut session = Session::open(client, first).await.map_err(failure)?;
     loop {
-        let update = session.updates.message().await.map_err(failure)?;
-        match update.and_then(|update| update.update) {
+        let Some(update) = session.updates.message().await.map_err(failure)? else {
+            return Err(Failure::Unanswered("gpukilld closed the stream".to_owned()));
+        };
+        match update.update {
             Some(run_update::Update::Granted(granted)) => return Ok((session, granted)),
             Some(run_update::Update::Ended(ended)) => return Err(Failure::Refused(ended.reason)),
-            Some(run_update::Update::Queued(_)) => {}
-            None => {
-                return Err(Failure::Unanswered("gpukilld closed the stream".to_owned()));
-            }
+            Some(run_update::Update::Queued(_)) | None => {}
         }
     }
 }
