@@ -1004,3 +1004,107 @@ fn busy_message(
         taken.join("; ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::guard::evaluate::tests::snapshot_at;
+
+    async fn reservations() -> Arc<Reservations> {
+        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let ring = Arc::new(Ring::new(4, snapshot_at(0, &[])));
+        Arc::new(
+            Reservations::load(ReservationsConfig::default(), log, ring)
+                .await
+                .unwrap(),
+        )
+    }
+
+    fn requester(uid: u32, admin: bool) -> Requester {
+        Requester {
+            uid,
+            user: format!("u{uid}"),
+            admin,
+            caller: EventCaller {
+                uid,
+                user: format!("u{uid}"),
+                pid: None,
+                transport: "unix".into(),
+                via: None,
+            },
+        }
+    }
+
+    fn request(kind: LeaseKind, want: Want) -> LeaseRequest {
+        LeaseRequest {
+            want,
+            kind,
+            duration: None,
+            note: String::new(),
+            client_pid: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_requests_are_served_first_come_first_served() {
+        let reservations = reservations().await;
+        let (alice, bob, carol) = (
+            requester(1000, false),
+            requester(2000, false),
+            requester(3000, false),
+        );
+        let manual = |count| request(LeaseKind::Manual, Want::Count(count));
+        let run = |count| request(LeaseKind::Run, Want::Count(count));
+        reservations.reserve(&alice, &manual(3)).await.unwrap();
+        let bob_waits = reservations.enqueue(&bob, 2, "b");
+        let carol_waits = reservations.enqueue(&carol, 1, "c");
+        // One GPU is free, but Bob is first in line: Carol waits behind him.
+        let (run1, run2) = (run(1), run(2));
+        let served = reservations.serve_ticket(&carol_waits, &carol, &run1);
+        assert!(matches!(served.await.unwrap(), Err(1)));
+        let direct = reservations.reserve(&carol, &manual(1)).await;
+        assert!(matches!(direct, Err(ReservationError::Busy(_))), "{direct:?}");
+        let served = reservations.serve_ticket(&bob_waits, &bob, &run2);
+        assert!(matches!(served.await.unwrap(), Err(0)));
+        // Alice releases: Bob, then Carol.
+        assert_eq!(reservations.release(&alice, &[]).await.unwrap().len(), 3);
+        let bobs = reservations.serve_ticket(&bob_waits, &bob, &run2);
+        let bobs = bobs.await.unwrap().unwrap();
+        drop(bob_waits);
+        let carols = reservations.serve_ticket(&carol_waits, &carol, &run1);
+        let carols = carols.await.unwrap().unwrap();
+        let mut all: Vec<u32> = bobs.gpus.iter().chain(&carols.gpus).map(|g| g.index).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 3);
+        drop(carol_waits);
+        assert!(reservations.status().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_release_naming_another_users_gpu_releases_nothing_unless_admin() {
+        let reservations = reservations().await;
+        let (alice, bob) = (requester(1000, false), requester(2000, false));
+        let gpus = |indices: &[u32]| request(LeaseKind::Manual, Want::Gpus(indices.to_vec()));
+        reservations.reserve(&alice, &gpus(&[0])).await.unwrap();
+        reservations.reserve(&bob, &gpus(&[1])).await.unwrap();
+        let refused = reservations.release(&bob, &[1, 0]).await;
+        assert!(
+            matches!(refused, Err(ReservationError::NotHolder { gpu: 0, .. })),
+            "{refused:?}"
+        );
+        let held = |r: &Reservations| r.status().gpus.iter().filter(|a| a.holder.is_some()).count();
+        assert_eq!(held(&reservations), 2, "nothing was released");
+        let taken = reservations.reserve(&bob, &gpus(&[0, 2])).await;
+        assert!(matches!(taken, Err(ReservationError::Busy(ref m)) if m.contains("GPU 0 is reserved by u1000")));
+        assert!(matches!(
+            reservations.reserve(&bob, &gpus(&[9])).await,
+            Err(ReservationError::NoSuchGpu(9))
+        ));
+        let admin = requester(0, true);
+        assert_eq!(reservations.release(&admin, &[0, 1]).await.unwrap().len(), 2);
+        assert_eq!(held(&reservations), 0);
+    }
+}
