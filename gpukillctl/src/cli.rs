@@ -538,6 +538,10 @@ pub enum EventType {
     Deny,
     /// Guard policy violations (warnings, dry-run "would act", rate-limited kills).
     Violation,
+    /// Guard policy changes made through the API (and refused ones).
+    Policy,
+    /// GPU reservations made and ended (released, expired, a run's client gone).
+    Reservation,
 }
 
 impl EventType {
@@ -548,6 +552,8 @@ impl EventType {
             EventType::Reset => "reset",
             EventType::Deny => "deny",
             EventType::Violation => "violation",
+            EventType::Policy => "policy",
+            EventType::Reservation => "reservation",
         }
     }
 }

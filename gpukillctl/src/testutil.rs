@@ -434,7 +434,13 @@ pub fn summary_response() -> SummaryResponse {
             },
         ],
         hour_of_day_gpu_hours: hours,
-        reservations: Vec::new(),
+        reservations: vec![gpukill_proto::v1::UserReservations {
+            user: "alice".into(),
+            uid: 1000,
+            reserved_gpu_hours: 16.5,
+            run_gpu_hours: 0.5,
+            reservations: 3,
+        }],
     }
 }
 

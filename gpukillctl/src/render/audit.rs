@@ -13,11 +13,13 @@
 //! `--summary` (the Summary RPC) has a table and JSON only. Table: four tables under the
 //! titles `TOP USERS` (USER, UID, GPU_HOURS, MEM_GIB_H, SESSIONS), `TOP PROCESSES` (PROC,
 //! USER, GPU_HOURS, PEAK_MB), `GPUS` (GPU, SAMPLES, UTIL_MEAN, UTIL_MAX) and
-//! `HOUR OF DAY (UTC)` (HOUR, GPU_HOURS; 24 rows), hours with two decimals, utilization in
-//! percent with one. JSON: [`SummaryJson`], absent values `null`.
+//! `HOUR OF DAY (UTC)` (HOUR, GPU_HOURS; 24 rows), then `RESERVATIONS` (USER, UID,
+//! RESERVED_GPU_H, RUN_GPU_H, RESERVATIONS: GPU time each user held reserved), hours with two
+//! decimals, utilization in percent with one. JSON: [`SummaryJson`], absent values `null`.
 
 use gpukill_proto::v1::{
-    GpuUsage, ProcessUsage, RogueResponse, Session, SessionsResponse, SummaryResponse, UserUsage,
+    GpuUsage, ProcessUsage, RogueResponse, Session, SessionsResponse, SummaryResponse,
+    UserReservations, UserUsage,
 };
 use serde::Serialize;
 
@@ -216,6 +218,23 @@ pub struct SummaryJson {
     pub gpus: Vec<GpuJson>,
     /// GPU hours by UTC hour of day, 24 entries from 00:00.
     pub hour_of_day_gpu_hours: Vec<f64>,
+    /// GPU time held reserved per user, most first.
+    pub reservations: Vec<ReservationsJson>,
+}
+
+/// One user's reservations over the window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReservationsJson {
+    /// The holder's user name.
+    pub user: String,
+    /// The uid.
+    pub uid: u32,
+    /// GPU time held, run and manual reservations, hours.
+    pub reserved_gpu_hours: f64,
+    /// Of which by `gpukillctl run`, hours.
+    pub run_gpu_hours: f64,
+    /// Reservations overlapping the window.
+    pub reservations: u32,
 }
 
 /// One user's usage.
@@ -295,6 +314,17 @@ impl SummaryJson {
                 })
                 .collect(),
             hour_of_day_gpu_hours: response.hour_of_day_gpu_hours.clone(),
+            reservations: response
+                .reservations
+                .iter()
+                .map(|held: &UserReservations| ReservationsJson {
+                    user: held.user.clone(),
+                    uid: held.uid,
+                    reserved_gpu_hours: held.reserved_gpu_hours,
+                    run_gpu_hours: held.run_gpu_hours,
+                    reservations: held.reservations,
+                })
+                .collect(),
         }
     }
 }
@@ -349,8 +379,20 @@ pub fn render_summary(response: &SummaryResponse) -> String {
             .enumerate()
             .map(|(hour, gpu_hours)| vec![format!("{hour:02}:00"), format!("{gpu_hours:.2}")]),
     );
+    let reservations = table(
+        &["USER", "UID", "RESERVED_GPU_H", "RUN_GPU_H", "RESERVATIONS"],
+        response.reservations.iter().map(|held| {
+            vec![
+                or_absent_str(&held.user),
+                held.uid.to_string(),
+                format!("{:.2}", held.reserved_gpu_hours),
+                format!("{:.2}", held.run_gpu_hours),
+                held.reservations.to_string(),
+            ]
+        }),
+    );
     format!(
-        "TOP USERS\n{users}\nTOP PROCESSES\n{processes}\nGPUS\n{gpus}\nHOUR OF DAY (UTC)\n{hours}"
+        "TOP USERS\n{users}\nTOP PROCESSES\n{processes}\nGPUS\n{gpus}\nHOUR OF DAY (UTC)\n{hours}\nRESERVATIONS\n{reservations}"
     )
 }
 
@@ -485,7 +527,7 @@ mod tests {
         assert_eq!(
             empty,
             "{\n  \"top_users\": [],\n  \"top_processes\": [],\n  \"gpus\": [],\n  \
-             \"hour_of_day_gpu_hours\": []\n}\n"
+             \"hour_of_day_gpu_hours\": [],\n  \"reservations\": []\n}\n"
         );
     }
 

@@ -1065,7 +1065,10 @@ mod tests {
         let served = reservations.serve_ticket(&carol_waits, &carol, &run1);
         assert!(matches!(served.await.unwrap(), Err(1)));
         let direct = reservations.reserve(&carol, &manual(1)).await;
-        assert!(matches!(direct, Err(ReservationError::Busy(_))), "{direct:?}");
+        assert!(
+            matches!(direct, Err(ReservationError::Busy(_))),
+            "{direct:?}"
+        );
         let served = reservations.serve_ticket(&bob_waits, &bob, &run2);
         assert!(matches!(served.await.unwrap(), Err(0)));
         // Alice releases: Bob, then Carol.
@@ -1075,7 +1078,12 @@ mod tests {
         drop(bob_waits);
         let carols = reservations.serve_ticket(&carol_waits, &carol, &run1);
         let carols = carols.await.unwrap().unwrap();
-        let mut all: Vec<u32> = bobs.gpus.iter().chain(&carols.gpus).map(|g| g.index).collect();
+        let mut all: Vec<u32> = bobs
+            .gpus
+            .iter()
+            .chain(&carols.gpus)
+            .map(|g| g.index)
+            .collect();
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 3);
@@ -1095,16 +1103,27 @@ mod tests {
             matches!(refused, Err(ReservationError::NotHolder { gpu: 0, .. })),
             "{refused:?}"
         );
-        let held = |r: &Reservations| r.status().gpus.iter().filter(|a| a.holder.is_some()).count();
+        let held = |r: &Reservations| {
+            r.status()
+                .gpus
+                .iter()
+                .filter(|a| a.holder.is_some())
+                .count()
+        };
         assert_eq!(held(&reservations), 2, "nothing was released");
         let taken = reservations.reserve(&bob, &gpus(&[0, 2])).await;
-        assert!(matches!(taken, Err(ReservationError::Busy(ref m)) if m.contains("GPU 0 is reserved by u1000")));
+        assert!(
+            matches!(taken, Err(ReservationError::Busy(ref m)) if m.contains("GPU 0 is reserved by u1000"))
+        );
         assert!(matches!(
             reservations.reserve(&bob, &gpus(&[9])).await,
             Err(ReservationError::NoSuchGpu(9))
         ));
         let admin = requester(0, true);
-        assert_eq!(reservations.release(&admin, &[0, 1]).await.unwrap().len(), 2);
+        assert_eq!(
+            reservations.release(&admin, &[0, 1]).await.unwrap().len(),
+            2
+        );
         assert_eq!(held(&reservations), 0);
     }
 }
