@@ -400,6 +400,26 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_INGEST_TOKENS", &["ingest", "tokens"]),
     ("GPUKILL_INGEST_CERT", &["ingest", "cert"]),
     ("GPUKILL_INGEST_KEY", &["ingest", "key"]),
+    (
+        "GPUKILL_RESERVATIONS_UNRESERVED_THRESHOLD",
+        &["reservations", "unreserved_threshold"],
+    ),
+    (
+        "GPUKILL_RESERVATIONS_DEFAULT_DURATION",
+        &["reservations", "default_duration"],
+    ),
+    (
+        "GPUKILL_RESERVATIONS_MAX_DURATION",
+        &["reservations", "max_duration"],
+    ),
+    (
+        "GPUKILL_RESERVATIONS_HEARTBEAT_INTERVAL",
+        &["reservations", "heartbeat_interval"],
+    ),
+    (
+        "GPUKILL_RESERVATIONS_HEARTBEAT_TIMEOUT",
+        &["reservations", "heartbeat_timeout"],
+    ),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];
