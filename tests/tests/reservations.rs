@@ -71,6 +71,19 @@ fn ctl_output(daemon: &Daemon, uid: u32, args: &[&str]) -> Output {
     ctl(daemon, uid, args).output().expect("run gpukillctl")
 }
 
+/// `run --gpus 1 -- /bin/sleep 600` as `uid`, in the background (its own process group).
+fn sleeping_run(daemon: &Daemon, uid: u32) -> std::process::Child {
+    ctl(
+        daemon,
+        uid,
+        &["run", "--gpus", "1", "--", "/bin/sleep", "600"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn run")
+}
+
 /// The Reservations rpc, as root.
 fn status(socket: &Path) -> pb::ReservationsResponse {
     tokio::runtime::Builder::new_current_thread()
@@ -216,15 +229,7 @@ fn run_sees_the_uuids_returns_the_exit_code_and_a_killed_client_releases_at_once
     );
 
     // A run whose client dies with SIGKILL: released when the stream breaks.
-    let mut client = ctl(
-        &daemon,
-        ALICE,
-        &["run", "--gpus", "1", "--", "/bin/sleep", "600"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn run");
+    let mut client = sleeping_run(&daemon, ALICE);
     let held = wait_status(&daemon, Duration::from_secs(5), |s| {
         s.gpus.iter().any(|g| g.reservation.is_some())
     });
@@ -424,15 +429,7 @@ fn a_restart_keeps_manual_reservations_and_ends_runs_that_do_not_come_back() {
     assert!(reserved.status.success(), "{reserved:?}");
     let before = status(&daemon.socket);
     // A run whose client will not come back: it dies while the daemon is down.
-    let mut client = ctl(
-        &daemon,
-        ALICE,
-        &["run", "--gpus", "1", "--", "/bin/sleep", "600"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn run");
+    let mut client = sleeping_run(&daemon, ALICE);
     wait_status(&daemon, Duration::from_secs(5), |s| {
         s.gpus.iter().filter(|g| g.reservation.is_some()).count() == 3
     });

@@ -185,6 +185,25 @@ struct State {
     next_ticket: u64,
 }
 
+impl State {
+    /// The (lease, GPU key) of every held row of `lease`.
+    fn lease_keys(&self, lease: i64) -> Vec<(i64, String)> {
+        self.held
+            .iter()
+            .filter(|row| row.lease == lease)
+            .map(|row| (row.lease, row.gpu_key.clone()))
+            .collect()
+    }
+
+    /// Requests ahead of queued `ticket` (of every queued one for a request not queued).
+    fn ahead_of(&self, ticket: Option<u64>) -> usize {
+        match ticket {
+            Some(id) => self.queue.iter().position(|t| t.id == id).unwrap_or(0),
+            None => self.queue.len(),
+        }
+    }
+}
+
 /// The reservations of this host.
 pub struct Reservations {
     config: ReservationsConfig,
@@ -308,13 +327,8 @@ impl Reservations {
     ) -> Result<Result<Grant, usize>, ReservationError> {
         match self.grant(requester, request, Some(queued.id))? {
             Some((grant, pending)) => self.settle(grant, pending).await.map(Ok),
-            None => Ok(Err(self.ahead_of(queued.id))),
+            None => Ok(Err(self.lock().ahead_of(Some(queued.id)))),
         }
-    }
-
-    fn ahead_of(&self, ticket: u64) -> usize {
-        let state = self.lock();
-        state.queue.iter().position(|t| t.id == ticket).unwrap_or(0)
     }
 
     /// Waits for a grant's store write; undoes the grant when it failed.
@@ -356,10 +370,7 @@ impl Reservations {
                         gpus: assessed.len(),
                     });
                 }
-                let ahead = match ticket {
-                    Some(id) => state.queue.iter().position(|t| t.id == id).unwrap_or(0),
-                    None => state.queue.len(),
-                };
+                let ahead = state.ahead_of(ticket);
                 let free: Vec<GpuRef> = assessed
                     .iter()
                     .filter(|a| a.state == GpuState::Available)
@@ -551,8 +562,7 @@ impl Reservations {
                 chosen
             };
             let reason = format!("released by {}", requester.user);
-            let ended = self.end_locked(&mut state, &chosen, &requester.caller, "release", &reason);
-            (ended.0, ended.1)
+            self.end_locked(&mut state, &chosen, &requester.caller, "release", &reason)
         };
         if let Some(pending) = pending {
             self.changed.notify_waiters();
@@ -660,12 +670,7 @@ impl Reservations {
                 return;
             };
             let caller = run.caller.clone();
-            let which: Vec<(i64, String)> = state
-                .held
-                .iter()
-                .filter(|row| row.lease == lease)
-                .map(|row| (row.lease, row.gpu_key.clone()))
-                .collect();
+            let which = state.lease_keys(lease);
             self.end_locked(&mut state, &which, &caller, "release", why)
                 .1
         };
@@ -755,16 +760,17 @@ impl Reservations {
         let mut pending = Vec::new();
         let waiting = {
             let mut state = self.lock();
+            let keys: HashMap<(Vendor, u32), String> = snapshot
+                .gpus()
+                .map(|(vendor, gpu)| ((vendor, gpu.index), GpuRef::of(vendor, gpu).key))
+                .collect();
             for process in snapshot.processes() {
-                let gpu = snapshot
-                    .gpus()
-                    .find(|(v, g)| *v == process.slot.vendor && g.index == process.slot.gpu_index);
-                if let Some((vendor, gpu)) = gpu {
-                    let key = GpuRef::of(vendor, gpu).key;
+                let slot = process.slot;
+                if let Some(key) = keys.get(&(slot.vendor, slot.gpu_index)) {
                     state
                         .marks
                         .last_used
-                        .insert((process.slot.info.uid, key), now_ms);
+                        .insert((slot.info.uid, key.clone()), now_ms);
                 }
             }
             let expired: Vec<(i64, String)> = state
@@ -787,12 +793,7 @@ impl Reservations {
                 .map(|(lease, run)| (*lease, run.attached))
                 .collect();
             for (lease, attached) in lapsed {
-                let which: Vec<(i64, String)> = state
-                    .held
-                    .iter()
-                    .filter(|row| row.lease == lease)
-                    .map(|row| (row.lease, row.gpu_key.clone()))
-                    .collect();
+                let which = state.lease_keys(lease);
                 let reason = if attached {
                     format!(
                         "no heartbeat from gpukillctl run for {}",

@@ -121,11 +121,10 @@ fn gpu_reservation(assessment: &Assessment, status: &Status) -> pb::GpuReservati
     pb::GpuReservation {
         gpu: Some(reserved_gpu(&assessment.gpu)),
         state: state.into(),
-        reservation: assessment.holder.as_ref().map(|row| {
-            let mut shown = reservation(row, status, true);
-            shown.gpu = Some(reserved_gpu(&assessment.gpu));
-            shown
-        }),
+        reservation: assessment
+            .holder
+            .as_ref()
+            .map(|row| reservation(row, status, true)),
         misuse: assessment
             .misuse
             .iter()

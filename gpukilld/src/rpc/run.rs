@@ -98,32 +98,28 @@ impl Session {
     /// Waits in the queue, first come first served, telling the client its place when it
     /// changes; leaves the queue when the client goes, the wait runs out or the daemon
     /// stops.
-    async fn queue(self, request: LeaseRequest, wait: Option<Duration>) {
+    async fn queue(mut self, request: LeaseRequest, wait: Option<Duration>) {
         let Want::Count(count) = request.want else {
             return;
         };
-        let Session {
-            reservations,
-            requester,
-            mut inbound,
-            updates,
-            mut stop,
-        } = self;
-        let queued = reservations.enqueue(&requester, count, &request.note);
+        let queued = self
+            .reservations
+            .enqueue(&self.requester, count, &request.note);
         let give_up = wait.map(|wait| tokio::time::Instant::now() + wait);
         let mut told = None;
         let grant = loop {
-            let changed = reservations.changed();
+            let changed = self.reservations.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let ahead = match reservations
-                .serve_ticket(&queued, &requester, &request)
+            let ahead = match self
+                .reservations
+                .serve_ticket(&queued, &self.requester, &request)
                 .await
             {
                 Ok(Ok(grant)) => break grant,
                 Ok(Err(ahead)) => ahead,
                 Err(error) => {
-                    let _ = updates.send(Err(RpcError::from(error).into())).await;
+                    let _ = self.updates.send(Err(RpcError::from(error).into())).await;
                     return;
                 }
             };
@@ -132,7 +128,7 @@ impl Session {
                 let update = pb::run_update::Update::Queued(pb::RunQueued {
                     ahead: u32::try_from(ahead).unwrap_or(u32::MAX),
                 });
-                if send(&updates, update).await.is_err() {
+                if send(&self.updates, update).await.is_err() {
                     return;
                 }
             }
@@ -151,43 +147,29 @@ impl Session {
                     let error = ReservationError::Busy(format!(
                         "waited {waited} for {count} GPUs; none came free in time (gpukillctl status shows who holds them)"
                     ));
-                    let _ = updates.send(Err(RpcError::from(error).into())).await;
+                    let _ = self.updates.send(Err(RpcError::from(error).into())).await;
                     return;
                 }
-                message = inbound.message() => match message {
+                message = self.inbound.message() => match message {
                     Ok(Some(_)) => {}
                     // The client went away while waiting: it leaves the queue (drop).
                     _ => return,
                 },
-                () = stopped(&mut stop) => {
-                    let _ = updates.send(Err(Status::unavailable("gpukilld is stopping; run again"))).await;
+                () = stopped(&mut self.stop) => {
+                    let _ = self.updates.send(Err(Status::unavailable("gpukilld is stopping; run again"))).await;
                     return;
                 }
             }
         };
         drop(queued);
-        let ended = reservations.run_ended(grant.lease);
-        let session = Session {
-            reservations,
-            requester,
-            inbound,
-            updates,
-            stop,
-        };
-        session.hold(grant, ended).await;
+        let ended = self.reservations.run_ended(grant.lease);
+        self.hold(grant, ended).await;
     }
 
     /// Holds a granted reservation while the client's stream lives.
-    async fn hold(self, grant: Grant, ended: Option<watch::Receiver<Option<String>>>) {
-        let Session {
-            reservations,
-            mut inbound,
-            updates,
-            mut stop,
-            ..
-        } = self;
+    async fn hold(mut self, grant: Grant, ended: Option<watch::Receiver<Option<String>>>) {
         let lease = grant.lease;
-        let config = reservations.config();
+        let config = self.reservations.config();
         let granted = pb::RunGranted {
             reservation_id: lease,
             gpus: grant.gpus.iter().map(reserved_gpu).collect(),
@@ -200,31 +182,31 @@ impl Session {
             // It ended between the grant and now.
             return;
         };
-        if send(&updates, pb::run_update::Update::Granted(granted))
+        if send(&self.updates, pb::run_update::Update::Granted(granted))
             .await
             .is_err()
         {
-            reservations
+            self.reservations
                 .end_run(lease, "gpukillctl run went away before its first heartbeat")
                 .await;
             return;
         }
-        let stopping = stop.clone();
+        let stopping = self.stop.clone();
         loop {
             tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(_)) => reservations.heartbeat(lease),
+                message = self.inbound.message() => match message {
+                    Ok(Some(_)) => self.reservations.heartbeat(lease),
                     Ok(None) => {
-                        reservations.end_run(lease, "the command ended").await;
+                        self.reservations.end_run(lease, "the command ended").await;
                         return;
                     }
                     Err(status) => {
                         if *stopping.borrow() {
-                            reservations.detach(lease);
+                            self.reservations.detach(lease);
                             return;
                         }
                         let why = format!("gpukillctl run went away ({})", status.message());
-                        reservations.end_run(lease, &why).await;
+                        self.reservations.end_run(lease, &why).await;
                         return;
                     }
                 },
@@ -232,14 +214,14 @@ impl Session {
                     let reason = ended.borrow().clone();
                     if changed.is_err() || reason.is_some() {
                         let reason = reason.unwrap_or_else(|| "the reservation ended".to_owned());
-                        let _ = send(&updates, pb::run_update::Update::Ended(pb::RunEnded { reason })).await;
+                        let _ = send(&self.updates, pb::run_update::Update::Ended(pb::RunEnded { reason })).await;
                         return;
                     }
                 }
-                () = stopped(&mut stop) => {
+                () = stopped(&mut self.stop) => {
                     // The reservation stays for the client to resume after the restart.
-                    reservations.detach(lease);
-                    let _ = updates.send(Err(Status::unavailable(
+                    self.reservations.detach(lease);
+                    let _ = self.updates.send(Err(Status::unavailable(
                         "gpukilld is stopping; resume the reservation when it is back",
                     ))).await;
                     return;
