@@ -35,8 +35,13 @@ impl Vendor {
 /// it or it could not be read: absent is never reported as zero.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Gpu {
-    /// Index as the vendor numbers it.
+    /// Index on this host across vendors: NVIDIA's GPUs first in NVML's order (so it is
+    /// nvidia-smi's index), then AMD's, then Intel's. Backends set it to their own
+    /// numbering; the sampler moves that to `vendor_index` and numbers the host's GPUs.
     pub index: u32,
+    /// Index within its vendor (NVML's index; for AMD and Intel, the order of their DRM
+    /// card numbers, which is rocm-smi's order for AMD).
+    pub vendor_index: u32,
     /// Stable identifier (shared between ticks, like the other identity strings).
     pub uuid: Option<Arc<str>>,
     /// Product name.
@@ -47,6 +52,10 @@ pub struct Gpu {
     pub memory_used_bytes: Option<u64>,
     /// Total framebuffer memory, bytes.
     pub memory_total_bytes: Option<u64>,
+    /// AMD: system memory mapped for the GPU (GTT) in use, bytes.
+    pub gtt_used_bytes: Option<u64>,
+    /// AMD: size of the GTT, bytes.
+    pub gtt_total_bytes: Option<u64>,
     /// Kernel-busy percent over the last sample period.
     pub utilization_gpu_pct: Option<u32>,
     /// Memory-busy percent over the last sample period.

@@ -1,6 +1,7 @@
 //! GPU vendor backends. Each backend is polled on its own dedicated thread (see
 //! `sampler::worker`), so a vendor call that blocks never blocks the async runtime.
 
+pub mod drm;
 pub mod nvidia;
 
 use crate::snapshot::{Gpu, Vendor, VendorProcess};

@@ -314,11 +314,14 @@ fn read_gpu(
     };
     let gpu = Gpu {
         index,
+        vendor_index: index,
         uuid,
         name,
         pci_bus_id,
         memory_used_bytes: memory.as_ref().map(|m| m.used),
         memory_total_bytes: memory.as_ref().map(|m| m.total),
+        gtt_used_bytes: None,
+        gtt_total_bytes: None,
         utilization_gpu_pct: utilization.as_ref().map(|u| u.gpu),
         utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
         temperature_c,
