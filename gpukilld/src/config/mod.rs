@@ -13,12 +13,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod remote;
 mod reservations;
 mod upload;
+mod vendors;
 
 pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
     parse_daemon_url,
 };
 pub use reservations::ReservationsConfig;
+pub use vendors::{AmdConfig, IntelConfig};
 pub use upload::{IngestConfig, UploadConfig, UploadUrl, parse_upload_url};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
@@ -66,6 +68,18 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The NVIDIA backend.
     pub nvidia: NvidiaConfig,
+    /// The AMD backend.
+    pub amd: AmdConfig,
+    /// The Intel backend.
+    pub intel: IntelConfig,
+    /// Where procfs is mounted, for the walk that finds AMD and Intel GPU clients in
+    /// `/proc/PID/fdinfo` (a container may see the host's at another path). Who a process
+    /// is (uid, start time) and signals always use this host's own /proc.
+    pub procfs_root: PathBuf,
+    /// The PCI ID database that names AMD and Intel GPUs without a product name in sysfs;
+    /// by default the first of /usr/share/hwdata/pci.ids and /usr/share/misc/pci.ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_ids: Option<PathBuf>,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// This node's identity in a cluster.
@@ -196,6 +210,10 @@ impl Default for Config {
             guard_policy: PathBuf::from("/etc/gpukill/guard.toml"),
             retention: RetentionConfig::default(),
             nvidia: NvidiaConfig::default(),
+            amd: AmdConfig::default(),
+            intel: IntelConfig::default(),
+            procfs_root: PathBuf::from("/proc"),
+            pci_ids: None,
             metrics: MetricsConfig::default(),
             node: NodeConfig::default(),
             tcp: TcpConfig::default(),
@@ -352,6 +370,19 @@ const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
     ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
     ("GPUKILL_NVIDIA_RESET_TIMEOUT", &["nvidia", "reset_timeout"]),
+    ("GPUKILL_AMD_ENABLED", &["amd", "enabled"]),
+    ("GPUKILL_AMD_SYSFS_ROOT", &["amd", "sysfs_root"]),
+    ("GPUKILL_AMD_IDS_FILE", &["amd", "ids_file"]),
+    ("GPUKILL_AMD_SMI", &["amd", "smi"]),
+    ("GPUKILL_AMD_ROCM_SMI", &["amd", "rocm_smi"]),
+    ("GPUKILL_AMD_RESET_TIMEOUT", &["amd", "reset_timeout"]),
+    ("GPUKILL_INTEL_ENABLED", &["intel", "enabled"]),
+    ("GPUKILL_INTEL_SYSFS_ROOT", &["intel", "sysfs_root"]),
+    // One root for both DRM backends, as a container mounts one sysfs.
+    ("GPUKILL_SYSFS_ROOT", &["amd", "sysfs_root"]),
+    ("GPUKILL_SYSFS_ROOT", &["intel", "sysfs_root"]),
+    ("GPUKILL_PROCFS_ROOT", &["procfs_root"]),
+    ("GPUKILL_PCI_IDS", &["pci_ids"]),
     ("GPUKILL_METRICS_LISTEN", &["metrics", "listen"]),
     ("GPUKILL_NODE_NAME", &["node", "name"]),
     ("GPUKILL_TCP_LISTEN", &["tcp", "listen"]),
@@ -466,13 +497,13 @@ impl Config {
             }
         }
         for (name, value) in &sources.env {
-            let Some((_, key)) = ENV_VARS.iter().find(|(var, _)| var == name) else {
-                continue;
-            };
-            let origin = format!("environment variable {name}={value}");
-            set(&mut table, key, parse_env_value(value));
-            check(&table, &origin)?;
-            origins.insert(key[0].to_string(), origin);
+            // A variable may set several keys (GPUKILL_SYSFS_ROOT).
+            for (_, key) in ENV_VARS.iter().filter(|(var, _)| var == name) {
+                let origin = format!("environment variable {name}={value}");
+                set(&mut table, key, parse_env_value(value));
+                check(&table, &origin)?;
+                origins.insert(key[0].to_string(), origin);
+            }
         }
         for (option, key, value) in &sources.cli {
             let origin = format!("command-line option {option}");

@@ -588,6 +588,7 @@ mod tests {
     fn full_gpu(index: u32) -> Gpu {
         Gpu {
             index,
+            vendor_index: index,
             uuid: Some(Arc::from(format!("GPU-0000000{index}").as_str())),
             name: Some(Arc::from("NVIDIA A100-SXM4-80GB")),
             pci_bus_id: Some(Arc::from(format!("00000000:0{index}:00.0").as_str())),
@@ -605,6 +606,7 @@ mod tests {
             mig_enabled: Some(false),
             reset_supported: Some(true),
             error: None,
+            ..Gpu::default()
         }
     }
 

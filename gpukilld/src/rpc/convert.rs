@@ -140,6 +140,9 @@ fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
         mig_enabled: gpu.mig_enabled,
         reset_supported: gpu.reset_supported,
         error: gpu.error.clone(),
+        vendor_index: gpu.vendor_index,
+        gtt_used_bytes: gpu.gtt_used_bytes,
+        gtt_total_bytes: gpu.gtt_total_bytes,
     }
 }
 

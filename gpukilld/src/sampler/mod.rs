@@ -30,18 +30,31 @@ pub struct Timing {
     pub call_timeout: Duration,
 }
 
-struct BackendSlot {
+/// One vendor's part of the snapshot.
+struct VendorSlot {
     vendor: Vendor,
-    worker: Worker<(), Reading>,
     data: Arc<VendorData>,
     status: VendorStatus,
+    /// Whether the vendor has devices on this host (see [`Reading::Absent`]).
+    present: bool,
+    /// The most GPUs this vendor has had since the daemon started: the next vendor's
+    /// host-wide indices start after them, so they do not shift when this vendor fails.
+    most_gpus: u32,
+}
+
+/// A backend's thread and the vendor slots it answers for.
+struct BackendWorker {
+    worker: Worker<(), Vec<Reading>>,
+    slots: Vec<usize>,
 }
 
 /// The sampler: owns the backends' threads and produces snapshots.
 pub struct Sampler {
     host: Arc<str>,
     timing: Timing,
-    slots: Vec<BackendSlot>,
+    workers: Vec<BackendWorker>,
+    /// Ordered by vendor (NVIDIA, AMD, Intel, Apple): the order of host-wide GPU indices.
+    slots: Vec<VendorSlot>,
     procs: ProcLookup,
     sequence: u64,
 }
@@ -54,15 +67,13 @@ impl Sampler {
         backends: Vec<Box<dyn Backend>>,
         proc_reader: ProcReader,
     ) -> std::io::Result<Self> {
-        let mut slots = Vec::with_capacity(backends.len());
-        for mut backend in backends {
-            let vendor = backend.vendor();
-            let worker = Worker::spawn(format!("gpukill-{}", vendor.name()), move |()| {
-                backend.poll()
-            })?;
-            slots.push(BackendSlot {
+        let mut vendors: Vec<Vendor> = backends.iter().flat_map(|b| b.vendors()).collect();
+        vendors.sort();
+        vendors.dedup();
+        let slots: Vec<VendorSlot> = vendors
+            .iter()
+            .map(|&vendor| VendorSlot {
                 vendor,
-                worker,
                 data: Arc::new(VendorData::default()),
                 status: VendorStatus {
                     vendor,
@@ -70,6 +81,26 @@ impl Sampler {
                     driver_version: None,
                     last_success: None,
                 },
+                present: true,
+                most_gpus: 0,
+            })
+            .collect();
+        let mut workers = Vec::with_capacity(backends.len());
+        for mut backend in backends {
+            let answers = backend.vendors();
+            let name = answers
+                .iter()
+                .map(|vendor| vendor.name())
+                .collect::<Vec<_>>()
+                .join("-");
+            let worker = Worker::spawn(format!("gpukill-{name}"), move |()| backend.poll())?;
+            let positions = answers
+                .iter()
+                .filter_map(|vendor| vendors.iter().position(|v| v == vendor))
+                .collect();
+            workers.push(BackendWorker {
+                worker,
+                slots: positions,
             });
         }
         let mut proc_reader = proc_reader;
@@ -79,6 +110,7 @@ impl Sampler {
         Ok(Self {
             host,
             timing,
+            workers,
             slots,
             procs,
             sequence: 0,
@@ -90,59 +122,61 @@ impl Sampler {
         let started = Instant::now();
         let taken_at = SystemTime::now();
         let deadline = started + self.timing.call_timeout;
-        for slot in &mut self.slots {
-            slot.worker.submit(|| ());
+        for backend in &mut self.workers {
+            backend.worker.submit(|| ());
         }
         let mut fresh: Vec<(usize, Vec<GpuReading>)> = Vec::new();
-        for (position, slot) in self.slots.iter_mut().enumerate() {
+        for backend in &mut self.workers {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match slot.worker.wait(remaining).await {
-                Outcome::Done(Reading::Ok {
-                    driver_version,
-                    gpus,
-                }) => {
-                    slot.status.state = VendorState::Ok;
-                    slot.status.driver_version = driver_version;
-                    slot.status.last_success = Some(taken_at);
-                    fresh.push((position, gpus));
-                }
-                Outcome::Done(Reading::Failed(message)) => {
-                    slot.status.state = VendorState::Error(message);
-                    slot.data = Arc::new(VendorData {
-                        taken_at: Some(taken_at),
-                        ..VendorData::default()
-                    });
-                }
-                Outcome::Failed => {
-                    slot.status.state =
-                        VendorState::Error(format!("{} backend panicked", slot.vendor.name()));
-                    slot.data = Arc::new(VendorData {
-                        taken_at: Some(taken_at),
-                        ..VendorData::default()
-                    });
-                }
+            let mut readings = match backend.worker.wait(remaining).await {
+                Outcome::Done(readings) => readings.into_iter(),
                 Outcome::Pending { since } => {
-                    if !matches!(slot.status.state, VendorState::Hung { .. }) {
-                        tracing::warn!(vendor = slot.vendor.name(), "vendor call is hung");
+                    for &position in &backend.slots {
+                        self.slots[position].record(Outcome::Pending { since }, taken_at);
                     }
-                    slot.status.state = VendorState::Hung { since };
+                    continue;
+                }
+                Outcome::Failed => Vec::new().into_iter(),
+            };
+            for &position in &backend.slots {
+                // A backend that panicked (or answered fewer vendors) fails the rest.
+                let outcome = readings.next().map_or(Outcome::Failed, Outcome::Done);
+                if let Some(gpus) = self.slots[position].record(outcome, taken_at) {
+                    fresh.push((position, gpus));
                 }
             }
         }
+        self.number_gpus(&mut fresh);
         self.join_processes(fresh, taken_at, deadline).await;
         self.sequence += 1;
+        let present = || self.slots.iter().filter(|slot| slot.present);
         Snapshot {
             host: Arc::clone(&self.host),
             taken_at,
             sequence: self.sequence,
-            vendors: self.slots.iter().map(|slot| slot.status.clone()).collect(),
-            data: self
-                .slots
-                .iter()
+            vendors: present().map(|slot| slot.status.clone()).collect(),
+            data: present()
                 .map(|slot| (slot.vendor, Arc::clone(&slot.data)))
                 .collect(),
             tick_duration: started.elapsed(),
             poll_interval: self.timing.poll_interval,
+        }
+    }
+
+    /// Gives each fresh GPU its host-wide index: the vendor's own index, after the GPUs
+    /// of the vendors before it (as many as each has had at most).
+    fn number_gpus(&mut self, fresh: &mut [(usize, Vec<GpuReading>)]) {
+        for (position, gpus) in fresh.iter() {
+            let count = gpus.iter().map(|g| g.gpu.index + 1).max().unwrap_or(0);
+            let slot = &mut self.slots[*position];
+            slot.most_gpus = slot.most_gpus.max(count);
+        }
+        for (position, gpus) in fresh.iter_mut() {
+            let offset: u32 = self.slots[..*position].iter().map(|s| s.most_gpus).sum();
+            for reading in gpus.iter_mut() {
+                reading.gpu.vendor_index = reading.gpu.index;
+                reading.gpu.index = offset + reading.gpu.vendor_index;
+            }
         }
     }
 
@@ -229,4 +263,49 @@ fn join<'a>(
                 Some((slot, process.used_memory_bytes, process.sm_utilization_pct))
             })
     })
+}
+
+impl VendorSlot {
+    /// Records how the vendor's poll went; returns its GPUs when it answered.
+    fn record(
+        &mut self,
+        outcome: Outcome<Reading>,
+        taken_at: SystemTime,
+    ) -> Option<Vec<GpuReading>> {
+        self.present = true;
+        let failure = match outcome {
+            Outcome::Done(Reading::Ok {
+                driver_version,
+                gpus,
+            }) => {
+                self.status.state = VendorState::Ok;
+                self.status.driver_version = driver_version;
+                self.status.last_success = Some(taken_at);
+                return Some(gpus);
+            }
+            Outcome::Done(Reading::Absent) => {
+                self.present = false;
+                self.status.state = VendorState::Ok;
+                self.status.last_success = Some(taken_at);
+                None
+            }
+            Outcome::Done(Reading::Failed(message)) => Some(message),
+            Outcome::Failed => Some(format!("{} backend panicked", self.vendor.name())),
+            Outcome::Pending { since } => {
+                if !matches!(self.status.state, VendorState::Hung { .. }) {
+                    tracing::warn!(vendor = self.vendor.name(), "vendor call is hung");
+                }
+                self.status.state = VendorState::Hung { since };
+                return None;
+            }
+        };
+        if let Some(message) = failure {
+            self.status.state = VendorState::Error(message);
+        }
+        self.data = Arc::new(VendorData {
+            taken_at: Some(taken_at),
+            ..VendorData::default()
+        });
+        None
+    }
 }

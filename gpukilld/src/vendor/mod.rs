@@ -27,12 +27,17 @@ pub enum Reading {
     },
     /// The vendor could not be polled at all (library missing, initialization failed).
     Failed(String),
+    /// The host has no device of this vendor (no card bound to its driver): nothing to
+    /// report, not even a status, so an NVIDIA-only host does not list AMD and Intel.
+    Absent,
 }
 
-/// A GPU vendor's backend. `poll` blocks; it is only ever called on the backend's thread.
+/// A backend of one or more GPU vendors (AMD and Intel share one, so one walk of /proc
+/// serves both). `poll` blocks; it is only ever called on the backend's thread.
 pub trait Backend: Send + 'static {
-    /// Which vendor this is.
-    fn vendor(&self) -> Vendor;
-    /// Reads every GPU of this vendor and the processes on them.
-    fn poll(&mut self) -> Reading;
+    /// The vendors it reads, in the order `poll` answers them.
+    fn vendors(&self) -> Vec<Vendor>;
+    /// Reads every GPU of each vendor and the processes on them: one reading per vendor,
+    /// in the order of [`vendors`](Self::vendors).
+    fn poll(&mut self) -> Vec<Reading>;
 }

@@ -123,11 +123,18 @@ fn init_error_message(library: &OsString, error: &NvmlError) -> String {
 }
 
 impl Backend for NvidiaBackend {
-    fn vendor(&self) -> Vendor {
-        Vendor::Nvidia
+    fn vendors(&self) -> Vec<Vendor> {
+        vec![Vendor::Nvidia]
     }
 
-    fn poll(&mut self) -> Reading {
+    fn poll(&mut self) -> Vec<Reading> {
+        vec![self.read()]
+    }
+}
+
+impl NvidiaBackend {
+    /// Reads every NVIDIA GPU.
+    fn read(&mut self) -> Reading {
         let loaded = match self.load() {
             Ok(loaded) => loaded,
             Err(message) => return Reading::Failed(message),
