@@ -75,9 +75,11 @@ pub fn snapshot() -> Snapshot {
                 mig_enabled: Some(false),
                 reset_supported: Some(true),
                 error: None,
+                ..Default::default()
             },
             Gpu {
                 index: 1,
+                vendor_index: 1,
                 vendor: Vendor::Nvidia as i32,
                 uuid: Some("GPU-8e7f6a5b-4c3d-2e1f-0a9b-8c7d6e5f4a3b".to_owned()),
                 name: Some("NVIDIA A100-SXM4-80GB".to_owned()),

@@ -59,7 +59,7 @@ pub struct VendorJson {
 /// One GPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuJson {
-    /// Index as the vendor numbers it.
+    /// Index on the host, across vendors (NVIDIA's first, in nvidia-smi's order).
     pub gpu_index: u32,
     /// `nvidia`, `amd`, `intel` or `apple`.
     pub vendor: &'static str,
@@ -95,6 +95,16 @@ pub struct GpuJson {
     pub reset_supported: Option<bool>,
     /// Why the GPU could not be read this tick.
     pub error: Option<String>,
+    /// Index within its vendor (`gpu_index` counts across vendors on a mixed host).
+    pub vendor_index: u32,
+    /// Memory in use, bytes.
+    pub mem_used_bytes: Option<u64>,
+    /// Total memory, bytes.
+    pub mem_total_bytes: Option<u64>,
+    /// AMD: system memory mapped for the GPU (GTT) in use, bytes.
+    pub gtt_used_bytes: Option<u64>,
+    /// AMD: size of the GTT, bytes.
+    pub gtt_total_bytes: Option<u64>,
     /// How many processes use this GPU (of those that matched the filter); `null` when the GPU
     /// could not be read and no process was reported.
     pub pids: Option<u64>,
@@ -137,6 +147,8 @@ pub struct ProcJson {
     pub pod_uid: Option<String>,
     /// Basename of the executable when it differs from `proc_name`.
     pub exe_name: Option<String>,
+    /// GPU memory used, bytes.
+    pub used_mem_bytes: Option<u64>,
 }
 
 impl SnapshotJson {
@@ -196,6 +208,11 @@ impl GpuJson {
             mig_enabled: gpu.mig_enabled,
             reset_supported: gpu.reset_supported,
             error: gpu.error.clone(),
+            vendor_index: gpu.vendor_index,
+            mem_used_bytes: gpu.memory_used_bytes,
+            mem_total_bytes: gpu.memory_total_bytes,
+            gtt_used_bytes: gpu.gtt_used_bytes,
+            gtt_total_bytes: gpu.gtt_total_bytes,
             pids: pid_count(snapshot, gpu),
             top_proc: top_process(snapshot, gpu).map(ProcJson::new),
         }
@@ -223,6 +240,7 @@ impl ProcJson {
             container_runtime: process.container.as_ref().map(|c| c.runtime.clone()),
             pod_uid: process.container.as_ref().and_then(|c| c.pod_uid.clone()),
             exe_name: process.exe_name.clone(),
+            used_mem_bytes: process.used_memory_bytes,
         }
     }
 }
@@ -274,7 +292,8 @@ mod tests {
             "container": null,
             "container_runtime": null,
             "pod_uid": null,
-            "exe_name": null
+            "exe_name": null,
+            "used_mem_bytes": 21474836480_u64
         })
     }
 
@@ -314,6 +333,11 @@ mod tests {
                     "mig_enabled": false,
                     "reset_supported": true,
                     "error": null,
+                    "vendor_index": 0,
+                    "mem_used_bytes": 26844069888_u64,
+                    "mem_total_bytes": 85899345920_u64,
+                    "gtt_used_bytes": null,
+                    "gtt_total_bytes": null,
                     "pids": 3,
                     "top_proc": expected_python()
                 },
@@ -336,6 +360,11 @@ mod tests {
                     "mig_enabled": null,
                     "reset_supported": null,
                     "error": "GPU is lost",
+                    "vendor_index": 1,
+                    "mem_used_bytes": null,
+                    "mem_total_bytes": 85899345920_u64,
+                    "gtt_used_bytes": null,
+                    "gtt_total_bytes": null,
                     "pids": null,
                     "top_proc": null
                 }
@@ -358,7 +387,8 @@ mod tests {
                     "container": "3f4e5d6c7b8a9f0e1d2c3b4a5968778695a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0",
                     "container_runtime": "containerd",
                     "pod_uid": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-                    "exe_name": "python3.11"
+                    "exe_name": "python3.11",
+                    "used_mem_bytes": 5368721465_u64
                 },
                 {
                     "gpu_index": 0,
@@ -376,7 +406,8 @@ mod tests {
                     "container": null,
                     "container_runtime": null,
                     "pod_uid": null,
-                    "exe_name": null
+                    "exe_name": null,
+                    "used_mem_bytes": null
                 }
             ]
         })
