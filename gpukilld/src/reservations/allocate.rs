@@ -43,7 +43,8 @@ pub fn environment(granted: &[GpuRef], host_vendors: &[Vendor]) -> BTreeMap<Stri
             .filter(|gpu| gpu.vendor == vendor)
             .map(|gpu| match (&gpu.uuid, by_uuid) {
                 (Some(uuid), true) => uuid.to_string(),
-                _ => gpu.index.to_string(),
+                // The runtimes number their own vendor's GPUs.
+                _ => gpu.vendor_index.to_string(),
             })
             .collect();
         (!ids.is_empty() || host_vendors.contains(&vendor)).then(|| ids.join(","))
@@ -74,6 +75,7 @@ mod tests {
         GpuRef {
             key: format!("GPU-{index}"),
             index,
+            vendor_index: index % 4,
             uuid: Some(Arc::from(format!("GPU-{index}"))),
             vendor,
             name: None,
@@ -106,10 +108,11 @@ mod tests {
         assert_eq!(environment["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
         assert!(!environment.contains_key("ROCR_VISIBLE_DEVICES"));
 
-        let amd_only = [gpu(1, Vendor::Amd), gpu(0, Vendor::Intel)];
+        let amd_only = [gpu(5, Vendor::Amd), gpu(4, Vendor::Intel)];
         let mixed = super::environment(&amd_only, &[Vendor::Nvidia, Vendor::Amd, Vendor::Intel]);
         assert_eq!(mixed["CUDA_VISIBLE_DEVICES"], "", "CUDA must see no GPU");
-        assert_eq!(mixed["ROCR_VISIBLE_DEVICES"], "GPU-1");
+        assert_eq!(mixed["ROCR_VISIBLE_DEVICES"], "GPU-5");
+        // Level Zero numbers Intel's GPUs alone: host index 4 is Intel's first.
         assert_eq!(mixed["ZE_AFFINITY_MASK"], "0");
     }
 }

@@ -714,6 +714,7 @@ impl Reservations {
                     .unwrap_or_else(|| GpuRef {
                         key: row.gpu_key.clone(),
                         index: row.gpu_index,
+                        vendor_index: row.gpu_index,
                         uuid: None,
                         vendor: Vendor::Nvidia,
                         name: None,

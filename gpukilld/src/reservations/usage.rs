@@ -14,8 +14,10 @@ use crate::store::ReservationRow;
 pub struct GpuRef {
     /// Its stable key: the UUID, or `index:N` when the vendor reports none.
     pub key: String,
-    /// Its index now.
+    /// Its index on the host now.
     pub index: u32,
+    /// Its index within its vendor (what the vendor's runtime numbers it).
+    pub vendor_index: u32,
     /// Its UUID.
     pub uuid: Option<Arc<str>>,
     /// Its vendor.
@@ -30,6 +32,7 @@ impl GpuRef {
         GpuRef {
             key: gpu_key(gpu.uuid.as_deref(), gpu.index),
             index: gpu.index,
+            vendor_index: gpu.vendor_index,
             uuid: gpu.uuid.clone(),
             vendor,
             name: gpu.name.clone(),
