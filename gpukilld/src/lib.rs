@@ -466,9 +466,12 @@ pub async fn run(
         stopped.clone(),
         kill_context,
         guard,
-        rpc::reset::ResetConfig {
-            smi: config.nvidia.smi.clone(),
-            timeout: config.nvidia.reset_timeout,
+        actions::reset::ResetTools {
+            nvidia_smi: config.nvidia.smi.clone(),
+            amd_smi: config.amd.smi.clone(),
+            rocm_smi: config.amd.rocm_smi.clone(),
+            nvidia_timeout: config.nvidia.reset_timeout,
+            amd_timeout: config.amd.reset_timeout,
         },
         Arc::clone(&node),
         upload_settings,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::snapshot::{Snapshot, Vendor};
+use crate::snapshot::Snapshot;
 use crate::store::{GpuSampleRow, HistoryBatch, SessionUpdate, unix_ms};
 
 /// Sum, count and maximum of one metric over an interval.
@@ -98,9 +98,9 @@ impl Recorder {
         };
         self.current = Some(interval);
         let tick_seconds = snapshot.poll_interval.as_secs_f64();
-        for (vendor, data) in &snapshot.data {
-            // Only NVIDIA is recorded until the multi-vendor issue adds a vendor column.
-            if *vendor != Vendor::Nvidia || data.taken_at != Some(snapshot.taken_at) {
+        for (_, data) in &snapshot.data {
+            // GPU indices are host-wide (across vendors), so they key the rows on their own.
+            if data.taken_at != Some(snapshot.taken_at) {
                 continue;
             }
             for gpu in &data.gpus {
@@ -249,7 +249,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::procinfo::ProcessInfo;
-    use crate::snapshot::{Gpu, ProcessKind, ProcessSlot, ProcessTable, VendorData};
+    use crate::snapshot::{Gpu, ProcessKind, ProcessSlot, ProcessTable, Vendor, VendorData};
     use std::sync::Arc;
     use std::time::UNIX_EPOCH;
 

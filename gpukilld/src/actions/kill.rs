@@ -17,7 +17,7 @@ use crate::actions::protect::Protection;
 use crate::authz::Principal;
 use crate::procinfo::pidfd::{self, PidFd};
 use crate::procinfo::{self, ProcessInfo};
-use crate::snapshot::{Snapshot, Vendor};
+use crate::snapshot::Snapshot;
 
 /// How long to wait for a process to die after SIGKILL before calling it stuck (a process in
 /// uninterruptible sleep, e.g. inside a wedged driver call, can outlive SIGKILL).
@@ -131,11 +131,9 @@ pub fn select(
     described_as: &str,
 ) -> Result<Vec<Target>, SelectError> {
     if let Selector::Gpu(index) = selector {
-        let count = snapshot
-            .gpus()
-            .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
-            .count() as u32;
-        if *index >= count {
+        // Host indices may have a gap where a vendor that had GPUs lost them.
+        let count = snapshot.gpus().count() as u32;
+        if !snapshot.gpus().any(|(_, gpu)| gpu.index == *index) {
             return Err(SelectError::NoSuchGpu {
                 index: *index,
                 count,
@@ -149,13 +147,13 @@ pub fn select(
         let wanted = match selector {
             Selector::Pid(pid) => info.pid == *pid,
             Selector::Filter(regex) => regex.is_match(&info.name) || regex.is_match(&info.cmdline),
-            Selector::Gpu(index) => slot.vendor == Vendor::Nvidia && slot.gpu_index == *index,
+            Selector::Gpu(index) => slot.gpu_index == *index,
             Selector::User(uid) => info.uid == *uid,
         };
         if wanted && !targets.iter().any(|t| t.info.pid == info.pid) {
             targets.push(Target {
                 info: Arc::clone(info),
-                gpu_index: (slot.vendor == Vendor::Nvidia).then_some(slot.gpu_index),
+                gpu_index: Some(slot.gpu_index),
             });
         }
     }

@@ -20,8 +20,8 @@ pub use remote::{
     parse_daemon_url,
 };
 pub use reservations::ReservationsConfig;
-pub use vendors::{AmdConfig, IntelConfig};
 pub use upload::{IngestConfig, UploadConfig, UploadUrl, parse_upload_url};
+pub use vendors::{AmdConfig, IntelConfig};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/gpukill/gpukilld.toml";

@@ -22,20 +22,11 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reset GPU has to answer again (a few ticks).
 const COME_BACK: Duration = Duration::from_secs(30);
 
-/// Where nvidia-smi is and how long it may take.
-#[derive(Debug, Clone)]
-pub struct ResetConfig {
-    /// The nvidia-smi binary.
-    pub smi: std::path::PathBuf,
-    /// Its time limit.
-    pub timeout: Duration,
-}
-
 /// Answers `Reset`.
 pub async fn reset(
     ring: &Arc<Ring>,
     context: &Arc<KillContext>,
-    config: &ResetConfig,
+    tools: &reset::ResetTools,
     caller: Caller,
     request: pb::ResetRequest,
 ) -> Result<pb::ResetResponse, RpcError> {
@@ -67,7 +58,10 @@ pub async fn reset(
         record(&events, vec![refuse(reason.clone())]).await;
         return Err(RpcError::NotAdmin(reason));
     }
-    if let Some(reason) = gpus.iter().find_map(reset::unsupported_reason) {
+    if let Some(reason) = gpus
+        .iter()
+        .find_map(|(vendor, gpu)| reset::unsupported_reason(*vendor, gpu))
+    {
         let mut event = refuse(reason.clone());
         event.kind = EventKind::Reset;
         event.outcome = "unsupported".to_string();
@@ -77,9 +71,7 @@ pub async fn reset(
     let snapshot = ring.latest();
     let busy: Vec<String> = snapshot
         .processes()
-        .filter(|p| {
-            p.slot.vendor == Vendor::Nvidia && gpus.iter().any(|g| g.index == p.slot.gpu_index)
-        })
+        .filter(|p| gpus.iter().any(|(_, g)| g.index == p.slot.gpu_index))
         .map(|p| {
             format!(
                 "{} (pid {}, {}) on GPU {}",
@@ -101,7 +93,7 @@ pub async fn reset(
     }
 
     let mut results = Vec::with_capacity(gpus.len());
-    for gpu in gpus {
+    for (vendor, gpu) in gpus {
         let pci_bus_id = gpu.pci_bus_id.as_deref().unwrap_or_default().to_string();
         let (killed, kill_failure) = if request.force {
             kill_processes_on(ring, context, &events, &principal, &action, gpu.index).await?
@@ -111,10 +103,12 @@ pub async fn reset(
         let started = SystemTime::now();
         let outcome = match kill_failure {
             Some(reason) => Err(reason),
-            None => match reset::run_nvidia_smi(&config.smi, &pci_bus_id, config.timeout).await {
-                Ok(printed) => reset::wait_until_back(ring, &pci_bus_id, started, COME_BACK)
-                    .await
-                    .map(|()| printed),
+            None => match reset::reset_gpu(tools, vendor, &gpu).await {
+                Ok(printed) => {
+                    reset::wait_until_back(ring, vendor, &pci_bus_id, started, COME_BACK)
+                        .await
+                        .map(|()| printed)
+                }
                 Err(reason) => Err(reason),
             },
         };
@@ -152,21 +146,25 @@ pub async fn reset(
     Ok(pb::ResetResponse { results })
 }
 
-/// The NVIDIA GPUs a request names, from the latest snapshot.
-fn select(ring: &Ring, target: Option<Selection>) -> Result<(Vec<Gpu>, String), RpcError> {
+/// The GPUs a request names, from the latest snapshot: one by its host index, or with
+/// `--all` every GPU of a vendor gpukill can reset (an Intel GPU beside them is left alone).
+fn select(
+    ring: &Ring,
+    target: Option<Selection>,
+) -> Result<(Vec<(Vendor, Gpu)>, String), RpcError> {
     let snapshot = ring.latest();
-    let gpus: Vec<Gpu> = snapshot
-        .gpus()
-        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
-        .map(|(_, gpu)| gpu.clone())
-        .collect();
+    let gpus = snapshot.gpus().map(|(vendor, gpu)| (vendor, gpu.clone()));
     match target.ok_or(RpcError::NoResetSelector)? {
-        Selection::All(_) => Ok((gpus, "--all".to_string())),
+        Selection::All(_) => Ok((
+            gpus.filter(|(vendor, _)| reset::vendor_can_reset(*vendor))
+                .collect(),
+            "--all".to_string(),
+        )),
         Selection::GpuIndex(index) => {
-            let count = gpus.len() as u32;
+            let count = snapshot.gpus().count() as u32;
             let gpu = gpus
                 .into_iter()
-                .find(|gpu| gpu.index == index)
+                .find(|(_, gpu)| gpu.index == index)
                 .ok_or(kill::SelectError::NoSuchGpu { index, count })?;
             Ok((vec![gpu], format!("--gpu {index}")))
         }
