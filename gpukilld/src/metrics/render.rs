@@ -67,6 +67,11 @@ pub fn render(snapshot: &Snapshot, status: &Status<'_>, capacity: usize) -> Stri
 /// A dcgm-exporter GPU metric: name, type and help (dcgm-exporter's own), and how to read it.
 struct DcgmMetric {
     name: &'static str,
+    /// The name of the same metric for AMD and Intel GPUs, which dcgm-exporter does not
+    /// report (a dashboard filtering on DCGM names must not mistake them for NVIDIA's).
+    own_name: &'static str,
+    /// Its help.
+    own_help: &'static str,
     kind: &'static str,
     help: &'static str,
     value: fn(&Gpu) -> Option<Value>,
@@ -78,48 +83,64 @@ struct DcgmMetric {
 const DCGM_METRICS: &[DcgmMetric] = &[
     DcgmMetric {
         name: "DCGM_FI_DEV_SM_CLOCK",
+        own_name: "gpukill_gpu_sm_clock_mhz",
+        own_help: "Core (shader) clock frequency (in MHz).",
         kind: "gauge",
         help: "SM clock frequency (in MHz).",
         value: |gpu| gpu.clock_sm_mhz.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_MEM_CLOCK",
+        own_name: "gpukill_gpu_memory_clock_mhz",
+        own_help: "Memory clock frequency (in MHz).",
         kind: "gauge",
         help: "Memory clock frequency (in MHz).",
         value: |gpu| gpu.clock_mem_mhz.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_GPU_TEMP",
+        own_name: "gpukill_gpu_temperature_celsius",
+        own_help: "GPU temperature (in C).",
         kind: "gauge",
         help: "GPU temperature (in C).",
         value: |gpu| gpu.temperature_c.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_POWER_USAGE",
+        own_name: "gpukill_gpu_power_watts",
+        own_help: "Power draw (in W).",
         kind: "gauge",
         help: "Power draw (in W).",
         value: |gpu| gpu.power_mw.map(|v| Value::Float(f64::from(v) / 1000.0)),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        own_name: "gpukill_gpu_energy_millijoules_total",
+        own_help: "Energy used since the driver loaded (in mJ).",
         kind: "counter",
         help: "Total energy consumption since boot (in mJ).",
         value: |gpu| gpu.energy_total_mj.map(Value::Uint),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_GPU_UTIL",
+        own_name: "gpukill_gpu_utilization_percent",
+        own_help: "GPU utilization (in %).",
         kind: "gauge",
         help: "GPU utilization (in %).",
         value: |gpu| gpu.utilization_gpu_pct.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_MEM_COPY_UTIL",
+        own_name: "gpukill_gpu_memory_utilization_percent",
+        own_help: "Memory utilization (in %).",
         kind: "gauge",
         help: "Memory utilization (in %).",
         value: |gpu| gpu.utilization_memory_pct.map(|v| Value::Int(v.into())),
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_FB_FREE",
+        own_name: "gpukill_gpu_memory_free_mib",
+        own_help: "Device memory free (in MiB).",
         kind: "gauge",
         help: "Framebuffer memory free (in MiB).",
         value: |gpu| match (gpu.memory_total_bytes, gpu.memory_used_bytes) {
@@ -131,6 +152,8 @@ const DCGM_METRICS: &[DcgmMetric] = &[
     },
     DcgmMetric {
         name: "DCGM_FI_DEV_FB_USED",
+        own_name: "gpukill_gpu_memory_used_mib",
+        own_help: "Device memory used (in MiB).",
         kind: "gauge",
         help: "Framebuffer memory used (in MiB).",
         value: |gpu| {
@@ -141,16 +164,16 @@ const DCGM_METRICS: &[DcgmMetric] = &[
 ];
 
 fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
-    // dcgm-exporter reports NVIDIA GPUs only; its `device` label is `nvidia<index>`.
+    // dcgm-exporter's labels, with `device` as it names NVIDIA GPUs (`nvidia<index>`) and
+    // likewise `amd<index>` and `intel<index>` (the index within the vendor). AMD and Intel
+    // GPUs also carry a `vendor` label.
     let mut labels = String::new();
     let mut starts = Vec::new();
     // Where each GPU's `gpu` and `UUID` labels end: gpukill's own GPU metrics use only
-    // those (dcgm-exporter's `modelName` is not the snake case Prometheus recommends).
+    // those and `vendor` (dcgm-exporter's `modelName` is not the snake case Prometheus
+    // recommends).
     let mut short_ends = Vec::new();
-    for (_, gpu) in snapshot
-        .gpus()
-        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
-    {
+    for (vendor, gpu) in snapshot.gpus() {
         starts.push(labels.len());
         let _ = write!(labels, "gpu=\"{}\",UUID=\"", gpu.index);
         escape_into(&mut labels, gpu.uuid.as_deref().unwrap_or(""));
@@ -158,23 +181,59 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
         short_ends.push(labels.len());
         labels.push_str(",pci_bus_id=\"");
         escape_into(&mut labels, gpu.pci_bus_id.as_deref().unwrap_or(""));
-        let _ = write!(labels, "\",device=\"nvidia{}\",modelName=\"", gpu.index);
+        let _ = write!(
+            labels,
+            "\",device=\"{}{}\",modelName=\"",
+            vendor.name(),
+            gpu.vendor_index
+        );
         escape_into(&mut labels, gpu.name.as_deref().unwrap_or(""));
         labels.push_str("\",Hostname=\"");
         escape_into(&mut labels, &snapshot.host);
         labels.push('"');
+        if vendor != Vendor::Nvidia {
+            let _ = write!(labels, ",vendor=\"{}\"", vendor.name());
+        }
     }
     starts.push(labels.len());
     let gpu_labels = |n: usize| &labels[starts[n]..starts[n + 1]];
     for metric in DCGM_METRICS {
         let mut family = out.family(metric.name, metric.kind, metric.help);
-        for (n, (_, gpu)) in snapshot
-            .gpus()
-            .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
-            .enumerate()
-        {
-            if let Some(value) = (metric.value)(gpu) {
+        for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
+            if vendor == Vendor::Nvidia
+                && let Some(value) = (metric.value)(gpu)
+            {
                 family.sample(gpu_labels(n), &[], value);
+            }
+        }
+    }
+    for metric in DCGM_METRICS {
+        let mut family = out.family(metric.own_name, metric.kind, metric.own_help);
+        for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
+            if vendor != Vendor::Nvidia
+                && let Some(value) = (metric.value)(gpu)
+            {
+                family.sample(gpu_labels(n), &[], value);
+            }
+        }
+    }
+    let gtt: [(&'static str, &'static str, fn(&Gpu) -> Option<u64>); 2] = [
+        (
+            "gpukill_gpu_gtt_used_bytes",
+            "AMD: system memory mapped for the GPU (GTT) in use, bytes.",
+            |gpu| gpu.gtt_used_bytes,
+        ),
+        (
+            "gpukill_gpu_gtt_total_bytes",
+            "AMD: size of the GTT, bytes.",
+            |gpu| gpu.gtt_total_bytes,
+        ),
+    ];
+    for (name, help, value) in gtt {
+        let mut family = out.family(name, "gauge", help);
+        for (n, (_, gpu)) in snapshot.gpus().enumerate() {
+            if let Some(bytes) = value(gpu) {
+                family.sample(gpu_labels(n), &[], Value::Uint(bytes));
             }
         }
     }
@@ -183,14 +242,10 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
         "gauge",
         "Whether the GPU answered this tick (0: lost or unreadable, its metrics are absent).",
     );
-    for (n, (_, gpu)) in snapshot
-        .gpus()
-        .filter(|(vendor, _)| *vendor == Vendor::Nvidia)
-        .enumerate()
-    {
+    for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
         up.sample(
             &labels[starts[n]..short_ends[n]],
-            &[],
+            &[("vendor", vendor.name())],
             Value::Bool(gpu.error.is_none()),
         );
     }
@@ -680,6 +735,50 @@ mod tests {
     }
 
     #[test]
+    fn amd_gpus_have_gpukill_names_with_a_vendor_label_and_no_dcgm_samples() {
+        let mut snapshot = snapshot(vec![full_gpu(0)], ProcessTable::default());
+        let amd = Gpu {
+            index: 1,
+            vendor_index: 0,
+            uuid: Some(Arc::from("GPU-5e3b1d0a52d0a9b2")),
+            name: Some(Arc::from("AMD Instinct MI210")),
+            pci_bus_id: Some(Arc::from("0000:03:00.0")),
+            utilization_gpu_pct: Some(37),
+            gtt_used_bytes: Some(4096),
+            ..Gpu::default()
+        };
+        snapshot.data.push((
+            Vendor::Amd,
+            Arc::new(VendorData {
+                taken_at: Some(t(100)),
+                gpus: vec![amd],
+                processes: ProcessTable::default(),
+            }),
+        ));
+        let text = render_at(&snapshot, t(100), StoreState::Unavailable);
+        assert_eq!(
+            samples(&text, "DCGM_FI_DEV_GPU_UTIL"),
+            vec![
+                "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\"} 50"
+            ]
+        );
+        let amd_labels = "gpu=\"1\",UUID=\"GPU-5e3b1d0a52d0a9b2\",pci_bus_id=\"0000:03:00.0\",device=\"amd0\",modelName=\"AMD Instinct MI210\",Hostname=\"node-1\",vendor=\"amd\"";
+        assert_eq!(
+            samples(&text, "gpukill_gpu_utilization_percent"),
+            vec![format!("gpukill_gpu_utilization_percent{{{amd_labels}}} 37")]
+        );
+        assert_eq!(
+            samples(&text, "gpukill_gpu_gtt_used_bytes"),
+            vec![format!("gpukill_gpu_gtt_used_bytes{{{amd_labels}}} 4096")]
+        );
+        assert!(samples(&text, "gpukill_gpu_temperature_celsius").is_empty());
+        assert_eq!(
+            samples(&text, "gpukill_gpu_up")[1],
+            "gpukill_gpu_up{gpu=\"1\",UUID=\"GPU-5e3b1d0a52d0a9b2\",vendor=\"amd\"} 1"
+        );
+    }
+
+    #[test]
     fn gpu_metrics_have_dcgm_exporter_names_units_and_labels() {
         let text = render_at(
             &snapshot(vec![full_gpu(0)], ProcessTable::default()),
@@ -716,7 +815,7 @@ mod tests {
         }
         assert_eq!(
             samples(&text, "gpukill_gpu_up"),
-            vec!["gpukill_gpu_up{gpu=\"0\",UUID=\"GPU-00000000\"} 1"]
+            vec!["gpukill_gpu_up{gpu=\"0\",UUID=\"GPU-00000000\",vendor=\"nvidia\"} 1"]
         );
     }
 
