@@ -189,6 +189,58 @@ fn node_identity(config: &Config) -> node::NodeIdentity {
 /// reload.
 pub type LoadConfig = Arc<dyn Fn() -> Result<Config, config::ConfigError> + Send + Sync>;
 
+/// The vendor backends `config` enables: NVML for NVIDIA, and one backend for AMD and Intel
+/// (they share the walk of /proc that finds their processes).
+fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    if config.nvidia.enabled {
+        let library = config
+            .nvidia
+            .library
+            .clone()
+            .map(PathBuf::into_os_string)
+            .unwrap_or_else(|| vendor::nvidia::DEFAULT_LIBRARY.into());
+        backends.push(Box::new(vendor::nvidia::NvidiaBackend::new(library)));
+    }
+    let drm_roots: Vec<vendor::drm::backend::VendorRoot> = [
+        (
+            config.amd.enabled,
+            snapshot::Vendor::Amd,
+            &config.amd.sysfs_root,
+        ),
+        (
+            config.intel.enabled,
+            snapshot::Vendor::Intel,
+            &config.intel.sysfs_root,
+        ),
+    ]
+    .into_iter()
+    .filter(|(enabled, _, _)| *enabled)
+    .map(|(_, vendor, root)| vendor::drm::backend::VendorRoot {
+        vendor,
+        sysfs_root: root.clone(),
+    })
+    .collect();
+    if !drm_roots.is_empty() {
+        let pci_ids = config.pci_ids.clone().or_else(|| {
+            vendor::drm::names::DEFAULT_PCI_IDS
+                .iter()
+                .map(PathBuf::from)
+                .find(|path| path.exists())
+        });
+        let name_files = vendor::drm::backend::NameFiles {
+            amdgpu_ids: Some(config.amd.ids_file.clone()),
+            pci_ids,
+        };
+        backends.push(Box::new(vendor::drm::backend::DrmBackend::new(
+            drm_roots,
+            name_files,
+            &config.procfs_root,
+        )));
+    }
+    backends
+}
+
 /// Runs the daemon until `shutdown` completes: bind the socket (or take the one systemd
 /// passed), take the first sample, tell systemd it is ready, serve; then stop the sampler,
 /// write what the store has queued and remove the socket. Each item of `reload` (SIGHUP)
@@ -202,16 +254,7 @@ pub async fn run(
     load_config: LoadConfig,
 ) -> Result<(), Error> {
     let socket_path = config.socket_path(environment.euid, environment.xdg_runtime_dir.as_deref());
-    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
-    if config.nvidia.enabled {
-        let library = config
-            .nvidia
-            .library
-            .clone()
-            .map(PathBuf::into_os_string)
-            .unwrap_or_else(|| vendor::nvidia::DEFAULT_LIBRARY.into());
-        backends.push(Box::new(vendor::nvidia::NvidiaBackend::new(library)));
-    }
+    let backends = backends(&config);
     let proc_reader = procinfo::ProcReader::new("/proc").map_err(Error::Procfs)?;
     let timing = Timing {
         poll_interval: config.poll_interval,

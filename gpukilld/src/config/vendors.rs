@@ -32,7 +32,7 @@ impl Default for AmdConfig {
         Self {
             enabled: true,
             sysfs_root: PathBuf::from("/sys"),
-            ids_file: PathBuf::from("/usr/share/libdrm/amdgpu.ids"),
+            ids_file: PathBuf::from(crate::vendor::drm::names::DEFAULT_AMDGPU_IDS),
             smi: PathBuf::from("amd-smi"),
             rocm_smi: PathBuf::from("rocm-smi"),
             reset_timeout: Duration::from_secs(60),

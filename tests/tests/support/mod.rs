@@ -50,6 +50,11 @@ pub fn fake_nvml() -> PathBuf {
 }
 
 /// Writes a scenario atomically (temp file + rename), as the fake NVML re-reads it.
+/// The committed fixture trees (`tests/fixtures`).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
 pub fn write_scenario(path: &Path, scenario: &Value) {
     let temp = path.with_extension("tmp");
     std::fs::write(&temp, serde_json::to_vec_pretty(scenario).unwrap()).unwrap();
@@ -158,6 +163,11 @@ impl Daemon {
             .env("GPUKILL_VENDOR_TIMEOUT", options.vendor_timeout)
             .env("GPUKILL_NVML_LIBRARY", &library)
             .env("FAKE_NVML_SCENARIO", scenario)
+            // This machine's own DRM cards must not show up in tests (a test that wants
+            // AMD or Intel GPUs points this at a fixture tree); names come from the fixtures.
+            .env("GPUKILL_SYSFS_ROOT", dir.join("no-sysfs"))
+            .env("GPUKILL_AMD_IDS_FILE", fixtures().join("amdgpu.ids"))
+            .env("GPUKILL_PCI_IDS", fixtures().join("pci.ids"))
             .env("GPUKILL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

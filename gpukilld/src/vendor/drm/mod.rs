@@ -3,6 +3,7 @@
 //! (`/proc/PID/fdinfo/FD` of the file descriptors that point at `/dev/dri/*`).
 
 pub mod amd;
+pub mod backend;
 pub mod clients;
 pub mod fdinfo;
 pub mod intel;
