@@ -765,7 +765,9 @@ mod tests {
         let amd_labels = "gpu=\"1\",UUID=\"GPU-5e3b1d0a52d0a9b2\",pci_bus_id=\"0000:03:00.0\",device=\"amd0\",modelName=\"AMD Instinct MI210\",Hostname=\"node-1\",vendor=\"amd\"";
         assert_eq!(
             samples(&text, "gpukill_gpu_utilization_percent"),
-            vec![format!("gpukill_gpu_utilization_percent{{{amd_labels}}} 37")]
+            vec![format!(
+                "gpukill_gpu_utilization_percent{{{amd_labels}}} 37"
+            )]
         );
         assert_eq!(
             samples(&text, "gpukill_gpu_gtt_used_bytes"),
