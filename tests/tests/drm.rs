@@ -339,3 +339,68 @@ fn an_amd_process_found_through_fdinfo_is_killed_by_its_owner() {
         "{events:#?}"
     );
 }
+
+#[test]
+fn amd_gpus_reset_through_amd_smi_by_bus_id_and_intel_gpus_are_unsupported() {
+    let tools = tempfile::Builder::new()
+        .prefix("gpukill-amd-smi-")
+        .tempdir()
+        .expect("tempdir");
+    let calls = tools.path().join("calls");
+    let amd_smi = tools.path().join("amd-smi");
+    std::fs::write(
+        &amd_smi,
+        format!("#!/bin/sh\necho \"$*\" >> {calls:?}\necho \"Successfully reset GPU $4\"\n"),
+    )
+    .expect("write fake amd-smi");
+    std::fs::set_permissions(&amd_smi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let user = Target::sleep(None);
+    let procfs = DrmProcfs::new();
+    procfs.open(user.pid(), 3, "amdgpu-mi210-client42");
+    let daemon = Daemon::start_with(
+        &json!({"gpus": []}),
+        DaemonOptions {
+            env: vec![
+                ("GPUKILL_SYSFS_ROOT".into(), sysfs()),
+                ("GPUKILL_PROCFS_ROOT".into(), procfs.root().display().to_string()),
+                ("GPUKILL_NVIDIA_ENABLED".into(), "false".into()),
+                ("GPUKILL_AMD_SMI".into(), amd_smi.display().to_string()),
+            ],
+            ..DaemonOptions::default()
+        },
+    );
+    daemon.wait_for_list(Duration::from_secs(10), |list| {
+        list["procs"].as_array().is_some_and(|procs| procs.len() == 1)
+    });
+
+    // The same safety flow as NVIDIA: a GPU in use is refused without --force (exit 1).
+    let busy = daemon.ctl(&["reset", "--gpu", "0"]);
+    assert_ne!(busy.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains(&user.pid().to_string()));
+    // An idle AMD GPU: amd-smi gets its PCI bus id.
+    let idle = daemon.ctl(&["reset", "--gpu", "1", "--output", "json"]);
+    assert_eq!(
+        idle.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&idle.stderr)
+    );
+    let result: Value = serde_json::from_slice(&idle.stdout).expect("json");
+    assert_eq!(result["results"][0]["outcome"], json!("reset"));
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap_or_default(),
+        "reset -G -g 0000:0c:00.0\n"
+    );
+    // Intel: unsupported, exit 5, nothing run.
+    let intel = daemon.ctl(&["reset", "--gpu", "2"]);
+    assert_eq!(intel.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&intel.stderr).contains("no documented per-device reset"),
+        "{}",
+        String::from_utf8_lossy(&intel.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap_or_default().lines().count(),
+        1
+    );
+}
