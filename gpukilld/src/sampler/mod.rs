@@ -309,3 +309,97 @@ impl VendorSlot {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Gpu;
+    use std::sync::Mutex;
+
+    /// A backend that answers from a shared script: per call, one reading per vendor.
+    struct Scripted {
+        vendors: Vec<Vendor>,
+        next: Arc<Mutex<Vec<Reading>>>,
+    }
+
+    impl Backend for Scripted {
+        fn vendors(&self) -> Vec<Vendor> {
+            self.vendors.clone()
+        }
+        fn poll(&mut self) -> Vec<Reading> {
+            self.next.lock().map(|next| next.clone()).unwrap_or_default()
+        }
+    }
+
+    fn gpus(count: u32) -> Reading {
+        Reading::Ok {
+            driver_version: None,
+            gpus: (0..count)
+                .map(|index| GpuReading {
+                    gpu: Gpu {
+                        index,
+                        ..Gpu::default()
+                    },
+                    processes: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn numbering(snapshot: &Snapshot) -> Vec<(Vendor, u32, u32)> {
+        snapshot
+            .gpus()
+            .map(|(vendor, gpu)| (vendor, gpu.index, gpu.vendor_index))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gpus_are_numbered_across_vendors_and_keep_their_index_when_one_fails() {
+        let nvidia = Arc::new(Mutex::new(vec![gpus(2)]));
+        let drm = Arc::new(Mutex::new(vec![gpus(1), Reading::Absent]));
+        let backends: Vec<Box<dyn Backend>> = vec![
+            // Given in the other order: the numbering follows the vendor, not the backend.
+            Box::new(Scripted {
+                vendors: vec![Vendor::Amd, Vendor::Intel],
+                next: Arc::clone(&drm),
+            }),
+            Box::new(Scripted {
+                vendors: vec![Vendor::Nvidia],
+                next: Arc::clone(&nvidia),
+            }),
+        ];
+        let timing = Timing {
+            poll_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+        };
+        let mut sampler = Sampler::new(
+            Arc::from("host"),
+            timing,
+            backends,
+            ProcReader::new("/proc").expect("procfs"),
+        )
+        .expect("sampler");
+        let first = sampler.tick().await;
+        assert_eq!(
+            numbering(&first),
+            vec![
+                (Vendor::Nvidia, 0, 0),
+                (Vendor::Nvidia, 1, 1),
+                (Vendor::Amd, 2, 0)
+            ]
+        );
+        // Intel has no device: no status, no data.
+        let vendors: Vec<Vendor> = first.vendors.iter().map(|s| s.vendor).collect();
+        assert_eq!(vendors, vec![Vendor::Nvidia, Vendor::Amd]);
+
+        // NVML fails: AMD's GPU keeps index 2, so a reservation or `kill --gpu 2` still
+        // means the same GPU.
+        *nvidia.lock().expect("lock") = vec![Reading::Failed("driver gone".into())];
+        let second = sampler.tick().await;
+        assert_eq!(numbering(&second), vec![(Vendor::Amd, 2, 0)]);
+        assert_eq!(
+            second.vendors[0].state,
+            VendorState::Error("driver gone".into())
+        );
+    }
+}
