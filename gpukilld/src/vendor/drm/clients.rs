@@ -15,6 +15,9 @@
 //!   before (the pid was reused: its inode number, which `readdir` hands over for free,
 //!   changed), is examined at once;
 //! * a pid known to hold a DRM client is examined every scan (its counters move);
+//! * a young pid is examined again [`YOUNG_RECHECKS`] scans after it was first seen: a job
+//!   opens its GPU while it starts (a framework's import takes seconds), after the scan
+//!   that first saw it, and this finds it sooner than the rotation would;
 //! * any other pid is examined once every [`RECHECK_EVERY`] scans, on the scan whose number
 //!   is congruent to `-pid` modulo [`RECHECK_EVERY`], which spreads them evenly over the
 //!   scans. So a process that opens a GPU after it was first examined is found at the latest
@@ -45,6 +48,9 @@ use super::fdinfo::{ClientRecord, EngineCounter};
 /// the bound, in scans, on how late a process that opens a GPU after its first examination
 /// is found.
 pub const RECHECK_EVERY: u64 = 10;
+
+/// How many scans after first seeing a pid it is examined again, whatever the rotation.
+pub const YOUNG_RECHECKS: [u64; 3] = [1, 2, 4];
 
 /// One process's use of one GPU, as of the latest scan.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +137,8 @@ struct PidState {
     holds_drm: bool,
     /// The scan that last listed it.
     seen: u64,
+    /// The scan that first listed it (as this process).
+    first_seen: u64,
 }
 
 /// The previous reading of a client's counters.
@@ -186,7 +194,8 @@ impl ClientScanner {
             let state = match self.pids.entry(pid) {
                 Entry::Occupied(slot) if slot.get().ino == ino => {
                     let state = slot.into_mut();
-                    let due = (u64::from(pid) + scan).is_multiple_of(RECHECK_EVERY);
+                    let due = (u64::from(pid) + scan).is_multiple_of(RECHECK_EVERY)
+                        || YOUNG_RECHECKS.contains(&(scan - state.first_seen));
                     state.seen = scan;
                     if !state.holds_drm && !due {
                         continue;
@@ -199,6 +208,7 @@ impl ClientScanner {
                         ino,
                         holds_drm: false,
                         seen: scan,
+                        first_seen: scan,
                     };
                     state
                 }
@@ -206,6 +216,7 @@ impl ClientScanner {
                     ino,
                     holds_drm: false,
                     seen: scan,
+                    first_seen: scan,
                 }),
             };
             state.holds_drm =
@@ -851,13 +862,18 @@ mod tests {
         let t0 = Instant::now();
         assert!(scan(&mut scanner, t0).is_empty());
         assert_eq!(scanner.stats().fd_tables_read, pids.len());
+        // Past their young rechecks, the pids are on the rotation only.
+        let settled = YOUNG_RECHECKS[YOUNG_RECHECKS.len() - 1];
+        for scan_no in 1..=settled {
+            scan(&mut scanner, t0 + Duration::from_secs(scan_no));
+        }
 
         for (i, &pid) in pids.iter().enumerate() {
             procfs.drm(pid, 9, &amdgpu(i as u64 + 1, 4, 0, 0));
         }
         let mut found_at: HashMap<u32, u64> = HashMap::new();
         for scan_no in 1..=RECHECK_EVERY {
-            let found = scan(&mut scanner, t0 + Duration::from_secs(scan_no));
+            let found = scan(&mut scanner, t0 + Duration::from_secs(settled + scan_no));
             // Each scan examines the holders found so far and one of the others (the pids
             // are consecutive, so their slots are spread evenly).
             let known = found_at.len();
@@ -871,6 +887,25 @@ mod tests {
             pids.len(),
             "all found within RECHECK_EVERY scans"
         );
+    }
+
+    #[test]
+    fn a_young_process_that_opens_a_gpu_after_its_first_scan_is_found_at_the_next_recheck() {
+        let procfs = Procfs::new();
+        // 13 + scan number is a multiple of RECHECK_EVERY only at scan 7: not before.
+        procfs.process(13);
+        let mut scanner = ClientScanner::new(procfs.root());
+        let t0 = Instant::now();
+        // Scan 1 sees it first; scans 2 and 3 are young rechecks (1 and 2 after it).
+        for second in 0..3 {
+            assert!(scan(&mut scanner, t0 + Duration::from_secs(second)).is_empty());
+        }
+        // Opened now: scan 4 is neither a young recheck nor its rotation slot; scan 5 (4
+        // after the first) is a young recheck.
+        procfs.drm(13, 4, &amdgpu(3, 8, 0, 0));
+        assert!(scan(&mut scanner, t0 + Duration::from_secs(3)).is_empty());
+        let found = scan(&mut scanner, t0 + Duration::from_secs(4));
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![13]);
     }
 
     #[test]
