@@ -137,6 +137,7 @@ fn in_process_snapshot() -> Snapshot {
     let gpus = (0..GPUS)
         .map(|index| Gpu {
             index,
+            vendor_index: index,
             uuid: Some(Arc::from(
                 format!("GPU-00000000-0000-4000-8000-00000000000{index}").as_str(),
             )),
@@ -158,6 +159,7 @@ fn in_process_snapshot() -> Snapshot {
             mig_enabled: Some(false),
             reset_supported: Some(true),
             error: None,
+            ..Gpu::default()
         })
         .collect();
     Snapshot {

@@ -217,26 +217,18 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
             }
         }
     }
-    let gtt: [(&'static str, &'static str, fn(&Gpu) -> Option<u64>); 2] = [
-        (
-            "gpukill_gpu_gtt_used_bytes",
-            "AMD: system memory mapped for the GPU (GTT) in use, bytes.",
-            |gpu| gpu.gtt_used_bytes,
-        ),
-        (
-            "gpukill_gpu_gtt_total_bytes",
-            "AMD: size of the GTT, bytes.",
-            |gpu| gpu.gtt_total_bytes,
-        ),
-    ];
-    for (name, help, value) in gtt {
-        let mut family = out.family(name, "gauge", help);
-        for (n, (_, gpu)) in snapshot.gpus().enumerate() {
-            if let Some(bytes) = value(gpu) {
-                family.sample(gpu_labels(n), &[], Value::Uint(bytes));
-            }
-        }
-    }
+    let gtt_used = out.family(
+        "gpukill_gpu_gtt_used_bytes",
+        "gauge",
+        "AMD: system memory mapped for the GPU (GTT) in use, bytes.",
+    );
+    gpu_samples(gtt_used, snapshot, gpu_labels, |gpu| gpu.gtt_used_bytes);
+    let gtt_total = out.family(
+        "gpukill_gpu_gtt_total_bytes",
+        "gauge",
+        "AMD: size of the GTT, bytes.",
+    );
+    gpu_samples(gtt_total, snapshot, gpu_labels, |gpu| gpu.gtt_total_bytes);
     let mut up = out.family(
         "gpukill_gpu_up",
         "gauge",
@@ -248,6 +240,20 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
             &[("vendor", vendor.name())],
             Value::Bool(gpu.error.is_none()),
         );
+    }
+}
+
+/// One sample per GPU that reports `value`, with the GPU's labels.
+fn gpu_samples<'a>(
+    mut family: Family<'_>,
+    snapshot: &Snapshot,
+    labels: impl Fn(usize) -> &'a str,
+    value: fn(&Gpu) -> Option<u64>,
+) {
+    for (n, (_, gpu)) in snapshot.gpus().enumerate() {
+        if let Some(bytes) = value(gpu) {
+            family.sample(labels(n), &[], Value::Uint(bytes));
+        }
     }
 }
 
