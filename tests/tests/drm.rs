@@ -36,7 +36,11 @@ impl DrmProcfs {
         let process = self.dir.path().join(pid.to_string());
         std::fs::create_dir_all(process.join("fd")).expect("fd dir");
         std::fs::create_dir_all(process.join("fdinfo")).expect("fdinfo dir");
-        symlink("/dev/dri/renderD128", process.join("fd").join(fd.to_string())).expect("link");
+        symlink(
+            "/dev/dri/renderD128",
+            process.join("fd").join(fd.to_string()),
+        )
+        .expect("link");
         std::fs::copy(
             fixtures().join("fdinfo").join(fixture),
             process.join("fdinfo").join(fd.to_string()),
@@ -120,7 +124,9 @@ fn amd_and_intel_gpus_and_their_processes_are_listed_as_the_kernel_files_say() {
     let list = daemon.wait_for_list(Duration::from_secs(10), |list| {
         list["gpus"].as_array().is_some_and(|gpus| gpus.len() == 4)
             && !gpu_by_index(list, 2)["util_pct"].is_null()
-            && list["procs"].as_array().is_some_and(|procs| procs.len() == 4)
+            && list["procs"]
+                .as_array()
+                .is_some_and(|procs| procs.len() == 4)
     });
     let vendors: Vec<&Value> = list["vendors"].as_array().unwrap().iter().collect();
     assert_eq!(vendors.len(), 2, "{list:#}");
@@ -205,7 +211,11 @@ fn amd_and_intel_gpus_and_their_processes_are_listed_as_the_kernel_files_say() {
     }
     let listed = process(&list, render.pid());
     assert_eq!(
-        (&listed["gpu_index"], &listed["vendor"], &listed["used_mem_bytes"]),
+        (
+            &listed["gpu_index"],
+            &listed["vendor"],
+            &listed["used_mem_bytes"]
+        ),
         (&json!(2), &json!("intel"), &json!(2 * GIB))
     );
     assert_eq!(listed["sm_util_pct"], json!(0), "still counters: idle");
@@ -270,7 +280,10 @@ fn a_mixed_host_numbers_nvidia_first_and_an_nvml_failure_hides_no_other_vendor()
         .collect();
     assert_eq!(
         names,
-        vec![&json!("AMD Instinct MI210"), &json!("AMD Radeon RX 7900 XTX")]
+        vec![
+            &json!("AMD Instinct MI210"),
+            &json!("AMD Radeon RX 7900 XTX")
+        ]
     );
     assert_eq!(gpu_by_index(&amd, 1)["gpu_index"], json!(1));
     drop(daemon);
@@ -309,7 +322,9 @@ fn an_amd_process_found_through_fdinfo_is_killed_by_its_owner() {
     procfs.open(bystander.pid(), 3, "amdgpu-mi210-client42");
     let daemon = start(&procfs, &json!({"gpus": []}), false, None);
     daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["procs"].as_array().is_some_and(|procs| procs.len() == 2)
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 2)
     });
     let pid = target.pid().to_string();
     let output = match uid {
@@ -322,7 +337,10 @@ fn an_amd_process_found_through_fdinfo_is_killed_by_its_owner() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(target.exits_within(Duration::from_secs(5)), "target survived");
+    assert!(
+        target.exits_within(Duration::from_secs(5)),
+        "target survived"
+    );
     if let Some(uid) = uid {
         // Its owner may not touch the other user's process on the same GPU.
         let other = bystander.pid().to_string();
@@ -362,7 +380,10 @@ fn amd_gpus_reset_through_amd_smi_by_bus_id_and_intel_gpus_are_unsupported() {
         DaemonOptions {
             env: vec![
                 ("GPUKILL_SYSFS_ROOT".into(), sysfs()),
-                ("GPUKILL_PROCFS_ROOT".into(), procfs.root().display().to_string()),
+                (
+                    "GPUKILL_PROCFS_ROOT".into(),
+                    procfs.root().display().to_string(),
+                ),
                 ("GPUKILL_NVIDIA_ENABLED".into(), "false".into()),
                 ("GPUKILL_AMD_SMI".into(), amd_smi.display().to_string()),
             ],
@@ -370,7 +391,9 @@ fn amd_gpus_reset_through_amd_smi_by_bus_id_and_intel_gpus_are_unsupported() {
         },
     );
     daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["procs"].as_array().is_some_and(|procs| procs.len() == 1)
+        list["procs"]
+            .as_array()
+            .is_some_and(|procs| procs.len() == 1)
     });
 
     // The same safety flow as NVIDIA: a GPU in use is refused without --force (exit 1).
@@ -400,7 +423,10 @@ fn amd_gpus_reset_through_amd_smi_by_bus_id_and_intel_gpus_are_unsupported() {
         String::from_utf8_lossy(&intel.stderr)
     );
     assert_eq!(
-        std::fs::read_to_string(&calls).unwrap_or_default().lines().count(),
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .count(),
         1
     );
 }

@@ -327,7 +327,10 @@ mod tests {
             self.vendors.clone()
         }
         fn poll(&mut self) -> Vec<Reading> {
-            self.next.lock().map(|next| next.clone()).unwrap_or_default()
+            self.next
+                .lock()
+                .map(|next| next.clone())
+                .unwrap_or_default()
         }
     }
 
