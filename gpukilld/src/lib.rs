@@ -222,15 +222,9 @@ fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
     })
     .collect();
     if !drm_roots.is_empty() {
-        let pci_ids = config.pci_ids.clone().or_else(|| {
-            vendor::drm::names::DEFAULT_PCI_IDS
-                .iter()
-                .map(PathBuf::from)
-                .find(|path| path.exists())
-        });
         let name_files = vendor::drm::backend::NameFiles {
             amdgpu_ids: Some(config.amd.ids_file.clone()),
-            pci_ids,
+            pci_ids: config.pci_ids.clone(),
         };
         backends.push(Box::new(vendor::drm::backend::DrmBackend::new(
             drm_roots,

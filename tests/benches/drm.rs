@@ -110,6 +110,20 @@ struct Row {
     judged: bool,
 }
 
+/// The row of one (first) scan.
+fn cold(what: &str, scanner: &mut ClientScanner) -> Row {
+    let (ms, listed, stats) = timed_scan(scanner);
+    Row {
+        what: what.to_string(),
+        stats,
+        listed,
+        median: ms,
+        p95: ms,
+        max: ms,
+        judged: false,
+    }
+}
+
 fn steady(what: &str, scanner: &mut ClientScanner, scans: usize, tick: impl Fn(u64)) -> Row {
     let mut times = Vec::with_capacity(scans);
     let mut last = (0, ScanStats::default());
@@ -150,17 +164,9 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut scanner = ClientScanner::new(root);
-    let (cold, listed, stats) = timed_scan(&mut scanner);
-    assert_eq!(listed, HOLDERS as usize, "every holder listed once");
-    rows.push(Row {
-        what: "fixture: first (cold) scan".to_string(),
-        stats,
-        listed,
-        median: cold,
-        p95: cold,
-        max: cold,
-        judged: false,
-    });
+    let first = cold("fixture: first (cold) scan", &mut scanner);
+    assert_eq!(first.listed, HOLDERS as usize, "every holder listed once");
+    rows.push(first);
     rows.push(steady(
         "fixture: steady state",
         &mut scanner,
@@ -169,16 +175,7 @@ fn main() {
     ));
 
     let mut real = ClientScanner::new("/proc");
-    let (cold, listed, stats) = timed_scan(&mut real);
-    rows.push(Row {
-        what: "real /proc: first (cold) scan".to_string(),
-        stats,
-        listed,
-        median: cold,
-        p95: cold,
-        max: cold,
-        judged: false,
-    });
+    rows.push(cold("real /proc: first (cold) scan", &mut real));
     rows.push(steady(
         "real /proc: steady state",
         &mut real,

@@ -57,8 +57,8 @@ fn sysfs() -> String {
     fixtures().join("sysfs/mixed").display().to_string()
 }
 
-/// A daemon reading the fixture sysfs and `procfs`; NVIDIA off unless `nvidia`.
-fn start(procfs: &DrmProcfs, scenario: &Value, nvidia: bool, library: Option<PathBuf>) -> Daemon {
+/// Options of a daemon reading the fixture sysfs and `procfs`; NVIDIA off unless `nvidia`.
+fn options(procfs: &DrmProcfs, nvidia: bool) -> DaemonOptions {
     let mut env = vec![
         ("GPUKILL_SYSFS_ROOT".to_string(), sysfs()),
         (
@@ -69,14 +69,15 @@ fn start(procfs: &DrmProcfs, scenario: &Value, nvidia: bool, library: Option<Pat
     if !nvidia {
         env.push(("GPUKILL_NVIDIA_ENABLED".to_string(), "false".to_string()));
     }
-    Daemon::start_with(
-        scenario,
-        DaemonOptions {
-            env,
-            nvml_library: library,
-            ..DaemonOptions::default()
-        },
-    )
+    DaemonOptions {
+        env,
+        ..DaemonOptions::default()
+    }
+}
+
+/// A daemon on the fixtures without NVIDIA.
+fn start(procfs: &DrmProcfs) -> Daemon {
+    Daemon::start_with(&json!({"gpus": []}), options(procfs, false))
 }
 
 fn gpu_by_index(list: &Value, index: u64) -> &Value {
@@ -118,7 +119,7 @@ fn amd_and_intel_gpus_and_their_processes_are_listed_as_the_kernel_files_say() {
     procfs.open(worker.pid(), 6, "amdgpu-mi210-client43");
     procfs.open(render.pid(), 3, "i915-a770-client7");
     procfs.open(xe.pid(), 3, "xe-b580-client9");
-    let daemon = start(&procfs, &json!({"gpus": []}), false, None);
+    let daemon = start(&procfs);
 
     // Intel utilization needs two readings of the engine counters.
     let list = daemon.wait_for_list(Duration::from_secs(10), |list| {
@@ -246,11 +247,9 @@ fn amd_and_intel_gpus_and_their_processes_are_listed_as_the_kernel_files_say() {
 #[test]
 fn a_mixed_host_numbers_nvidia_first_and_an_nvml_failure_hides_no_other_vendor() {
     let procfs = DrmProcfs::new();
-    let daemon = start(
-        &procfs,
+    let daemon = Daemon::start_with(
         &json!({"gpus": [full_gpu(0, json!([]))]}),
-        true,
-        None,
+        options(&procfs, true),
     );
     let list = daemon.wait_for_list(Duration::from_secs(10), |list| {
         list["gpus"].as_array().is_some_and(|gpus| gpus.len() == 5)
@@ -290,11 +289,12 @@ fn a_mixed_host_numbers_nvidia_first_and_an_nvml_failure_hides_no_other_vendor()
 
     // NVML cannot be loaded: NVIDIA's error is in the vendor status, the others are listed,
     // and list exits 2 (a vendor library failed) after printing everything.
-    let daemon = start(
-        &procfs,
+    let daemon = Daemon::start_with(
         &json!({"gpus": []}),
-        true,
-        Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
+        DaemonOptions {
+            nvml_library: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
+            ..options(&procfs, true)
+        },
     );
     let output = daemon.ctl(&["list", "--output", "json"]);
     assert_eq!(output.status.code(), Some(2));
@@ -320,7 +320,7 @@ fn an_amd_process_found_through_fdinfo_is_killed_by_its_owner() {
     let procfs = DrmProcfs::new();
     procfs.open(target.pid(), 3, "amdgpu-mi210-client43");
     procfs.open(bystander.pid(), 3, "amdgpu-mi210-client42");
-    let daemon = start(&procfs, &json!({"gpus": []}), false, None);
+    let daemon = start(&procfs);
     daemon.wait_for_list(Duration::from_secs(10), |list| {
         list["procs"]
             .as_array()
@@ -375,21 +375,11 @@ fn amd_gpus_reset_through_amd_smi_by_bus_id_and_intel_gpus_are_unsupported() {
     let user = Target::sleep(None);
     let procfs = DrmProcfs::new();
     procfs.open(user.pid(), 3, "amdgpu-mi210-client42");
-    let daemon = Daemon::start_with(
-        &json!({"gpus": []}),
-        DaemonOptions {
-            env: vec![
-                ("GPUKILL_SYSFS_ROOT".into(), sysfs()),
-                (
-                    "GPUKILL_PROCFS_ROOT".into(),
-                    procfs.root().display().to_string(),
-                ),
-                ("GPUKILL_NVIDIA_ENABLED".into(), "false".into()),
-                ("GPUKILL_AMD_SMI".into(), amd_smi.display().to_string()),
-            ],
-            ..DaemonOptions::default()
-        },
-    );
+    let mut options = options(&procfs, false);
+    options
+        .env
+        .push(("GPUKILL_AMD_SMI".into(), amd_smi.display().to_string()));
+    let daemon = Daemon::start_with(&json!({"gpus": []}), options);
     daemon.wait_for_list(Duration::from_secs(10), |list| {
         list["procs"]
             .as_array()

@@ -197,38 +197,33 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
     }
     starts.push(labels.len());
     let gpu_labels = |n: usize| &labels[starts[n]..starts[n + 1]];
+    let nvidia = |vendor: Vendor| vendor == Vendor::Nvidia;
+    let other = |vendor: Vendor| vendor != Vendor::Nvidia;
+    let any = |_: Vendor| true;
     for metric in DCGM_METRICS {
-        let mut family = out.family(metric.name, metric.kind, metric.help);
-        for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
-            if vendor == Vendor::Nvidia
-                && let Some(value) = (metric.value)(gpu)
-            {
-                family.sample(gpu_labels(n), &[], value);
-            }
-        }
+        let family = out.family(metric.name, metric.kind, metric.help);
+        gpu_samples(family, snapshot, gpu_labels, nvidia, metric.value);
     }
     for metric in DCGM_METRICS {
-        let mut family = out.family(metric.own_name, metric.kind, metric.own_help);
-        for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
-            if vendor != Vendor::Nvidia
-                && let Some(value) = (metric.value)(gpu)
-            {
-                family.sample(gpu_labels(n), &[], value);
-            }
-        }
+        let family = out.family(metric.own_name, metric.kind, metric.own_help);
+        gpu_samples(family, snapshot, gpu_labels, other, metric.value);
     }
     let gtt_used = out.family(
         "gpukill_gpu_gtt_used_bytes",
         "gauge",
         "AMD: system memory mapped for the GPU (GTT) in use, bytes.",
     );
-    gpu_samples(gtt_used, snapshot, gpu_labels, |gpu| gpu.gtt_used_bytes);
+    gpu_samples(gtt_used, snapshot, gpu_labels, any, |gpu| {
+        gpu.gtt_used_bytes.map(Value::Uint)
+    });
     let gtt_total = out.family(
         "gpukill_gpu_gtt_total_bytes",
         "gauge",
         "AMD: size of the GTT, bytes.",
     );
-    gpu_samples(gtt_total, snapshot, gpu_labels, |gpu| gpu.gtt_total_bytes);
+    gpu_samples(gtt_total, snapshot, gpu_labels, any, |gpu| {
+        gpu.gtt_total_bytes.map(Value::Uint)
+    });
     let mut up = out.family(
         "gpukill_gpu_up",
         "gauge",
@@ -243,16 +238,20 @@ fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
     }
 }
 
-/// One sample per GPU that reports `value`, with the GPU's labels.
+/// One sample per GPU of a vendor `of` accepts that reports `value`, with the GPU's labels
+/// (`labels(n)` for the n-th GPU of the snapshot).
 fn gpu_samples<'a>(
     mut family: Family<'_>,
     snapshot: &Snapshot,
     labels: impl Fn(usize) -> &'a str,
-    value: fn(&Gpu) -> Option<u64>,
+    of: impl Fn(Vendor) -> bool,
+    value: fn(&Gpu) -> Option<Value>,
 ) {
-    for (n, (_, gpu)) in snapshot.gpus().enumerate() {
-        if let Some(bytes) = value(gpu) {
-            family.sample(labels(n), &[], Value::Uint(bytes));
+    for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
+        if of(vendor)
+            && let Some(value) = value(gpu)
+        {
+            family.sample(labels(n), &[], value);
         }
     }
 }

@@ -27,7 +27,7 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
     };
     if let Err(error) = std::fs::metadata(&card.device_dir) {
         return Gpu {
-            name: Some(Arc::from(table_name(card, names))),
+            name: Some(Arc::from(names.card_name(card, 0x1002, "AMD"))),
             error: Some(format!("{}: {error}", card.device_dir.display())),
             ..identity
         };
@@ -38,7 +38,7 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
     let name = fields
         .string(dir, "product_name")
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| table_name(card, names));
+        .unwrap_or_else(|| names.card_name(card, 0x1002, "AMD"));
     // rocminfo prints the same 64-bit id as `GPU-<hex>`.
     let uuid = fields
         .string(dir, "unique_id")
@@ -85,17 +85,6 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
     }
 }
 
-/// The name from the id tables, or `AMD GPU [1002:744c]`.
-fn table_name(card: &Card, names: &Names) -> String {
-    let (vendor, device) = (card.vendor_id.unwrap_or(0x1002), card.device_id);
-    device
-        .and_then(|device| names.name(vendor, device, card.revision))
-        .unwrap_or_else(|| match device {
-            Some(device) => format!("AMD GPU [{vendor:04x}:{device:04x}]"),
-            None => "AMD GPU".to_owned(),
-        })
-}
-
 /// What the hwmon directory says.
 #[derive(Debug, Default)]
 struct Hwmon {
@@ -109,12 +98,7 @@ fn read_hwmon(hwmon: &Path, fields: &mut FieldReader) -> Hwmon {
     let temperature_c = temperature_file(hwmon, fields)
         .and_then(|file| fields.i64(hwmon, &file))
         .and_then(sysfs::millidegrees_to_c);
-    // power1_average on most ASICs; newer kernels give some power1_input instead.
-    let power_uw = match fields.u64(hwmon, "power1_average") {
-        Some(uw) => Some(uw),
-        None => fields.u64(hwmon, "power1_input"),
-    };
-    let power_mw = power_uw.and_then(|uw| u32::try_from(sysfs::micro_to_milli(uw)).ok());
+    let power_mw = sysfs::hwmon_power_mw(hwmon, fields);
     let energy_total_mj = fields
         .u64(hwmon, "energy1_input")
         .map(sysfs::micro_to_milli);

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use super::clients::{ClientScanner, DrmProcess};
 use super::intel::IntelState;
-use super::names::Names;
+use super::names::{self, Names};
 use super::sysfs::{self, Card};
-use super::{amd, intel};
+use super::{Driver, amd, intel};
 use crate::snapshot::{Gpu, ProcessKind, Vendor, VendorProcess};
 use crate::vendor::{Backend, GpuReading, Reading};
 
@@ -28,7 +28,7 @@ pub struct VendorRoot {
 pub struct NameFiles {
     /// libdrm's amdgpu.ids.
     pub amdgpu_ids: Option<PathBuf>,
-    /// The PCI ID database.
+    /// The PCI ID database; `None` for the first of [`names::DEFAULT_PCI_IDS`] that exists.
     pub pci_ids: Option<PathBuf>,
 }
 
@@ -42,6 +42,9 @@ pub struct DrmBackend {
     procfs_root: PathBuf,
     /// Per Intel card (by PCI address, or card name), the energy reading of the last poll.
     intel: HashMap<String, IntelState>,
+    /// Per driver, its version, read on its first poll (it changes only with a reboot or
+    /// a module reload, which also restarts the cards).
+    driver_versions: HashMap<Driver, Option<String>>,
 }
 
 impl DrmBackend {
@@ -60,6 +63,7 @@ impl DrmBackend {
             clients: ClientScanner::new(procfs_root.clone()),
             procfs_root,
             intel: HashMap::new(),
+            driver_versions: HashMap::new(),
         }
     }
 
@@ -98,7 +102,11 @@ impl Backend for DrmBackend {
         let cards = self.discover();
         let files = &self.name_files;
         let names = self.names.get_or_insert_with(|| {
-            Names::load(files.amdgpu_ids.as_deref(), files.pci_ids.as_deref())
+            let pci_ids = match files.pci_ids.as_deref() {
+                Some(path) => Some(path),
+                None => names::default_pci_ids(),
+            };
+            Names::load(files.amdgpu_ids.as_deref(), pci_ids)
         });
         let any_card = cards
             .iter()
@@ -147,10 +155,8 @@ impl Backend for DrmBackend {
                             Vec::new()
                         }
                     };
-                    if root.vendor == Vendor::Intel
-                        && let Ok(clients) = &clients
-                    {
-                        fill_from_clients(&mut gpu, clients, card);
+                    if root.vendor == Vendor::Intel && clients.is_ok() {
+                        fill_from_clients(&mut gpu, &processes);
                     }
                     GpuReading {
                         gpu,
@@ -158,8 +164,14 @@ impl Backend for DrmBackend {
                     }
                 })
                 .collect();
+            let driver = cards[0].driver;
+            let driver_version = self
+                .driver_versions
+                .entry(driver)
+                .or_insert_with(|| driver_version(&root.sysfs_root, driver))
+                .clone();
             readings.push(Reading::Ok {
-                driver_version: driver_version(&root.sysfs_root, &cards),
+                driver_version,
                 gpus,
             });
         }
@@ -190,11 +202,11 @@ fn vendor_process(client: &DrmProcess) -> VendorProcess {
     }
 }
 
-/// What sysfs does not say of an Intel GPU and its clients do: the device memory they use
-/// (on a card with device memory) and the GPU's utilization, its busiest engine class summed
-/// over every client. Utilization stays absent on the first poll, before counters moved.
-fn fill_from_clients(gpu: &mut Gpu, clients: &[DrmProcess], card: &Card) {
-    let on_card = on_card(clients, card);
+/// What sysfs does not say of an Intel GPU and its clients (`on_card`) do: the device
+/// memory they use (on a card with device memory) and the GPU's utilization, its busiest
+/// engine class summed over every client. Utilization stays absent on the first poll, before
+/// counters moved.
+fn fill_from_clients(gpu: &mut Gpu, on_card: &[&DrmProcess]) {
     if gpu.memory_total_bytes.is_some() {
         gpu.memory_used_bytes = Some(on_card.iter().filter_map(|c| c.local_bytes).sum());
     }
@@ -205,7 +217,7 @@ fn fill_from_clients(gpu: &mut Gpu, clients: &[DrmProcess], card: &Card) {
         return;
     }
     let mut engines: HashMap<&str, f64> = HashMap::new();
-    for client in &on_card {
+    for client in on_card {
         for engine in &client.engines {
             *engines.entry(&engine.engine).or_default() += engine.busy;
         }
@@ -224,9 +236,11 @@ fn add_error(gpu: &mut Gpu, message: &str) {
 /// The driver's version: the module's own (`<sysfs>/module/amdgpu/version`, set by an
 /// out-of-tree DKMS build such as ROCm's), else the kernel release the in-tree driver is
 /// part of.
-fn driver_version(sysfs_root: &Path, cards: &[Card]) -> Option<String> {
-    let driver = cards.first()?.driver.name();
-    let module = sysfs_root.join("module").join(driver).join("version");
+fn driver_version(sysfs_root: &Path, driver: Driver) -> Option<String> {
+    let module = sysfs_root
+        .join("module")
+        .join(driver.name())
+        .join("version");
     if let Ok(Some(version)) = sysfs::read_string(&module) {
         return Some(version);
     }

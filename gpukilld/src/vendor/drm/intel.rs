@@ -48,7 +48,7 @@ pub fn read_gpu(
     let identity = Gpu {
         index,
         vendor_index: index,
-        name: Some(Arc::from(product_name(card, names))),
+        name: Some(Arc::from(names.card_name(card, 0x8086, "Intel"))),
         pci_bus_id: card.pci_bus_id.as_deref().map(Arc::from),
         reset_supported: Some(false),
         ..Gpu::default()
@@ -86,17 +86,6 @@ pub fn read_gpu(
     }
     gpu.error = fields.into_error();
     gpu
-}
-
-/// The name from the id tables, or `Intel GPU [8086:56a0]`.
-fn product_name(card: &Card, names: &Names) -> String {
-    let (vendor, device) = (card.vendor_id.unwrap_or(0x8086), card.device_id);
-    device
-        .and_then(|device| names.name(vendor, device, card.revision))
-        .unwrap_or_else(|| match device {
-            Some(device) => format!("Intel GPU [{vendor:04x}:{device:04x}]"),
-            None => "Intel GPU".to_owned(),
-        })
 }
 
 /// The sum of `tileN/physical_vram_size_bytes` over the tiles that have one.
@@ -137,13 +126,7 @@ fn read_hwmon(
         (Some(previous), Some(uj)) => average_power_mw(previous, (uj, now)),
         _ => None,
     };
-    gpu.power_mw = from_energy.or_else(|| {
-        let uw = match fields.u64(hwmon, "power1_average") {
-            Some(uw) => Some(uw),
-            None => fields.u64(hwmon, "power1_input"),
-        };
-        uw.and_then(|uw| u32::try_from(sysfs::micro_to_milli(uw)).ok())
-    });
+    gpu.power_mw = from_energy.or_else(|| sysfs::hwmon_power_mw(hwmon, fields));
     gpu.temperature_c = temperature_file(hwmon, fields)
         .and_then(|file| fields.i64(hwmon, &file))
         .and_then(sysfs::millidegrees_to_c);

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::sysfs::Card;
+
 /// Where libdrm installs `amdgpu.ids`.
 pub const DEFAULT_AMDGPU_IDS: &str = "/usr/share/libdrm/amdgpu.ids";
 
@@ -40,15 +42,6 @@ impl Names {
         }
     }
 
-    /// Loads [`DEFAULT_AMDGPU_IDS`] and the first of [`DEFAULT_PCI_IDS`] that exists.
-    pub fn load_default() -> Names {
-        let pci_ids = DEFAULT_PCI_IDS
-            .iter()
-            .map(Path::new)
-            .find(|path| path.exists());
-        Names::load(Some(Path::new(DEFAULT_AMDGPU_IDS)), pci_ids)
-    }
-
     /// The product name of a device: `amdgpu.ids` by (device, revision) first (AMD only),
     /// then the `pci.ids` device name.
     pub fn name(&self, vendor_id: u16, device_id: u16, revision: Option<u8>) -> Option<String> {
@@ -58,6 +51,26 @@ impl Names {
             .or_else(|| self.pci.get(&(vendor_id, device_id)))
             .cloned()
     }
+
+    /// The name of `card` from the tables, else `<brand> GPU [vvvv:dddd]` (`vendor_id` when
+    /// the card's own is unknown).
+    pub fn card_name(&self, card: &Card, vendor_id: u16, brand: &str) -> String {
+        let (vendor, device) = (card.vendor_id.unwrap_or(vendor_id), card.device_id);
+        device
+            .and_then(|device| self.name(vendor, device, card.revision))
+            .unwrap_or_else(|| match device {
+                Some(device) => format!("{brand} GPU [{vendor:04x}:{device:04x}]"),
+                None => format!("{brand} GPU"),
+            })
+    }
+}
+
+/// The first of [`DEFAULT_PCI_IDS`] that exists.
+pub fn default_pci_ids() -> Option<&'static Path> {
+    DEFAULT_PCI_IDS
+        .iter()
+        .map(Path::new)
+        .find(|path| path.exists())
 }
 
 fn read(path: &Path) -> Option<String> {

@@ -317,6 +317,16 @@ pub fn micro_to_milli(micro: u64) -> u64 {
     micro.saturating_add(500) / 1000
 }
 
+/// The hwmon power reading in milliwatts: `power1_average` (most amdgpu ASICs), else
+/// `power1_input` (newer kernels give some that instead), both microwatts.
+pub fn hwmon_power_mw(hwmon: &Path, fields: &mut FieldReader) -> Option<u32> {
+    let microwatts = match fields.u64(hwmon, "power1_average") {
+        Some(uw) => Some(uw),
+        None => fields.u64(hwmon, "power1_input"),
+    };
+    microwatts.and_then(|uw| u32::try_from(micro_to_milli(uw)).ok())
+}
+
 /// Where the test trees live.
 #[cfg(test)]
 pub(crate) fn fixture(path: &str) -> PathBuf {
