@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use gpukill_proto::exit_code;
 use gpukill_proto::{SOCKET_ENV, SYSTEMD_UNIT};
 
+use crate::render::escape;
+
 /// Everything that can make a gpukillctl command fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -399,6 +401,10 @@ pub fn clap_exit_code(err: &clap::Error) -> i32 {
 
 /// Renders an error and its sources as the lines gpukillctl prints on standard error:
 /// `gpukillctl: error: <error>` then `  caused by: <source>` for each source.
+///
+/// Messages quote gpukilld's status text, which may echo names other users chose (a process
+/// name, a reservation note): their control characters are shown as escapes
+/// ([`escape::lines`]).
 pub fn format_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = format!("gpukillctl: error: {err}\n");
     let mut source = err.source();
@@ -406,7 +412,7 @@ pub fn format_chain(err: &(dyn std::error::Error + 'static)) -> String {
         text.push_str(&format!("  caused by: {cause}\n"));
         source = cause.source();
     }
-    text
+    escape::lines(&text).into_owned()
 }
 
 #[cfg(test)]
@@ -677,6 +683,23 @@ mod tests {
             refused.to_string(),
             "gpukilld ended the run request before granting GPUs: cancelled by root"
         );
+    }
+
+    #[test]
+    fn the_daemons_words_cannot_drive_the_terminal() {
+        let err = Error::rpc(
+            "Kill",
+            tonic::Status::permission_denied(
+                "pid 7 (\x1b]0;pwned\x07\x1b[2K\r\u{9b}) belongs to bob\u{202e}",
+            ),
+        );
+        assert_eq!(
+            format_chain(&err),
+            "gpukillctl: error: Kill failed (PermissionDenied): pid 7 \
+             (\\e]0;pwned\\x07\\e[2K\\r\\u{9b}) belongs to bob\\u{202e}\n"
+        );
+        // The exit code is the status's, as for any refusal.
+        assert_eq!(err.exit_code(), 4);
     }
 
     #[test]

@@ -50,18 +50,40 @@ impl Output<std::io::Stdout> {
     }
 }
 
+/// Moves the cursor home and clears the screen, so each `list --watch` frame replaces the
+/// last: the one control sequence gpukillctl prints on purpose.
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
 impl<W: Write, E: Write> Output<W, E> {
-    /// Writes `text` and flushes, so each watch frame appears whole.
+    /// Writes `text` and flushes, so each watch frame appears whole. Control characters
+    /// other than the line feed are shown as escapes ([`render::escape::lines`]): much of
+    /// what is printed was written by other users, and none of it may drive the terminal.
+    /// JSON passes unchanged (its encoder escapes every control character itself), CSV too
+    /// unless a field holds one.
     pub fn write(&mut self, text: &str) -> Result<(), Error> {
+        self.write_exact(&render::escape::lines(text))
+    }
+
+    /// Writes `text` as it is and flushes: only for output that must stay byte for byte what
+    /// gpukilld sent and that does not go to a terminal (`guard export` into a file).
+    pub fn write_exact(&mut self, text: &str) -> Result<(), Error> {
         self.writer
             .write_all(text.as_bytes())
             .and_then(|()| self.writer.flush())
             .map_err(Error::Output)
     }
 
-    /// Writes `line` and a newline to [`notes`](Self::notes).
+    /// Clears the terminal and writes `text` (escaped as by [`write`](Self::write)), in one
+    /// write, so a watch frame replaces the last without flicker.
+    pub fn redraw(&mut self, text: &str) -> Result<(), Error> {
+        let frame = format!("{CLEAR_SCREEN}{}", render::escape::lines(text));
+        self.write_exact(&frame)
+    }
+
+    /// Writes `line` and a newline to [`notes`](Self::notes), escaped as by
+    /// [`write`](Self::write) (notes quote gpukilld's words, e.g. why a reservation ended).
     pub fn note(&mut self, line: &str) -> Result<(), Error> {
-        writeln!(self.notes, "{line}")
+        writeln!(self.notes, "{}", render::escape::lines(line))
             .and_then(|()| self.notes.flush())
             .map_err(Error::Output)
     }
@@ -101,5 +123,58 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
     match result {
         Err(Error::Output(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> Output<Vec<u8>, Vec<u8>> {
+        Output {
+            writer: Vec::new(),
+            notes: Vec::new(),
+            is_tty: false,
+            tz: TimeZone::Utc,
+        }
+    }
+
+    const HOSTILE: &str = "a\x1b]0;pwned\x07\x1b[2K\r\u{9b}\u{202e}\tb\n";
+    const SHOWN: &str = "a\\e]0;pwned\\x07\\e[2K\\r\\u{9b}\\u{202e}\\tb\n";
+
+    #[test]
+    fn writes_and_notes_escape_control_characters_but_keep_lines() {
+        let mut out = output();
+        out.write(HOSTILE).expect("write");
+        out.note(HOSTILE.trim_end()).expect("note");
+        assert_eq!(String::from_utf8(out.writer).expect("UTF-8"), SHOWN);
+        assert_eq!(String::from_utf8(out.notes).expect("UTF-8"), SHOWN);
+    }
+
+    #[test]
+    fn exact_writes_and_redraws() {
+        let mut out = output();
+        out.write_exact(HOSTILE).expect("write");
+        assert_eq!(String::from_utf8(out.writer).expect("UTF-8"), HOSTILE);
+        let mut out = output();
+        out.redraw(HOSTILE).expect("redraw");
+        assert_eq!(
+            String::from_utf8(out.writer).expect("UTF-8"),
+            format!("\x1b[H\x1b[2J{SHOWN}")
+        );
+    }
+
+    #[test]
+    fn csv_keeps_line_breaks_in_quoted_fields_and_escapes_the_rest() {
+        let text = render::csv::csv(
+            &["NAME", "NOTE"],
+            [vec!["x\x1b[2Jy".to_owned(), "two\nlines\r".to_owned()]].into_iter(),
+        );
+        let mut out = output();
+        out.write(&text).expect("write");
+        assert_eq!(
+            String::from_utf8(out.writer).expect("UTF-8"),
+            "NAME,NOTE\nx\\e[2Jy,\"two\nlines\\r\"\n"
+        );
     }
 }

@@ -110,7 +110,7 @@ fn page(
     });
     let mut text = String::new();
     for record in records {
-        text.push_str(&serde_json::to_string(&record).map_err(Error::Json)?);
+        text.push_str(&crate::render::json::compact(&record)?);
         text.push('\n');
     }
     Ok(text)

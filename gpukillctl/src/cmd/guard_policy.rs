@@ -44,7 +44,13 @@ pub async fn show<W: Write, E: Write>(
         .map_err(|status| Error::rpc("GuardPolicy", status))?
         .into_inner();
     if raw {
-        return out.write(&response.text);
+        // Exported into a file, the policy must be byte for byte what `guard import` takes
+        // back (a tab, a CRLF line end); on a terminal it is escaped like everything else.
+        return if out.is_tty {
+            out.write(&response.text)
+        } else {
+            out.write_exact(&response.text)
+        };
     }
     if response.text.is_empty() {
         return out.write(&format!(

@@ -11,9 +11,6 @@ use crate::error::Error;
 use crate::render::json;
 use crate::render::table::{self, TableOptions};
 
-/// Moves the cursor home and clears the screen, so each watch frame replaces the last.
-const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
-
 /// Runs `gpukillctl list` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
     target: &conn::Target,
@@ -107,7 +104,7 @@ async fn watch<W: Write, E: Write>(
             next = stream.message() => next,
         };
         match next {
-            Ok(Some(snapshot)) => out.write(&frame(&snapshot, args, out)?)?,
+            Ok(Some(snapshot)) => write_frame(&snapshot, args, out)?,
             Ok(None) => return Err(Error::WatchEnded),
             Err(status) => return Err(stream_failed(status, target).await),
         }
@@ -127,20 +124,24 @@ async fn stream_failed(status: tonic::Status, target: &conn::Target) -> Error {
     Error::rpc("Watch", status)
 }
 
-/// One watch frame: an NDJSON line, or the tables (redrawn in place on a terminal, followed
-/// by a blank line otherwise).
-fn frame<W, E>(snapshot: &Snapshot, args: &ListArgs, out: &Output<W, E>) -> Result<String, Error> {
-    Ok(match args.output {
-        OutputFormat::Json => json::line(snapshot)?,
+/// Writes one watch frame: an NDJSON line, or the tables (redrawn in place on a terminal,
+/// followed by a blank line otherwise).
+fn write_frame<W: Write, E: Write>(
+    snapshot: &Snapshot,
+    args: &ListArgs,
+    out: &mut Output<W, E>,
+) -> Result<(), Error> {
+    match args.output {
+        OutputFormat::Json => out.write(&json::line(snapshot)?),
         OutputFormat::Table => {
             let tables = table::render(snapshot, &table_options(args, out));
             if out.is_tty {
-                format!("{CLEAR_SCREEN}{tables}")
+                out.redraw(&tables)
             } else {
-                format!("{tables}\n")
+                out.write(&format!("{tables}\n"))
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -286,13 +287,16 @@ mod tests {
             filter: None,
             containers: false,
         };
-        let out = Output {
+        let mut out = Output {
             is_tty: true,
             ..output()
         };
-        let text = frame(&testutil::snapshot(), &args, &out).expect("frame");
+        write_frame(&testutil::snapshot(), &args, &mut out).expect("frame");
+        let text = String::from_utf8(out.writer).expect("UTF-8");
         assert!(text.starts_with("\x1b[H\x1b[2Jgpu-node-1  "), "{text:?}");
         assert!(!text.ends_with("\n\n"));
+        // The clear-screen sequence is the only escape in the frame.
+        assert_eq!(text.matches('\x1b').count(), 2, "{text:?}");
     }
 
     #[tokio::test]

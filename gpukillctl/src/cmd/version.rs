@@ -81,9 +81,7 @@ fn render(format: OutputFormat, daemon: Option<&VersionResponse>) -> Result<Stri
                 node_name: daemon.and_then(|d| non_empty(&d.node_name)),
                 cluster_role: daemon.and_then(|d| non_empty(&d.cluster_role)),
             };
-            let mut text = serde_json::to_string_pretty(&json).map_err(Error::Json)?;
-            text.push('\n');
-            Ok(text)
+            crate::render::json::document(&json)
         }
         OutputFormat::Table => {
             let mut text = format!(

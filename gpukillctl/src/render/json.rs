@@ -1,4 +1,5 @@
-//! The JSON of `gpukillctl list --output json`.
+//! The JSON of `gpukillctl list --output json`, and the encoder of every JSON gpukillctl
+//! prints ([`document`], [`compact`]).
 //!
 //! Field names are those of the original gpukill JSON and must never be renamed (fields may be
 //! added). Every struct field is serialized under its Rust name, in declaration order; no
@@ -9,9 +10,13 @@
 //! RFC 3339 UTC with whole seconds (`2024-05-01T09:46:47Z`), with the exact value in
 //! `start_time_unix_ms`. A time the daemon left unset (zero) is `null`.
 
+use std::io;
+
 use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, VendorStatus};
 use serde::Serialize;
+use serde_json::ser::Formatter;
 
+use super::escape::is_unsafe;
 use super::time::{rfc3339_millis, rfc3339_seconds};
 use super::{mib, pid_count, process_kind_name, top_process, vendor_name, vendor_state_name};
 use crate::error::Error;
@@ -252,9 +257,97 @@ pub fn pretty(snapshot: &Snapshot) -> Result<String, Error> {
 
 /// `value` as one indented JSON document, ending in a newline: how every command prints JSON.
 pub fn document<T: Serialize>(value: &T) -> Result<String, Error> {
-    let mut text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
+    let mut text = encode(value, TerminalSafe(serde_json::ser::PrettyFormatter::new()))?;
     text.push('\n');
     Ok(text)
+}
+
+/// `value` as one line of JSON, without a newline (a JSON-lines record).
+pub fn compact<T: Serialize>(value: &T) -> Result<String, Error> {
+    encode(value, TerminalSafe(serde_json::ser::CompactFormatter))
+}
+
+/// `value` encoded with `formatter`.
+fn encode<T: Serialize, F: Formatter>(value: &T, formatter: F) -> Result<String, Error> {
+    let mut bytes = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, formatter);
+    value.serialize(&mut serializer).map_err(Error::Json)?;
+    // serde_json writes UTF-8 only, and TerminalSafe adds ASCII.
+    String::from_utf8(bytes)
+        .map_err(|err| Error::Json(serde::ser::Error::custom(format!("not UTF-8: {err}"))))
+}
+
+/// A JSON formatter that also writes DEL, the C1 controls and the bidirectional overrides
+/// as `\uXXXX` escapes (serde_json escapes only U+0000 to U+001F): the values stay exact for
+/// any JSON reader, and JSON printed on a terminal cannot drive it
+/// ([`escape`](super::escape)).
+struct TerminalSafe<F>(F);
+
+impl<F: Formatter> Formatter for TerminalSafe<F> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if is_unsafe(c) {
+                writer.write_all(&fragment.as_bytes()[start..at])?;
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+
+    // The layout is the wrapped formatter's.
+    fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_array(writer)
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_array(writer)
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_array_value(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_array_value(writer)
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_object(writer)
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object(writer)
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_object_key(writer, first)
+    }
+
+    fn end_object_key<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object_key(writer)
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.begin_object_value(writer)
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.0.end_object_value(writer)
+    }
 }
 
 /// `text`, or `None` when it is empty (the proto's "unset" for a string), so JSON shows `null`.
@@ -264,7 +357,7 @@ pub fn non_empty(text: &str) -> Option<String> {
 
 /// `snapshot` as one compact line of JSON ending in a newline (an NDJSON record).
 pub fn line(snapshot: &Snapshot) -> Result<String, Error> {
-    let mut text = serde_json::to_string(&SnapshotJson::new(snapshot)).map_err(Error::Json)?;
+    let mut text = compact(&SnapshotJson::new(snapshot))?;
     text.push('\n');
     Ok(text)
 }
@@ -272,6 +365,7 @@ pub fn line(snapshot: &Snapshot) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::escape;
     use crate::testutil;
     use serde_json::{Value, json};
 
@@ -419,6 +513,38 @@ mod tests {
         let actual: Value =
             serde_json::from_str(&pretty(&snapshot).expect("encode")).expect("valid JSON");
         assert_eq!(actual, expected());
+    }
+
+    #[test]
+    fn control_characters_stay_exact_and_never_reach_the_terminal_raw() {
+        let hostile = "\x1b]0;pwned\x07\x1b[2K\r\n\t \u{7f} \u{85} \u{9b}2J \u{202e}txt \\e";
+        let mut snapshot = testutil::snapshot();
+        snapshot.processes[0].name = hostile.to_owned();
+        snapshot.host = format!("h{hostile}");
+        for text in [pretty(&snapshot), line(&snapshot)] {
+            let text = text.expect("encode");
+            assert!(
+                !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
+                "{text:?}"
+            );
+            assert!(text.contains("\\u001b]0;pwned\\u0007"), "{text}");
+            assert!(
+                text.contains("\\u007f \\u0085 \\u009b2J \\u202etxt"),
+                "{text}"
+            );
+            let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(actual["procs"][0]["proc_name"], hostile);
+            assert_eq!(actual["host"], format!("h{hostile}"));
+            // Everything else is as before.
+            let mut expected = expected();
+            expected["procs"][0]["proc_name"] = json!(hostile);
+            expected["gpus"][0]["top_proc"]["proc_name"] = json!(hostile);
+            expected["host"] = json!(format!("h{hostile}"));
+            assert_eq!(actual, expected);
+        }
+        // Keys go through the same encoder.
+        let keyed = compact(&std::collections::BTreeMap::from([("k\u{9b}", 1)])).expect("encode");
+        assert_eq!(keyed, "{\"k\\u009b\":1}");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! and CSV ([`csv`]).
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
-//! agree on names, units, the process count and the top process of a GPU.
+//! agree on names, units, the process count and the top process of a GPU. Human output never
+//! carries a control character to the terminal: [`escape`] says how they are shown.
 
 pub mod audit;
 pub mod cluster;
 pub mod collection;
 pub mod csv;
+pub mod escape;
 pub mod events;
 pub mod gpukill_record;
 pub mod guard;

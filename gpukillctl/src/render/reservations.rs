@@ -137,6 +137,13 @@ pub fn render_status(response: &ReservationsResponse, tz: TimeZone) -> String {
                 .enumerate()
                 .map(|(place, request)| queue_row(place + 1, request, now)),
         ));
+        let listed = u32::try_from(response.queue.len()).unwrap_or(u32::MAX);
+        if response.queue_total > listed {
+            text.push_str(&format!(
+                "… and {} more waiting\n",
+                response.queue_total - listed
+            ));
+        }
     }
     text
 }
@@ -533,6 +540,7 @@ pub fn status_json(response: &ReservationsResponse) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::escape;
     use crate::testutil::{self, NOW_MS, assert_snapshot};
     use serde_json::{Value, json};
 
@@ -643,6 +651,57 @@ mod tests {
                 "IN USE by frank for 12s (run, pid 77, expires in 59m47s)",
             ]
         );
+    }
+
+    /// The status of [`testutil::reservations_response`] with `note` on carol's
+    /// reservation, a misusing process named `name` and `command` queued.
+    fn hostile_status(note: &str, name: &str, command: &str) -> ReservationsResponse {
+        let mut response = testutil::reservations_response();
+        if let Some(carol) = response.gpus[2].reservation.as_mut() {
+            carol.note = note.to_owned();
+        }
+        response.gpus[3].misuse[0].name = name.to_owned();
+        response.queue[0].command = command.to_owned();
+        response
+    }
+
+    #[test]
+    fn hostile_notes_names_and_commands_are_escaped_in_the_status_table() {
+        let text = render_status(
+            &hostile_status(
+                "\x1b]0;pwned\x07\x1b[2K\rthesis",
+                "\x1b]52;c;Y2F0\x07",
+                "sh\n-c\t\u{202e}x",
+            ),
+            TimeZone::Utc,
+        );
+        assert!(
+            !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
+            "{text:?}"
+        );
+        // Column widths are those of the escaped text; nothing else changed.
+        let escaped = hostile_status(
+            "\\e]0;pwned\\x07\\e[2K\\rthesis",
+            "\\e]52;c;Y2F0\\x07",
+            "sh\\n-c\\t\\u{202e}x",
+        );
+        assert_eq!(text, render_status(&escaped, TimeZone::Utc));
+        assert!(
+            text.contains("expires in 3h5m: \\e]0;pwned\\x07\\e[2K\\rthesis)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hostile_notes_stay_exact_in_json() {
+        let note = "\x1b]0;pwned\x07\x1b[2K\r \u{9b}31m \u{7f} \u{202e}";
+        let text = status_json(&hostile_status(note, "x", "y")).expect("encode");
+        assert!(
+            !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
+            "{text:?}"
+        );
+        let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(actual["gpus"][2]["reservation"]["note"], note);
     }
 
     #[test]

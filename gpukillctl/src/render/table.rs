@@ -13,6 +13,7 @@ use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, VendorState};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
+use super::escape;
 use super::time::{TimeZone, age, clock, rfc3339_seconds};
 use super::{mib, pid_count, top_process, vendor_name, vendor_state_name};
 
@@ -211,11 +212,14 @@ pub(crate) fn or_absent_str(text: &str) -> String {
 }
 
 /// A psql-style table of `header` and `rows`, without trailing spaces, ending in a newline.
+///
+/// Every cell is escaped ([`escape::cell`]) before the column widths are measured, so a
+/// name with control characters can neither drive the terminal nor break the layout.
 pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let mut builder = Builder::default();
-    builder.push_record(header.iter().copied());
+    builder.push_record(header.iter().map(|cell| escape::cell(cell).into_owned()));
     for row in rows {
-        builder.push_record(row);
+        builder.push_record(row.iter().map(|cell| escape::cell(cell).into_owned()));
     }
     let mut table = builder.build();
     table.with(Style::psql());
@@ -330,6 +334,84 @@ mod tests {
             ..Default::default()
         };
         assert!(render(&snapshot, &PLAIN).ends_with("\namd: error\n"));
+    }
+
+    /// What a process renamed with prctl(PR_SET_NAME) may hold: set the window title, ring,
+    /// erase the line, return to its start.
+    const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2K\r";
+    /// How a table shows it.
+    const SHOWN: &str = "\\e]0;pwned\\x07\\e[2K\\r";
+
+    /// The test snapshot with `name` in a process name (GPU 0's top process), after a
+    /// right-to-left override in a user name, and after a C1 CSI in a GPU name.
+    fn hostile(name: &str, rlo: &str, csi: &str) -> Snapshot {
+        let mut snapshot = testutil::snapshot();
+        snapshot.processes[0].name = format!("py{name}");
+        snapshot.processes[1].user = format!("bob{rlo}{name}");
+        snapshot.gpus[0].name = Some(format!("A100{csi}2J{name}"));
+        snapshot
+    }
+
+    /// The char columns of the `|` separators of each table line.
+    fn separators(line: &str) -> Vec<usize> {
+        line.chars()
+            .enumerate()
+            .filter(|(_, c)| *c == '|')
+            .map(|(at, _)| at)
+            .collect()
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_and_the_columns_still_line_up() {
+        let options = TableOptions {
+            details: true,
+            ..PLAIN
+        };
+        let text = render(&hostile(HOSTILE, "\u{202e}", "\u{9b}"), &options);
+        assert!(
+            !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
+            "{text:?}"
+        );
+        // The very table of names that held the escaped text to begin with: the cells are
+        // escaped before the widths are measured, and nothing else changed.
+        assert_eq!(
+            text,
+            render(&hostile(SHOWN, "\\u{202e}", "\\u{9b}"), &options)
+        );
+        assert!(
+            text.contains(&format!("py{SHOWN}:4242")),
+            "TOP_PROC: {text}"
+        );
+        assert!(text.contains(&format!("bob\\u{{202e}}{SHOWN}")), "{text}");
+        for block in text.split("\n\n") {
+            let rows: Vec<&str> = block.lines().filter(|line| line.contains('|')).collect();
+            assert!(rows.len() >= 3, "{block}");
+            for row in &rows {
+                assert_eq!(separators(row), separators(rows[0]), "{block}");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_outside_the_tables_are_left_to_the_output() {
+        // The host line and the problem lines are not cells: `Output::write` escapes them.
+        let mut snapshot = testutil::stale_snapshot();
+        snapshot.stale_reason = Some(format!("hung{HOSTILE}"));
+        let text = render(&snapshot, &PLAIN);
+        let mut out = crate::Output {
+            writer: Vec::new(),
+            notes: Vec::new(),
+            is_tty: false,
+            tz: TimeZone::Utc,
+        };
+        out.write(&text).expect("write");
+        let written = String::from_utf8(out.writer).expect("UTF-8");
+        assert!(
+            written.contains(&format!("STALE: hung{SHOWN}")),
+            "{written}"
+        );
+        assert!(!written.chars().any(|c| c != '\n' && escape::is_unsafe(c)));
+        assert_eq!(written.lines().count(), text.lines().count());
     }
 
     #[test]
