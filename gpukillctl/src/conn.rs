@@ -8,6 +8,11 @@
 //! [`connect_cluster`], whose [`RequestMetadata`] interceptor puts the credentials (and, for
 //! GpuKill requests, the `gpukill-node` to forward to) on every request, so no command adds
 //! metadata itself.
+//!
+//! On a Unix socket, gpukillctl first checks who serves it ([`peer`]): root, the caller, or
+//! the configured daemon user; anyone else gets nothing.
+
+pub mod peer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,8 +154,8 @@ pub struct Target {
 
 /// Where gpukilld listens.
 enum Place {
-    /// A Unix socket.
-    Unix(PathBuf),
+    /// A Unix socket, and whom to trust as its server.
+    Unix(PathBuf, peer::TrustedPeers),
     /// A TCP address, with the endpoint (and its TLS settings) ready to connect.
     Remote {
         address: RemoteAddress,
@@ -207,10 +212,16 @@ impl Target {
         })
     }
 
-    /// The daemon on the Unix socket at `path`, without credentials or a node.
+    /// The daemon on the Unix socket at `path`, without credentials or a node, trusted when
+    /// it runs as root or as the caller.
     pub fn unix(path: PathBuf) -> Self {
+        Target::unix_trusting(path, peer::TrustedPeers::root_and_self())
+    }
+
+    /// The daemon on the Unix socket at `path`, trusted when it runs as one of `trusted`.
+    pub(crate) fn unix_trusting(path: PathBuf, trusted: peer::TrustedPeers) -> Self {
         Target {
-            place: Place::Unix(path),
+            place: Place::Unix(path, trusted),
             gpukill: RequestMetadata::default(),
             cluster: RequestMetadata::default(),
         }
@@ -219,7 +230,7 @@ impl Target {
     /// The address for messages: the socket path, or the URL.
     pub fn address(&self) -> String {
         match &self.place {
-            Place::Unix(path) => path.display().to_string(),
+            Place::Unix(path, _) => path.display().to_string(),
             Place::Remote { address, .. } => address.url(),
         }
     }
@@ -228,8 +239,8 @@ impl Target {
     /// when nobody answers.
     async fn channel(&self) -> Result<Transport, Error> {
         match &self.place {
-            Place::Unix(path) => Ok(Transport {
-                channel: connect_unix(path).await?,
+            Place::Unix(path, trusted) => Ok(Transport {
+                channel: connect_unix(path, trusted).await?,
                 broken: None,
             }),
             Place::Remote {
@@ -311,7 +322,7 @@ fn unix(path: PathBuf, args: &ConnectArgs) -> Result<Place, Error> {
             path.display()
         )));
     }
-    Ok(Place::Unix(path))
+    Ok(Place::Unix(path, peer::TrustedPeers::from_env()?))
 }
 
 /// A TCP target: checks the options against the scheme, reads the certificates and builds
@@ -463,24 +474,43 @@ fn read_private_key(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// Connects to the daemon on the Unix socket at `path`, failing with
-/// [`Error::Unreachable`] (naming the socket and the systemd unit) when nobody answers.
-async fn connect_unix(path: &Path) -> Result<Channel, Error> {
+/// [`Error::Unreachable`] (naming the socket and the systemd unit) when nobody answers, and
+/// with [`Error::UntrustedDaemon`] when the server is not one of `trusted`.
+async fn connect_unix(path: &Path, trusted: &peer::TrustedPeers) -> Result<Channel, Error> {
     let unreachable = |reason: String| Error::Unreachable {
         socket: path.to_path_buf(),
         reason,
     };
     // The URI is required by tonic but unused: the connector below ignores it.
     let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(CONNECT_TIMEOUT);
-    let socket = path.to_path_buf();
+    let (socket, checker) = (path.to_path_buf(), trusted.clone());
     let connecting = endpoint.connect_with_connector(tower::service_fn(move |_| {
-        let socket = socket.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        let (socket, checker) = (socket.clone(), checker.clone());
+        async move {
+            let stream = UnixStream::connect(socket).await?;
+            // Before the HTTP/2 preface: an untrusted server gets not one byte. Every
+            // reconnection of the channel comes through here again.
+            checker.check(&stream)?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
     }));
     // The endpoint's connect timeout covers connect(2) only; this one also covers a daemon
     // that accepts but never completes the HTTP/2 handshake.
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(unreachable(connect_reason(&err, CONNECT_TIMEOUT))),
+        Ok(Err(err)) => match peer::untrusted(&err) {
+            Some(server) => Err(Error::UntrustedDaemon {
+                socket: path.to_path_buf(),
+                uid: server.uid,
+                user: peer::user_name(server.uid),
+                pid: server.pid,
+                own: trusted.own(),
+                daemon_user: trusted
+                    .daemon_user()
+                    .map(|(name, uid)| format!("{name}, uid {uid}")),
+            }),
+            None => Err(unreachable(connect_reason(&err, CONNECT_TIMEOUT))),
+        },
         Err(_elapsed) => Err(unreachable(no_answer(CONNECT_TIMEOUT))),
     }
 }
@@ -674,6 +704,71 @@ mod tests {
                 .contains(": Connection refused (is gpukilld.service"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_server_gets_not_one_byte_and_exit_code_6() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gpukilld.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // What the server receives on its first connection, until the client hangs up.
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received);
+            received
+        });
+        // The server is this process; trust only a uid it does not run as.
+        let stranger = 4_000_000_000;
+        let target = Target::unix_trusting(path.clone(), peer::TrustedPeers::only(stranger));
+        let err = connect(&target).await.expect_err("untrusted");
+        assert_eq!(err.exit_code(), 6);
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let name = peer::user_name(euid).unwrap_or_else(|| euid.to_string());
+        let server_words = match peer::user_name(euid) {
+            Some(user) => format!("uid {euid} ({user}, pid {})", std::process::id()),
+            None => format!("uid {euid} (pid {})", std::process::id()),
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to talk to {}: it is served by {server_words}, not by root, by you \
+                 (uid {stranger}) or by GPUKILL_DAEMON_USER (unset), so it may not be gpukilld \
+                 and nothing was sent to it (pass gpukilld's socket, e.g. --socket \
+                 /run/gpukill/gpukilld.sock; if gpukilld runs as {name} on purpose, set \
+                 GPUKILL_DAEMON_USER={name})",
+                path.display()
+            )
+        );
+        assert_eq!(crate::error::format_chain(&err).lines().count(), 1);
+        let received = tokio::task::spawn_blocking(move || server.join().expect("server"))
+            .await
+            .expect("join");
+        assert_eq!(received, b"", "the client sent {received:?}");
+    }
+
+    #[tokio::test]
+    async fn a_trusted_server_is_answered_as_before() {
+        let served = serve(FakeDaemon {
+            list: Some(Ok(testutil::snapshot())),
+            ..Default::default()
+        });
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let target = Target::unix_trusting(served.socket.clone(), peer::TrustedPeers::only(euid));
+        let mut client = connect(&target).await.expect("trusted");
+        let snapshot = client
+            .list(unary(gpukill_proto::v1::ListRequest::default()))
+            .await
+            .expect("List")
+            .into_inner()
+            .snapshot;
+        assert_eq!(snapshot, Some(testutil::snapshot()));
     }
 
     /// The target of `gpukillctl ARGS... list`.

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use gpukill_proto::exit_code;
-use gpukill_proto::{SOCKET_ENV, SYSTEMD_UNIT};
+use gpukill_proto::{SOCKET_ENV, SYSTEM_SOCKET, SYSTEMD_UNIT};
 
+use crate::conn::peer::DAEMON_USER_ENV;
 use crate::render::escape;
 
 /// Everything that can make a gpukillctl command fail.
@@ -21,6 +22,29 @@ pub enum Error {
         socket: PathBuf,
         /// Why it failed, e.g. "No such file or directory".
         reason: String,
+    },
+
+    /// The Unix socket is served by a process running as neither root, the caller, nor the
+    /// configured daemon user: anyone's program on a path they could write. Nothing was sent
+    /// to it (see [`crate::conn::peer`]).
+    #[error(
+        "refusing to talk to {}: {}",
+        socket.display(),
+        untrusted_daemon(*uid, user.as_deref(), *pid, *own, daemon_user.as_deref())
+    )]
+    UntrustedDaemon {
+        /// The socket path.
+        socket: PathBuf,
+        /// The uid its server runs as, as the kernel says (SO_PEERCRED).
+        uid: u32,
+        /// That uid's user name, when the user database has one.
+        user: Option<String>,
+        /// The server's pid, when the kernel knows it.
+        pid: Option<i32>,
+        /// The caller's effective uid.
+        own: u32,
+        /// The configured daemon user (`name, uid N`), when one is.
+        daemon_user: Option<String>,
     },
 
     /// The connection to the daemon broke during a call, and a new one cannot be made: the
@@ -213,6 +237,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// `gpukillctl run`: the grant sets a GPU selection variable to a value that is not what
+    /// its runtime reads (see [`crate::cmd::run::environment`]). The reservation was
+    /// released and the command not started.
+    #[error(
+        "gpukilld granted the GPUs with {variable}={value:?}, which is not {expected}; the \
+         command was not started and the reservation was released (is the server of that \
+         socket really gpukilld?)"
+    )]
+    BadGrant {
+        /// The variable.
+        variable: String,
+        /// Its value (the first 80 characters).
+        value: String,
+        /// What the value must be.
+        expected: &'static str,
+    },
+
     /// The signals `run` passes on to its command cannot be listened for.
     #[error("cannot listen for the signals to pass on to the command")]
     RunSignals(#[source] std::io::Error),
@@ -269,6 +310,7 @@ impl Error {
         match self {
             Error::CommandExit { code } => *code,
             Error::Unreachable { .. }
+            | Error::UntrustedDaemon { .. }
             | Error::ConnectionLost { .. }
             | Error::UnreachableRemote { .. }
             | Error::ConnectionLostRemote { .. }
@@ -317,6 +359,7 @@ impl Error {
             | Error::ResetFailed { .. }
             | Error::WatchEnded
             | Error::RunNotGranted { .. }
+            | Error::BadGrant { .. }
             | Error::RunSignals(_)
             | Error::RunWait(_)
             | Error::Signal(_)
@@ -325,6 +368,33 @@ impl Error {
             | Error::Runtime(_) => exit_code::ERROR,
         }
     }
+}
+
+/// The message of [`Error::UntrustedDaemon`] after the socket: who serves it, whom
+/// gpukillctl trusts, and what to do.
+fn untrusted_daemon(
+    uid: u32,
+    user: Option<&str>,
+    pid: Option<i32>,
+    own: u32,
+    daemon_user: Option<&str>,
+) -> String {
+    let server = match (user, pid) {
+        (Some(user), Some(pid)) => format!("uid {uid} ({user}, pid {pid})"),
+        (Some(user), None) => format!("uid {uid} ({user})"),
+        (None, Some(pid)) => format!("uid {uid} (pid {pid})"),
+        (None, None) => format!("uid {uid}"),
+    };
+    let configured = match daemon_user {
+        Some(daemon_user) => format!("{DAEMON_USER_ENV} ({daemon_user})"),
+        None => format!("{DAEMON_USER_ENV} (unset)"),
+    };
+    let name = user.map_or_else(|| uid.to_string(), str::to_owned);
+    format!(
+        "it is served by {server}, not by root, by you (uid {own}) or by {configured}, so it \
+         may not be gpukilld and nothing was sent to it (pass gpukilld's socket, e.g. --socket \
+         {SYSTEM_SOCKET}; if gpukilld runs as {name} on purpose, set {DAEMON_USER_ENV}={name})"
+    )
 }
 
 /// What to check after an rpc failed with `code`: for UNAUTHENTICATED, the credentials.

@@ -6,9 +6,11 @@
 //!    INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, ...) maps like every rpc
 //!    error.
 //! 2. Granted: `gpukillctl: running on GPU 2, 5 (reservation 17)` on standard error, then the
-//!    command starts with Granted's environment added to gpukillctl's ([`child`]). A command
-//!    that cannot start is reported as a shell does (`gpukillctl: cannot run CMD: ...`, exit
-//!    127 or 126), after the reservation is released.
+//!    command starts with Granted's GPU selection variables added to gpukillctl's environment
+//!    ([`child`]); any other variable is dropped with a warning, and a value that is not a
+//!    device list releases the reservation and starts nothing, exit 1 ([`environment`]). A
+//!    command that cannot start is reported as a shell does (`gpukillctl: cannot run CMD:
+//!    ...`, exit 127 or 126), after the reservation is released.
 //! 3. While it runs, gpukillctl sends a heartbeat every heartbeat interval and passes signals
 //!    on. When gpukilld sends Ended (the `--timeout` expired, an admin released it), the line
 //!    `gpukillctl: reservation ended: REASON; stopping the command` goes to standard error,
@@ -23,6 +25,7 @@
 //!    timeout stopped it.
 
 pub mod child;
+pub mod environment;
 
 use std::future::Future;
 use std::io::Write;
@@ -80,10 +83,20 @@ pub async fn run<W: Write, E: Write>(
         .await
         .map_err(|status| Error::rpc("Run", status))?;
     let granted = session.granted(args.gpus, out).await?;
+    let environment = match environment::check(&granted.environment) {
+        Ok(environment) => environment,
+        Err(err) => {
+            session.close().await;
+            return Err(err);
+        }
+    };
     // Before the command starts, so that no signal meant for it ends gpukillctl instead.
     let signals = child::Signals::listen().map_err(Error::RunSignals)?;
+    for name in &environment.ignored {
+        out.note(&environment::ignored_line(name))?;
+    }
     out.note(&running_line(&granted))?;
-    let command = match child::spawn(&args.command, &granted.environment) {
+    let command = match child::spawn(&args.command, &environment.variables) {
         Ok(command) => command,
         Err(err) => {
             session.close().await;
@@ -670,6 +683,104 @@ mod tests {
         // Between the start and the end, only heartbeats.
         assert!(heartbeats(call) >= 2, "{call:?}");
         assert_eq!(heartbeats(call), call.len() - 2, "{call:?}");
+    }
+
+    /// A grant of GPUs 2 and 5 whose environment is `environment`.
+    fn granted_with(environment: &[(&str, &str)]) -> RunUpdate {
+        let mut update = granted();
+        if let Some(run_update::Update::Granted(granted)) = update.update.as_mut() {
+            granted.environment = environment
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect();
+        }
+        update
+    }
+
+    /// `KEY=VALUE` pairs of `env -0` output.
+    fn parse_env(raw: &[u8]) -> std::collections::BTreeMap<String, String> {
+        raw.split(|b| *b == 0)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (name, value) = entry.split_once('=').unwrap_or((&entry, ""));
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_command_gets_only_the_gpu_variables_of_a_grant() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let seen = dir.path().join("env");
+        // What a fake server on a writable socket path would send.
+        let fake = daemon(vec![vec![Ok(granted_with(&[
+            ("CUDA_VISIBLE_DEVICES", "GPU-2,GPU-5"),
+            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+            ("LD_PRELOAD", "/nonexistent/gpukill-evil.so"),
+            ("PATH", "/nonexistent/gpukill-evil"),
+            ("PYTHONPATH", "/nonexistent/gpukill-evil"),
+        ]))]]);
+        let served = serve(fake);
+        let script = format!("/usr/bin/env -0 > '{}'", seen.display());
+        let (result, text, notes) =
+            run_cli(&served.socket, &["run", "--", "/bin/sh", "-c", &script]).await;
+        result.expect("the command exited 0");
+        assert_eq!(text, "");
+        let warning = |name: &str| environment::ignored_line(name) + "\n";
+        assert_eq!(
+            notes,
+            format!(
+                "{}{}{}gpukillctl: running on GPU 2, 5 (reservation 17)\n",
+                warning("LD_PRELOAD"),
+                warning("PATH"),
+                warning("PYTHONPATH")
+            )
+        );
+        // gpukillctl's own environment plus the two GPU variables, and nothing else (apart
+        // from what the shell itself sets).
+        let shell_own = ["PWD", "OLDPWD", "SHLVL", "_"];
+        let mut child = parse_env(&std::fs::read(&seen).expect("the command ran"));
+        child.retain(|name, _| !shell_own.contains(&name.as_str()));
+        let mut expected: std::collections::BTreeMap<String, String> = std::env::vars()
+            .filter(|(name, _)| !shell_own.contains(&name.as_str()))
+            .collect();
+        expected.insert("CUDA_VISIBLE_DEVICES".to_owned(), "GPU-2,GPU-5".to_owned());
+        expected.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
+        assert_eq!(child, expected);
+        assert!(
+            !child.values().any(|value| value.contains("gpukill-evil")),
+            "{child:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_grant_with_a_bad_device_list_starts_nothing_and_releases() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ran = dir.path().join("ran");
+        let fake = daemon(vec![vec![Ok(granted_with(&[
+            ("CUDA_VISIBLE_DEVICES", "0;touch /tmp/gpukill-evil"),
+            ("LD_PRELOAD", "/nonexistent/gpukill-evil.so"),
+        ]))]]);
+        let received = fake.run_received.clone();
+        let served = serve(fake);
+        let touch = format!("touch '{}'", ran.display());
+        let (result, text, notes) =
+            run_cli(&served.socket, &["run", "/bin/sh", "-c", &touch]).await;
+        let err = result.expect_err("refused");
+        assert_eq!(err.exit_code(), 1);
+        assert!(
+            matches!(&err, Error::BadGrant { variable, .. } if variable == "CUDA_VISIBLE_DEVICES"),
+            "{err}"
+        );
+        assert_eq!((text.as_str(), notes.as_str()), ("", ""));
+        assert!(!ran.exists());
+        // The reservation was given back: gpukillctl closed its side of the stream.
+        wait_until("the end of the stream", || {
+            calls(&received)[0].last() == Some(&RunReceived::End)
+        })
+        .await;
+        assert_eq!(calls(&received)[0].len(), 2, "{:?}", calls(&received));
     }
 
     #[tokio::test]

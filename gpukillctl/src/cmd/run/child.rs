@@ -7,7 +7,7 @@
 //! passes them on only when the terminal did not deliver them to the command already
 //! ([`terminal_delivers`]). SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are always passed on.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -80,9 +80,10 @@ fn terminal_delivers() -> bool {
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
-/// Starts `command` (program and arguments) with `environment` added to gpukillctl's own,
-/// standard input, output and error inherited, in gpukillctl's process group.
-pub fn spawn(command: &[String], environment: &HashMap<String, String>) -> std::io::Result<Child> {
+/// Starts `command` (program and arguments) with `environment` (checked by
+/// [`super::environment::check`]) added to gpukillctl's own, standard input, output and
+/// error inherited, in gpukillctl's process group.
+pub fn spawn(command: &[String], environment: &BTreeMap<String, String>) -> std::io::Result<Child> {
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command"))?;
@@ -139,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn statuses_are_reported_as_a_shell_does() {
         async fn status(script: &str) -> i32 {
-            let mut child = spawn(&shell(script), &HashMap::new()).expect("spawn");
+            let mut child = spawn(&shell(script), &BTreeMap::new()).expect("spawn");
             exit_code(child.wait().await.expect("wait"))
         }
         assert_eq!(status("exit 0").await, 0);
@@ -152,7 +153,7 @@ mod tests {
     async fn the_environment_is_added() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("env");
-        let environment = HashMap::from([("GPUKILL_TEST_VALUE".to_owned(), "42".to_owned())]);
+        let environment = BTreeMap::from([("GPUKILL_TEST_VALUE".to_owned(), "42".to_owned())]);
         let script = format!("echo \"$GPUKILL_TEST_VALUE $HOME\" > '{}'", file.display());
         let mut child = spawn(&shell(&script), &environment).expect("spawn");
         assert_eq!(exit_code(child.wait().await.expect("wait")), 0);
@@ -163,10 +164,10 @@ mod tests {
 
     #[tokio::test]
     async fn commands_that_cannot_start_exit_like_in_a_shell() {
-        let missing = spawn(&["/nonexistent/gpukill-test".to_owned()], &HashMap::new())
+        let missing = spawn(&["/nonexistent/gpukill-test".to_owned()], &BTreeMap::new())
             .expect_err("not found");
         assert_eq!(spawn_exit_code(&missing), 127);
-        let directory = spawn(&["/".to_owned()], &HashMap::new()).expect_err("not executable");
+        let directory = spawn(&["/".to_owned()], &BTreeMap::new()).expect_err("not executable");
         assert_eq!(spawn_exit_code(&directory), 126);
     }
 
