@@ -301,7 +301,14 @@ pub async fn run(
 
     let upload_client = upload::client::UploadClient::new(&config.upload)?;
     let ingest = match config.ingest.enabled {
-        true => Some(ingest::Ingest::bind(&config.ingest, &config.state_dir).await?),
+        true => Some(
+            ingest::Ingest::bind(
+                &config.ingest,
+                &config.state_dir,
+                kill_context.events.clone().ok(),
+            )
+            .await?,
+        ),
         false => None,
     };
     // Bound before the socket, so a taken port stops the start before anything is created.

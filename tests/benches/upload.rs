@@ -24,6 +24,8 @@ const HOURS: i64 = 720;
 const GPUS: u32 = 8;
 const USERS: u32 = 20;
 const TOKEN: &str = "bench-upload-token-0123456789";
+/// The node's id (`<state_dir>/node-id`), bound to its token in `[ingest.principals]`.
+const NODE_ID: &str = "0123456789abcdef0123456789abcdef";
 
 async fn summary(daemon: &Daemon) -> pb::UploadsResponse {
     support::client(&daemon.socket)
@@ -46,7 +48,8 @@ async fn main() {
         &json!({"gpus": []}),
         DaemonOptions {
             config: format!(
-                "[nvidia]\nenabled = false\n[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\n"
+                "[nvidia]\nenabled = false\n[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\n\
+                 [ingest.principals]\nnode = {{ role = \"node\", nodes = [\"{NODE_ID}\"] }}\n"
             ),
             ..DaemonOptions::default()
         },
@@ -59,6 +62,8 @@ async fn main() {
         .unwrap();
     let hours: Vec<i64> = (1..=HOURS).rev().map(past_hour).collect();
     prefill(&dir.path().join("state"), &hours, GPUS, USERS);
+    // The id the ingest binds the node's token to.
+    std::fs::write(dir.path().join("state/node-id"), NODE_ID).unwrap();
     let token = client_token(&dir.path().join("upload.token"), TOKEN);
     let socket = dir.path().join("gpukilld.sock");
 

@@ -17,6 +17,14 @@ use support::pki::{client_token, free_port, token_file};
 use support::{Daemon, DaemonOptions};
 
 const TOKEN: &str = "upload-token-0123456789abcdef";
+/// The node id of every node daemon here (`<state_dir>/node-id`), which the ingest's
+/// `[ingest.principals]` binds node-a's token to.
+const NODE_ID: &str = "0123456789abcdef0123456789abcdef";
+
+/// `[ingest.principals]` for node-a, uploading as `NODE_ID`.
+fn principals() -> String {
+    format!("[ingest.principals]\nnode-a = {{ role = \"node\", nodes = [\"{NODE_ID}\"] }}\n")
+}
 
 /// A node daemon whose state directory holds `hours` of history, uploading to
 /// `127.0.0.1:port` with fast retries; `extra` is more `[upload]` settings.
@@ -26,6 +34,7 @@ fn node(hours: &[i64], port: u16, extra: &str) -> Daemon {
         .tempdir()
         .unwrap();
     prefill(&dir.path().join("state"), hours, 2, 2);
+    std::fs::write(dir.path().join("state/node-id"), NODE_ID).unwrap();
     let token = client_token(&dir.path().join("upload.token"), TOKEN);
     let config = format!(
         "[upload]\nurl = \"http://127.0.0.1:{port}/api/v1/usage\"\ntoken_file = {token:?}\n\
@@ -327,7 +336,8 @@ async fn hours_land_once_in_the_projects_own_ingest_and_read_back() {
         &json!({"gpus": []}),
         DaemonOptions {
             config: format!(
-                "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\n"
+                "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\n{}",
+                principals()
             ),
             ..DaemonOptions::default()
         },
@@ -384,7 +394,8 @@ async fn uploads_go_over_tls_checked_against_the_configured_ca() {
         &json!({"gpus": []}),
         DaemonOptions {
             config: format!(
-                "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\ncert = {cert:?}\nkey = {key:?}\n"
+                "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\ntokens = {tokens:?}\ncert = {cert:?}\nkey = {key:?}\n{}",
+                principals()
             ),
             ..DaemonOptions::default()
         },
@@ -395,6 +406,7 @@ async fn uploads_go_over_tls_checked_against_the_configured_ca() {
         .tempdir()
         .unwrap();
     prefill(&dir.path().join("state"), &[hour], 1, 1);
+    std::fs::write(dir.path().join("state/node-id"), NODE_ID).unwrap();
     let token = client_token(&dir.path().join("upload.token"), TOKEN);
     // A node that trusts another CA never delivers; one that trusts the right CA does.
     let other_dir = tempfile::tempdir().unwrap();

@@ -20,7 +20,10 @@ pub use remote::{
     parse_daemon_url,
 };
 pub use reservations::ReservationsConfig;
-pub use upload::{IngestConfig, UploadConfig, UploadUrl, parse_upload_url};
+pub use upload::{
+    IngestConfig, IngestPrincipal, IngestRole, UploadConfig, UploadUrl, is_node_id,
+    parse_upload_url,
+};
 pub use vendors::{AmdConfig, IntelConfig};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.

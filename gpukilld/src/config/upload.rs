@@ -1,6 +1,7 @@
 //! `[upload]` (sending each closed hour's usage to a central server) and `[ingest]`
 //! (receiving it).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -203,6 +204,53 @@ pub struct IngestConfig {
     /// The server's private key (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Principal (of the token file) -> what it may do: upload for the node ids it is bound
+    /// to (`node`), or read every node's rows (`reader`). A principal not listed is refused;
+    /// required when the endpoint is on.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub principals: BTreeMap<String, IngestPrincipal>,
+}
+
+/// What an ingest principal is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestRole {
+    /// A node: uploads (`POST`) the hours of the node ids in `nodes`, and reads back
+    /// (`GET`) only theirs.
+    Node,
+    /// Reads (`GET`) every node's rows; never uploads.
+    Reader,
+}
+
+impl IngestRole {
+    /// The name in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            IngestRole::Node => "node",
+            IngestRole::Reader => "reader",
+        }
+    }
+}
+
+/// One `[ingest.principals]` entry: `NAME = { role = "node", nodes = ["<node id>"] }` or
+/// `NAME = { role = "reader" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestPrincipal {
+    /// What the principal is for.
+    pub role: IngestRole,
+    /// For `node`: the node ids (32 hex digits, `<state_dir>/node-id` on the node,
+    /// `gpukillctl version` shows it) whose hours it may upload and read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+/// Whether `id` is a node id as a node generates it: 32 lower-case hex digits.
+pub fn is_node_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Default for IngestConfig {
@@ -213,6 +261,7 @@ impl Default for IngestConfig {
             tokens: None,
             cert: None,
             key: None,
+            principals: BTreeMap::new(),
         }
     }
 }
@@ -251,6 +300,79 @@ impl IngestConfig {
                 "is not a loopback address and the endpoint has no TLS: set ingest.cert and ingest.key (tokens must not cross the network in clear)",
             ));
         }
+        self.validate_principals(&invalid)
+    }
+
+    /// Every token must be bound to what it may do: without `[ingest.principals]` any
+    /// token holder could overwrite any node's hours, so an enabled endpoint without it does
+    /// not start (a config from before the table existed included; the message says what
+    /// to add).
+    fn validate_principals(
+        &self,
+        invalid: &dyn Fn(&'static str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        const KEY: &str = "ingest.principals";
+        if self.principals.is_empty() {
+            return Err(invalid(
+                KEY,
+                "(unset)".into(),
+                "is required: bind each principal of ingest.tokens to the node ids it uploads for, and name the readers, e.g. [ingest.principals] gpu-07 = { role = \"node\", nodes = [\"<node id: gpukillctl version on gpu-07>\"] } and billing = { role = \"reader\" }",
+            ));
+        }
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (principal, entry) in &self.principals {
+            let value = || {
+                format!(
+                    "{principal:?} = {{ role = {:?}, nodes = {:?} }}",
+                    entry.role.name(),
+                    entry.nodes
+                )
+            };
+            if principal.is_empty() || principal.chars().any(|c| c.is_whitespace()) {
+                return Err(invalid(
+                    KEY,
+                    value(),
+                    "names a principal that is empty or contains spaces",
+                ));
+            }
+            match entry.role {
+                IngestRole::Reader if !entry.nodes.is_empty() => {
+                    return Err(invalid(
+                        KEY,
+                        value(),
+                        "gives a reader nodes: a reader reads every node and uploads for none; remove nodes, or make it role = \"node\"",
+                    ));
+                }
+                IngestRole::Node if entry.nodes.is_empty() => {
+                    return Err(invalid(
+                        KEY,
+                        value(),
+                        "gives a node principal no nodes: list the node ids it uploads for (gpukillctl version on the node shows its id)",
+                    ));
+                }
+                _ => {}
+            }
+            for node in &entry.nodes {
+                if !is_node_id(node) {
+                    return Err(invalid(
+                        KEY,
+                        value(),
+                        &format!(
+                            "lists {node:?}, which is not a node id: a node id is 32 lower-case hex digits (<state_dir>/node-id on the node, or gpukillctl version)"
+                        ),
+                    ));
+                }
+                if let Some(other) = owners.insert(node, principal) {
+                    return Err(invalid(
+                        KEY,
+                        value(),
+                        &format!(
+                            "lists node {node}, which {other:?} lists too: a node id belongs to one principal, or either could overwrite the other's hours"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -280,5 +402,77 @@ mod tests {
         assert!(parse_upload_url("ftp://x/y").is_err());
         assert!(parse_upload_url("https://user@x/y").is_err());
         assert!(parse_upload_url("https://x:port/y").is_err());
+    }
+
+    const ID: &str = "5f0c1e2d3b4a69788796a5b4c3d2e1f0";
+
+    /// `[ingest]` on with a token file and `principals` (TOML lines of the table), validated.
+    fn ingest(principals: &str) -> Result<IngestConfig, String> {
+        let text = format!(
+            "enabled = true\ntokens = \"/etc/gpukill/ingest-tokens\"\n[principals]\n{principals}"
+        );
+        let config: IngestConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        config
+            .validate(&|_| "gpukilld.toml".to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn ingest_principals_bind_nodes_and_readers() {
+        let config = ingest(&format!(
+            "gpu-07 = {{ role = \"node\", nodes = [\"{ID}\"] }}\nbilling = {{ role = \"reader\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.principals["gpu-07"].role, IngestRole::Node);
+        assert_eq!(config.principals["gpu-07"].nodes, [ID]);
+        assert_eq!(config.principals["billing"].role, IngestRole::Reader);
+        // Off, the table is not needed (the shipped sample).
+        assert!(IngestConfig::default().validate(&|_| String::new()).is_ok());
+    }
+
+    #[test]
+    fn an_ingest_without_principals_is_refused_naming_what_to_add() {
+        let error = ingest("").unwrap_err();
+        assert!(
+            error.starts_with("ingest.principals = (unset)")
+                && error.contains("role = \"node\", nodes = [")
+                && error.contains("role = \"reader\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_ingest_principals_are_refused_each_with_its_reason() {
+        for (principals, expected) in [
+            (
+                format!("r = {{ role = \"reader\", nodes = [\"{ID}\"] }}"),
+                "gives a reader nodes",
+            ),
+            ("n = { role = \"node\" }".to_string(), "no nodes"),
+            (
+                "n = { role = \"node\", nodes = [\"gpu-07\"] }".to_string(),
+                "\"gpu-07\", which is not a node id",
+            ),
+            (
+                format!(
+                    "a = {{ role = \"node\", nodes = [\"{ID}\"] }}\nb = {{ role = \"node\", nodes = [\"{ID}\"] }}"
+                ),
+                "which \"a\" lists too",
+            ),
+            (
+                format!("\"a b\" = {{ role = \"node\", nodes = [\"{ID}\"] }}"),
+                "empty or contains spaces",
+            ),
+        ] {
+            let error = ingest(&principals).unwrap_err();
+            assert!(
+                error.starts_with("ingest.principals = ") && error.contains(expected),
+                "{principals}: {error}"
+            );
+        }
+        // Unknown roles and keys are refused by the parser.
+        assert!(ingest("a = { role = \"admin\" }").is_err());
+        assert!(ingest(&format!("a = {{ role = \"node\", node = [\"{ID}\"] }}")).is_err());
     }
 }

@@ -1,10 +1,16 @@
 //! The receiving side of uploads (`[ingest] enabled`): `POST /api/v1/usage` stores a node's
 //! hour (schema `gpukill.usage/v1`) and echoes the content hash it stored; a repeated
 //! delivery is a no-op that answers the same hash. `GET /api/v1/usage` returns the stored
-//! rows as JSON or CSV. Every request needs a bearer token from `[ingest] tokens`. HTTP/1.1
-//! over hyper, TLS (rustls) when `[ingest] cert` is set.
+//! rows as JSON or CSV. Every request needs a bearer token from `[ingest] tokens`, whose
+//! principal `[ingest.principals]` binds to what it may do (`access`): a node uploads and
+//! reads only the node ids it is bound to, a reader reads all and uploads nothing; a
+//! refusal is HTTP 403 and an audit event. Every upload is checked field by field
+//! (`validate`) before anything is stored. HTTP/1.1 over hyper, TLS (rustls) when
+//! `[ingest] cert` is set.
 
+pub mod access;
 pub mod store;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,8 +29,10 @@ use tokio::sync::watch;
 
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::config::{IngestConfig, parse_address};
+use crate::store::{EventCaller, EventKind, EventLog, NewEvent};
 use crate::upload::client::{CONTENT_SHA256, IDEMPOTENCY_KEY};
-use crate::upload::payload::{Payload, SCHEMA, sha256_hex};
+use crate::upload::payload::{SCHEMA, sha256_hex};
+use access::{Access, Denied, ReadScope};
 use store::{IngestStore, Query, Received};
 
 /// The path of the API.
@@ -64,14 +72,20 @@ pub struct Ingest {
 
 struct State {
     tokens: Tokens,
+    access: Access,
     store: Mutex<IngestStore>,
+    /// The daemon's audit trail, where refusals go; `None` when the store cannot be opened
+    /// (refusals are then only logged: refusing needs no record, acting would).
+    events: Option<Arc<EventLog>>,
 }
 
 impl Ingest {
-    /// Reads the tokens and certificate, opens `<state_dir>/ingest.db` and binds.
+    /// Reads the tokens and certificate, opens `<state_dir>/ingest.db` and binds. Refusals
+    /// are written to `events`.
     pub async fn bind(
         config: &IngestConfig,
         state_dir: &std::path::Path,
+        events: Option<Arc<EventLog>>,
     ) -> Result<Ingest, IngestError> {
         let tokens = Tokens::load(config.tokens.as_deref().unwrap_or(std::path::Path::new("")))?;
         let tls = match (&config.cert, &config.key) {
@@ -92,7 +106,9 @@ impl Ingest {
             tls,
             state: Arc::new(State {
                 tokens,
+                access: Access::new(&config.principals),
                 store: Mutex::new(store),
+                events,
             }),
         })
     }
@@ -182,7 +198,7 @@ async fn respond(state: &Arc<State>, request: Request<Incoming>) -> Response<Ful
     };
     match *request.method() {
         Method::POST => receive(state, request, principal).await,
-        Method::GET => query(state, &request).await,
+        Method::GET => query(state, &request, &principal).await,
         _ => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST or GET");
             response
@@ -215,6 +231,17 @@ async fn receive(
             );
         }
     };
+    // Who may upload for which node comes first, so that a refused attempt is audited
+    // whatever else is wrong with it.
+    let value = serde_json::from_slice::<serde_json::Value>(&body);
+    let node_id = value
+        .as_ref()
+        .ok()
+        .and_then(|value| value.get("node_id"))
+        .and_then(serde_json::Value::as_str);
+    if let Err(denied) = state.access.may_upload(&principal, node_id) {
+        return deny(state, &principal, "ingest upload", denied).await;
+    }
     let sha256 = sha256_hex(&body);
     if let Some(declared) = &declared
         && !declared.eq_ignore_ascii_case(&sha256)
@@ -226,8 +253,8 @@ async fn receive(
             ),
         );
     }
-    let payload: Payload = match serde_json::from_slice(&body) {
-        Ok(payload) => payload,
+    let value = match value {
+        Ok(value) => value,
         Err(error) => {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -235,15 +262,16 @@ async fn receive(
             );
         }
     };
-    if payload.schema != SCHEMA {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "schema {:?} is not supported: this server takes {SCHEMA}",
-                payload.schema
-            ),
-        );
-    }
+    let now = crate::store::unix_ms(std::time::SystemTime::now());
+    let payload = match validate::payload(value, now) {
+        Ok(payload) => payload,
+        Err(invalid) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("the upload is refused, nothing was stored: {invalid}"),
+            );
+        }
+    };
     match &key {
         Some(key) if *key == payload.key() => {}
         Some(key) => {
@@ -264,7 +292,6 @@ async fn receive(
     }
     let state = Arc::clone(state);
     let hash = sha256.clone();
-    let now = crate::store::unix_ms(std::time::SystemTime::now());
     let stored = tokio::task::spawn_blocking(move || {
         state
             .store
@@ -310,7 +337,44 @@ fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|error| format!("{text:?} is not a time ({error}): use RFC 3339 or milliseconds"))
 }
 
-async fn query(state: &Arc<State>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Refuses `principal` (HTTP 403 with the reason) and writes the refusal to the audit
+/// trail first, so that the trail has it by the time the caller reads the answer.
+async fn deny(
+    state: &State,
+    principal: &str,
+    action: &str,
+    denied: Denied,
+) -> Response<Full<Bytes>> {
+    let reason = denied.to_string();
+    tracing::warn!(principal, action, %reason, "ingest: request refused");
+    if let Some(log) = &state.events {
+        let event = NewEvent {
+            time: std::time::SystemTime::now(),
+            kind: EventKind::Deny,
+            caller: EventCaller {
+                uid: crate::authz::NO_UID,
+                user: principal.to_string(),
+                pid: None,
+                transport: "ingest".to_string(),
+                via: None,
+            },
+            action: action.to_string(),
+            target: None,
+            outcome: "denied".to_string(),
+            reason: reason.clone(),
+        };
+        if let Err(error) = log.record(vec![event]).await {
+            tracing::error!(%error, "ingest: cannot record a refused request");
+        }
+    }
+    text(StatusCode::FORBIDDEN, reason)
+}
+
+async fn query(
+    state: &Arc<State>,
+    request: &Request<Incoming>,
+    principal: &str,
+) -> Response<Full<Bytes>> {
     let mut filter = Query::default();
     let mut csv = false;
     let mut rows = "users".to_string();
@@ -356,6 +420,11 @@ async fn query(state: &Arc<State>, request: &Request<Incoming>) -> Response<Full
         if let Err(message) = parsed {
             return text(StatusCode::BAD_REQUEST, message);
         }
+    }
+    match state.access.may_read(principal, filter.node.as_deref()) {
+        Ok(ReadScope::All) => {}
+        Ok(ReadScope::Nodes(nodes)) => filter.nodes = Some(nodes),
+        Err(denied) => return deny(state, principal, "ingest read", denied).await,
     }
     let state = Arc::clone(state);
     let found = tokio::task::spawn_blocking(move || {

@@ -114,6 +114,8 @@ pub struct Query {
     pub node: Option<String>,
     /// User name (user rows only).
     pub user: Option<String>,
+    /// Only these node ids (what a node principal may read); `None`: every node.
+    pub nodes: Option<Vec<String>>,
 }
 
 /// The ingest database.
@@ -261,6 +263,11 @@ impl IngestStore {
         let since = query.since_ms.unwrap_or(i64::MIN);
         let until = query.until_ms.unwrap_or(i64::MAX);
         let node = query.node.clone();
+        // One parameter for any number of ids: a JSON array, read by json_each.
+        let nodes = query
+            .nodes
+            .as_ref()
+            .map(|nodes| serde_json::to_string(nodes).unwrap_or_default());
         let mut gpus = self
             .conn
             .prepare_cached(
@@ -269,13 +276,14 @@ impl IngestStore {
                  FROM gpu_hours g JOIN batches b USING (node_id, hour_ms)
                  WHERE g.hour_ms >= ?1 AND g.hour_ms < ?2
                    AND (?3 IS NULL OR g.node_id = ?3 OR b.node_name = ?3)
+                   AND (?4 IS NULL OR g.node_id IN (SELECT value FROM json_each(?4)))
                  ORDER BY g.hour_ms, b.node_name, g.gpu_index",
             )
             .map_err(|e| self.error(e))?;
         let gpu_rows = if query.user.is_some() {
             Vec::new()
         } else {
-            gpus.query_map(rusqlite::params![since, until, node], |row| {
+            gpus.query_map(rusqlite::params![since, until, node, nodes], |row| {
                 Ok(GpuRow {
                     node_id: row.get(0)?,
                     node_name: row.get(1)?,
@@ -301,24 +309,28 @@ impl IngestStore {
                  WHERE u.hour_ms >= ?1 AND u.hour_ms < ?2
                    AND (?3 IS NULL OR u.node_id = ?3 OR b.node_name = ?3)
                    AND (?4 IS NULL OR u.user = ?4)
+                   AND (?5 IS NULL OR u.node_id IN (SELECT value FROM json_each(?5)))
                  ORDER BY u.hour_ms, b.node_name, u.gpu_index, u.uid",
             )
             .map_err(|e| self.error(e))?;
         let user_rows = users
-            .query_map(rusqlite::params![since, until, node, query.user], |row| {
-                Ok(UserRow {
-                    node_id: row.get(0)?,
-                    node_name: row.get(1)?,
-                    hour_unix_ms: row.get(2)?,
-                    gpu_index: row.get(3)?,
-                    user: row.get(4)?,
-                    uid: row.get(5)?,
-                    gpu_seconds: row.get(6)?,
-                    memory_gib_hours: row.get(7)?,
-                    peak_memory_bytes: row.get(8)?,
-                    processes: row.get(9)?,
-                })
-            })
+            .query_map(
+                rusqlite::params![since, until, node, query.user, nodes],
+                |row| {
+                    Ok(UserRow {
+                        node_id: row.get(0)?,
+                        node_name: row.get(1)?,
+                        hour_unix_ms: row.get(2)?,
+                        gpu_index: row.get(3)?,
+                        user: row.get(4)?,
+                        uid: row.get(5)?,
+                        gpu_seconds: row.get(6)?,
+                        memory_gib_hours: row.get(7)?,
+                        peak_memory_bytes: row.get(8)?,
+                        processes: row.get(9)?,
+                    })
+                },
+            )
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.error(e))?;
         Ok((gpu_rows, user_rows))
@@ -380,5 +392,30 @@ mod tests {
             })
             .unwrap();
         assert!(users.is_empty());
+    }
+
+    #[test]
+    fn a_node_scope_returns_only_those_nodes_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = IngestStore::open(&dir.path().join("ingest.db")).unwrap();
+        let mut other = payload(50.0);
+        other.node_id = "b".repeat(32);
+        store.receive(&payload(100.0), "h1", "n1", 1).unwrap();
+        store.receive(&other, "h2", "n2", 1).unwrap();
+        let scoped = |nodes: Vec<String>| {
+            store
+                .query(&Query {
+                    nodes: Some(nodes),
+                    ..Query::default()
+                })
+                .unwrap()
+                .1
+        };
+        let users = scoped(vec!["b".repeat(32)]);
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].node_id, "b".repeat(32));
+        assert!(scoped(Vec::new()).is_empty());
+        assert_eq!(scoped(vec!["a".repeat(32), "b".repeat(32)]).len(), 2);
+        assert_eq!(store.query(&Query::default()).unwrap().1.len(), 2);
     }
 }
