@@ -1103,6 +1103,7 @@ pub fn reservations_response() -> ReservationsResponse {
         ],
         unreserved_threshold_bytes: GIB,
         now_unix_ms: NOW_MS,
+        queue_total: 2,
     }
 }
 

@@ -1,22 +1,176 @@
 //! Serving one HTTP/1.1 connection of the daemon's small HTTP endpoints (metrics, ingest):
-//! a header read timeout, and a graceful end (after the current response) once the daemon
-//! stops.
+//! a header read timeout, deadlines on silence and on a client that does not read, a slot
+//! policy that keeps probes answering while every slot is taken, and a graceful end (after
+//! the current response) once the daemon stops.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+
+use crate::connections::{Activity, AdmissionCounters, Timeouts};
 
 /// How long a connection may take to send a request's headers (idle keep-alive included).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `service` on `io` until the client is done or `stop` turns true; `endpoint` names
-/// the endpoint in the debug log of a connection that ends with an error.
+/// The deadlines of an HTTP endpoint's connection: a request within 10 s of connecting,
+/// never silent longer than the header timeout, and an answer read within 10 s.
+pub const TIMEOUTS: Timeouts = Timeouts {
+    first_bytes: Duration::from_secs(10),
+    idle: HEADER_TIMEOUT,
+    write: Duration::from_secs(10),
+};
+
+/// How often refusals are logged: one line per burst.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The connection slots of an HTTP endpoint. When every slot is taken, a new connection
+/// takes the slot of the connection that has waited longest on its client (one that does
+/// not read its answers, or sits idle between requests), which is closed; only when every
+/// connection is busy answering is the new one refused. So clients that pipeline requests
+/// and never read cannot keep `/healthz` from answering.
+pub struct Slots {
+    listener: &'static str,
+    capacity: usize,
+    state: Arc<Mutex<SlotsState>>,
+    counters: Arc<AdmissionCounters>,
+}
+
+#[derive(Default)]
+struct SlotsState {
+    next_id: u64,
+    held: Vec<Held>,
+    last_warned: Option<Instant>,
+    refused_since_warned: u64,
+}
+
+struct Held {
+    id: u64,
+    activity: Arc<Activity>,
+    evict: Arc<Notify>,
+}
+
+/// A connection's slot: its activity (which the connection's I/O reports into) and the
+/// signal that it was evicted. Dropping it frees the slot.
+pub struct Slot {
+    id: u64,
+    state: Arc<Mutex<SlotsState>>,
+    counters: Arc<AdmissionCounters>,
+    /// Where the connection reports waiting on its client.
+    pub activity: Arc<Activity>,
+    /// Notified when a new connection took this one's slot.
+    pub evicted: Arc<Notify>,
+}
+
+impl Slots {
+    /// `capacity` slots of `listener` (named in the log).
+    pub fn new(listener: &'static str, capacity: usize) -> Self {
+        Self {
+            listener,
+            capacity: capacity.max(1),
+            state: Arc::new(Mutex::new(SlotsState::default())),
+            counters: Arc::new(AdmissionCounters::default()),
+        }
+    }
+
+    /// The counters (open, refused, evicted as `timed_out`).
+    pub fn counters(&self) -> Arc<AdmissionCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// A slot for a new connection, evicting the connection that has waited longest on its
+    /// client when all are taken; `None` when every connection is busy answering.
+    pub fn take(&self) -> Option<Slot> {
+        let mut state = lock(&self.state);
+        if state.held.len() >= self.capacity {
+            let longest = state
+                .held
+                .iter()
+                .enumerate()
+                .filter_map(|(at, held)| held.activity.waiting_for().map(|waited| (waited, at)))
+                .max();
+            match longest {
+                Some((waited, at)) => {
+                    let evicted = state.held.swap_remove(at);
+                    // notify_one keeps the signal for a connection not waiting on it yet.
+                    evicted.evict.notify_one();
+                    self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        listener = self.listener,
+                        waited = %humantime::format_duration(waited),
+                        "all connection slots taken: closing the one that waited longest on its client"
+                    );
+                }
+                None => {
+                    self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                    state.refused_since_warned += 1;
+                    let now = Instant::now();
+                    if state
+                        .last_warned
+                        .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+                    {
+                        tracing::warn!(
+                            listener = self.listener,
+                            refused = state.refused_since_warned,
+                            "connection refused: all {} connections are busy answering",
+                            self.capacity
+                        );
+                        state.last_warned = Some(now);
+                        state.refused_since_warned = 0;
+                    }
+                    return None;
+                }
+            }
+        }
+        state.next_id += 1;
+        let slot = Slot {
+            id: state.next_id,
+            state: Arc::clone(&self.state),
+            counters: Arc::clone(&self.counters),
+            activity: Activity::new(),
+            evicted: Arc::new(Notify::new()),
+        };
+        state.held.push(Held {
+            id: slot.id,
+            activity: Arc::clone(&slot.activity),
+            evict: Arc::clone(&slot.evicted),
+        });
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        Some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        if let Some(at) = state.held.iter().position(|held| held.id == self.id) {
+            state.held.swap_remove(at);
+        }
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock(mutex: &Mutex<SlotsState>) -> MutexGuard<'_, SlotsState> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The answer to a connection refused because every slot is busy: written without waiting,
+/// then the connection is closed.
+pub const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 55\r\nConnection: close\r\n\r\nevery connection slot is busy answering; retry shortly\n";
+
+/// Serves `service` on `io` until the client is done, `stop` turns true, or `evicted` is
+/// notified (its slot went to a new connection); `endpoint` names the endpoint in the debug
+/// log of a connection that ends with an error.
 pub async fn serve_connection<I, S, B>(
     io: I,
     service: S,
     mut stop: watch::Receiver<bool>,
+    evicted: Option<Arc<Notify>>,
     endpoint: &'static str,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -33,8 +187,15 @@ pub async fn serve_connection<I, S, B>(
         // The watch guard is dropped here, before the connection is awaited.
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
+    let evicted = async move {
+        match evicted {
+            Some(evicted) => evicted.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = evicted => return,
         () = stopping => {
             connection.as_mut().graceful_shutdown();
             connection.await

@@ -471,8 +471,10 @@ pub struct StatusJson {
     pub unreserved_threshold_bytes: u64,
     /// Every GPU, in index order.
     pub gpus: Vec<GpuStateJson>,
-    /// The waiting requests, first in line first.
+    /// The waiting requests, first in line first (the daemon lists at most 100).
     pub queue: Vec<WaitingJson>,
+    /// How many requests wait in all.
+    pub queue_total: u32,
 }
 
 impl StatusJson {
@@ -483,6 +485,7 @@ impl StatusJson {
             now,
             now_unix_ms,
             unreserved_threshold_bytes: response.unreserved_threshold_bytes,
+            queue_total: response.queue_total,
             gpus: response
                 .gpus
                 .iter()

@@ -27,6 +27,10 @@ pub struct ReservationsConfig {
     /// its client has to reconnect after the daemon restarted.
     #[serde(with = "duration")]
     pub heartbeat_timeout: Duration,
+    /// Requests one user may have waiting in the queue (`gpukillctl run --wait`).
+    pub max_queued_per_user: usize,
+    /// Requests all users together may have waiting.
+    pub max_queued: usize,
 }
 
 impl Default for ReservationsConfig {
@@ -37,6 +41,8 @@ impl Default for ReservationsConfig {
             max_duration: Duration::from_secs(7 * 86_400),
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
+            max_queued_per_user: 4,
+            max_queued: 256,
         }
     }
 }
@@ -68,6 +74,20 @@ impl ReservationsConfig {
                 "is out of range: use 10ms to 10m".into(),
             ));
         }
+        let counts = [
+            ("reservations.max_queued_per_user", self.max_queued_per_user),
+            ("reservations.max_queued", self.max_queued),
+        ];
+        for (key, value) in counts {
+            if !(1..=100_000).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    origin: origin("reservations"),
+                    message: "is out of range: use 1 to 100000".to_owned(),
+                });
+            }
+        }
         if self.heartbeat_timeout < 2 * self.heartbeat_interval {
             return Err(invalid(
                 "reservations.heartbeat_timeout",
@@ -83,7 +103,7 @@ impl ReservationsConfig {
 }
 
 /// A byte count read as an integer or as `"1GiB"`, written as an integer.
-mod bytes {
+pub(super) mod bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -126,6 +146,8 @@ mod tests {
         assert!(error.contains("\"lots\""), "{error}");
         let error = parse("default_duration = \"30d\"").unwrap_err();
         assert!(error.contains("reservations.default_duration"), "{error}");
+        let error = parse("max_queued_per_user = 0").unwrap_err();
+        assert!(error.contains("reservations.max_queued_per_user = 0"), "{error}");
         let error = parse("heartbeat_interval = \"10s\"\nheartbeat_timeout = \"15s\"").unwrap_err();
         assert!(error.contains("reservations.heartbeat_timeout"), "{error}");
     }

@@ -15,7 +15,6 @@ pub mod validate;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::config::{IngestConfig, parse_address};
+use crate::connections::{AcceptBackoff, Admission, Guarded, Limits, PeerAddress};
 use crate::store::{EventCaller, EventKind, EventLog, NewEvent};
 use crate::upload::client::{CONTENT_SHA256, IDEMPOTENCY_KEY};
 use crate::upload::payload::{SCHEMA, sha256_hex};
@@ -118,33 +118,76 @@ impl Ingest {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop`.
+    /// Serves until `stop`: each client address holds at most
+    /// [`CONNECTIONS_PER_ADDRESS`] connections (a TLS handshake in progress included), all
+    /// together at most [`MAX_CONNECTIONS`]; a handshake and each connection have deadlines
+    /// ([`crate::http::TIMEOUTS`]); accept(2) failures back off.
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+        let admission = Admission::new(
+            "the ingest endpoint",
+            Limits {
+                per_caller: CONNECTIONS_PER_ADDRESS,
+                per_caller_setting: "fixed; docs/limits.md",
+                total: MAX_CONNECTIONS,
+                total_setting: "fixed; docs/limits.md",
+            },
+        );
+        let counters = admission.counters();
+        let mut backoff = AcceptBackoff::new("the ingest endpoint");
         loop {
             let accepted = tokio::select! {
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 accepted = self.listener.accept() => accepted,
             };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let (stream, address) = match accepted {
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
+                Err(error) => {
+                    tokio::time::sleep(backoff.failed(&error)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = admission.admit(PeerAddress(address.ip()), false) else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let state = Arc::clone(&self.state);
             let tls = self.tls.clone();
             let stop = stop.clone();
+            let counters = Arc::clone(&counters);
             tokio::spawn(async move {
+                let timeouts = crate::http::TIMEOUTS;
                 match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => serve_connection(TokioIo::new(stream), state, stop).await,
-                        Err(error) => tracing::debug!(%error, "ingest: TLS handshake failed"),
-                    },
-                    None => serve_connection(TokioIo::new(stream), state, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(timeouts.first_bytes, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                let io = Guarded::new(stream, timeouts, Some(permit), Some(counters));
+                                serve_connection(TokioIo::new(io), state, stop).await;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "ingest: TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(%address, "ingest: TLS handshake timed out"),
+                        }
+                    }
+                    None => {
+                        let io = Guarded::new(stream, timeouts, Some(permit), Some(counters));
+                        serve_connection(TokioIo::new(io), state, stop).await;
+                    }
                 }
             });
         }
     }
 }
+
+/// Connections one client address may hold (a node uploads on one; a reader or two).
+pub const CONNECTIONS_PER_ADDRESS: usize = 8;
+/// Connections of the ingest endpoint together.
+pub const MAX_CONNECTIONS: usize = 512;
 
 async fn serve_connection<T>(io: T, state: Arc<State>, stop: watch::Receiver<bool>)
 where
@@ -154,7 +197,7 @@ where
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(respond(&state, request).await) }
     });
-    crate::http::serve_connection(io, service, stop, "ingest").await;
+    crate::http::serve_connection(io, service, stop, None, "ingest").await;
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -20,15 +20,17 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::connections::{AcceptBackoff, Guarded};
 use crate::guard::counters::GuardCounters;
 use crate::guard::engine::Guard;
 use crate::ring::Ring;
 use crate::store::EventLog;
 
-/// Connections served at once; more wait in the kernel's accept queue. Scrapers are few.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once. Scrapers and probes are few; when all are taken, the one
+/// that waited longest on its client gives its slot to the new one (`http::Slots`).
+pub const MAX_CONNECTIONS: usize = 16;
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// What the endpoint reports on.
@@ -70,23 +72,26 @@ impl Listener {
             sources,
             last_len: AtomicUsize::new(0),
         });
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = crate::http::Slots::new("the metrics endpoint", MAX_CONNECTIONS);
+        let mut backoff = AcceptBackoff::new("the metrics endpoint");
         loop {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
             let accepted = tokio::select! {
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 accepted = self.listener.accept() => accepted,
             };
             let stream = match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
+                }
                 Err(error) => {
-                    // Out of file descriptors, most likely: wait instead of spinning.
-                    tracing::warn!(%error, "metrics endpoint: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(backoff.failed(&error)).await;
                     continue;
                 }
+            };
+            let Some(slot) = slots.take() else {
+                let _ = stream.try_write(crate::http::BUSY_RESPONSE);
+                continue;
             };
             // Headers and body go out as separate writes: without this, Nagle holds the body
             // for the client's delayed ACK (40 ms) on keep-alive connections.
@@ -96,12 +101,22 @@ impl Listener {
             let endpoint = Arc::clone(&endpoint);
             let stop = stop.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let evicted = Arc::clone(&slot.evicted);
+                let io = Guarded::new(stream, crate::http::TIMEOUTS, None, None)
+                    .with_activity(Arc::clone(&slot.activity));
                 let service = service_fn(move |request| {
                     let response = endpoint.respond(&request);
                     async move { Ok::<_, Infallible>(response) }
                 });
-                crate::http::serve_connection(TokioIo::new(stream), service, stop, "metrics").await;
+                crate::http::serve_connection(
+                    TokioIo::new(io),
+                    service,
+                    stop,
+                    Some(evicted),
+                    "metrics",
+                )
+                .await;
+                drop(slot);
             });
         }
     }
@@ -187,6 +202,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 mod tests {
     use super::*;
     use crate::snapshot::{Snapshot, Vendor, VendorData, VendorState, VendorStatus};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn snapshot(taken_at: SystemTime) -> Snapshot {

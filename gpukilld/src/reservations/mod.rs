@@ -79,6 +79,43 @@ pub enum ReservationError {
     /// The store refused the change; nothing changed.
     #[error("the store did not record the reservation, so it was undone")]
     Store(#[source] StoreError),
+    /// The caller, or everyone together, has as many requests waiting as may wait.
+    #[error(
+        "{who} already {waiting} waiting in the queue, the most allowed ({setting} = {limit}); wait for one to be served or end one (Ctrl-C its gpukillctl run)"
+    )]
+    QueueFull {
+        /// "user alice has" or "everyone together have".
+        who: String,
+        /// How many wait.
+        waiting: usize,
+        /// The setting that limits it.
+        setting: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+}
+
+/// The longest note (`reserve --note`) or command (`run`) kept, in bytes: the rest is
+/// dropped and marked with `…`, so that no request makes the daemon hold or answer more.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// Waiting requests a status answer lists, first in line first; it says how many wait.
+pub const STATUS_QUEUE_LIMIT: usize = 100;
+
+/// `text` cut to at most [`NOTE_LIMIT`] bytes (at a character boundary), marked with `…`
+/// when cut.
+pub fn clip_note(mut text: String) -> String {
+    const MARK: &str = "…";
+    if text.len() <= NOTE_LIMIT {
+        return text;
+    }
+    let mut end = NOTE_LIMIT - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
 }
 
 /// Who asks, as the kernel identified them.
@@ -155,8 +192,10 @@ pub struct Status {
     pub gpus: Vec<Assessment>,
     /// Which run reservations have their client connected, by id.
     pub attached: HashMap<i64, bool>,
-    /// The waiting requests, first in line first.
+    /// The first [`STATUS_QUEUE_LIMIT`] waiting requests, first in line first.
     pub queue: Vec<Ticket>,
+    /// How many requests wait in all.
+    pub queue_total: usize,
     /// Memory above which a GPU counts as used.
     pub threshold: u64,
     /// When.
@@ -297,9 +336,37 @@ impl Reservations {
     }
 
     /// Puts a request in the queue; it is served by [`serve_ticket`](Self::serve_ticket)
-    /// when it is first and its GPUs are free. Dropping the ticket leaves the queue.
-    pub fn enqueue(self: &Arc<Self>, requester: &Requester, count: u32, command: &str) -> Queued {
+    /// when it is first and its GPUs are free. Dropping the ticket leaves the queue. Refused
+    /// when the requester has `max_queued_per_user` requests waiting, or everyone together
+    /// `max_queued`.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        requester: &Requester,
+        count: u32,
+        command: &str,
+    ) -> Result<Queued, ReservationError> {
         let mut state = self.lock();
+        let mine = state
+            .queue
+            .iter()
+            .filter(|t| t.uid == requester.uid)
+            .count();
+        if mine >= self.config.max_queued_per_user {
+            return Err(ReservationError::QueueFull {
+                who: format!("user {} has", requester.user),
+                waiting: mine,
+                setting: "[reservations] max_queued_per_user",
+                limit: self.config.max_queued_per_user,
+            });
+        }
+        if state.queue.len() >= self.config.max_queued {
+            return Err(ReservationError::QueueFull {
+                who: "everyone together have".to_owned(),
+                waiting: state.queue.len(),
+                setting: "[reservations] max_queued",
+                limit: self.config.max_queued,
+            });
+        }
         state.next_ticket += 1;
         let ticket = Ticket {
             id: state.next_ticket,
@@ -307,14 +374,14 @@ impl Reservations {
             user: requester.user.clone(),
             count,
             since_ms: unix_ms(SystemTime::now()),
-            command: command.to_owned(),
+            command: clip_note(command.to_owned()),
         };
         let id = ticket.id;
         state.queue.push_back(ticket);
-        Queued {
+        Ok(Queued {
             reservations: Arc::clone(self),
             id,
-        }
+        })
     }
 
     /// Serves a queued request if it is first in line and its GPUs are free: `Ok(None)`
@@ -423,6 +490,7 @@ impl Reservations {
         };
         state.last_lease += 1;
         let lease = state.last_lease;
+        let note = clip_note(request.note.clone());
         let rows: Vec<ReservationRow> = chosen
             .iter()
             .map(|gpu| ReservationRow {
@@ -434,7 +502,7 @@ impl Reservations {
                 kind: request.kind,
                 start_ms: now_ms,
                 expires_ms,
-                note: request.note.clone(),
+                note: note.clone(),
                 client_pid: request.client_pid,
                 end_ms: None,
                 end_reason: None,
@@ -445,11 +513,11 @@ impl Reservations {
                 format!(
                     "manual until {}{}",
                     rfc3339_ms(until),
-                    note_suffix(&request.note)
+                    note_suffix(&note)
                 )
             }
-            (_, Some(until)) => format!("run until {}: {}", rfc3339_ms(until), request.note),
-            (_, None) => format!("run: {}", request.note),
+            (_, Some(until)) => format!("run until {}: {note}", rfc3339_ms(until)),
+            (_, None) => format!("run: {note}"),
         };
         let events: Vec<NewEvent> = rows
             .iter()
@@ -836,7 +904,13 @@ impl Reservations {
                 .iter()
                 .map(|(lease, run)| (*lease, run.attached))
                 .collect(),
-            queue: state.queue.iter().cloned().collect(),
+            queue: state
+                .queue
+                .iter()
+                .take(STATUS_QUEUE_LIMIT)
+                .cloned()
+                .collect(),
+            queue_total: state.queue.len(),
             threshold: self.config.unreserved_threshold,
             now_ms: unix_ms(SystemTime::now()),
         }
@@ -1060,8 +1134,8 @@ mod tests {
         let manual = |count| request(LeaseKind::Manual, Want::Count(count));
         let run = |count| request(LeaseKind::Run, Want::Count(count));
         reservations.reserve(&alice, &manual(3)).await.unwrap();
-        let bob_waits = reservations.enqueue(&bob, 2, "b");
-        let carol_waits = reservations.enqueue(&carol, 1, "c");
+        let bob_waits = reservations.enqueue(&bob, 2, "b").unwrap();
+        let carol_waits = reservations.enqueue(&carol, 1, "c").unwrap();
         // One GPU is free, but Bob is first in line: Carol waits behind him.
         let (run1, run2) = (run(1), run(2));
         let served = reservations.serve_ticket(&carol_waits, &carol, &run1);

@@ -17,7 +17,7 @@ use tonic::{Status, Streaming};
 use super::error::RpcError;
 use super::reservations::reserved_gpu;
 use crate::reservations::{
-    Grant, LeaseRequest, Requester, ReservationError, Reservations, Want, stopped,
+    Grant, LeaseRequest, Queued, Requester, ReservationError, Reservations, Want, stopped,
 };
 use crate::store::LeaseKind;
 
@@ -39,6 +39,7 @@ pub async fn run(
     let timeout = reservations.config().heartbeat_timeout;
     let first = match tokio::time::timeout(timeout, inbound.message()).await {
         Ok(Ok(Some(message))) => message.message,
+        Ok(Err(status)) => return Err(RpcError::Inbound(status)),
         _ => None,
     };
     let (updates, stream) = mpsc::channel(UPDATES);
@@ -82,7 +83,14 @@ impl Session {
             }
             Err(ReservationError::Busy(_)) if start.wait => {
                 let wait = (start.wait_ms > 0).then(|| Duration::from_millis(start.wait_ms));
-                tokio::spawn(self.queue(request, wait));
+                let Want::Count(count) = request.want else {
+                    return Err(RpcError::BadRunStart);
+                };
+                // Refused here, before the stream is answered, when the queue is full.
+                let queued = self
+                    .reservations
+                    .enqueue(&self.requester, count, &request.note)?;
+                tokio::spawn(self.queue(queued, count, request, wait));
                 Ok(())
             }
             Err(error) => Err(error.into()),
@@ -98,13 +106,13 @@ impl Session {
     /// Waits in the queue, first come first served, telling the client its place when it
     /// changes; leaves the queue when the client goes, the wait runs out or the daemon
     /// stops.
-    async fn queue(mut self, request: LeaseRequest, wait: Option<Duration>) {
-        let Want::Count(count) = request.want else {
-            return;
-        };
-        let queued = self
-            .reservations
-            .enqueue(&self.requester, count, &request.note);
+    async fn queue(
+        mut self,
+        queued: Queued,
+        count: u32,
+        request: LeaseRequest,
+        wait: Option<Duration>,
+    ) {
         let give_up = wait.map(|wait| tokio::time::Instant::now() + wait);
         let mut told = None;
         let grant = loop {

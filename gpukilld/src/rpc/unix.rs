@@ -4,8 +4,13 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::connections::{AcceptBackoff, Admission, Guarded, PeerUid, Refused, Timeouts};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -124,4 +129,97 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
         return Err(error);
     }
     Ok(listener)
+}
+
+/// A served connection of the Unix socket.
+pub type UnixConnection = Guarded<UnixStream>;
+
+/// Accepts connections on `listener` until `stop`: each caller (by the uid of its kernel
+/// credentials) gets at most its share of `admission`'s slots, and each connection the
+/// deadlines of `timeouts`. A refused connection is told why (an HTTP/2 GOAWAY naming the
+/// limit) and closed; accept(2) failures back off instead of spinning.
+pub fn incoming(
+    listener: UnixListener,
+    admission: Admission<PeerUid>,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverStream<Result<UnixConnection, io::Error>> {
+    let (sender, receiver) = mpsc::channel(64);
+    let counters = admission.counters();
+    tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::new("the Unix socket");
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
+                }
+                Err(error) => {
+                    tokio::time::sleep(backoff.failed(&error)).await;
+                    continue;
+                }
+            };
+            // Without credentials a connection cannot be attributed: nothing to serve.
+            let Ok(credentials) = stream.peer_cred() else {
+                continue;
+            };
+            let uid = credentials.uid();
+            match admission.admit(PeerUid(uid), uid == 0) {
+                Ok(permit) => {
+                    let connection =
+                        Guarded::new(stream, timeouts, Some(permit), Some(Arc::clone(&counters)));
+                    if sender.send(Ok(connection)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(refused) => refuse(&stream, &refused),
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Tells a refused gRPC client why before closing: the server's HTTP/2 preface (an empty
+/// SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is the refusal. Written
+/// without waiting: a client that does not read simply gets the close.
+fn refuse(stream: &UnixStream, refused: &Refused) {
+    let _ = stream.try_write(&goaway(&refused.to_string()));
+}
+
+/// An empty SETTINGS frame, then a GOAWAY with no stream processed, code ENHANCE_YOUR_CALM
+/// and `message` as its debug data.
+fn goaway(message: &str) -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let debug = &message.as_bytes()[..message.len().min(512)];
+    let length = u32::try_from(8 + debug.len()).unwrap_or(8);
+    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    frames.extend_from_slice(&length.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frames.extend_from_slice(debug);
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_settings_and_a_goaway_frame() {
+        let frames = goaway("uid 1000 holds 32 connections");
+        assert_eq!(&frames[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let goaway = &frames[9..];
+        let length = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
+        assert_eq!(goaway[3], 7);
+        assert_eq!(length, goaway.len() - 9);
+        assert_eq!(&goaway[13..17], &11u32.to_be_bytes());
+        assert_eq!(&goaway[17..], b"uid 1000 holds 32 connections");
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod central;
+pub mod flood;
 pub mod measure;
 pub mod pki;
 
@@ -70,6 +71,8 @@ pub struct DaemonOptions {
     pub ring_capacity: Option<usize>,
     pub nvml_library: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// The daemon's `RLIMIT_NOFILE`, soft and hard (as `prlimit --nofile=N:N` would set it).
+    pub nofile: Option<u64>,
 }
 
 impl Default for DaemonOptions {
@@ -81,6 +84,7 @@ impl Default for DaemonOptions {
             ring_capacity: None,
             nvml_library: None,
             env: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -174,6 +178,19 @@ impl Daemon {
             .stderr(std::fs::File::create(log).unwrap());
         for (key, value) in &options.env {
             command.env(key, value);
+        }
+        if let Some(limit) = options.nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
         }
         command.spawn().expect("spawn gpukilld")
     }
