@@ -34,6 +34,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use config::Config;
 use ring::Ring;
+use service::tasks::OnPanic;
 use sampler::{Sampler, Timing};
 use vendor::Backend;
 
@@ -79,6 +80,10 @@ pub enum Error {
     /// The ingest endpoint cannot start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// A background task panicked and could not be restarted (systemd starts the daemon
+    /// again).
+    #[error(transparent)]
+    Task(#[from] service::tasks::TaskFailed),
 }
 
 impl Error {
@@ -99,7 +104,8 @@ impl Error {
             | Error::Thread(_)
             | Error::Serve(_)
             | Error::Metrics { .. }
-            | Error::Activation(_) => ERROR,
+            | Error::Activation(_)
+            | Error::Task(_) => ERROR,
         }
     }
 }
@@ -244,10 +250,14 @@ pub async fn run(
     config: Config,
     environment: Environment,
     shutdown: impl Future<Output = ()> + Send,
-    mut reload: impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static,
+    reload: impl tokio_stream::Stream<Item = ()> + Send + Unpin + 'static,
     load_config: LoadConfig,
 ) -> Result<(), Error> {
     let socket_path = config.socket_path(environment.euid, environment.xdg_runtime_dir.as_deref());
+    // Every background task runs under it; one that fails for good stops the daemon as a
+    // signal would, and `run` then returns its error.
+    let tasks = service::tasks::Tasks::default();
+    let shutdown = tasks.or_failure(shutdown);
     let backends = backends(&config);
     let proc_reader = procinfo::ProcReader::new("/proc").map_err(Error::Procfs)?;
     let timing = Timing {
@@ -297,6 +307,8 @@ pub async fn run(
         })?,
         admin_group: config.admin_group.clone(),
         events,
+        store_path: database.clone(),
+        tasks: tasks.clone(),
     });
 
     let upload_client = upload::client::UploadClient::new(&config.upload)?;
@@ -343,7 +355,18 @@ pub async fn run(
     // Turned true when shutdown starts: the sampler and every Watch stream end on it, so
     // the server's graceful shutdown does not wait on watchers.
     let (stop, stopped) = watch::channel(false);
-    let sampler_task = tokio::spawn(sampler.run(Arc::clone(&ring), stopped.clone()));
+    // The sampler owns the vendor threads, which cannot be made again in place.
+    let sampler_task = {
+        let (mut sampler, ring, stopped) = (Some(sampler), Arc::clone(&ring), stopped.clone());
+        tasks.spawn("sampler", OnPanic::StopDaemon, move || {
+            let (sampler, ring, stopped) = (sampler.take(), Arc::clone(&ring), stopped.clone());
+            async move {
+                if let Some(sampler) = sampler {
+                    sampler.run(ring, stopped).await;
+                }
+            }
+        })
+    };
     let reservations: rpc::reservations::ReservationsHandle = match &kill_context.events {
         Ok(log) => crate::reservations::Reservations::load(
             config.reservations.clone(),
@@ -360,10 +383,11 @@ pub async fn run(
         Err(message) => Err(message.clone()),
     };
     if let Ok(held) = &reservations {
-        tokio::spawn(crate::reservations::run_timers(
-            Arc::clone(held),
-            stopped.clone(),
-        ));
+        let (held, stopped) = (Arc::clone(held), stopped.clone());
+        // Its state lives in `Reservations`: a new timer loop picks it up.
+        tasks.spawn("reservations", OnPanic::Restart, move || {
+            crate::reservations::run_timers(Arc::clone(&held), stopped.clone())
+        });
     }
     let guard = Arc::new(guard::engine::Guard::new(
         config.guard_policy.clone(),
@@ -373,19 +397,30 @@ pub async fn run(
     let loading = Arc::clone(&guard);
     let _ = tokio::task::spawn_blocking(move || loading.load()).await;
     // Without the audit trail nothing is killed, so no guard either.
+    // A restarted guard starts its violations' durations afresh: it kills later, not sooner.
     let guard_task = kill_context.events.as_ref().ok().map(|log| {
-        tokio::spawn(guard::engine::run(
-            Arc::clone(&guard),
-            Arc::clone(&ring),
-            Arc::clone(log),
-            reservations.as_ref().ok().cloned(),
-            stopped.clone(),
-        ))
+        let (guard, ring, log) = (Arc::clone(&guard), Arc::clone(&ring), Arc::clone(log));
+        let (held, stopped) = (reservations.as_ref().ok().cloned(), stopped.clone());
+        tasks.spawn("guard", OnPanic::Restart, move || {
+            guard::engine::run(
+                Arc::clone(&guard),
+                Arc::clone(&ring),
+                Arc::clone(&log),
+                held.clone(),
+                stopped.clone(),
+            )
+        })
     });
     let reloading = Arc::clone(&guard);
     let running = config.clone();
-    tokio::spawn(async move {
+    // Shared so that a restarted loop reads the same SIGHUP stream.
+    let reload = Arc::new(tokio::sync::Mutex::new(reload));
+    tasks.spawn("reload", OnPanic::Restart, move || {
+        let (reload, load_config) = (Arc::clone(&reload), Arc::clone(&load_config));
+        let (reloading, running) = (Arc::clone(&reloading), running.clone());
+        async move {
         use tokio_stream::StreamExt;
+        let mut reload = reload.lock().await;
         while reload.next().await.is_some() {
             service::supervisor::reloading();
             let load = Arc::clone(&load_config);
@@ -416,22 +451,27 @@ pub async fn run(
             };
             service::supervisor::reloaded(&status);
         }
+        }
     });
     if let Some(interval) = service::supervisor::watchdog_interval() {
-        tokio::spawn(service::supervisor::watchdog(
-            Arc::clone(&ring),
-            interval,
-            stopped.clone(),
-        ));
+        let (ring, stopped) = (Arc::clone(&ring), stopped.clone());
+        tasks.spawn("watchdog", OnPanic::Restart, move || {
+            service::supervisor::watchdog(Arc::clone(&ring), interval, stopped.clone())
+        });
     }
     let kill_events = kill_context.events.clone();
+    // A restarted recorder loses the open interval's samples, nothing written.
     let recorder_task = kill_context.events.as_ref().ok().map(|log| {
-        tokio::spawn(recorder::run(
-            recorder::Recorder::new(config.persist_interval),
-            Arc::clone(&ring),
-            Arc::clone(log),
-            stopped.clone(),
-        ))
+        let (ring, log, stopped) = (Arc::clone(&ring), Arc::clone(log), stopped.clone());
+        let interval = config.persist_interval;
+        tasks.spawn("recorder", OnPanic::Restart, move || {
+            recorder::run(
+                recorder::Recorder::new(interval),
+                Arc::clone(&ring),
+                Arc::clone(&log),
+                stopped.clone(),
+            )
+        })
     });
     if let Some(listener) = metrics_listener {
         tracing::info!(
@@ -444,7 +484,18 @@ pub async fn run(
             guard: Arc::clone(&guard),
             guard_counters: Some(guard.counters()),
         };
-        tokio::spawn(listener.serve(sources, stopped.clone()));
+        // It owns the bound port: a panic stops the daemon (systemd binds it afresh).
+        let (mut once, stopped) = (Some((listener, sources)), stopped.clone());
+        tasks.spawn("metrics", OnPanic::StopDaemon, move || {
+            let serving = once
+                .take()
+                .map(|(listener, sources)| listener.serve(sources, stopped.clone()));
+            async move {
+                if let Some(serving) = serving {
+                    serving.await;
+                }
+            }
+        });
     }
     tracing::info!(
         socket = %socket_path.display(),
@@ -479,7 +530,16 @@ pub async fn run(
     }));
     if let Some(ingest) = ingest {
         tracing::info!(address = ?ingest.local_addr().ok(), path = ingest::PATH, "serving uploads (ingest)");
-        tokio::spawn(ingest.serve(stopped.clone()));
+        // It owns the bound port: a panic stops the daemon (systemd binds it afresh).
+        let (mut ingest, stopped) = (Some(ingest), stopped.clone());
+        tasks.spawn("ingest", OnPanic::StopDaemon, move || {
+            let serving = ingest.take().map(|ingest| ingest.serve(stopped.clone()));
+            async move {
+                if let Some(serving) = serving {
+                    serving.await;
+                }
+            }
+        });
     }
     let upload_settings = rpc::uploads::UploadSettings {
         enabled: config.upload.enabled(),
@@ -493,16 +553,32 @@ pub async fn run(
                 "offline: hours are queued for upload, not sent"
             );
         } else {
-            tokio::spawn(upload::run(
-                Arc::clone(log),
-                client,
-                upload::Policy {
-                    retry_min: config.upload.retry_min,
-                    retry_max: config.upload.retry_max,
-                    max_attempts: config.upload.max_attempts,
-                },
-                stopped.clone(),
-            ));
+            let policy = upload::Policy {
+                retry_min: config.upload.retry_min,
+                retry_max: config.upload.retry_max,
+                max_attempts: config.upload.max_attempts,
+            };
+            let (log, stopped) = (Arc::clone(log), stopped.clone());
+            let (mut first, upload_config) = (Some(client), config.upload.clone());
+            // Its progress is in the outbox; a restart makes a new client (and connection).
+            tasks.spawn("uploader", OnPanic::Restart, move || {
+                let client = match first.take() {
+                    Some(client) => Ok(Some(client)),
+                    None => upload::client::UploadClient::new(&upload_config),
+                };
+                let (log, stopped) = (Arc::clone(&log), stopped.clone());
+                async move {
+                    match client {
+                        Ok(Some(client)) => upload::run(log, client, policy, stopped).await,
+                        // The configuration it was made from has a URL; it cannot lose it.
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(
+                            error = %error_chain(&error),
+                            "cannot restart the uploader: its credentials no longer load"
+                        ),
+                    }
+                }
+            });
         }
     }
     let grpc = rpc::Service::new(
@@ -577,5 +653,9 @@ pub async fn run(
     if owns_socket && let Err(error) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), %error, "cannot remove socket");
     }
-    served.map_err(Error::Serve)
+    served.map_err(Error::Serve)?;
+    match tasks.failure() {
+        Some(failure) => Err(Error::Task(failure)),
+        None => Ok(()),
+    }
 }

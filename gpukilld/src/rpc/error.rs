@@ -57,6 +57,9 @@ pub enum RpcError {
     /// The audit store is not available; nothing is killed without it.
     #[error("the audit store is unavailable, so nothing is killed: {0}")]
     AuditUnavailable(String),
+    /// A kill or reset was not done: its audit record could not be written first.
+    #[error(transparent)]
+    Act(#[from] crate::actions::audit::ActError),
     /// The store is not available for reading.
     #[error("the store is unavailable: {0}")]
     StoreUnavailable(String),
@@ -167,8 +170,14 @@ impl From<RpcError> for Status {
             | RpcError::UploadsOff
             | RpcError::UploadNotStuck(..) => Code::FailedPrecondition,
             RpcError::ResetBusy(_) => Code::Aborted,
+            // The daemon is up but cannot act until its store is fixed: not UNAVAILABLE,
+            // which clients read as "daemon not reachable" (gpukillctl exits 5, not 6).
+            RpcError::AuditUnavailable(_)
+            | RpcError::Act(crate::actions::audit::ActError::Unrecorded(_)) => {
+                Code::FailedPrecondition
+            }
             RpcError::Select(SelectError::Proc { .. })
-            | RpcError::AuditUnavailable(_)
+            | RpcError::Act(crate::actions::audit::ActError::Panicked)
             | RpcError::StoreUnavailable(_)
             | RpcError::GuardUpdate(_)
             | RpcError::Store(_)

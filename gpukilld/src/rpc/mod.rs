@@ -170,7 +170,7 @@ impl GpuKill for Service {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         attribute(&request, "Health", Access::Read, &self.kill.events)?;
         Ok(Response::new(
-            health::health(&self.ring, &self.kill.events, &self.uploads, self.started).await,
+            health::health(&self.ring, &self.kill, &self.uploads, self.started).await,
         ))
     }
 
