@@ -192,25 +192,25 @@ pub struct KillOptions {
     pub force: bool,
 }
 
-/// Applies protection, then authorization, then signals what is left (blocking). Results
-/// are in pid order.
-pub fn decide_and_execute(
+/// Applies protection, then authorization: the targets that may not be signalled, with
+/// why, and those that may. Blocking (it reads /proc and may read the user database). Only
+/// [`crate::actions::audit::kill`] signals what it allows, once the decision is recorded.
+pub fn decide(
     principal: &Principal,
     protection: &Protection,
     targets: Vec<Target>,
-    options: KillOptions,
-) -> Vec<Decided> {
-    let mut decided = Vec::with_capacity(targets.len());
+) -> (Vec<Decided>, Vec<Target>) {
+    let mut refused = Vec::new();
     let mut allowed = Vec::new();
     for target in targets {
         if let Some(reason) = protection.check(principal, &target.info) {
-            decided.push(Decided {
+            refused.push(Decided {
                 target,
                 outcome: Outcome::Protected,
                 reason,
             });
         } else if let Err(reason) = principal.may_signal(target.info.uid, &target.info.user) {
-            decided.push(Decided {
+            refused.push(Decided {
                 target,
                 outcome: Outcome::Denied,
                 reason,
@@ -219,9 +219,7 @@ pub fn decide_and_execute(
             allowed.push(target);
         }
     }
-    decided.extend(execute(allowed, options));
-    decided.sort_by_key(|decided| decided.target.info.pid);
-    decided
+    (refused, allowed)
 }
 
 /// A target that was verified and pinned by a pidfd.
@@ -239,8 +237,9 @@ enum Handle {
 }
 
 /// Signals every target (SIGTERM, then with `force` SIGKILL after the timeout) and waits
-/// for them all together. Blocking: run it on a blocking thread.
-pub fn execute(targets: Vec<Target>, options: KillOptions) -> Vec<Decided> {
+/// for them all together. Blocking: run it on a blocking thread. Only [`super::audit`]
+/// calls it, after writing the record of the act.
+pub(super) fn execute(targets: Vec<Target>, options: KillOptions) -> Vec<Decided> {
     let mut results: Vec<Option<(Outcome, String)>> = vec![None; targets.len()];
     let mut pinned = Vec::new();
     for (index, target) in targets.iter().enumerate() {

@@ -1,7 +1,9 @@
-//! The only code that changes the world: killing processes (and, later, resetting GPUs).
-//! Every safety check lives here: protection, PID-reuse safety, authorization is applied by
-//! the caller through [`crate::authz::Principal`] before anything reaches [`kill::execute`].
+//! The only code that changes the world: killing processes and resetting GPUs. Every safety
+//! check lives here: protection, PID-reuse safety, authorization through
+//! [`crate::authz::Principal`], and the audit record that is written before any act
+//! ([`audit`]): no record, no act.
 
+pub mod audit;
 pub mod kill;
 pub mod protect;
 pub mod reset;

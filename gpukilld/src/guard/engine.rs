@@ -22,7 +22,8 @@ use super::evaluate::{self, Evaluation, UtilHistory, Violation};
 use super::notify::{self, Notice, NoticeProcess, Notifier};
 use super::policy::{CompiledPolicy, LocalTime, Mode, unix_group_members};
 use super::tracker::{Decision, Tracker};
-use crate::actions::kill::{self, Decided, KillOptions, Outcome, Target};
+use crate::actions::audit;
+use crate::actions::kill::{KillOptions, Outcome, Target};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal, Transport};
 use crate::procinfo::ProcessInfo;
@@ -623,19 +624,35 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
     };
     let (loaded, responder) = (Arc::clone(loaded), Arc::clone(responder));
     tokio::spawn(async move {
-        let (killer, protection) = (responder.principal.clone(), loaded.protection.clone());
-        let decided = tokio::task::spawn_blocking(move || {
-            kill::decide_and_execute(&killer, &protection, targets, options)
-        })
-        .await;
-        let Ok(decided) = decided else {
-            tracing::error!("the guard's kill panicked");
-            return;
+        let request = audit::Request {
+            principal: &responder.principal,
+            action: &action,
+            context: Some(&description),
+            refused: EventKind::Kill,
         };
-        let records: Vec<NewEvent> = decided
-            .iter()
-            .map(|decided| kill_event(&responder.principal, &action, &description, decided))
-            .collect();
+        let pids: Vec<u32> = targets.iter().map(|target| target.info.pid).collect();
+        let killed = audit::kill(
+            &responder.events,
+            request,
+            loaded.protection.clone(),
+            targets,
+            options,
+        )
+        .await;
+        let decided = match killed {
+            Ok(decided) => decided,
+            Err(error) => {
+                // No record, no kill; the store counts the events it could not write, and
+                // Health reports the store's state.
+                tracing::error!(
+                    rule = violation.rule.as_str(),
+                    ?pids,
+                    error = %crate::error_chain(&error),
+                    "guard: not killing"
+                );
+                return;
+            }
+        };
         let notify = &loaded.policy.policy.notify;
         let mut messages = Vec::new();
         for decided in &decided {
@@ -672,9 +689,6 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
             }
         }
         tell(messages);
-        if let Err(error) = responder.events.record(records).await {
-            tracing::error!(%error, "cannot record the guard's kills");
-        }
     });
 }
 
@@ -689,20 +703,5 @@ fn event_target(info: &crate::procinfo::ProcessInfo, gpu_index: u32) -> EventTar
         name: info.name.clone(),
         cmdline: info.cmdline.clone(),
         gpu_index: Some(gpu_index),
-    }
-}
-
-fn kill_event(principal: &Principal, action: &str, violation: &str, decided: &Decided) -> NewEvent {
-    NewEvent {
-        time: SystemTime::now(),
-        kind: EventKind::Kill,
-        caller: event_caller(principal),
-        action: action.to_owned(),
-        target: Some(event_target(
-            &decided.target.info,
-            decided.target.gpu_index.unwrap_or_default(),
-        )),
-        outcome: decided.outcome.as_str().to_owned(),
-        reason: format!("{violation}; {}", decided.reason),
     }
 }

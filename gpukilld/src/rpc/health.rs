@@ -1,22 +1,24 @@
-//! `Health`: serving or degraded, and why.
+//! `Health`: serving or degraded, and why; the store's state (whether kills and resets can
+//! be recorded) and every supervised background task.
 
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use gpukill_proto::v1 as pb;
 
 use super::convert;
+use super::kill::KillContext;
 use crate::ring::Ring;
+use crate::service::tasks::{TaskState, TaskStatus};
 use crate::snapshot::VendorState;
-use crate::store::EventLog;
 
 /// Answers `Health`.
 pub async fn health(
     ring: &Ring,
-    events: &Result<Arc<EventLog>, String>,
+    context: &KillContext,
     upload_settings: &super::uploads::UploadSettings,
     started: Instant,
 ) -> pb::HealthResponse {
+    let events = &context.events;
     let now = SystemTime::now();
     let latest = ring.latest();
     let mut problems: Vec<String> = latest
@@ -28,11 +30,17 @@ pub async fn health(
             VendorState::Hung { .. } => convert::vendor_status(status, now).message,
         })
         .collect();
+    let store = store_health(context);
     match events {
         Err(message) => problems.push(format!(
             "audit store unavailable, kill is disabled: {message}"
         )),
         Ok(log) => {
+            if let Some(problem) = log.file_problem() {
+                problems.push(format!(
+                    "store unavailable, kill and reset are refused: {problem}"
+                ));
+            }
             let counters = log.counters();
             if counters.dropped + counters.failed > 0 {
                 problems.push(format!(
@@ -41,7 +49,8 @@ pub async fn health(
                 ));
             }
             let history = log.history_counters();
-            if let Some(error) = history.last_error {
+            // A deleted store is said once, above.
+            if let Some(error) = history.last_error.filter(|_| log.file_problem().is_none()) {
                 problems.push(format!(
                     "store degraded: cannot write history ({} intervals waiting): {error}",
                     history.queued
@@ -79,6 +88,8 @@ pub async fn health(
             )),
         }
     }
+    let tasks = context.tasks.statuses();
+    problems.extend(tasks.iter().filter_map(task_problem));
     if let Some(reason) = latest.stale_reason(now)
         && !problems
             .iter()
@@ -118,6 +129,67 @@ pub async fn health(
         tick_duration_max_us: micros(max),
         daemon_rss_bytes: tokio::task::spawn_blocking(own_rss).await.ok().flatten(),
         uptime_s: started.elapsed().as_secs(),
+        store: Some(store),
+        tasks: tasks.iter().map(task_health).collect(),
+    }
+}
+
+/// The store's state: unavailable without a usable database (kills and resets refused),
+/// degraded while writes fail (a kill or reset whose record cannot be written is refused).
+fn store_health(context: &KillContext) -> pb::StoreHealth {
+    let path = context.store_path.display().to_string();
+    let (state, message) = match &context.events {
+        Err(message) => (
+            pb::StoreState::Unavailable,
+            format!(
+                "{message}; nothing is killed or reset until gpukilld starts with a working store"
+            ),
+        ),
+        Ok(log) => match (log.file_problem(), log.history_counters().last_error) {
+            (Some(problem), _) => (pb::StoreState::Unavailable, problem),
+            (None, Some(error)) => (
+                pb::StoreState::Degraded,
+                format!(
+                    "writes fail: {error}; a kill or reset whose audit record cannot be written is refused"
+                ),
+            ),
+            (None, None) => (pb::StoreState::Ok, String::new()),
+        },
+    };
+    pb::StoreHealth {
+        state: state.into(),
+        path,
+        message,
+    }
+}
+
+/// A problem line for a task that panicked and is not running now.
+fn task_problem(task: &TaskStatus) -> Option<String> {
+    let what = match task.state {
+        TaskState::Restarting => "restarting",
+        TaskState::Failed => "failed; gpukilld is stopping",
+        TaskState::Running | TaskState::Stopped => return None,
+    };
+    Some(format!(
+        "task {} panicked ({} restarts), {what}: {}",
+        task.name,
+        task.restarts,
+        task.last_panic.as_deref().unwrap_or_default()
+    ))
+}
+
+fn task_health(task: &TaskStatus) -> pb::TaskHealth {
+    pb::TaskHealth {
+        name: task.name.to_string(),
+        state: match task.state {
+            TaskState::Running => pb::TaskState::Running,
+            TaskState::Restarting => pb::TaskState::Restarting,
+            TaskState::Failed => pb::TaskState::Failed,
+            TaskState::Stopped => pb::TaskState::Stopped,
+        }
+        .into(),
+        restarts: task.restarts,
+        last_panic: task.last_panic.clone(),
     }
 }
 

@@ -1,9 +1,9 @@
-//! `Kill`: parse the selection, attribute and authorize the caller, protect what must never
-//! be signalled, signal the rest through `actions::kill`, and write every result to the
-//! audit trail.
+//! `Kill`: parse the selection, attribute the caller, choose the targets, and hand them to
+//! `actions::audit::kill`, which protects, authorizes, writes every decision to the audit
+//! trail before any signal, signals, and records the outcomes.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gpukill_proto::v1 as pb;
 use gpukill_proto::v1::kill_request::Target as Selection;
@@ -11,11 +11,12 @@ use regex::Regex;
 
 use super::convert;
 use super::error::RpcError;
+use crate::actions::audit;
 use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
-use crate::store::{EventKind, EventLog, EventTarget, NewEvent};
+use crate::store::{EventKind, EventLog};
 
 /// SIGTERM's default time to work.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +31,10 @@ pub struct KillContext {
     pub admin_group: String,
     /// The audit trail; without it nothing is killed.
     pub events: EventsHandle,
+    /// The database file `events` writes (`Health` names it).
+    pub store_path: std::path::PathBuf,
+    /// The daemon's supervised background tasks (`Health` reports them).
+    pub tasks: crate::service::tasks::Tasks,
 }
 
 /// The audit trail, or why the store could not be opened.
@@ -136,20 +141,7 @@ pub async fn kill(
         });
     }
 
-    let blocking_context = Arc::clone(context);
     let options = parsed.options;
-    let blocking_principal = principal.clone();
-    let decided = tokio::task::spawn_blocking(move || {
-        kill::decide_and_execute(
-            &blocking_principal,
-            &blocking_context.protection,
-            targets,
-            options,
-        )
-    })
-    .await
-    .map_err(|_| RpcError::Internal("killing panicked"))?;
-
     let action = format!(
         "kill {}{}{} --timeout-secs {}",
         parsed.described,
@@ -157,10 +149,20 @@ pub async fn kill(
         if options.force { " --force" } else { "" },
         options.timeout.as_secs()
     );
-    let audit: Vec<NewEvent> = decided
-        .iter()
-        .map(|decided| event(&principal, &action, decided))
-        .collect();
+    let request = audit::Request {
+        principal: &principal,
+        action: &action,
+        context: None,
+        refused: EventKind::Deny,
+    };
+    let decided = audit::kill(
+        &events,
+        request,
+        context.protection.clone(),
+        targets,
+        options,
+    )
+    .await?;
     for decided in &decided {
         tracing::info!(
             caller = %principal.user,
@@ -172,39 +174,10 @@ pub async fn kill(
             "{action}"
         );
     }
-    if let Err(error) = events.record(audit).await {
-        // The signals were sent; the caller gets the truth, the journal gets the failure.
-        tracing::error!(%error, "cannot write the audit events of a kill");
-    }
     Ok(pb::KillResponse {
         results: decided.iter().map(result).collect(),
         needs_batch: false,
     })
-}
-
-/// The audit event of one kill result.
-pub(super) fn event(principal: &Principal, action: &str, decided: &Decided) -> NewEvent {
-    let info = &decided.target.info;
-    NewEvent {
-        time: SystemTime::now(),
-        kind: match decided.outcome {
-            Outcome::Denied | Outcome::Protected => EventKind::Deny,
-            _ => EventKind::Kill,
-        },
-        caller: event_caller(principal),
-        action: action.to_string(),
-        target: Some(EventTarget {
-            pid: info.pid,
-            start_time_ms: convert::unix_ms(info.start_time),
-            uid: info.uid,
-            user: info.user.to_string(),
-            name: info.name.clone(),
-            cmdline: info.cmdline.clone(),
-            gpu_index: decided.target.gpu_index,
-        }),
-        outcome: decided.outcome.as_str().to_string(),
-        reason: decided.reason.clone(),
-    }
 }
 
 /// The API view of one kill result.

@@ -1,6 +1,7 @@
 //! `Reset`: admins only; the GPUs must exist, support reset and be idle (or, with force,
 //! have their processes killed first through the same checks as `Kill`). Every attempt,
-//! refused or not, is audited.
+//! refused or not, is audited; a reset (and each kill before it) is recorded before it
+//! runs, and not run when that record cannot be written.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,7 +10,8 @@ use gpukill_proto::v1 as pb;
 use gpukill_proto::v1::reset_request::Target as Selection;
 
 use super::error::RpcError;
-use super::kill::{KillContext, event, event_caller, result};
+use super::kill::{KillContext, event_caller, result};
+use crate::actions::audit;
 use crate::actions::kill::{self, KillOptions, Outcome, Selector};
 use crate::actions::reset;
 use crate::authz::{Caller, Principal};
@@ -100,41 +102,51 @@ pub async fn reset(
         } else {
             (Vec::new(), None)
         };
-        let started = SystemTime::now();
-        let outcome = match kill_failure {
-            Some(reason) => Err(reason),
-            None => match reset::reset_gpu(tools, vendor, &gpu).await {
-                Ok(printed) => {
-                    reset::wait_until_back(ring, vendor, &pci_bus_id, started, COME_BACK)
-                        .await
-                        .map(|()| printed)
-                }
-                Err(reason) => Err(reason),
-            },
+        let event = |outcome: &str, reason: String| NewEvent {
+            time: SystemTime::now(),
+            kind: EventKind::Reset,
+            caller: event_caller(&principal),
+            action: format!("{action} (GPU {} at {pci_bus_id})", gpu.index),
+            target: None,
+            outcome: outcome.to_string(),
+            reason,
         };
-        let (outcome, reason) = match outcome {
-            Ok(printed) => (pb::ResetOutcome::Reset, printed),
-            Err(reason) => (pb::ResetOutcome::Failed, reason),
+        let (outcome, reason) = match kill_failure {
+            Some(reason) => {
+                record(&events, vec![event("failed", reason.clone())]).await;
+                (pb::ResetOutcome::Failed, reason)
+            }
+            None => {
+                let intent = event(
+                    audit::RESETTING,
+                    format!("about to run the {} reset tool", vendor.name()),
+                );
+                audit::recorded(&events, intent, async {
+                    let started = SystemTime::now();
+                    let done = match reset::reset_gpu(tools, vendor, &gpu).await {
+                        Ok(printed) => {
+                            reset::wait_until_back(ring, vendor, &pci_bus_id, started, COME_BACK)
+                                .await
+                                .map(|()| printed)
+                        }
+                        Err(reason) => Err(reason),
+                    };
+                    let (outcome, reason) = match done {
+                        Ok(printed) => (pb::ResetOutcome::Reset, printed),
+                        Err(reason) => (pb::ResetOutcome::Failed, reason),
+                    };
+                    let stored = if outcome == pb::ResetOutcome::Reset {
+                        "reset"
+                    } else {
+                        "failed"
+                    };
+                    ((outcome, reason.clone()), stored.to_string(), reason)
+                })
+                .await
+                .map_err(audit::ActError::from)?
+            }
         };
         tracing::info!(caller = %principal.user, gpu = gpu.index, pci = %pci_bus_id, ?outcome, %reason, "{action}");
-        record(
-            &events,
-            vec![NewEvent {
-                time: SystemTime::now(),
-                kind: EventKind::Reset,
-                caller: event_caller(&principal),
-                action: format!("{action} (GPU {} at {pci_bus_id})", gpu.index),
-                target: None,
-                outcome: if outcome == pb::ResetOutcome::Reset {
-                    "reset"
-                } else {
-                    "failed"
-                }
-                .to_string(),
-                reason: reason.clone(),
-            }],
-        )
-        .await;
         results.push(pb::ResetResult {
             gpu_index: gpu.index,
             pci_bus_id,
@@ -181,35 +193,36 @@ async fn kill_processes_on(
     index: u32,
 ) -> Result<(Vec<pb::KillResult>, Option<String>), RpcError> {
     let snapshot = ring.latest();
-    let blocking_context = Arc::clone(context);
-    let blocking_principal = principal.clone();
-    let decided = tokio::task::spawn_blocking(move || {
-        let targets = match kill::select(&snapshot, &Selector::Gpu(index), false, "") {
-            Ok(targets) => targets,
-            Err(kill::SelectError::NoMatch(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(error),
-        };
-        let options = KillOptions {
-            timeout: KILL_TIMEOUT,
-            force: true,
-        };
-        Ok(kill::decide_and_execute(
-            &blocking_principal,
-            &blocking_context.protection,
-            targets,
-            options,
-        ))
+    let targets = tokio::task::spawn_blocking(move || {
+        match kill::select(&snapshot, &Selector::Gpu(index), false, "") {
+            Ok(targets) => Ok(targets),
+            Err(kill::SelectError::NoMatch(_)) => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
     })
     .await
-    .map_err(|_| RpcError::Internal("killing panicked"))??;
-    record(
+    .map_err(|_| RpcError::Internal("target selection panicked"))??;
+    if targets.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let request = audit::Request {
+        principal,
+        action,
+        context: None,
+        refused: EventKind::Deny,
+    };
+    let options = KillOptions {
+        timeout: KILL_TIMEOUT,
+        force: true,
+    };
+    let decided = audit::kill(
         events,
-        decided
-            .iter()
-            .map(|d| event(principal, action, d))
-            .collect(),
+        request,
+        context.protection.clone(),
+        targets,
+        options,
     )
-    .await;
+    .await?;
     let failure = decided
         .iter()
         .find(|d| {

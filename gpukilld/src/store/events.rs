@@ -175,6 +175,18 @@ pub struct StoredEvent {
     pub reason: String,
 }
 
+/// The outcome of an act whose event was written before it (outcome `signalling` or
+/// `resetting`), to replace that placeholder once the act is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeUpdate {
+    /// The event's row id, as the write before the act returned it.
+    pub id: i64,
+    /// What happened.
+    pub outcome: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Which events to read: the newest `limit` that match, returned oldest first (by id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventQuery {
@@ -213,8 +225,41 @@ const COLUMNS: &str = "id, time_ms, kind, caller_uid, caller_user, caller_pid, t
 impl Store {
     /// Writes `events` in one transaction and returns their ids, in order. Either all are
     /// written or none is.
+    ///
+    /// The commit is synced to disk before this returns (`synchronous = FULL` for this
+    /// transaction: in WAL mode the WAL is fsynced at commit), since an audit event may be
+    /// the record of an act about to happen; the store's other writes keep `NORMAL` (synced
+    /// at checkpoints: a power loss may take the last seconds of history, never an event).
     pub fn insert_events(&mut self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
-        self.insert_event_rows(events, INSERT, 17)
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(StoreError::Write)?;
+        let written = self.insert_event_rows(events, INSERT, 17);
+        // Outside any transaction, so it cannot fail for a reason the insert did not.
+        if let Err(error) = self.conn.pragma_update(None, "synchronous", "NORMAL") {
+            tracing::warn!(%error, "cannot set the store back to synchronous = NORMAL");
+        }
+        written
+    }
+
+    /// Replaces the placeholder outcome of events written before their act with what
+    /// happened, in one transaction.
+    pub fn set_outcomes(&mut self, updates: &[OutcomeUpdate]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::Write)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE events SET outcome = ?2, reason = ?3 WHERE id = ?1")
+                .map_err(StoreError::Write)?;
+            for row in updates {
+                update
+                    .execute(rusqlite::params![row.id, row.outcome, row.reason])
+                    .map_err(StoreError::Write)?;
+            }
+        }
+        tx.commit().map_err(StoreError::Write)
     }
 
     /// Writes `events` as a store before schema 5 (no `via` column) did, for migration tests.

@@ -726,6 +726,7 @@ mod tests {
             let mut store = Store {
                 conn,
                 path: path.clone(),
+                identity: None,
             };
             assert_eq!(pragma_i64(&store, "user_version"), 1);
             assert!(!table_names(&store).contains(&"gpu_samples".to_string()));

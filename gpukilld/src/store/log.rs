@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{
-    EventQuery, GpuSampleRow, ImportRecord, ImportSummary, NewEvent, Retention, SessionUpdate,
-    Store, StoreError, StoredEvent,
+    EventQuery, FileChange, GpuSampleRow, ImportRecord, ImportSummary, NewEvent, OutcomeUpdate,
+    Retention, SessionUpdate, Store, StoreError, StoredEvent,
 };
 
 /// How many batches may wait for the writer thread.
@@ -131,6 +131,10 @@ enum Request {
     Write {
         events: Vec<NewEvent>,
         reply: WriteReply,
+        /// The record of an act about to happen: written only while its caller still waits
+        /// for the answer. A caller that timed out has refused the act, and a record of it
+        /// landing later would say an act was under way that never was.
+        before_act: bool,
     },
     /// History is queued: write it now rather than at the next poll.
     History,
@@ -196,6 +200,8 @@ pub struct EventLog {
     /// Never sent on; its sender is dropped when the writer thread ends.
     stopped: oneshot::Receiver<()>,
     history: Arc<HistoryQueue>,
+    /// Set by the writer while the database file it had open was deleted or replaced.
+    file_problem: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -274,17 +280,16 @@ impl EventLog {
         let history = Arc::new(HistoryQueue::default());
         let thread_history = Arc::clone(&history);
         let thread_path = path.clone();
+        let file_problem = Arc::new(Mutex::new(None));
+        let writer = Writer {
+            counters: thread_counters,
+            history: thread_history,
+            file_problem: Arc::clone(&file_problem),
+        };
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
             .spawn(move || {
-                write_loop(
-                    store,
-                    thread_path,
-                    queue,
-                    &thread_counters,
-                    &thread_history,
-                    options,
-                );
+                write_loop(store, thread_path, queue, &writer, options);
                 drop(stopping);
             })
             .map_err(StoreError::Spawn)?;
@@ -296,7 +301,18 @@ impl EventLog {
             timeout,
             stopped,
             history,
+            file_problem,
         })
+    }
+
+    /// Why the database file cannot be written, when the one the writer had open was
+    /// deleted or replaced and no database is at its path again yet: nothing is written
+    /// (and so nothing is killed) meanwhile. Checked before every write and every 250 ms.
+    pub fn file_problem(&self) -> Option<String> {
+        self.file_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Queues one persist interval of history without waiting. When too many wait (a
@@ -333,11 +349,44 @@ impl EventLog {
     /// `unconfirmed`; the write may still land). A failed write is returned and counted in
     /// `failed`.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, StoreError> {
+        self.record_with(events, false).await
+    }
+
+    /// Writes the record of an act before the act, as [`record`](Self::record) does, and
+    /// returns the ids to [`record_outcomes`](Self::record_outcomes) once it is done. `Ok`
+    /// means committed and synced to disk (see [`Store::insert_events`]); on any error the
+    /// caller must not act. A batch still queued when its caller gives up (`Timeout`) is
+    /// not written at all.
+    pub async fn record_before_act(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, StoreError> {
+        self.record_with(events, true).await
+    }
+
+    /// Replaces the placeholder outcomes of events written by
+    /// [`record_before_act`](Self::record_before_act) with what happened.
+    pub async fn record_outcomes(&self, updates: Vec<OutcomeUpdate>) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let count = updates.len();
+        let written = self.write(move |store| store.set_outcomes(&updates)).await;
+        if written.is_err() {
+            self.counters
+                .failed
+                .fetch_add(count as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    async fn record_with(
+        &self,
+        events: Vec<NewEvent>,
+        before_act: bool,
+    ) -> Result<Vec<i64>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let count = events.len();
-        let reply = self.submit(events)?;
+        let reply = self.send(events, before_act)?;
         match tokio::time::timeout(self.timeout, reply).await {
             Ok(Ok(written)) => written,
             // The writer dropped the reply: it panicked on this batch, and counted it.
@@ -358,13 +407,28 @@ impl EventLog {
 
     /// Queues `events` without waiting; the receiver gets the write's result. A refused
     /// batch is counted in `dropped` and logged.
+    #[cfg(test)]
     pub(crate) fn submit(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<i64>, StoreError>>, StoreError> {
+        self.send(events, false)
+    }
+
+    /// Queues `events` (see [`submit`](Self::submit)).
+    fn send(
+        &self,
+        events: Vec<NewEvent>,
+        before_act: bool,
+    ) -> Result<oneshot::Receiver<Result<Vec<i64>, StoreError>>, StoreError> {
         let count = events.len();
         let (reply, answer) = oneshot::channel();
-        let error = match self.requests.try_send(Request::Write { events, reply }) {
+        let request = Request::Write {
+            events,
+            reply,
+            before_act,
+        };
+        let error = match self.requests.try_send(request) {
             Ok(()) => return Ok(answer),
             Err(mpsc::TrySendError::Full(_)) => StoreError::QueueFull { lost: count },
             Err(mpsc::TrySendError::Disconnected(_)) => StoreError::Closed,
@@ -616,6 +680,22 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the writer thread shares with the [`EventLog`].
+struct Writer {
+    counters: Arc<Counters>,
+    history: Arc<HistoryQueue>,
+    file_problem: Arc<Mutex<Option<String>>>,
+}
+
+impl Writer {
+    fn set_file_problem(&self, problem: Option<String>) {
+        *self
+            .file_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
+    }
+}
+
 /// The writer thread: writes audit batches in order, history as it comes, and rolls up
 /// every closed hour (at start for the hours missed while the daemon was down, then as each
 /// hour closes), until every sender is gone and both queues are empty.
@@ -624,29 +704,71 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
 /// the next attempt, so that a broken filesystem is not held open: one that an ext4 error
 /// made read-only can only be unmounted, checked and mounted again once no process has a
 /// file on it open.
+///
+/// Before every request and every poll it checks that the files it has open are still the
+/// ones at `path` ([`Store::check_files`]). When the database or its WAL was deleted or
+/// replaced, it closes them (without touching the path) and writes nothing until a database
+/// is at the path again, which it then opens (never creates: a deleted audit trail is not
+/// silently started afresh; a restart does that, and says so).
 fn write_loop(
     store: Arc<Mutex<Store>>,
     path: Option<PathBuf>,
     queue: mpsc::Receiver<Request>,
-    counters: &Counters,
-    history: &HistoryQueue,
+    writer: &Writer,
     options: HistoryOptions,
 ) {
+    let (counters, history) = (&*writer.counters, &*writer.history);
     let mut store = Some(store);
+    let mut gone: Option<(PathBuf, FileChange)> = None;
     let mut rolled_up_through: Option<i64> = None;
     loop {
         let next = queue.recv_timeout(HISTORY_POLL);
         let closing = matches!(next, Err(mpsc::RecvTimeoutError::Disconnected));
         let request = next.ok();
-        let open = match connection(&mut store, path.as_deref()) {
-            Ok(open) => open,
+        let opened = connection(&mut store, path.as_deref()).and_then(|open| {
+            let checked = lock(&open).check_files();
+            match checked {
+                Ok(()) => Ok(open),
+                Err(error) => {
+                    if let StoreError::FileGone { path, change } = &error {
+                        gone = Some((path.clone(), *change));
+                    }
+                    store = None;
+                    close_stale(open);
+                    Err(error)
+                }
+            }
+        });
+        let open = match opened {
+            Ok(open) => {
+                if let Some((file, change)) = gone.take() {
+                    tracing::warn!(
+                        store = %file.display(),
+                        %change,
+                        "a database is at the store's path again: opened it; writes resume"
+                    );
+                    writer.set_file_problem(None);
+                }
+                open
+            }
             Err(error) => {
+                // While the file is gone, say that, not the reopen's "unable to open".
+                let error = match &gone {
+                    Some((file, change)) => StoreError::FileGone {
+                        path: file.clone(),
+                        change: *change,
+                    },
+                    None => error,
+                };
                 let message = crate::error_chain(&error);
                 // Retried every poll: log a change of error, not every attempt.
                 if history.last_error().as_deref() != Some(message.as_str()) {
-                    tracing::warn!(error = %message, "cannot reopen the store; will retry");
+                    tracing::error!(error = %message, "cannot write to the store; will retry");
                 }
-                history.set_error(Some(message));
+                history.set_error(Some(message.clone()));
+                if gone.is_some() {
+                    writer.set_file_problem(Some(message));
+                }
                 if let Some(request) = request {
                     refuse(request, error, counters);
                 }
@@ -667,6 +789,18 @@ fn write_loop(
         if !written && path.is_some() {
             store = None;
         }
+    }
+}
+
+/// Closes a connection whose files were deleted or replaced (see [`Store::close_stale`]).
+fn close_stale(open: Arc<Mutex<Store>>) {
+    // A file-backed store's connection has no other owner (readers open their own).
+    match Arc::try_unwrap(open) {
+        Ok(store) => store
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close_stale(),
+        Err(shared) => std::mem::forget(shared),
     }
 }
 
@@ -700,7 +834,7 @@ fn write_failed(count: usize, error: StoreError, reply: WriteReply, counters: &C
 /// `failed`) or an import fails with `error`.
 fn refuse(request: Request, error: StoreError, counters: &Counters) {
     match request {
-        Request::Write { events, reply } => write_failed(events.len(), error, reply, counters),
+        Request::Write { events, reply, .. } => write_failed(events.len(), error, reply, counters),
         Request::Import { reply, .. } => {
             tracing::error!(error = %crate::error_chain(&error), "cannot import audit records");
             let _ = reply.send(Err(error));
@@ -861,8 +995,20 @@ fn handle(
 ) {
     {
         match request {
-            Request::Write { events, reply } => {
+            Request::Write {
+                events,
+                reply,
+                before_act,
+            } => {
                 let count = events.len();
+                if before_act && reply.is_closed() {
+                    // Its caller timed out and refused the act; counted `unconfirmed` there.
+                    tracing::warn!(
+                        events = count,
+                        "not writing the record of an act its caller gave up on"
+                    );
+                    return;
+                }
                 match catch_unwind(AssertUnwindSafe(|| lock(store).insert_events(&events))) {
                     Ok(Ok(ids)) => {
                         counters.written.fetch_add(count as u64, Ordering::Relaxed);
@@ -1114,6 +1260,137 @@ mod tests {
         assert_eq!(queued.await.unwrap().unwrap().len(), 2);
         let reader = Store::open_read_only(&path).unwrap();
         assert_eq!(reader.events(&all()).unwrap().len(), 2);
+    }
+
+    /// Polls `log.file_problem()` until it is `Some` (or `None` when `want_problem` is
+    /// false); fails after 5 s.
+    async fn wait_for_file_problem(log: &EventLog, want_problem: bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let problem = log.file_problem();
+            if problem.is_some() == want_problem {
+                return problem;
+            }
+            assert!(std::time::Instant::now() < deadline, "{problem:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_database_is_noticed_and_nothing_more_is_written_until_one_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpukill.db");
+        let log = EventLog::start(path.clone()).unwrap();
+        log.record(batch(2, 1_000)).await.unwrap();
+        // A copy to put back later, as an admin restoring a backup would.
+        let backup = dir.path().join("backup.db");
+        Store::open_read_only(&path)
+            .unwrap()
+            .conn
+            .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+
+        let problem = wait_for_file_problem(&log, true).await.unwrap();
+        assert!(
+            problem.contains("gpukill.db was deleted while gpukilld ran"),
+            "{problem}"
+        );
+        let error = log.record_before_act(batch(1, 2_000)).await.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                StoreError::FileGone {
+                    change: FileChange::Deleted,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!path.exists(), "no new database was created at the path");
+
+        std::fs::rename(&backup, &path).unwrap();
+        wait_for_file_problem(&log, false).await;
+        log.record_before_act(batch(1, 3_000)).await.unwrap();
+        // The restored file has the two events from before and the one after; the refused
+        // one is nowhere.
+        let reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(reader.events(&all()).unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_database_is_noticed_and_the_new_file_is_opened_leaving_it_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gpukill.db");
+        let log = EventLog::start(path.clone()).unwrap();
+        log.record(batch(2, 1_000)).await.unwrap();
+        // Another database, prepared elsewhere and moved over the path while the log runs.
+        let other = dir.path().join("other.db");
+        {
+            let mut store = Store::open(&other).unwrap();
+            store.insert_events(&batch(5, 5_000)).unwrap();
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::remove_file(&wal).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+
+        // Writes go on, to the new file: the old connection was let go without touching it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            log.record(batch(1, 9_000)).await.ok();
+            let reader = Store::open_read_only(&path).unwrap();
+            let stored = reader.events(&all()).unwrap().len();
+            if stored == 6 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stored} events");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(log.file_problem(), None);
+        let reader = Store::open_read_only(&path).unwrap();
+        let check: String = reader
+            .conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    #[tokio::test]
+    async fn the_record_of_an_act_is_not_written_once_its_caller_gave_up() {
+        let store = Store::open_in_memory().unwrap();
+        let log = EventLog::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
+        let release = log.hold().await.unwrap();
+        let error = log.record_before_act(batch(2, 1_000)).await.unwrap_err();
+        assert!(matches!(error, StoreError::Timeout), "{error:?}");
+        drop(release);
+        // A later write is confirmed, so the writer has passed the abandoned one.
+        log.record(batch(1, 2_000)).await.unwrap();
+        assert_eq!(log.query(all()).await.unwrap().len(), 1);
+        assert_eq!(log.counters().written, 1);
+    }
+
+    #[tokio::test]
+    async fn outcomes_replace_the_placeholder_of_a_recorded_act() {
+        let log = EventLog::start_in_memory().unwrap();
+        let mut events = batch(2, 1_000);
+        events[0].outcome = "signalling".to_string();
+        let ids = log.record_before_act(events).await.unwrap();
+        log.record_outcomes(vec![OutcomeUpdate {
+            id: ids[0],
+            outcome: "terminated".to_string(),
+            reason: "exited after SIGTERM".to_string(),
+        }])
+        .await
+        .unwrap();
+        let stored = log.query(all()).await.unwrap();
+        assert_eq!(stored[0].outcome, "terminated");
+        assert_eq!(stored[0].reason, "exited after SIGTERM");
+        // The other row is untouched.
+        assert_eq!(stored[1].outcome, batch(2, 1_000)[1].outcome);
+        assert_eq!(stored.len(), 2);
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use events::OutcomeUpdate;
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
@@ -65,6 +66,15 @@ pub enum StoreError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The database file could not be `stat`ed right after it was opened.
+    #[error("cannot stat the store {}", path.display())]
+    Identify {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
     },
     /// The directory of the database could not be created.
     #[error("cannot create the store directory {}", path.display())]
@@ -121,6 +131,62 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("cannot start the store writer thread")]
     Spawn(#[source] io::Error),
+    /// The database file (or its WAL) the daemon has open is no longer the one at its path:
+    /// deleted or replaced while gpukilld ran. Writes would go to a file no one can read, so
+    /// none is made until a database is at the path again.
+    #[error(
+        "{} was {change} while gpukilld ran, so nothing more is written to it; put the database back at that path (gpukilld opens it within a second) or restart gpukilld (it creates a new, empty one)",
+        path.display()
+    )]
+    FileGone {
+        /// The file that changed (the database or its `-wal`).
+        path: PathBuf,
+        /// What happened to it.
+        change: FileChange,
+    },
+}
+
+/// What happened to a store file under the running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// No file is at the path any more.
+    Deleted,
+    /// Another file is at the path.
+    Replaced,
+}
+
+impl std::fmt::Display for FileChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileChange::Deleted => "deleted",
+            FileChange::Replaced => "replaced",
+        })
+    }
+}
+
+/// Which file a path names: (st_dev, st_ino).
+type FileId = (u64, u64);
+
+/// The files a writing connection has open, as they were when it opened them: a fresh
+/// `stat` of the paths that differs means the files were deleted or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    database: FileId,
+    /// `None` when the database is not in WAL mode.
+    wal: Option<FileId>,
+}
+
+fn file_id(path: &Path) -> io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+/// `<database>-wal`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 /// A synchronous handle on one SQLite connection to the store. Blocking: call it from a
@@ -130,6 +196,8 @@ pub struct Store {
     conn: Connection,
     /// For error messages; `:memory:` for an in-memory database.
     path: PathBuf,
+    /// The files this connection writes, for a file-backed store opened for writing.
+    identity: Option<Identity>,
 }
 
 impl Store {
@@ -188,6 +256,7 @@ impl Store {
         let store = Self {
             conn,
             path: path.to_path_buf(),
+            identity: None,
         };
         schema::check_not_too_new(&store.conn, &store.path)?;
         Ok(store)
@@ -228,7 +297,66 @@ impl Store {
             })
             .map_err(open)?;
         schema::migrate(&mut conn, &path)?;
-        Ok(Self { conn, path })
+        // Migrating read the database, which in WAL mode opened (or created) the -wal file:
+        // both files exist now, and these are the ones this connection keeps open.
+        let identity = if path == Path::new(IN_MEMORY) {
+            None
+        } else {
+            let database = file_id(&path).map_err(|source| StoreError::Identify {
+                path: path.clone(),
+                source,
+            })?;
+            let wal = journal_mode
+                .eq_ignore_ascii_case("wal")
+                .then(|| file_id(&wal_path(&path)).ok())
+                .flatten();
+            Some(Identity { database, wal })
+        };
+        Ok(Self {
+            conn,
+            path,
+            identity,
+        })
+    }
+
+    /// Checks that the database file (and its WAL) at this store's path are still the ones
+    /// this connection opened: `FileGone` when one was deleted or replaced. Two `stat`s; an
+    /// in-memory store always passes.
+    pub fn check_files(&self) -> Result<(), StoreError> {
+        let Some(identity) = self.identity else {
+            return Ok(());
+        };
+        let wal = wal_path(&self.path);
+        let checks = [
+            (self.path.clone(), Some(identity.database)),
+            (wal, identity.wal),
+        ];
+        for (path, opened) in checks {
+            let Some(opened) = opened else { continue };
+            let change = match file_id(&path) {
+                Ok(now) if now == opened => continue,
+                Ok(_) => FileChange::Replaced,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => FileChange::Deleted,
+                // Cannot tell (a permission or I/O error): the write itself will say.
+                Err(_) => continue,
+            };
+            return Err(StoreError::FileGone { path, change });
+        }
+        Ok(())
+    }
+
+    /// Closes a connection whose files were deleted or replaced without touching what is at
+    /// the path now: SQLite's close would checkpoint and then delete `<path>-wal` by name,
+    /// which may be another database's WAL by now.
+    pub(crate) fn close_stale(self) {
+        if let Err(error) = self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        ) {
+            // Then keep the connection open for good rather than risk the other file.
+            tracing::error!(%error, "cannot close the replaced store safely; leaving it open");
+            std::mem::forget(self);
+        }
     }
 }
 
@@ -373,6 +501,7 @@ mod tests {
             let mut store = Store {
                 conn,
                 path: path.clone(),
+                identity: None,
             };
             store
                 .insert_events_before_via(&[events::tests::event(EventKind::Kill, 1_000, true)])

@@ -269,7 +269,7 @@ mod tests {
                     reservation(1, "GPU-a", 1000, 10),
                     reservation(1, "GPU-b", 1000, 10),
                 ],
-                &[event.clone()],
+                std::slice::from_ref(&event),
             )
             .unwrap();
         store
