@@ -282,10 +282,27 @@ fn a_deleted_database_refuses_kills_and_health_says_so() {
         "{said}"
     );
     still_alive(&mut victim);
-    // Nothing else changed: live data is served, and no new database was started silently.
+    // Nothing else changed: live data is served, no new database was started silently,
+    // and every background task still runs, none restarted.
     let list = daemon.list_json(&[]);
     assert_eq!(list["procs"][0]["pid"], json!(victim.pid()), "{list:#}");
     assert!(!database.exists(), "the daemon created a new database");
+    let tasks = self::health(&daemon).tasks;
+    let names: Vec<&str> = tasks.iter().map(|task| task.name.as_str()).collect();
+    for expected in ["sampler", "reservations", "guard", "reload", "recorder"] {
+        assert!(
+            names.contains(&expected),
+            "Health lists {expected}: {tasks:?}"
+        );
+    }
+    assert!(
+        tasks
+            .iter()
+            .all(|task| task.state() == pb::TaskState::Running
+                && task.restarts == 0
+                && task.last_panic.is_none()),
+        "{tasks:?}"
+    );
     // Still refused a while later: the refusal lasts until the store is back.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
