@@ -8,6 +8,7 @@ pub mod authz;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod guard;
 pub mod http;
 pub mod ingest;
@@ -30,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use config::Config;
 use ring::Ring;
@@ -241,6 +241,22 @@ fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
     backends
 }
 
+/// A gRPC server with `limits`: rpcs in flight per connection, and HTTP/2 keep-alive pings
+/// often enough that a live client is never closed as idle while a dead one is.
+fn grpc_server(limits: &config::LimitsConfig) -> tonic::transport::Server {
+    let interval = limits.keepalive_interval();
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_keepalive_interval(Some(interval))
+        .http2_keepalive_timeout(Some(interval))
+        .http2_max_pending_accept_reset_streams(Some(limits.streams_per_connection as usize))
+}
+
+/// The largest request message the gRPC services decode (`[limits] max_request_size`).
+fn request_limit(config: &Config) -> usize {
+    usize::try_from(config.limits.max_request_size).unwrap_or(usize::MAX)
+}
+
 /// Runs the daemon until `shutdown` completes: bind the socket (or take the one systemd
 /// passed), take the first sample, tell systemd it is ready, serve; then stop the sampler,
 /// write what the store has queued and remove the socket. Each item of `reload` (SIGHUP)
@@ -258,6 +274,23 @@ pub async fn run(
     // signal would, and `run` then returns its error.
     let tasks = service::tasks::Tasks::default();
     let shutdown = tasks.or_failure(shutdown);
+    // Connection caps, not the descriptor limit, are what a flood of connections meets.
+    let nofile = match connections::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open file limit (RLIMIT_NOFILE)");
+            1024
+        }
+    };
+    let max_connections = config.limits.connections_for(nofile);
+    if max_connections < config.limits.max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections,
+            "the open file limit holds fewer connections than [limits] max_connections ({}); raise LimitNOFILE=",
+            config.limits.max_connections
+        );
+    }
     let backends = backends(&config);
     let proc_reader = procinfo::ProcReader::new("/proc").map_err(Error::Procfs)?;
     let timing = Timing {
@@ -519,7 +552,8 @@ pub async fn run(
             membership.coordinator.clone(),
             kill_context.events.clone(),
         ),
-    );
+    )
+    .max_decoding_message_size(request_limit(&config));
     let forward = rpc::layer::InterceptLayer::new(Arc::new(cluster::forward::Forwarder {
         registry: membership
             .coordinator
@@ -597,14 +631,29 @@ pub async fn run(
         upload_settings,
         reservations,
     )
-    .into_server();
+    .into_server()
+    .max_decoding_message_size(request_limit(&config));
+    let timeouts = connections::Timeouts {
+        first_bytes: config.limits.handshake_timeout,
+        idle: config.limits.idle_timeout,
+        write: config.limits.write_timeout,
+    };
     let tcp_task = tcp_listener.map(|setup| {
         let address = setup.local_addr().ok();
-        let (authenticator, incoming) = setup.incoming(stopped.clone());
+        let admission = connections::Admission::new(
+            "the TCP listener",
+            connections::Limits {
+                per_caller: config.limits.connections_per_address,
+                per_caller_setting: "[limits] connections_per_address",
+                total: max_connections,
+                total_setting: "[limits] max_connections",
+            },
+        );
+        let (authenticator, incoming) = setup.incoming(admission, timeouts, stopped.clone());
         tracing::info!(address = ?address, "serving gRPC on TCP");
         let mut stopping = stopped.clone();
         tokio::spawn(
-            tonic::transport::Server::builder()
+            grpc_server(&config.limits)
                 .layer(
                     tower::ServiceBuilder::new()
                         .layer(rpc::layer::InterceptLayer::new(authenticator))
@@ -618,12 +667,22 @@ pub async fn run(
                 }),
         )
     });
+    let unix_admission = connections::Admission::new(
+        "the Unix socket",
+        connections::Limits {
+            per_caller: config.limits.connections_per_uid,
+            per_caller_setting: "[limits] connections_per_uid",
+            total: max_connections,
+            total_setting: "[limits] max_connections",
+        },
+    );
+    let incoming = rpc::unix::incoming(listener, unix_admission, timeouts, stopped.clone());
     service::supervisor::ready(&ring.latest());
-    let served = tonic::transport::Server::builder()
+    let served = grpc_server(&config.limits)
         .layer(forward)
         .add_service(grpc)
         .add_service(cluster_grpc)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_on_shutdown)
+        .serve_with_incoming_shutdown(incoming, stop_on_shutdown)
         .await;
     if let Some(tcp_task) = tcp_task {
         if served.is_err() {

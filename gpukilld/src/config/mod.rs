@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod limits;
 mod remote;
 mod reservations;
 mod upload;
@@ -19,6 +20,7 @@ pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
     parse_daemon_url,
 };
+pub use limits::LimitsConfig;
 pub use reservations::ReservationsConfig;
 pub use upload::{
     IngestConfig, IngestPrincipal, IngestRole, UploadConfig, UploadUrl, is_node_id,
@@ -97,6 +99,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// GPU reservations.
     pub reservations: ReservationsConfig,
+    /// Bounds on what callers can make the daemon hold.
+    pub limits: LimitsConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -224,6 +228,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             ingest: IngestConfig::default(),
             reservations: ReservationsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -454,6 +459,34 @@ const ENV_VARS: &[(&str, &[&str])] = &[
         "GPUKILL_RESERVATIONS_HEARTBEAT_TIMEOUT",
         &["reservations", "heartbeat_timeout"],
     ),
+    (
+        "GPUKILL_RESERVATIONS_MAX_QUEUED_PER_USER",
+        &["reservations", "max_queued_per_user"],
+    ),
+    (
+        "GPUKILL_RESERVATIONS_MAX_QUEUED",
+        &["reservations", "max_queued"],
+    ),
+    (
+        "GPUKILL_LIMITS_CONNECTIONS_PER_UID",
+        &["limits", "connections_per_uid"],
+    ),
+    (
+        "GPUKILL_LIMITS_CONNECTIONS_PER_ADDRESS",
+        &["limits", "connections_per_address"],
+    ),
+    ("GPUKILL_LIMITS_MAX_CONNECTIONS", &["limits", "max_connections"]),
+    (
+        "GPUKILL_LIMITS_HANDSHAKE_TIMEOUT",
+        &["limits", "handshake_timeout"],
+    ),
+    ("GPUKILL_LIMITS_IDLE_TIMEOUT", &["limits", "idle_timeout"]),
+    ("GPUKILL_LIMITS_WRITE_TIMEOUT", &["limits", "write_timeout"]),
+    ("GPUKILL_LIMITS_MAX_REQUEST_SIZE", &["limits", "max_request_size"]),
+    (
+        "GPUKILL_LIMITS_STREAMS_PER_CONNECTION",
+        &["limits", "streams_per_connection"],
+    ),
     // The name the NVML library override is documented under.
     ("GPUKILL_NVML_LIBRARY", &["nvidia", "library"]),
 ];
@@ -635,6 +668,7 @@ impl Config {
         self.upload.validate(origin)?;
         self.ingest.validate(origin)?;
         self.reservations.validate(origin)?;
+        self.limits.validate(origin)?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -146,6 +147,7 @@ pub fn incoming(
 ) -> ReceiverStream<Result<UnixConnection, io::Error>> {
     let (sender, receiver) = mpsc::channel(64);
     let counters = admission.counters();
+    let lingering = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         let mut backoff = AcceptBackoff::new("the Unix socket");
         loop {
@@ -176,18 +178,40 @@ pub fn incoming(
                         return;
                     }
                 }
-                Err(refused) => refuse(&stream, &refused),
+                Err(refused) => refuse(stream, &refused, &lingering),
             }
         }
     });
     ReceiverStream::new(receiver)
 }
 
+/// Refused connections kept open at once while they are told why; more are closed at once.
+const LINGERING: usize = 64;
+
 /// Tells a refused gRPC client why before closing: the server's HTTP/2 preface (an empty
-/// SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is the refusal. Written
-/// without waiting: a client that does not read simply gets the close.
-fn refuse(stream: &UnixStream, refused: &Refused) {
-    let _ = stream.try_write(&goaway(&refused.to_string()));
+/// SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is the refusal; then
+/// reads what the client sends for up to a second, so that it reads the GOAWAY rather than
+/// a broken pipe. At most [`LINGERING`] refused connections are kept open at once.
+fn refuse(stream: UnixStream, refused: &Refused, lingering: &Arc<AtomicUsize>) {
+    let frames = goaway(&refused.to_string());
+    if lingering.fetch_add(1, Ordering::Relaxed) >= LINGERING {
+        lingering.fetch_sub(1, Ordering::Relaxed);
+        let _ = stream.try_write(&frames);
+        return;
+    }
+    let lingering = Arc::clone(lingering);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let told = async {
+            stream.write_all(&frames).await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), told).await;
+        lingering.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// An empty SETTINGS frame, then a GOAWAY with no stream processed, code ENHANCE_YOUR_CALM
