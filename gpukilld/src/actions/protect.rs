@@ -47,9 +47,11 @@ impl Protection {
             return Some("an ancestor of gpukilld is never signalled".to_string());
         }
         match &self.users {
-            None if process.uid == 0 && principal.caller.uid != 0 => {
+            // The exemption is for root on this node only: a remote principal, or a caller
+            // a coordinator forwarded as uid 0 on its own host, meets the protection.
+            None if process.uid == 0 && !principal.caller.is_local_root() => {
                 return Some(
-                    "root's processes are protected (protected_users defaults to root for everyone but root)"
+                    "root's processes are protected (protected_users defaults to root for everyone but root on this node's socket)"
                         .to_string(),
                 );
             }
@@ -151,6 +153,43 @@ mod tests {
         );
         let by_uid = process(999_999, 1234, "1234", "python3");
         assert!(listed.check(&principal(0), &by_uid).is_some());
+    }
+
+    #[test]
+    fn roots_processes_are_protected_from_remote_and_forwarded_root() {
+        use crate::authz::{Forwarded, Remote, Role};
+        let rules = defaults();
+        let roots = process(999_999, 0, "root", "python3");
+        let remote = |forwarded: Option<Forwarded>| {
+            let caller = Caller::remote(Remote {
+                principal: "coord".into(),
+                role: if forwarded.is_some() {
+                    Role::Coordinator
+                } else {
+                    Role::Admin
+                },
+                forwarded,
+                address: None,
+            });
+            Principal {
+                caller,
+                user: "root@coord".into(),
+                admin: true,
+            }
+        };
+        let forwarded_root = remote(Some(Forwarded {
+            user: "root".into(),
+            host: "coord".into(),
+            uid: 0,
+            role: Role::Admin,
+        }));
+        assert_eq!(forwarded_root.caller.uid, 0);
+        let reason = rules.check(&forwarded_root, &roots).expect("protected");
+        assert!(reason.contains("root's processes"), "{reason}");
+        assert!(rules.check(&remote(None), &roots).is_some());
+        // Everyone else's processes stay open to the same admin.
+        let alices = process(999_999, 1000, "alice", "python3");
+        assert!(rules.check(&forwarded_root, &alices).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! believes that only from a principal with the coordinator role.
 
 pub mod certs;
+pub mod redact;
 pub mod tokens;
 
 use std::fmt;
@@ -178,6 +179,14 @@ pub fn local_caller(extensions: &tonic::Extensions) -> Option<Caller> {
 }
 
 impl Caller {
+    /// Whether this is root on this node: a Unix-socket caller whose kernel credentials say
+    /// uid 0. Only such a caller may act on root's processes when `protected_users` is left
+    /// at its default; a remote principal, or a caller a coordinator forwarded as uid 0 on
+    /// its own host, never is (a uid is only meaningful on the host that issued it).
+    pub fn is_local_root(&self) -> bool {
+        self.transport == Transport::Local && self.remote.is_none() && self.uid == 0
+    }
+
     /// A caller authenticated over TCP.
     pub fn remote(remote: Remote) -> Caller {
         Caller {
@@ -263,16 +272,17 @@ impl Principal {
             .as_ref()
             .map(|user| user.name.clone())
             .unwrap_or_else(|| caller.uid.to_string());
+        // Membership is what the group database says now, not the gid the connection
+        // carries: a `newgrp` shell or a setgid program keeps that gid after the user is
+        // removed from the group, and must not keep admin with it.
         let admin = caller.uid == 0
             || Group::from_name(admin_group)
                 .ok()
                 .flatten()
                 .is_some_and(|group| {
-                    is_member(
-                        &group,
-                        caller.gid,
-                        user.as_ref().map(|u| (u.name.as_str(), u.gid.as_raw())),
-                    )
+                    user.as_ref().is_some_and(|user| {
+                        groups_of(&user.name, user.gid).contains(&group.gid.as_raw())
+                    })
                 });
         Principal {
             caller,
@@ -292,14 +302,20 @@ impl Principal {
 
     /// Whether this caller may signal a process owned by `target_uid`: their own, or any
     /// if they are an admin. A remote caller's own processes are those of its user name (a
-    /// uid means nothing across hosts), and only with the user role. The reason names both
-    /// sides when not.
+    /// uid means nothing across hosts), and only with the user role. The name must be the
+    /// owner's name in this node's user database, exactly: an owner without one is shown as
+    /// its uid in decimal, and a principal named `4343` is not uid 4343. The reason names
+    /// both sides when not.
     pub fn may_signal(&self, target_uid: u32, target_user: &str) -> Result<(), String> {
         if self.admin {
             return Ok(());
         }
         if let Some(remote) = &self.caller.remote {
-            return if remote.effective_role() == Role::User && remote.user_name() == target_user {
+            let named_owner = target_user != target_uid.to_string();
+            return if remote.effective_role() == Role::User
+                && named_owner
+                && remote.user_name() == target_user
+            {
                 Ok(())
             } else {
                 Err(format!(
@@ -321,14 +337,32 @@ impl Principal {
     }
 }
 
-/// Whether a caller with connection gid `gid` and user `(name, primary gid)` belongs to
-/// `group`.
-fn is_member(group: &nix::unistd::Group, gid: u32, user: Option<(&str, u32)>) -> bool {
-    let group_gid = group.gid.as_raw();
-    gid == group_gid
-        || user.is_some_and(|(name, primary)| {
-            primary == group_gid || group.mem.iter().any(|member| member == name)
-        })
+/// The groups the group database gives user `name` (primary group `primary` included), at
+/// the time of the call (NSS: may block). Empty when the lookup fails, which grants nothing.
+fn groups_of(name: &str, primary: nix::unistd::Gid) -> Vec<u32> {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return Vec::new();
+    };
+    nix::unistd::getgrouplist(&name, primary)
+        .map(|groups| groups.into_iter().map(|gid| gid.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether the node principal `principal` may register, rename or send heartbeats for the
+/// node `node`, whose registration `owner` made first. A registration belongs to the
+/// principal that made it: another node's credentials cannot take it over. The error
+/// names the node, its owner and the refused principal.
+pub fn may_change_registration(node: &str, owner: &str, principal: &str) -> Result<(), AuthzError> {
+    if owner == principal {
+        return Ok(());
+    }
+    Err(AuthzError::Forbidden {
+        who: format!("principal {principal:?} (node)"),
+        what: format!("change the registration of node {node}"),
+        why: format!(
+            "it was registered by principal {owner:?}, and a registration belongs to the principal that made it (give this node its own [node] name, or stop the node that holds it and restart the coordinator)"
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -413,22 +447,82 @@ mod tests {
         assert_eq!(direct.via(), None);
     }
 
-    fn group(gid: u32, members: &[&str]) -> nix::unistd::Group {
-        nix::unistd::Group {
-            name: "gpukill".into(),
-            passwd: Default::default(),
-            gid: nix::unistd::Gid::from_raw(gid),
-            mem: members.iter().map(|m| m.to_string()).collect(),
-        }
+    #[test]
+    fn admin_group_membership_comes_from_the_group_database_not_the_connection_gid() {
+        // getgrouplist always includes the primary group it is given.
+        assert!(groups_of("root", nix::unistd::Gid::from_raw(0)).contains(&0));
+        assert!(groups_of("no-such-user-here", nix::unistd::Gid::from_raw(4242)).contains(&4242));
+        assert!(groups_of("nul\0name", nix::unistd::Gid::from_raw(0)).is_empty());
+        // A caller whose connection gid is the admin group's (a `newgrp` shell, a setgid
+        // program) but whom the database does not list is not an admin: nobody with gid 0,
+        // admin group "root".
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert!(
+            !groups_of("nobody", nobody.gid).contains(&0),
+            "nobody is in group root here"
+        );
+        let newgrp = Principal::resolve(local(nobody.uid.as_raw(), 0), "root");
+        assert!(!newgrp.admin, "{newgrp:?}");
+        let member = Principal::resolve(local(nobody.uid.as_raw(), nobody.gid.as_raw()), &{
+            nix::unistd::Group::from_gid(nobody.gid)
+                .unwrap()
+                .unwrap()
+                .name
+        });
+        assert!(
+            member.admin,
+            "nobody's primary group makes nobody an admin of it"
+        );
     }
 
     #[test]
-    fn group_membership_by_list_primary_gid_or_connection_gid() {
-        let admins = group(4242, &["alice"]);
-        assert!(is_member(&admins, 100, Some(("alice", 100))));
-        assert!(is_member(&admins, 100, Some(("bob", 4242))));
-        assert!(is_member(&admins, 4242, None));
-        assert!(!is_member(&admins, 100, Some(("bob", 100))));
+    fn a_remote_name_matches_a_named_owner_only_never_a_bare_uid() {
+        let numeric = Principal::resolve(remote("4343", Role::User, None), "gpukill");
+        let reason = numeric.may_signal(4343, "4343").unwrap_err();
+        assert!(reason.contains("4343"), "{reason}");
+        let forwarded = Principal::resolve(
+            remote(
+                "coord",
+                Role::Coordinator,
+                Some(("4343@lab.example", Role::User)),
+            ),
+            "gpukill",
+        );
+        assert!(forwarded.may_signal(4343, "4343").is_err());
+        let named = Principal::resolve(remote("alice", Role::User, None), "gpukill");
+        assert!(named.may_signal(1000, "alice").is_ok());
+    }
+
+    #[test]
+    fn only_a_local_uid_0_is_local_root() {
+        assert!(local(0, 0).is_local_root());
+        assert!(!local(1000, 0).is_local_root());
+        let mut forwarded = remote("coord", Role::Coordinator, Some(("root", Role::Admin)));
+        if let Some(remote) = forwarded.remote.as_mut().and_then(|r| r.forwarded.as_mut()) {
+            remote.uid = 0;
+        }
+        let forwarded = Caller::remote(forwarded.remote.unwrap());
+        assert_eq!(forwarded.uid, 0);
+        assert!(!forwarded.is_local_root());
+        let guard = Caller {
+            transport: Transport::Guard,
+            ..local(0, 0)
+        };
+        assert!(!guard.is_local_root());
+    }
+
+    #[test]
+    fn a_registration_belongs_to_its_first_principal() {
+        assert!(may_change_registration("n1", "n1", "n1").is_ok());
+        let refused = may_change_registration("n1", "n1", "n2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("n1")
+                && refused.contains("\"n2\"")
+                && refused.contains("registered by"),
+            "{refused}"
+        );
     }
 
     #[test]

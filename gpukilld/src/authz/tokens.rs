@@ -51,6 +51,19 @@ pub enum TokenFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// Someone other than root or the daemon's own user owns it, and so could change which
+    /// tokens name which principals.
+    #[error(
+        "the token file {path} is owned by uid {owner}: it decides who may do what, so only root or gpukilld's own user (uid {daemon}) may own it (chown root:root {path})"
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        daemon: u32,
+    },
     /// A line is not `PRINCIPAL TOKEN`.
     #[error("token file {path}, line {line}: {message}")]
     Line {
@@ -63,10 +76,35 @@ pub enum TokenFileError {
     },
 }
 
+/// What is wrong with the owner or mode of a file that holds secrets, if anything: it must be
+/// owned by root or by the daemon's own effective uid (anyone else could rewrite it), and
+/// readable by its owner only.
+fn secret_file_problem(path: &Path, metadata: &std::fs::Metadata) -> Option<TokenFileError> {
+    let daemon = nix::unistd::geteuid().as_raw();
+    let owner = metadata.uid();
+    if owner != 0 && owner != daemon {
+        return Some(TokenFileError::Owner {
+            path: path.to_path_buf(),
+            owner,
+            daemon,
+        });
+    }
+    let mode = metadata.mode() & 0o777;
+    (mode & 0o077 != 0).then(|| TokenFileError::Mode {
+        path: path.to_path_buf(),
+        mode,
+    })
+}
+
 /// The `authorization` value (`Bearer TOKEN`) for the token a daemon presents, read from a
-/// file that holds it on its first non-empty line. The error says what is wrong with the
+/// file that holds it on its first non-empty line; the file must be owned by root or the
+/// daemon's user and readable by its owner only. The error says what is wrong with the
 /// file (the caller names the setting).
 pub fn read_bearer(path: &Path) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|error| format!("cannot read it: {error}"))?;
+    if let Some(problem) = secret_file_problem(path, &metadata) {
+        return Err(problem.to_string());
+    }
     let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read it: {error}"))?;
     let token = text
         .lines()
@@ -87,19 +125,16 @@ fn hash(token: &str) -> [u8; 32] {
 
 impl Tokens {
     /// Reads `path`: one `PRINCIPAL TOKEN` per line; blank lines and `#` comments are
-    /// skipped. The file must not be readable by group or others.
+    /// skipped. The file must be owned by root or the daemon's own user, and not be
+    /// readable by group or others.
     pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
         let read_error = |source| TokenFileError::Read {
             path: path.to_path_buf(),
             source,
         };
         let metadata = std::fs::metadata(path).map_err(read_error)?;
-        let mode = metadata.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(TokenFileError::Mode {
-                path: path.to_path_buf(),
-                mode,
-            });
+        if let Some(problem) = secret_file_problem(path, &metadata) {
+            return Err(problem);
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
         Tokens::parse(&text).map_err(|(line, message)| TokenFileError::Line {
@@ -222,6 +257,48 @@ mod tests {
             "{error}"
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Tokens::load(&path).unwrap().len(), 1);
+        let error = read_bearer(&dir.path().join("missing")).unwrap_err();
+        assert!(error.contains("cannot read"), "{error}");
+        std::fs::write(dir.path().join("bearer"), "0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("bearer"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let error = read_bearer(&dir.path().join("bearer")).unwrap_err();
+        assert!(
+            error.contains("0640") && error.contains("chmod 600"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_token_file_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "a 0123456789abcdef\n").unwrap();
+        let bearer = dir.path().join("bearer");
+        std::fs::write(&bearer, "0123456789abcdef\n").unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can give a file away; as another user, our own file is accepted.
+            assert_eq!(Tokens::load(&path).unwrap().len(), 1);
+            return;
+        }
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        for file in [&path, &bearer] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            nix::unistd::chown(file.as_path(), nobody, None).unwrap();
+        }
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("owned by uid 65534") && error.contains("chown root"),
+            "{error}"
+        );
+        let error = read_bearer(&bearer).unwrap_err();
+        assert!(error.contains("owned by uid 65534"), "{error}");
+        nix::unistd::chown(path.as_path(), Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
         assert_eq!(Tokens::load(&path).unwrap().len(), 1);
     }
 }

@@ -178,6 +178,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "\n  s3cret-token-0123456789 \n").unwrap();
+        // A token file is readable by its owner only (authz::tokens::read_bearer checks).
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let config = ClusterConfig {
             token_file: Some(token),
             ..ClusterConfig::default()
@@ -203,6 +206,8 @@ mod tests {
 
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
+        std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let error = Credentials::load(&ClusterConfig {
             token_file: Some(empty),
             ..ClusterConfig::default()

@@ -1,8 +1,10 @@
 //! Forwarding: a GpuKill request carrying `gpukill-node: NAME` is sent by the coordinator to
 //! that node as it is (any rpc, streams included), with the caller the coordinator verified
-//! (`gpukill-caller: user@host`, its uid and role) and the coordinator's own credentials;
-//! whatever the caller sent as credentials or as a caller is removed first. The node then
-//! decides, with the same rules as for a local caller, and audits both names.
+//! (`gpukill-caller-user` and `gpukill-caller-host` in fields of their own, so a principal
+//! named `4343@lab.example` stays that name; its uid and role) and the coordinator's own
+//! credentials; whatever the caller sent as credentials or as a caller is removed first. The
+//! node then decides, with the same rules as for any remote caller (a forwarded uid 0 is not
+//! root there), and audits both names.
 
 use std::sync::Arc;
 
@@ -14,7 +16,10 @@ use super::registry::Registry;
 use crate::authz::{Principal, Remote, Role};
 use crate::node::NodeIdentity;
 use crate::rpc::layer::{Intercept, Intercepted};
-use crate::rpc::tcp::{CALLER_HEADER, CALLER_ROLE_HEADER, CALLER_UID_HEADER};
+use crate::rpc::tcp::{
+    CALLER_HOST_HEADER, CALLER_ROLE_HEADER, CALLER_UID_HEADER, CALLER_USER_HEADER,
+    LEGACY_CALLER_HEADER,
+};
 
 /// The metadata that names the node a request is for.
 pub const NODE_HEADER: &str = "gpukill-node";
@@ -120,30 +125,11 @@ impl Forwarder {
             )));
         }
         let headers = request.headers_mut();
-        for header in [
-            NODE_HEADER,
-            CALLER_HEADER,
-            CALLER_UID_HEADER,
-            CALLER_ROLE_HEADER,
-            http::header::AUTHORIZATION.as_str(),
-        ] {
-            headers.remove(header);
-        }
-        let value = |text: String| {
-            http::HeaderValue::from_str(&text).map_err(|_| {
-                tonic::Status::invalid_argument(format!(
-                    "the caller {text:?} cannot be sent as metadata"
-                ))
-            })
-        };
-        headers.insert(
-            CALLER_HEADER,
-            value(format!("{}@{}", vouched.user, vouched.host))?,
-        );
-        headers.insert(CALLER_UID_HEADER, value(vouched.uid.to_string())?);
-        headers.insert(CALLER_ROLE_HEADER, value(vouched.role.name().to_string())?);
+        vouch_in(headers, &vouched)?;
         if let Some(authorization) = registry.credentials().authorization_header() {
-            headers.insert(http::header::AUTHORIZATION, authorization);
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization);
         }
         // Connection facts of this hop mean nothing to the next one.
         request.extensions_mut().clear();
@@ -156,6 +142,40 @@ impl Forwarder {
         registry.record(&name, None);
         Ok(response)
     }
+}
+
+/// Replaces whatever `headers` say of a caller (and the caller's credentials) with the caller
+/// the coordinator verified, one field each.
+fn vouch_in(headers: &mut http::HeaderMap, vouched: &Vouched) -> Result<(), tonic::Status> {
+    for header in [
+        NODE_HEADER,
+        CALLER_USER_HEADER,
+        CALLER_HOST_HEADER,
+        LEGACY_CALLER_HEADER,
+        CALLER_UID_HEADER,
+        CALLER_ROLE_HEADER,
+        http::header::AUTHORIZATION.as_str(),
+    ] {
+        headers.remove(header);
+    }
+    // The node reads these as visible ASCII (what `to_str` accepts); anything else would
+    // arrive as an empty, refused field, so it is refused here, naming it.
+    let value = |text: String| {
+        let sendable = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+        sendable
+            .then(|| http::HeaderValue::from_str(&text).ok())
+            .flatten()
+            .ok_or_else(|| {
+                tonic::Status::invalid_argument(format!(
+                    "the caller {text:?} cannot be forwarded: a forwarded user name is visible ASCII without spaces (use such a principal or user name)"
+                ))
+            })
+    };
+    headers.insert(CALLER_USER_HEADER, value(vouched.user.clone())?);
+    headers.insert(CALLER_HOST_HEADER, value(vouched.host.clone())?);
+    headers.insert(CALLER_UID_HEADER, value(vouched.uid.to_string())?);
+    headers.insert(CALLER_ROLE_HEADER, value(vouched.role.name().to_string())?);
+    Ok(())
 }
 
 /// A GpuKill request for another node is forwarded there; everything else (and a request
@@ -183,5 +203,48 @@ impl Intercept for Forwarder {
                 Intercepted::Pass(request)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_vouched_caller_replaces_whatever_the_caller_sent_one_field_each() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            (LEGACY_CALLER_HEADER, "root@coord"),
+            (CALLER_USER_HEADER, "root"),
+            (CALLER_UID_HEADER, "0"),
+            (CALLER_ROLE_HEADER, "admin"),
+            ("authorization", "Bearer stolen-0123456789abcdef"),
+            (NODE_HEADER, "n1"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        let vouched = Vouched {
+            user: "4343@lab.example".into(),
+            host: "coord".into(),
+            uid: crate::authz::NO_UID,
+            role: Role::User,
+        };
+        vouch_in(&mut headers, &vouched).unwrap();
+        let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get(CALLER_USER_HEADER).as_deref(), Some("4343@lab.example"));
+        assert_eq!(get(CALLER_HOST_HEADER).as_deref(), Some("coord"));
+        assert_eq!(get(CALLER_UID_HEADER), Some(u32::MAX.to_string()));
+        assert_eq!(get(CALLER_ROLE_HEADER).as_deref(), Some("user"));
+        for gone in [LEGACY_CALLER_HEADER, "authorization", NODE_HEADER] {
+            assert_eq!(get(gone), None, "{gone}");
+        }
+        let unsendable = Vouched {
+            user: "al\u{e9}x".into(),
+            ..vouched
+        };
+        let status = vouch_in(&mut headers, &unsendable).unwrap_err();
+        assert!(status.message().contains("al\u{e9}x"), "{status:?}");
     }
 }

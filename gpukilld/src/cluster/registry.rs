@@ -2,6 +2,13 @@
 //! registered, each with a lazily connected channel and what the coordinator last heard
 //! from it. A registered node is down once its heartbeats stop for `node_timeout`; a static
 //! node is up or down as its last request went.
+//!
+//! A registration belongs to the node principal that made it: its node id and its name can
+//! be changed (re-registered, renamed, kept alive by heartbeats) by that principal only, and a
+//! static node's name by nobody. The bindings live in memory with the registrations: after a
+//! coordinator restart the first principal to register an id or a name owns it again, which
+//! the real nodes do within one heartbeat interval (their next heartbeat is answered "not
+//! registered" and they register again).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -11,7 +18,12 @@ use gpukill_proto::v1 as pb;
 use tonic::transport::Channel;
 
 use super::client::{ClientError, Credentials};
+use crate::authz::{self, AuthzError};
 use crate::config::StaticNode;
+
+/// The most registered nodes a coordinator keeps (static nodes not counted): more than a
+/// cluster of 1,000 nodes needs, and a bound on what node credentials can make it hold.
+pub const MAX_REGISTERED_NODES: usize = 4096;
 
 /// Where a node came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +47,8 @@ impl Source {
 #[derive(Debug, Clone)]
 struct Entry {
     id: Option<String>,
+    /// The principal that registered it (None: a static node, bound to the configuration).
+    owner: Option<String>,
     address: String,
     source: Source,
     channel: Channel,
@@ -66,6 +80,12 @@ pub enum RegisterError {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// Another principal registered the node id or the name first.
+    #[error(transparent)]
+    NotOwner(#[from] AuthzError),
+    /// [`MAX_REGISTERED_NODES`] are registered already.
+    #[error("{0}")]
+    Full(String),
 }
 
 /// The coordinator's view of the cluster.
@@ -88,6 +108,7 @@ impl Registry {
                 node.name.clone(),
                 Entry {
                     id: None,
+                    owner: None,
                     address: node.address.clone(),
                     source: Source::Static,
                     channel: credentials.channel(&node.address)?,
@@ -129,10 +150,15 @@ impl Registry {
         })
     }
 
-    /// Records a registration: a new node, or a known id with a new name or address. A name
-    /// that belongs to a static node, or to another registered node that is still up, is
-    /// refused.
-    pub fn register(&self, request: &pb::RegisterRequest) -> Result<(), RegisterError> {
+    /// Records a registration by node principal `principal`: a new node, or a known id with
+    /// a new name or address. An id or a name another principal registered is refused, as
+    /// is a name that belongs to a static node or to another registered node that is still
+    /// up.
+    pub fn register(
+        &self,
+        request: &pb::RegisterRequest,
+        principal: &str,
+    ) -> Result<(), RegisterError> {
         let valid_name = !request.name.is_empty()
             && !request.name.chars().any(|c| c.is_whitespace() || c == '/');
         if !valid_name {
@@ -153,21 +179,53 @@ impl Registry {
             .map_err(|error| RegisterError::Invalid(error.to_string()))?;
         let now = Instant::now();
         let mut nodes = self.lock();
+        let same_id = |entry: &Entry| entry.id.as_deref() == Some(request.node_id.as_str());
+        let by_id = nodes.iter().find(|(_, entry)| same_id(entry));
+        if let Some((name, entry)) = by_id
+            && let Some(owner) = &entry.owner
+        {
+            authz::may_change_registration(
+                &format!("{name} (id {})", request.node_id),
+                owner,
+                principal,
+            )?;
+        }
+        let known_id = by_id.is_some();
         if let Some(existing) = nodes.get(&request.name) {
-            let same_node = existing.id.as_deref() == Some(request.node_id.as_str());
             if existing.source == Source::Static {
                 return Err(RegisterError::NameTaken(format!(
                     "node name {:?} is a static node of this coordinator ([cluster] nodes); give this node another [node] name",
                     request.name
                 )));
             }
-            if !same_node && self.down_reason(existing, now).is_none() {
+            if let Some(owner) = &existing.owner {
+                authz::may_change_registration(
+                    &format!(
+                        "{} (id {})",
+                        request.name,
+                        existing.id.as_deref().unwrap_or("?")
+                    ),
+                    owner,
+                    principal,
+                )?;
+            }
+            if !same_id(existing) && self.down_reason(existing, now).is_none() {
                 return Err(RegisterError::NameTaken(format!(
                     "node name {:?} is registered by node id {} which is up; give this node another [node] name",
                     request.name,
                     existing.id.as_deref().unwrap_or("?")
                 )));
             }
+        }
+        let registered = nodes
+            .values()
+            .filter(|entry| entry.source == Source::Registered)
+            .count();
+        if !known_id && !nodes.contains_key(&request.name) && registered >= MAX_REGISTERED_NODES {
+            return Err(RegisterError::Full(format!(
+                "this coordinator holds {registered} registered nodes, its limit ({MAX_REGISTERED_NODES}); node {} (id {}) is not added",
+                request.name, request.node_id
+            )));
         }
         // The same node under its old name (it was renamed) goes away.
         nodes.retain(|name, entry| {
@@ -177,6 +235,7 @@ impl Registry {
             request.name.clone(),
             Entry {
                 id: Some(request.node_id.clone()),
+                owner: Some(principal.to_string()),
                 address: request.address.clone(),
                 source: Source::Registered,
                 channel,
@@ -206,17 +265,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Records a heartbeat; false when the id is unknown (the node must register again).
-    pub fn heartbeat(&self, node_id: &str) -> bool {
+    /// Records a heartbeat from node principal `principal`; false when the id is unknown
+    /// (the node must register again). Only the principal that registered the id may keep it
+    /// up: another node's credentials cannot hide that a node died.
+    pub fn heartbeat(&self, node_id: &str, principal: &str) -> Result<bool, AuthzError> {
         let mut nodes = self.lock();
-        let Some(entry) = nodes
-            .values_mut()
-            .find(|entry| entry.id.as_deref() == Some(node_id))
+        let Some((name, entry)) = nodes
+            .iter_mut()
+            .find(|(_, entry)| entry.id.as_deref() == Some(node_id))
         else {
-            return false;
+            return Ok(false);
         };
+        if let Some(owner) = &entry.owner {
+            authz::may_change_registration(&format!("{name} (id {node_id})"), owner, principal)?;
+        }
         entry.last_seen = Some((Instant::now(), SystemTime::now()));
-        true
+        Ok(true)
     }
 
     /// The nodes named in `names` (all when empty) with their channels; unknown names are
@@ -362,13 +426,13 @@ mod tests {
     async fn registration_heartbeats_and_names() {
         let registry = registry(Duration::from_millis(200));
         assert_eq!(registry.nodes()[0].state, pb::NodeState::Unknown as i32);
-        registry.register(&request("n1", 'a')).unwrap();
-        let error = registry.register(&request("s1", 'b')).unwrap_err();
+        registry.register(&request("n1", 'a'), "nodes").unwrap();
+        let error = registry.register(&request("s1", 'b'), "nodes").unwrap_err();
         assert!(error.to_string().contains("static node"), "{error}");
-        let error = registry.register(&request("n1", 'b')).unwrap_err();
+        let error = registry.register(&request("n1", 'b'), "nodes").unwrap_err();
         assert!(error.to_string().contains("which is up"), "{error}");
-        assert!(registry.heartbeat(&"a".repeat(32)));
-        assert!(!registry.heartbeat(&"c".repeat(32)));
+        assert!(registry.heartbeat(&"a".repeat(32), "nodes").unwrap());
+        assert!(!registry.heartbeat(&"c".repeat(32), "nodes").unwrap());
         let n1 = registry.node("n1").unwrap();
         assert_eq!(n1.state, pb::NodeState::Up as i32);
         assert_eq!(n1.source, "registered");
@@ -379,14 +443,70 @@ mod tests {
         assert!(n1.error.unwrap().contains("no heartbeat"));
         assert!(registry.target("n1").unwrap().down.is_some());
         // A down node's name may be taken by a new node; a heartbeat brings a node back.
-        registry.register(&request("n1", 'b')).unwrap();
+        registry.register(&request("n1", 'b'), "nodes").unwrap();
         assert_eq!(registry.node("n1").unwrap().node_id, Some("b".repeat(32)));
 
         // A renamed node leaves its old name.
-        registry.register(&request("n2", 'b')).unwrap();
+        registry.register(&request("n2", 'b'), "nodes").unwrap();
         assert!(registry.node("n1").is_none());
-        let error = registry.register(&request("bad name", 'd')).unwrap_err();
+        let error = registry
+            .register(&request("bad name", 'd'), "nodes")
+            .unwrap_err();
         assert!(matches!(error, RegisterError::Invalid(_)));
+    }
+
+    #[tokio::test]
+    async fn a_registration_belongs_to_the_principal_that_made_it() {
+        let registry = registry(Duration::from_millis(200));
+        registry.register(&request("n1", 'a'), "p1").unwrap();
+        let before = registry.node("n1").unwrap();
+        // Another principal may not take the id (under any name), nor the name (under any
+        // id), nor keep the node alive.
+        for (name, id) in [("n1", 'a'), ("n9", 'a'), ("n1", 'b')] {
+            let error = registry.register(&request(name, id), "p2").unwrap_err();
+            assert!(matches!(error, RegisterError::NotOwner(_)), "{error}");
+            let text = error.to_string();
+            assert!(
+                text.contains("n1") && text.contains("\"p1\"") && text.contains("\"p2\""),
+                "{text}"
+            );
+        }
+        let error = registry.heartbeat(&"a".repeat(32), "p2").unwrap_err();
+        assert!(error.to_string().contains("\"p1\""), "{error}");
+        // Even once the node is down, its name stays its principal's.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(registry.register(&request("n1", 'b'), "p2").is_err());
+        let after = registry.node("n1").unwrap();
+        assert_eq!(
+            (after.node_id, after.address),
+            (before.node_id, before.address)
+        );
+        assert!(registry.node("n9").is_none());
+        // The owner may come back, rename and re-register as before.
+        registry.register(&request("n1", 'a'), "p1").unwrap();
+        assert!(registry.heartbeat(&"a".repeat(32), "p1").unwrap());
+        registry.register(&request("n1b", 'a'), "p1").unwrap();
+        // A name the owner gave up is free again.
+        registry.register(&request("n1", 'c'), "p2").unwrap();
+    }
+
+    #[tokio::test]
+    async fn registered_nodes_are_bounded() {
+        let registry = registry(Duration::from_secs(30));
+        for i in 0..MAX_REGISTERED_NODES {
+            let mut asked = request(&format!("n{i}"), 'a');
+            asked.node_id = format!("{i:032x}");
+            registry.register(&asked, "nodes").unwrap();
+        }
+        let mut one_more = request("extra", 'a');
+        one_more.node_id = "f".repeat(32);
+        let error = registry.register(&one_more, "nodes").unwrap_err();
+        assert!(matches!(error, RegisterError::Full(_)), "{error}");
+        assert!(error.to_string().contains("extra"), "{error}");
+        // Known nodes still register again.
+        let mut again = request("n0", 'a');
+        again.node_id = format!("{:032x}", 0);
+        registry.register(&again, "nodes").unwrap();
     }
 
     #[tokio::test]

@@ -12,9 +12,9 @@ use tonic::{Request, Response, Status};
 use super::contention;
 use super::fanout::{self, Local};
 use super::registry::{RegisterError, Registry};
-use crate::authz::Access;
-use crate::rpc::attribute;
+use crate::authz::{Access, AuthzError, Caller};
 use crate::rpc::kill::EventsHandle;
+use crate::rpc::{attribute, audit_refusal};
 
 /// What a coordinator runs on.
 pub struct Coordinator {
@@ -127,14 +127,19 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        attribute(&request, "Cluster.Register", Access::Register, &self.events)?;
+        let caller = attribute(&request, "Cluster.Register", Access::Register, &self.events)?;
         let coordinator = self.coordinator()?;
+        let principal = node_principal(&caller)?;
         coordinator
             .registry
-            .register(request.get_ref())
+            .register(request.get_ref(), principal)
             .map_err(|error| match error {
                 RegisterError::NameTaken(message) => Status::already_exists(message),
                 RegisterError::Invalid(message) => Status::invalid_argument(message),
+                RegisterError::NotOwner(refusal) => {
+                    self.refused(&caller, "Cluster.Register", &refusal)
+                }
+                RegisterError::Full(message) => Status::resource_exhausted(message),
             })?;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: u64::try_from(coordinator.heartbeat_interval.as_millis())
@@ -146,20 +151,44 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        attribute(
+        let caller = attribute(
             &request,
             "Cluster.Heartbeat",
             Access::Register,
             &self.events,
         )?;
         let coordinator = self.coordinator()?;
-        if coordinator.registry.heartbeat(&request.get_ref().node_id) {
-            Ok(Response::new(pb::HeartbeatResponse {}))
-        } else {
-            Err(Status::not_found(format!(
-                "node id {} is not registered here: register again",
-                request.get_ref().node_id
-            )))
+        let principal = node_principal(&caller)?;
+        let node_id = &request.get_ref().node_id;
+        match coordinator.registry.heartbeat(node_id, principal) {
+            Ok(true) => Ok(Response::new(pb::HeartbeatResponse {})),
+            Ok(false) => Err(Status::not_found(format!(
+                "node id {node_id} is not registered here: register again"
+            ))),
+            Err(refusal) => Err(self.refused(&caller, "Cluster.Heartbeat", &refusal)),
         }
     }
+}
+
+impl ClusterService {
+    /// A refused change to another principal's registration: audited, then answered
+    /// PERMISSION_DENIED with the reason (which names the node and its owner).
+    fn refused(&self, caller: &Caller, rpc: &str, refusal: &AuthzError) -> Status {
+        audit_refusal(&self.events, caller, rpc, refusal);
+        Status::permission_denied(refusal.to_string())
+    }
+}
+
+/// The principal a registering node authenticated as (`Access::Register` has checked that
+/// it is a TCP principal with the node role).
+fn node_principal(caller: &Caller) -> Result<&str, Status> {
+    caller
+        .remote
+        .as_ref()
+        .map(|remote| remote.principal.as_str())
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "{caller} may not register: only a principal with the node role registers, over TCP"
+            ))
+        })
 }

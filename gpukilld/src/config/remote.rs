@@ -131,6 +131,18 @@ impl TcpConfig {
     }
 
     pub(super) fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        // Anyone on the host can connect to a loopback port without credentials, so
+        // anonymous callers get no more than reading; a stronger role handed every local
+        // user admin (or the coordinator's right to name any caller). Checked with or
+        // without `listen`, so a file that says so never loads.
+        if self.insecure_role != Role::Reader {
+            return Err(ConfigError::Invalid {
+                key: "tcp.insecure_role",
+                value: format!("{:?}", self.insecure_role.name()),
+                origin: origin("tcp"),
+                message: "is refused: [tcp] insecure_role may only be \"reader\" (unauthenticated loopback callers may read, nothing more); give callers who must act a token or a client certificate and a role in [tcp.principals]".to_string(),
+            });
+        }
         let Some(listen) = &self.listen else {
             return Ok(());
         };
@@ -488,6 +500,28 @@ mod tests {
         wide.insecure_loopback = true;
         let error = validate(&wide).unwrap_err();
         assert!(error.contains("loopback address only"), "{error}");
+    }
+
+    #[test]
+    fn anonymous_loopback_callers_may_only_read() {
+        for role in [Role::Admin, Role::Coordinator, Role::User, Role::Node] {
+            let mut insecure = tcp("127.0.0.1:9401");
+            insecure.insecure_loopback = true;
+            insecure.insecure_role = role;
+            let error = validate(&insecure).unwrap_err();
+            assert!(
+                error.contains("tcp.insecure_role")
+                    && error.contains(role.name())
+                    && error.contains("\"reader\""),
+                "{error}"
+            );
+            // Even with the listener off: such a file never loads.
+            insecure.listen = None;
+            assert!(validate(&insecure).is_err());
+        }
+        let mut reader = tcp("127.0.0.1:9401");
+        reader.insecure_loopback = true;
+        assert_eq!(validate(&reader), Ok(()));
     }
 
     #[test]

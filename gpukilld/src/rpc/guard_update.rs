@@ -14,17 +14,29 @@ use crate::guard::engine::{Guard, UpdateError};
 use crate::guard::policy::Mode;
 use crate::store::{EventKind, NewEvent};
 
-/// Answers `GuardPolicy`. Anyone may read the policy.
-pub async fn policy(guard: &Arc<Guard>) -> Result<pb::GuardPolicyResponse, RpcError> {
+/// Answers `GuardPolicy`. Anyone may read the policy; only admins see its secrets (webhook
+/// credentials and the like), everyone else sees them redacted (`authz::redact`).
+pub async fn policy(
+    guard: &Arc<Guard>,
+    context: &Arc<KillContext>,
+    caller: Caller,
+) -> Result<pb::GuardPolicyResponse, RpcError> {
     let reading = Arc::clone(guard);
-    let text = tokio::task::spawn_blocking(move || reading.text())
-        .await
-        .map_err(|_| RpcError::Internal("reading the policy panicked"))?
-        .map_err(|error| RpcError::GuardUpdate(error.to_string()))?;
-    Ok(pb::GuardPolicyResponse {
-        path: guard.path().display().to_string(),
-        text,
+    let admin_group = context.admin_group.clone();
+    let path = guard.path().display().to_string();
+    let shown_path = path.clone();
+    // The user lookup and the file read both block.
+    let text = tokio::task::spawn_blocking(move || {
+        let principal = Principal::resolve(caller, &admin_group);
+        let text = reading
+            .text()
+            .map_err(|error| RpcError::GuardUpdate(error.to_string()))?;
+        crate::authz::redact::shown_to(&principal, &shown_path, text)
+            .map_err(|error| RpcError::NotAdmin(error.to_string()))
     })
+    .await
+    .map_err(|_| RpcError::Internal("reading the policy panicked"))??;
+    Ok(pb::GuardPolicyResponse { path, text })
 }
 
 /// Answers `GuardUpdate`.

@@ -272,8 +272,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardPolicyRequest>,
     ) -> Result<Response<pb::GuardPolicyResponse>, Status> {
-        attribute(&request, "GuardPolicy", Access::Read, &self.kill.events)?;
-        guard_update::policy(&self.guard)
+        let caller = attribute(&request, "GuardPolicy", Access::Read, &self.kill.events)?;
+        guard_update::policy(&self.guard, &self.kill, caller)
             .await
             .map(Response::new)
             .map_err(Status::from)

@@ -27,12 +27,22 @@ use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
 
-/// Metadata a coordinator sets on a forwarded request: the caller it verified.
-pub const CALLER_HEADER: &str = "gpukill-caller";
+/// Metadata a coordinator sets on a forwarded request: the user name of the caller it
+/// verified, as it is (it may hold `@` or anything else a principal name holds; it is never
+/// split).
+pub const CALLER_USER_HEADER: &str = "gpukill-caller-user";
+/// The forwarded caller's host (the coordinator's node name).
+pub const CALLER_HOST_HEADER: &str = "gpukill-caller-host";
+/// The single `user@host` field older coordinators sent. It is ambiguous (principal
+/// `4343@lab.example` read as user `4343`), so a node refuses it and a coordinator strips it.
+pub const LEGACY_CALLER_HEADER: &str = "gpukill-caller";
 /// The forwarded caller's uid on its host.
 pub const CALLER_UID_HEADER: &str = "gpukill-caller-uid";
 /// The forwarded caller's role: admin, user or reader.
 pub const CALLER_ROLE_HEADER: &str = "gpukill-caller-role";
+
+/// The longest forwarded user or host name accepted, in bytes.
+const MAX_CALLER_FIELD: usize = 256;
 
 /// The principal of unauthenticated callers on an insecure loopback listener.
 pub const ANONYMOUS: &str = "anonymous";
@@ -516,41 +526,58 @@ impl Authenticator {
     }
 }
 
-/// The caller a coordinator forwards for, from the request's metadata. Only a coordinator
-/// may name one; anyone else naming one is refused.
+/// The caller a coordinator forwards for, from the request's metadata: user, host, uid and
+/// role, each in its own field, so no principal name can be read as another user. Only a
+/// coordinator may name one; anyone else naming one is refused.
 fn forwarded_caller(
     headers: &http::HeaderMap,
     principal: &str,
     role: Role,
 ) -> Result<Option<Forwarded>, Refusal> {
     let header = |name: &str| headers.get(name).map(|value| value.to_str().unwrap_or(""));
-    let (Some(caller), uid, caller_role) = (
-        header(CALLER_HEADER),
-        header(CALLER_UID_HEADER),
-        header(CALLER_ROLE_HEADER),
-    ) else {
-        if header(CALLER_UID_HEADER).is_some() || header(CALLER_ROLE_HEADER).is_some() {
-            return Err(Refusal::Forbidden(format!(
-                "{CALLER_UID_HEADER}/{CALLER_ROLE_HEADER} without {CALLER_HEADER}"
-            )));
-        }
+    let named = [
+        CALLER_USER_HEADER,
+        CALLER_HOST_HEADER,
+        CALLER_UID_HEADER,
+        CALLER_ROLE_HEADER,
+        LEGACY_CALLER_HEADER,
+    ]
+    .into_iter()
+    .filter(|name| headers.contains_key(*name))
+    .collect::<Vec<_>>();
+    if named.is_empty() {
         return Ok(None);
-    };
+    }
     if role != Role::Coordinator {
         return Err(Refusal::Forbidden(format!(
-            "principal {principal:?} ({}) named a caller ({CALLER_HEADER}: {caller}); only the coordinator role may forward requests",
-            role.name()
+            "principal {principal:?} ({}) named a caller ({}); only the coordinator role may forward requests",
+            role.name(),
+            named.join(", ")
         )));
     }
     let malformed =
         |what: String| Refusal::Forbidden(format!("malformed forwarded caller: {what}"));
-    let (user, host) = caller
-        .split_once('@')
-        .filter(|(user, host)| !user.is_empty() && !host.is_empty())
-        .ok_or_else(|| malformed(format!("{CALLER_HEADER} {caller:?} is not user@host")))?;
+    if let Some(legacy) = header(LEGACY_CALLER_HEADER) {
+        return Err(malformed(format!(
+            "{LEGACY_CALLER_HEADER}: {legacy:?} (user@host in one field) is refused because it is ambiguous; the coordinator must send {CALLER_USER_HEADER} and {CALLER_HOST_HEADER} (upgrade it to this gpukilld's version)"
+        )));
+    }
+    let field = |name: &'static str| {
+        let value = header(name).unwrap_or("");
+        if value.is_empty() || value.len() > MAX_CALLER_FIELD {
+            return Err(malformed(format!(
+                "{name} {value:?} must be 1 to {MAX_CALLER_FIELD} visible ASCII characters"
+            )));
+        }
+        Ok(value.to_string())
+    };
+    let user = field(CALLER_USER_HEADER)?;
+    let host = field(CALLER_HOST_HEADER)?;
+    let uid = header(CALLER_UID_HEADER);
     let uid = uid
         .and_then(|uid| uid.parse::<u32>().ok())
         .ok_or_else(|| malformed(format!("{CALLER_UID_HEADER} {uid:?} is not a uid")))?;
+    let caller_role = header(CALLER_ROLE_HEADER);
     let caller_role = caller_role
         .and_then(Role::from_name)
         .filter(|role| matches!(role, Role::Admin | Role::User | Role::Reader))
@@ -560,8 +587,8 @@ fn forwarded_caller(
             ))
         })?;
     Ok(Some(Forwarded {
-        user: user.to_string(),
-        host: host.to_string(),
+        user,
+        host,
         uid,
         role: caller_role,
     }))
@@ -662,7 +689,8 @@ mod tests {
             None,
         );
         let forwarded = [
-            (CALLER_HEADER, "alice@login1"),
+            (CALLER_USER_HEADER, "alice"),
+            (CALLER_HOST_HEADER, "login1"),
             (CALLER_UID_HEADER, "1000"),
             (CALLER_ROLE_HEADER, "user"),
         ];
@@ -686,11 +714,90 @@ mod tests {
             matches!(refused, Err(Refusal::Forbidden(r)) if r.contains("only the coordinator role"))
         );
         let mut bad_role = with_token.clone();
-        bad_role[2] = (CALLER_ROLE_HEADER, "coordinator");
+        bad_role[3] = (CALLER_ROLE_HEADER, "coordinator");
         assert!(matches!(
             auth.authenticate(&headers(&bad_role), &NO_PEER),
             Err(Refusal::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn a_forwarded_user_name_with_at_signs_stays_one_name() {
+        let auth = authenticator(Some("coord 0123456789abcdef0123\n"), None);
+        let token = ("authorization", "Bearer 0123456789abcdef0123");
+        let remote = auth
+            .authenticate(
+                &headers(&[
+                    token,
+                    (CALLER_USER_HEADER, "4343@lab.example"),
+                    (CALLER_HOST_HEADER, "coord"),
+                    (CALLER_UID_HEADER, "4294967295"),
+                    (CALLER_ROLE_HEADER, "user"),
+                ]),
+                &NO_PEER,
+            )
+            .unwrap();
+        let forwarded = remote.forwarded.clone().unwrap();
+        assert_eq!(
+            (forwarded.user.as_str(), forwarded.host.as_str()),
+            ("4343@lab.example", "coord")
+        );
+        assert_eq!(remote.user_name(), "4343@lab.example");
+        // The old single field is refused, not split.
+        let legacy = auth.authenticate(
+            &headers(&[
+                token,
+                (LEGACY_CALLER_HEADER, "4343@lab.example@coord"),
+                (CALLER_UID_HEADER, "0"),
+                (CALLER_ROLE_HEADER, "user"),
+            ]),
+            &NO_PEER,
+        );
+        assert!(
+            matches!(&legacy, Err(Refusal::Forbidden(r)) if r.contains("ambiguous") && r.contains(CALLER_USER_HEADER)),
+            "{legacy:?}"
+        );
+        // A missing or empty field is named.
+        for (missing, pairs) in [
+            (
+                CALLER_HOST_HEADER,
+                vec![
+                    token,
+                    (CALLER_USER_HEADER, "alice"),
+                    (CALLER_UID_HEADER, "1"),
+                    (CALLER_ROLE_HEADER, "user"),
+                ],
+            ),
+            (
+                CALLER_USER_HEADER,
+                vec![
+                    token,
+                    (CALLER_USER_HEADER, ""),
+                    (CALLER_HOST_HEADER, "coord"),
+                    (CALLER_UID_HEADER, "1"),
+                    (CALLER_ROLE_HEADER, "user"),
+                ],
+            ),
+        ] {
+            let refused = auth.authenticate(&headers(&pairs), &NO_PEER);
+            assert!(
+                matches!(&refused, Err(Refusal::Forbidden(r)) if r.contains(missing)),
+                "{refused:?}"
+            );
+        }
+        // Any one forwarding field from a non-coordinator is refused.
+        let auth = authenticator(Some("ops fedcba9876543210fedc\n"), None);
+        let refused = auth.authenticate(
+            &headers(&[
+                ("authorization", "Bearer fedcba9876543210fedc"),
+                (CALLER_HOST_HEADER, "coord"),
+            ]),
+            &NO_PEER,
+        );
+        assert!(
+            matches!(&refused, Err(Refusal::Forbidden(r)) if r.contains("only the coordinator role")),
+            "{refused:?}"
+        );
     }
 
     #[test]
