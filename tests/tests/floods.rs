@@ -200,9 +200,17 @@ fn idle_unix_connections_are_capped_per_uid_and_closed_when_silent() {
     }
     let (ok, _) = timed_list(&daemon, 0);
     assert!(ok, "root's list failed during the flood");
+    // The flooder's own next connection is refused, and told why (once the flood's own
+    // refused connections have had their second to read the same).
+    std::thread::sleep(Duration::from_millis(1200));
+    let refused = daemon.ctl_as(MALLORY, &["list"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("connections_per_uid"), "{stderr}");
+    // 32 admitted, and at most 64 refused ones kept up to a second while they are told why.
     let held = open_fds(daemon.pid()).saturating_sub(baseline);
     assert!(
-        held <= 32 + 8,
+        held <= 32 + 64 + 8,
         "the daemon holds {held} more descriptors than before"
     );
     // Silent connections are closed by the idle deadline (or the keep-alive ping).

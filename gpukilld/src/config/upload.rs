@@ -109,13 +109,11 @@ pub fn parse_upload_url(text: &str) -> Result<UploadUrl, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    if !tls {
-        if !super::remote::is_loopback_host(&host) {
-            return Err(
-                "uses http:// to a host that is not loopback: use https:// (uploads carry a token)"
-                    .into(),
-            );
-        }
+    if !tls && !super::remote::is_loopback_host(&host) {
+        return Err(
+            "uses http:// to a host that is not loopback: use https:// (uploads carry a token)"
+                .into(),
+        );
     }
     Ok(UploadUrl {
         url: text.to_string(),

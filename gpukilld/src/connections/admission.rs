@@ -42,7 +42,9 @@ impl fmt::Display for PeerAddress {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The caller holds its share already.
-    #[error("{key} holds {limit} connections to {listener}, the most one caller may ({setting})")]
+    #[error(
+        "{key} holds {limit} connections to {listener}, the most one caller may ({setting}); close some (other gpukillctl watch or run sessions) and retry"
+    )]
     PerCaller {
         /// The listener.
         listener: &'static str,
@@ -54,7 +56,9 @@ pub enum Refused {
         setting: &'static str,
     },
     /// Every connection slot is taken.
-    #[error("{listener} holds {limit} connections, the most it serves at once ({setting})")]
+    #[error(
+        "{listener} holds {limit} connections, the most it serves at once ({setting}); retry shortly"
+    )]
     Full {
         /// The listener.
         listener: &'static str,

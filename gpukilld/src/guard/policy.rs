@@ -502,8 +502,11 @@ pub struct CompiledPolicy {
     users_by_uid: HashMap<u32, usize>,
     /// The rogue identity of each process scored so far (pid, start ticks): it does not
     /// change while the process runs, and is forgotten with the policy.
-    pub rogue_identities: Arc<Mutex<HashMap<(u32, u64), Arc<Identity>>>>,
+    pub rogue_identities: RogueIdentities,
 }
+
+/// The rogue identity of each process scored so far, by (pid, start ticks).
+pub type RogueIdentities = Arc<Mutex<HashMap<(u32, u64), Arc<Identity>>>>;
 
 /// A set of users: names, and uids for the entries that are numbers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -124,6 +124,10 @@ pub enum RpcError {
     /// A Run stream whose first message is neither start nor resume.
     #[error("a Run stream must begin with a start or a resume message")]
     BadRunStart,
+    /// The client's stream failed before its first message was read (a message over
+    /// `[limits] max_request_size`, a malformed one): its own status, code kept.
+    #[error("{}", .0.message())]
+    Inbound(Status),
 }
 
 impl From<RpcError> for Status {
@@ -131,6 +135,7 @@ impl From<RpcError> for Status {
         use crate::actions::kill::SelectError;
         use crate::reservations::ReservationError;
         let code = match &error {
+            RpcError::Inbound(status) => status.code(),
             RpcError::Authz(AuthzError::Unattributed) => Code::Unauthenticated,
             RpcError::Authz(AuthzError::Forbidden { .. }) => Code::PermissionDenied,
             RpcError::InvalidRegex { .. }
@@ -163,7 +168,9 @@ impl From<RpcError> for Status {
             RpcError::NotAdmin(_) | RpcError::Reservation(ReservationError::NotHolder { .. }) => {
                 Code::PermissionDenied
             }
-            RpcError::Reservation(ReservationError::Busy(_)) => Code::ResourceExhausted,
+            RpcError::Reservation(
+                ReservationError::Busy(_) | ReservationError::QueueFull { .. },
+            ) => Code::ResourceExhausted,
             RpcError::Reservation(ReservationError::NotLocal) => Code::FailedPrecondition,
             RpcError::ResetUnsupported(_)
             | RpcError::GuardOff(_)

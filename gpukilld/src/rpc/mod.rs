@@ -58,6 +58,7 @@ pub struct Service {
 impl Service {
     /// A service over the snapshots in `ring`, killing with `kill`, reporting on `guard`
     /// and resetting with `reset`; its streams end when `stop` turns true.
+    #[allow(clippy::too_many_arguments)] // one per shared part; the rpcs take them apart
     pub fn new(
         ring: Arc<Ring>,
         stop: channel::Receiver<bool>,

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -26,6 +26,7 @@ use super::layer::{Intercept, Intercepted};
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
+use crate::connections::{AcceptBackoff, Admission, Guarded, PeerAddress, Timeouts};
 
 /// Metadata a coordinator sets on a forwarded request: the user name of the caller it
 /// verified, as it is (it may hold `@` or anything else a principal name holds; it is never
@@ -46,9 +47,6 @@ const MAX_CALLER_FIELD: usize = 256;
 
 /// The principal of unauthenticated callers on an insecure loopback listener.
 pub const ANONYMOUS: &str = "anonymous";
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the TCP listener cannot start. Each names the file or address at fault.
 #[derive(Debug, thiserror::Error)]
@@ -332,14 +330,18 @@ impl TcpListenerSetup {
         self.listener.local_addr()
     }
 
-    /// Accepts connections until `stop`, doing TLS handshakes concurrently (each bounded),
-    /// and yields the connections that completed one.
+    /// Accepts connections until `stop`, doing TLS handshakes concurrently (each within
+    /// `timeouts.first_bytes`), and yields the connections that completed one. Each client
+    /// address gets at most its share of `admission`'s slots (a handshake in progress holds
+    /// one); a refused connection is closed at once. accept(2) failures back off.
     pub fn incoming(
         self,
+        admission: Admission<PeerAddress>,
+        timeouts: Timeouts,
         mut stop: watch::Receiver<bool>,
     ) -> (
         Arc<Authenticator>,
-        tokio_stream::wrappers::ReceiverStream<Result<Connection, std::io::Error>>,
+        tokio_stream::wrappers::ReceiverStream<Result<TcpConnection, std::io::Error>>,
     ) {
         let (sender, receiver) = mpsc::channel(64);
         let TcpListenerSetup {
@@ -348,24 +350,35 @@ impl TcpListenerSetup {
             authenticator,
         } = self;
         let audit = Arc::clone(&authenticator);
+        let counters = admission.counters();
         tokio::spawn(async move {
+            let mut backoff = AcceptBackoff::new("the TCP listener");
             loop {
                 let accepted = tokio::select! {
                     _ = stop.wait_for(|stopped| *stopped) => return,
                     accepted = listener.accept() => accepted,
                 };
                 let (stream, address) = match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff.succeeded();
+                        accepted
+                    }
                     Err(error) => {
-                        // EMFILE and the like: wait a little rather than spin.
-                        tracing::warn!(%error, "cannot accept a TCP connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(backoff.failed(&error)).await;
                         continue;
                     }
                 };
+                let Ok(permit) = admission.admit(PeerAddress(address.ip()), false) else {
+                    // Closed before any byte: TLS has not begun, so there is no way to say why
+                    // that the client would read; the daemon's log and metrics say it.
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let counters = Arc::clone(&counters);
                 let Some(acceptor) = tls.clone() else {
-                    if sender.send(Ok(Connection::Plain(stream))).await.is_err() {
+                    let connection = Connection::Plain(stream);
+                    let guarded = Guarded::new(connection, timeouts, Some(permit), Some(counters));
+                    if sender.send(Ok(guarded)).await.is_err() {
                         return;
                     }
                     continue;
@@ -373,12 +386,18 @@ impl TcpListenerSetup {
                 let sender = sender.clone();
                 let audit = Arc::clone(&audit);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(timeouts.first_bytes, acceptor.accept(stream));
+                    match handshake.await {
                         Ok(Ok(stream)) => {
-                            let _ = sender.send(Ok(Connection::Tls(Box::new(stream)))).await;
+                            let connection = Connection::Tls(Box::new(stream));
+                            let guarded =
+                                Guarded::new(connection, timeouts, Some(permit), Some(counters));
+                            let _ = sender.send(Ok(guarded)).await;
                         }
                         Ok(Err(error)) => audit.handshake_failed(address, &error),
                         Err(_) => {
+                            counters.timed_out.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%address, "TLS handshake timed out");
                         }
                     }
@@ -391,6 +410,9 @@ impl TcpListenerSetup {
         )
     }
 }
+
+/// A served TCP connection.
+pub type TcpConnection = Guarded<Connection>;
 
 /// Decides who a TCP request comes from.
 pub struct Authenticator {

@@ -137,8 +137,8 @@ pub type UnixConnection = Guarded<UnixStream>;
 
 /// Accepts connections on `listener` until `stop`: each caller (by the uid of its kernel
 /// credentials) gets at most its share of `admission`'s slots, and each connection the
-/// deadlines of `timeouts`. A refused connection is told why (an HTTP/2 GOAWAY naming the
-/// limit) and closed; accept(2) failures back off instead of spinning.
+/// deadlines of `timeouts`. A refused connection is told why (its requests are answered
+/// RESOURCE_EXHAUSTED, naming the limit) and closed; accept(2) failures back off instead of spinning.
 pub fn incoming(
     listener: UnixListener,
     admission: Admission<PeerUid>,
@@ -188,62 +188,30 @@ pub fn incoming(
 /// Refused connections kept open at once while they are told why; more are closed at once.
 const LINGERING: usize = 64;
 
-/// Tells a refused gRPC client why before closing: the server's HTTP/2 preface (an empty
-/// SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is the refusal; then
-/// reads what the client sends for up to a second, so that it reads the GOAWAY rather than
-/// a broken pipe. At most [`LINGERING`] refused connections are kept open at once.
+/// How long a refused connection is kept open to be told why.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tells a refused gRPC client why before closing: for up to [`LINGER`], every request on
+/// the connection is answered with RESOURCE_EXHAUSTED and the refusal (which names the uid,
+/// the limit and the setting). At most [`LINGERING`] refused connections are kept open at
+/// once; the others are closed at once.
 fn refuse(stream: UnixStream, refused: &Refused, lingering: &Arc<AtomicUsize>) {
-    let frames = goaway(&refused.to_string());
     if lingering.fetch_add(1, Ordering::Relaxed) >= LINGERING {
         lingering.fetch_sub(1, Ordering::Relaxed);
-        let _ = stream.try_write(&frames);
         return;
     }
+    let message = refused.to_string();
     let lingering = Arc::clone(lingering);
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = stream;
-        let told = async {
-            stream.write_all(&frames).await?;
-            let mut sink = [0u8; 1024];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, io::Error>(())
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), told).await;
+        let service = hyper::service::service_fn(move |_request| {
+            let status = tonic::Status::resource_exhausted(message.clone());
+            async move { Ok::<_, std::convert::Infallible>(status.into_http::<tonic::body::Body>()) }
+        });
+        let connection =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .max_concurrent_streams(1)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let _ = tokio::time::timeout(LINGER, connection).await;
         lingering.fetch_sub(1, Ordering::Relaxed);
     });
-}
-
-/// An empty SETTINGS frame, then a GOAWAY with no stream processed, code ENHANCE_YOUR_CALM
-/// and `message` as its debug data.
-fn goaway(message: &str) -> Vec<u8> {
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    const ENHANCE_YOUR_CALM: u32 = 0xb;
-    let debug = &message.as_bytes()[..message.len().min(512)];
-    let length = u32::try_from(8 + debug.len()).unwrap_or(8);
-    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
-    frames.extend_from_slice(&length.to_be_bytes()[1..]);
-    frames.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
-    frames.extend_from_slice(&0u32.to_be_bytes());
-    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-    frames.extend_from_slice(debug);
-    frames
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_refusal_is_a_settings_and_a_goaway_frame() {
-        let frames = goaway("uid 1000 holds 32 connections");
-        assert_eq!(&frames[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        let goaway = &frames[9..];
-        let length = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
-        assert_eq!(goaway[3], 7);
-        assert_eq!(length, goaway.len() - 9);
-        assert_eq!(&goaway[13..17], &11u32.to_be_bytes());
-        assert_eq!(&goaway[17..], b"uid 1000 holds 32 connections");
-    }
 }

@@ -16,10 +16,14 @@ for _ in range(n):
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(path)
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        socks.append(s)
     except OSError:
         s.close()
+        continue
+    try:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    except OSError:
+        pass  # already refused and closed by the daemon
+    socks.append(s)
 print(len(socks), flush=True)
 sys.stdin.read()
 closed = 0
