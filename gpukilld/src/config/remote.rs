@@ -355,13 +355,11 @@ pub fn parse_daemon_url(text: &str) -> Result<DaemonUrl, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    if !tls {
-        if !is_loopback_host(&host) {
-            return Err(
-                "uses http:// to a host that is not loopback: use https:// (requests carry credentials)"
-                    .into(),
-            );
-        }
+    if !tls && !is_loopback_host(&host) {
+        return Err(
+            "uses http:// to a host that is not loopback: use https:// (requests carry credentials)"
+                .into(),
+        );
     }
     Ok(DaemonUrl {
         url: text.trim_end_matches('/').to_string(),
