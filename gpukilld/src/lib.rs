@@ -34,8 +34,8 @@ use tokio::sync::watch;
 
 use config::Config;
 use ring::Ring;
-use service::tasks::OnPanic;
 use sampler::{Sampler, Timing};
+use service::tasks::OnPanic;
 use vendor::Backend;
 
 /// Errors that stop the daemon.

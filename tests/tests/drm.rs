@@ -3,6 +3,8 @@
 //! committed fdinfo files (`tests/fixtures/fdinfo`) under the PIDs of real processes, so
 //! /proc, signals and uids are real. Mixed hosts pair the fixture with the fake NVML.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};

@@ -150,7 +150,7 @@ fn a_request_over_the_size_limit_is_refused_and_changes_nothing() {
         let error = client
             .run(tonic::codegen::tokio_stream::iter(vec![start]))
             .await
-            .and_then(|answer| Ok(answer.into_inner()));
+            .map(|answer| answer.into_inner());
         let error = match error {
             Err(status) => status,
             Ok(mut stream) => stream

@@ -16,11 +16,11 @@ mod reservations;
 mod upload;
 mod vendors;
 
+pub use limits::LimitsConfig;
 pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
     parse_daemon_url,
 };
-pub use limits::LimitsConfig;
 pub use reservations::ReservationsConfig;
 pub use upload::{
     IngestConfig, IngestPrincipal, IngestRole, UploadConfig, UploadUrl, is_node_id,
@@ -475,14 +475,20 @@ const ENV_VARS: &[(&str, &[&str])] = &[
         "GPUKILL_LIMITS_CONNECTIONS_PER_ADDRESS",
         &["limits", "connections_per_address"],
     ),
-    ("GPUKILL_LIMITS_MAX_CONNECTIONS", &["limits", "max_connections"]),
+    (
+        "GPUKILL_LIMITS_MAX_CONNECTIONS",
+        &["limits", "max_connections"],
+    ),
     (
         "GPUKILL_LIMITS_HANDSHAKE_TIMEOUT",
         &["limits", "handshake_timeout"],
     ),
     ("GPUKILL_LIMITS_IDLE_TIMEOUT", &["limits", "idle_timeout"]),
     ("GPUKILL_LIMITS_WRITE_TIMEOUT", &["limits", "write_timeout"]),
-    ("GPUKILL_LIMITS_MAX_REQUEST_SIZE", &["limits", "max_request_size"]),
+    (
+        "GPUKILL_LIMITS_MAX_REQUEST_SIZE",
+        &["limits", "max_request_size"],
+    ),
     (
         "GPUKILL_LIMITS_STREAMS_PER_CONNECTION",
         &["limits", "streams_per_connection"],
@@ -774,13 +780,16 @@ fn set(table: &mut toml::Table, key: &[&str], value: toml::Value) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     #[test]
     fn changed_keys_name_top_level_and_section_keys() {
         let old = Config::default();
-        let mut new = Config::default();
-        new.poll_interval = Duration::from_secs(5);
+        let mut new = Config {
+            poll_interval: Duration::from_secs(5),
+            admin_group: "wheel".into(),
+            ..Config::default()
+        };
         new.retention.events = Duration::from_secs(3600);
-        new.admin_group = "wheel".into();
         assert_eq!(
             old.changed_keys(&new),
             ["admin_group", "poll_interval", "retention.events"]

@@ -117,6 +117,7 @@ pub(super) mod bytes {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn parse(text: &str) -> Result<ReservationsConfig, String> {
@@ -147,7 +148,10 @@ mod tests {
         let error = parse("default_duration = \"30d\"").unwrap_err();
         assert!(error.contains("reservations.default_duration"), "{error}");
         let error = parse("max_queued_per_user = 0").unwrap_err();
-        assert!(error.contains("reservations.max_queued_per_user = 0"), "{error}");
+        assert!(
+            error.contains("reservations.max_queued_per_user = 0"),
+            "{error}"
+        );
         let error = parse("heartbeat_interval = \"10s\"\nheartbeat_timeout = \"15s\"").unwrap_err();
         assert!(error.contains("reservations.heartbeat_timeout"), "{error}");
     }

@@ -165,7 +165,8 @@ impl Ingest {
                             .await
                         {
                             Ok(Ok(stream)) => {
-                                let io = Guarded::new(stream, timeouts, Some(permit), Some(counters));
+                                let io =
+                                    Guarded::new(stream, timeouts, Some(permit), Some(counters));
                                 serve_connection(TokioIo::new(io), state, stop).await;
                             }
                             Ok(Err(error)) => {

@@ -510,11 +510,7 @@ impl Reservations {
             .collect();
         let reason = match (request.kind, expires_ms) {
             (LeaseKind::Manual, Some(until)) => {
-                format!(
-                    "manual until {}{}",
-                    rfc3339_ms(until),
-                    note_suffix(&note)
-                )
+                format!("manual until {}{}", rfc3339_ms(until), note_suffix(&note))
             }
             (_, Some(until)) => format!("run until {}: {note}", rfc3339_ms(until)),
             (_, None) => format!("run: {note}"),

@@ -366,7 +366,9 @@ mod tests {
             sm_clock_mean: None,
             mem_clock_mean: None,
         };
-        store.write_history(std::slice::from_ref(&own), &[]).unwrap();
+        store
+            .write_history(std::slice::from_ref(&own), &[])
+            .unwrap();
         let summary = store.import_records(&[gpu_record(H0, 1, 99.0)], 0).unwrap();
         assert_eq!((summary.gpu_records, summary.duplicates), (0, 1));
         assert!(summary.hours.is_empty());
