@@ -544,9 +544,22 @@ pub async fn run(
         service::supervisor::stopping();
         let _ = stop.send(true);
     };
-    let membership = cluster::Membership::from_config(&config, &node, &ring)?;
     let advertise = advertised_address(&config, tcp_listener.as_ref());
-    membership.spawn(&config, &node, advertise, stopped.clone())?;
+    let membership =
+        cluster::Membership::from_config(&config, &node, &ring).and_then(|membership| {
+            membership.spawn(&config, &node, advertise, stopped.clone(), &tasks)?;
+            Ok(membership)
+        });
+    let membership = match membership {
+        Ok(membership) => membership,
+        Err(error) => {
+            // The cluster credentials are read after the socket is bound: do not leave it.
+            if owns_socket {
+                let _ = std::fs::remove_file(&socket_path);
+            }
+            return Err(error.into());
+        }
+    };
     let cluster_grpc = gpukill_proto::v1::cluster_server::ClusterServer::new(
         cluster::service::ClusterService::new(
             membership.coordinator.clone(),

@@ -102,8 +102,9 @@ fn hard_mode_kills_a_process_that_grows_over_its_limit_within_min_duration_and_t
         events_of(&daemon, pid)
     );
     let took = grown.elapsed();
+    // The decision is recorded as "signalling" before the signal, then its outcome.
     let kill = wait_event(&daemon, pid, Duration::from_secs(3), |e| {
-        e["type"] == "kill"
+        e["type"] == "kill" && e["outcome"] != "signalling"
     });
     assert_eq!(kill["caller_user"], "gpukilld-guard", "{kill:#}");
     assert_eq!(kill["transport"], "guard", "{kill:#}");
@@ -425,8 +426,9 @@ rogue_act_at = "high"
 names = ["^python3$"]
 "#;
     let (daemon, _policy_dir, _path) = start(&gpu0(&[(pid, 100)]), policy);
+    // The decision is recorded as "signalling" before the signal, then its outcome.
     let kill = wait_event(&daemon, pid, Duration::from_secs(5), |e| {
-        e["type"] == "kill"
+        e["type"] == "kill" && e["outcome"] != "signalling"
     });
     let _ = child.kill();
     let status = child.wait().expect("wait");

@@ -70,25 +70,31 @@ impl Membership {
         })
     }
 
-    /// Starts what runs in the background: a coordinator logs nodes going down and coming
-    /// back; a node with `[cluster] coordinator` registers and sends heartbeats, advertising
-    /// `advertise`.
+    /// Starts what runs in the background, supervised by `tasks` (restarted after a panic):
+    /// a coordinator logs nodes going down and coming back; a node with `[cluster]
+    /// coordinator` registers and sends heartbeats, advertising `advertise`.
     pub fn spawn(
         &self,
         config: &Config,
         node: &Arc<NodeIdentity>,
         advertise: Option<String>,
         stop: watch::Receiver<bool>,
+        tasks: &crate::service::tasks::Tasks,
     ) -> Result<(), client::ClientError> {
+        use crate::service::tasks::OnPanic;
         if let Some(coordinator) = &self.coordinator {
             let registry = Arc::clone(&coordinator.registry);
-            let mut stop = stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.wait_for(|stopped| *stopped) => return,
-                        _ = tick.tick() => registry.log_transitions(),
+            let stop = stop.clone();
+            tasks.spawn("cluster registry", OnPanic::Restart, move || {
+                let registry = Arc::clone(&registry);
+                let mut stop = stop.clone();
+                async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = stop.wait_for(|stopped| *stopped) => return,
+                            _ = tick.tick() => registry.log_transitions(),
+                        }
                     }
                 }
             });
@@ -97,15 +103,19 @@ impl Membership {
             (&config.cluster.coordinator, &self.credentials, advertise)
         {
             let channel = credentials.channel(url)?;
-            tokio::spawn(membership::run(
-                channel,
-                credentials.clone(),
-                url.clone(),
-                Arc::clone(node),
-                advertise,
-                config.cluster.heartbeat_interval,
-                stop,
-            ));
+            let (credentials, url, node) = (credentials.clone(), url.clone(), Arc::clone(node));
+            let interval = config.cluster.heartbeat_interval;
+            tasks.spawn("cluster membership", OnPanic::Restart, move || {
+                membership::run(
+                    channel.clone(),
+                    credentials.clone(),
+                    url.clone(),
+                    Arc::clone(&node),
+                    advertise.clone(),
+                    interval,
+                    stop.clone(),
+                )
+            });
         }
         Ok(())
     }
