@@ -5,13 +5,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use tokio::sync::{Notify, watch};
 
-use crate::connections::{Activity, AdmissionCounters, Timeouts};
+use crate::connections::{Activity, AdmissionCounters, Bursts, Timeouts};
 
 /// How long a connection may take to send a request's headers (idle keep-alive included).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,9 +23,6 @@ pub const TIMEOUTS: Timeouts = Timeouts {
     idle: HEADER_TIMEOUT,
     write: Duration::from_secs(10),
 };
-
-/// How often refusals are logged: one line per burst.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The connection slots of an HTTP endpoint. When every slot is taken, a new connection
 /// takes the slot of the connection that has waited longest on its client (one that does
@@ -39,12 +36,10 @@ pub struct Slots {
     counters: Arc<AdmissionCounters>,
 }
 
-#[derive(Default)]
 struct SlotsState {
     next_id: u64,
     held: Vec<Held>,
-    last_warned: Option<Instant>,
-    refused_since_warned: u64,
+    refusals: Bursts,
 }
 
 struct Held {
@@ -71,7 +66,11 @@ impl Slots {
         Self {
             listener,
             capacity: capacity.max(1),
-            state: Arc::new(Mutex::new(SlotsState::default())),
+            state: Arc::new(Mutex::new(SlotsState {
+                next_id: 0,
+                held: Vec::new(),
+                refusals: Bursts::default(),
+            })),
             counters: Arc::new(AdmissionCounters::default()),
         }
     }
@@ -106,20 +105,13 @@ impl Slots {
                 }
                 None => {
                     self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-                    state.refused_since_warned += 1;
-                    let now = Instant::now();
-                    if state
-                        .last_warned
-                        .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
-                    {
+                    if let Some(refused) = state.refusals.count() {
                         tracing::warn!(
                             listener = self.listener,
-                            refused = state.refused_since_warned,
+                            refused,
                             "connection refused: all {} connections are busy answering",
                             self.capacity
                         );
-                        state.last_warned = Some(now);
-                        state.refused_since_warned = 0;
                     }
                     return None;
                 }

@@ -124,27 +124,11 @@ fn start_daemon(scenario: &Value, state_dir: Option<&Path>) -> Daemon {
     )
 }
 
-fn health(daemon: &Daemon) -> pb::HealthResponse {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            daemon
-                .client()
-                .await
-                .health(pb::HealthRequest {})
-                .await
-                .expect("Health")
-                .into_inner()
-        })
-}
-
 /// Polls Health until the store is in `state`; returns that Health.
 fn wait_for_store(daemon: &Daemon, state: pb::StoreState) -> pb::HealthResponse {
     let deadline = Instant::now() + NOTICE_TIMEOUT;
     loop {
-        let health = health(daemon);
+        let health = daemon.health();
         if health
             .store
             .as_ref()
@@ -287,7 +271,7 @@ fn a_deleted_database_refuses_kills_and_health_says_so() {
     let list = daemon.list_json(&[]);
     assert_eq!(list["procs"][0]["pid"], json!(victim.pid()), "{list:#}");
     assert!(!database.exists(), "the daemon created a new database");
-    let tasks = self::health(&daemon).tasks;
+    let tasks = daemon.health().tasks;
     let names: Vec<&str> = tasks.iter().map(|task| task.name.as_str()).collect();
     for expected in ["sampler", "reservations", "guard", "reload", "recorder"] {
         assert!(

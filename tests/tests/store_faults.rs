@@ -211,7 +211,7 @@ impl Mounted {
             "the daemon created {} on the bare mount point",
             database.display()
         );
-        let problems = store_problems(&health(daemon));
+        let problems = store_problems(&daemon.health());
         eprintln!("... and while it is unmounted: {problems:?}");
         assert!(!problems.is_empty(), "the store is still missing");
         let output = run("e2fsck", &["-f", "-y", path_arg(self.image())]);
@@ -285,22 +285,6 @@ fn start_daemon(state_dir: &Path) -> Daemon {
     )
 }
 
-fn health(daemon: &Daemon) -> pb::HealthResponse {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            daemon
-                .client()
-                .await
-                .health(pb::HealthRequest {})
-                .await
-                .expect("Health")
-                .into_inner()
-        })
-}
-
 /// The problems Health reports about the store.
 fn store_problems(health: &pb::HealthResponse) -> Vec<String> {
     health
@@ -326,7 +310,7 @@ fn wait_until_degraded(daemon: &Daemon) -> Vec<String> {
     let deadline = Instant::now() + NOTICE_TIMEOUT;
     loop {
         live_sequence(daemon);
-        let health = health(daemon);
+        let health = daemon.health();
         let problems = store_problems(&health);
         if !problems.is_empty() {
             assert_eq!(health.state(), pb::ServingState::Degraded, "{health:?}");
@@ -352,7 +336,7 @@ fn keeps_serving_live_data(daemon: &Daemon, period: Duration) -> Vec<String> {
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         last = live_sequence(daemon);
-        let health = health(daemon);
+        let health = daemon.health();
         let problems = store_problems(&health);
         assert!(
             !problems.is_empty(),
@@ -375,7 +359,7 @@ fn keeps_serving_live_data(daemon: &Daemon, period: Duration) -> Vec<String> {
 fn wait_until_recovered(daemon: &Daemon) {
     let deadline = Instant::now() + NOTICE_TIMEOUT;
     loop {
-        let health = health(daemon);
+        let health = daemon.health();
         if store_problems(&health).is_empty() {
             assert_eq!(health.state(), pb::ServingState::Serving, "{health:?}");
             return;

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use crate::actions::kill::{self, Decided, KillOptions, Outcome, Target};
 use crate::actions::protect::Protection;
 use crate::authz::Principal;
-use crate::store::{EventKind, EventLog, EventTarget, NewEvent, OutcomeUpdate, StoreError};
+use crate::store::{EventKind, EventLog, NewEvent, OutcomeUpdate, StoreError};
 
 /// The outcome a kill's event has between its record and its signal.
 pub const SIGNALLING: &str = "signalling";
@@ -125,15 +125,7 @@ impl Request<'_> {
             },
             caller: super::event_caller(self.principal),
             action: self.action.to_string(),
-            target: Some(EventTarget {
-                pid: info.pid,
-                start_time_ms: crate::store::unix_ms(info.start_time),
-                uid: info.uid,
-                user: info.user.to_string(),
-                name: info.name.clone(),
-                cmdline: info.cmdline.clone(),
-                gpu_index: decided.target.gpu_index,
-            }),
+            target: Some(super::event_target(info, decided.target.gpu_index)),
             outcome: decided.outcome.as_str().to_string(),
             reason: self.reason(&decided.reason),
         }

@@ -4,22 +4,20 @@
 //! the descriptor limit, are what a flood meets.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::Bursts;
 
 /// The first wait after a failed accept(2).
 const FIRST_WAIT: Duration = Duration::from_millis(10);
 /// The longest wait.
 const LONGEST_WAIT: Duration = Duration::from_secs(1);
-/// How often a burst of failures is logged.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// The backoff of one accept loop.
 #[derive(Debug)]
 pub struct AcceptBackoff {
     listener: &'static str,
     wait: Duration,
-    failures: u64,
-    last_logged: Option<Instant>,
+    failures: Bursts,
 }
 
 impl AcceptBackoff {
@@ -28,8 +26,22 @@ impl AcceptBackoff {
         Self {
             listener,
             wait: FIRST_WAIT,
-            failures: 0,
-            last_logged: None,
+            failures: Bursts::default(),
+        }
+    }
+
+    /// What accept(2) gave: the connection, or `None` after waiting out a failure (logged
+    /// once per burst), so the loop tries again.
+    pub async fn check<T>(&mut self, accepted: io::Result<T>) -> Option<T> {
+        match accepted {
+            Ok(connection) => {
+                self.succeeded();
+                Some(connection)
+            }
+            Err(error) => {
+                tokio::time::sleep(self.failed(&error)).await;
+                None
+            }
         }
     }
 
@@ -41,12 +53,7 @@ impl AcceptBackoff {
     /// Accept failed with `error`: logs it (once per burst, with the count) and returns how
     /// long to wait before the next accept.
     pub fn failed(&mut self, error: &io::Error) -> Duration {
-        self.failures += 1;
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
-        {
+        if let Some(failures) = self.failures.count() {
             let hint = if error.raw_os_error() == Some(libc::EMFILE)
                 || error.raw_os_error() == Some(libc::ENFILE)
             {
@@ -56,11 +63,9 @@ impl AcceptBackoff {
             };
             tracing::error!(
                 listener = self.listener,
-                failures = self.failures,
+                failures,
                 "cannot accept connections: {error}{hint}; retrying with backoff"
             );
-            self.last_logged = Some(now);
-            self.failures = 0;
         }
         let wait = self.wait;
         self.wait = (self.wait * 2).min(LONGEST_WAIT);

@@ -9,13 +9,11 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+
+use super::Bursts;
 
 /// Connections above `total` that a privileged caller may still open.
 pub const PRIVILEGED_RESERVE: usize = 16;
-
-/// How often one listener logs refusals: one line per burst, with the count.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A caller of the Unix socket, as connection slots count it: the uid of its kernel
 /// credentials.
@@ -85,8 +83,7 @@ pub struct AdmissionCounters {
 struct State<K> {
     by_key: HashMap<K, usize>,
     total: usize,
-    last_warned: Option<Instant>,
-    refused_since_warned: u64,
+    refusals: Bursts,
 }
 
 struct Shared<K> {
@@ -138,8 +135,7 @@ impl<K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> Admission<K> {
                 state: Mutex::new(State {
                     by_key: HashMap::new(),
                     total: 0,
-                    last_warned: None,
-                    refused_since_warned: 0,
+                    refusals: Bursts::default(),
                 }),
                 counters: Arc::new(AdmissionCounters::default()),
             }),
@@ -184,18 +180,8 @@ impl<K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> Admission<K> {
             None
         };
         if let Some(refusal) = refusal {
-            state.refused_since_warned += 1;
-            let now = Instant::now();
-            if state
-                .last_warned
-                .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
-            {
-                tracing::warn!(
-                    refused = state.refused_since_warned,
-                    "connection refused: {refusal}"
-                );
-                state.last_warned = Some(now);
-                state.refused_since_warned = 0;
+            if let Some(refused) = state.refusals.count() {
+                tracing::warn!(refused, "connection refused: {refusal}");
             }
             return Err(refusal);
         }

@@ -8,11 +8,14 @@
 //! - [`guarded`]: the connection wrapper that enforces the deadlines and gives its slot back
 //!   when it closes.
 //! - [`accept`]: the backoff after a failed accept(2), and raising `RLIMIT_NOFILE`.
+//! - [`bursts`]: one log line per burst of refusals or failures, with the count.
 
 pub mod accept;
 pub mod admission;
+pub mod bursts;
 pub mod guarded;
 
 pub use accept::{AcceptBackoff, raise_nofile_limit};
 pub use admission::{Admission, AdmissionCounters, Limits, PeerAddress, PeerUid, Permit, Refused};
+pub use bursts::Bursts;
 pub use guarded::{Activity, Guarded, Timeouts};

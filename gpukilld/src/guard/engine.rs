@@ -567,7 +567,7 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
     let mut batch: Vec<NewEvent> = violation
         .offenders
         .iter()
-        .map(|offender| event(Some(event_target(&offender.info, offender.gpu_index))))
+        .map(|offender| event(Some(event_target(&offender.info, Some(offender.gpu_index)))))
         .collect();
     if batch.is_empty() {
         // A violation with no process to act on (a GPU over its reserve from memory no
@@ -692,16 +692,4 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
     });
 }
 
-use crate::actions::event_caller;
-
-fn event_target(info: &crate::procinfo::ProcessInfo, gpu_index: u32) -> EventTarget {
-    EventTarget {
-        pid: info.pid,
-        start_time_ms: crate::store::unix_ms(info.start_time),
-        uid: info.uid,
-        user: info.user.to_string(),
-        name: info.name.clone(),
-        cmdline: info.cmdline.clone(),
-        gpu_index: Some(gpu_index),
-    }
-}
+use crate::actions::{event_caller, event_target};

@@ -139,15 +139,8 @@ impl Ingest {
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 accepted = self.listener.accept() => accepted,
             };
-            let (stream, address) = match accepted {
-                Ok(accepted) => {
-                    backoff.succeeded();
-                    accepted
-                }
-                Err(error) => {
-                    tokio::time::sleep(backoff.failed(&error)).await;
-                    continue;
-                }
+            let Some((stream, address)) = backoff.check(accepted).await else {
+                continue;
             };
             let Ok(permit) = admission.admit(PeerAddress(address.ip()), false) else {
                 continue;

@@ -79,15 +79,8 @@ impl Listener {
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 accepted = self.listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    stream
-                }
-                Err(error) => {
-                    tokio::time::sleep(backoff.failed(&error)).await;
-                    continue;
-                }
+            let Some((stream, _)) = backoff.check(accepted).await else {
+                continue;
             };
             let Some(slot) = slots.take() else {
                 let _ = stream.try_write(crate::http::BUSY_RESPONSE);

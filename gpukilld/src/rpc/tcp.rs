@@ -358,15 +358,8 @@ impl TcpListenerSetup {
                     _ = stop.wait_for(|stopped| *stopped) => return,
                     accepted = listener.accept() => accepted,
                 };
-                let (stream, address) = match accepted {
-                    Ok(accepted) => {
-                        backoff.succeeded();
-                        accepted
-                    }
-                    Err(error) => {
-                        tokio::time::sleep(backoff.failed(&error)).await;
-                        continue;
-                    }
+                let Some((stream, address)) = backoff.check(accepted).await else {
+                    continue;
                 };
                 let Ok(permit) = admission.admit(PeerAddress(address.ip()), false) else {
                     // Closed before any byte: TLS has not begun, so there is no way to say why

@@ -155,15 +155,8 @@ pub fn incoming(
                 _ = stop.wait_for(|stopped| *stopped) => return,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    stream
-                }
-                Err(error) => {
-                    tokio::time::sleep(backoff.failed(&error)).await;
-                    continue;
-                }
+            let Some((stream, _)) = backoff.check(accepted).await else {
+                continue;
             };
             // Without credentials a connection cannot be attributed: nothing to serve.
             let Ok(credentials) = stream.peer_cred() else {

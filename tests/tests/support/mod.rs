@@ -286,6 +286,22 @@ impl Daemon {
         client(&self.socket).await
     }
 
+    /// The Health rpc, as root, from outside any async runtime.
+    pub fn health(&self) -> gpukill_proto::v1::HealthResponse {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                self.client()
+                    .await
+                    .health(gpukill_proto::v1::HealthRequest {})
+                    .await
+                    .expect("Health")
+                    .into_inner()
+            })
+    }
+
     /// SIGTERM, then wait; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate().expect("daemon running")
