@@ -16,13 +16,17 @@ use crate::connections::{Activity, AdmissionCounters, Bursts, Timeouts};
 /// How long a connection may take to send a request's headers (idle keep-alive included).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The deadlines of an HTTP endpoint's connection: a request within 10 s of connecting,
-/// never silent longer than the header timeout, and an answer read within 10 s.
-pub const TIMEOUTS: Timeouts = Timeouts {
-    first_bytes: Duration::from_secs(10),
-    idle: HEADER_TIMEOUT,
-    write: Duration::from_secs(10),
-};
+/// The deadlines of an HTTP endpoint's connection under `limits`: a request within
+/// `handshake_timeout` of connecting (after TLS, which has the same deadline), never silent
+/// longer than the header timeout (or `idle_timeout`, if shorter), and an answer read within
+/// `write_timeout`.
+pub fn timeouts(limits: &crate::config::LimitsConfig) -> Timeouts {
+    Timeouts {
+        first_bytes: limits.handshake_timeout,
+        idle: HEADER_TIMEOUT.min(limits.idle_timeout),
+        write: limits.write_timeout,
+    }
+}
 
 /// The connection slots of an HTTP endpoint. When every slot is taken, a new connection
 /// takes the slot of the connection that has waited longest on its client (one that does

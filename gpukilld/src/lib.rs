@@ -519,10 +519,11 @@ pub async fn run(
         };
         // It owns the bound port: a panic stops the daemon (systemd binds it afresh).
         let (mut once, stopped) = (Some((listener, sources)), stopped.clone());
+        let http_timeouts = http::timeouts(&config.limits);
         tasks.spawn("metrics", OnPanic::StopDaemon, move || {
             let serving = once
                 .take()
-                .map(|(listener, sources)| listener.serve(sources, stopped.clone()));
+                .map(|(listener, sources)| listener.serve(sources, http_timeouts, stopped.clone()));
             async move {
                 if let Some(serving) = serving {
                     serving.await;
@@ -579,8 +580,11 @@ pub async fn run(
         tracing::info!(address = ?ingest.local_addr().ok(), path = ingest::PATH, "serving uploads (ingest)");
         // It owns the bound port: a panic stops the daemon (systemd binds it afresh).
         let (mut ingest, stopped) = (Some(ingest), stopped.clone());
+        let http_timeouts = http::timeouts(&config.limits);
         tasks.spawn("ingest", OnPanic::StopDaemon, move || {
-            let serving = ingest.take().map(|ingest| ingest.serve(stopped.clone()));
+            let serving = ingest
+                .take()
+                .map(|ingest| ingest.serve(http_timeouts, stopped.clone()));
             async move {
                 if let Some(serving) = serving {
                     serving.await;

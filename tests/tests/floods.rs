@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
 use serde_json::{Value, json};
-use support::flood::{Flood, PIPELINE, TLS_IDLE, UNIX_IDLE, http_get, open_fds};
+use support::flood::{Flood, PIPELINE, TCP_SILENT, TLS_IDLE, UNIX_IDLE, http_get, open_fds};
 use support::measure::status_kib;
 use support::pki::{Pki, bearer, free_port, tls_channel, token_file};
 use support::{Daemon, DaemonOptions, full_gpu, other_uid, shared_gpukillctl};
@@ -301,5 +301,36 @@ fn metrics_clients_that_never_read_cannot_take_healthz_down() {
     let (status, _) = http_get(port, "/metrics");
     assert!(status.contains("200"), "{status}");
     drop(flood);
+    assert!(daemon.ctl(&["list"]).status.success());
+}
+
+#[test]
+fn silent_ingest_connections_are_capped_per_address_and_closed() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = token_file(
+        &dir.path().join("tokens"),
+        &[("node-a", "ingest-flood-token-0123456789")],
+    );
+    let daemon = start(
+        &format!(
+            "[ingest]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\ntokens = {tokens:?}\n\
+             [ingest.principals]\nnode-a = {{ role = \"node\", nodes = [\"0123456789abcdef0123456789abcdef\"] }}\n\
+             [limits]\nhandshake_timeout = \"1s\"\n"
+        ),
+        None,
+    );
+    let baseline = open_fds(daemon.pid());
+    let flood = Flood::start(TCP_SILENT, &[port.to_string(), "200".to_owned()], MALLORY);
+    assert_eq!(flood.opened, 200, "the kernel queues every connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let held = open_fds(daemon.pid()).saturating_sub(baseline);
+    assert!(held <= 8 + 4, "the daemon holds {held} more descriptors");
+    // Silence past the first-request deadline closes the admitted ones too.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(flood.finish(), 200, "every silent connection was closed");
+    // The endpoint still answers (401 without a token).
+    let (status, _) = http_get(port, "/api/v1/usage");
+    assert!(status.contains("401"), "{status}");
     assert!(daemon.ctl(&["list"]).status.success());
 }

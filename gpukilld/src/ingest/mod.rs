@@ -121,8 +121,12 @@ impl Ingest {
     /// Serves until `stop`: each client address holds at most
     /// [`CONNECTIONS_PER_ADDRESS`] connections (a TLS handshake in progress included), all
     /// together at most [`MAX_CONNECTIONS`]; a handshake and each connection have deadlines
-    /// ([`crate::http::TIMEOUTS`]); accept(2) failures back off.
-    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+    /// (`timeouts`, from [`crate::http::timeouts`]); accept(2) failures back off.
+    pub async fn serve(
+        self,
+        timeouts: crate::connections::Timeouts,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let admission = Admission::new(
             "the ingest endpoint",
             Limits {
@@ -151,7 +155,6 @@ impl Ingest {
             let stop = stop.clone();
             let counters = Arc::clone(&counters);
             tokio::spawn(async move {
-                let timeouts = crate::http::TIMEOUTS;
                 match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(timeouts.first_bytes, acceptor.accept(stream))

@@ -67,7 +67,12 @@ impl Listener {
 
     /// Serves until `stop` turns true, then ends every connection after its current
     /// response.
-    pub async fn serve(self, sources: Sources, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(
+        self,
+        sources: Sources,
+        timeouts: crate::connections::Timeouts,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let endpoint = Arc::new(Endpoint {
             sources,
             last_len: AtomicUsize::new(0),
@@ -95,7 +100,7 @@ impl Listener {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let evicted = Arc::clone(&slot.evicted);
-                let io = Guarded::new(stream, crate::http::TIMEOUTS, None, None)
+                let io = Guarded::new(stream, timeouts, None, None)
                     .with_activity(Arc::clone(&slot.activity));
                 let service = service_fn(move |request| {
                     let response = endpoint.respond(&request);
@@ -239,7 +244,11 @@ mod tests {
             )),
             guard_counters: None,
         };
-        tokio::spawn(listener.serve(sources, stopped));
+        tokio::spawn(listener.serve(
+            sources,
+            crate::http::timeouts(&crate::config::LimitsConfig::default()),
+            stopped,
+        ));
         (address, stop)
     }
 

@@ -77,6 +77,31 @@ for s in socks:
 print(closed, flush=True)
 "#;
 
+/// Opens `n` TCP connections to `127.0.0.1:port` and sends nothing on them.
+pub const TCP_SILENT: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for _ in range(n):
+    try:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+    except OSError:
+        pass
+print(len(socks), flush=True)
+sys.stdin.read()
+closed = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        if not s.recv(65536):
+            closed += 1
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print(closed, flush=True)
+"#;
+
 /// Opens `n` TCP connections to `127.0.0.1:port` and writes pipelined `GET /metrics`
 /// requests into each until the socket takes no more, never reading an answer.
 pub const PIPELINE: &str = r#"
