@@ -546,8 +546,18 @@ pub async fn run(
         let _ = stop.send(true);
     };
     let advertise = advertised_address(&config, tcp_listener.as_ref());
-    let membership =
-        cluster::Membership::from_config(&config, &node, &ring).and_then(|membership| {
+    let registrations = match (&kill_context.events, &config.cluster.role) {
+        (Ok(log), config::ClusterRole::Coordinator) => log
+            .read(|store| store.node_registrations())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot read the stored node registrations; nodes bind again as they register");
+                Vec::new()
+            }),
+        _ => Vec::new(),
+    };
+    let membership = cluster::Membership::from_config(&config, &node, &ring, registrations)
+        .and_then(|membership| {
             membership.spawn(&config, &node, advertise, stopped.clone(), &tasks)?;
             Ok(membership)
         });

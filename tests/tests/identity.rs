@@ -56,6 +56,8 @@ struct Cluster {
     _pki_dir: tempfile::TempDir,
     pki: Pki,
     coordinator: Daemon,
+    /// The coordinator's configuration, to start it again on its state.
+    coordinator_config: String,
     coordinator_port: u16,
     node: Daemon,
     node_port: u16,
@@ -81,17 +83,18 @@ impl Cluster {
         let coordinator_port = free_port();
         let own_token = client_token(&pki.dir.join("coordinator.token"), COORDINATOR_TOKEN);
         let ca = pki.ca_file("test");
+        let coordinator_config = format!(
+            "[node]\nname = \"coord\"\n\
+             [nvidia]\nenabled = false\n\
+             [tcp]\nlisten = \"127.0.0.1:{coordinator_port}\"\ncert = {cert:?}\nkey = {key:?}\ntokens = {coordinator_tokens:?}\n\
+             [tcp.principals]\nn1 = \"node\"\nn2 = \"node\"\n{at_name:?} = \"user\"\n{at_uid:?} = \"user\"\n\
+             [cluster]\nrole = \"coordinator\"\nheartbeat_interval = \"200ms\"\nnode_timeout = \"1s\"\ndeadline = \"500ms\"\n\
+             token_file = {own_token:?}\nca = {ca:?}\n"
+        );
         let coordinator = Daemon::start_with(
             &json!({"gpus": []}),
             DaemonOptions {
-                config: format!(
-                    "[node]\nname = \"coord\"\n\
-                     [nvidia]\nenabled = false\n\
-                     [tcp]\nlisten = \"127.0.0.1:{coordinator_port}\"\ncert = {cert:?}\nkey = {key:?}\ntokens = {coordinator_tokens:?}\n\
-                     [tcp.principals]\nn1 = \"node\"\nn2 = \"node\"\n{at_name:?} = \"user\"\n{at_uid:?} = \"user\"\n\
-                     [cluster]\nrole = \"coordinator\"\nheartbeat_interval = \"200ms\"\nnode_timeout = \"1s\"\ndeadline = \"500ms\"\n\
-                     token_file = {own_token:?}\nca = {ca:?}\n"
-                ),
+                config: coordinator_config.clone(),
                 ..DaemonOptions::default()
             },
         );
@@ -121,6 +124,7 @@ impl Cluster {
             _pki_dir: pki_dir,
             pki,
             coordinator,
+            coordinator_config,
             coordinator_port,
             node,
             node_port,
@@ -450,6 +454,69 @@ async fn a_second_node_principal_cannot_take_over_or_keep_alive_a_registration()
         refusals.iter().any(|e| e["action"] == "Cluster.Heartbeat"),
         "{refusals:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_stays_bound_to_its_principal_across_a_coordinator_restart() {
+    let cluster = Cluster::start(json!([])).await;
+    let n1_id = cluster
+        .wait_for_n1()
+        .await
+        .node_id
+        .expect("a registered node has an id");
+    let Cluster {
+        coordinator,
+        coordinator_config,
+        coordinator_port,
+        node,
+        pki,
+        _pki_dir,
+        ..
+    } = cluster;
+    // n1 stops (so it cannot register again first), then the coordinator restarts on its
+    // state directory.
+    drop(node);
+    let (_, dir) = coordinator.stop_keeping_dir();
+    let socket = dir.path().join("gpukilld.sock");
+    let coordinator = Daemon::start_on(
+        dir,
+        socket,
+        &json!({"gpus": []}),
+        DaemonOptions {
+            config: coordinator_config,
+            ..DaemonOptions::default()
+        },
+    );
+    let channel = tls_channel(coordinator_port, &pki.ca_pem(), None)
+        .await
+        .expect("TLS to the coordinator");
+    let mut attacker = ClusterClient::new(channel);
+    for (node_id, name) in [(n1_id.as_str(), "evil"), ("e".repeat(32).as_str(), "n1")] {
+        let status = attacker
+            .register(bearer(
+                pb::RegisterRequest {
+                    node_id: node_id.to_string(),
+                    name: name.to_string(),
+                    address: "https://127.0.0.1:1".into(),
+                    daemon_version: "0.0.0".into(),
+                },
+                N2_TOKEN,
+            ))
+            .await
+            .expect_err("n1's id and name are still n1's after the restart");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("\"n1\""),
+            "the refusal names the owner: {status:?}"
+        );
+    }
+    let nodes = ClusterClient::new(support::channel(&coordinator.socket).await)
+        .nodes(pb::ClusterNodesRequest {})
+        .await
+        .expect("Cluster.Nodes")
+        .into_inner()
+        .nodes;
+    assert!(nodes.iter().all(|n| n.name != "evil"), "{nodes:#?}");
 }
 
 #[test]

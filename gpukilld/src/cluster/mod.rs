@@ -33,10 +33,13 @@ pub struct Membership {
 impl Membership {
     /// Reads the credentials and builds the registry of a coordinator. The coordinator's own
     /// GPUs count as a node when it samples any.
+    ///
+    /// `registrations` are the node registrations a coordinator's store kept.
     pub fn from_config(
         config: &Config,
         node: &Arc<NodeIdentity>,
         ring: &Arc<Ring>,
+        registrations: Vec<crate::store::NodeRegistration>,
     ) -> Result<Membership, client::ClientError> {
         let coordinator = config.cluster.role == ClusterRole::Coordinator;
         if !coordinator && config.cluster.coordinator.is_none() {
@@ -52,6 +55,7 @@ impl Membership {
                 credentials.clone(),
                 config.cluster.node_timeout,
             )?;
+            registry.restore(registrations);
             Some(Arc::new(service::Coordinator {
                 registry: Arc::new(registry),
                 local: config.nvidia.enabled.then(|| fanout::Local {

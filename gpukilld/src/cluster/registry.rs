@@ -5,10 +5,11 @@
 //!
 //! A registration belongs to the node principal that made it: its node id and its name can
 //! be changed (re-registered, renamed, kept alive by heartbeats) by that principal only, and a
-//! static node's name by nobody. The bindings live in memory with the registrations: after a
-//! coordinator restart the first principal to register an id or a name owns it again, which
-//! the real nodes do within one heartbeat interval (their next heartbeat is answered "not
-//! registered" and they register again).
+//! static node's name by nobody. Each binding (node id -> principal, and the name it last
+//! registered) is also kept in the store, and restored when the coordinator starts, so a
+//! restart does not free an id or a name for another principal to take; the real nodes
+//! register again within one heartbeat interval (their next heartbeat is answered "not
+//! registered").
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -20,10 +21,15 @@ use tonic::transport::Channel;
 use super::client::{ClientError, Credentials};
 use crate::authz::{self, AuthzError};
 use crate::config::StaticNode;
+use crate::store::NodeRegistration;
 
 /// The most registered nodes a coordinator keeps (static nodes not counted): more than a
 /// cluster of 1,000 nodes needs, and a bound on what node credentials can make it hold.
 pub const MAX_REGISTERED_NODES: usize = 4096;
+
+/// The most node ids a coordinator remembers the principal of (they outlive the nodes, so
+/// that a reinstalled or retired node's id is never free for another principal).
+pub const MAX_BOUND_NODE_IDS: usize = 65_536;
 
 /// Where a node came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +97,8 @@ pub enum RegisterError {
 /// The coordinator's view of the cluster.
 pub struct Registry {
     nodes: Mutex<BTreeMap<String, Entry>>,
+    /// Every node id's binding, registered now or before a restart (from the store), by id.
+    bound: Mutex<BTreeMap<String, NodeRegistration>>,
     credentials: Credentials,
     node_timeout: Duration,
 }
@@ -120,6 +128,7 @@ impl Registry {
         }
         Ok(Registry {
             nodes: Mutex::new(entries),
+            bound: Mutex::new(BTreeMap::new()),
             credentials,
             node_timeout,
         })
@@ -127,6 +136,14 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Restores the bindings the store kept from before a restart.
+    pub fn restore(&self, stored: Vec<NodeRegistration>) {
+        let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        for registration in stored {
+            bound.insert(registration.node_id.clone(), registration);
+        }
     }
 
     /// The credentials requests to nodes carry.
@@ -154,11 +171,13 @@ impl Registry {
     /// a new name or address. An id or a name another principal registered is refused, as
     /// is a name that belongs to a static node or to another registered node that is still
     /// up.
+    ///
+    /// Returns the binding to store when it is new or changed (a new id, a new name).
     pub fn register(
         &self,
         request: &pb::RegisterRequest,
         principal: &str,
-    ) -> Result<(), RegisterError> {
+    ) -> Result<Option<NodeRegistration>, RegisterError> {
         let valid_name = !request.name.is_empty()
             && !request.name.chars().any(|c| c.is_whitespace() || c == '/');
         if !valid_name {
@@ -178,6 +197,33 @@ impl Registry {
             .channel(&request.address)
             .map_err(|error| RegisterError::Invalid(error.to_string()))?;
         let now = Instant::now();
+        let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bindings from before a restart (and of nodes gone since) hold as live ones do.
+        if let Some(binding) = bound.get(&request.node_id) {
+            authz::may_change_registration(
+                &format!("{} (id {})", binding.name, request.node_id),
+                &binding.principal,
+                principal,
+            )?;
+        }
+        if let Some(binding) = bound
+            .values()
+            .find(|binding| binding.name == request.name && binding.principal != principal)
+        {
+            authz::may_change_registration(
+                &format!("{} (id {})", request.name, binding.node_id),
+                &binding.principal,
+                principal,
+            )?;
+        }
+        if !bound.contains_key(&request.node_id) && bound.len() >= MAX_BOUND_NODE_IDS {
+            return Err(RegisterError::Full(format!(
+                "this coordinator remembers {} node ids, its limit ({MAX_BOUND_NODE_IDS}); node {} (id {}) is not added (delete retired ids from node_registrations in its store)",
+                bound.len(),
+                request.name,
+                request.node_id
+            )));
+        }
         let mut nodes = self.lock();
         let same_id = |entry: &Entry| entry.id.as_deref() == Some(request.node_id.as_str());
         let by_id = nodes.iter().find(|(_, entry)| same_id(entry));
@@ -262,7 +308,16 @@ impl Registry {
                 "node registered"
             ),
         }
-        Ok(())
+        let binding = NodeRegistration {
+            node_id: request.node_id.clone(),
+            name: request.name.clone(),
+            principal: principal.to_owned(),
+        };
+        if bound.get(&request.node_id) == Some(&binding) {
+            return Ok(None);
+        }
+        bound.insert(request.node_id.clone(), binding.clone());
+        Ok(Some(binding))
     }
 
     /// Records a heartbeat from node principal `principal`; false when the id is unknown

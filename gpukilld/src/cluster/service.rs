@@ -130,7 +130,7 @@ impl Cluster for ClusterService {
         let caller = attribute(&request, "Cluster.Register", Access::Register, &self.events)?;
         let coordinator = self.coordinator()?;
         let principal = node_principal(&caller)?;
-        coordinator
+        let binding = coordinator
             .registry
             .register(request.get_ref(), principal)
             .map_err(|error| match error {
@@ -141,6 +141,17 @@ impl Cluster for ClusterService {
                 }
                 RegisterError::Full(message) => Status::resource_exhausted(message),
             })?;
+        // The binding holds in memory at once; the store keeps it across a restart.
+        if let (Some(binding), Ok(log)) = (binding, &self.events) {
+            let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
+            let node = binding.node_id.clone();
+            if let Err(error) = log
+                .write(move |store| store.save_node_registration(&binding, now_ms))
+                .await
+            {
+                tracing::error!(%error, node, "cannot store a node's registration; it holds until this coordinator restarts");
+            }
+        }
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: u64::try_from(coordinator.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),

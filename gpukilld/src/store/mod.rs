@@ -13,6 +13,7 @@ mod history;
 mod import;
 mod log;
 mod outbox;
+mod registrations;
 mod reservations;
 mod retention;
 mod schema;
@@ -37,6 +38,7 @@ pub use outbox::{
     AttemptResult, DueEntry, OutboxEntry, OutboxOptions, OutboxStatus, OutboxSummary, RetryRefusal,
     SendAttemptRow, ShownUpload,
 };
+pub use registrations::NodeRegistration;
 pub use reservations::{LeaseKind, ReservationMarks, ReservationRow};
 pub use retention::{PruneSummary, Retention};
 pub use usage::{GpuHourlyRow, GpuUsage};

@@ -194,6 +194,14 @@ const MIGRATIONS: &[&str] = &[
         end_reason TEXT
     );
     CREATE INDEX reservations_by_end ON reservations(end_ms);",
+    // 8: which node principal registered each node id with a coordinator, and under which
+    // name, so that the binding outlives a coordinator restart.
+    "CREATE TABLE node_registrations (
+        node_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        registered_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this binary knows: the number of migrations.
