@@ -14,8 +14,11 @@ use crate::conn::{self, Client};
 use crate::error::Error;
 use crate::render::gpukill_record::GpukillRecord;
 
-/// Records per ImportAudit call (the daemon takes up to 10000).
+/// Records per ImportAudit call at most (the daemon takes up to 10000).
 const BATCH: usize = 5000;
+/// Encoded bytes per ImportAudit call at most: well under the daemon's request limit
+/// (`[limits] max_request_size`, 1 MiB by default), whatever the records hold.
+const BATCH_BYTES: usize = 256 * 1024;
 /// Bad lines listed one by one; the rest are counted.
 const LISTED_BAD_LINES: usize = 50;
 
@@ -51,6 +54,7 @@ pub async fn run<W: Write, E: Write>(
     let mut client = conn::connect(target).await?;
     let mut totals = Totals::default();
     let mut batch: Vec<AuditRecord> = Vec::with_capacity(BATCH);
+    let mut batch_bytes = 0;
     for (index, line) in BufReader::new(input).lines().enumerate() {
         let line = line.map_err(read_error)?;
         let number = index as u64 + 1;
@@ -58,12 +62,33 @@ pub async fn run<W: Write, E: Write>(
             continue;
         }
         totals.lines += 1;
-        match GpukillRecord::parse(&line) {
-            Ok(record) => batch.push(record.to_proto(number)),
-            Err(reason) => totals.bad.push((number, reason)),
+        let record = match GpukillRecord::parse(&line) {
+            Ok(record) => record.to_proto(number),
+            Err(reason) => {
+                totals.bad.push((number, reason));
+                continue;
+            }
+        };
+        // The field's tag and length prefix come on top of the record itself.
+        let bytes = prost::Message::encoded_len(&record) + 8;
+        if bytes > BATCH_BYTES {
+            totals.bad.push((
+                number,
+                format!(
+                    "the record is {bytes} bytes, more than one import call carries ({BATCH_BYTES}); shorten its strings"
+                ),
+            ));
+            continue;
         }
+        if !batch.is_empty() && batch_bytes + bytes > BATCH_BYTES {
+            send(&mut client, std::mem::take(&mut batch), &mut totals).await?;
+            batch_bytes = 0;
+        }
+        batch.push(record);
+        batch_bytes += bytes;
         if batch.len() == BATCH {
             send(&mut client, std::mem::take(&mut batch), &mut totals).await?;
+            batch_bytes = 0;
         }
     }
     if !batch.is_empty() {
@@ -196,6 +221,45 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let lines: Vec<u64> = requests[0].records.iter().map(|r| r.line).collect();
         assert_eq!(lines, [1, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn batches_stay_under_the_request_limit_and_an_oversized_record_is_a_bad_line() {
+        let daemon = FakeDaemon {
+            import_audit: Some(Ok(ImportAuditResponse::default())),
+            ..Default::default()
+        };
+        let requests = daemon.import_requests.clone();
+        let served = serve(daemon);
+        // 2,000 records of about 300 bytes (a long container id and process name): 600 KB.
+        let long = GOOD
+            .replace(
+                r#""container":null"#,
+                &format!(r#""container":"{}""#, "c".repeat(200)),
+            )
+            .replace(
+                r#""process_name":null"#,
+                r#""process_name":"python3-train-long""#,
+            );
+        let huge = GOOD.replace(
+            r#""container":null"#,
+            &format!(r#""container":"{}""#, "h".repeat(BATCH_BYTES)),
+        );
+        let mut lines: Vec<&str> = vec![long.as_str(); 2000];
+        lines.insert(10, &huge);
+        let input = file(&lines);
+        let path = input.path().to_str().expect("utf-8").to_owned();
+        let (result, text, _) = run_cli(&served.socket, &["audit", "import", &path]).await;
+        assert_eq!(result.expect_err("the huge line").exit_code(), 1);
+        assert!(text.contains("line 11: the record is"), "{text}");
+        let requests = requests.lock().expect("lock").clone();
+        assert!(requests.len() >= 3, "{} calls", requests.len());
+        for request in &requests {
+            let bytes = prost::Message::encoded_len(request);
+            assert!(bytes <= BATCH_BYTES, "a call of {bytes} bytes");
+        }
+        let sent: usize = requests.iter().map(|r| r.records.len()).sum();
+        assert_eq!(sent, 2000);
     }
 
     #[tokio::test]
