@@ -103,8 +103,8 @@ pub const NOTE_LIMIT: usize = 1024;
 pub const STATUS_QUEUE_LIMIT: usize = 100;
 
 /// `text` cut to at most [`NOTE_LIMIT`] bytes (at a character boundary), marked with `…`
-/// when cut.
-pub fn clip_note(mut text: String) -> String {
+/// when cut. A cut note is a new string of its own size: the long one is freed.
+pub fn clip_note(text: String) -> String {
     const MARK: &str = "…";
     if text.len() <= NOTE_LIMIT {
         return text;
@@ -113,9 +113,10 @@ pub fn clip_note(mut text: String) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.truncate(end);
-    text.push_str(MARK);
-    text
+    let mut clipped = String::with_capacity(end + MARK.len());
+    clipped.push_str(&text[..end]);
+    clipped.push_str(MARK);
+    clipped
 }
 
 /// Who asks, as the kernel identified them.
@@ -1119,6 +1120,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn long_notes_are_clipped_at_a_character_boundary_into_a_small_string() {
+        assert_eq!(clip_note("short".to_owned()), "short");
+        let long = "é".repeat(2000);
+        let clipped = clip_note(long);
+        assert!(clipped.len() <= NOTE_LIMIT, "{}", clipped.len());
+        assert!(clipped.ends_with('…'));
+        assert!(clipped.capacity() <= NOTE_LIMIT);
+        assert!(clipped.trim_end_matches('…').chars().all(|c| c == 'é'));
+    }
     #[tokio::test]
     async fn queued_requests_are_served_first_come_first_served() {
         let reservations = reservations().await;

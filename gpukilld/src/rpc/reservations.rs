@@ -57,7 +57,7 @@ pub async fn reserve(
         want,
         kind: LeaseKind::Manual,
         duration: (request.duration_ms > 0).then(|| Duration::from_millis(request.duration_ms)),
-        note: request.note,
+        note: crate::reservations::clip_note(request.note),
         client_pid: requester.caller.pid,
     };
     let grant = reservations.reserve(&requester, &lease).await?;

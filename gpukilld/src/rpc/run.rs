@@ -72,7 +72,8 @@ impl Session {
             want: Want::Count(start.count.max(1)),
             kind: LeaseKind::Run,
             duration: (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms)),
-            note: start.command.clone(),
+            // Clipped at once: a queued session holds its request while it waits.
+            note: crate::reservations::clip_note(start.command.clone()),
             client_pid: self.requester.caller.pid,
         };
         match self.reservations.reserve(&self.requester, &request).await {
