@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+pub mod errors;
 pub mod guard;
 pub mod http;
 pub mod ingest;
@@ -23,7 +24,10 @@ pub mod sampler;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
+pub mod units;
 pub mod upload;
+pub mod usage_payload;
 pub mod vendor;
 
 use std::future::Future;
@@ -132,18 +136,6 @@ impl Environment {
     }
 }
 
-/// An error and its sources on one line ("cannot open the store x: unable to open ...").
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 fn host_name() -> Arc<str> {
     nix::unistd::gethostname()
         .ok()
@@ -173,7 +165,7 @@ fn node_identity(config: &Config) -> node::NodeIdentity {
     let id = node::load_or_create_id(&config.state_dir).unwrap_or_else(|error| {
         let id = node::random_id().unwrap_or_else(|_| format!("{:032x}", std::process::id()));
         tracing::error!(
-            error = %error_chain(&error),
+            error = %errors::chain(&error),
             id,
             "no stable node id: a coordinator will see a new node after each restart"
         );
@@ -205,7 +197,7 @@ fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
             .library
             .clone()
             .map(PathBuf::into_os_string)
-            .unwrap_or_else(|| vendor::nvidia::DEFAULT_LIBRARY.into());
+            .unwrap_or_else(|| config::DEFAULT_NVML_LIBRARY.into());
         backends.push(Box::new(vendor::nvidia::NvidiaBackend::new(library)));
     }
     let drm_roots: Vec<vendor::drm::backend::VendorRoot> = [
@@ -302,7 +294,7 @@ pub async fn run(
 
     // The node id lives in the state directory, and the outbox's payloads carry it.
     if let Err(error) = store::create_dir(&config.state_dir) {
-        tracing::error!(error = %error_chain(&error), "cannot create the state directory");
+        tracing::error!(error = %errors::chain(&error), "cannot create the state directory");
     }
     let node = Arc::new(node_identity(&config));
     let database = config.state_dir.join("gpukill.db");
@@ -310,7 +302,7 @@ pub async fn run(
         database.clone(),
         store::HistoryOptions {
             persist_interval: config.persist_interval,
-            retention: config.retention.limits(),
+            retention: store::Retention::from(&config.retention),
             outbox: config.upload.enabled().then(|| store::OutboxOptions {
                 node_id: node.id.clone(),
                 node_name: node.name.clone(),
@@ -322,7 +314,7 @@ pub async fn run(
         Ok(log) => Ok(Arc::new(log)),
         Err(error) => {
             // Live service goes on; only actions, which must be audited, are refused.
-            let message = error_chain(&error);
+            let message = errors::chain(&error);
             tracing::error!(store = %database.display(), "{message}; kill is disabled");
             Err(message)
         }
@@ -409,7 +401,7 @@ pub async fn run(
         .await
         .map(Arc::new)
         .map_err(|error| {
-            let message = error_chain(&error);
+            let message = errors::chain(&error);
             tracing::error!("cannot load the reservations: {message}; reservations are off");
             message
         }),
@@ -475,10 +467,10 @@ pub async fn run(
                 }
                 Ok(Err(error)) => {
                     tracing::error!(
-                        error = %error_chain(&error),
+                        error = %errors::chain(&error),
                         "SIGHUP: the new configuration is invalid; the running one stays"
                     );
-                    format!("reload rejected: {}", error_chain(&error))
+                    format!("reload rejected: {}", errors::chain(&error))
                 }
                 Err(_) => "reload failed".to_owned(),
             };
@@ -634,7 +626,7 @@ pub async fn run(
                         // The configuration it was made from has a URL; it cannot lose it.
                         Ok(None) => {}
                         Err(error) => tracing::error!(
-                            error = %error_chain(&error),
+                            error = %errors::chain(&error),
                             "cannot restart the uploader: its credentials no longer load"
                         ),
                     }
@@ -717,7 +709,7 @@ pub async fn run(
             tcp_task.abort();
         }
         if let Ok(Err(error)) = tcp_task.await {
-            tracing::error!(error = %error_chain(&error), "the TCP server failed");
+            tracing::error!(error = %errors::chain(&error), "the TCP server failed");
         }
     }
 

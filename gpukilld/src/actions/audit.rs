@@ -203,7 +203,7 @@ pub async fn kill(
     if let Err(error) = events.record_outcomes(updates).await {
         tracing::error!(
             action = request.action,
-            error = %crate::error_chain(&error),
+            error = %crate::errors::chain(&error),
             outcomes = ?results.iter().map(|r| (r.target.info.pid, r.outcome.as_str())).collect::<Vec<_>>(),
             "the signals were sent but their outcomes cannot be written; the audit trail says `signalling`"
         );
@@ -236,7 +236,7 @@ pub async fn recorded<T>(
         .collect();
     if let Err(error) = events.record_outcomes(updates).await {
         tracing::error!(
-            error = %crate::error_chain(&error),
+            error = %crate::errors::chain(&error),
             outcome,
             reason,
             "the act was done but its outcome cannot be written; the audit trail says `{RESETTING}`"

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::reservations::bytes;
 use super::{ConfigError, duration};
+use crate::units::bytes;
 
 /// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,7 +26,7 @@ pub use upload::{
     IngestConfig, IngestPrincipal, IngestRole, UploadConfig, UploadUrl, is_node_id,
     parse_upload_url,
 };
-pub use vendors::{AmdConfig, IntelConfig};
+pub use vendors::{AmdConfig, DEFAULT_AMDGPU_IDS, IntelConfig};
 
 /// Where the daemon looks for its configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/gpukill/gpukilld.toml";
@@ -123,24 +123,12 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        let defaults = crate::store::Retention::default();
+        const DAY: u64 = 86_400;
         Self {
-            samples: defaults.samples,
-            sessions: defaults.sessions,
-            rollups: defaults.rollups,
-            events: defaults.events,
-        }
-    }
-}
-
-impl RetentionConfig {
-    /// The store's view of these limits.
-    pub fn limits(&self) -> crate::store::Retention {
-        crate::store::Retention {
-            samples: self.samples,
-            sessions: self.sessions,
-            rollups: self.rollups,
-            events: self.events,
+            samples: Duration::from_secs(30 * DAY),
+            sessions: Duration::from_secs(90 * DAY),
+            rollups: Duration::from_secs(365 * DAY),
+            events: Duration::from_secs(365 * DAY),
         }
     }
 }
@@ -287,40 +275,10 @@ impl<'de> Deserialize<'de> for SocketMode {
     }
 }
 
-/// Serde for durations written as `500ms`, `2s`, `1h`.
-pub(crate) mod duration {
-    use super::*;
+pub(crate) use crate::units::duration;
 
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format(*value))
-    }
-
-    /// A duration in the largest unit that holds it exactly ("90days", "2h", "500ms"), which
-    /// reads better than humantime's calendar split ("2months 29days 2h 52m 48s").
-    pub fn format(value: Duration) -> String {
-        let millis = value.as_millis();
-        let units: [(u128, &str); 4] = [
-            (86_400_000, "days"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ];
-        units
-            .iter()
-            .find(|(size, _)| millis >= *size && millis.is_multiple_of(*size))
-            .map(|(size, unit)| format!("{}{unit}", millis / size))
-            .unwrap_or_else(|| format!("{millis}ms"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({error}): write it like 500ms, 2s or 1h"
-            ))
-        })
-    }
-}
+/// The NVML library name the dynamic loader resolves when no path is configured.
+pub const DEFAULT_NVML_LIBRARY: &str = "libnvidia-ml.so.1";
 
 /// Configuration errors. Each names the offending key or file and where the value came from.
 #[derive(Debug, thiserror::Error)]
@@ -703,7 +661,7 @@ impl Config {
             self.nvidia
                 .library
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(crate::vendor::nvidia::DEFAULT_LIBRARY)),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_NVML_LIBRARY)),
         );
         effective
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, duration};
+use crate::units::bytes;
 
 /// `[reservations]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,19 +100,6 @@ impl ReservationsConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// A byte count read as an integer or as `"1GiB"`, written as an integer.
-pub(super) mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(*value)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-        crate::guard::policy::Bytes::deserialize(deserializer).map(|bytes| bytes.0)
     }
 }
 

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::duration;
 
+/// Where libdrm installs `amdgpu.ids`.
+pub const DEFAULT_AMDGPU_IDS: &str = "/usr/share/libdrm/amdgpu.ids";
+
 /// `[amd]`: AMD GPUs bound to the `amdgpu` driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,7 +35,7 @@ impl Default for AmdConfig {
         Self {
             enabled: true,
             sysfs_root: PathBuf::from("/sys"),
-            ids_file: PathBuf::from(crate::vendor::drm::names::DEFAULT_AMDGPU_IDS),
+            ids_file: PathBuf::from(DEFAULT_AMDGPU_IDS),
             smi: PathBuf::from("amd-smi"),
             rocm_smi: PathBuf::from("rocm-smi"),
             reset_timeout: Duration::from_secs(60),

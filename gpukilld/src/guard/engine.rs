@@ -647,7 +647,7 @@ async fn respond(decision: Decision, loaded: &Arc<Loaded>, responder: &Arc<Respo
                 tracing::error!(
                     rule = violation.rule.as_str(),
                     ?pids,
-                    error = %crate::error_chain(&error),
+                    error = %crate::errors::chain(&error),
                     "guard: not killing"
                 );
                 return;

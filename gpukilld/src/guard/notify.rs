@@ -14,7 +14,7 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::duration;
+use crate::units::duration;
 
 /// `[notify]` in the policy file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

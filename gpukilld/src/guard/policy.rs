@@ -80,7 +80,8 @@ use serde::Deserialize;
 
 use super::notify::{NotifyConfig, Webhook};
 use super::rogue::{Identity, RiskLevel, RogueConfig, RogueScorer};
-use crate::config::duration;
+pub use crate::units::{Bytes, LocalTime, TimeOfDay, Weekday, parse_bytes};
+use crate::units::{duration, optional_duration};
 
 /// How the guard responds to a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,124 +118,6 @@ impl FromStr for Mode {
                 "unknown guard mode {other:?}: use dry-run, soft or hard"
             )),
         }
-    }
-}
-
-/// A byte count, written `"20GiB"`, `"512 MiB"`, `"1.5GB"` or as a plain integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Bytes(pub u64);
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(bytes) => Ok(Bytes(bytes)),
-            Raw::Text(text) => parse_bytes(&text)
-                .map(Bytes)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses `"20GiB"`, `"512 MiB"`, `"1.5GB"`, `"4096"`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        _ => return Err(bad_size(text)),
-    };
-    let value: f64 = number.parse().map_err(|_| bad_size(text))?;
-    let bytes = value * scale as f64;
-    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
-        return Err(bad_size(text));
-    }
-    Ok(bytes.round() as u64)
-}
-
-fn bad_size(text: &str) -> String {
-    format!("invalid size {text:?}: write it like 512MiB, 20GiB or 1.5TB")
-}
-
-/// Days of the week, as windows name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Weekday {
-    /// Monday.
-    Mon,
-    /// Tuesday.
-    Tue,
-    /// Wednesday.
-    Wed,
-    /// Thursday.
-    Thu,
-    /// Friday.
-    Fri,
-    /// Saturday.
-    Sat,
-    /// Sunday.
-    Sun,
-}
-
-impl Weekday {
-    /// All seven, Monday first.
-    pub const ALL: [Weekday; 7] = [
-        Weekday::Mon,
-        Weekday::Tue,
-        Weekday::Wed,
-        Weekday::Thu,
-        Weekday::Fri,
-        Weekday::Sat,
-        Weekday::Sun,
-    ];
-
-    /// The day before.
-    pub fn previous(self) -> Weekday {
-        Weekday::ALL[(self as usize + 6) % 7]
-    }
-}
-
-/// A local time of the week: the day and the minute of the day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalTime {
-    /// The day.
-    pub weekday: Weekday,
-    /// Minutes since local midnight, 0 to 1439.
-    pub minute: u16,
-}
-
-/// A time of day, `"HH:MM"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TimeOfDay(pub u16);
-
-impl<'de> Deserialize<'de> for TimeOfDay {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let parsed = text.split_once(':').and_then(|(hours, minutes)| {
-            let (hours, minutes): (u16, u16) = (hours.parse().ok()?, minutes.parse().ok()?);
-            (hours < 24 && minutes < 60 && text.len() == 5).then_some(hours * 60 + minutes)
-        });
-        parsed.map(TimeOfDay).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid time {text:?}: write it as HH:MM, e.g. 22:00"
-            ))
-        })
     }
 }
 
@@ -686,7 +569,7 @@ impl CompiledPolicy {
         let rogue = RogueScorer::new(&policy.rogue).map_err(|rogue| {
             error(
                 lines.table("rogue"),
-                format!("[rogue] {}", crate::error_chain(&rogue)),
+                format!("[rogue] {}", crate::errors::chain(&rogue)),
             )
         })?;
         if let Some(url) = &policy.notify.webhook {
@@ -858,27 +741,6 @@ impl<'a> TableLines<'a> {
             },
             0,
         )
-    }
-}
-
-/// Serde for `Option<Duration>` written like `duration`.
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|text| {
-            humantime::parse_duration(&text).map_err(|error| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({error}): write it like 500ms, 2s or 1h"
-                ))
-            })
-        })
-        .transpose()
     }
 }
 

@@ -30,8 +30,8 @@ use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::config::{IngestConfig, parse_address};
 use crate::connections::{AcceptBackoff, Admission, Guarded, Limits, PeerAddress};
 use crate::store::{EventCaller, EventKind, EventLog, NewEvent};
-use crate::upload::client::{CONTENT_SHA256, IDEMPOTENCY_KEY};
-use crate::upload::payload::{SCHEMA, sha256_hex};
+use crate::usage_payload::{CONTENT_SHA256, IDEMPOTENCY_KEY};
+use crate::usage_payload::{SCHEMA, sha256_hex};
 use access::{Access, Denied, ReadScope};
 use store::{IngestStore, Query, Received};
 
@@ -48,7 +48,7 @@ pub enum IngestError {
     Tokens(#[from] TokenFileError),
     /// The certificate or key is unusable.
     #[error(transparent)]
-    Tls(#[from] crate::rpc::tcp::TcpError),
+    Tls(#[from] crate::tls::TlsError),
     /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] store::IngestStoreError),
@@ -90,7 +90,7 @@ impl Ingest {
         let tokens = Tokens::load(config.tokens.as_deref().unwrap_or(std::path::Path::new("")))?;
         let tls = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::rpc::tcp::server_config("ingest", cert, key, None, false, b"http/1.1")?,
+                crate::tls::server_config("ingest", cert, key, None, false, b"http/1.1")?,
             )),
             _ => None,
         };
@@ -357,7 +357,7 @@ async fn receive(
             response
         }
         Ok(Err(error)) => {
-            tracing::error!(error = %crate::error_chain(&error), "ingest: cannot store an upload");
+            tracing::error!(error = %crate::errors::chain(&error), "ingest: cannot store an upload");
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot store it now; retry later",
@@ -478,7 +478,10 @@ async fn query(
     let (gpus, users) = match found {
         Ok(Ok(found)) => found,
         Ok(Err(error)) => {
-            return text(StatusCode::SERVICE_UNAVAILABLE, crate::error_chain(&error));
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::errors::chain(&error),
+            );
         }
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "the query failed"),
     };

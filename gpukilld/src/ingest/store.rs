@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use crate::upload::payload::Payload;
+use crate::usage_payload::Payload;
 
 /// Why an ingest database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -342,7 +342,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::upload::payload::{SCHEMA, UserHour};
+    use crate::usage_payload::{SCHEMA, UserHour};
 
     fn payload(gpu_seconds: f64) -> Payload {
         Payload {

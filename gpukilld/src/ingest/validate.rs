@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::is_node_id;
-use crate::upload::payload::{Payload, SCHEMA};
+use crate::usage_payload::{Payload, SCHEMA};
 
 /// One hour, in milliseconds.
 const HOUR_MS: i64 = 3_600_000;

@@ -67,7 +67,7 @@ impl Filter {
     }
 }
 
-pub(crate) use crate::store::{rfc3339_ms, unix_ms};
+pub(crate) use crate::store::unix_ms;
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

@@ -110,10 +110,10 @@ pub enum RpcError {
     #[error("unknown upload status {0}: use pending, delivered, parked or rejected")]
     UnknownUploadStatus(i32),
     /// An hour without an outbox entry.
-    #[error("no upload of the hour starting at {} (gpukillctl uploads list shows the hours)", crate::rpc::convert::rfc3339_ms(*.0))]
+    #[error("no upload of the hour starting at {} (gpukillctl uploads list shows the hours)", crate::store::rfc3339_ms(*.0))]
     NoUpload(i64),
     /// An hour that is neither parked nor rejected.
-    #[error("the hour starting at {hour} is {status}: only parked or rejected hours are sent again", hour = crate::rpc::convert::rfc3339_ms(*.0), status = .1)]
+    #[error("the hour starting at {hour} is {status}: only parked or rejected hours are sent again", hour = crate::store::rfc3339_ms(*.0), status = .1)]
     UploadNotStuck(i64, &'static str),
     /// A retry request that names nothing.
     #[error("name an hour or ask for every parked hour (--all-parked)")]
@@ -199,7 +199,7 @@ impl From<RpcError> for Status {
             RpcError::InvalidProcessRegex { pattern, source } => {
                 format!("invalid --process regex {pattern:?}:\n{source}")
             }
-            other => crate::error_chain(other),
+            other => crate::errors::chain(other),
         };
         Status::new(code, message)
     }

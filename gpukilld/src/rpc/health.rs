@@ -84,7 +84,7 @@ pub async fn health(
             }
             Err(error) => problems.push(format!(
                 "uploads: cannot read the outbox: {}",
-                crate::error_chain(&error)
+                crate::errors::chain(&error)
             )),
         }
     }

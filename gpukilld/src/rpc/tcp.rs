@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -27,6 +25,7 @@ use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
 use crate::connections::{AcceptBackoff, Admission, Guarded, PeerAddress, Timeouts};
+use crate::tls::{TlsError, server_config};
 
 /// Metadata a coordinator sets on a forwarded request: the user name of the caller it
 /// verified, as it is (it may hold `@` or anything else a principal name holds; it is never
@@ -51,28 +50,9 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Why the TCP listener cannot start. Each names the file or address at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
-    /// A certificate or key file cannot be read or parsed.
-    #[error("{section}.{key} = {path}: {message}")]
-    Pem {
-        /// The configuration section (`tcp`, `ingest`, `upload`).
-        section: &'static str,
-        /// The configuration key.
-        key: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// rustls refused the certificate, key or CA.
-    #[error(
-        "cannot set up TLS from {section}.cert, {section}.key and {section}.client_ca: {message}"
-    )]
-    Tls {
-        /// The configuration section.
-        section: &'static str,
-        /// What rustls said.
-        message: String,
-    },
+    /// A certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The token file is unusable.
     #[error(transparent)]
     Tokens(#[from] TokenFileError),
@@ -87,110 +67,14 @@ pub enum TcpError {
     },
 }
 
-/// Reads every certificate in a PEM file (`section.key` names it in errors).
-pub fn read_certificates(
-    section: &'static str,
-    key: &'static str,
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, TcpError> {
-    let pem_error = |message: String| TcpError::Pem {
-        section,
-        key,
-        path: path.to_path_buf(),
-        message,
-    };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|error| pem_error(format!("cannot read certificates: {error}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| pem_error(format!("not PEM certificates: {error}")))?;
-    if certificates.is_empty() {
-        return Err(pem_error(
-            "holds no certificate (expected PEM \"BEGIN CERTIFICATE\")".into(),
-        ));
-    }
-    Ok(certificates)
-}
-
-/// Reads a PEM private key (`section.key` names it in errors).
-pub fn read_private_key(
-    section: &'static str,
-    key: &'static str,
-    path: &std::path::Path,
-) -> Result<PrivateKeyDer<'static>, TcpError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|error| TcpError::Pem {
-        section,
-        key,
-        path: path.to_path_buf(),
-        message: format!("cannot read a PEM private key: {error}"),
-    })
-}
-
 /// The rustls server configuration of `[tcp]`, when it has TLS.
 fn server_tls(config: &TcpConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TcpError> {
     let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
         return Ok(None);
     };
-    server_config(
-        "tcp",
-        cert,
-        key,
-        config.client_ca.as_deref(),
-        config.tokens.is_some(),
-        b"h2",
-    )
-    .map(Some)
-}
-
-/// A rustls server configuration: the chain in `cert` and the key in `key`; with
-/// `client_ca`, client certificates are verified against it (and required unless
-/// `certificate_optional`: a token may stand in for one); `alpn` is the protocol offered.
-pub fn server_config(
-    section: &'static str,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    client_ca: Option<&std::path::Path>,
-    certificate_optional: bool,
-    alpn: &[u8],
-) -> Result<Arc<rustls::ServerConfig>, TcpError> {
-    let chain = read_certificates(section, "cert", cert)?;
-    let private_key = read_private_key(section, "key", key)?;
-    let tls_error = |error: rustls::Error| TcpError::Tls {
-        section,
-        message: error.to_string(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error)?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in read_certificates(section, "client_ca", ca)? {
-                roots.add(certificate).map_err(|error| TcpError::Pem {
-                    section,
-                    key: "client_ca",
-                    path: ca.to_path_buf(),
-                    message: format!("not a usable CA certificate: {error}"),
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if certificate_optional {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            builder.with_client_cert_verifier(verifier.build().map_err(|error| TcpError::Tls {
-                section,
-                message: error.to_string(),
-            })?)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut server = builder
-        .with_single_cert(chain, private_key)
-        .map_err(tls_error)?;
-    server.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(server))
+    let client_ca = config.client_ca.as_deref();
+    let tls = server_config("tcp", cert, key, client_ca, config.tokens.is_some(), b"h2")?;
+    Ok(Some(tls))
 }
 
 /// Who a TCP connection is, as far as the connection itself says: its address and the

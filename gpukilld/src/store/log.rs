@@ -233,7 +233,7 @@ impl EventLog {
                 tracing::error!(
                     store = %path.display(),
                     moved_to = %aside.display(),
-                    error = %crate::error_chain(&error),
+                    error = %crate::errors::chain(&error),
                     "the store is corrupt: moved it aside and started a new one"
                 );
                 Store::open(&path)?
@@ -760,7 +760,7 @@ fn write_loop(
                     },
                     None => error,
                 };
-                let message = crate::error_chain(&error);
+                let message = crate::errors::chain(&error);
                 // Retried every poll: log a change of error, not every attempt.
                 if history.last_error().as_deref() != Some(message.as_str()) {
                     tracing::error!(error = %message, "cannot write to the store; will retry");
@@ -824,7 +824,7 @@ fn write_failed(count: usize, error: StoreError, reply: WriteReply, counters: &C
     counters.failed.fetch_add(count as u64, Ordering::Relaxed);
     tracing::error!(
         lost = count,
-        error = %crate::error_chain(&error),
+        error = %crate::errors::chain(&error),
         "{count} audit events could not be written"
     );
     let _ = reply.send(Err(error));
@@ -836,7 +836,7 @@ fn refuse(request: Request, error: StoreError, counters: &Counters) {
     match request {
         Request::Write { events, reply, .. } => write_failed(events.len(), error, reply, counters),
         Request::Import { reply, .. } => {
-            tracing::error!(error = %crate::error_chain(&error), "cannot import audit records");
+            tracing::error!(error = %crate::errors::chain(&error), "cannot import audit records");
             let _ = reply.send(Err(error));
         }
         // Written once the store opens again: history follows every request.
@@ -872,7 +872,7 @@ fn write_history(store: &Mutex<Store>, history: &HistoryQueue) -> bool {
             }
             Ok(Err(error)) => {
                 history.failed.fetch_add(1, Ordering::Relaxed);
-                let message = crate::error_chain(&error);
+                let message = crate::errors::chain(&error);
                 // Retried every poll while it fails: log a change of error, not every attempt.
                 if history.last_error().as_deref() != Some(message.as_str()) {
                     tracing::warn!(error = %message, "cannot write history; will retry");
@@ -934,7 +934,7 @@ fn roll_up(
             *rolled_up_through = Some(hour);
         }
         Ok(Err(error)) => {
-            tracing::warn!(error = %crate::error_chain(&error), "hourly rollup failed; will retry");
+            tracing::warn!(error = %crate::errors::chain(&error), "hourly rollup failed; will retry");
         }
         Err(_) => tracing::error!("the hourly rollup panicked; will retry"),
     }
@@ -1041,7 +1041,7 @@ fn handle(
                     Ok(result) => {
                         if let Err(error) = &result {
                             tracing::error!(
-                                error = %crate::error_chain(error),
+                                error = %crate::errors::chain(error),
                                 "cannot import audit records"
                             );
                         }

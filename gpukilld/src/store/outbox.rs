@@ -8,7 +8,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{Store, StoreError};
-use crate::upload::payload::{self, GpuHour, Payload, UserHour};
+use crate::usage_payload::{self as payload, GpuHour, Payload, UserHour};
 
 /// What the outbox needs to build payloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +242,7 @@ fn build_payload(
         node_id: options.node_id.clone(),
         node_name: options.node_name.clone(),
         hour_unix_ms: hour_ms,
-        hour: crate::rpc::convert::rfc3339_ms(hour_ms),
+        hour: super::rfc3339_ms(hour_ms),
         gpus,
         users,
     })

@@ -14,9 +14,6 @@ use rusqlite::TransactionBehavior;
 
 use super::{Store, StoreError};
 
-/// A day in seconds.
-const DAY_S: u64 = 24 * 60 * 60;
-
 /// One hour in milliseconds: rollup rows cover `[hour_ms, hour_ms + HOUR_MS)`.
 const HOUR_MS: i64 = 3_600_000;
 
@@ -64,12 +61,19 @@ pub struct Retention {
 }
 
 impl Default for Retention {
+    /// `[retention]`'s defaults.
     fn default() -> Self {
+        Self::from(&crate::config::RetentionConfig::default())
+    }
+}
+
+impl From<&crate::config::RetentionConfig> for Retention {
+    fn from(config: &crate::config::RetentionConfig) -> Self {
         Self {
-            samples: Duration::from_secs(30 * DAY_S),
-            sessions: Duration::from_secs(90 * DAY_S),
-            rollups: Duration::from_secs(365 * DAY_S),
-            events: Duration::from_secs(365 * DAY_S),
+            samples: config.samples,
+            sessions: config.sessions,
+            rollups: config.rollups,
+            events: config.events,
         }
     }
 }
@@ -349,7 +353,7 @@ mod tests {
 
     /// `count` sample rows older than any default limit, over 4 GPUs.
     fn old_samples(count: usize) -> Vec<GpuSampleRow> {
-        let start = NOW - 400 * DAY_S as i64 * 1000;
+        let start = NOW - 400 * 86_400 * 1000;
         (0..count)
             .map(|n| {
                 let n = i64::try_from(n).unwrap();

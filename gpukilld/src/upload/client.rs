@@ -15,11 +15,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{UploadConfig, UploadUrl, parse_upload_url};
+pub use crate::usage_payload::{CONTENT_SHA256, IDEMPOTENCY_KEY};
 
-/// The header that carries the payload's SHA-256 (hex), both ways.
-pub const CONTENT_SHA256: &str = "content-sha256";
-/// The header that carries `node_id:hour_unix_ms`.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The most of a server's error message kept.
 const MESSAGE_LIMIT: usize = 300;
 
@@ -38,7 +35,7 @@ pub enum ClientError {
     },
     /// A PEM file cannot be read or parsed.
     #[error(transparent)]
-    Pem(#[from] crate::rpc::tcp::TcpError),
+    Pem(#[from] crate::tls::TlsError),
 }
 
 /// What the server said to one attempt.
@@ -103,7 +100,7 @@ impl UploadClient {
         let tls = match (&config.ca, url.tls) {
             (Some(ca), true) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for certificate in crate::rpc::tcp::read_certificates("upload", "ca", ca)? {
+                for certificate in crate::tls::read_certificates("upload", "ca", ca)? {
                     roots
                         .add(certificate)
                         .map_err(|error| ClientError::Content {
@@ -227,7 +224,7 @@ impl UploadClient {
             Err(error) => {
                 return Answer::Retry {
                     status: None,
-                    error: format!("the connection broke: {}", crate::error_chain(&error)),
+                    error: format!("the connection broke: {}", crate::errors::chain(&error)),
                 };
             }
         };

@@ -6,7 +6,8 @@
 //! `max_attempts` failures it is parked. `payload` is the wire format, shared with `ingest`.
 
 pub mod client;
-pub mod payload;
+/// The wire format, shared with the ingest side and the store's outbox.
+pub use crate::usage_payload as payload;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -99,7 +100,7 @@ pub async fn run(
                     .await;
                 match (&answer, recorded) {
                     (_, Err(error)) => {
-                        tracing::warn!(hour_ms = hour, error = %crate::error_chain(&error), "cannot record an upload attempt");
+                        tracing::warn!(hour_ms = hour, error = %crate::errors::chain(&error), "cannot record an upload attempt");
                         IDLE_POLL
                     }
                     (Answer::Stored { .. }, Ok(_)) => {
@@ -128,7 +129,7 @@ pub async fn run(
                 })
             }
             Err(error) => {
-                let message = crate::error_chain(&error);
+                let message = crate::errors::chain(&error);
                 if last_store_error.as_ref() != Some(&message) {
                     tracing::warn!(error = %message, "cannot read the upload outbox; will retry");
                     last_store_error = Some(message);

@@ -15,9 +15,6 @@ use nvml_wrapper::{Device, Nvml};
 use super::{Backend, GpuReading, Reading};
 use crate::snapshot::{Gpu, ProcessKind, Vendor, VendorProcess};
 
-/// The library name the dynamic loader resolves when no path is configured.
-pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
-
 /// How often to retry loading NVML after it failed.
 const INIT_RETRY: Duration = Duration::from_secs(10);
 

@@ -7,9 +7,6 @@ use std::path::Path;
 
 use super::sysfs::Card;
 
-/// Where libdrm installs `amdgpu.ids`.
-pub const DEFAULT_AMDGPU_IDS: &str = "/usr/share/libdrm/amdgpu.ids";
-
 /// Where distributions install `pci.ids`, in the order to try.
 pub const DEFAULT_PCI_IDS: &[&str] = &["/usr/share/hwdata/pci.ids", "/usr/share/misc/pci.ids"];
 

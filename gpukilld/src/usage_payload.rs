@@ -1,9 +1,14 @@
 //! The upload payload, schema `gpukill.usage/v1`: one node's usage of one closed hour, as
 //! the node's hourly rollups have it. The node sends it as JSON; the ingest side parses it
-//! with the same types. Field names are part of the contract (README, "Uploads"): add
+//! with the same types. Field names are part of the contract (docs/uploads.md): add
 //! fields, never rename them.
 
 use serde::{Deserialize, Serialize};
+
+/// The header that carries the payload's SHA-256 (hex), both ways.
+pub const CONTENT_SHA256: &str = "content-sha256";
+/// The header that carries `node_id:hour_unix_ms`.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The schema name and version every payload carries.
 pub const SCHEMA: &str = "gpukill.usage/v1";
