@@ -250,6 +250,19 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The admin gate: `Ok` for an admin; for anyone else why not, naming what was asked
+    /// (`what`, e.g. "resetting a GPU"), who asked, and who may (root, or members of
+    /// `admin_group`).
+    pub fn require_admin(&self, what: &str, admin_group: &str) -> Result<(), String> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} is for admins (root or group {admin_group}); you are {} (uid {})",
+            self.user, self.caller.uid
+        ))
+    }
+
     /// Looks a local caller up in the user database (NSS: may block; call it off the
     /// runtime). A remote caller is named by its principal (`user@host` for a forwarded
     /// one) and is an admin by role.

@@ -48,10 +48,7 @@ pub async fn update(
 ) -> Result<pb::GuardUpdateResponse, RpcError> {
     let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
     let change = change(request)?;
-    let admin_group = context.admin_group.clone();
-    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
-        .await
-        .map_err(|_| RpcError::Internal("user lookup panicked"))?;
+    let principal = super::principal(caller, &context.admin_group).await?;
     let record = |kind: EventKind, outcome: &str, reason: String| NewEvent {
         time: SystemTime::now(),
         kind,
@@ -61,19 +58,14 @@ pub async fn update(
         outcome: outcome.to_owned(),
         reason,
     };
-    if !principal.admin {
-        let reason = format!(
-            "changing the guard policy is for admins (root or group {}); you are {} (uid {})",
-            context.admin_group, principal.user, principal.caller.uid
-        );
-        if let Err(error) = events
-            .record(vec![record(EventKind::Deny, "denied", reason.clone())])
-            .await
-        {
-            tracing::error!(%error, "cannot record a denied policy change");
-        }
-        return Err(RpcError::NotAdmin(reason));
-    }
+    super::admin_only(
+        &events,
+        &principal,
+        &context.admin_group,
+        &change.to_string(),
+        "changing the guard policy",
+    )
+    .await?;
     let updating = Arc::clone(guard);
     let applied = change.clone();
     let result = tokio::task::spawn_blocking(move || updating.update(&applied))

@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
-use super::kill::{KillContext, event_caller};
-use crate::authz::{Caller, Principal};
-use crate::store::{EventKind, ImportProcess, ImportRecord, NewEvent};
+use super::kill::KillContext;
+use crate::authz::Caller;
+use crate::store::{ImportProcess, ImportRecord};
 
 /// Most records one call may carry.
 pub const MAX_RECORDS: usize = 10_000;
@@ -28,29 +27,15 @@ pub async fn import_audit(
     request: pb::ImportAuditRequest,
 ) -> Result<pb::ImportAuditResponse, RpcError> {
     let events = context.events.clone().map_err(RpcError::StoreUnavailable)?;
-    let admin_group = context.admin_group.clone();
-    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
-        .await
-        .map_err(|_| RpcError::Internal("user lookup panicked"))?;
-    if !principal.admin {
-        let reason = format!(
-            "importing usage history is for admins (root or group {}); you are {} (uid {})",
-            context.admin_group, principal.user, principal.caller.uid
-        );
-        let denied = NewEvent {
-            time: SystemTime::now(),
-            kind: EventKind::Deny,
-            caller: event_caller(&principal),
-            action: "audit import".to_string(),
-            target: None,
-            outcome: "denied".to_string(),
-            reason: reason.clone(),
-        };
-        if let Err(error) = events.record(vec![denied]).await {
-            tracing::error!(%error, "cannot write the audit event of a denied import");
-        }
-        return Err(RpcError::NotAdmin(reason));
-    }
+    let principal = super::principal(caller, &context.admin_group).await?;
+    super::admin_only(
+        &events,
+        &principal,
+        &context.admin_group,
+        "audit import",
+        "importing usage history",
+    )
+    .await?;
     if request.records.len() > MAX_RECORDS {
         return Err(RpcError::TooManyRecords {
             sent: request.records.len(),

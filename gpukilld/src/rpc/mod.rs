@@ -34,10 +34,11 @@ use tokio::sync::watch as channel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{self, Access, AuthzError, Caller};
+use crate::authz::{self, Access, AuthzError, Caller, Principal};
 use crate::node::NodeIdentity;
 use crate::ring::Ring;
 use crate::store::{EventCaller, EventKind, NewEvent};
+use error::RpcError;
 
 /// The stream type of `Watch`.
 pub type WatchStreamOf = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send + 'static>>;
@@ -103,6 +104,41 @@ pub(crate) fn attribute<T>(
         return Err(error::RpcError::from(refusal).into());
     }
     Ok(caller)
+}
+
+/// Looks `caller` up in the user database, off the runtime (NSS may block).
+pub(crate) async fn principal(caller: Caller, admin_group: &str) -> Result<Principal, RpcError> {
+    let admin_group = admin_group.to_owned();
+    tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
+        .await
+        .map_err(|_| RpcError::Internal("the user lookup panicked"))
+}
+
+/// The admin gate of an rpc ([`Principal::require_admin`]): a non-admin's request is
+/// refused, and the refusal is written to the audit trail as a `deny` event of `action`.
+pub(crate) async fn admin_only(
+    events: &crate::store::EventLog,
+    principal: &Principal,
+    admin_group: &str,
+    action: &str,
+    what: &str,
+) -> Result<(), RpcError> {
+    let Err(reason) = principal.require_admin(what, admin_group) else {
+        return Ok(());
+    };
+    let denied = NewEvent {
+        time: std::time::SystemTime::now(),
+        kind: EventKind::Deny,
+        caller: crate::actions::event_caller(principal),
+        action: action.to_owned(),
+        target: None,
+        outcome: "denied".to_owned(),
+        reason: reason.clone(),
+    };
+    if let Err(error) = events.record(vec![denied]).await {
+        tracing::error!(%error, action, "cannot record a refused request");
+    }
+    Err(RpcError::NotAdmin(reason))
 }
 
 /// Writes a refused request to the audit trail (in the background: a refusal never waits

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
-use crate::authz::{Caller, Principal};
+use crate::authz::Caller;
 use crate::reservations::usage::{Assessment, GpuRef, GpuState};
 use crate::reservations::{LeaseRequest, Requester, ReservationError, Reservations, Status, Want};
 use crate::store::{LeaseKind, ReservationRow};
@@ -30,10 +30,7 @@ pub(crate) async fn requester(caller: Caller, admin_group: &str) -> Result<Reque
     if caller.remote.is_some() {
         return Err(ReservationError::NotLocal.into());
     }
-    let group = admin_group.to_owned();
-    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &group))
-        .await
-        .map_err(|_| RpcError::Internal("the user lookup failed"))?;
+    let principal = super::principal(caller, admin_group).await?;
     Ok(Requester {
         uid: principal.caller.uid,
         user: principal.user.clone(),

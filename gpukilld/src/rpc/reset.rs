@@ -33,10 +33,7 @@ pub async fn reset(
     request: pb::ResetRequest,
 ) -> Result<pb::ResetResponse, RpcError> {
     let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
-    let admin_group = context.admin_group.clone();
-    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
-        .await
-        .map_err(|_| RpcError::Internal("user lookup panicked"))?;
+    let principal = super::principal(caller, &context.admin_group).await?;
     let (gpus, described) = select(ring, request.target)?;
     let action = format!(
         "reset {described}{}",
@@ -52,14 +49,14 @@ pub async fn reset(
         reason,
     };
 
-    if !principal.admin {
-        let reason = format!(
-            "resetting a GPU is for admins (root or group {}); you are {} (uid {})",
-            context.admin_group, principal.user, principal.caller.uid
-        );
-        record(&events, vec![refuse(reason.clone())]).await;
-        return Err(RpcError::NotAdmin(reason));
-    }
+    super::admin_only(
+        &events,
+        &principal,
+        &context.admin_group,
+        &action,
+        "resetting a GPU",
+    )
+    .await?;
     if let Some(reason) = gpus
         .iter()
         .find_map(|(vendor, gpu)| reset::unsupported_reason(*vendor, gpu))

@@ -4,11 +4,9 @@
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
-use super::kill::{EventsHandle, event_caller};
-use crate::authz::{Caller, Principal};
-use crate::store::{
-    EventKind, NewEvent, OutboxEntry, OutboxStatus, OutboxSummary, RetryRefusal, SendAttemptRow,
-};
+use super::kill::EventsHandle;
+use crate::authz::Caller;
+use crate::store::{OutboxEntry, OutboxStatus, OutboxSummary, RetryRefusal, SendAttemptRow};
 
 /// Entries listed when the request does not say.
 const DEFAULT_LIMIT: usize = 100;
@@ -153,10 +151,7 @@ pub async fn retry(
     let log = events
         .as_ref()
         .map_err(|e| RpcError::StoreUnavailable(e.clone()))?;
-    let admin_group = admin_group.to_string();
-    let principal = tokio::task::spawn_blocking(move || Principal::resolve(caller, &admin_group))
-        .await
-        .map_err(|_| RpcError::Internal("the user lookup failed"))?;
+    let principal = super::principal(caller, admin_group).await?;
     let hour = match request.target {
         Some(pb::upload_retry_request::Target::HourUnixMs(hour)) => Some(hour),
         Some(pb::upload_retry_request::Target::AllParked(true)) => None,
@@ -168,23 +163,14 @@ pub async fn retry(
         Some(hour) => format!("uploads retry {}", crate::store::hour_start(hour)),
         None => "uploads retry --all-parked".to_string(),
     };
-    let audit = |outcome: &str, reason: String| NewEvent {
-        time: std::time::SystemTime::now(),
-        kind: EventKind::Deny,
-        caller: event_caller(&principal),
-        action: action.clone(),
-        target: None,
-        outcome: outcome.to_string(),
-        reason,
-    };
-    if !principal.admin {
-        let reason = format!(
-            "{} is not an admin: only admins may send parked or rejected uploads again",
-            principal.user
-        );
-        log.record(vec![audit("denied", reason.clone())]).await?;
-        return Err(RpcError::NotAdmin(reason));
-    }
+    super::admin_only(
+        log,
+        &principal,
+        admin_group,
+        &action,
+        "sending parked or rejected uploads again",
+    )
+    .await?;
     let now = crate::store::unix_ms(std::time::SystemTime::now());
     let requeued = log
         .write(move |store| store.outbox_retry(hour, now))
