@@ -58,7 +58,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterNodesRequest>,
     ) -> Result<Response<pb::ClusterNodesResponse>, Status> {
-        attribute(&request, "Cluster.Nodes", Access::Read, &self.events)?;
+        attribute(&request, Access::Read, &self.events)?;
         let coordinator = self.coordinator()?;
         let mut nodes = coordinator.registry.nodes();
         if let Some(local) = &coordinator.local {
@@ -72,7 +72,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterListRequest>,
     ) -> Result<Response<pb::ClusterListResponse>, Status> {
-        let caller = attribute(&request, "Cluster.List", Access::Read, &self.events)?;
+        let caller = attribute(&request, Access::Read, &self.events)?;
         let coordinator = self.coordinator()?;
         Ok(Response::new(
             fanout::list(
@@ -90,7 +90,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterContentionRequest>,
     ) -> Result<Response<pb::ClusterContentionResponse>, Status> {
-        let caller = attribute(&request, "Cluster.Contention", Access::Read, &self.events)?;
+        let caller = attribute(&request, Access::Read, &self.events)?;
         let coordinator = self.coordinator()?;
         let top = match request.get_ref().top {
             0 => contention::DEFAULT_TOP,
@@ -127,7 +127,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let caller = attribute(&request, "Cluster.Register", Access::Register, &self.events)?;
+        let caller = attribute(&request, Access::Register, &self.events)?;
         let coordinator = self.coordinator()?;
         let principal = node_principal(&caller)?;
         let binding = coordinator
@@ -162,12 +162,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let caller = attribute(
-            &request,
-            "Cluster.Heartbeat",
-            Access::Register,
-            &self.events,
-        )?;
+        let caller = attribute(&request, Access::Register, &self.events)?;
         let coordinator = self.coordinator()?;
         let principal = node_principal(&caller)?;
         let node_id = &request.get_ref().node_id;

@@ -11,6 +11,25 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
 
+/// The rpc a request calls, as logs and audit events name it: `List` for the GpuKill
+/// service, `Cluster.List` for another; taken from the request's path by
+/// [`InterceptService`], which every listener runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcName(pub String);
+
+impl RpcName {
+    /// The name of the rpc at `path` (`/gpukill.v1.GpuKill/List`).
+    pub fn of(path: &str) -> Self {
+        let path = path.trim_start_matches('/');
+        let (service, method) = path.rsplit_once('/').unwrap_or(("", path));
+        let service = service.rsplit('.').next().unwrap_or(service);
+        match service {
+            "" | "GpuKill" => RpcName(method.to_owned()),
+            _ => RpcName(format!("{service}.{method}")),
+        }
+    }
+}
+
 /// A boxed, sendable response future.
 pub type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
@@ -94,7 +113,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if request.extensions().get::<RpcName>().is_none() {
+            let name = RpcName::of(request.uri().path());
+            request.extensions_mut().insert(name);
+        }
         match Arc::clone(&self.intercept).intercept(request) {
             Intercepted::Pass(request) => {
                 // tower's rule: the service polled ready is the one that takes the call.
@@ -107,5 +130,20 @@ where
                 Ok(response)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RpcName;
+
+    #[test]
+    fn rpcs_are_named_by_their_path() {
+        assert_eq!(RpcName::of("/gpukill.v1.GpuKill/List").0, "List");
+        assert_eq!(
+            RpcName::of("/gpukill.v1.Cluster/Register").0,
+            "Cluster.Register"
+        );
+        assert_eq!(RpcName::of("/odd").0, "odd");
     }
 }

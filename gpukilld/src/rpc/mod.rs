@@ -90,13 +90,17 @@ impl Service {
 }
 
 /// Attributes a request, checks that the caller's role allows `access`, and logs who made
-/// it. A refusal is written to the audit trail.
+/// it, naming the rpc by its path ([`layer::RpcName`]). A refusal is written to the audit
+/// trail.
 pub(crate) fn attribute<T>(
     request: &Request<T>,
-    rpc: &'static str,
     access: Access,
     events: &kill::EventsHandle,
 ) -> Result<Caller, Status> {
+    let rpc = request
+        .extensions()
+        .get::<layer::RpcName>()
+        .map_or("an rpc", |name| name.0.as_str());
     let caller = authz::caller(request).map_err(error::RpcError::from)?;
     tracing::debug!(rpc, %caller, "request");
     if let Err(refusal) = caller.check(access, rpc) {
@@ -177,16 +181,39 @@ pub(crate) fn audit_refusal(
     });
 }
 
+/// The shell every rpc shares: attribute the request and check that the caller's role
+/// allows `access` ([`attribute`], which names the rpc from its path), run `handle` with the
+/// caller and the message, and answer (an error through its one mapping to a gRPC code).
+pub(crate) async fn answer<T, R, E, Fut>(
+    events: &kill::EventsHandle,
+    request: Request<T>,
+    access: Access,
+    handle: impl FnOnce(Caller, T) -> Fut,
+) -> Result<Response<R>, Status>
+where
+    Fut: std::future::Future<Output = Result<R, E>>,
+    E: Into<Status>,
+{
+    let caller = attribute(&request, access, events)?;
+    handle(caller, request.into_inner())
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+}
+
 #[tonic::async_trait]
 impl GpuKill for Service {
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let caller = attribute(&request, "List", Access::Read, &self.kill.events)?;
-        list::list(&self.ring, &caller, request.into_inner())
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |caller, message| async move { list::list(&self.ring, &caller, message) },
+        )
+        .await
     }
 
     type WatchStream = WatchStreamOf;
@@ -195,222 +222,263 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = attribute(&request, "Watch", Access::Read, &self.kill.events)?;
-        watch::watch(&self.ring, &caller, request.into_inner(), self.stop.clone())
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |caller, message| async move {
+                watch::watch(&self.ring, &caller, message, self.stop.clone())
+            },
+        )
+        .await
     }
 
     async fn health(
         &self,
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        attribute(&request, "Health", Access::Read, &self.kill.events)?;
-        Ok(Response::new(
-            health::health(&self.ring, &self.kill, &self.uploads, self.started).await,
-        ))
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |_, _| async move {
+                Ok::<_, RpcError>(
+                    health::health(&self.ring, &self.kill, &self.uploads, self.started).await,
+                )
+            },
+        )
+        .await
     }
 
     async fn version(
         &self,
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
-        attribute(&request, "Version", Access::Read, &self.kill.events)?;
-        Ok(Response::new(version::version(&self.ring, &self.node)))
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |_, _| async move { Ok::<_, RpcError>(version::version(&self.ring, &self.node)) },
+        )
+        .await
     }
 
     async fn kill(
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::KillResponse>, Status> {
-        let caller = attribute(&request, "Kill", Access::Act, &self.kill.events)?;
-        kill::kill(&self.ring, &self.kill, caller, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| kill::kill(&self.ring, &self.kill, caller, message),
+        )
+        .await
     }
 
     async fn events(
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
-        attribute(&request, "Events", Access::Read, &self.kill.events)?;
-        events::events(&self.kill.events, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            events::events(&self.kill.events, message)
+        })
+        .await
     }
 
     async fn sessions(
         &self,
         request: Request<pb::SessionsRequest>,
     ) -> Result<Response<pb::SessionsResponse>, Status> {
-        attribute(&request, "Sessions", Access::Read, &self.kill.events)?;
-        sessions::sessions(&self.kill.events, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            sessions::sessions(&self.kill.events, message)
+        })
+        .await
     }
 
     async fn summary(
         &self,
         request: Request<pb::SummaryRequest>,
     ) -> Result<Response<pb::SummaryResponse>, Status> {
-        attribute(&request, "Summary", Access::Read, &self.kill.events)?;
-        summary::summary(&self.kill.events, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            summary::summary(&self.kill.events, message)
+        })
+        .await
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        attribute(&request, "History", Access::Read, &self.kill.events)?;
-        history::history(&self.kill.events, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            history::history(&self.kill.events, message)
+        })
+        .await
     }
 
     async fn import_audit(
         &self,
         request: Request<pb::ImportAuditRequest>,
     ) -> Result<Response<pb::ImportAuditResponse>, Status> {
-        let caller = attribute(&request, "ImportAudit", Access::Act, &self.kill.events)?;
-        import::import_audit(&self.kill, caller, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| import::import_audit(&self.kill, caller, message),
+        )
+        .await
     }
 
     async fn guard_status(
         &self,
         request: Request<pb::GuardStatusRequest>,
     ) -> Result<Response<pb::GuardStatusResponse>, Status> {
-        attribute(&request, "GuardStatus", Access::Read, &self.kill.events)?;
-        Ok(Response::new(guard::status(&self.guard)))
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |_, _| async move { Ok::<_, RpcError>(guard::status(&self.guard)) },
+        )
+        .await
     }
 
     async fn guard_test(
         &self,
         request: Request<pb::GuardTestRequest>,
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
-        attribute(&request, "GuardTest", Access::Read, &self.kill.events)?;
-        let reservations = self.reservations.as_ref().ok().map(|r| &**r);
-        guard::test(&self.guard, &self.ring, reservations)
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |_, _| async move {
+                let reservations = self.reservations.as_ref().ok().map(|r| &**r);
+                guard::test(&self.guard, &self.ring, reservations).await
+            },
+        )
+        .await
     }
 
     async fn guard_policy(
         &self,
         request: Request<pb::GuardPolicyRequest>,
     ) -> Result<Response<pb::GuardPolicyResponse>, Status> {
-        let caller = attribute(&request, "GuardPolicy", Access::Read, &self.kill.events)?;
-        guard_update::policy(&self.guard, &self.kill, caller)
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |caller, _| {
+            guard_update::policy(&self.guard, &self.kill, caller)
+        })
+        .await
     }
 
     async fn guard_update(
         &self,
         request: Request<pb::GuardUpdateRequest>,
     ) -> Result<Response<pb::GuardUpdateResponse>, Status> {
-        let caller = attribute(&request, "GuardUpdate", Access::Act, &self.kill.events)?;
-        guard_update::update(&self.guard, &self.kill, caller, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| guard_update::update(&self.guard, &self.kill, caller, message),
+        )
+        .await
     }
 
     async fn rogue(
         &self,
         request: Request<pb::RogueRequest>,
     ) -> Result<Response<pb::RogueResponse>, Status> {
-        attribute(&request, "Rogue", Access::Read, &self.kill.events)?;
-        rogue::rogue(&self.kill.events, &self.guard, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            rogue::rogue(&self.kill.events, &self.guard, message)
+        })
+        .await
     }
 
     async fn uploads(
         &self,
         request: Request<pb::UploadsRequest>,
     ) -> Result<Response<pb::UploadsResponse>, Status> {
-        attribute(&request, "Uploads", Access::Read, &self.kill.events)?;
-        uploads::list(&self.kill.events, &self.uploads, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            uploads::list(&self.kill.events, &self.uploads, message)
+        })
+        .await
     }
 
     async fn upload_show(
         &self,
         request: Request<pb::UploadShowRequest>,
     ) -> Result<Response<pb::UploadShowResponse>, Status> {
-        attribute(&request, "UploadShow", Access::Read, &self.kill.events)?;
-        uploads::show(&self.kill.events, &self.uploads, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        answer(&self.kill.events, request, Access::Read, |_, message| {
+            uploads::show(&self.kill.events, &self.uploads, message)
+        })
+        .await
     }
 
     async fn upload_retry(
         &self,
         request: Request<pb::UploadRetryRequest>,
     ) -> Result<Response<pb::UploadRetryResponse>, Status> {
-        let caller = attribute(&request, "UploadRetry", Access::Act, &self.kill.events)?;
-        uploads::retry(
+        answer(
             &self.kill.events,
-            &self.uploads,
-            &self.kill.admin_group,
-            caller,
-            request.into_inner(),
+            request,
+            Access::Act,
+            |caller, message| {
+                uploads::retry(
+                    &self.kill.events,
+                    &self.uploads,
+                    &self.kill.admin_group,
+                    caller,
+                    message,
+                )
+            },
         )
         .await
-        .map(Response::new)
-        .map_err(Status::from)
     }
 
     async fn reserve(
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let caller = attribute(&request, "Reserve", Access::Act, &self.kill.events)?;
-        let answer = async {
-            let reservations = reservations::available(&self.reservations)?;
-            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-            reservations::reserve(reservations, requester, request.into_inner()).await
-        };
-        answer.await.map(Response::new).map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| async move {
+                let reservations = reservations::available(&self.reservations)?;
+                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+                reservations::reserve(reservations, requester, message).await
+            },
+        )
+        .await
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = attribute(&request, "Release", Access::Act, &self.kill.events)?;
-        let answer = async {
-            let reservations = reservations::available(&self.reservations)?;
-            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-            reservations::release(reservations, requester, request.into_inner()).await
-        };
-        answer.await.map(Response::new).map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| async move {
+                let reservations = reservations::available(&self.reservations)?;
+                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+                reservations::release(reservations, requester, message).await
+            },
+        )
+        .await
     }
 
     async fn reservations(
         &self,
         request: Request<pb::ReservationsRequest>,
     ) -> Result<Response<pb::ReservationsResponse>, Status> {
-        attribute(&request, "Reservations", Access::Read, &self.kill.events)?;
-        reservations::available(&self.reservations)
-            .map(|reservations| Response::new(reservations::status(reservations)))
-            .map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Read,
+            |_, _| async move {
+                reservations::available(&self.reservations).map(|held| reservations::status(held))
+            },
+        )
+        .await
     }
 
     type RunStream = run::RunStream;
@@ -419,35 +487,29 @@ impl GpuKill for Service {
         &self,
         request: Request<tonic::Streaming<pb::RunMessage>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let caller = attribute(&request, "Run", Access::Act, &self.kill.events)?;
-        let answer = async {
-            let reservations = Arc::clone(reservations::available(&self.reservations)?);
-            let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-            run::run(
-                reservations,
-                requester,
-                request.into_inner(),
-                self.stop.clone(),
-            )
-            .await
-        };
-        answer.await.map(Response::new).map_err(Status::from)
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, inbound| async move {
+                let reservations = Arc::clone(reservations::available(&self.reservations)?);
+                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+                run::run(reservations, requester, inbound, self.stop.clone()).await
+            },
+        )
+        .await
     }
 
     async fn reset(
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        let caller = attribute(&request, "Reset", Access::Act, &self.kill.events)?;
-        reset::reset(
-            &self.ring,
-            &self.kill,
-            &self.reset,
-            caller,
-            request.into_inner(),
+        answer(
+            &self.kill.events,
+            request,
+            Access::Act,
+            |caller, message| reset::reset(&self.ring, &self.kill, &self.reset, caller, message),
         )
         .await
-        .map(Response::new)
-        .map_err(Status::from)
     }
 }
