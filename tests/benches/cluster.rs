@@ -9,8 +9,6 @@
 //!
 //! `GPUKILL_BENCH_SECONDS` shortens the two CPU windows (default 60 s each).
 
-#![allow(clippy::unwrap_used)]
-
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -109,7 +107,7 @@ async fn main() {
     );
     let targets: Vec<Target> = (0..PROCESSES).map(|_| Target::sleep(None)).collect();
     let scenario = scenario(&targets);
-    let pki_dir = tempfile::tempdir().unwrap();
+    let pki_dir = tempfile::tempdir().expect("a temp dir for the PKI");
     let pki = Pki::new(pki_dir.path(), "bench");
     let (cert, key) = pki.server("server");
     let node_tokens = token_file(&pki.dir.join("node-tokens"), &[("coord", TOKEN)]);

@@ -6,8 +6,6 @@
 //!
 //!     cargo build --release --workspace && cargo bench -p gpukill-tests --bench upload
 
-#![allow(clippy::unwrap_used)]
-
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -42,7 +40,7 @@ async fn summary(daemon: &Daemon) -> pb::UploadsResponse {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let ingest_port = free_port();
-    let ingest_dir = tempfile::tempdir().unwrap();
+    let ingest_dir = tempfile::tempdir().expect("a temp dir for the ingest");
     let tokens = token_file(&ingest_dir.path().join("tokens"), &[("node", TOKEN)]);
     let ingest = Daemon::start_with(
         &json!({"gpus": []}),
@@ -59,11 +57,11 @@ async fn main() {
     let dir = tempfile::Builder::new()
         .prefix("gpukill-upload-bench-")
         .tempdir()
-        .unwrap();
+        .expect("a temp dir for the node");
     let hours: Vec<i64> = (1..=HOURS).rev().map(past_hour).collect();
     prefill(&dir.path().join("state"), &hours, GPUS, USERS);
     // The id the ingest binds the node's token to.
-    std::fs::write(dir.path().join("state/node-id"), NODE_ID).unwrap();
+    std::fs::write(dir.path().join("state/node-id"), NODE_ID).expect("write the node id");
     let token = client_token(&dir.path().join("upload.token"), TOKEN);
     let socket = dir.path().join("gpukilld.sock");
 
@@ -117,7 +115,7 @@ async fn main() {
             hour_unix_ms: hours[0],
         })
         .await
-        .unwrap()
+        .expect("UploadShow")
         .into_inner();
     let newest = support::client(&node.socket)
         .await
@@ -125,14 +123,14 @@ async fn main() {
             hour_unix_ms: hours[hours.len() - 1],
         })
         .await
-        .unwrap()
+        .expect("UploadShow")
         .into_inner();
     first_attempt.get_or_insert(oldest.attempts[0].time_unix_ms);
-    let drain_ms = (newest.attempts.last().unwrap().time_unix_ms
-        + newest.attempts.last().unwrap().latency_ms as i64
-        - first_attempt.unwrap()) as f64;
+    let last = newest.attempts.last().expect("the newest hour was sent");
+    let first = first_attempt.expect("the oldest hour was sent");
+    let drain_ms = (last.time_unix_ms + last.latency_ms as i64 - first) as f64;
     let rows = HOURS as f64 * f64::from(GPUS + GPUS * USERS);
-    let payload_kib = oldest.entry.unwrap().payload_bytes as f64 / 1024.0;
+    let payload_kib = oldest.entry.expect("the oldest hour's entry").payload_bytes as f64 / 1024.0;
 
     println!(
         "\n| measure ({HOURS} hours x {GPUS} GPUs x {USERS} users, node -> ingest on loopback) | result | target |"

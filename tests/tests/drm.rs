@@ -3,8 +3,6 @@
 //! committed fdinfo files (`tests/fixtures/fdinfo`) under the PIDs of real processes, so
 //! /proc, signals and uids are real. Mixed hosts pair the fixture with the fake NVML.
 
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -316,7 +314,7 @@ fn a_mixed_host_numbers_nvidia_first_and_an_nvml_failure_hides_no_other_vendor()
 
 #[test]
 fn an_amd_process_found_through_fdinfo_is_killed_by_its_owner() {
-    let uid = other_uid();
+    let uid = Some(other_uid());
     let mut target = Target::sleep(uid);
     let bystander = Target::sleep(None);
     let procfs = DrmProcfs::new();

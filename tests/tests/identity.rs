@@ -11,8 +11,6 @@
 //! - a token file owned by another uid stops the start; an egid in the admin group that the
 //!   group database does not back is not admin.
 
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::os::unix::process::CommandExt;
@@ -45,7 +43,7 @@ fn root_uid() -> u32 {
 }
 
 fn nobody() -> u32 {
-    other_uid().expect("root: another uid to run targets as")
+    other_uid()
 }
 
 /// A coordinator "coord" (no GPUs) and one node "n1" whose GPU 0 runs `processes`, on TLS
@@ -66,7 +64,7 @@ struct Cluster {
 impl Cluster {
     async fn start(processes: Value) -> Cluster {
         root_uid();
-        let pki_dir = tempfile::tempdir().unwrap();
+        let pki_dir = tempfile::tempdir().expect("a temp dir for the PKI");
         let pki = Pki::new(pki_dir.path(), "test");
         let (cert, key) = pki.server("server");
         let at_name = format!("{}@lab.example", user_name(nobody()));
@@ -192,7 +190,7 @@ fn outcome(response: Result<tonic::Response<pb::KillResponse>, tonic::Status>) -
     let response = response.expect("the kill is answered (with a per-target outcome)");
     let results = response.into_inner().results;
     assert_eq!(results.len(), 1, "{results:#?}");
-    results.into_iter().next().unwrap()
+    results.into_iter().next().expect("one result")
 }
 
 fn with_metadata<T>(
@@ -200,7 +198,9 @@ fn with_metadata<T>(
     pairs: &[(&'static str, &str)],
 ) -> tonic::Request<T> {
     for (name, value) in pairs {
-        request.metadata_mut().insert(*name, value.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert(*name, value.parse().expect("an ASCII header value"));
     }
     request
 }

@@ -5,8 +5,6 @@
 //! each refused (403 and an audit event, or 400 naming the field), and the first node's
 //! stored hours stay exactly as they were.
 
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::io::{Read, Write};
@@ -31,7 +29,7 @@ const TOKEN_STRANGER: &str = "stranger-token-0123456789abcdef";
 /// `ID_B`, billing reads; stranger has a token and no `[ingest.principals]` entry.
 fn ingest() -> (Daemon, u16) {
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temp dir for the ingest");
     let tokens = token_file(
         &dir.path().join("tokens"),
         &[
@@ -61,10 +59,11 @@ fn ingest() -> (Daemon, u16) {
 
 /// One HTTP/1.1 request on a new loopback connection: (status, body).
 fn http(port: u16, method: &str, query: &str, token: &str, body: Option<&[u8]>) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the ingest");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .expect("set a read timeout");
     let mut request = format!(
         "{method} /api/v1/usage{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
          Authorization: Bearer {token}\r\n"
@@ -85,12 +84,14 @@ fn http(port: u16, method: &str, query: &str, token: &str, body: Option<&[u8]>) 
         ));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
     if let Some(body) = body {
-        stream.write_all(body).unwrap();
+        stream.write_all(body).expect("send the body");
     }
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    stream.read_to_string(&mut answer).expect("read the answer");
     let status = answer
         .split_whitespace()
         .nth(1)
@@ -107,7 +108,7 @@ fn http(port: u16, method: &str, query: &str, token: &str, body: Option<&[u8]>) 
 fn everything(port: u16) -> Value {
     let (status, body) = http(port, "GET", "?rows=users", TOKEN_READER, None);
     assert_eq!(status, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"))
 }
 
 /// A valid hour of `node_id`: one GPU, one user.
@@ -162,13 +163,13 @@ fn batches(daemon: &Daemon) -> Vec<(String, i64, String, String, i64)> {
     let path = daemon.dir.path().join("state/ingest.db");
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+            .expect("open ingest.db");
     let mut statement = conn
         .prepare(
             "SELECT node_id, hour_ms, sha256, principal, revisions FROM batches
              ORDER BY node_id, hour_ms",
         )
-        .unwrap();
+        .expect("prepare the batches query");
     statement
         .query_map([], |row| {
             Ok((
@@ -179,9 +180,9 @@ fn batches(daemon: &Daemon) -> Vec<(String, i64, String, String, i64)> {
                 row.get(4)?,
             ))
         })
-        .unwrap()
+        .expect("query the batches")
         .collect::<Result<_, _>>()
-        .unwrap()
+        .expect("read the batches")
 }
 
 /// A node daemon with node id `ID_A` whose store holds `hours`, uploading them to the
@@ -190,10 +191,10 @@ fn node_a(hours: &[i64], port: u16) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("gpukill-upload-")
         .tempdir()
-        .unwrap();
+        .expect("a temp dir for the node");
     let state = dir.path().join("state");
     prefill(&state, hours, 1, 1);
-    std::fs::write(state.join("node-id"), format!("{ID_A}\n")).unwrap();
+    std::fs::write(state.join("node-id"), format!("{ID_A}\n")).expect("write the node id");
     let token = client_token(&dir.path().join("upload.token"), TOKEN_A);
     let socket = dir.path().join("gpukilld.sock");
     Daemon::start_on(
@@ -217,7 +218,7 @@ async fn wait_delivered(daemon: &Daemon, count: u64) {
             .await
             .uploads(pb::UploadsRequest::default())
             .await
-            .unwrap()
+            .expect("Uploads")
             .into_inner();
         if answer.summary.as_ref().map_or(0, |s| s.delivered) == count {
             return;

@@ -41,7 +41,7 @@ fn scenario(mine: &Target, theirs: &Target, both: &Target) -> Value {
 fn start_with_three_targets() -> (Daemon, [Target; 3]) {
     let targets = [
         Target::sleep(None),
-        Target::sleep(other_uid()),
+        Target::sleep(Some(other_uid())),
         Target::sleep(None),
     ];
     let daemon = Daemon::start(&scenario(&targets[0], &targets[1], &targets[2]));

@@ -160,7 +160,7 @@ fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
 
 #[test]
 fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
-    let (mine, theirs) = (Target::sleep(None), Target::sleep(other_uid()));
+    let (mine, theirs) = (Target::sleep(None), Target::sleep(Some(other_uid())));
     let port = free_port();
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
     let daemon = Daemon::start_with(

@@ -6,11 +6,11 @@
 //! The package is built from this test run's binaries (`--profile dev --no-build`): a
 //! release build of the workspace takes many minutes on the 2-core machine, and what is
 //! tested here is the packaging, not the optimizer. cargo-deb 3.8 warns that it may refuse
-//! the dev profile one day; CI pins that version (`.ci/run`).
+//! the dev profile one day; `scripts/test` pins that version.
 //!
-//! Needs cargo-deb (`cargo install --locked cargo-deb`) and dpkg: without them the tests
-//! fail and say so. Installing needs root (CI runs as root); as another user the install
-//! test says SKIPPED and returns, as the store-fault tests do.
+//! Needs cargo-deb (`cargo install --locked --version 3.8.0 cargo-deb`, which `scripts/test`
+//! runs when it is missing) and dpkg: without them the tests fail and say so. Installing
+//! needs root (CI runs as root); as another user the install test fails and says so.
 
 mod support;
 
@@ -99,7 +99,7 @@ fn deb() -> &'static Path {
             "cargo-deb",
             &cargo,
             &["deb", "--version"],
-            "install it with `cargo install --locked cargo-deb` (.ci/run does)",
+            "install it with `cargo install --locked --version 3.8.0 cargo-deb` (scripts/test does)",
         );
         require(
             "dpkg-deb",
@@ -299,11 +299,8 @@ fn on_path(program: &str) -> Command {
 
 #[test]
 fn the_deb_installs_working_binaries_on_path_and_purges_cleanly() {
+    support::require_root("installs and purges the .deb with dpkg");
     let deb = deb();
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: installing a package needs root");
-        return;
-    }
     let installation = Installation::install(deb);
 
     let which = stdout(&run(

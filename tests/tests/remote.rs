@@ -2,8 +2,6 @@
 //! roles limit what a principal may do, and every refusal changes nothing and is audited.
 //! A listener without authentication is refused at startup.
 
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::process::{Command, Stdio};
@@ -59,7 +57,7 @@ fn code(result: Result<impl Sized, tonic::Status>) -> tonic::Code {
 async fn tcp_refuses_missing_and_wrong_credentials_and_unknown_cas_and_changes_nothing() {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(pki_dir.path(), "test");
-    let mut target = Target::sleep(other_uid());
+    let mut target = Target::sleep(Some(other_uid()));
     let (daemon, port) = secure_node(&pki, &scenario(&target));
     let channel = tls_channel(port, &pki.ca_pem(), None).await.expect("TLS");
     let mut client = GpuKillClient::new(channel.clone());

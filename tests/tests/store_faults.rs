@@ -11,7 +11,7 @@
 //! broken filesystem.
 //!
 //! These tests mount filesystems and so need root (CI runs as root); as another user they
-//! say SKIPPED and return.
+//! fail and say so.
 
 mod support;
 
@@ -79,11 +79,9 @@ struct Mounted {
 }
 
 impl Mounted {
-    /// A fresh ext4 filesystem of `mib` MiB; `None` (after saying SKIPPED) when not root.
-    fn ext4(mib: u64) -> Option<Mounted> {
-        if !can_mount() {
-            return None;
-        }
+    /// A fresh ext4 filesystem of `mib` MiB; fails the test when not root.
+    fn ext4(mib: u64) -> Mounted {
+        must_mount();
         let dir = temp_dir();
         let image = dir.path().join("disk.img");
         std::fs::File::create(&image)
@@ -98,15 +96,12 @@ impl Mounted {
             _dir: dir,
         };
         mounted.mount();
-        Some(mounted)
+        mounted
     }
 
-    /// A tmpfs of `size` (as mount's `size=` takes it); `None` (after saying SKIPPED) when
-    /// not root.
-    fn tmpfs(size: &str) -> Option<Mounted> {
-        if !can_mount() {
-            return None;
-        }
+    /// A tmpfs of `size` (as mount's `size=` takes it); fails the test when not root.
+    fn tmpfs(size: &str) -> Mounted {
+        must_mount();
         let dir = temp_dir();
         let point = dir.path().join("state");
         std::fs::create_dir(&point).expect("mount point");
@@ -121,11 +116,11 @@ impl Mounted {
                 path_arg(&point),
             ],
         );
-        Some(Mounted {
+        Mounted {
             disk: Disk::Tmpfs,
             point,
             _dir: dir,
-        })
+        }
     }
 
     fn point(&self) -> &Path {
@@ -252,13 +247,9 @@ fn temp_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// Whether this process may mount filesystems; says SKIPPED when it may not.
-fn can_mount() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED: store fault tests mount filesystems and need root");
-    }
-    root
+/// Fails the test unless this process may mount filesystems.
+fn must_mount() {
+    support::require_root("mounts filesystems (ext4 on a loop device, tmpfs) as the state dir");
 }
 
 /// The files under `dir` that process `pid` has open.
@@ -427,9 +418,7 @@ fn integrity(database: &Path) -> String {
 
 #[test]
 fn a_read_only_state_dir_at_runtime_degrades_the_store_and_writes_resume_after_repair() {
-    let Some(disk) = Mounted::ext4(32) else {
-        return;
-    };
+    let disk = Mounted::ext4(32);
     let daemon = start_daemon(disk.point());
     wait_for_history_since(&daemon, 0);
     // What was written so far is on the disk before it breaks.
@@ -461,9 +450,7 @@ fn a_read_only_state_dir_at_runtime_degrades_the_store_and_writes_resume_after_r
 
 #[test]
 fn a_full_state_dir_degrades_the_store_and_writes_resume_when_space_is_freed() {
-    let Some(disk) = Mounted::tmpfs("8m") else {
-        return;
-    };
+    let disk = Mounted::tmpfs("8m");
     let daemon = start_daemon(disk.point());
     wait_for_history_since(&daemon, 0);
 

@@ -2,8 +2,6 @@
 //! at start) sends them to a central server on loopback — a scriptable one that stores
 //! idempotently and fails on command, or the project's own ingest endpoint.
 
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::net::SocketAddr;
@@ -32,9 +30,9 @@ fn node(hours: &[i64], port: u16, extra: &str) -> Daemon {
     let dir = tempfile::Builder::new()
         .prefix("gpukill-upload-")
         .tempdir()
-        .unwrap();
+        .expect("a temp dir for the node");
     prefill(&dir.path().join("state"), hours, 2, 2);
-    std::fs::write(dir.path().join("state/node-id"), NODE_ID).unwrap();
+    std::fs::write(dir.path().join("state/node-id"), NODE_ID).expect("write the node id");
     let token = client_token(&dir.path().join("upload.token"), TOKEN);
     let config = format!(
         "[upload]\nurl = \"http://127.0.0.1:{port}/api/v1/usage\"\ntoken_file = {token:?}\n\
@@ -95,7 +93,10 @@ fn delivered(answer: &pb::UploadsResponse) -> u64 {
 }
 
 fn key_hour(key: &str) -> i64 {
-    key.rsplit(':').next().unwrap().parse().unwrap()
+    key.rsplit(':')
+        .next()
+        .and_then(|hour| hour.parse().ok())
+        .unwrap_or_else(|| panic!("no hour at the end of {key:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

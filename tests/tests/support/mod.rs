@@ -1,6 +1,8 @@
 //! Test support: start the real gpukilld against the fake NVML library, run the real
 //! gpukillctl against it, spawn real target processes, and talk gRPC to the daemon.
 
+// unwrap_used: clippy.toml's allow-unwrap-in-tests covers #[test] functions only, and these
+// helpers (shared with the benches) are not; a panic here fails the test that called it.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod central;
@@ -499,9 +501,24 @@ impl Drop for Target {
     }
 }
 
-/// The uid tests use for "another user": nobody when we are root (as in CI), else our own.
-pub fn other_uid() -> Option<u32> {
-    nix::unistd::geteuid().is_root().then_some(65534)
+/// Fails the calling test unless it runs as root, naming what it needs root for: `why`
+/// completes "it ...". A test that needs root fails loudly without it, never passes untested.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it {why} (run scripts/test as root)"
+    );
+}
+
+/// The uid tests use for "another user": nobody's. Running processes as another uid needs
+/// root, so this fails the test when not root rather than quietly using our own uid.
+pub fn other_uid() -> u32 {
+    require_root("runs processes as another user (nobody)");
+    nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .map(|user| user.uid.as_raw())
+        .expect("this test needs the user nobody (getent passwd nobody) to run processes as")
 }
 
 /// The user name /etc/passwd gives `uid`.
