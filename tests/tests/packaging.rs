@@ -40,6 +40,8 @@ const EXPECTED_FILES: &[&str] = &[
     "/usr/lib/tmpfiles.d/gpukill.conf",
     "/etc/gpukill/gpukilld.toml",
     "/usr/share/doc/gpukill/README.md",
+    "/usr/share/doc/gpukill/docs/README.md",
+    "/usr/share/doc/gpukill/docs/limits.md",
     "/usr/share/doc/gpukill/copyright",
     "/usr/share/doc/gpukill/examples/guard.toml",
     "/usr/share/man/man8/gpukilld.8.gz",
@@ -177,6 +179,14 @@ fn the_deb_lists_every_file_gpukill_ships() {
     let files = listed_files(deb);
     for expected in EXPECTED_FILES {
         assert!(files.contains(*expected), "{expected} is not in {files:#?}");
+    }
+    // Every docs/ page is there, where the README's links point.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    for entry in std::fs::read_dir(&docs).expect("docs/") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_str().expect("UTF-8 name");
+        let packaged = format!("/usr/share/doc/gpukill/docs/{name}");
+        assert!(files.contains(&packaged), "{packaged} is not in {files:#?}");
     }
     // Every page gpukill-gen rendered (one per gpukillctl subcommand) is in the package.
     let rendered = build_dir().join("packaging/man/man1");

@@ -66,7 +66,7 @@ pub struct Config {
     /// Regular expressions; a process whose name or command line matches one is never
     /// signalled, whoever asks.
     pub protected_processes: Vec<String>,
-    /// The guard's policy file (see README, "Guard"); without it the guard is off. Re-read
+    /// The guard's policy file (see docs/guard.md); without it the guard is off. Re-read
     /// on SIGHUP and whenever it changes.
     pub guard_policy: PathBuf,
     /// How long stored history is kept.

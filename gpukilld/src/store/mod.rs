@@ -1,5 +1,6 @@
-//! The daemon's SQLite store. Today it holds the audit events (every kill, reset and denied
-//! request, with who asked and why); later issues add samples, rollups and the outbox.
+//! The daemon's SQLite store: the audit events (every kill, reset and denied request, with
+//! who asked and why), samples, sessions and hourly rollups, reservations, node
+//! registrations and the upload outbox.
 //!
 //! Two layers:
 //! - [`Store`] is synchronous: one `rusqlite::Connection`, its pragmas and migrations, and
