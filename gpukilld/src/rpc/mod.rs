@@ -83,6 +83,22 @@ impl Service {
         }
     }
 
+    /// The reservations, and who asks of them (a local user, from the kernel's credentials).
+    async fn reservations_for(
+        &self,
+        caller: Caller,
+    ) -> Result<
+        (
+            Arc<crate::reservations::Reservations>,
+            crate::reservations::Requester,
+        ),
+        RpcError,
+    > {
+        let reservations = Arc::clone(reservations::available(&self.reservations)?);
+        let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+        Ok((reservations, requester))
+    }
+
     /// The tonic server wrapping this service.
     pub fn into_server(self) -> GpuKillServer<Self> {
         GpuKillServer::new(self)
@@ -441,9 +457,8 @@ impl GpuKill for Service {
             request,
             Access::Act,
             |caller, message| async move {
-                let reservations = reservations::available(&self.reservations)?;
-                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-                reservations::reserve(reservations, requester, message).await
+                let (reservations, requester) = self.reservations_for(caller).await?;
+                reservations::reserve(&reservations, requester, message).await
             },
         )
         .await
@@ -458,9 +473,8 @@ impl GpuKill for Service {
             request,
             Access::Act,
             |caller, message| async move {
-                let reservations = reservations::available(&self.reservations)?;
-                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
-                reservations::release(reservations, requester, message).await
+                let (reservations, requester) = self.reservations_for(caller).await?;
+                reservations::release(&reservations, requester, message).await
             },
         )
         .await
@@ -492,8 +506,7 @@ impl GpuKill for Service {
             request,
             Access::Act,
             |caller, inbound| async move {
-                let reservations = Arc::clone(reservations::available(&self.reservations)?);
-                let requester = reservations::requester(caller, &self.kill.admin_group).await?;
+                let (reservations, requester) = self.reservations_for(caller).await?;
                 run::run(reservations, requester, inbound, self.stop.clone()).await
             },
         )

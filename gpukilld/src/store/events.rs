@@ -6,8 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Row, TransactionBehavior};
 
 use super::{Store, StoreError};
 
@@ -245,21 +245,19 @@ impl Store {
     /// Replaces the placeholder outcome of events written before their act with what
     /// happened, in one transaction.
     pub fn set_outcomes(&mut self, updates: &[OutcomeUpdate]) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        {
-            let mut update = tx
-                .prepare_cached("UPDATE events SET outcome = ?2, reason = ?3 WHERE id = ?1")
-                .map_err(StoreError::Write)?;
-            for row in updates {
-                update
-                    .execute(rusqlite::params![row.id, row.outcome, row.reason])
+        self.write_tx(|tx| {
+            {
+                let mut update = tx
+                    .prepare_cached("UPDATE events SET outcome = ?2, reason = ?3 WHERE id = ?1")
                     .map_err(StoreError::Write)?;
+                for row in updates {
+                    update
+                        .execute(rusqlite::params![row.id, row.outcome, row.reason])
+                        .map_err(StoreError::Write)?;
+                }
             }
-        }
-        tx.commit().map_err(StoreError::Write)
+            Ok(())
+        })
     }
 
     /// Writes `events` as a store before schema 5 (no `via` column) did, for migration tests.
@@ -279,13 +277,10 @@ impl Store {
         sql: &str,
         columns: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        let ids = insert_events_in(&tx, events, sql, columns)?;
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(ids)
+        self.write_tx(|tx| {
+            let ids = insert_events_in(tx, events, sql, columns)?;
+            Ok(ids)
+        })
     }
 
     /// Reads the newest `query.limit` events that match `query`, oldest first.

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Row, TransactionBehavior};
+use rusqlite::Row;
 
 use super::{Store, StoreError};
 
@@ -323,74 +323,72 @@ impl Store {
         samples: &[GpuSampleRow],
         sessions: &[SessionUpdate],
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        {
-            let mut insert = tx
-                .prepare_cached(INSERT_SAMPLE)
-                .map_err(StoreError::Write)?;
-            let mut insert_identity = tx
-                .prepare_cached(INSERT_IDENTITY)
-                .map_err(StoreError::Write)?;
-            let mut identity_id = tx.prepare_cached(IDENTITY_ID).map_err(StoreError::Write)?;
-            for sample in samples {
-                let identity = rusqlite::params![sample.uuid, sample.pci_bus_id, sample.name];
-                insert_identity
-                    .execute(identity)
+        self.write_tx(|tx| {
+            {
+                let mut insert = tx
+                    .prepare_cached(INSERT_SAMPLE)
                     .map_err(StoreError::Write)?;
-                let identity: i64 = identity_id
-                    .query_row(identity, |row| row.get(0))
+                let mut insert_identity = tx
+                    .prepare_cached(INSERT_IDENTITY)
                     .map_err(StoreError::Write)?;
-                insert
-                    .execute(rusqlite::params![
-                        sample.time_ms,
-                        sample.gpu_index,
-                        identity,
-                        sample.ticks,
-                        sample.util_mean,
-                        sample.util_max,
-                        sample.mem_util_mean,
-                        sample.mem_used_max,
-                        sample.mem_total,
-                        sample.temp_mean,
-                        sample.temp_max,
-                        sample.power_mean_mw,
-                        sample.power_max_mw,
-                        sample.fan_mean,
-                        sample.sm_clock_mean,
-                        sample.mem_clock_mean,
-                    ])
+                let mut identity_id = tx.prepare_cached(IDENTITY_ID).map_err(StoreError::Write)?;
+                for sample in samples {
+                    let identity = rusqlite::params![sample.uuid, sample.pci_bus_id, sample.name];
+                    insert_identity
+                        .execute(identity)
+                        .map_err(StoreError::Write)?;
+                    let identity: i64 = identity_id
+                        .query_row(identity, |row| row.get(0))
+                        .map_err(StoreError::Write)?;
+                    insert
+                        .execute(rusqlite::params![
+                            sample.time_ms,
+                            sample.gpu_index,
+                            identity,
+                            sample.ticks,
+                            sample.util_mean,
+                            sample.util_max,
+                            sample.mem_util_mean,
+                            sample.mem_used_max,
+                            sample.mem_total,
+                            sample.temp_mean,
+                            sample.temp_max,
+                            sample.power_mean_mw,
+                            sample.power_max_mw,
+                            sample.fan_mean,
+                            sample.sm_clock_mean,
+                            sample.mem_clock_mean,
+                        ])
+                        .map_err(StoreError::Write)?;
+                }
+                let mut upsert = tx
+                    .prepare_cached(UPSERT_SESSION)
                     .map_err(StoreError::Write)?;
+                for session in sessions {
+                    upsert
+                        .execute(rusqlite::params![
+                            session.pid,
+                            session.start_time_ms,
+                            session.gpu_index,
+                            session.first_seen_ms,
+                            session.last_seen_ms,
+                            session.uid,
+                            session.user,
+                            session.name,
+                            session.cmdline,
+                            session.container_id,
+                            session.container_runtime,
+                            session.pod_uid,
+                            session.peak_memory_bytes,
+                            session.memory_byte_seconds,
+                            session.gpu_seconds,
+                            session.util_seconds,
+                        ])
+                        .map_err(StoreError::Write)?;
+                }
             }
-            let mut upsert = tx
-                .prepare_cached(UPSERT_SESSION)
-                .map_err(StoreError::Write)?;
-            for session in sessions {
-                upsert
-                    .execute(rusqlite::params![
-                        session.pid,
-                        session.start_time_ms,
-                        session.gpu_index,
-                        session.first_seen_ms,
-                        session.last_seen_ms,
-                        session.uid,
-                        session.user,
-                        session.name,
-                        session.cmdline,
-                        session.container_id,
-                        session.container_runtime,
-                        session.pod_uid,
-                        session.peak_memory_bytes,
-                        session.memory_byte_seconds,
-                        session.gpu_seconds,
-                        session.util_seconds,
-                    ])
-                    .map_err(StoreError::Write)?;
-            }
-        }
-        tx.commit().map_err(StoreError::Write)
+            Ok(())
+        })
     }
 
     /// Rolls up the hour starting at `hour_ms` (a multiple of 3_600_000; another value is
@@ -430,50 +428,47 @@ impl Store {
     ) -> Result<RollupSummary, StoreError> {
         let hour_ms = hour_start(hour_ms);
         let end_ms = hour_ms.saturating_add(HOUR_MS);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        tx.execute("DELETE FROM gpu_hourly WHERE hour_ms = ?1", [hour_ms])
-            .map_err(StoreError::Write)?;
-        tx.execute("DELETE FROM user_hourly WHERE hour_ms = ?1", [hour_ms])
-            .map_err(StoreError::Write)?;
-        let gpu_rows = tx
-            .prepare_cached(ROLLUP_GPU)
-            .and_then(|mut insert| {
-                insert.execute(rusqlite::params![
-                    hour_ms,
-                    end_ms,
-                    persist_interval.as_secs_f64()
-                ])
-            })
-            .map_err(StoreError::Write)?;
-        let user_rows = tx
-            .prepare_cached(ROLLUP_USER)
-            .and_then(|mut insert| {
-                insert.execute(rusqlite::params![hour_ms, end_ms, MIN_SESSION_MS, GIB])
-            })
-            .map_err(StoreError::Write)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO rolled_up_hours (hour_ms) VALUES (?1)",
-            [hour_ms],
-        )
-        .map_err(StoreError::Write)?;
-        let dropped_uploads = match outbox {
-            Some(options) => super::outbox::queue_hour(
-                &tx,
-                hour_ms,
-                options,
-                super::events::unix_ms(std::time::SystemTime::now()),
+        self.write_tx(|tx| {
+            tx.execute("DELETE FROM gpu_hourly WHERE hour_ms = ?1", [hour_ms])
+                .map_err(StoreError::Write)?;
+            tx.execute("DELETE FROM user_hourly WHERE hour_ms = ?1", [hour_ms])
+                .map_err(StoreError::Write)?;
+            let gpu_rows = tx
+                .prepare_cached(ROLLUP_GPU)
+                .and_then(|mut insert| {
+                    insert.execute(rusqlite::params![
+                        hour_ms,
+                        end_ms,
+                        persist_interval.as_secs_f64()
+                    ])
+                })
+                .map_err(StoreError::Write)?;
+            let user_rows = tx
+                .prepare_cached(ROLLUP_USER)
+                .and_then(|mut insert| {
+                    insert.execute(rusqlite::params![hour_ms, end_ms, MIN_SESSION_MS, GIB])
+                })
+                .map_err(StoreError::Write)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO rolled_up_hours (hour_ms) VALUES (?1)",
+                [hour_ms],
             )
-            .map_err(StoreError::Write)?,
-            None => Vec::new(),
-        };
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(RollupSummary {
-            gpu_rows,
-            user_rows,
-            dropped_uploads,
+            .map_err(StoreError::Write)?;
+            let dropped_uploads = match outbox {
+                Some(options) => super::outbox::queue_hour(
+                    tx,
+                    hour_ms,
+                    options,
+                    super::events::unix_ms(std::time::SystemTime::now()),
+                )
+                .map_err(StoreError::Write)?,
+                None => Vec::new(),
+            };
+            Ok(RollupSummary {
+                gpu_rows,
+                user_rows,
+                dropped_uploads,
+            })
         })
     }
 

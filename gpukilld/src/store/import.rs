@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use rusqlite::OptionalExtension;
 
 use super::history::{HOUR_MS, hour_start};
 use super::{Store, StoreError};
@@ -115,113 +115,111 @@ impl Store {
         oldest_ms: i64,
     ) -> Result<ImportSummary, StoreError> {
         let mut summary = ImportSummary::default();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        {
-            let write = StoreError::Write;
-            let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(write)?;
-            let mut insert_identity = tx
-                .prepare_cached(super::history::INSERT_IDENTITY)
-                .map_err(write)?;
-            let mut identity_id = tx
-                .prepare_cached(super::history::IDENTITY_ID)
-                .map_err(write)?;
-            let mut insert_sample = tx.prepare_cached(INSERT_IMPORTED_SAMPLE).map_err(write)?;
-            let mut continued = tx.prepare_cached(CONTINUED_SESSION).map_err(write)?;
-            let mut extend = tx.prepare_cached(EXTEND_SESSION).map_err(write)?;
-            let mut new_session = tx.prepare_cached(NEW_SESSION).map_err(write)?;
-            for record in records {
-                if record.time_ms < oldest_ms {
-                    summary.too_old += 1;
-                    continue;
-                }
-                let pid_key = record.process.as_ref().map_or(-1, |p| i64::from(p.pid));
-                let fresh = remember
-                    .execute(rusqlite::params![record.time_ms, record.gpu_index, pid_key])
+        self.write_tx(|tx| {
+            {
+                let write = StoreError::Write;
+                let mut remember = tx.prepare_cached(REMEMBER_KEY).map_err(write)?;
+                let mut insert_identity = tx
+                    .prepare_cached(super::history::INSERT_IDENTITY)
                     .map_err(write)?;
-                if fresh == 0 {
-                    summary.duplicates += 1;
-                    continue;
-                }
-                let memory = i64::try_from(record.memory_bytes).unwrap_or(i64::MAX);
-                let Some(process) = &record.process else {
-                    let identity = rusqlite::params![None::<&str>, None::<&str>, record.gpu_name];
-                    insert_identity.execute(identity).map_err(write)?;
-                    let identity: i64 = identity_id
-                        .query_row(identity, |row| row.get(0))
+                let mut identity_id = tx
+                    .prepare_cached(super::history::IDENTITY_ID)
+                    .map_err(write)?;
+                let mut insert_sample = tx.prepare_cached(INSERT_IMPORTED_SAMPLE).map_err(write)?;
+                let mut continued = tx.prepare_cached(CONTINUED_SESSION).map_err(write)?;
+                let mut extend = tx.prepare_cached(EXTEND_SESSION).map_err(write)?;
+                let mut new_session = tx.prepare_cached(NEW_SESSION).map_err(write)?;
+                for record in records {
+                    if record.time_ms < oldest_ms {
+                        summary.too_old += 1;
+                        continue;
+                    }
+                    let pid_key = record.process.as_ref().map_or(-1, |p| i64::from(p.pid));
+                    let fresh = remember
+                        .execute(rusqlite::params![record.time_ms, record.gpu_index, pid_key])
                         .map_err(write)?;
-                    let util = record.utilization_pct;
-                    let written = insert_sample
-                        .execute(rusqlite::params![
-                            record.time_ms,
-                            record.gpu_index,
-                            identity,
-                            util,
-                            util.round() as i64,
-                            memory,
-                            record.temperature_c,
-                            record.power_mw,
-                            record.power_mw.round() as i64,
-                        ])
-                        .map_err(write)?;
-                    if written == 0 {
-                        // gpukilld itself stored a sample at that very millisecond.
+                    if fresh == 0 {
                         summary.duplicates += 1;
-                    } else {
-                        summary.gpu_records += 1;
-                        summary.hours.insert(hour_start(record.time_ms));
+                        continue;
                     }
-                    continue;
-                };
-                let found: Option<(i64, i64, i64)> = continued
-                    .query_row(
-                        rusqlite::params![
-                            process.pid,
-                            record.gpu_index,
-                            process.name,
-                            record.time_ms,
-                            SESSION_GAP_MS
-                        ],
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                    )
-                    .optional()
-                    .map_err(write)?;
-                let span = match found {
-                    Some((id, first_seen, last_seen)) => {
-                        extend
-                            .execute(rusqlite::params![id, record.time_ms, memory])
+                    let memory = i64::try_from(record.memory_bytes).unwrap_or(i64::MAX);
+                    let Some(process) = &record.process else {
+                        let identity =
+                            rusqlite::params![None::<&str>, None::<&str>, record.gpu_name];
+                        insert_identity.execute(identity).map_err(write)?;
+                        let identity: i64 = identity_id
+                            .query_row(identity, |row| row.get(0))
                             .map_err(write)?;
-                        (first_seen, last_seen.max(record.time_ms))
-                    }
-                    None => {
-                        new_session
+                        let util = record.utilization_pct;
+                        let written = insert_sample
                             .execute(rusqlite::params![
-                                process.pid,
                                 record.time_ms,
                                 record.gpu_index,
-                                process.uid,
-                                process.user,
-                                process.name,
-                                process.container,
+                                identity,
+                                util,
+                                util.round() as i64,
                                 memory,
+                                record.temperature_c,
+                                record.power_mw,
+                                record.power_mw.round() as i64,
                             ])
                             .map_err(write)?;
-                        (record.time_ms, record.time_ms)
+                        if written == 0 {
+                            // gpukilld itself stored a sample at that very millisecond.
+                            summary.duplicates += 1;
+                        } else {
+                            summary.gpu_records += 1;
+                            summary.hours.insert(hour_start(record.time_ms));
+                        }
+                        continue;
+                    };
+                    let found: Option<(i64, i64, i64)> = continued
+                        .query_row(
+                            rusqlite::params![
+                                process.pid,
+                                record.gpu_index,
+                                process.name,
+                                record.time_ms,
+                                SESSION_GAP_MS
+                            ],
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                        )
+                        .optional()
+                        .map_err(write)?;
+                    let span = match found {
+                        Some((id, first_seen, last_seen)) => {
+                            extend
+                                .execute(rusqlite::params![id, record.time_ms, memory])
+                                .map_err(write)?;
+                            (first_seen, last_seen.max(record.time_ms))
+                        }
+                        None => {
+                            new_session
+                                .execute(rusqlite::params![
+                                    process.pid,
+                                    record.time_ms,
+                                    record.gpu_index,
+                                    process.uid,
+                                    process.user,
+                                    process.name,
+                                    process.container,
+                                    memory,
+                                ])
+                                .map_err(write)?;
+                            (record.time_ms, record.time_ms)
+                        }
+                    };
+                    summary.process_records += 1;
+                    // A longer span changes the share of every hour the session covers.
+                    let mut hour = hour_start(span.0);
+                    while hour <= span.1 {
+                        summary.hours.insert(hour);
+                        hour += HOUR_MS;
                     }
-                };
-                summary.process_records += 1;
-                // A longer span changes the share of every hour the session covers.
-                let mut hour = hour_start(span.0);
-                while hour <= span.1 {
-                    summary.hours.insert(hour);
-                    hour += HOUR_MS;
                 }
             }
-        }
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(summary)
+            Ok(summary)
+        })
     }
 
     /// Whether the hour starting at `hour_ms` has been rolled up.

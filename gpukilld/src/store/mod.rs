@@ -204,6 +204,23 @@ pub struct Store {
 }
 
 impl Store {
+    /// Runs `write` in one IMMEDIATE transaction (the write lock is taken when it begins, so
+    /// it never fails halfway on a busy database) and commits it; an error rolls it back.
+    pub(crate) fn write_tx<T>(
+        &mut self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::Write)?;
+        let value = write(&tx)?;
+        tx.commit().map_err(StoreError::Write)?;
+        Ok(value)
+    }
+}
+
+impl Store {
     /// Opens (creating it and its directory if missing) the database at `path` for reading
     /// and writing, turns on WAL, and applies the migrations it lacks.
     pub fn open(path: &Path) -> Result<Self, StoreError> {

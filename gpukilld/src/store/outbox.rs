@@ -5,7 +5,7 @@
 //! kept for a retention period, then pruned.
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{OptionalExtension, Transaction};
 
 use super::{Store, StoreError};
 use crate::usage_payload::{self as payload, GpuHour, Payload, UserHour};
@@ -365,55 +365,52 @@ impl Store {
         result: &AttemptResult,
         max_attempts: u32,
     ) -> Result<Option<OutboxStatus>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        let attempts: Option<u32> = tx
-            .query_row(
-                "SELECT attempts FROM outbox WHERE hour_ms = ?1",
-                [hour_ms],
-                |row| row.get(0),
+        self.write_tx(|tx| {
+            let attempts: Option<u32> = tx
+                .query_row(
+                    "SELECT attempts FROM outbox WHERE hour_ms = ?1",
+                    [hour_ms],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(StoreError::Write)?;
+            let Some(attempts) = attempts else {
+                return Ok(None);
+            };
+            let attempt = attempts + 1;
+            let (http_status, error) = match result {
+                AttemptResult::Delivered { http_status } => (Some(*http_status), None),
+                AttemptResult::Failed {
+                    http_status, error, ..
+                } => (*http_status, Some(error.clone())),
+                AttemptResult::Rejected { http_status, error } => {
+                    (Some(*http_status), Some(error.clone()))
+                }
+            };
+            tx.execute(
+                "INSERT INTO send_attempts (hour_ms, attempt, time_ms, http_status, error, latency_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![hour_ms, attempt, time_ms, http_status, error, latency_ms],
             )
-            .optional()
             .map_err(StoreError::Write)?;
-        let Some(attempts) = attempts else {
-            return Ok(None);
-        };
-        let attempt = attempts + 1;
-        let (http_status, error) = match result {
-            AttemptResult::Delivered { http_status } => (Some(*http_status), None),
-            AttemptResult::Failed {
-                http_status, error, ..
-            } => (*http_status, Some(error.clone())),
-            AttemptResult::Rejected { http_status, error } => {
-                (Some(*http_status), Some(error.clone()))
-            }
-        };
-        tx.execute(
-            "INSERT INTO send_attempts (hour_ms, attempt, time_ms, http_status, error, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![hour_ms, attempt, time_ms, http_status, error, latency_ms],
-        )
-        .map_err(StoreError::Write)?;
-        let (status, next, delivered) = match result {
-            AttemptResult::Delivered { .. } => (OutboxStatus::Delivered, None, Some(time_ms)),
-            AttemptResult::Rejected { .. } => (OutboxStatus::Rejected, None, None),
-            AttemptResult::Failed {
-                next_attempt_ms, ..
-            } if attempt < max_attempts => (OutboxStatus::Pending, Some(*next_attempt_ms), None),
-            AttemptResult::Failed { .. } => (OutboxStatus::Parked, None, None),
-        };
-        tx.execute(
-            "UPDATE outbox SET attempts = ?2, status = ?3, next_attempt_ms = ?4,
-                first_attempt_ms = coalesce(first_attempt_ms, ?5), last_attempt_ms = ?5,
-                last_error = ?6, delivered_ms = ?7
-             WHERE hour_ms = ?1",
-            rusqlite::params![hour_ms, attempt, status, next, time_ms, error, delivered],
-        )
-        .map_err(StoreError::Write)?;
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(Some(status))
+            let (status, next, delivered) = match result {
+                AttemptResult::Delivered { .. } => (OutboxStatus::Delivered, None, Some(time_ms)),
+                AttemptResult::Rejected { .. } => (OutboxStatus::Rejected, None, None),
+                AttemptResult::Failed {
+                    next_attempt_ms, ..
+                } if attempt < max_attempts => (OutboxStatus::Pending, Some(*next_attempt_ms), None),
+                AttemptResult::Failed { .. } => (OutboxStatus::Parked, None, None),
+            };
+            tx.execute(
+                "UPDATE outbox SET attempts = ?2, status = ?3, next_attempt_ms = ?4,
+                    first_attempt_ms = coalesce(first_attempt_ms, ?5), last_attempt_ms = ?5,
+                    last_error = ?6, delivered_ms = ?7
+                 WHERE hour_ms = ?1",
+                rusqlite::params![hour_ms, attempt, status, next, time_ms, error, delivered],
+            )
+            .map_err(StoreError::Write)?;
+            Ok(Some(status))
+        })
     }
 
     /// Entries (of `status`, or all), the newest `limit` hours, oldest first; and the
@@ -521,69 +518,65 @@ impl Store {
         hour_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<Result<Vec<i64>, RetryRefusal>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        let hours: Vec<i64> = match hour_ms {
-            Some(hour_ms) => {
-                let hour_ms = super::history::hour_start(hour_ms);
-                let status: Option<OutboxStatus> = tx
-                    .query_row(
-                        "SELECT status FROM outbox WHERE hour_ms = ?1",
-                        [hour_ms],
-                        |row| row.get(0),
-                    )
-                    .optional()
-                    .map_err(StoreError::Write)?;
-                match status {
-                    None => return Ok(Err(RetryRefusal::NotFound(hour_ms))),
-                    Some(OutboxStatus::Parked | OutboxStatus::Rejected) => vec![hour_ms],
-                    Some(status) => return Ok(Err(RetryRefusal::NotStuck(hour_ms, status))),
+        self.write_tx(|tx| {
+            let hours: Vec<i64> = match hour_ms {
+                Some(hour_ms) => {
+                    let hour_ms = super::history::hour_start(hour_ms);
+                    let status: Option<OutboxStatus> = tx
+                        .query_row(
+                            "SELECT status FROM outbox WHERE hour_ms = ?1",
+                            [hour_ms],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(StoreError::Write)?;
+                    match status {
+                        None => return Ok(Err(RetryRefusal::NotFound(hour_ms))),
+                        Some(OutboxStatus::Parked | OutboxStatus::Rejected) => vec![hour_ms],
+                        Some(status) => return Ok(Err(RetryRefusal::NotStuck(hour_ms, status))),
+                    }
                 }
+                None => {
+                    let mut select = tx
+                        .prepare(
+                            "SELECT hour_ms FROM outbox WHERE status = 'parked' ORDER BY hour_ms",
+                        )
+                        .map_err(StoreError::Write)?;
+                    select
+                        .query_map([], |row| row.get(0))
+                        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                        .map_err(StoreError::Write)?
+                }
+            };
+            for hour in &hours {
+                tx.execute(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_ms = ?2
+                     WHERE hour_ms = ?1",
+                    [*hour, now_ms],
+                )
+                .map_err(StoreError::Write)?;
             }
-            None => {
-                let mut select = tx
-                    .prepare("SELECT hour_ms FROM outbox WHERE status = 'parked' ORDER BY hour_ms")
-                    .map_err(StoreError::Write)?;
-                select
-                    .query_map([], |row| row.get(0))
-                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                    .map_err(StoreError::Write)?
-            }
-        };
-        for hour in &hours {
-            tx.execute(
-                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_ms = ?2
-                 WHERE hour_ms = ?1",
-                [*hour, now_ms],
-            )
-            .map_err(StoreError::Write)?;
-        }
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(Ok(hours))
+            Ok(Ok(hours))
+        })
     }
 
     /// Deletes delivered entries (and their attempts) delivered before `before_ms`.
     pub fn outbox_prune_delivered(&mut self, before_ms: i64) -> Result<usize, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        tx.execute(
-            "DELETE FROM send_attempts WHERE hour_ms IN
-                (SELECT hour_ms FROM outbox WHERE status = 'delivered' AND delivered_ms < ?1)",
-            [before_ms],
-        )
-        .map_err(StoreError::Write)?;
-        let pruned = tx
-            .execute(
-                "DELETE FROM outbox WHERE status = 'delivered' AND delivered_ms < ?1",
+        self.write_tx(|tx| {
+            tx.execute(
+                "DELETE FROM send_attempts WHERE hour_ms IN
+                    (SELECT hour_ms FROM outbox WHERE status = 'delivered' AND delivered_ms < ?1)",
                 [before_ms],
             )
             .map_err(StoreError::Write)?;
-        tx.commit().map_err(StoreError::Write)?;
-        Ok(pruned)
+            let pruned = tx
+                .execute(
+                    "DELETE FROM outbox WHERE status = 'delivered' AND delivered_ms < ?1",
+                    [before_ms],
+                )
+                .map_err(StoreError::Write)?;
+            Ok(pruned)
+        })
     }
 }
 

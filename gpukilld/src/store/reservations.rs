@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::events::insert_events_in;
 use super::{NewEvent, Store, StoreError};
@@ -105,38 +105,36 @@ impl Store {
         rows: &[ReservationRow],
         events: &[NewEvent],
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO reservations ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                ))
-                .map_err(StoreError::Write)?;
-            for r in rows {
-                insert
-                    .execute(params![
-                        r.lease,
-                        r.gpu_key,
-                        r.gpu_index,
-                        r.uid,
-                        r.user,
-                        r.kind.as_str(),
-                        r.start_ms,
-                        r.expires_ms,
-                        r.note,
-                        r.client_pid,
-                        r.end_ms,
-                        r.end_reason
-                    ])
+        self.write_tx(|tx| {
+            {
+                let mut insert = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO reservations ({COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    ))
                     .map_err(StoreError::Write)?;
+                for r in rows {
+                    insert
+                        .execute(params![
+                            r.lease,
+                            r.gpu_key,
+                            r.gpu_index,
+                            r.uid,
+                            r.user,
+                            r.kind.as_str(),
+                            r.start_ms,
+                            r.expires_ms,
+                            r.note,
+                            r.client_pid,
+                            r.end_ms,
+                            r.end_reason
+                        ])
+                        .map_err(StoreError::Write)?;
+                }
             }
-        }
-        insert_events_in(&tx, events, super::events::INSERT, 17)?;
-        tx.commit().map_err(StoreError::Write)
+            insert_events_in(tx, events, super::events::INSERT, 17)?;
+            Ok(())
+        })
     }
 
     /// Ends the held rows of (lease, GPU key) at `end_ms` for `reason`, with their events,
@@ -148,25 +146,23 @@ impl Store {
         reason: &str,
         events: &[NewEvent],
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::Write)?;
-        {
-            let mut update = tx
-                .prepare_cached(
-                    "UPDATE reservations SET end_ms = ?1, end_reason = ?2 \
-                     WHERE lease = ?3 AND gpu_key = ?4 AND end_ms IS NULL",
-                )
-                .map_err(StoreError::Write)?;
-            for (lease, key) in ended {
-                update
-                    .execute(params![end_ms, reason, lease, key])
+        self.write_tx(|tx| {
+            {
+                let mut update = tx
+                    .prepare_cached(
+                        "UPDATE reservations SET end_ms = ?1, end_reason = ?2 \
+                         WHERE lease = ?3 AND gpu_key = ?4 AND end_ms IS NULL",
+                    )
                     .map_err(StoreError::Write)?;
+                for (lease, key) in ended {
+                    update
+                        .execute(params![end_ms, reason, lease, key])
+                        .map_err(StoreError::Write)?;
+                }
             }
-        }
-        insert_events_in(&tx, events, super::events::INSERT, 17)?;
-        tx.commit().map_err(StoreError::Write)
+            insert_events_in(tx, events, super::events::INSERT, 17)?;
+            Ok(())
+        })
     }
 
     /// The rows held now, by lease and index.
