@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod authz;
+pub mod backends;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -28,7 +29,6 @@ pub mod tls;
 pub mod units;
 pub mod upload;
 pub mod usage_payload;
-pub mod vendor;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,11 +36,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use backends::Backend;
 use config::Config;
 use ring::Ring;
 use sampler::{Sampler, Timing};
 use service::tasks::OnPanic;
-use vendor::Backend;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -198,9 +198,9 @@ fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
             .clone()
             .map(PathBuf::into_os_string)
             .unwrap_or_else(|| config::DEFAULT_NVML_LIBRARY.into());
-        backends.push(Box::new(vendor::nvidia::NvidiaBackend::new(library)));
+        backends.push(Box::new(backends::nvidia::NvidiaBackend::new(library)));
     }
-    let drm_roots: Vec<vendor::drm::backend::VendorRoot> = [
+    let drm_roots: Vec<backends::drm::backend::VendorRoot> = [
         (
             config.amd.enabled,
             snapshot::Vendor::Amd,
@@ -214,17 +214,17 @@ fn backends(config: &Config) -> Vec<Box<dyn Backend>> {
     ]
     .into_iter()
     .filter(|(enabled, _, _)| *enabled)
-    .map(|(_, vendor, root)| vendor::drm::backend::VendorRoot {
+    .map(|(_, vendor, root)| backends::drm::backend::VendorRoot {
         vendor,
         sysfs_root: root.clone(),
     })
     .collect();
     if !drm_roots.is_empty() {
-        let name_files = vendor::drm::backend::NameFiles {
+        let name_files = backends::drm::backend::NameFiles {
             amdgpu_ids: Some(config.amd.ids_file.clone()),
             pci_ids: config.pci_ids.clone(),
         };
-        backends.push(Box::new(vendor::drm::backend::DrmBackend::new(
+        backends.push(Box::new(backends::drm::backend::DrmBackend::new(
             drm_roots,
             name_files,
             &config.procfs_root,

@@ -1,5 +1,5 @@
 //! DRM client scan benchmark: the per-tick procfs walk of the AMD/Intel backend
-//! (`gpukilld::vendor::drm::clients::ClientScanner`) over a fixture procfs of 500 processes
+//! (`gpukilld::backends::drm::clients::ClientScanner`) over a fixture procfs of 500 processes
 //! with about 20 fds each, 20 of which hold one or two fds on `/dev/dri/renderD128` with
 //! amdgpu fdinfo (counters move between scans), then over this machine's real `/proc` for
 //! scale. Reports the first (cold) scan and the steady state (median, p95 and max), against
@@ -18,7 +18,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Instant;
 
-use gpukilld::vendor::drm::clients::{ClientScanner, ScanStats};
+use gpukilld::backends::drm::clients::{ClientScanner, ScanStats};
 use measure::{median, percentile};
 
 const PROCESSES: u32 = 500;

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::backends::{Backend, GpuReading, Reading};
 use crate::procinfo::{ProcReader, ProcessInfo};
 use crate::ring::Ring;
 use crate::snapshot::{
     ProcessSlot, ProcessTable, Snapshot, Vendor, VendorData, VendorProcess, VendorState,
     VendorStatus,
 };
-use crate::vendor::{Backend, GpuReading, Reading};
 use worker::{Outcome, Worker};
 
 type ProcLookup = Worker<Vec<u32>, HashMap<u32, Arc<ProcessInfo>>>;

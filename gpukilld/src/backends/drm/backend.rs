@@ -11,8 +11,8 @@ use super::intel::IntelState;
 use super::names::{self, Names};
 use super::sysfs::{self, Card};
 use super::{Driver, amd, intel};
+use crate::backends::{Backend, GpuReading, Reading};
 use crate::snapshot::{Gpu, ProcessKind, Vendor, VendorProcess};
-use crate::vendor::{Backend, GpuReading, Reading};
 
 /// Where one vendor's cards are.
 #[derive(Debug, Clone)]

@@ -184,7 +184,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::vendor::drm::sysfs::{discover, fixture};
+    use crate::backends::drm::sysfs::{discover, fixture};
     use std::fs;
 
     fn fixture_gpus() -> Vec<Gpu> {
@@ -192,7 +192,7 @@ mod tests {
         let cards = discover(&fixture("sysfs/mixed")).unwrap();
         cards
             .iter()
-            .filter(|card| card.driver == crate::vendor::drm::Driver::Amdgpu)
+            .filter(|card| card.driver == crate::backends::drm::Driver::Amdgpu)
             .enumerate()
             .map(|(index, card)| read_gpu(index as u32, card, &names))
             .collect()
@@ -274,7 +274,7 @@ mod tests {
         Card {
             name: "card0".into(),
             number: 0,
-            driver: crate::vendor::drm::Driver::Amdgpu,
+            driver: crate::backends::drm::Driver::Amdgpu,
             pci_bus_id: Some("0000:03:00.0".into()),
             vendor_id: Some(0x1002),
             device_id: Some(0x73bf),

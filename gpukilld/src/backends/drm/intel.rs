@@ -167,7 +167,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::vendor::drm::sysfs::{discover, fixture};
+    use crate::backends::drm::sysfs::{discover, fixture};
     use std::fs;
     use std::time::Duration;
 

@@ -140,7 +140,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::vendor::drm::sysfs::fixture;
+    use crate::backends::drm::sysfs::fixture;
 
     fn fixture_names() -> Names {
         Names::load(Some(&fixture("amdgpu.ids")), Some(&fixture("pci.ids")))
