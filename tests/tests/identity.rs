@@ -349,27 +349,14 @@ async fn a_forwarded_uid_0_meets_the_protection_of_roots_processes_on_the_node()
 fn an_insecure_role_above_reader_stops_the_start_naming_the_key() {
     for role in ["admin", "coordinator"] {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gpukilld.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[tcp]\nlisten = \"127.0.0.1:{}\"\ninsecure_loopback = true\ninsecure_role = \"{role}\"\n",
-                dir.path().join("state"),
+        let (code, stderr) = support::start_refused(
+            dir.path(),
+            &format!(
+                "[tcp]\nlisten = \"127.0.0.1:{}\"\ninsecure_loopback = true\ninsecure_role = \"{role}\"\n",
                 free_port()
             ),
-        )
-        .unwrap();
-        let output = Command::new(support::gpukilld())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("gpukilld.sock"))
-            .env("GPUKILL_NVIDIA_ENABLED", "false")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(3), "{role}: {stderr}");
+        );
+        assert_eq!(code, Some(3), "{role}: {stderr}");
         assert!(
             stderr.contains("tcp.insecure_role")
                 && stderr.contains(role)
@@ -595,29 +582,8 @@ fn a_token_file_owned_by_another_uid_stops_the_start() {
         .unwrap();
     }
     let start = |extra: &str| {
-        let config = dir.path().join("gpukilld.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[tcp]\nlisten = \"127.0.0.1:{}\"\n{extra}",
-                dir.path().join("state"),
-                free_port()
-            ),
-        )
-        .unwrap();
-        let output = Command::new(support::gpukilld())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("gpukilld.sock"))
-            .env("GPUKILL_NVIDIA_ENABLED", "false")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let tcp = format!("[tcp]\nlisten = \"127.0.0.1:{}\"\n{extra}", free_port());
+        support::start_refused(dir.path(), &tcp)
     };
     let (code, stderr) = start(&format!("tokens = {tokens:?}\n"));
     assert_eq!(code, Some(3), "{stderr}");

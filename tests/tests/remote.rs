@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gpukill_proto::v1 as pb;
@@ -156,27 +155,7 @@ async fn tcp_refuses_missing_and_wrong_credentials_and_unknown_cas_and_changes_n
 #[test]
 fn a_tcp_listener_without_authentication_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |tcp: &str| {
-        let config = dir.path().join("gpukilld.toml");
-        std::fs::write(
-            &config,
-            format!("state_dir = {:?}\n[tcp]\n{tcp}", dir.path().join("state")),
-        )
-        .unwrap();
-        let output = Command::new(support::gpukilld())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("gpukilld.sock"))
-            .env("GPUKILL_NVIDIA_ENABLED", "false")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let start = |tcp: &str| support::start_refused(dir.path(), &format!("[tcp]\n{tcp}"));
     let (code, stderr) = start("listen = \"0.0.0.0:9401\"\n");
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
@@ -201,26 +180,14 @@ fn a_readable_token_file_stops_the_start_naming_it() {
     let tokens = token_file(&dir.path().join("tokens"), &[("ops", ADMIN_TOKEN)]);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = dir.path().join("gpukilld.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[tcp]\nlisten = \"127.0.0.1:{}\"\ntokens = {tokens:?}\n",
-            dir.path().join("state"),
+    let (code, stderr) = support::start_refused(
+        dir.path(),
+        &format!(
+            "[tcp]\nlisten = \"127.0.0.1:{}\"\ntokens = {tokens:?}\n",
             free_port()
         ),
-    )
-    .unwrap();
-    let output = Command::new(support::gpukilld())
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.path().join("gpukilld.sock"))
-        .env("GPUKILL_NVIDIA_ENABLED", "false")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    );
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("0644") && stderr.contains("chmod 600"),
         "{stderr}"

@@ -356,6 +356,28 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs gpukilld on a configuration of `text` in `dir` (its state and socket there, NVML
+/// off) for a start-up that must be refused: waits for it to exit and returns its exit code
+/// and what it printed on stderr.
+pub fn start_refused(dir: &Path, text: &str) -> (Option<i32>, String) {
+    let config = dir.join("gpukilld.toml");
+    let state = dir.join("state");
+    std::fs::write(&config, format!("state_dir = {state:?}\n{text}")).unwrap();
+    let output = Command::new(gpukilld())
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.join("gpukilld.sock"))
+        .env("GPUKILL_NVIDIA_ENABLED", "false")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// gpukillctl where any uid can run it (the build dir may sit under a 0700 home): a hard
 /// link (or copy) in a world-readable directory of this test process.
 pub fn shared_gpukillctl() -> PathBuf {
