@@ -283,6 +283,25 @@ pub async fn run(
             config.limits.max_connections
         );
     }
+    // Each listener's connection slots, made here so the metrics endpoint reports them.
+    let unix_admission = connections::Admission::new(
+        "the Unix socket",
+        connections::Limits {
+            per_caller: config.limits.connections_per_uid,
+            per_caller_setting: "[limits] connections_per_uid",
+            total: max_connections,
+            total_setting: "[limits] max_connections",
+        },
+    );
+    let tcp_admission = connections::Admission::new(
+        "the TCP listener",
+        connections::Limits {
+            per_caller: config.limits.connections_per_address,
+            per_caller_setting: "[limits] connections_per_address",
+            total: max_connections,
+            total_setting: "[limits] max_connections",
+        },
+    );
     let backends = backends(&config);
     let proc_reader = procinfo::ProcReader::new("/proc").map_err(Error::Procfs)?;
     let timing = Timing {
@@ -508,6 +527,18 @@ pub async fn run(
             events: kill_context.events.clone(),
             guard: Arc::clone(&guard),
             guard_counters: Some(guard.counters()),
+            connections: [
+                Some(("unix", unix_admission.counters())),
+                tcp_listener
+                    .as_ref()
+                    .map(|_| ("tcp", tcp_admission.counters())),
+                ingest
+                    .as_ref()
+                    .map(|ingest| ("ingest", ingest.connection_counters())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         };
         // It owns the bound port: a panic stops the daemon (systemd binds it afresh).
         let (mut once, stopped) = (Some((listener, sources)), stopped.clone());
@@ -659,16 +690,8 @@ pub async fn run(
     };
     let tcp_task = tcp_listener.map(|setup| {
         let address = setup.local_addr().ok();
-        let admission = connections::Admission::new(
-            "the TCP listener",
-            connections::Limits {
-                per_caller: config.limits.connections_per_address,
-                per_caller_setting: "[limits] connections_per_address",
-                total: max_connections,
-                total_setting: "[limits] max_connections",
-            },
-        );
-        let (authenticator, incoming) = setup.incoming(admission, timeouts, stopped.clone());
+        let (authenticator, incoming) =
+            setup.incoming(tcp_admission.clone(), timeouts, stopped.clone());
         tracing::info!(address = ?address, "serving gRPC on TCP");
         let mut stopping = stopped.clone();
         tokio::spawn(
@@ -686,15 +709,6 @@ pub async fn run(
                 }),
         )
     });
-    let unix_admission = connections::Admission::new(
-        "the Unix socket",
-        connections::Limits {
-            per_caller: config.limits.connections_per_uid,
-            per_caller_setting: "[limits] connections_per_uid",
-            total: max_connections,
-            total_setting: "[limits] max_connections",
-        },
-    );
     let incoming = rpc::unix::incoming(listener, unix_admission, timeouts, stopped.clone());
     service::supervisor::ready(&ring.latest());
     let served = grpc_server(&config.limits)

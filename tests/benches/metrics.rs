@@ -199,6 +199,7 @@ fn render_alone_us() -> (f64, f64) {
             store: StoreState::Unavailable,
             guard: &guard,
             guard_counters: None,
+            connections: &[],
         };
         let text = render::render(&snapshot, &status, capacity);
         capacity = text.len();

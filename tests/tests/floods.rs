@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
 use serde_json::{Value, json};
-use support::flood::{Flood, PIPELINE, TCP_SILENT, TLS_IDLE, UNIX_IDLE, http_get, open_fds};
+use support::flood::{
+    Flood, PIPELINE, TCP_SILENT, TLS_IDLE, UNIX_IDLE, http_get, metric, open_fds,
+};
 use support::measure::status_kib;
 use support::pki::{Pki, bearer, free_port, tls_channel, token_file};
 use support::{Daemon, DaemonOptions, full_gpu, other_uid, shared_gpukillctl};
@@ -174,8 +176,12 @@ fn a_request_over_the_size_limit_is_refused_and_changes_nothing() {
 fn idle_unix_connections_are_capped_per_uid_and_closed_when_silent() {
     let other = other_uid();
     // The red team's setting: a 1024 file limit; silence ends a connection after 4 s here.
+    let metrics_port = free_port();
     let daemon = start(
-        "[limits]\nhandshake_timeout = \"2s\"\nidle_timeout = \"4s\"\n",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [limits]\nhandshake_timeout = \"2s\"\nidle_timeout = \"4s\"\n"
+        ),
         Some(1024),
     );
     let baseline = open_fds(daemon.pid());
@@ -223,6 +229,15 @@ fn idle_unix_connections_are_capped_per_uid_and_closed_when_silent() {
         log.contains("uid 4242 holds 32 connections to the Unix socket"),
         "the refusal is logged:\n{log}"
     );
+    // And counted, for Prometheus.
+    let refused = metric(
+        metrics_port,
+        "gpukill_connections_refused_total{listener=\"unix\",reason=\"per_caller\"}",
+    );
+    assert!(refused >= Some(1000.0), "refused: {refused:?}");
+    // The keep-alive ping or the idle deadline closed them all: none is held now.
+    let open = metric(metrics_port, "gpukill_connections_open{listener=\"unix\"}");
+    assert!(matches!(open, Some(held) if held <= 1.0), "open: {open:?}");
     let (ok, _) = timed_list(&daemon, other);
     assert!(ok);
 }
@@ -294,6 +309,12 @@ fn metrics_clients_that_never_read_cannot_take_healthz_down() {
     assert!(slowest < Duration::from_secs(1), "healthz took {slowest:?}");
     let (status, _) = http_get(port, "/metrics");
     assert!(status.contains("200"), "{status}");
+    let evicted = metric(
+        port,
+        "gpukill_connections_timed_out_total{listener=\"metrics\"}",
+    );
+    // Each probe took the slot of a client that never reads (and gave it back).
+    assert!(evicted >= Some(1.0), "evicted: {evicted:?}");
     drop(flood);
     assert!(daemon.ctl(&["list"]).status.success());
 }

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::config::{IngestConfig, parse_address};
-use crate::connections::{AcceptBackoff, Admission, Guarded, Limits, PeerAddress};
+use crate::connections::{
+    AcceptBackoff, Admission, AdmissionCounters, Guarded, Limits, PeerAddress,
+};
 use crate::store::{EventCaller, EventKind, EventLog, NewEvent};
 use crate::usage_payload::{CONTENT_SHA256, IDEMPOTENCY_KEY};
 use crate::usage_payload::{SCHEMA, sha256_hex};
@@ -68,6 +70,9 @@ pub struct Ingest {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
+    /// Its connection slots: [`CONNECTIONS_PER_ADDRESS`] per address, [`MAX_CONNECTIONS`]
+    /// in all.
+    admission: Admission<PeerAddress>,
 }
 
 struct State {
@@ -110,7 +115,21 @@ impl Ingest {
                 store: Mutex::new(store),
                 events,
             }),
+            admission: Admission::new(
+                "the ingest endpoint",
+                Limits {
+                    per_caller: CONNECTIONS_PER_ADDRESS,
+                    per_caller_setting: "fixed; docs/limits.md",
+                    total: MAX_CONNECTIONS,
+                    total_setting: "fixed; docs/limits.md",
+                },
+            ),
         })
+    }
+
+    /// Its connection counters (for the metrics endpoint).
+    pub fn connection_counters(&self) -> Arc<AdmissionCounters> {
+        self.admission.counters()
     }
 
     /// The bound address.
@@ -127,16 +146,7 @@ impl Ingest {
         timeouts: crate::connections::Timeouts,
         mut stop: watch::Receiver<bool>,
     ) {
-        let admission = Admission::new(
-            "the ingest endpoint",
-            Limits {
-                per_caller: CONNECTIONS_PER_ADDRESS,
-                per_caller_setting: "fixed; docs/limits.md",
-                total: MAX_CONNECTIONS,
-                total_setting: "fixed; docs/limits.md",
-            },
-        );
-        let counters = admission.counters();
+        let counters = self.admission.counters();
         let mut backoff = AcceptBackoff::new("the ingest endpoint");
         loop {
             let accepted = tokio::select! {
@@ -146,7 +156,7 @@ impl Ingest {
             let Some((stream, address)) = backoff.check(accepted).await else {
                 continue;
             };
-            let Ok(permit) = admission.admit(PeerAddress(address.ip()), false) else {
+            let Ok(permit) = self.admission.admit(PeerAddress(address.ip()), false) else {
                 continue;
             };
             let _ = stream.set_nodelay(true);

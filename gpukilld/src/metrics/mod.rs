@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::connections::{AcceptBackoff, Guarded};
+use crate::connections::{AcceptBackoff, AdmissionCounters, Guarded};
 use crate::guard::counters::GuardCounters;
 use crate::guard::engine::Guard;
 use crate::ring::Ring;
@@ -43,6 +43,9 @@ pub struct Sources {
     pub guard: Arc<Guard>,
     /// The guard's decision and kill counters, when it keeps them.
     pub guard_counters: Option<Arc<GuardCounters>>,
+    /// The other listeners' connection counters, by listener (`unix`, `tcp`, `ingest`); the
+    /// endpoint adds its own (`metrics`).
+    pub connections: Vec<(&'static str, Arc<AdmissionCounters>)>,
 }
 
 /// A bound endpoint, not yet serving: bound early, so a taken port stops the daemon before
@@ -73,11 +76,13 @@ impl Listener {
         timeouts: crate::connections::Timeouts,
         mut stop: watch::Receiver<bool>,
     ) {
+        let slots = crate::http::Slots::new("the metrics endpoint", MAX_CONNECTIONS);
+        let mut sources = sources;
+        sources.connections.push(("metrics", slots.counters()));
         let endpoint = Arc::new(Endpoint {
             sources,
             last_len: AtomicUsize::new(0),
         });
-        let slots = crate::http::Slots::new("the metrics endpoint", MAX_CONNECTIONS);
         let mut backoff = AcceptBackoff::new("the metrics endpoint");
         loop {
             let accepted = tokio::select! {
@@ -178,6 +183,7 @@ impl Endpoint {
             store,
             guard: &guard,
             guard_counters: sources.guard_counters.as_deref(),
+            connections: &sources.connections,
         };
         // A little room over the last length: the process table may have grown.
         let hint = self.last_len.load(Ordering::Relaxed);
@@ -243,6 +249,7 @@ mod tests {
                 Vec::new(),
             )),
             guard_counters: None,
+            connections: Vec::new(),
         };
         tokio::spawn(listener.serve(
             sources,

@@ -7,8 +7,11 @@
 //! device does not report is absent, never 0. The daemon's own metrics are `gpukill_*`.
 
 use std::fmt::{Display, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use crate::connections::AdmissionCounters;
 use crate::guard::counters::{GuardCounters, RULES, rule_index};
 use crate::guard::engine::Status as GuardStatus;
 use crate::snapshot::{Gpu, Snapshot, Vendor, VendorState};
@@ -48,6 +51,8 @@ pub struct Status<'a> {
     pub guard: &'a GuardStatus,
     /// The guard's decision and kill counters, when the guard keeps them.
     pub guard_counters: Option<&'a GuardCounters>,
+    /// Each listener's connection counters, by listener (`unix`, `tcp`, `metrics`, `ingest`).
+    pub connections: &'a [(&'static str, Arc<AdmissionCounters>)],
 }
 
 /// The exposition of `snapshot` and `status`. `capacity` is a hint for the buffer (the
@@ -61,6 +66,7 @@ pub fn render(snapshot: &Snapshot, status: &Status<'_>, capacity: usize) -> Stri
     render_daemon(&mut out, snapshot, status);
     render_store(&mut out, &status.store);
     render_guard(&mut out, status.guard, status.guard_counters);
+    render_connections(&mut out, status.connections);
     out.text
 }
 
@@ -460,6 +466,48 @@ fn render_store(out: &mut Exposition, store: &StoreState) {
     }
 }
 
+fn render_connections(out: &mut Exposition, listeners: &[(&'static str, Arc<AdmissionCounters>)]) {
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let mut open = out.family(
+        "gpukill_connections_open",
+        "gauge",
+        "Connections a listener holds now.",
+    );
+    for (listener, counters) in listeners {
+        open.sample(
+            "",
+            &[("listener", listener)],
+            Value::Uint(load(&counters.open)),
+        );
+    }
+    let mut refused = out.family(
+        "gpukill_connections_refused_total",
+        "counter",
+        "Connections refused: the caller held its share (per_caller) or every slot was taken (full).",
+    );
+    for (listener, counters) in listeners {
+        for (reason, counter) in [
+            ("per_caller", &counters.refused_per_caller),
+            ("full", &counters.refused_full),
+        ] {
+            let labels = [("listener", *listener), ("reason", reason)];
+            refused.sample("", &labels, Value::Uint(load(counter)));
+        }
+    }
+    let mut closed = out.family(
+        "gpukill_connections_timed_out_total",
+        "counter",
+        "Connections closed by a deadline (first bytes, silence, a peer not reading), or on the HTTP endpoints given up to a new one.",
+    );
+    for (listener, counters) in listeners {
+        closed.sample(
+            "",
+            &[("listener", listener)],
+            Value::Uint(load(&counters.timed_out)),
+        );
+    }
+}
+
 fn render_guard(out: &mut Exposition, guard: &GuardStatus, counters: Option<&GuardCounters>) {
     out.family(
         "gpukill_guard_policy_loaded",
@@ -724,6 +772,7 @@ mod tests {
                 store,
                 guard: &guard,
                 guard_counters: None,
+                connections: &[],
             },
             0,
         )
@@ -1028,6 +1077,7 @@ mod tests {
                 store: StoreState::Unavailable,
                 guard: &guard,
                 guard_counters: Some(&counters),
+                connections: &[],
             },
             0,
         );
@@ -1040,6 +1090,38 @@ mod tests {
             samples(&text, "gpukill_guard_kills_total").len(),
             crate::guard::counters::RULES.len() * 6
         );
+    }
+
+    #[test]
+    fn connection_counters_are_rendered_per_listener_and_reason() {
+        let unix = Arc::new(AdmissionCounters::default());
+        unix.open.store(3, Ordering::Relaxed);
+        unix.refused_per_caller.store(1068, Ordering::Relaxed);
+        unix.timed_out.store(2, Ordering::Relaxed);
+        let listeners = [("unix", unix), ("tcp", Arc::default())];
+        let guard = GuardStatus::default();
+        let text = render(
+            &snapshot(Vec::new(), ProcessTable::default()),
+            &Status {
+                now: t(100),
+                watchers: 0,
+                watch_lagged: 0,
+                store: StoreState::Unavailable,
+                guard: &guard,
+                guard_counters: None,
+                connections: &listeners,
+            },
+            0,
+        );
+        for line in [
+            "gpukill_connections_open{listener=\"unix\"} 3\n",
+            "gpukill_connections_refused_total{listener=\"unix\",reason=\"per_caller\"} 1068\n",
+            "gpukill_connections_refused_total{listener=\"tcp\",reason=\"full\"} 0\n",
+            "gpukill_connections_timed_out_total{listener=\"unix\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert_eq!(samples(&text, "gpukill_connections_refused_total").len(), 4);
     }
 
     #[test]

@@ -24,22 +24,6 @@ for _ in range(n):
     except OSError:
         pass  # already refused and closed by the daemon
     socks.append(s)
-print(len(socks), flush=True)
-sys.stdin.read()
-closed = 0
-for s in socks:
-    s.setblocking(False)
-    try:
-        while True:
-            data = s.recv(65536)
-            if not data:
-                closed += 1
-                break
-    except BlockingIOError:
-        pass
-    except OSError:
-        closed += 1
-print(closed, flush=True)
 "#;
 
 /// Opens `n` TCP connections to `127.0.0.1:port`, each completing a TLS handshake without
@@ -60,21 +44,6 @@ for _ in range(n):
         socks.append(s)
     except (OSError, ssl.SSLError):
         pass
-print(len(socks), flush=True)
-sys.stdin.read()
-closed = 0
-for s in socks:
-    s.setblocking(False)
-    try:
-        while True:
-            if not s.recv(65536):
-                closed += 1
-                break
-    except (ssl.SSLWantReadError, BlockingIOError):
-        pass
-    except (OSError, ssl.SSLError):
-        closed += 1
-print(closed, flush=True)
 "#;
 
 /// Opens `n` TCP connections to `127.0.0.1:port` and sends nothing on them.
@@ -87,19 +56,6 @@ for _ in range(n):
         socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
     except OSError:
         pass
-print(len(socks), flush=True)
-sys.stdin.read()
-closed = 0
-for s in socks:
-    s.setblocking(False)
-    try:
-        if not s.recv(65536):
-            closed += 1
-    except BlockingIOError:
-        pass
-    except OSError:
-        closed += 1
-print(closed, flush=True)
 "#;
 
 /// Opens `n` TCP connections to `127.0.0.1:port` and writes pipelined `GET /metrics`
@@ -119,9 +75,27 @@ for _ in range(200):
             s.send(request)
         except (BlockingIOError, OSError):
             pass
+"#;
+
+/// What every flood does once its connections are open (in `socks`): report how many it
+/// got, hold them until its standard input closes, then report how many the daemon had
+/// closed (a read that ends the stream or fails; "would block" means still open).
+const HOLD_AND_COUNT: &str = r#"
+import ssl
 print(len(socks), flush=True)
 sys.stdin.read()
-print(0, flush=True)
+closed = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        while s.recv(65536):
+            pass
+        closed += 1
+    except (BlockingIOError, ssl.SSLWantReadError):
+        pass
+    except OSError:
+        closed += 1
+print(closed, flush=True)
 "#;
 
 /// A running flood.
@@ -134,13 +108,14 @@ pub struct Flood {
 }
 
 impl Flood {
-    /// Runs `script` with `args` as `uid`, with its open file limit raised to the hard
-    /// limit, and waits until it has opened its connections.
+    /// Runs `script` (which opens its connections into `socks`) then [`HOLD_AND_COUNT`],
+    /// with `args`, as `uid`, with its open file limit raised to the hard limit, and waits
+    /// until it has opened its connections.
     pub fn start(script: &str, args: &[String], uid: u32) -> Flood {
         let mut command = Command::new("/usr/bin/python3");
         command
             .arg("-c")
-            .arg(script)
+            .arg(format!("{script}{HOLD_AND_COUNT}"))
             .args(args)
             .uid(uid)
             .gid(uid)
@@ -220,4 +195,24 @@ pub fn http_get(port: u16, path: &str) -> (String, std::time::Duration) {
     let _ = stream.read_to_string(&mut answer);
     let status = answer.lines().next().unwrap_or_default().to_owned();
     (status, started.elapsed())
+}
+
+/// The value of the sample `name` (with its labels, as the exposition writes them) on the
+/// metrics endpoint at `127.0.0.1:port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
