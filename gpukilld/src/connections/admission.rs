@@ -196,7 +196,8 @@ impl<K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> Admission<K> {
     }
 
     /// Connections `key` holds now.
-    pub fn held(&self, key: &K) -> usize {
+    #[cfg(test)]
+    fn held(&self, key: &K) -> usize {
         lock(&self.shared.state)
             .by_key
             .get(key)

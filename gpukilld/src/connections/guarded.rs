@@ -118,11 +118,6 @@ impl<IO> Guarded<IO> {
         self
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     fn progressed(&mut self) {
         if let Some(activity) = &self.activity {
             activity.progressed();
