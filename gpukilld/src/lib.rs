@@ -317,7 +317,7 @@ pub async fn run(
     }
     let node = Arc::new(node_identity(&config));
     let database = config.state_dir.join("gpukill.db");
-    let events = match store::EventLog::start_with_history(
+    let events = match store::Database::start_with_history(
         database.clone(),
         store::HistoryOptions {
             persist_interval: config.persist_interval,
@@ -330,12 +330,12 @@ pub async fn run(
             delivered_retention: config.upload.delivered_retention,
         },
     ) {
-        Ok(log) => Ok(Arc::new(log)),
+        Ok(log) => store::StoreHandle::from(log),
         Err(error) => {
             // Live service goes on; only actions, which must be audited, are refused.
             let message = errors::chain(&error);
             tracing::error!(store = %database.display(), "{message}; kill is disabled");
-            Err(message)
+            store::StoreHandle::unavailable(message)
         }
     };
     let kill_context = Arc::new(rpc::kill::KillContext {
@@ -350,7 +350,7 @@ pub async fn run(
             })
         })?,
         admin_group: config.admin_group.clone(),
-        events,
+        store: events,
         store_path: database.clone(),
         tasks: tasks.clone(),
     });
@@ -361,7 +361,7 @@ pub async fn run(
             ingest::Ingest::bind(
                 &config.ingest,
                 &config.state_dir,
-                kill_context.events.clone().ok(),
+                kill_context.store.database().cloned(),
             )
             .await?,
         ),
@@ -370,7 +370,7 @@ pub async fn run(
     // Bound before the socket, so a taken port stops the start before anything is created.
     let tcp_listener = match config.tcp.listen_addr() {
         Some(address) => Some(
-            rpc::tcp::TcpListenerSetup::bind(&config.tcp, address, kill_context.events.clone())
+            rpc::tcp::TcpListenerSetup::bind(&config.tcp, address, kill_context.store.clone())
                 .await?,
         ),
         None => None,
@@ -411,7 +411,7 @@ pub async fn run(
             }
         })
     };
-    let reservations: rpc::reservations::ReservationsHandle = match &kill_context.events {
+    let reservations: crate::reservations::ReservationsHandle = match kill_context.store.get() {
         Ok(log) => crate::reservations::Reservations::load(
             config.reservations.clone(),
             Arc::clone(log),
@@ -424,7 +424,7 @@ pub async fn run(
             tracing::error!("cannot load the reservations: {message}; reservations are off");
             message
         }),
-        Err(message) => Err(message.clone()),
+        Err(message) => Err(message),
     };
     if let Ok(held) = &reservations {
         let (held, stopped) = (Arc::clone(held), stopped.clone());
@@ -442,7 +442,7 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || loading.load()).await;
     // Without the audit trail nothing is killed, so no guard either.
     // A restarted guard starts its violations' durations afresh: it kills later, not sooner.
-    let guard_task = kill_context.events.as_ref().ok().map(|log| {
+    let guard_task = kill_context.store.database().map(|log| {
         let (guard, ring, log) = (Arc::clone(&guard), Arc::clone(&ring), Arc::clone(log));
         let (held, stopped) = (reservations.as_ref().ok().cloned(), stopped.clone());
         tasks.spawn("guard", OnPanic::Restart, move || {
@@ -503,9 +503,9 @@ pub async fn run(
             service::supervisor::watchdog(Arc::clone(&ring), interval, stopped.clone())
         });
     }
-    let kill_events = kill_context.events.clone();
+    let kill_events = kill_context.store.clone();
     // A restarted recorder loses the open interval's samples, nothing written.
-    let recorder_task = kill_context.events.as_ref().ok().map(|log| {
+    let recorder_task = kill_context.store.database().map(|log| {
         let (ring, log, stopped) = (Arc::clone(&ring), Arc::clone(log), stopped.clone());
         let interval = config.persist_interval;
         tasks.spawn("recorder", OnPanic::Restart, move || {
@@ -524,7 +524,7 @@ pub async fn run(
         );
         let sources = metrics::Sources {
             ring: Arc::clone(&ring),
-            events: kill_context.events.clone(),
+            store: kill_context.store.clone(),
             guard: Arc::clone(&guard),
             guard_counters: Some(guard.counters()),
             connections: [
@@ -569,8 +569,8 @@ pub async fn run(
         let _ = stop.send(true);
     };
     let advertise = advertised_address(&config, tcp_listener.as_ref());
-    let registrations = match (&kill_context.events, &config.cluster.role) {
-        (Ok(log), config::ClusterRole::Coordinator) => log
+    let registrations = match (kill_context.store.database(), &config.cluster.role) {
+        (Some(log), config::ClusterRole::Coordinator) => log
             .read(|store| store.node_registrations())
             .await
             .unwrap_or_else(|error| {
@@ -597,7 +597,7 @@ pub async fn run(
     let cluster_grpc = gpukill_proto::v1::cluster_server::ClusterServer::new(
         cluster::service::ClusterService::new(
             membership.coordinator.clone(),
-            kill_context.events.clone(),
+            kill_context.store.clone(),
         ),
     )
     .max_decoding_message_size(request_limit(&config));
@@ -630,7 +630,7 @@ pub async fn run(
         offline: config.upload.offline,
         url: config.upload.url.clone(),
     };
-    if let (Some(client), Ok(log)) = (upload_client, &kill_context.events) {
+    if let (Some(client), Some(log)) = (upload_client, kill_context.store.database()) {
         if config.upload.offline {
             tracing::info!(
                 url = client.url(),
@@ -736,7 +736,7 @@ pub async fn run(
         // It hands the open interval to the store as it stops.
         let _ = recorder_task.await;
     }
-    if let Ok(log) = &kill_events {
+    if let Some(log) = kill_events.database() {
         // Everything queued (the last interval, the last audit events) is written before exit.
         if let Err(error) = log.flush(STORE_FLUSH_TIMEOUT).await {
             tracing::error!(%error, "the store did not finish writing before exit");

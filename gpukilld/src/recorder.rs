@@ -213,7 +213,7 @@ impl Recorder {
 pub async fn run(
     mut recorder: Recorder,
     ring: std::sync::Arc<crate::ring::Ring>,
-    store: std::sync::Arc<crate::store::EventLog>,
+    store: std::sync::Arc<crate::store::Database>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;

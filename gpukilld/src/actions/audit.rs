@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use crate::actions::kill::{self, Decided, KillOptions, Outcome, Target};
 use crate::actions::protect::Protection;
 use crate::authz::Principal;
-use crate::store::{EventKind, EventLog, NewEvent, OutcomeUpdate, StoreError};
+use crate::store::{Database, EventKind, NewEvent, OutcomeUpdate, StoreError};
 
 /// The outcome a kill's event has between its record and its signal.
 pub const SIGNALLING: &str = "signalling";
@@ -37,7 +37,7 @@ pub struct Unrecorded {
 }
 
 impl Unrecorded {
-    fn new(act: &'static str, events: &EventLog, source: StoreError) -> Self {
+    fn new(act: &'static str, events: &Database, source: StoreError) -> Self {
         Unrecorded {
             act,
             store: events
@@ -144,7 +144,7 @@ impl Request<'_> {
 /// them; then records each one's outcome. Results are in pid order. `Err` when the decisions
 /// could not be written (or could not be made): then nothing was signalled.
 pub async fn kill(
-    events: &EventLog,
+    events: &Database,
     request: Request<'_>,
     protection: Protection,
     targets: Vec<Target>,
@@ -217,7 +217,7 @@ pub async fn kill(
 /// outcome and reason after it. `Err` when `intent` could not be written: then `act` did not
 /// run.
 pub async fn recorded<T>(
-    events: &EventLog,
+    events: &Database,
     intent: NewEvent,
     act: impl Future<Output = (T, String, String)>,
 ) -> Result<T, Unrecorded> {

@@ -13,8 +13,8 @@ use super::contention;
 use super::fanout::{self, Local};
 use super::registry::{RegisterError, Registry};
 use crate::authz::{Access, AuthzError, Caller};
-use crate::rpc::kill::EventsHandle;
 use crate::rpc::{attribute, audit_refusal};
+use crate::store::StoreHandle;
 
 /// What a coordinator runs on.
 pub struct Coordinator {
@@ -31,16 +31,13 @@ pub struct Coordinator {
 /// The service; `coordinator` is `None` on a plain node.
 pub struct ClusterService {
     coordinator: Option<Arc<Coordinator>>,
-    events: EventsHandle,
+    store: StoreHandle,
 }
 
 impl ClusterService {
     /// The service of a coordinator, or of a plain node (`None`).
-    pub fn new(coordinator: Option<Arc<Coordinator>>, events: EventsHandle) -> Self {
-        Self {
-            coordinator,
-            events,
-        }
+    pub fn new(coordinator: Option<Arc<Coordinator>>, store: StoreHandle) -> Self {
+        Self { coordinator, store }
     }
 
     fn coordinator(&self) -> Result<&Coordinator, Status> {
@@ -58,7 +55,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterNodesRequest>,
     ) -> Result<Response<pb::ClusterNodesResponse>, Status> {
-        attribute(&request, Access::Read, &self.events)?;
+        attribute(&request, Access::Read, &self.store)?;
         let coordinator = self.coordinator()?;
         let mut nodes = coordinator.registry.nodes();
         if let Some(local) = &coordinator.local {
@@ -72,7 +69,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterListRequest>,
     ) -> Result<Response<pb::ClusterListResponse>, Status> {
-        let caller = attribute(&request, Access::Read, &self.events)?;
+        let caller = attribute(&request, Access::Read, &self.store)?;
         let coordinator = self.coordinator()?;
         Ok(Response::new(
             fanout::list(
@@ -90,7 +87,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterContentionRequest>,
     ) -> Result<Response<pb::ClusterContentionResponse>, Status> {
-        let caller = attribute(&request, Access::Read, &self.events)?;
+        let caller = attribute(&request, Access::Read, &self.store)?;
         let coordinator = self.coordinator()?;
         let top = match request.get_ref().top {
             0 => contention::DEFAULT_TOP,
@@ -127,7 +124,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let caller = attribute(&request, Access::Register, &self.events)?;
+        let caller = attribute(&request, Access::Register, &self.store)?;
         let coordinator = self.coordinator()?;
         let principal = node_principal(&caller)?;
         let binding = coordinator
@@ -142,7 +139,7 @@ impl Cluster for ClusterService {
                 RegisterError::Full(message) => Status::resource_exhausted(message),
             })?;
         // The binding holds in memory at once; the store keeps it across a restart.
-        if let (Some(binding), Ok(log)) = (binding, &self.events) {
+        if let (Some(binding), Some(log)) = (binding, self.store.database()) {
             let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
             let node = binding.node_id.clone();
             if let Err(error) = log
@@ -162,7 +159,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let caller = attribute(&request, Access::Register, &self.events)?;
+        let caller = attribute(&request, Access::Register, &self.store)?;
         let coordinator = self.coordinator()?;
         let principal = node_principal(&caller)?;
         let node_id = &request.get_ref().node_id;
@@ -180,7 +177,7 @@ impl ClusterService {
     /// A refused change to another principal's registration: audited, then answered
     /// PERMISSION_DENIED with the reason (which names the node and its owner).
     fn refused(&self, caller: &Caller, rpc: &str, refusal: &AuthzError) -> Status {
-        audit_refusal(&self.events, caller, rpc, refusal);
+        audit_refusal(&self.store, caller, rpc, refusal);
         Status::permission_denied(refusal.to_string())
     }
 }

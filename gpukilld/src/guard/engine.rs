@@ -31,7 +31,7 @@ use crate::reservations::Reservations;
 use crate::reservations::usage::Assessment;
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
-use crate::store::{EventKind, EventLog, EventTarget, NewEvent};
+use crate::store::{Database, EventKind, EventTarget, NewEvent};
 
 /// The name the guard acts under in the audit trail.
 pub const GUARD_USER: &str = "gpukilld-guard";
@@ -316,7 +316,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 pub async fn run(
     guard: Arc<Guard>,
     ring: Arc<Ring>,
-    events: Arc<EventLog>,
+    events: Arc<Database>,
     reservations: Option<Arc<Reservations>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -477,7 +477,7 @@ pub fn guard_principal() -> Principal {
 struct Responder {
     counters: Arc<GuardCounters>,
     principal: Principal,
-    events: Arc<EventLog>,
+    events: Arc<Database>,
     notifier: Notifier,
     host: String,
 }

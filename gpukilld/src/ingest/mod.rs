@@ -31,7 +31,7 @@ use crate::config::{IngestConfig, parse_address};
 use crate::connections::{
     AcceptBackoff, Admission, AdmissionCounters, Guarded, Limits, PeerAddress,
 };
-use crate::store::{EventCaller, EventKind, EventLog, NewEvent};
+use crate::store::{Database, EventCaller, EventKind, NewEvent};
 use crate::usage_payload::{CONTENT_SHA256, IDEMPOTENCY_KEY};
 use crate::usage_payload::{SCHEMA, sha256_hex};
 use access::{Access, Denied, ReadScope};
@@ -81,7 +81,7 @@ struct State {
     store: Mutex<IngestStore>,
     /// The daemon's audit trail, where refusals go; `None` when the store cannot be opened
     /// (refusals are then only logged: refusing needs no record, acting would).
-    events: Option<Arc<EventLog>>,
+    events: Option<Arc<Database>>,
 }
 
 impl Ingest {
@@ -90,7 +90,7 @@ impl Ingest {
     pub async fn bind(
         config: &IngestConfig,
         state_dir: &std::path::Path,
-        events: Option<Arc<EventLog>>,
+        events: Option<Arc<Database>>,
     ) -> Result<Ingest, IngestError> {
         let tokens = Tokens::load(config.tokens.as_deref().unwrap_or(std::path::Path::new("")))?;
         let tls = match (&config.cert, &config.key) {

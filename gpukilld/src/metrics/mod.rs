@@ -26,7 +26,6 @@ use crate::connections::{AcceptBackoff, AdmissionCounters, Guarded};
 use crate::guard::counters::GuardCounters;
 use crate::guard::engine::Guard;
 use crate::ring::Ring;
-use crate::store::EventLog;
 
 /// Connections served at once. Scrapers and probes are few; when all are taken, the one
 /// that waited longest on its client gives its slot to the new one (`http::Slots`).
@@ -38,7 +37,7 @@ pub struct Sources {
     /// The snapshots.
     pub ring: Arc<Ring>,
     /// The store, or why it could not be opened.
-    pub events: Result<Arc<EventLog>, String>,
+    pub store: crate::store::StoreHandle,
     /// The guard's status.
     pub guard: Arc<Guard>,
     /// The guard's decision and kill counters, when it keeps them.
@@ -169,12 +168,12 @@ impl Endpoint {
         let sources = &self.sources;
         let snapshot = sources.ring.latest();
         let guard = sources.guard.status();
-        let store = match &sources.events {
-            Ok(log) => render::StoreState::Open {
+        let store = match sources.store.database() {
+            Some(log) => render::StoreState::Open {
                 events: log.counters(),
                 history: log.history_counters(),
             },
-            Err(_) => render::StoreState::Unavailable,
+            None => render::StoreState::Unavailable,
         };
         let status = render::Status {
             now: SystemTime::now(),
@@ -242,7 +241,7 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let sources = Sources {
             ring: Arc::new(Ring::new(10, snapshot(taken_at))),
-            events: Err("no store in this test".into()),
+            store: crate::store::StoreHandle::unavailable("no store in this test".into()),
             guard: Arc::new(Guard::new(
                 "/nonexistent/guard.toml".into(),
                 None,

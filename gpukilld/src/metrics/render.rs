@@ -15,7 +15,7 @@ use crate::connections::AdmissionCounters;
 use crate::guard::counters::{GuardCounters, RULES, rule_index};
 use crate::guard::engine::Status as GuardStatus;
 use crate::snapshot::{Gpu, Snapshot, Vendor, VendorState};
-use crate::store::{EventLogCounters, HistoryCounters};
+use crate::store::{DatabaseCounters, HistoryCounters};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,7 +30,7 @@ pub enum StoreState {
     /// The store is open; what became of the writes so far.
     Open {
         /// Audit events.
-        events: EventLogCounters,
+        events: DatabaseCounters,
         /// History batches.
         history: HistoryCounters,
     },
@@ -999,7 +999,7 @@ mod tests {
             &snap,
             t(101),
             StoreState::Open {
-                events: EventLogCounters {
+                events: DatabaseCounters {
                     dropped: 1,
                     failed: 2,
                     unconfirmed: 3,

@@ -22,7 +22,7 @@ use crate::config::ReservationsConfig;
 use crate::ring::Ring;
 use crate::snapshot::{Snapshot, Vendor};
 use crate::store::{
-    EventCaller, EventKind, EventLog, LeaseKind, NewEvent, ReservationRow, StoreError, rfc3339_ms,
+    Database, EventCaller, EventKind, LeaseKind, NewEvent, ReservationRow, StoreError, rfc3339_ms,
     unix_ms,
 };
 use allocate::UseMarks;
@@ -244,10 +244,14 @@ impl State {
     }
 }
 
+/// The reservations, or why there are none (they are kept in the store, which could not be
+/// opened).
+pub type ReservationsHandle = Result<Arc<Reservations>, String>;
+
 /// The reservations of this host.
 pub struct Reservations {
     config: ReservationsConfig,
-    log: Arc<EventLog>,
+    log: Arc<Database>,
     ring: Arc<Ring>,
     state: Mutex<State>,
     /// Woken when GPUs may have become free (a release, an expiry, a new snapshot while
@@ -266,7 +270,7 @@ impl Reservations {
     /// back detached: its client has `heartbeat_timeout` to resume it.
     pub async fn load(
         config: ReservationsConfig,
-        log: Arc<EventLog>,
+        log: Arc<Database>,
         ring: Arc<Ring>,
     ) -> Result<Self, StoreError> {
         let (held, marks) = log
@@ -1086,7 +1090,7 @@ mod tests {
     use crate::guard::evaluate::tests::snapshot_at;
 
     async fn reservations() -> Arc<Reservations> {
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let log = Arc::new(Database::start_in_memory().unwrap());
         let ring = Arc::new(Ring::new(4, snapshot_at(0, &[])));
         Arc::new(
             Reservations::load(ReservationsConfig::default(), log, ring)

@@ -1,12 +1,11 @@
 //! `Events`: the audit trail.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
-use crate::store::{EventKind, EventLog, EventQuery, StoredEvent};
+use crate::store::{EventKind, EventQuery, StoredEvent};
 
 /// Events returned when the request names no limit.
 const DEFAULT_LIMIT: usize = 1000;
@@ -15,10 +14,10 @@ const MAX_LIMIT: usize = 100_000;
 
 /// Answers `Events`.
 pub async fn events(
-    log: &Result<Arc<EventLog>, String>,
+    store: &crate::store::StoreHandle,
     request: pb::EventsRequest,
 ) -> Result<pb::EventsResponse, RpcError> {
-    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let log = store.get().map_err(RpcError::StoreUnavailable)?;
     let kind = match request.r#type.as_str() {
         "" => None,
         name => Some(

@@ -46,7 +46,7 @@ pub async fn update(
     caller: Caller,
     request: pb::GuardUpdateRequest,
 ) -> Result<pb::GuardUpdateResponse, RpcError> {
-    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let events = context.store.get().map_err(RpcError::AuditUnavailable)?;
     let change = change(request)?;
     let principal = super::principal(caller, &context.admin_group).await?;
     let record = |kind: EventKind, outcome: &str, reason: String| NewEvent {
@@ -59,7 +59,7 @@ pub async fn update(
         reason,
     };
     super::admin_only(
-        &events,
+        events,
         &principal,
         &context.admin_group,
         &change.to_string(),

@@ -18,7 +18,7 @@ pub async fn health(
     upload_settings: &super::uploads::UploadSettings,
     started: Instant,
 ) -> pb::HealthResponse {
-    let events = &context.events;
+    let events = &context.store;
     let now = SystemTime::now();
     let latest = ring.latest();
     let mut problems: Vec<String> = latest
@@ -31,7 +31,7 @@ pub async fn health(
         })
         .collect();
     let store = store_health(context);
-    match events {
+    match events.get() {
         Err(message) => problems.push(format!(
             "audit store unavailable, kill is disabled: {message}"
         )),
@@ -65,7 +65,7 @@ pub async fn health(
         }
     }
     let mut uploads = None;
-    if let (true, Ok(log)) = (upload_settings.enabled, events) {
+    if let (true, Some(log)) = (upload_settings.enabled, events.database()) {
         match log.read(|store| store.outbox_summary()).await {
             Ok(summary) => {
                 if summary.dropped_total > 0 {
@@ -138,7 +138,7 @@ pub async fn health(
 /// degraded while writes fail (a kill or reset whose record cannot be written is refused).
 fn store_health(context: &KillContext) -> pb::StoreHealth {
     let path = context.store_path.display().to_string();
-    let (state, message) = match &context.events {
+    let (state, message) = match context.store.get() {
         Err(message) => (
             pb::StoreState::Unavailable,
             format!(

@@ -1,13 +1,11 @@
 //! `History`: the metrics history of the GPUs, one sample per GPU and persist interval, or
 //! one row per GPU and hour for long windows.
 
-use std::sync::Arc;
-
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
 use super::sessions::check_window;
-use crate::store::{EventLog, GpuHourlyRow, GpuSampleRow};
+use crate::store::{GpuHourlyRow, GpuSampleRow};
 
 /// Windows longer than this are answered from the hourly rollups unless the request asks
 /// for raw samples: two days of raw samples at the default 10 s interval are 17280 rows per
@@ -16,12 +14,12 @@ const AUTO_RAW_LIMIT_MS: i64 = 2 * 24 * 3_600_000;
 
 /// Answers `History`. Anyone may read it.
 pub async fn history(
-    log: &Result<Arc<EventLog>, String>,
+    store: &crate::store::StoreHandle,
     request: pb::HistoryRequest,
 ) -> Result<pb::HistoryResponse, RpcError> {
     let (since, until) = (request.since_unix_ms, request.until_unix_ms);
     check_window(since, until)?;
-    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let log = store.get().map_err(RpcError::StoreUnavailable)?;
     let gpu = request.gpu_index;
     let resolution = match request.resolution() {
         pb::Resolution::Auto if until.saturating_sub(since) > AUTO_RAW_LIMIT_MS => {
@@ -103,6 +101,8 @@ mod tests {
 
     use super::*;
     use crate::store::HistoryBatch;
+    use crate::store::{Database, StoreHandle};
+    use std::sync::Arc;
     use std::time::Duration;
     use tonic::{Code, Status};
 
@@ -140,7 +140,7 @@ mod tests {
         )
         .unwrap();
         let (t0, t1, later) = (now_ms - 60_000, now_ms - 50_000, now_ms - 5_000);
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let log = Arc::new(Database::start_in_memory().unwrap());
         log.record_history(HistoryBatch {
             samples: vec![row(0, t0), row(1, t0), row(0, t1), row(0, later)],
             sessions: Vec::new(),
@@ -152,7 +152,7 @@ mod tests {
             resolution: pb::Resolution::Auto.into(),
         };
         // The writer thread writes history on its own schedule.
-        let log = Ok(log);
+        let log = StoreHandle::from(log);
         let mut answer = history(&log, request()).await.unwrap();
         for _ in 0..100 {
             if !answer.samples.is_empty() {
@@ -172,9 +172,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_window_that_ends_before_it_starts_is_refused() {
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let log = Arc::new(Database::start_in_memory().unwrap());
         let error = history(
-            &Ok(log),
+            &StoreHandle::from(log),
             pb::HistoryRequest {
                 gpu_index: None,
                 since_unix_ms: 9,

@@ -26,10 +26,10 @@ pub async fn import_audit(
     caller: Caller,
     request: pb::ImportAuditRequest,
 ) -> Result<pb::ImportAuditResponse, RpcError> {
-    let events = context.events.clone().map_err(RpcError::StoreUnavailable)?;
+    let events = context.store.get().map_err(RpcError::StoreUnavailable)?;
     let principal = super::principal(caller, &context.admin_group).await?;
     super::admin_only(
-        &events,
+        events,
         &principal,
         &context.admin_group,
         "audit import",

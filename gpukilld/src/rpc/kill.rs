@@ -16,7 +16,7 @@ use crate::actions::kill::{self, Decided, KillOptions, Outcome, Selector};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
-use crate::store::{EventKind, EventLog};
+use crate::store::{EventKind, StoreHandle};
 
 /// SIGTERM's default time to work.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,15 +30,12 @@ pub struct KillContext {
     /// The admin group's name.
     pub admin_group: String,
     /// The audit trail; without it nothing is killed.
-    pub events: EventsHandle,
+    pub store: StoreHandle,
     /// The database file `events` writes (`Health` names it).
     pub store_path: std::path::PathBuf,
     /// The daemon's supervised background tasks (`Health` reports them).
     pub tasks: crate::service::tasks::Tasks,
 }
-
-/// The audit trail, or why the store could not be opened.
-pub type EventsHandle = Result<Arc<EventLog>, String>;
 
 /// A request, checked.
 struct Parsed {
@@ -105,7 +102,7 @@ pub async fn kill(
     caller: Caller,
     request: pb::KillRequest,
 ) -> Result<pb::KillResponse, RpcError> {
-    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let events = context.store.get().map_err(RpcError::AuditUnavailable)?;
     let (mut parsed, user_name) = parse(request)?;
     let snapshot = ring.latest();
     let blocking_context = Arc::clone(context);
@@ -156,7 +153,7 @@ pub async fn kill(
         refused: EventKind::Deny,
     };
     let decided = audit::kill(
-        &events,
+        events,
         request,
         context.protection.clone(),
         targets,

@@ -53,7 +53,7 @@ pub struct Service {
     reset: crate::actions::reset::ResetTools,
     node: Arc<NodeIdentity>,
     uploads: uploads::UploadSettings,
-    reservations: reservations::ReservationsHandle,
+    reservations: crate::reservations::ReservationsHandle,
 }
 
 impl Service {
@@ -68,7 +68,7 @@ impl Service {
         reset: crate::actions::reset::ResetTools,
         node: Arc<NodeIdentity>,
         uploads: uploads::UploadSettings,
-        reservations: reservations::ReservationsHandle,
+        reservations: crate::reservations::ReservationsHandle,
     ) -> Self {
         Self {
             ring,
@@ -111,7 +111,7 @@ impl Service {
 pub(crate) fn attribute<T>(
     request: &Request<T>,
     access: Access,
-    events: &kill::EventsHandle,
+    store: &crate::store::StoreHandle,
 ) -> Result<Caller, Status> {
     let rpc = request
         .extensions()
@@ -120,7 +120,7 @@ pub(crate) fn attribute<T>(
     let caller = authz::caller(request).map_err(error::RpcError::from)?;
     tracing::debug!(rpc, %caller, "request");
     if let Err(refusal) = caller.check(access, rpc) {
-        audit_refusal(events, &caller, rpc, &refusal);
+        audit_refusal(store, &caller, rpc, &refusal);
         return Err(error::RpcError::from(refusal).into());
     }
     Ok(caller)
@@ -137,7 +137,7 @@ pub(crate) async fn principal(caller: Caller, admin_group: &str) -> Result<Princ
 /// The admin gate of an rpc ([`Principal::require_admin`]): a non-admin's request is
 /// refused, and the refusal is written to the audit trail as a `deny` event of `action`.
 pub(crate) async fn admin_only(
-    events: &crate::store::EventLog,
+    events: &crate::store::Database,
     principal: &Principal,
     admin_group: &str,
     action: &str,
@@ -164,13 +164,13 @@ pub(crate) async fn admin_only(
 /// Writes a refused request to the audit trail (in the background: a refusal never waits
 /// on the store) and logs it.
 pub(crate) fn audit_refusal(
-    events: &kill::EventsHandle,
+    store: &crate::store::StoreHandle,
     caller: &Caller,
     rpc: &str,
     refusal: &AuthzError,
 ) {
     tracing::warn!(rpc, %caller, %refusal, "request refused");
-    let Ok(log) = events else {
+    let Some(log) = store.database() else {
         return;
     };
     let remote = caller.remote.as_ref();
@@ -201,7 +201,7 @@ pub(crate) fn audit_refusal(
 /// allows `access` ([`attribute`], which names the rpc from its path), run `handle` with the
 /// caller and the message, and answer (an error through its one mapping to a gRPC code).
 pub(crate) async fn answer<T, R, E, Fut>(
-    events: &kill::EventsHandle,
+    store: &crate::store::StoreHandle,
     request: Request<T>,
     access: Access,
     handle: impl FnOnce(Caller, T) -> Fut,
@@ -210,7 +210,7 @@ where
     Fut: std::future::Future<Output = Result<R, E>>,
     E: Into<Status>,
 {
-    let caller = attribute(&request, access, events)?;
+    let caller = attribute(&request, access, store)?;
     handle(caller, request.into_inner())
         .await
         .map(Response::new)
@@ -224,7 +224,7 @@ impl GpuKill for Service {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         answer(
-            &self.kill.events,
+            &self.kill.store,
             request,
             Access::Read,
             |caller, message| async move { list::list(&self.ring, &caller, message) },
@@ -239,7 +239,7 @@ impl GpuKill for Service {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         answer(
-            &self.kill.events,
+            &self.kill.store,
             request,
             Access::Read,
             |caller, message| async move {
@@ -253,16 +253,11 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Read,
-            |_, _| async move {
-                Ok::<_, RpcError>(
-                    health::health(&self.ring, &self.kill, &self.uploads, self.started).await,
-                )
-            },
-        )
+        answer(&self.kill.store, request, Access::Read, |_, _| async move {
+            Ok::<_, RpcError>(
+                health::health(&self.ring, &self.kill, &self.uploads, self.started).await,
+            )
+        })
         .await
     }
 
@@ -270,12 +265,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Read,
-            |_, _| async move { Ok::<_, RpcError>(version::version(&self.ring, &self.node)) },
-        )
+        answer(&self.kill.store, request, Access::Read, |_, _| async move {
+            Ok::<_, RpcError>(version::version(&self.ring, &self.node))
+        })
         .await
     }
 
@@ -283,12 +275,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::KillResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Act,
-            |caller, message| kill::kill(&self.ring, &self.kill, caller, message),
-        )
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            kill::kill(&self.ring, &self.kill, caller, message)
+        })
         .await
     }
 
@@ -296,8 +285,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            events::events(&self.kill.events, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            events::events(&self.kill.store, message)
         })
         .await
     }
@@ -306,8 +295,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::SessionsRequest>,
     ) -> Result<Response<pb::SessionsResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            sessions::sessions(&self.kill.events, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            sessions::sessions(&self.kill.store, message)
         })
         .await
     }
@@ -316,8 +305,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::SummaryRequest>,
     ) -> Result<Response<pb::SummaryResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            summary::summary(&self.kill.events, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            summary::summary(&self.kill.store, message)
         })
         .await
     }
@@ -326,8 +315,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            history::history(&self.kill.events, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            history::history(&self.kill.store, message)
         })
         .await
     }
@@ -336,12 +325,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ImportAuditRequest>,
     ) -> Result<Response<pb::ImportAuditResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Act,
-            |caller, message| import::import_audit(&self.kill, caller, message),
-        )
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            import::import_audit(&self.kill, caller, message)
+        })
         .await
     }
 
@@ -349,12 +335,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardStatusRequest>,
     ) -> Result<Response<pb::GuardStatusResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Read,
-            |_, _| async move { Ok::<_, RpcError>(guard::status(&self.guard)) },
-        )
+        answer(&self.kill.store, request, Access::Read, |_, _| async move {
+            Ok::<_, RpcError>(guard::status(&self.guard))
+        })
         .await
     }
 
@@ -362,15 +345,10 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardTestRequest>,
     ) -> Result<Response<pb::GuardTestResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Read,
-            |_, _| async move {
-                let reservations = self.reservations.as_ref().ok().map(|r| &**r);
-                guard::test(&self.guard, &self.ring, reservations).await
-            },
-        )
+        answer(&self.kill.store, request, Access::Read, |_, _| async move {
+            let reservations = self.reservations.as_ref().ok().map(|r| &**r);
+            guard::test(&self.guard, &self.ring, reservations).await
+        })
         .await
     }
 
@@ -378,7 +356,7 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardPolicyRequest>,
     ) -> Result<Response<pb::GuardPolicyResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |caller, _| {
+        answer(&self.kill.store, request, Access::Read, |caller, _| {
             guard_update::policy(&self.guard, &self.kill, caller)
         })
         .await
@@ -388,12 +366,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::GuardUpdateRequest>,
     ) -> Result<Response<pb::GuardUpdateResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Act,
-            |caller, message| guard_update::update(&self.guard, &self.kill, caller, message),
-        )
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            guard_update::update(&self.guard, &self.kill, caller, message)
+        })
         .await
     }
 
@@ -401,8 +376,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::RogueRequest>,
     ) -> Result<Response<pb::RogueResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            rogue::rogue(&self.kill.events, &self.guard, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            rogue::rogue(&self.kill.store, &self.guard, message)
         })
         .await
     }
@@ -411,8 +386,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::UploadsRequest>,
     ) -> Result<Response<pb::UploadsResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            uploads::list(&self.kill.events, &self.uploads, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            uploads::list(&self.kill.store, &self.uploads, message)
         })
         .await
     }
@@ -421,8 +396,8 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::UploadShowRequest>,
     ) -> Result<Response<pb::UploadShowResponse>, Status> {
-        answer(&self.kill.events, request, Access::Read, |_, message| {
-            uploads::show(&self.kill.events, &self.uploads, message)
+        answer(&self.kill.store, request, Access::Read, |_, message| {
+            uploads::show(&self.kill.store, &self.uploads, message)
         })
         .await
     }
@@ -431,20 +406,15 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::UploadRetryRequest>,
     ) -> Result<Response<pb::UploadRetryResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Act,
-            |caller, message| {
-                uploads::retry(
-                    &self.kill.events,
-                    &self.uploads,
-                    &self.kill.admin_group,
-                    caller,
-                    message,
-                )
-            },
-        )
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            uploads::retry(
+                &self.kill.store,
+                &self.uploads,
+                &self.kill.admin_group,
+                caller,
+                message,
+            )
+        })
         .await
     }
 
@@ -453,7 +423,7 @@ impl GpuKill for Service {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
         answer(
-            &self.kill.events,
+            &self.kill.store,
             request,
             Access::Act,
             |caller, message| async move {
@@ -469,7 +439,7 @@ impl GpuKill for Service {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         answer(
-            &self.kill.events,
+            &self.kill.store,
             request,
             Access::Act,
             |caller, message| async move {
@@ -484,14 +454,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ReservationsRequest>,
     ) -> Result<Response<pb::ReservationsResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Read,
-            |_, _| async move {
-                reservations::available(&self.reservations).map(|held| reservations::status(held))
-            },
-        )
+        answer(&self.kill.store, request, Access::Read, |_, _| async move {
+            reservations::available(&self.reservations).map(|held| reservations::status(held))
+        })
         .await
     }
 
@@ -502,7 +467,7 @@ impl GpuKill for Service {
         request: Request<tonic::Streaming<pb::RunMessage>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         answer(
-            &self.kill.events,
+            &self.kill.store,
             request,
             Access::Act,
             |caller, inbound| async move {
@@ -517,12 +482,9 @@ impl GpuKill for Service {
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        answer(
-            &self.kill.events,
-            request,
-            Access::Act,
-            |caller, message| reset::reset(&self.ring, &self.kill, &self.reset, caller, message),
-        )
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            reset::reset(&self.ring, &self.kill, &self.reset, caller, message)
+        })
         .await
     }
 }

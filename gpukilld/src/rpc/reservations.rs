@@ -9,11 +9,10 @@ use gpukill_proto::v1 as pb;
 use super::error::RpcError;
 use crate::authz::Caller;
 use crate::reservations::usage::{Assessment, GpuRef, GpuState};
-use crate::reservations::{LeaseRequest, Requester, ReservationError, Reservations, Status, Want};
+use crate::reservations::{
+    LeaseRequest, Requester, ReservationError, Reservations, ReservationsHandle, Status, Want,
+};
 use crate::store::{LeaseKind, ReservationRow};
-
-/// The reservations, or why there are none (no store).
-pub type ReservationsHandle = Result<Arc<Reservations>, String>;
 
 /// The reservations, or `StoreUnavailable`.
 pub(crate) fn available(handle: &ReservationsHandle) -> Result<&Arc<Reservations>, RpcError> {

@@ -17,7 +17,7 @@ use crate::actions::reset;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
 use crate::snapshot::{Gpu, Vendor};
-use crate::store::{EventKind, EventLog, NewEvent};
+use crate::store::{Database, EventKind, NewEvent};
 
 /// How long the processes of a GPU get after SIGTERM before SIGKILL, with force.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,7 +32,7 @@ pub async fn reset(
     caller: Caller,
     request: pb::ResetRequest,
 ) -> Result<pb::ResetResponse, RpcError> {
-    let events = context.events.clone().map_err(RpcError::AuditUnavailable)?;
+    let events = context.store.get().map_err(RpcError::AuditUnavailable)?;
     let principal = super::principal(caller, &context.admin_group).await?;
     let (gpus, described) = select(ring, request.target)?;
     let action = format!(
@@ -50,7 +50,7 @@ pub async fn reset(
     };
 
     super::admin_only(
-        &events,
+        events,
         &principal,
         &context.admin_group,
         &action,
@@ -64,7 +64,7 @@ pub async fn reset(
         let mut event = refuse(reason.clone());
         event.kind = EventKind::Reset;
         event.outcome = "unsupported".to_string();
-        record(&events, vec![event]).await;
+        record(events, vec![event]).await;
         return Err(RpcError::ResetUnsupported(reason));
     }
     let snapshot = ring.latest();
@@ -87,7 +87,7 @@ pub async fn reset(
         let mut event = refuse(reason.clone());
         event.kind = EventKind::Reset;
         event.outcome = "refused".to_string();
-        record(&events, vec![event]).await;
+        record(events, vec![event]).await;
         return Err(RpcError::ResetBusy(reason));
     }
 
@@ -95,7 +95,7 @@ pub async fn reset(
     for (vendor, gpu) in gpus {
         let pci_bus_id = gpu.pci_bus_id.as_deref().unwrap_or_default().to_string();
         let (killed, kill_failure) = if request.force {
-            kill_processes_on(ring, context, &events, &principal, &action, gpu.index).await?
+            kill_processes_on(ring, context, events, &principal, &action, gpu.index).await?
         } else {
             (Vec::new(), None)
         };
@@ -110,7 +110,7 @@ pub async fn reset(
         };
         let (outcome, reason) = match kill_failure {
             Some(reason) => {
-                record(&events, vec![event("failed", reason.clone())]).await;
+                record(events, vec![event("failed", reason.clone())]).await;
                 (pb::ResetOutcome::Failed, reason)
             }
             None => {
@@ -118,7 +118,7 @@ pub async fn reset(
                     audit::RESETTING,
                     format!("about to run the {} reset tool", vendor.name()),
                 );
-                audit::recorded(&events, intent, async {
+                audit::recorded(events, intent, async {
                     let started = SystemTime::now();
                     let done = match reset::reset_gpu(tools, vendor, &gpu).await {
                         Ok(printed) => {
@@ -184,7 +184,7 @@ fn select(
 async fn kill_processes_on(
     ring: &Arc<Ring>,
     context: &Arc<KillContext>,
-    events: &Arc<EventLog>,
+    events: &Arc<Database>,
     principal: &Principal,
     action: &str,
     index: u32,
@@ -240,7 +240,7 @@ async fn kill_processes_on(
     Ok((decided.iter().map(result).collect(), failure))
 }
 
-async fn record(events: &EventLog, batch: Vec<NewEvent>) {
+async fn record(events: &Database, batch: Vec<NewEvent>) {
     if let Err(error) = events.record(batch).await {
         tracing::error!(%error, "cannot write the audit events of a reset");
     }

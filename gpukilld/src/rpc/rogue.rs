@@ -1,7 +1,6 @@
 //! `Rogue`: the process sessions of a window scored with the guard's rogue model. History
 //! has no exe names, so a renamed miner is found there by its argv[0] only.
 
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use gpukill_proto::v1 as pb;
@@ -11,11 +10,11 @@ use super::sessions::{check_window, session};
 use crate::guard::clock;
 use crate::guard::engine::Guard;
 use crate::guard::rogue::{Observed, RiskLevel, RogueConfig, RogueScorer};
-use crate::store::{EventLog, StoredSession};
+use crate::store::StoredSession;
 
 /// Answers `Rogue`. Anyone may ask.
 pub async fn rogue(
-    log: &Result<Arc<EventLog>, String>,
+    store: &crate::store::StoreHandle,
     guard: &Guard,
     request: pb::RogueRequest,
 ) -> Result<pb::RogueResponse, RpcError> {
@@ -34,7 +33,7 @@ pub async fn rogue(
         None => RogueScorer::new(&RogueConfig::default())
             .map_err(|_| RpcError::Internal("the default rogue model does not compile"))?,
     };
-    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let log = store.get().map_err(RpcError::StoreUnavailable)?;
     let (since, until) = (request.since_unix_ms, request.until_unix_ms);
     let sessions = log.sessions(since, until).await?;
     let mut findings: Vec<pb::RogueFinding> = sessions
@@ -84,7 +83,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::{Database, StoreHandle};
     use crate::store::{HistoryBatch, SessionUpdate};
+    use std::sync::Arc;
     use tonic::{Code, Status};
 
     fn update(pid: u32, name: &str, cmdline: &str, now_ms: i64) -> SessionUpdate {
@@ -111,7 +112,7 @@ mod tests {
     #[tokio::test]
     async fn stored_sessions_are_scored_highest_first() {
         let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let log = Arc::new(Database::start_in_memory().unwrap());
         log.record_history(HistoryBatch {
             samples: Vec::new(),
             sessions: vec![
@@ -131,7 +132,7 @@ mod tests {
             until_unix_ms: now_ms,
             min_level: min_level.into(),
         };
-        let log = Ok(log);
+        let log = StoreHandle::from(log);
         let mut answer = rogue(&log, &guard, request("")).await.unwrap();
         for _ in 0..100 {
             if answer.findings.len() == 2 {

@@ -1,12 +1,10 @@
 //! `Sessions`: who used which GPU, and how much, over a window of the metrics history.
 
-use std::sync::Arc;
-
 use gpukill_proto::v1 as pb;
 use regex::Regex;
 
 use super::error::RpcError;
-use crate::store::{EventLog, StoredSession};
+use crate::store::StoredSession;
 
 /// Sessions returned when the request names no limit.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -19,11 +17,11 @@ const HOUR_SECS: f64 = 3600.0;
 
 /// Answers `Sessions`. Anyone may read usage: on a shared node it is not secret.
 pub async fn sessions(
-    log: &Result<Arc<EventLog>, String>,
+    store: &crate::store::StoreHandle,
     request: pb::SessionsRequest,
 ) -> Result<pb::SessionsResponse, RpcError> {
     let filter = Filter::new(&request)?;
-    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let log = store.get().map_err(RpcError::StoreUnavailable)?;
     let limit = match request.limit {
         0 => DEFAULT_LIMIT,
         limit => (limit as usize).min(MAX_LIMIT),
@@ -125,6 +123,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::{Database, StoreHandle};
+    use std::sync::Arc;
     use tonic::Code;
     use tonic::Status;
 
@@ -226,10 +226,10 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_read_the_store() {
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
-        let answer = sessions(&Ok(log), request()).await.unwrap();
+        let log = Arc::new(Database::start_in_memory().unwrap());
+        let answer = sessions(&StoreHandle::from(log), request()).await.unwrap();
         assert!(answer.sessions.is_empty());
-        let error = sessions(&Err("no store".to_owned()), request())
+        let error = sessions(&StoreHandle::unavailable("no store".to_owned()), request())
             .await
             .unwrap_err();
         assert!(matches!(error, RpcError::StoreUnavailable(_)), "{error:?}");

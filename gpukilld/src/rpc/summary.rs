@@ -6,13 +6,12 @@
 //! samples in it (through the hourly rollups for whole hours, see `Store::gpu_usage`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
 use super::sessions::check_window;
-use crate::store::{EventLog, GpuUsage, Store, StoreError, StoredSession};
+use crate::store::{GpuUsage, Store, StoreError, StoredSession};
 
 /// Top users and processes returned when the request names no number.
 const DEFAULT_TOP: usize = 10;
@@ -27,11 +26,11 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Answers `Summary`. Anyone may read usage: on a shared node it is not secret.
 pub async fn summary(
-    log: &Result<Arc<EventLog>, String>,
+    store: &crate::store::StoreHandle,
     request: pb::SummaryRequest,
 ) -> Result<pb::SummaryResponse, RpcError> {
     check_window(request.since_unix_ms, request.until_unix_ms)?;
-    let log = log.clone().map_err(RpcError::StoreUnavailable)?;
+    let log = store.get().map_err(RpcError::StoreUnavailable)?;
     Ok(log.read(move |store| summarize(store, &request)).await?)
 }
 
@@ -211,6 +210,8 @@ mod tests {
 
     use super::*;
     use crate::store::GpuSampleRow;
+    use crate::store::{Database, StoreHandle};
+    use std::sync::Arc;
     use tonic::Code;
     use tonic::Status;
 
@@ -434,17 +435,19 @@ mod tests {
 
     #[tokio::test]
     async fn summary_checks_the_window_and_reads_the_store() {
-        let log = Arc::new(EventLog::start_in_memory().unwrap());
+        let log = Arc::new(Database::start_in_memory().unwrap());
         let request = pb::SummaryRequest {
             since_unix_ms: 0,
             until_unix_ms: 10_000,
             top: 0,
         };
-        let answer = summary(&Ok(log.clone()), request).await.unwrap();
+        let answer = summary(&StoreHandle::from(log.clone()), request)
+            .await
+            .unwrap();
         assert!(answer.top_users.is_empty());
         assert_eq!(answer.hour_of_day_gpu_hours.len(), 24);
         let error = summary(
-            &Ok(log),
+            &StoreHandle::from(log),
             pb::SummaryRequest {
                 since_unix_ms: 5_000,
                 until_unix_ms: 5_000,
@@ -454,7 +457,7 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(Status::from(error).code(), Code::InvalidArgument);
-        let error = summary(&Err("no store".to_owned()), request)
+        let error = summary(&StoreHandle::unavailable("no store".to_owned()), request)
             .await
             .unwrap_err();
         assert!(matches!(error, RpcError::StoreUnavailable(_)), "{error:?}");

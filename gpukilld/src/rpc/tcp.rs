@@ -19,12 +19,12 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::Connected;
 
-use super::kill::EventsHandle;
 use super::layer::{Intercept, Intercepted};
 use crate::authz::tokens::{TokenFileError, Tokens};
 use crate::authz::{self, AuthzError, Caller, Forwarded, Remote, Role};
 use crate::config::TcpConfig;
 use crate::connections::{AcceptBackoff, Admission, Guarded, PeerAddress, Timeouts};
+use crate::store::StoreHandle;
 use crate::tls::{TlsError, server_config};
 
 /// Metadata a coordinator sets on a forwarded request: the user name of the caller it
@@ -189,7 +189,7 @@ impl TcpListenerSetup {
     pub async fn bind(
         config: &TcpConfig,
         address: SocketAddr,
-        events: EventsHandle,
+        store: StoreHandle,
     ) -> Result<TcpListenerSetup, TcpError> {
         let tls = server_tls(config)?.map(tokio_rustls::TlsAcceptor::from);
         let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?;
@@ -200,7 +200,7 @@ impl TcpListenerSetup {
             tokens,
             insecure_role: config.insecure_loopback.then_some(config.insecure_role),
             principals: config.principals.clone(),
-            events,
+            store,
         });
         Ok(TcpListenerSetup {
             listener,
@@ -297,7 +297,7 @@ pub struct Authenticator {
     /// The role of unauthenticated callers, on an insecure loopback listener only.
     insecure_role: Option<Role>,
     principals: BTreeMap<String, Role>,
-    events: EventsHandle,
+    store: StoreHandle,
 }
 
 /// Why a request was refused before any handler saw it.
@@ -395,7 +395,7 @@ impl Authenticator {
             what: path.to_string(),
             why: reason.clone(),
         };
-        super::audit_refusal(&self.events, &caller, path, &error);
+        super::audit_refusal(&self.store, &caller, path, &error);
     }
 
     /// A TLS handshake that failed on the client's certificate is a refused caller too.
@@ -536,7 +536,7 @@ mod tests {
                 ("coord".to_string(), Role::Coordinator),
                 ("ops".to_string(), Role::Admin),
             ]),
-            events: Err("no store in this test".into()),
+            store: crate::store::StoreHandle::unavailable("no store in this test".into()),
         }
     }
 

@@ -4,8 +4,8 @@
 use gpukill_proto::v1 as pb;
 
 use super::error::RpcError;
-use super::kill::EventsHandle;
 use crate::authz::Caller;
+use crate::store::StoreHandle;
 use crate::store::{OutboxEntry, OutboxStatus, OutboxSummary, RetryRefusal, SendAttemptRow};
 
 /// Entries listed when the request does not say.
@@ -88,14 +88,12 @@ fn attempt(row: SendAttemptRow) -> pb::SendAttempt {
 
 /// Answers `Uploads`.
 pub async fn list(
-    events: &EventsHandle,
+    events: &StoreHandle,
     settings: &UploadSettings,
     request: pb::UploadsRequest,
 ) -> Result<pb::UploadsResponse, RpcError> {
     settings.require()?;
-    let log = events
-        .as_ref()
-        .map_err(|e| RpcError::StoreUnavailable(e.clone()))?;
+    let log = events.get().map_err(RpcError::StoreUnavailable)?;
     let wanted = match pb::UploadStatus::try_from(request.status) {
         Ok(pb::UploadStatus::Unspecified) => None,
         Ok(pb::UploadStatus::Pending) => Some(OutboxStatus::Pending),
@@ -119,14 +117,12 @@ pub async fn list(
 
 /// Answers `UploadShow`.
 pub async fn show(
-    events: &EventsHandle,
+    events: &StoreHandle,
     settings: &UploadSettings,
     request: pb::UploadShowRequest,
 ) -> Result<pb::UploadShowResponse, RpcError> {
     settings.require()?;
-    let log = events
-        .as_ref()
-        .map_err(|e| RpcError::StoreUnavailable(e.clone()))?;
+    let log = events.get().map_err(RpcError::StoreUnavailable)?;
     let hour = request.hour_unix_ms;
     let found = log.read(move |store| store.outbox_show(hour)).await?;
     let Some(shown) = found else {
@@ -141,16 +137,14 @@ pub async fn show(
 
 /// Answers `UploadRetry` (admins only; audited).
 pub async fn retry(
-    events: &EventsHandle,
+    events: &StoreHandle,
     settings: &UploadSettings,
     admin_group: &str,
     caller: Caller,
     request: pb::UploadRetryRequest,
 ) -> Result<pb::UploadRetryResponse, RpcError> {
     settings.require()?;
-    let log = events
-        .as_ref()
-        .map_err(|e| RpcError::StoreUnavailable(e.clone()))?;
+    let log = events.get().map_err(RpcError::StoreUnavailable)?;
     let principal = super::principal(caller, admin_group).await?;
     let hour = match request.target {
         Some(pb::upload_retry_request::Target::HourUnixMs(hour)) => Some(hour),

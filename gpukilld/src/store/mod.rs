@@ -5,14 +5,15 @@
 //! Two layers:
 //! - [`Store`] is synchronous: one `rusqlite::Connection`, its pragmas and migrations, and
 //!   the queries. It blocks, so async code never calls it directly.
-//! - [`EventLog`] is the daemon's async handle. It owns the writing `Store` on a dedicated
+//! - [`Database`] is the daemon's async handle. It owns the writing `Store` on a dedicated
 //!   thread fed by a bounded queue, so the tokio runtime never waits on SQLite, and it counts
-//!   every event it could not write ([`EventLogCounters`]).
+//!   every event it could not write ([`DatabaseCounters`]).
 
+mod database;
 mod events;
+mod handle;
 mod history;
 mod import;
-mod log;
 mod outbox;
 mod registrations;
 mod reservations;
@@ -26,15 +27,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use database::{Database, DatabaseCounters, HistoryBatch, HistoryCounters, HistoryOptions};
 pub use events::OutcomeUpdate;
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,
 };
 pub(crate) use events::{rfc3339_ms, unix_ms};
+pub use handle::StoreHandle;
 pub(crate) use history::hour_start;
 pub use history::{GpuSampleRow, RollupSummary, SessionUpdate, StoredSession};
 pub use import::{ImportProcess, ImportRecord, ImportSummary, SESSION_GAP_MS};
-pub use log::{EventLog, EventLogCounters, HistoryBatch, HistoryCounters, HistoryOptions};
 pub use outbox::{
     AttemptResult, DueEntry, OutboxEntry, OutboxOptions, OutboxStatus, OutboxSummary, RetryRefusal,
     SendAttemptRow, ShownUpload,

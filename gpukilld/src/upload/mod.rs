@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::store::{AttemptResult, EventLog, OutboxStatus, unix_ms};
+use crate::store::{AttemptResult, Database, OutboxStatus, unix_ms};
 use client::{Answer, UploadClient};
 
 /// The longest the uploader sleeps before looking for new hours.
@@ -56,7 +56,7 @@ fn random() -> u64 {
 
 /// Sends due outbox entries, oldest first, until `stop`.
 pub async fn run(
-    log: Arc<EventLog>,
+    log: Arc<Database>,
     mut client: UploadClient,
     policy: Policy,
     mut stop: watch::Receiver<bool>,

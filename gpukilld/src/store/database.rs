@@ -1,4 +1,4 @@
-//! [`EventLog`]: the daemon's async handle on the events table.
+//! [`Database`]: the daemon's async handle on the events table.
 //!
 //! Writes go to one dedicated thread (`gpukill-store`) that owns the writing connection,
 //! through a bounded queue: `record` never waits for room, so a stalled disk makes the queue
@@ -173,10 +173,10 @@ struct Counters {
     written: AtomicU64,
 }
 
-/// What became of the events handed to an [`EventLog`], counted in events (not batches)
+/// What became of the events handed to an [`Database`], counted in events (not batches)
 /// since it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EventLogCounters {
+pub struct DatabaseCounters {
     /// Refused because the queue was full or the writer thread was gone: never written.
     pub dropped: u64,
     /// Rejected by SQLite (or lost to a panic) on the writer thread: never written.
@@ -188,10 +188,10 @@ pub struct EventLogCounters {
     pub written: u64,
 }
 
-/// The daemon's async handle on the events table; share it as `Arc<EventLog>`. Dropping it
+/// The daemon's async handle on the events table; share it as `Arc<Database>`. Dropping it
 /// closes the queue: the writer thread writes what is queued, then ends. Use
-/// [`EventLog::close`] to wait for that.
-pub struct EventLog {
+/// [`Database::close`] to wait for that.
+pub struct Database {
     requests: mpsc::SyncSender<Request>,
     counters: Arc<Counters>,
     reader: Reader,
@@ -204,16 +204,16 @@ pub struct EventLog {
     file_problem: Arc<Mutex<Option<String>>>,
 }
 
-impl std::fmt::Debug for EventLog {
+impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
+        f.debug_struct("Database")
             .field("path", &self.path)
             .field("counters", &self.counters())
             .finish_non_exhaustive()
     }
 }
 
-impl EventLog {
+impl Database {
     /// Opens (creating and migrating) the database at `path` and starts the writer thread.
     /// Fails fast if the file cannot be opened or migrated. Blocking: call it at startup,
     /// before serving, or from `spawn_blocking`.
@@ -566,8 +566,8 @@ impl EventLog {
     }
 
     /// What became of the events handed to this log so far.
-    pub fn counters(&self) -> EventLogCounters {
-        EventLogCounters {
+    pub fn counters(&self) -> DatabaseCounters {
+        DatabaseCounters {
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             unconfirmed: self.counters.unconfirmed.load(Ordering::Relaxed),
@@ -680,7 +680,7 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the writer thread shares with the [`EventLog`].
+/// What the writer thread shares with the [`Database`].
 struct Writer {
     counters: Arc<Counters>,
     history: Arc<HistoryQueue>,
@@ -1095,7 +1095,7 @@ mod tests {
     async fn file_log_records_a_batch_and_readers_see_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpukill/store.db");
-        let log = EventLog::start(path.clone()).unwrap();
+        let log = Database::start(path.clone()).unwrap();
         assert_eq!(log.path(), Some(path.as_path()));
 
         let ids = log.record(batch(50, 1_000)).await.unwrap();
@@ -1113,16 +1113,16 @@ mod tests {
 
         assert_eq!(
             log.counters(),
-            EventLogCounters {
+            DatabaseCounters {
                 written: 53,
-                ..EventLogCounters::default()
+                ..DatabaseCounters::default()
             }
         );
     }
 
     #[tokio::test]
     async fn in_memory_log_reads_through_the_writer_connection() {
-        let log = EventLog::start_in_memory().unwrap();
+        let log = Database::start_in_memory().unwrap();
         assert_eq!(log.path(), None);
         let ids = log.record(batch(4, 1_000)).await.unwrap();
         let newest = log
@@ -1147,7 +1147,7 @@ mod tests {
             b"this is not an SQLite database, it is 64 bytes of text........",
         )
         .unwrap();
-        let log = EventLog::start_with_history(path.clone(), HistoryOptions::default()).unwrap();
+        let log = Database::start_with_history(path.clone(), HistoryOptions::default()).unwrap();
         assert_eq!(log.record(batch(2, 1_000)).await.unwrap().len(), 2);
         let moved: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -1166,7 +1166,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_drops_the_batch_and_counts_it() {
         let store = Store::open_in_memory().unwrap();
-        let log = EventLog::spawn(store, None, 1, ANSWER_TIMEOUT).unwrap();
+        let log = Database::spawn(store, None, 1, ANSWER_TIMEOUT).unwrap();
         let release = log.hold().await.unwrap();
         // The writer is stopped and the queue is empty; one batch fills it.
         let queued = log.submit(batch(3, 1_000)).unwrap();
@@ -1183,10 +1183,10 @@ mod tests {
         assert_eq!(queued.await.unwrap().unwrap().len(), 3);
         assert_eq!(
             log.counters(),
-            EventLogCounters {
+            DatabaseCounters {
                 dropped: 5,
                 written: 3,
-                ..EventLogCounters::default()
+                ..DatabaseCounters::default()
             }
         );
         // The dropped batch is really not there.
@@ -1196,7 +1196,7 @@ mod tests {
     #[tokio::test]
     async fn unanswered_write_times_out_and_is_counted_unconfirmed() {
         let store = Store::open_in_memory().unwrap();
-        let log = EventLog::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
+        let log = Database::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
         let release = log.hold().await.unwrap();
 
         let error = log.record(batch(2, 1_000)).await.unwrap_err();
@@ -1221,14 +1221,14 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'refused'); END;",
             )
             .unwrap();
-        let log = EventLog::spawn(store, None, 4, ANSWER_TIMEOUT).unwrap();
+        let log = Database::spawn(store, None, 4, ANSWER_TIMEOUT).unwrap();
         let error = log.record(batch(4, 1_000)).await.unwrap_err();
         assert!(matches!(error, StoreError::Write(_)), "{error:?}");
         assert_eq!(
             log.counters(),
-            EventLogCounters {
+            DatabaseCounters {
                 failed: 4,
-                ..EventLogCounters::default()
+                ..DatabaseCounters::default()
             }
         );
     }
@@ -1237,7 +1237,7 @@ mod tests {
     async fn close_writes_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let log = EventLog::start(path.clone()).unwrap();
+        let log = Database::start(path.clone()).unwrap();
         let release = log.hold().await.unwrap();
         let queued = log.submit(batch(7, 1_000)).unwrap();
         let closing = tokio::spawn(log.close(ANSWER_TIMEOUT));
@@ -1252,7 +1252,7 @@ mod tests {
     async fn dropping_the_log_still_writes_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let log = EventLog::start(path.clone()).unwrap();
+        let log = Database::start(path.clone()).unwrap();
         let release = log.hold().await.unwrap();
         let queued = log.submit(batch(2, 1_000)).unwrap();
         drop(log);
@@ -1264,7 +1264,7 @@ mod tests {
 
     /// Polls `log.file_problem()` until it is `Some` (or `None` when `want_problem` is
     /// false); fails after 5 s.
-    async fn wait_for_file_problem(log: &EventLog, want_problem: bool) -> Option<String> {
+    async fn wait_for_file_problem(log: &Database, want_problem: bool) -> Option<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let problem = log.file_problem();
@@ -1280,7 +1280,7 @@ mod tests {
     async fn a_deleted_database_is_noticed_and_nothing_more_is_written_until_one_is_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpukill.db");
-        let log = EventLog::start(path.clone()).unwrap();
+        let log = Database::start(path.clone()).unwrap();
         log.record(batch(2, 1_000)).await.unwrap();
         // A copy to put back later, as an admin restoring a backup would.
         let backup = dir.path().join("backup.db");
@@ -1324,7 +1324,7 @@ mod tests {
     async fn a_replaced_database_is_noticed_and_the_new_file_is_opened_leaving_it_intact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpukill.db");
-        let log = EventLog::start(path.clone()).unwrap();
+        let log = Database::start(path.clone()).unwrap();
         log.record(batch(2, 1_000)).await.unwrap();
         // Another database, prepared elsewhere and moved over the path while the log runs.
         let other = dir.path().join("other.db");
@@ -1361,7 +1361,7 @@ mod tests {
     #[tokio::test]
     async fn the_record_of_an_act_is_not_written_once_its_caller_gave_up() {
         let store = Store::open_in_memory().unwrap();
-        let log = EventLog::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
+        let log = Database::spawn(store, None, 4, Duration::from_millis(50)).unwrap();
         let release = log.hold().await.unwrap();
         let error = log.record_before_act(batch(2, 1_000)).await.unwrap_err();
         assert!(matches!(error, StoreError::Timeout), "{error:?}");
@@ -1374,7 +1374,7 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_replace_the_placeholder_of_a_recorded_act() {
-        let log = EventLog::start_in_memory().unwrap();
+        let log = Database::start_in_memory().unwrap();
         let mut events = batch(2, 1_000);
         events[0].outcome = "signalling".to_string();
         let ids = log.record_before_act(events).await.unwrap();
@@ -1400,7 +1400,7 @@ mod tests {
         // a store that cannot be opened at all.
         let path = dir.path().join("store.db");
         std::fs::create_dir(&path).unwrap();
-        let error = EventLog::start(path.clone()).unwrap_err();
+        let error = Database::start(path.clone()).unwrap_err();
         assert!(
             matches!(&error, StoreError::Open { path: named, .. } if named == &path),
             "{error:?}"
