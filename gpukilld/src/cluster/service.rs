@@ -13,7 +13,7 @@ use super::contention;
 use super::fanout::{self, Local};
 use super::registry::{RegisterError, Registry};
 use crate::authz::{Access, AuthzError, Caller};
-use crate::rpc::{attribute, audit_refusal};
+use crate::rpc::{answer, audit_refusal, rpc_name};
 use crate::store::StoreHandle;
 
 /// What a coordinator runs on.
@@ -55,121 +55,142 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::ClusterNodesRequest>,
     ) -> Result<Response<pb::ClusterNodesResponse>, Status> {
-        attribute(&request, Access::Read, &self.store)?;
-        let coordinator = self.coordinator()?;
-        let mut nodes = coordinator.registry.nodes();
-        if let Some(local) = &coordinator.local {
-            nodes.push(local.describe());
-            nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        }
-        Ok(Response::new(pb::ClusterNodesResponse { nodes }))
+        answer(&self.store, request, Access::Read, |_, _| async {
+            let coordinator = self.coordinator()?;
+            let mut nodes = coordinator.registry.nodes();
+            if let Some(local) = &coordinator.local {
+                nodes.push(local.describe());
+                nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            Ok::<_, Status>(pb::ClusterNodesResponse { nodes })
+        })
+        .await
     }
 
     async fn list(
         &self,
         request: Request<pb::ClusterListRequest>,
     ) -> Result<Response<pb::ClusterListResponse>, Status> {
-        let caller = attribute(&request, Access::Read, &self.store)?;
-        let coordinator = self.coordinator()?;
-        Ok(Response::new(
-            fanout::list(
-                &coordinator.registry,
-                coordinator.local.as_ref(),
-                &caller,
-                request.into_inner(),
-                coordinator.deadline,
-            )
-            .await,
-        ))
+        answer(
+            &self.store,
+            request,
+            Access::Read,
+            |caller, message| async move {
+                let coordinator = self.coordinator()?;
+                Ok::<_, Status>(
+                    fanout::list(
+                        &coordinator.registry,
+                        coordinator.local.as_ref(),
+                        &caller,
+                        message,
+                        coordinator.deadline,
+                    )
+                    .await,
+                )
+            },
+        )
+        .await
     }
 
     async fn contention(
         &self,
         request: Request<pb::ClusterContentionRequest>,
     ) -> Result<Response<pb::ClusterContentionResponse>, Status> {
-        let caller = attribute(&request, Access::Read, &self.store)?;
-        let coordinator = self.coordinator()?;
-        let top = match request.get_ref().top {
-            0 => contention::DEFAULT_TOP,
-            top => top as usize,
-        };
-        let listed = fanout::list(
-            &coordinator.registry,
-            coordinator.local.as_ref(),
-            &caller,
-            pb::ClusterListRequest::default(),
-            coordinator.deadline,
+        answer(
+            &self.store,
+            request,
+            Access::Read,
+            |caller, message| async move {
+                let coordinator = self.coordinator()?;
+                let top = match message.top {
+                    0 => contention::DEFAULT_TOP,
+                    top => top as usize,
+                };
+                let listed = fanout::list(
+                    &coordinator.registry,
+                    coordinator.local.as_ref(),
+                    &caller,
+                    pb::ClusterListRequest::default(),
+                    coordinator.deadline,
+                )
+                .await;
+                let mut answered = Vec::new();
+                let mut unreachable = Vec::new();
+                for node in listed.nodes {
+                    let name = node.node.map(|node| node.name).unwrap_or_default();
+                    match (node.snapshot, node.error) {
+                        (Some(snapshot), _) => answered.push((name, snapshot)),
+                        (None, error) => unreachable.push(format!(
+                            "{name}: {}",
+                            error.unwrap_or_else(|| "no answer".into())
+                        )),
+                    }
+                }
+                Ok::<_, Status>(contention::contention(&answered, unreachable, top))
+            },
         )
-        .await;
-        let mut answered = Vec::new();
-        let mut unreachable = Vec::new();
-        for node in listed.nodes {
-            let name = node.node.map(|node| node.name).unwrap_or_default();
-            match (node.snapshot, node.error) {
-                (Some(snapshot), _) => answered.push((name, snapshot)),
-                (None, error) => unreachable.push(format!(
-                    "{name}: {}",
-                    error.unwrap_or_else(|| "no answer".into())
-                )),
-            }
-        }
-        Ok(Response::new(contention::contention(
-            &answered,
-            unreachable,
-            top,
-        )))
+        .await
     }
 
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let caller = attribute(&request, Access::Register, &self.store)?;
-        let coordinator = self.coordinator()?;
-        let principal = node_principal(&caller)?;
-        let binding = coordinator
-            .registry
-            .register(request.get_ref(), principal)
-            .map_err(|error| match error {
-                RegisterError::NameTaken(message) => Status::already_exists(message),
-                RegisterError::Invalid(message) => Status::invalid_argument(message),
-                RegisterError::NotOwner(refusal) => {
-                    self.refused(&caller, "Cluster.Register", &refusal)
+        let rpc = rpc_name(&request).to_owned();
+        answer(&self.store, request, Access::Register, |caller, message| async move {
+            let coordinator = self.coordinator()?;
+            let principal = node_principal(&caller)?;
+            let binding = coordinator
+                .registry
+                .register(&message, principal)
+                .map_err(|error| match error {
+                    RegisterError::NameTaken(message) => Status::already_exists(message),
+                    RegisterError::Invalid(message) => Status::invalid_argument(message),
+                    RegisterError::NotOwner(refusal) => self.refused(&caller, &rpc, &refusal),
+                    RegisterError::Full(message) => Status::resource_exhausted(message),
+                })?;
+            // The binding holds in memory at once; the store keeps it across a restart.
+            if let (Some(binding), Some(log)) = (binding, self.store.database()) {
+                let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
+                let node = binding.node_id.clone();
+                if let Err(error) = log
+                    .write(move |store| store.save_node_registration(&binding, now_ms))
+                    .await
+                {
+                    tracing::error!(%error, node, "cannot store a node's registration; it holds until this coordinator restarts");
                 }
-                RegisterError::Full(message) => Status::resource_exhausted(message),
-            })?;
-        // The binding holds in memory at once; the store keeps it across a restart.
-        if let (Some(binding), Some(log)) = (binding, self.store.database()) {
-            let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
-            let node = binding.node_id.clone();
-            if let Err(error) = log
-                .write(move |store| store.save_node_registration(&binding, now_ms))
-                .await
-            {
-                tracing::error!(%error, node, "cannot store a node's registration; it holds until this coordinator restarts");
             }
-        }
-        Ok(Response::new(pb::RegisterResponse {
-            heartbeat_interval_ms: u64::try_from(coordinator.heartbeat_interval.as_millis())
-                .unwrap_or(u64::MAX),
-        }))
+            Ok::<_, Status>(pb::RegisterResponse {
+                heartbeat_interval_ms: u64::try_from(coordinator.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+        })
+        .await
     }
 
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let caller = attribute(&request, Access::Register, &self.store)?;
-        let coordinator = self.coordinator()?;
-        let principal = node_principal(&caller)?;
-        let node_id = &request.get_ref().node_id;
-        match coordinator.registry.heartbeat(node_id, principal) {
-            Ok(true) => Ok(Response::new(pb::HeartbeatResponse {})),
-            Ok(false) => Err(Status::not_found(format!(
-                "node id {node_id} is not registered here: register again"
-            ))),
-            Err(refusal) => Err(self.refused(&caller, "Cluster.Heartbeat", &refusal)),
-        }
+        let rpc = rpc_name(&request).to_owned();
+        answer(
+            &self.store,
+            request,
+            Access::Register,
+            |caller, message| async move {
+                let coordinator = self.coordinator()?;
+                let principal = node_principal(&caller)?;
+                let node_id = &message.node_id;
+                match coordinator.registry.heartbeat(node_id, principal) {
+                    Ok(true) => Ok(pb::HeartbeatResponse {}),
+                    Ok(false) => Err(Status::not_found(format!(
+                        "node id {node_id} is not registered here: register again"
+                    ))),
+                    Err(refusal) => Err(self.refused(&caller, &rpc, &refusal)),
+                }
+            },
+        )
+        .await
     }
 }
 

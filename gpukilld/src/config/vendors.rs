@@ -1,4 +1,5 @@
-//! `[amd]` and `[intel]`: the sysfs/DRM backends, and where they read the kernel's files.
+//! `[nvidia]`, `[amd]` and `[intel]`: the NVML and sysfs/DRM backends, and where they read
+//! the kernel's files.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +7,37 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+
+/// The NVML library name the dynamic loader resolves when no path is configured.
+pub const DEFAULT_NVML_LIBRARY: &str = "libnvidia-ml.so.1";
+
+/// `[nvidia]`: the NVML backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvidiaConfig {
+    /// Whether to poll NVIDIA GPUs.
+    pub enabled: bool,
+    /// Path or loader name of the NVML library; by default `libnvidia-ml.so.1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+    /// The `nvidia-smi` that resets GPUs (NVML has no public reset call); a bare name is
+    /// looked up on PATH.
+    pub smi: PathBuf,
+    /// How long `nvidia-smi --gpu-reset` may take before it is killed and the reset failed.
+    #[serde(with = "duration")]
+    pub reset_timeout: Duration,
+}
+
+impl Default for NvidiaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            library: None,
+            smi: PathBuf::from("nvidia-smi"),
+            reset_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Where libdrm installs `amdgpu.ids`.
 pub const DEFAULT_AMDGPU_IDS: &str = "/usr/share/libdrm/amdgpu.ids";

@@ -4,6 +4,8 @@
 //! HTTP/1.1 over hyper on a loopback TCP address; configuration refuses any other address
 //! until gpukilld authenticates HTTP clients.
 
+mod exposition;
+mod gpus;
 pub mod render;
 
 use std::convert::Infallible;

@@ -163,11 +163,17 @@ fn store_health(context: &KillContext) -> pb::StoreHealth {
     }
 }
 
-/// A problem line for a task that panicked and is not running now.
+/// A problem line for a task that is not running as it should (it panicked, or ended).
 fn task_problem(task: &TaskStatus) -> Option<String> {
     let what = match task.state {
         TaskState::Restarting => "restarting",
         TaskState::Failed => "failed; gpukilld is stopping",
+        TaskState::Ended => {
+            return Some(format!(
+                "task {} ended while gpukilld is running; what it does is no longer done",
+                task.name
+            ));
+        }
         TaskState::Running | TaskState::Stopped => return None,
     };
     Some(format!(
@@ -185,7 +191,7 @@ fn task_health(task: &TaskStatus) -> pb::TaskHealth {
             TaskState::Running => pb::TaskState::Running,
             TaskState::Restarting => pb::TaskState::Restarting,
             TaskState::Failed => pb::TaskState::Failed,
-            TaskState::Stopped => pb::TaskState::Stopped,
+            TaskState::Stopped | TaskState::Ended => pb::TaskState::Stopped,
         }
         .into(),
         restarts: task.restarts,

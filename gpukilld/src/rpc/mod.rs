@@ -113,10 +113,7 @@ pub(crate) fn attribute<T>(
     access: Access,
     store: &crate::store::StoreHandle,
 ) -> Result<Caller, Status> {
-    let rpc = request
-        .extensions()
-        .get::<layer::RpcName>()
-        .map_or("an rpc", |name| name.0.as_str());
+    let rpc = rpc_name(request);
     let caller = authz::caller(request).map_err(error::RpcError::from)?;
     tracing::debug!(rpc, %caller, "request");
     if let Err(refusal) = caller.check(access, rpc) {
@@ -124,6 +121,14 @@ pub(crate) fn attribute<T>(
         return Err(error::RpcError::from(refusal).into());
     }
     Ok(caller)
+}
+
+/// The rpc's name, from its path ([`layer::RpcName`]): `Kill`, `Cluster.Register`.
+pub(crate) fn rpc_name<T>(request: &Request<T>) -> &str {
+    request
+        .extensions()
+        .get::<layer::RpcName>()
+        .map_or("an rpc", |name| name.0.as_str())
 }
 
 /// Looks `caller` up in the user database, off the runtime (NSS may block).

@@ -6,8 +6,14 @@
 //!
 //! Restarts are bounded: a task that panics [`MAX_PANICS`] times within [`PANIC_WINDOW`]
 //! stops the daemon too, rather than panicking forever.
+//!
+//! Every task runs until the daemon stops ([`Tasks::stop`]). One that returns before is seen:
+//! it is [`TaskState::Ended`] in `Health` with an error in the log, and one that owned
+//! something that cannot be made again ([`OnPanic::StopDaemon`]) stops the daemon as a panic
+//! would. At shutdown [`Tasks::stop`] waits for all of them and names any that did not end.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,8 +55,10 @@ pub enum TaskState {
     Restarting,
     /// It panicked and is not restarted; the daemon is stopping.
     Failed,
-    /// It ended normally (the daemon is stopping, or it had nothing left to do).
+    /// It ended as the daemon stopped.
     Stopped,
+    /// It ended while the daemon was running: what it did is no longer done.
+    Ended,
 }
 
 impl TaskState {
@@ -61,6 +69,7 @@ impl TaskState {
             TaskState::Restarting => "restarting",
             TaskState::Failed => "failed",
             TaskState::Stopped => "stopped",
+            TaskState::Ended => "ended",
         }
     }
 }
@@ -81,15 +90,18 @@ pub struct TaskStatus {
 /// Why the daemon stops on its own: a task failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the {task} task panicked{}: {message}; gpukilld stops so that its service manager starts it afresh",
+    "the {task} task {}{}: {message}; gpukilld stops so that its service manager starts it afresh",
+    if *.panicked { "panicked" } else { "ended while gpukilld was running" },
     if *.restarts > 0 { format!(" {} times in {}", .restarts + 1, humantime::format_duration(PANIC_WINDOW)) } else { String::new() }
 )]
 pub struct TaskFailed {
     /// The task.
     pub task: &'static str,
+    /// Whether it panicked (else it returned).
+    pub panicked: bool,
     /// Restarts before it failed for good.
     pub restarts: u64,
-    /// What its last panic said.
+    /// What its last panic said, or what it owned.
     pub message: String,
 }
 
@@ -98,6 +110,10 @@ pub struct TaskFailed {
 pub struct Tasks {
     entries: Arc<Mutex<Vec<Arc<Mutex<TaskStatus>>>>>,
     failed: watch::Sender<Option<TaskFailed>>,
+    /// Set when the daemon starts stopping: a task that returns before ended unexpectedly.
+    stopping: Arc<AtomicBool>,
+    /// How many tasks run (their supervisors included).
+    running: watch::Sender<usize>,
     backoff_min: Duration,
     backoff_max: Duration,
 }
@@ -114,6 +130,8 @@ impl Tasks {
         Tasks {
             entries: Arc::default(),
             failed: watch::channel(None).0,
+            stopping: Arc::default(),
+            running: watch::channel(0).0,
             backoff_min: min,
             backoff_max: max,
         }
@@ -123,12 +141,7 @@ impl Tasks {
     /// panics, `on_panic` says whether `make` is called again (after a backoff) or the daemon
     /// stops. The returned handle completes when the task ends without a panic, or fails
     /// for good.
-    pub fn spawn<F, Fut>(
-        &self,
-        name: &'static str,
-        on_panic: OnPanic,
-        mut make: F,
-    ) -> JoinHandle<()>
+    pub fn spawn<F, Fut>(&self, name: &'static str, on_panic: OnPanic, make: F) -> JoinHandle<()>
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -140,63 +153,120 @@ impl Tasks {
             last_panic: None,
         }));
         lock(&self.entries).push(Arc::clone(&status));
+        self.running.send_modify(|running| *running += 1);
         let tasks = self.clone();
         tokio::spawn(async move {
-            let mut panics: Vec<Instant> = Vec::new();
-            loop {
-                set(&status, |s| s.state = TaskState::Running);
-                let message = match tokio::spawn(make()).await {
-                    Ok(()) => {
-                        set(&status, |s| s.state = TaskState::Stopped);
-                        return;
-                    }
-                    Err(error) if error.is_panic() => panic_message(error.into_panic()),
-                    // Cancelled: the runtime is shutting down.
-                    Err(_) => {
-                        set(&status, |s| s.state = TaskState::Stopped);
-                        return;
-                    }
-                };
-                let now = Instant::now();
-                panics.retain(|at| now.duration_since(*at) < PANIC_WINDOW);
-                panics.push(now);
-                let restarts = lock(&status).restarts;
-                set(&status, |s| s.last_panic = Some(message.clone()));
-                if on_panic == OnPanic::StopDaemon || panics.len() >= MAX_PANICS {
-                    set(&status, |s| s.state = TaskState::Failed);
-                    let failed = TaskFailed {
-                        task: name,
-                        restarts,
-                        message,
-                    };
-                    tracing::error!(task = name, "{failed}");
-                    tasks.failed.send_if_modified(|first| {
-                        // The first failure is the one to report.
-                        if first.is_some() {
-                            return false;
-                        }
-                        *first = Some(failed);
-                        true
-                    });
+            tasks.supervise(name, on_panic, &status, make).await;
+            tasks.running.send_modify(|running| *running -= 1);
+        })
+    }
+
+    /// Runs `make()`'s task until it returns, starting it again after a panic as
+    /// `on_panic` says.
+    async fn supervise<F, Fut>(
+        &self,
+        name: &'static str,
+        on_panic: OnPanic,
+        status: &Mutex<TaskStatus>,
+        mut make: F,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut panics: Vec<Instant> = Vec::new();
+        loop {
+            set(status, |s| s.state = TaskState::Running);
+            let message = match tokio::spawn(make()).await {
+                Err(error) if error.is_panic() => panic_message(error.into_panic()),
+                // It returned, or was cancelled (the runtime is shutting down).
+                _ => {
+                    self.ended(name, on_panic, status);
                     return;
                 }
-                let delay = tasks
-                    .backoff_min
-                    .saturating_mul(1 << (panics.len() - 1).min(16))
-                    .min(tasks.backoff_max);
-                tracing::error!(
-                    task = name,
-                    panic = %message,
-                    restart_in = %humantime::format_duration(delay),
-                    "the {name} task panicked; starting it again"
-                );
-                set(&status, |s| {
-                    s.state = TaskState::Restarting;
-                    s.restarts += 1;
+            };
+            let now = Instant::now();
+            panics.retain(|at| now.duration_since(*at) < PANIC_WINDOW);
+            panics.push(now);
+            let restarts = lock(status).restarts;
+            set(status, |s| s.last_panic = Some(message.clone()));
+            if on_panic == OnPanic::StopDaemon || panics.len() >= MAX_PANICS {
+                set(status, |s| s.state = TaskState::Failed);
+                self.fail(TaskFailed {
+                    task: name,
+                    panicked: true,
+                    restarts,
+                    message,
                 });
-                tokio::time::sleep(delay).await;
+                return;
             }
-        })
+            let delay = self
+                .backoff_min
+                .saturating_mul(1 << (panics.len() - 1).min(16))
+                .min(self.backoff_max);
+            tracing::error!(
+                task = name,
+                panic = %message,
+                restart_in = %humantime::format_duration(delay),
+                "the {name} task panicked; starting it again"
+            );
+            set(status, |s| {
+                s.state = TaskState::Restarting;
+                s.restarts += 1;
+            });
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A task returned: as the daemon stops, or unexpectedly (logged, shown in `Health`,
+    /// and for an [`OnPanic::StopDaemon`] task the daemon stops, as after its panic).
+    fn ended(&self, name: &'static str, on_panic: OnPanic, status: &Mutex<TaskStatus>) {
+        if self.stopping.load(Ordering::SeqCst) {
+            set(status, |s| s.state = TaskState::Stopped);
+            return;
+        }
+        set(status, |s| s.state = TaskState::Ended);
+        match on_panic {
+            OnPanic::StopDaemon => self.fail(TaskFailed {
+                task: name,
+                panicked: false,
+                restarts: lock(status).restarts,
+                message: "what it owned (a listener, the vendor threads) is gone".to_owned(),
+            }),
+            OnPanic::Restart => tracing::error!(
+                task = name,
+                "the {name} task ended while gpukilld is running; what it does is no longer done"
+            ),
+        }
+    }
+
+    /// Records a failure; the first one stops the daemon and is the one reported.
+    fn fail(&self, failed: TaskFailed) {
+        tracing::error!(task = failed.task, "{failed}");
+        self.failed.send_if_modified(|first| {
+            if first.is_some() {
+                return false;
+            }
+            *first = Some(failed);
+            true
+        });
+    }
+
+    /// The daemon is stopping: a task that returns from now on ends as it should.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops: waits up to `timeout` for every task to return, and names those still
+    /// running.
+    pub async fn stop(&self, timeout: Duration) -> Vec<&'static str> {
+        self.stopping();
+        let mut running = self.running.subscribe();
+        let _ = tokio::time::timeout(timeout, running.wait_for(|running| *running == 0)).await;
+        self.statuses()
+            .into_iter()
+            .filter(|task| matches!(task.state, TaskState::Running | TaskState::Restarting))
+            .map(|task| task.name)
+            .collect()
     }
 
     /// Every task, in the order they were spawned.
@@ -345,6 +415,7 @@ mod tests {
         assert_eq!(quiet_status.restarts, 0);
         assert!(tasks.failure().is_none());
 
+        tasks.stopping();
         stop.send(true).unwrap();
         handle.await.unwrap();
         let status = wait_for(&tasks, "flaky", TaskState::Stopped).await;
@@ -402,6 +473,60 @@ mod tests {
             failure.to_string().contains(&format!("{MAX_PANICS} times")),
             "{failure}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_while_the_daemon_runs_is_seen() {
+        let tasks = fast();
+        let stopping = tokio::spawn(tasks.or_failure(std::future::pending()));
+        // A restartable task that returns is shown as ended; the daemon goes on.
+        tasks
+            .spawn("recorder", OnPanic::Restart, || async {})
+            .await
+            .unwrap();
+        let status = wait_for(&tasks, "recorder", TaskState::Ended).await;
+        assert_eq!(status.restarts, 0);
+        assert!(tasks.failure().is_none());
+        // One that owned a listener stops the daemon, as its panic would.
+        tasks
+            .spawn("metrics", OnPanic::StopDaemon, || async {})
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stopping)
+            .await
+            .expect("the daemon's shutdown future completes on the failure")
+            .unwrap();
+        let failure = tasks.failure().unwrap();
+        assert_eq!(failure.task, "metrics");
+        assert!(!failure.panicked);
+        assert!(
+            failure
+                .to_string()
+                .contains("metrics task ended while gpukilld was running"),
+            "{failure}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_waits_for_every_task_and_names_those_that_do_not_end() {
+        let tasks = fast();
+        let (stop, stopped) = watch::channel(false);
+        tasks.spawn("guard", OnPanic::Restart, move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        });
+        tasks.spawn("stuck", OnPanic::Restart, std::future::pending);
+        stop.send(true).unwrap();
+        let still = tasks.stop(Duration::from_millis(200)).await;
+        assert_eq!(still, vec!["stuck"]);
+        let guard = wait_for(&tasks, "guard", TaskState::Stopped).await;
+        assert_eq!(
+            guard.restarts, 0,
+            "ended as it should, not as an unexpected end"
+        );
+        assert!(tasks.failure().is_none());
     }
 
     #[test]

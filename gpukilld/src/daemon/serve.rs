@@ -1,0 +1,143 @@
+//! Start-up stage 4, serve: the gRPC services (gpukill and cluster) on the Unix socket until
+//! shutdown, and on the TCP listener as a supervised task.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::start::Running;
+use crate::config::{self, Config};
+use crate::rpc::tcp::TcpListenerSetup;
+use crate::service::tasks::{OnPanic, Tasks};
+use crate::{actions, cluster, connections, errors, rpc, service};
+
+/// Serves until `shutdown` completes (then the stop is sent to every task and stream) or
+/// the Unix server fails.
+pub(super) async fn serve(
+    config: &Config,
+    running: &Running,
+    tcp: Option<TcpListenerSetup>,
+    unix: tokio::net::UnixListener,
+    tasks: &Tasks,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let request_limit = usize::try_from(config.limits.max_request_size).unwrap_or(usize::MAX);
+    let cluster_grpc = gpukill_proto::v1::cluster_server::ClusterServer::new(
+        cluster::service::ClusterService::new(
+            running.membership.coordinator.clone(),
+            running.kill_context.store.clone(),
+        ),
+    )
+    .max_decoding_message_size(request_limit);
+    let forward = rpc::layer::InterceptLayer::new(Arc::new(cluster::forward::Forwarder {
+        registry: running
+            .membership
+            .coordinator
+            .as_ref()
+            .map(|coordinator| Arc::clone(&coordinator.registry)),
+        node: Arc::clone(&running.node),
+        admin_group: config.admin_group.clone(),
+    }));
+    let grpc = rpc::Service::new(
+        Arc::clone(&running.ring),
+        running.stopped.clone(),
+        Arc::clone(&running.kill_context),
+        Arc::clone(&running.guard),
+        actions::reset::ResetTools {
+            nvidia_smi: config.nvidia.smi.clone(),
+            amd_smi: config.amd.smi.clone(),
+            rocm_smi: config.amd.rocm_smi.clone(),
+            nvidia_timeout: config.nvidia.reset_timeout,
+            amd_timeout: config.amd.reset_timeout,
+        },
+        Arc::clone(&running.node),
+        rpc::uploads::UploadSettings {
+            enabled: config.upload.enabled(),
+            offline: config.upload.offline,
+            url: config.upload.url.clone(),
+        },
+        running.reservations.clone(),
+    )
+    .into_server()
+    .max_decoding_message_size(request_limit);
+    let timeouts = connections::Timeouts {
+        first_bytes: config.limits.handshake_timeout,
+        idle: config.limits.idle_timeout,
+        write: config.limits.write_timeout,
+    };
+    if let Some(setup) = tcp {
+        let address = setup.local_addr().ok();
+        let (authenticator, incoming) = setup.incoming(
+            running.tcp_admission.clone(),
+            timeouts,
+            running.stopped.clone(),
+        );
+        tracing::info!(address = ?address, "serving gRPC on TCP");
+        let server = grpc_server(&config.limits)
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(rpc::layer::InterceptLayer::new(authenticator))
+                    .layer(forward.clone())
+                    .into_inner(),
+            )
+            .add_service(grpc.clone())
+            .add_service(cluster_grpc.clone());
+        // It owns the bound port: ending or panicking before shutdown stops the daemon.
+        let (mut once, stopped) = (Some((server, incoming)), running.stopped.clone());
+        tasks.spawn("tcp", OnPanic::StopDaemon, move || {
+            let mut stopping = stopped.clone();
+            let serving = once.take().map(|(server, incoming)| async move {
+                let shutdown = async move {
+                    let _ = stopping.wait_for(|stopped| *stopped).await;
+                };
+                server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            });
+            async move {
+                if let Some(serving) = serving
+                    && let Err(error) = serving.await
+                {
+                    tracing::error!(error = %errors::chain(&error), "the TCP server failed");
+                }
+            }
+        });
+    }
+    let incoming = rpc::unix::incoming(
+        unix,
+        running.unix_admission.clone(),
+        timeouts,
+        running.stopped.clone(),
+    );
+    let stop = running.stop.clone();
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping");
+        tasks.stopping();
+        service::supervisor::stopping();
+        let _ = stop.send(true);
+    };
+    service::supervisor::ready(&running.ring.latest());
+    let served = grpc_server(&config.limits)
+        .layer(forward)
+        .add_service(grpc)
+        .add_service(cluster_grpc)
+        .serve_with_incoming_shutdown(incoming, stop_on_shutdown)
+        .await;
+    if served.is_err() {
+        // The Unix server failed before shutdown began: stop everything else.
+        tasks.stopping();
+        let _ = running.stop.send(true);
+    }
+    served
+}
+
+/// A gRPC server with `limits`: rpcs in flight per connection, and HTTP/2 keep-alive pings
+/// often enough that a live client is never closed as idle while a dead one is.
+fn grpc_server(limits: &config::LimitsConfig) -> tonic::transport::Server {
+    let interval = limits.keepalive_interval();
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_keepalive_interval(Some(interval))
+        .http2_keepalive_timeout(Some(interval))
+        .http2_max_pending_accept_reset_streams(Some(limits.streams_per_connection as usize))
+}
