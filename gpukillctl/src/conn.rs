@@ -663,6 +663,7 @@ fn connect_reason(err: &(dyn std::error::Error + 'static), timeout: Duration) ->
 mod tests {
     use super::*;
     use crate::cli::Cli;
+    use crate::testutil::pki::{Pki, file};
     use crate::testutil::{self, FakeDaemon, ReceivedMetadata, run_argv, serve, serve_tcp};
     use clap::Parser;
     use tonic::transport::ServerTlsConfig;
@@ -784,13 +785,6 @@ mod tests {
         let err = target(args).expect_err("refused");
         assert_eq!(err.exit_code(), 3, "{err}");
         err.to_string()
-    }
-
-    /// A file in `dir` holding `text`.
-    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_str().expect("UTF-8").to_owned()
     }
 
     #[test]
@@ -1074,62 +1068,6 @@ mod tests {
             "List failed (Unauthenticated): the bearer token is not valid (gpukilld did not \
              accept your credentials: check --token-file, or --cert and --key)"
         );
-    }
-
-    /// A test CA that issues certificates (rcgen).
-    struct Pki {
-        name: String,
-        ca: rcgen::Certificate,
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    }
-
-    impl Pki {
-        fn new(name: &str) -> Pki {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let mut params =
-                rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-            let ca = params.clone().self_signed(&key).expect("CA");
-            Pki {
-                name: name.to_owned(),
-                ca,
-                issuer: rcgen::Issuer::new(params, key),
-            }
-        }
-
-        /// The CA certificate's file in `dir`.
-        fn ca_file(&self, dir: &tempfile::TempDir) -> String {
-            file(dir, &format!("ca-{}.pem", self.name), &self.ca.pem())
-        }
-
-        /// A certificate for `names` (its common name `name`): (cert, key) files in `dir`.
-        fn issue(&self, dir: &tempfile::TempDir, name: &str, names: &[&str]) -> (String, String) {
-            let (cert, key) = self.issue_pem(name, names);
-            (
-                file(dir, &format!("{name}.pem"), &cert),
-                file(dir, &format!("{name}.key"), &key),
-            )
-        }
-
-        /// A certificate for `names` (its common name `name`): (cert, key) PEM.
-        fn issue_pem(&self, name: &str, names: &[&str]) -> (String, String) {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let mut params = rcgen::CertificateParams::new(
-                names
-                    .iter()
-                    .map(|name| (*name).to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .expect("params");
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            let cert = params.signed_by(&key, &self.issuer).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        }
     }
 
     /// A fake daemon answering Version over TLS with a certificate of `pki` for `names`,
