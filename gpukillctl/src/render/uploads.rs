@@ -1009,6 +1009,84 @@ mod tests {
     }
 
     #[test]
+    fn the_show_json_is_pinned_byte_for_byte() {
+        let response = testutil::upload_show_response();
+        let entry = response.entry.clone().expect("an entry");
+        assert_snapshot(
+            "uploads-show.json",
+            &show_json(&response, &entry).expect("encode"),
+        );
+    }
+
+    #[test]
+    fn payloads_print_in_the_order_and_with_the_values_sent() {
+        // Duplicate and unsorted keys, numbers in every form serde_json reads (negative zero,
+        // exponents, past u64), escapes, empty and nested containers.
+        let sent = r#"{"z":1,"a":{"b":[],"a":{}},"z":2,"n":[-0,-0.0,1e2,1.5E-3,-9223372036854775808,18446744073709551616],"s":"\u00e9\n\"","t":[[null]]}"#;
+        let mut response = testutil::upload_show_response();
+        response.payload_json = sent.to_owned();
+        let entry = response.entry.clone().expect("an entry");
+        let expected = r#"{
+  "z": 1,
+  "a": {
+    "b": [],
+    "a": {}
+  },
+  "z": 2,
+  "n": [
+    -0.0,
+    -0.0,
+    100.0,
+    0.0015,
+    -9223372036854775808,
+    1.8446744073709552e+19
+  ],
+  "s": "é\n\"",
+  "t": [
+    [
+      null
+    ]
+  ]
+}
+"#;
+        let text = render_show(&response, &entry, TimeZone::Utc, true).expect("render");
+        assert!(text.ends_with(&format!("\npayload:\n{expected}")), "{text}");
+        let json = show_json(&response, &entry).expect("encode");
+        let indented = expected.trim_end().replace('\n', "\n  ");
+        assert!(
+            json.ends_with(&format!("\"payload\": {indented}\n}}\n")),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_bad_payload_says_what_is_wrong_and_where() {
+        let mut response = testutil::upload_show_response();
+        let entry = response.entry.clone().expect("an entry");
+        for (sent, reason) in [
+            (
+                "{\"schema\": ",
+                "EOF while parsing a value at line 1 column 11",
+            ),
+            ("{} x", "trailing characters at line 1 column 4"),
+            ("[1e400]", "number out of range at line 1 column 6"),
+            ("{\"a\" 1}", "expected `:` at line 1 column 6"),
+            ("", "EOF while parsing a value at line 1 column 0"),
+        ] {
+            response.payload_json = sent.to_owned();
+            let err = show_json(&response, &entry).expect_err(sent);
+            assert_eq!(
+                crate::error::format_chain(&err),
+                format!(
+                    "gpukillctl: error: gpukilld sent the payload of the hour \
+                     2024-05-01T10:00:00Z as text that is not JSON\n  caused by: {reason}\n"
+                ),
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
     fn ordered_json_reads_and_writes_every_kind_of_value() {
         let text = r#"{"z":1,"a":[true,false,null,-5,2.5,18446744073709551615,"s\u00e9"],"m":{}}"#;
         let value: OrderedJson = serde_json::from_str(text).expect("JSON");
