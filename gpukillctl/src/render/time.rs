@@ -1,8 +1,10 @@
 //! Time formatting. The API carries milliseconds since the Unix epoch; JSON shows RFC 3339 in
 //! UTC, tables show a wall-clock time in the chosen [`TimeZone`] plus an age.
 
-use std::mem::MaybeUninit;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::civil::DateTime;
+use jiff::{SignedDuration, Timestamp};
 
 /// The first millisecond RFC 3339 (four-digit years) cannot show: year 10000.
 const END_OF_YEAR_9999_MS: i64 = 253_402_300_800_000;
@@ -46,7 +48,12 @@ pub fn rfc3339_millis(ms: i64) -> Option<String> {
 /// The wall-clock time of day `HH:MM:SS` of `ms` in `tz`.
 pub fn clock(ms: i64, tz: TimeZone) -> Option<String> {
     let t = civil(ms, tz)?;
-    Some(format!("{:02}:{:02}:{:02}", t.hour, t.minute, t.second))
+    Some(format!(
+        "{:02}:{:02}:{:02}",
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
 }
 
 /// The date and time `YYYY-MM-DD HH:MM:SS` of `ms` in `tz`, for tables of events that may
@@ -55,7 +62,12 @@ pub fn date_time(ms: i64, tz: TimeZone) -> Option<String> {
     let t = civil(ms, tz)?;
     Some(format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year, t.month, t.day, t.hour, t.minute, t.second
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     ))
 }
 
@@ -65,78 +77,38 @@ pub fn date_minutes(ms: i64, tz: TimeZone) -> Option<String> {
     let t = civil(ms, tz)?;
     Some(format!(
         "{:04}-{:02}-{:02} {:02}:{:02}",
-        t.year, t.month, t.day, t.hour, t.minute
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute()
     ))
 }
 
-/// A calendar date and time of day in some time zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Civil {
-    year: i64,
-    month: i64,
-    day: i64,
-    hour: i64,
-    minute: i64,
-    second: i64,
-}
+/// The Unix epoch, as a date and time in UTC.
+const EPOCH: DateTime = DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
 
-/// The calendar date and time of `ms` in `tz`, or `None` when `ms` is not a usable time.
-fn civil(ms: i64, tz: TimeZone) -> Option<Civil> {
+/// The calendar date and time of `ms` (whole seconds) in `tz`, or `None` when `ms` is not a
+/// usable time.
+fn civil(ms: i64, tz: TimeZone) -> Option<DateTime> {
     system_time(ms)?;
     let secs = ms.div_euclid(1000);
     match tz {
-        TimeZone::Utc => Some(utc_civil(secs)),
-        TimeZone::Local => local_civil(secs),
+        // Calendar arithmetic rather than a `Timestamp`: jiff's timestamps end a day before
+        // year 9999 does (so that every offset has a date), and UTC times are shown to its end.
+        TimeZone::Utc => EPOCH.checked_add(SignedDuration::from_secs(secs)).ok(),
+        // The host's zone (`TZ`, else `/etc/localtime`) with its daylight saving time, read on
+        // first use and again after five minutes (glibc's `localtime_r` read `TZ` only once).
+        TimeZone::Local => in_zone(secs, &jiff::tz::TimeZone::system()),
     }
 }
 
-/// The UTC date and time of `secs` since the epoch (Howard Hinnant's `civil_from_days`).
-fn utc_civil(secs: i64) -> Civil {
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153; // March = 0
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: of_day / 3600,
-        minute: of_day % 3600 / 60,
-        second: of_day % 60,
-    }
-}
-
-/// The local date and time of `secs` since the epoch.
-fn local_civil(secs: i64) -> Option<Civil> {
-    let time = libc::time_t::try_from(secs).ok()?;
-    let mut tm = MaybeUninit::<libc::tm>::uninit();
-    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant
-    // and writes only into `tm`, which we read only when it reports success (non-null).
-    let result = unsafe { libc::localtime_r(&time, tm.as_mut_ptr()) };
-    if result.is_null() {
-        return None;
-    }
-    // SAFETY: localtime_r returned non-null, so it filled in `tm`.
-    let tm = unsafe { tm.assume_init() };
-    Some(Civil {
-        year: i64::from(tm.tm_year) + 1900,
-        month: i64::from(tm.tm_mon) + 1,
-        day: i64::from(tm.tm_mday),
-        hour: i64::from(tm.tm_hour),
-        minute: i64::from(tm.tm_min),
-        second: i64::from(tm.tm_sec),
-    })
+/// The date and time of `secs` since the epoch in `zone`; `None` past jiff's last timestamp
+/// (9999-12-30T22:00:00Z).
+fn in_zone(secs: i64, zone: &jiff::tz::TimeZone) -> Option<DateTime> {
+    Timestamp::from_second(secs)
+        .ok()
+        .map(|time| zone.to_datetime(time))
 }
 
 /// A compact age: `42s`, `5m12s`, `2h13m`, `3d4h`. Negative ages (clock skew) show as `0s`.
@@ -229,6 +201,24 @@ mod tests {
             assert_eq!(date_time(ms, TimeZone::Utc), Some(expected), "{ms}");
             ms += 86_399_999 * 37 + 12_345;
         }
+    }
+
+    #[test]
+    fn local_times_follow_the_zone_and_its_daylight_saving_time() {
+        // New York's rules since 2007, as a POSIX TZ string (no tzdb needed): EDT in May,
+        // EST in January.
+        let zone = jiff::tz::TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").expect("TZ string");
+        let at = |ms: i64| in_zone(ms.div_euclid(1000), &zone).expect("in range");
+        assert_eq!(at(NOON), DateTime::constant(2024, 5, 1, 8, 0, 0, 0));
+        let january = NOON - 106 * 86_400_000;
+        assert_eq!(at(january), DateTime::constant(2024, 1, 16, 7, 0, 0, 0));
+        // The last hour of year 9999 in UTC has no jiff timestamp; UTC still shows it.
+        let last = END_OF_YEAR_9999_MS - 1000;
+        assert_eq!(in_zone(last / 1000, &jiff::tz::TimeZone::UTC), None);
+        assert_eq!(
+            date_time(last, TimeZone::Utc).as_deref(),
+            Some("9999-12-31 23:59:59")
+        );
     }
 
     #[test]

@@ -16,20 +16,16 @@
 //!
 //! JSON: `{"summary": {...}, "entries": [...]}` for `list` ([`UploadsJson`]); for `show`
 //! `{"entry": {...}, "attempts": [...], "payload": {...}}`, the entry the same object as in
-//! `list` and the payload a JSON object with its fields in the order sent ([`ShowJson`]); for `retry` `{"requeued_hours": [...]}`
-//! ([`RetryJson`]). Every time is given twice, RFC 3339 in UTC (`hour` with seconds, the
+//! `list` and the payload a JSON object with its fields in the order sent ([`ShowJson`],
+//! [`Payload`]); for `retry` `{"requeued_hours": [...]}` ([`RetryJson`]). Every time is given twice, RFC 3339 in UTC (`hour` with seconds, the
 //! others with milliseconds) and as milliseconds since the epoch (`..._unix_ms`); absent
 //! values are `null`.
-
-use std::fmt;
 
 use gpukill_proto::v1::{
     SendAttempt, UploadEntry, UploadRetryResponse, UploadShowResponse, UploadStatus, UploadSummary,
     UploadsResponse,
 };
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use super::json::{document, non_empty};
 use super::table::{or_absent, table};
@@ -156,7 +152,7 @@ pub struct ShowJson {
     /// Every attempt, oldest first.
     pub attempts: Vec<AttemptJson>,
     /// The payload as sent (schema gpukill.usage/v1), as a JSON value.
-    pub payload: OrderedJson,
+    pub payload: Payload,
 }
 
 /// The JSON document of `gpukillctl uploads retry --output json`.
@@ -285,8 +281,8 @@ pub fn retry_json(response: &UploadRetryResponse) -> Result<String, Error> {
 }
 
 /// The payload of `response`, parsed; [`Error::BadPayload`] when it is not JSON.
-fn payload(response: &UploadShowResponse, entry: &UploadEntry) -> Result<OrderedJson, Error> {
-    serde_json::from_str(&response.payload_json).map_err(|source| Error::BadPayload {
+fn payload(response: &UploadShowResponse, entry: &UploadEntry) -> Result<Payload, Error> {
+    Payload::parse(&response.payload_json).map_err(|source| Error::BadPayload {
         hour: rfc3339_seconds(entry.hour_unix_ms).unwrap_or_else(|| entry.hour_unix_ms.to_string()),
         source,
     })
@@ -531,118 +527,26 @@ pub fn render_retry(response: &UploadRetryResponse, tz: TimeZone) -> String {
     }
 }
 
-/// A JSON value that keeps the order of object fields, so a payload prints in the order it
-/// was sent (`schema` first); `serde_json::Value` would sort the fields by name.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OrderedJson {
-    /// `null`.
-    Null,
-    /// `true` or `false`.
-    Bool(bool),
-    /// A number, as serde_json reads it.
-    Number(serde_json::Number),
-    /// A string.
-    String(String),
-    /// An array.
-    Array(Vec<OrderedJson>),
-    /// An object, its fields in document order.
-    Object(Vec<(String, OrderedJson)>),
+/// A payload as gpukilld sent it: JSON text, checked to parse, that serializes (pretty or
+/// compact) with its fields in the order sent, duplicates included, where a
+/// `serde_json::Value` would sort them. serde-transcode streams the text into the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(String);
+
+impl Payload {
+    /// `text`, checked to be one JSON value; the error says what is wrong and where.
+    pub fn parse(text: &str) -> Result<Payload, serde_json::Error> {
+        // A full parse (not `IgnoredAny`, which skips number range checks), so that whatever
+        // parses here also transcodes.
+        serde_json::from_str::<serde_json::Value>(text)?;
+        Ok(Payload(text.to_owned()))
+    }
 }
 
-impl Serialize for OrderedJson {
+impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            OrderedJson::Null => serializer.serialize_unit(),
-            OrderedJson::Bool(value) => serializer.serialize_bool(*value),
-            OrderedJson::Number(value) => value.serialize(serializer),
-            OrderedJson::String(value) => serializer.serialize_str(value),
-            OrderedJson::Array(items) => {
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            OrderedJson::Object(fields) => {
-                let mut map = serializer.serialize_map(Some(fields.len()))?;
-                for (name, value) in fields {
-                    map.serialize_entry(name, value)?;
-                }
-                map.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for OrderedJson {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OrderedVisitor)
-    }
-}
-
-/// Builds an [`OrderedJson`] from whatever the deserializer finds.
-struct OrderedVisitor;
-
-impl<'de> Visitor<'de> for OrderedVisitor {
-    type Value = OrderedJson;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::Null)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<OrderedJson, D::Error> {
-        OrderedJson::deserialize(deserializer)
-    }
-
-    fn visit_bool<E: de::Error>(self, value: bool) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::Bool(value))
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::Number(value.into()))
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::Number(value.into()))
-    }
-
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<OrderedJson, E> {
-        // JSON text has no NaN or infinity, so every number read from it converts.
-        serde_json::Number::from_f64(value)
-            .map(OrderedJson::Number)
-            .ok_or_else(|| E::custom(format!("{value} is not a JSON number")))
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::String(value.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, value: String) -> Result<OrderedJson, E> {
-        Ok(OrderedJson::String(value))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OrderedJson, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(OrderedJson::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedJson, A::Error> {
-        let mut fields = Vec::new();
-        while let Some((name, value)) = map.next_entry::<String, OrderedJson>()? {
-            fields.push((name, value));
-        }
-        Ok(OrderedJson::Object(fields))
+        let mut text = serde_json::Deserializer::from_str(&self.0);
+        serde_transcode::transcode(&mut text, serializer)
     }
 }
 
@@ -1009,14 +913,92 @@ mod tests {
     }
 
     #[test]
-    fn ordered_json_reads_and_writes_every_kind_of_value() {
+    fn the_show_json_is_pinned_byte_for_byte() {
+        let response = testutil::upload_show_response();
+        let entry = response.entry.clone().expect("an entry");
+        assert_snapshot(
+            "uploads-show.json",
+            &show_json(&response, &entry).expect("encode"),
+        );
+    }
+
+    #[test]
+    fn payloads_print_in_the_order_and_with_the_values_sent() {
+        // Duplicate and unsorted keys, numbers in every form serde_json reads (negative zero,
+        // exponents, past u64), escapes, empty and nested containers.
+        let sent = r#"{"z":1,"a":{"b":[],"a":{}},"z":2,"n":[-0,-0.0,1e2,1.5E-3,-9223372036854775808,18446744073709551616],"s":"\u00e9\n\"","t":[[null]]}"#;
+        let mut response = testutil::upload_show_response();
+        response.payload_json = sent.to_owned();
+        let entry = response.entry.clone().expect("an entry");
+        let expected = r#"{
+  "z": 1,
+  "a": {
+    "b": [],
+    "a": {}
+  },
+  "z": 2,
+  "n": [
+    -0.0,
+    -0.0,
+    100.0,
+    0.0015,
+    -9223372036854775808,
+    1.8446744073709552e+19
+  ],
+  "s": "é\n\"",
+  "t": [
+    [
+      null
+    ]
+  ]
+}
+"#;
+        let text = render_show(&response, &entry, TimeZone::Utc, true).expect("render");
+        assert!(text.ends_with(&format!("\npayload:\n{expected}")), "{text}");
+        let json = show_json(&response, &entry).expect("encode");
+        let indented = expected.trim_end().replace('\n', "\n  ");
+        assert!(
+            json.ends_with(&format!("\"payload\": {indented}\n}}\n")),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_bad_payload_says_what_is_wrong_and_where() {
+        let mut response = testutil::upload_show_response();
+        let entry = response.entry.clone().expect("an entry");
+        for (sent, reason) in [
+            (
+                "{\"schema\": ",
+                "EOF while parsing a value at line 1 column 11",
+            ),
+            ("{} x", "trailing characters at line 1 column 4"),
+            ("[1e400]", "number out of range at line 1 column 6"),
+            ("{\"a\" 1}", "expected `:` at line 1 column 6"),
+            ("", "EOF while parsing a value at line 1 column 0"),
+        ] {
+            response.payload_json = sent.to_owned();
+            let err = show_json(&response, &entry).expect_err(sent);
+            assert_eq!(
+                crate::error::format_chain(&err),
+                format!(
+                    "gpukillctl: error: gpukilld sent the payload of the hour \
+                     2024-05-01T10:00:00Z as text that is not JSON\n  caused by: {reason}\n"
+                ),
+                "{sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_read_and_write_every_kind_of_value() {
         let text = r#"{"z":1,"a":[true,false,null,-5,2.5,18446744073709551615,"s\u00e9"],"m":{}}"#;
-        let value: OrderedJson = serde_json::from_str(text).expect("JSON");
+        let value = Payload::parse(text).expect("JSON");
         assert_eq!(
             serde_json::to_string(&value).expect("encode"),
             r#"{"z":1,"a":[true,false,null,-5,2.5,18446744073709551615,"sé"],"m":{}}"#
         );
-        assert!(serde_json::from_str::<OrderedJson>("{\"a\":").is_err());
+        assert!(Payload::parse("{\"a\":").is_err());
     }
 
     #[test]
