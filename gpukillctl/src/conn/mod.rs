@@ -13,6 +13,7 @@
 //! the configured daemon user; anyone else gets nothing.
 
 mod address;
+mod args;
 mod channel;
 mod credentials;
 pub mod peer;
@@ -27,6 +28,7 @@ use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
 use tonic::service::interceptor::InterceptedService;
 
 pub use address::{Address, RemoteAddress, is_loopback, parse_address, parse_node_name};
+pub use args::{CA_ENV, CERT_ENV, ConnectArgs, KEY_ENV, NODE_ENV, TOKEN_FILE_ENV};
 pub(crate) use reasons::io_reason;
 pub use target::Target;
 pub use transport::{RequestMetadata, Transport};

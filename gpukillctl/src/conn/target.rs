@@ -8,12 +8,12 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use super::args::{CA_ENV, CERT_ENV, ConnectArgs, KEY_ENV, NODE_ENV, TOKEN_FILE_ENV};
 use super::channel::{connect_remote, connect_unix};
 use super::credentials::{read_certificates, read_private_key, read_token};
 use super::reasons::{broken_hint, innermost};
 use super::transport::{Broken, RequestMetadata, Transport};
 use super::{Address, REMOTE_CONNECT_TIMEOUT, RemoteAddress, peer};
-use crate::cli::{CA_ENV, CERT_ENV, ConnectArgs, KEY_ENV, NODE_ENV, TOKEN_FILE_ENV};
 use crate::error::Error;
 
 /// Which gpukilld to talk to and how: resolved and checked from the global options.
