@@ -380,7 +380,6 @@ pub fn may_change_registration(node: &str, owner: &str, principal: &str) -> Resu
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -210,7 +210,6 @@ impl Tokens {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

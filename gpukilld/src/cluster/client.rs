@@ -169,7 +169,6 @@ impl Credentials {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -171,7 +171,6 @@ fn suggestions(report: &pb::ClusterContentionResponse, unreachable: &[String]) -
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -208,7 +208,6 @@ impl Intercept for Forwarder {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

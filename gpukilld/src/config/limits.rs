@@ -136,7 +136,6 @@ impl LimitsConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn parse(text: &str) -> Result<LimitsConfig, String> {

@@ -464,7 +464,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     #[test]
     fn changed_keys_name_top_level_and_section_keys() {
         let old = Config::default();

@@ -105,7 +105,6 @@ impl ReservationsConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn parse(text: &str) -> Result<ReservationsConfig, String> {

@@ -86,7 +86,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -272,7 +272,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;

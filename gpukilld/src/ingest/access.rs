@@ -144,7 +144,6 @@ fn other_node(principal: &str, verb: &'static str, node: &str, grant: &Grant) ->
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -339,7 +339,6 @@ impl IngestStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::usage_payload::{SCHEMA, UserHour};

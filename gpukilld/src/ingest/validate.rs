@@ -404,7 +404,6 @@ fn rows_rule(payload: &Payload) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
 

@@ -97,7 +97,6 @@ fn hourly(row: GpuHourlyRow) -> pb::GpuSample {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::store::HistoryBatch;

@@ -80,7 +80,6 @@ fn observed(stored: &StoredSession) -> Observed<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::store::{Database, StoreHandle};

@@ -120,7 +120,6 @@ pub(super) fn session(stored: StoredSession) -> pb::Session {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::store::{Database, StoreHandle};

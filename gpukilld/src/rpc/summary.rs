@@ -206,7 +206,6 @@ fn hour_index(time_ms: i64) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::store::GpuSampleRow;

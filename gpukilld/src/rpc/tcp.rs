@@ -524,7 +524,6 @@ impl Intercept for Authenticator {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -317,7 +317,6 @@ pub fn classify(status: u16, echoed: Option<&str>, body: &[u8], sent: &str) -> A
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -234,7 +234,6 @@ fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

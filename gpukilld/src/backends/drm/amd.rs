@@ -181,7 +181,6 @@ fn ras_error_count(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::backends::drm::sysfs::{discover, fixture};

@@ -164,7 +164,6 @@ fn temperature_file(hwmon: &Path, fields: &mut FieldReader) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::backends::drm::sysfs::{discover, fixture};

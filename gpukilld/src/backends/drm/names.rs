@@ -137,7 +137,6 @@ fn id_and_name(line: &str) -> Option<(u16, &str)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::backends::drm::sysfs::fixture;

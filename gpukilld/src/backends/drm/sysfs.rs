@@ -335,7 +335,6 @@ pub(crate) fn fixture(path: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 
