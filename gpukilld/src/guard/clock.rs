@@ -1,28 +1,65 @@
-//! The local time of the week, for policy windows: from the C library's `localtime_r`,
-//! which follows the host's time zone (TZ, /etc/localtime) and its daylight-saving rules.
+//! The local time of the week, for policy windows, from `jiff`: the host's time zone (`TZ`,
+//! else /etc/localtime) with its daylight-saving rules.
+//!
+//! jiff keeps the zone it found for five minutes, so a change of `TZ` in the daemon's
+//! environment or of /etc/localtime is followed within five minutes, without a restart.
+//! When no zone can be found (an invalid `TZ`, no /etc/localtime) the time is UTC, as the
+//! C library does; the daemon says so once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
 use super::policy::{LocalTime, Weekday};
 
-/// The local day and minute of `time`; UTC if the C library cannot convert it.
+/// The local day and minute of `time`; UTC if the host's time zone cannot be found.
 pub fn local_time(time: SystemTime) -> LocalTime {
-    let seconds = match time.duration_since(UNIX_EPOCH) {
+    in_zone(time, &system_zone())
+}
+
+/// The day and minute of `time` in `zone`; UTC for a time outside jiff's range (the years
+/// -9999 to 9999).
+fn in_zone(time: SystemTime, zone: &TimeZone) -> LocalTime {
+    let Ok(timestamp) = Timestamp::try_from(time) else {
+        return utc(epoch_seconds(time));
+    };
+    let zoned = timestamp.to_zoned(zone.clone());
+    let weekday = match zoned.weekday() {
+        jiff::civil::Weekday::Monday => Weekday::Mon,
+        jiff::civil::Weekday::Tuesday => Weekday::Tue,
+        jiff::civil::Weekday::Wednesday => Weekday::Wed,
+        jiff::civil::Weekday::Thursday => Weekday::Thu,
+        jiff::civil::Weekday::Friday => Weekday::Fri,
+        jiff::civil::Weekday::Saturday => Weekday::Sat,
+        jiff::civil::Weekday::Sunday => Weekday::Sun,
+    };
+    // jiff keeps hour in 0..=23 and minute in 0..=59.
+    let minute =
+        u16::try_from(i32::from(zoned.hour()) * 60 + i32::from(zoned.minute())).unwrap_or_default();
+    LocalTime { weekday, minute }
+}
+
+/// The host's time zone (cached by jiff), or UTC when it cannot be found.
+fn system_zone() -> TimeZone {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    TimeZone::try_system().unwrap_or_else(|error| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                "cannot find the host's time zone (TZ, /etc/localtime): guard windows use UTC"
+            );
+        }
+        TimeZone::UTC
+    })
+}
+
+/// Seconds since the epoch, negative before it, saturating.
+fn epoch_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
         Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    let mut tm: libc::tm = unsafe_zeroed_tm();
-    let t: libc::time_t = seconds;
-    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant.
-    let converted = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if !converted {
-        return utc(seconds);
-    }
-    // tm_wday: 0 is Sunday.
-    let weekday = Weekday::ALL[((tm.tm_wday + 6) % 7) as usize];
-    LocalTime {
-        weekday,
-        minute: (tm.tm_hour * 60 + tm.tm_min) as u16,
     }
 }
 
@@ -35,11 +72,6 @@ fn utc(seconds: i64) -> LocalTime {
         weekday,
         minute: (seconds.rem_euclid(86_400) / 60) as u16,
     }
-}
-
-fn unsafe_zeroed_tm() -> libc::tm {
-    // SAFETY: libc::tm is plain old data; all-zero is a valid value (tm_zone a null pointer).
-    unsafe { std::mem::zeroed() }
 }
 
 #[cfg(test)]
@@ -74,6 +106,37 @@ mod tests {
         assert!(
             offset <= 14 * 60 || offset >= 7 * 1440 - 14 * 60,
             "{offset}"
+        );
+    }
+
+    #[test]
+    fn a_zone_with_daylight_saving_time() {
+        // Central Europe: UTC+1, UTC+2 from the last Sunday of March to the last of October.
+        let zone = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").expect("a POSIX TZ rule");
+        let at = |seconds: u64| in_zone(UNIX_EPOCH + Duration::from_secs(seconds), &zone);
+        // 2026-11-22 03:07 UTC (a Sunday) is 04:07 in winter time.
+        assert_eq!(
+            at(1_795_316_820),
+            LocalTime {
+                weekday: Weekday::Sun,
+                minute: 4 * 60 + 7
+            }
+        );
+        // 2026-07-01 23:30 UTC (a Wednesday) is Thursday 01:30 in summer time.
+        assert_eq!(
+            at(1_782_948_600),
+            LocalTime {
+                weekday: Weekday::Thu,
+                minute: 60 + 30
+            }
+        );
+        // In UTC, in_zone and utc agree.
+        assert_eq!(
+            in_zone(
+                UNIX_EPOCH + Duration::from_secs(1_795_316_820),
+                &TimeZone::UTC
+            ),
+            utc(1_795_316_820)
         );
     }
 }

@@ -170,8 +170,6 @@ fn entries_mut(doc: &mut DocumentMut, kind: EntryKind) -> Result<&mut ArrayOfTab
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     const FILE: &str = "# The lab's GPU policy.\nmode = \"dry-run\" # for now\n\n[[user]]\n# our biggest user\nname = \"alice\"\nmax_processes = 2\n";

@@ -307,7 +307,6 @@ fn tell_user_in(dir: &std::path::Path, uid: u32, message: &str) -> Vec<PathBuf> 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

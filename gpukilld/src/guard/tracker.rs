@@ -165,8 +165,6 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::sync::Arc;
     use std::time::UNIX_EPOCH;
 
