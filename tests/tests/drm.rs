@@ -301,15 +301,66 @@ fn a_mixed_host_numbers_nvidia_first_and_an_nvml_failure_hides_no_other_vendor()
     let list: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(list["vendors"][0]["vendor"], json!("nvidia"));
     assert_eq!(list["vendors"][0]["state"], json!("error"));
-    assert!(
-        list["vendors"][0]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("/nonexistent/libnvidia-ml.so.1")),
-        "{list:#}"
-    );
+    // The host has an NVIDIA GPU on its PCI bus: the missing library is a failure, with
+    // the device and the fix named.
+    let message = list["vendors"][0]["message"].as_str().unwrap_or_default();
+    for expected in [
+        "/nonexistent/libnvidia-ml.so.1",
+        "install the NVIDIA driver",
+        "0000:01:00.0",
+    ] {
+        assert!(message.contains(expected), "{expected}: {list:#}");
+    }
     assert_eq!(list["vendors"][1]["state"], json!("ok"));
     assert_eq!(list["gpus"].as_array().map(Vec::len), Some(4), "{list:#}");
     assert_eq!(list["gpus"][0]["name"], json!("AMD Instinct MI210"));
+}
+
+#[test]
+fn an_amd_and_intel_host_without_nvml_lists_no_nvidia_and_exits_0() {
+    // The same cards, and no NVIDIA GPU on the PCI bus (no bus/ directory at all).
+    let host = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(
+        fixtures().join("sysfs/mixed/class"),
+        host.path().join("class"),
+    )
+    .expect("symlink");
+    let procfs = DrmProcfs::new();
+    let mut options = options(&procfs, true);
+    for (name, value) in &mut options.env {
+        if name == "GPUKILL_SYSFS_ROOT" {
+            *value = host.path().display().to_string();
+        }
+    }
+    let daemon = Daemon::start_with(
+        &json!({"gpus": []}),
+        DaemonOptions {
+            nvml_library: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
+            ..options
+        },
+    );
+    let output = daemon.ctl(&["list", "--output", "json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let list: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let vendors: Vec<&Value> = list["vendors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|status| &status["vendor"])
+        .collect();
+    assert_eq!(vendors, vec![&json!("amd"), &json!("intel")], "{list:#}");
+    assert_eq!(list["gpus"].as_array().map(Vec::len), Some(4), "{list:#}");
+    // The table says nothing of NVIDIA either.
+    let table = daemon.ctl(&["list"]);
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&table.stdout).to_lowercase()
+        + &String::from_utf8_lossy(&table.stderr).to_lowercase();
+    assert!(!text.contains("nvidia") && !text.contains("nvml"), "{text}");
 }
 
 #[test]

@@ -147,10 +147,21 @@ fn a_bad_regex_is_exit_3_with_the_regex_error() {
 #[test]
 fn a_missing_nvml_library_is_reported_with_exit_2() {
     let missing = Path::new("/nonexistent/libnvidia-ml.so.1");
+    // The host has an NVIDIA GPU (a 3D controller on its PCI bus), so the missing library
+    // is a failure; without one NVIDIA would be absent (tests/tests/drm.rs).
+    let sysfs = tempfile::tempdir().expect("tempdir");
+    let device = sysfs.path().join("bus/pci/devices/0000:41:00.0");
+    std::fs::create_dir_all(&device).expect("mkdir");
+    std::fs::write(device.join("vendor"), "0x10de\n").expect("vendor");
+    std::fs::write(device.join("class"), "0x030200\n").expect("class");
     let daemon = Daemon::start_with(
         &empty_scenario(),
         DaemonOptions {
             nvml_library: Some(missing.to_path_buf()),
+            env: vec![(
+                "GPUKILL_NVIDIA_SYSFS_ROOT".to_string(),
+                sysfs.path().display().to_string(),
+            )],
             ..DaemonOptions::default()
         },
     );
@@ -166,7 +177,7 @@ fn a_missing_nvml_library_is_reported_with_exit_2() {
     assert_eq!(list["vendors"][0]["state"], json!("error"));
     let message = list["vendors"][0]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("/nonexistent/libnvidia-ml.so.1"),
+        message.contains("/nonexistent/libnvidia-ml.so.1") && message.contains("0000:41:00.0"),
         "{message}"
     );
     assert_eq!(list["gpus"], json!([]));

@@ -3,6 +3,7 @@
 
 pub mod drm;
 pub mod nvidia;
+pub mod pci;
 
 use crate::snapshot::{Gpu, Vendor, VendorProcess};
 

@@ -1,9 +1,11 @@
 //! NVIDIA GPUs through NVML (nvml-wrapper). The library is loaded lazily on the first poll
 //! and loading is retried while it fails, so the daemon comes up (degraded) on a host whose
-//! driver is not loaded yet.
+//! driver is not loaded yet. A library that cannot be loaded on a host with no NVIDIA GPU on
+//! its PCI bus means NVIDIA is absent (an AMD- or Intel-only host), not failed.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
-use super::{Backend, GpuReading, Reading};
+use super::{Backend, GpuReading, Reading, pci};
 use crate::snapshot::{Gpu, ProcessKind, Vendor, VendorProcess};
 
 /// How often to retry loading NVML after it failed.
@@ -21,8 +23,19 @@ const INIT_RETRY: Duration = Duration::from_secs(10);
 /// The NVIDIA backend.
 pub struct NvidiaBackend {
     library: OsString,
+    /// Where sysfs is mounted, to look for NVIDIA GPUs on the PCI bus.
+    sysfs_root: PathBuf,
     nvml: Option<Loaded>,
-    last_init_failure: Option<(Instant, String)>,
+    last_init_failure: Option<(Instant, InitFailure)>,
+}
+
+/// Why NVML is not loaded.
+#[derive(Debug, Clone)]
+enum InitFailure {
+    /// The library is missing and the host has no NVIDIA GPU: nothing to report.
+    Absent,
+    /// NVML cannot be used: the message says why and what to do.
+    Failed(String),
 }
 
 struct Loaded {
@@ -58,21 +71,23 @@ impl Interner {
 }
 
 impl NvidiaBackend {
-    /// A backend that loads NVML from `library` (a path, or a name for the loader).
-    pub fn new(library: impl Into<OsString>) -> Self {
+    /// A backend that loads NVML from `library` (a path, or a name for the loader), looking
+    /// for NVIDIA GPUs under `sysfs_root` when it cannot.
+    pub fn new(library: impl Into<OsString>, sysfs_root: PathBuf) -> Self {
         Self {
             library: library.into(),
+            sysfs_root,
             nvml: None,
             last_init_failure: None,
         }
     }
 
-    fn load(&mut self) -> Result<&mut Loaded, String> {
+    fn load(&mut self) -> Result<&mut Loaded, InitFailure> {
         if self.nvml.is_none() {
-            if let Some((at, message)) = &self.last_init_failure
+            if let Some((at, failure)) = &self.last_init_failure
                 && at.elapsed() < INIT_RETRY
             {
-                return Err(message.clone());
+                return Err(failure.clone());
             }
             match Nvml::builder().lib_path(&self.library).init() {
                 Ok(nvml) => {
@@ -91,18 +106,46 @@ impl NvidiaBackend {
                     });
                 }
                 Err(error) => {
-                    let message = init_error_message(&self.library, &error);
-                    if self.last_init_failure.is_none() {
-                        tracing::error!("{message}");
+                    let failure = self.init_failure(&error);
+                    let first = self.last_init_failure.is_none();
+                    match &failure {
+                        InitFailure::Failed(message) if first => tracing::error!("{message}"),
+                        InitFailure::Absent if first => tracing::info!(
+                            library = %self.library.to_string_lossy(),
+                            "no NVML library and no NVIDIA GPU on the PCI bus: NVIDIA is absent"
+                        ),
+                        _ => {}
                     }
-                    self.last_init_failure = Some((Instant::now(), message.clone()));
-                    return Err(message);
+                    self.last_init_failure = Some((Instant::now(), failure.clone()));
+                    return Err(failure);
                 }
             }
         }
         self.nvml
             .as_mut()
-            .ok_or_else(|| "NVML is not loaded".to_string())
+            .ok_or_else(|| InitFailure::Failed("NVML is not loaded".to_string()))
+    }
+
+    /// What a failed initialization means: a missing library on a host without an NVIDIA
+    /// GPU is NVIDIA's absence; with one (or when the PCI bus cannot be read) it is a
+    /// failure naming the devices and the fix.
+    fn init_failure(&self, error: &NvmlError) -> InitFailure {
+        let message = init_error_message(&self.library, error);
+        if !matches!(error, NvmlError::LibloadingError(_)) {
+            return InitFailure::Failed(message);
+        }
+        match pci::display_controllers(&self.sysfs_root, pci::NVIDIA) {
+            Ok(devices) if devices.is_empty() => InitFailure::Absent,
+            Ok(devices) => InitFailure::Failed(format!(
+                "{message}; NVIDIA GPU{} on the PCI bus: {}",
+                if devices.len() == 1 { "" } else { "s" },
+                devices.join(", ")
+            )),
+            Err(error) => InitFailure::Failed(format!(
+                "{message}; cannot tell whether this host has an NVIDIA GPU: {}/bus/pci/devices: {error}",
+                self.sysfs_root.display()
+            )),
+        }
     }
 }
 
@@ -134,7 +177,8 @@ impl NvidiaBackend {
     fn read(&mut self) -> Reading {
         let loaded = match self.load() {
             Ok(loaded) => loaded,
-            Err(message) => return Reading::Failed(message),
+            Err(InitFailure::Absent) => return Reading::Absent,
+            Err(InitFailure::Failed(message)) => return Reading::Failed(message),
         };
         let count = match loaded.nvml.device_count() {
             Ok(count) => count,

@@ -568,6 +568,27 @@ mod tests {
     }
 
     #[test]
+    fn a_backends_own_sysfs_root_wins_over_the_shared_one_in_any_order() {
+        let env = [
+            ("GPUKILL_NVIDIA_SYSFS_ROOT", "/host/sys"),
+            ("GPUKILL_SYSFS_ROOT", "/fixture/sys"),
+        ];
+        for order in [env.to_vec(), env.iter().rev().copied().collect()] {
+            let config = Config::load(Sources {
+                env: order
+                    .iter()
+                    .map(|(name, value)| ((*name).into(), (*value).into()))
+                    .collect(),
+                ..Sources::default()
+            })
+            .expect("valid");
+            assert_eq!(config.nvidia.sysfs_root, PathBuf::from("/host/sys"));
+            assert_eq!(config.amd.sysfs_root, PathBuf::from("/fixture/sys"));
+            assert_eq!(config.intel.sysfs_root, PathBuf::from("/fixture/sys"));
+        }
+    }
+
+    #[test]
     fn precedence_is_cli_over_env_over_file() {
         let config_file =
             file("poll_interval = \"5s\"\nvendor_timeout = \"3s\"\nring_capacity = 7\n");

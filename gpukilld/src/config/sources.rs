@@ -27,8 +27,14 @@ pub(super) const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_RETENTION_SESSIONS", &["retention", "sessions"]),
     ("GPUKILL_RETENTION_ROLLUPS", &["retention", "rollups"]),
     ("GPUKILL_RETENTION_EVENTS", &["retention", "events"]),
+    // One root for every backend, as a container mounts one sysfs; before the backends' own
+    // variables, which win over it.
+    ("GPUKILL_SYSFS_ROOT", &["nvidia", "sysfs_root"]),
+    ("GPUKILL_SYSFS_ROOT", &["amd", "sysfs_root"]),
+    ("GPUKILL_SYSFS_ROOT", &["intel", "sysfs_root"]),
     ("GPUKILL_NVIDIA_ENABLED", &["nvidia", "enabled"]),
     ("GPUKILL_NVIDIA_LIBRARY", &["nvidia", "library"]),
+    ("GPUKILL_NVIDIA_SYSFS_ROOT", &["nvidia", "sysfs_root"]),
     ("GPUKILL_NVIDIA_SMI", &["nvidia", "smi"]),
     ("GPUKILL_NVIDIA_RESET_TIMEOUT", &["nvidia", "reset_timeout"]),
     ("GPUKILL_AMD_ENABLED", &["amd", "enabled"]),
@@ -39,9 +45,6 @@ pub(super) const ENV_VARS: &[(&str, &[&str])] = &[
     ("GPUKILL_AMD_RESET_TIMEOUT", &["amd", "reset_timeout"]),
     ("GPUKILL_INTEL_ENABLED", &["intel", "enabled"]),
     ("GPUKILL_INTEL_SYSFS_ROOT", &["intel", "sysfs_root"]),
-    // One root for both DRM backends, as a container mounts one sysfs.
-    ("GPUKILL_SYSFS_ROOT", &["amd", "sysfs_root"]),
-    ("GPUKILL_SYSFS_ROOT", &["intel", "sysfs_root"]),
     ("GPUKILL_PROCFS_ROOT", &["procfs_root"]),
     ("GPUKILL_PCI_IDS", &["pci_ids"]),
     ("GPUKILL_METRICS_LISTEN", &["metrics", "listen"]),
@@ -191,9 +194,10 @@ impl Config {
                 }
             }
         }
-        for (name, value) in &sources.env {
-            // A variable may set several keys (GPUKILL_SYSFS_ROOT).
-            for (_, key) in ENV_VARS.iter().filter(|(var, _)| var == name) {
+        // In the table's order, whatever the environment's: a variable may set several keys
+        // (GPUKILL_SYSFS_ROOT), and a more specific one set later wins.
+        for (name, key) in ENV_VARS {
+            for (_, value) in sources.env.iter().filter(|(var, _)| var == name) {
                 let origin = format!("environment variable {name}={value}");
                 set(&mut table, key, parse_env_value(value));
                 check(&table, &origin)?;

@@ -20,6 +20,10 @@ pub struct NvidiaConfig {
     /// Path or loader name of the NVML library; by default `libnvidia-ml.so.1`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub library: Option<PathBuf>,
+    /// Where sysfs is mounted: when the library cannot be loaded, an NVIDIA display or 3D
+    /// controller under `<sysfs_root>/bus/pci/devices` makes that a failure (the driver is
+    /// missing); without one, NVIDIA is absent from this host and not reported.
+    pub sysfs_root: PathBuf,
     /// The `nvidia-smi` that resets GPUs (NVML has no public reset call); a bare name is
     /// looked up on PATH.
     pub smi: PathBuf,
@@ -33,6 +37,7 @@ impl Default for NvidiaConfig {
         Self {
             enabled: true,
             library: None,
+            sysfs_root: PathBuf::from("/sys"),
             smi: PathBuf::from("nvidia-smi"),
             reset_timeout: Duration::from_secs(60),
         }

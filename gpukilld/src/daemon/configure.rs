@@ -191,7 +191,10 @@ fn gpu_backends(config: &Config) -> Vec<Box<dyn Backend>> {
             .clone()
             .map(PathBuf::into_os_string)
             .unwrap_or_else(|| config::DEFAULT_NVML_LIBRARY.into());
-        enabled.push(Box::new(backends::nvidia::NvidiaBackend::new(library)));
+        enabled.push(Box::new(backends::nvidia::NvidiaBackend::new(
+            library,
+            config.nvidia.sysfs_root.clone(),
+        )));
     }
     let drm_roots: Vec<backends::drm::backend::VendorRoot> = [
         (
