@@ -65,8 +65,6 @@ pub fn environment(granted: &[GpuRef], host_vendors: &[Vendor]) -> BTreeMap<Stri
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::sync::Arc;
 
     use super::*;

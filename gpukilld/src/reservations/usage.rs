@@ -137,8 +137,6 @@ pub fn assess(snapshot: &Snapshot, held: &[ReservationRow], threshold: u64) -> V
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
     use crate::guard::evaluate::tests::{GIB, proc_info, snapshot_at};
     use crate::store::LeaseKind;

@@ -388,8 +388,6 @@ pub(super) fn insert_events_in(
 
 #[cfg(test)]
 pub(super) mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::time::Duration;
 
     use super::*;

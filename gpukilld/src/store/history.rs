@@ -584,8 +584,6 @@ fn stored_session(row: &Row<'_>) -> rusqlite::Result<StoredSession> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::collections::BTreeMap;
     use std::path::Path;
 

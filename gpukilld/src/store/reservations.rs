@@ -232,8 +232,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
     use crate::store::EventKind;
     use crate::store::EventQuery;

@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use rusqlite::TransactionBehavior;
-
 use super::{Store, StoreError};
 
 /// One hour in milliseconds: rollup rows cover `[hour_ms, hour_ms + HOUR_MS)`.
@@ -90,7 +88,7 @@ pub struct PruneSummary {
     pub rollups: u64,
     /// Rows deleted from `events`.
     pub events: u64,
-    /// Delete transactions committed (each deleted at least one row).
+    /// Delete transactions that deleted at least one row (each committed).
     pub batches: u64,
     /// Free pages `PRAGMA incremental_vacuum` gave back to the file system.
     pub vacuumed_pages: u64,
@@ -168,8 +166,9 @@ impl Store {
     }
 
     /// Runs `sql` (a batched delete taking the cutoff and the batch size) in its own
-    /// IMMEDIATE transaction until a batch deletes fewer than `batch_rows` rows; counts the
-    /// committed batches into `batches` and returns the rows deleted.
+    /// IMMEDIATE transaction ([`Store::write_tx`]) until a batch deletes fewer than
+    /// `batch_rows` rows; counts the batches that deleted rows into `batches` and returns the
+    /// rows deleted.
     fn delete_in_batches(
         &mut self,
         sql: &str,
@@ -179,19 +178,15 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut deleted = 0u64;
         loop {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::Write)?;
-            let rows = tx
-                .prepare_cached(sql)
-                .and_then(|mut delete| delete.execute(rusqlite::params![cutoff, batch_rows]))
-                .map_err(StoreError::Write)?;
+            let rows = self.write_tx(|tx| {
+                tx.prepare_cached(sql)
+                    .and_then(|mut delete| delete.execute(rusqlite::params![cutoff, batch_rows]))
+                    .map_err(StoreError::Write)
+            })?;
             if rows == 0 {
-                // Nothing to commit; the empty transaction rolls back on drop.
+                // The last batch deleted nothing: its transaction changed nothing.
                 return Ok(deleted);
             }
-            tx.commit().map_err(StoreError::Write)?;
             *batches += 1;
             deleted += rows as u64;
             // A short batch means nothing older is left; skip the empty round trip.
@@ -235,8 +230,6 @@ fn cutoff(now_ms: i64, limit: Duration) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

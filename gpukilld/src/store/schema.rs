@@ -238,6 +238,7 @@ pub(super) fn migrate_to(
         };
         // IMMEDIATE takes the write lock before reading the version, so two processes
         // opening the same file cannot both apply the same migration.
+        // Not Store::write_tx: there is no Store yet, and a failure here is Open or Migrate.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(next)?;

@@ -233,8 +233,6 @@ fn hourly_row(row: &Row<'_>) -> rusqlite::Result<GpuHourlyRow> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::time::Duration;
 
     use super::super::GpuSampleRow;

@@ -1,0 +1,123 @@
+//! What reservations say: refusals in words (who holds a GPU, for how long, who uses it
+//! without a reservation), and the audit event of each change with who made it.
+
+use std::time::{Duration, SystemTime};
+
+use super::DAEMON_USER;
+use super::usage::{self, Assessment, GpuRef, GpuState};
+use crate::store::{EventCaller, EventKind, NewEvent, ReservationRow};
+
+pub(super) fn event(
+    time: SystemTime,
+    caller: &EventCaller,
+    verb: &str,
+    gpu: u32,
+    outcome: &str,
+    reason: &str,
+) -> NewEvent {
+    NewEvent {
+        time,
+        kind: EventKind::Reservation,
+        caller: caller.clone(),
+        action: format!("{verb} GPU {gpu}"),
+        target: None,
+        outcome: outcome.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+pub(super) fn outcome(verb: &str) -> &'static str {
+    match verb {
+        "expire" => "expired",
+        _ => "released",
+    }
+}
+
+/// The daemon itself, as events name it for expiries.
+pub(super) fn daemon_caller() -> EventCaller {
+    EventCaller {
+        uid: nix::unistd::geteuid().as_raw(),
+        user: DAEMON_USER.to_owned(),
+        pid: i32::try_from(std::process::id()).ok(),
+        transport: "daemon".to_owned(),
+        via: None,
+    }
+}
+
+/// A run reservation's holder, for events after a restart.
+pub(super) fn holder_caller(row: &ReservationRow) -> EventCaller {
+    EventCaller {
+        uid: row.uid,
+        user: row.user.clone(),
+        pid: row.client_pid,
+        transport: "unix".to_owned(),
+        via: None,
+    }
+}
+
+pub(super) fn note_suffix(note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!(": {note}")
+    }
+}
+
+/// One GPU's state in words, for refusals.
+pub(super) fn describe(assessment: &Assessment, now_ms: i64) -> String {
+    let index = assessment.gpu.index;
+    let by = |misuse: &[usage::Misuse]| {
+        let mut users: Vec<&str> = misuse.iter().map(|m| &*m.info.user).collect();
+        users.dedup();
+        users.join(", ")
+    };
+    match (&assessment.holder, assessment.state) {
+        (Some(holder), _) => {
+            let until = holder
+                .expires_ms
+                .map(|at| format!(" for {} more", remaining(at, now_ms)))
+                .unwrap_or_default();
+            format!(
+                "GPU {index} is reserved by {} ({}){until}",
+                holder.user,
+                holder.kind.as_str()
+            )
+        }
+        (None, GpuState::UnreservedUse) => {
+            format!(
+                "GPU {index} is in use without a reservation by {}",
+                by(&assessment.misuse)
+            )
+        }
+        (None, _) => format!("GPU {index} is available"),
+    }
+}
+
+fn remaining(at_ms: i64, now_ms: i64) -> String {
+    let seconds = u64::try_from((at_ms - now_ms).max(0) / 1000).unwrap_or(0);
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+pub(super) fn busy_message(
+    count: u32,
+    free: &[GpuRef],
+    assessed: &[Assessment],
+    ahead: usize,
+    now_ms: i64,
+) -> String {
+    if ahead > 0 && free.len() >= count as usize {
+        return format!(
+            "{ahead} requests of gpukillctl run wait ahead for GPUs (first come, first served); wait with gpukillctl run --wait, or see gpukillctl status"
+        );
+    }
+    let taken: Vec<String> = assessed
+        .iter()
+        .filter(|a| a.state != GpuState::Available)
+        .map(|a| describe(a, now_ms))
+        .collect();
+    format!(
+        "{count} GPUs asked for, {} available: {} (gpukillctl status shows them; gpukillctl run --wait queues)",
+        free.len(),
+        taken.join("; ")
+    )
+}
