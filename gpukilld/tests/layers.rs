@@ -57,7 +57,7 @@ fn imports() -> Vec<(String, PathBuf, String)> {
             continue;
         }
         let text = std::fs::read_to_string(&file).expect("read a source file");
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = production_code(&text);
         for capture in pattern.captures_iter(code) {
             let target = capture[1].to_owned();
             if target != module {
@@ -66,6 +66,36 @@ fn imports() -> Vec<(String, PathBuf, String)> {
         }
     }
     found
+}
+
+/// A file's text up to its test module (`#[cfg(test)]` in the first column, then `mod`).
+/// A test-only item inside the code (an indented `#[cfg(test)]`) is read like the rest: its
+/// imports must follow the layers too.
+fn production_code(text: &str) -> &str {
+    let mut offset = 0;
+    let mut lines = text.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.trim_end() == "#[cfg(test)]"
+            && lines
+                .peek()
+                .is_some_and(|next| next.split_whitespace().take(2).any(|word| word == "mod"))
+        {
+            return &text[..offset];
+        }
+        offset += line.len();
+    }
+    text
+}
+
+#[test]
+fn only_the_test_module_is_left_out() {
+    let text = "use crate::a;\n    #[cfg(test)]\n    Hold,\nuse crate::b;\n#[cfg(test)]\npub(crate) mod tests {\n    use crate::c;\n}\n";
+    let code = production_code(text);
+    assert!(
+        code.contains("crate::a") && code.contains("crate::b"),
+        "{code}"
+    );
+    assert!(!code.contains("crate::c"), "{code}");
 }
 
 #[test]
