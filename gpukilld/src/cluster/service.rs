@@ -40,6 +40,23 @@ impl ClusterService {
         Self { coordinator, store }
     }
 
+    /// `List` on every node (and this one, when it samples), each within the deadline.
+    async fn fan_out(
+        &self,
+        caller: &Caller,
+        request: pb::ClusterListRequest,
+    ) -> Result<pb::ClusterListResponse, Status> {
+        let coordinator = self.coordinator()?;
+        Ok(fanout::list(
+            &coordinator.registry,
+            coordinator.local.as_ref(),
+            caller,
+            request,
+            coordinator.deadline,
+        )
+        .await)
+    }
+
     fn coordinator(&self) -> Result<&Coordinator, Status> {
         self.coordinator.as_deref().ok_or_else(|| {
             Status::failed_precondition(
@@ -75,19 +92,7 @@ impl Cluster for ClusterService {
             &self.store,
             request,
             Access::Read,
-            |caller, message| async move {
-                let coordinator = self.coordinator()?;
-                Ok::<_, Status>(
-                    fanout::list(
-                        &coordinator.registry,
-                        coordinator.local.as_ref(),
-                        &caller,
-                        message,
-                        coordinator.deadline,
-                    )
-                    .await,
-                )
-            },
+            |caller, message| async move { self.fan_out(&caller, message).await },
         )
         .await
     }
@@ -101,19 +106,13 @@ impl Cluster for ClusterService {
             request,
             Access::Read,
             |caller, message| async move {
-                let coordinator = self.coordinator()?;
                 let top = match message.top {
                     0 => contention::DEFAULT_TOP,
                     top => top as usize,
                 };
-                let listed = fanout::list(
-                    &coordinator.registry,
-                    coordinator.local.as_ref(),
-                    &caller,
-                    pb::ClusterListRequest::default(),
-                    coordinator.deadline,
-                )
-                .await;
+                let listed = self
+                    .fan_out(&caller, pb::ClusterListRequest::default())
+                    .await?;
                 let mut answered = Vec::new();
                 let mut unreachable = Vec::new();
                 for node in listed.nodes {

@@ -78,7 +78,8 @@ pub struct DatabaseCounters {
     pub written: u64,
 }
 
-/// The daemon's async handle on the events table; share it as `Arc<Database>`. Dropping it
+/// The daemon's async handle on its store (audit events, history, reservations, outbox);
+/// share it as `Arc<Database>`. Dropping it
 /// closes the queue: the writer thread writes what is queued, then ends. Use
 /// [`Database::close`] to wait for that.
 pub struct Database {
