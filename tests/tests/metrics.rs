@@ -183,7 +183,7 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
     );
     let text = &response.body;
     let gpu0 = format!(
-        "{{gpu=\"0\",UUID=\"GPU-00000000-0000-4000-8000-000000000000\",pci_bus_id=\"00000000:07:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"{host}\"}}"
+        "{{gpu=\"0\",UUID=\"GPU-00000000-0000-4000-8000-000000000000\",pci_bus_id=\"00000000:07:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"{host}\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"}}"
     );
     for (name, value) in [
         ("DCGM_FI_DEV_GPU_UTIL", "50"),

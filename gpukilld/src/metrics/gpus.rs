@@ -106,6 +106,15 @@ const DCGM_METRICS: &[DcgmMetric] = &[
     },
 ];
 
+/// The driver version `vendor`'s library reported, when known.
+fn driver_version(snapshot: &Snapshot, vendor: Vendor) -> Option<&str> {
+    snapshot
+        .vendors
+        .iter()
+        .find(|status| status.vendor == vendor)
+        .and_then(|status| status.driver_version.as_deref())
+}
+
 pub(super) fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
     // dcgm-exporter's labels, with `device` as it names NVIDIA GPUs (`nvidia<index>`) and
     // likewise `amd<index>` and `intel<index>` (the index within the vendor). AMD and Intel
@@ -134,6 +143,14 @@ pub(super) fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
         labels.push_str("\",Hostname=\"");
         escape_into(&mut labels, &snapshot.host);
         labels.push('"');
+        // As dcgm-exporter labels every GPU metric (its default counters' `label` field).
+        if vendor == Vendor::Nvidia
+            && let Some(driver) = driver_version(snapshot, vendor)
+        {
+            labels.push_str(",DCGM_FI_DRIVER_VERSION=\"");
+            escape_into(&mut labels, driver);
+            labels.push('"');
+        }
         if vendor != Vendor::Nvidia {
             let _ = write!(labels, ",vendor=\"{}\"", vendor.name());
         }

@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(
             samples(&text, "DCGM_FI_DEV_GPU_UTIL"),
             vec![
-                "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\"} 50"
+                "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"} 50"
             ]
         );
         let amd_labels = "gpu=\"1\",UUID=\"GPU-5e3b1d0a52d0a9b2\",pci_bus_id=\"0000:03:00.0\",device=\"amd0\",modelName=\"AMD Instinct MI210\",Hostname=\"node-1\",vendor=\"amd\"";
@@ -491,7 +491,7 @@ mod tests {
             t(101),
             StoreState::Unavailable,
         );
-        let labels = "{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\"}";
+        let labels = "{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"}";
         for (name, value) in [
             ("DCGM_FI_DEV_SM_CLOCK", "1410"),
             ("DCGM_FI_DEV_MEM_CLOCK", "1593"),
