@@ -1700,15 +1700,23 @@ impl proto::Peer for Peer {
 
         // A request translated from HTTP/1 must not include the :authority
         // header
+        //
+        // gpukill patch (see PATCH.md): an :authority that is not a valid URI
+        // authority is treated as absent instead of resetting the stream.
+        // gRPC clients over a Unix socket send the socket path there: grpc
+        // C-core >= 1.57 (Python, Ruby, C++) percent-encoded
+        // (`%2Frun%2Fx.sock`), grpc-java and grpc-swift as it is (`/run/x.sock`).
+        // Upstream: https://github.com/hyperium/h2/pull/487.
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
+            match maybe_authority {
+                Ok(authority) => parts.authority = Some(authority),
+                Err(why) => tracing::debug!(
+                    "malformed authority ({:?}) treated as absent: {}",
                     authority,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.

@@ -9,6 +9,7 @@ pub mod central;
 pub mod flood;
 pub mod measure;
 pub mod pki;
+pub mod python;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
