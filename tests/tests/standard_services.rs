@@ -37,7 +37,9 @@ fn scenario(hang: Value) -> Value {
 
 /// One HTTP/2 frame.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let length = u32::try_from(payload.len())
+        .expect("a small frame")
+        .to_be_bytes();
     let mut frame = vec![length[1], length[2], length[3], kind, flags];
     frame.extend_from_slice(&stream.to_be_bytes());
     frame.extend_from_slice(payload);
@@ -67,10 +69,12 @@ fn version_with_authority(
     socket: &std::path::Path,
     authority: &str,
 ) -> Result<pb::VersionResponse, String> {
-    let mut connection = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let io = |what: &'static str| move |error: std::io::Error| format!("{what}: {error}");
+    let mut connection =
+        std::os::unix::net::UnixStream::connect(socket).map_err(io("connecting"))?;
     connection
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .map_err(io("setting a read timeout"))?;
     let mut headers = Vec::new();
     let path = format!("/{NODE_SERVICE}/Version");
     for (name, value) in [
@@ -90,21 +94,27 @@ fn version_with_authority(
     request.extend(frame(0x4, 0, 0, &[])); // SETTINGS
     request.extend(frame(0x1, 0x4, 1, &headers)); // HEADERS, END_HEADERS
     request.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // DATA: an empty message, END_STREAM
-    connection.write_all(&request).unwrap();
+    connection
+        .write_all(&request)
+        .map_err(io("writing the request"))?;
 
     let mut data = Vec::new();
     loop {
         let mut head = [0u8; 9];
         connection
             .read_exact(&mut head)
-            .map_err(|error| format!("reading a frame: {error}"))?;
+            .map_err(io("reading a frame"))?;
         let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; length];
-        connection.read_exact(&mut payload).unwrap();
+        connection
+            .read_exact(&mut payload)
+            .map_err(io("reading a frame"))?;
         match (kind, stream) {
-            (0x4, 0) if flags & 0x1 == 0 => connection.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            (0x4, 0) if flags & 0x1 == 0 => connection
+                .write_all(&frame(0x4, 0x1, 0, &[]))
+                .map_err(io("acknowledging the settings"))?,
             (0x0, 1) => data.extend_from_slice(&payload),
             // Trailers (or a trailers-only answer): the call is over.
             (0x1, 1) if flags & 0x1 != 0 => break,
@@ -149,7 +159,7 @@ async fn check(client: &mut HealthClient<tonic::transport::Channel>, service: &s
             service: service.to_string(),
         })
         .await
-        .unwrap()
+        .expect("Check answers")
         .into_inner()
         .status
 }
@@ -245,11 +255,11 @@ async fn open_reflection(
             message_request: Some(first),
         })
         .await
-        .unwrap();
+        .expect("queue the first request");
     let answers = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await
-        .unwrap()
+        .expect("a reflection stream")
         .into_inner();
     (sender, answers)
 }
