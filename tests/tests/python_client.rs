@@ -12,7 +12,7 @@ use std::time::Duration;
 use gpukill_proto::v1::cluster_server::ClusterServer;
 use gpukill_proto::v1::gpu_kill_server::GpuKillServer;
 use serde_json::{Value, json};
-use support::{Daemon, MIB, Target, full_gpu, other_uid, python};
+use support::{Daemon, MIB, Target, clients, full_gpu, other_uid};
 use tonic::server::NamedService;
 
 fn scenario(targets: &[&Target]) -> Value {
@@ -45,7 +45,7 @@ fn grpcio_with_default_options_checks_health_reflects_lists_and_watches() {
     let nobody = other_uid();
     let target = Target::sleep(None);
     let daemon = Daemon::start(&scenario(&[&target]));
-    let dir = python::workdir();
+    let dir = clients::python_workdir();
     let socket = daemon.socket.to_str().unwrap();
     let node_service = <GpuKillServer<()> as NamedService>::NAME;
     let cluster_service = <ClusterServer<()> as NamedService>::NAME;
@@ -55,7 +55,7 @@ fn grpcio_with_default_options_checks_health_reflects_lists_and_watches() {
         if let Some(authority) = authority {
             args.extend(["--authority", authority]);
         }
-        let output = python::run_as(nobody, dir.path(), "reflection_client.py", &args);
+        let output = clients::python_as(nobody, dir.path(), "reflection_client.py", &args);
         let out = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),
@@ -106,14 +106,14 @@ fn the_stub_example_lists_watches_and_kills_only_the_callers_own_process() {
     daemon.wait_for_list(Duration::from_secs(10), |list| {
         list["procs"].as_array().is_some_and(|p| p.len() == 2)
     });
-    let dir = python::workdir();
+    let dir = clients::python_workdir();
     let stubs = dir.path().join("stubs");
     let stubs = stubs.to_str().unwrap();
     let socket = daemon.socket.to_str().unwrap();
     let example = |pid: u32| {
         let pid = pid.to_string();
         let args = ["--socket", socket, "--stubs", stubs, "--kill", pid.as_str()];
-        let output = python::run_as(nobody, dir.path(), "example.py", &args);
+        let output = clients::python_as(nobody, dir.path(), "example.py", &args);
         assert!(
             output.status.success(),
             "{}\ndaemon log:\n{}",

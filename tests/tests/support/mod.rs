@@ -6,10 +6,10 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod central;
+pub mod clients;
 pub mod flood;
 pub mod measure;
 pub mod pki;
-pub mod python;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
