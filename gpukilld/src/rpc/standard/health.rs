@@ -82,13 +82,13 @@ impl Statuses {
     }
 
     /// Sets every service to `status`, unless it already is (a `Watch` caller hears of
-    /// changes only) or the daemon is stopping.
-    pub async fn set(&self, status: ServingStatus) {
+    /// changes only) or the daemon is stopping; returns what it was before when it changed.
+    pub async fn set(&self, status: ServingStatus) -> Option<Option<ServingStatus>> {
         let mut state = self.state.lock().await;
         if state.final_ {
-            return;
+            return None;
         }
-        self.apply(&mut state, status).await;
+        self.apply(&mut state, status).await
     }
 
     /// Sets everything `NOT_SERVING` for good: the daemon is stopping.
@@ -98,11 +98,16 @@ impl Statuses {
         state.final_ = true;
     }
 
-    async fn apply(&self, state: &mut State, status: ServingStatus) {
-        if state.current == Some(status) {
-            return;
+    async fn apply(
+        &self,
+        state: &mut State,
+        status: ServingStatus,
+    ) -> Option<Option<ServingStatus>> {
+        let before = state.current;
+        if before == Some(status) {
+            return None;
         }
-        if state.current.is_none() {
+        if before.is_none() {
             for name in self.idle.iter() {
                 self.reporter
                     .set_service_status(name, ServingStatus::NotServing)
@@ -113,10 +118,11 @@ impl Statuses {
             self.reporter.set_service_status(name, status).await;
         }
         state.current = Some(status);
+        Some(before)
     }
 
     /// Works the status out from the latest snapshot in `ring` and from `store`, sets it,
-    /// and logs a change.
+    /// and logs a change (with the reason, when not serving).
     pub async fn update(&self, ring: &Ring, store: &StoreHandle) {
         let reason = not_serving(
             &ring.latest(),
@@ -127,13 +133,11 @@ impl Statuses {
             None => ServingStatus::Serving,
             Some(_) => ServingStatus::NotServing,
         };
-        let changed = self.state.lock().await.current != Some(status);
-        self.set(status).await;
-        if changed {
-            match reason {
-                Some(reason) => tracing::warn!(%reason, "gRPC health: NOT_SERVING"),
-                None => tracing::info!("gRPC health: SERVING"),
-            }
+        match (self.set(status).await, reason) {
+            (Some(_), Some(reason)) => tracing::warn!(%reason, "gRPC health: NOT_SERVING"),
+            // Serving again; serving from the start goes without saying.
+            (Some(Some(_)), None) => tracing::info!("gRPC health: SERVING again"),
+            _ => {}
         }
     }
 }

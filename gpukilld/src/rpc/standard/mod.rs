@@ -1,6 +1,6 @@
 //! The standard gRPC services that stock clients and tools know, next to gpukill's own:
-//! health checking (`grpc.health.v1.Health`, for Kubernetes gRPC probes and
-//! `grpc_health_probe`) and server reflection (`grpc.reflection.v1` and `v1alpha`, for
+//! health checking (`grpc.health.v1.Health`, for `grpc_health_probe`, Kubernetes probes
+//! and load balancers) and server reflection (`grpc.reflection.v1` and `v1alpha`, for
 //! `grpcurl` and clients that build requests from the daemon's own descriptors).
 //!
 //! Both are reads, under the rule every gpukill read keeps ([`super::attribute`] with
