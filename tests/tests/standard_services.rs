@@ -378,11 +378,16 @@ async fn on_tcp_health_and_reflection_need_credentials_and_a_role_that_reads() {
         .unwrap_err();
     assert_eq!(node.code(), tonic::Code::PermissionDenied, "{node:?}");
     assert!(node.message().contains("node role"), "{node:?}");
-    let denied = daemon.events_json();
-    assert!(
-        denied.iter().any(|e| e["type"] == "deny"
-            && e["action"] == "Health.Check"
-            && e["caller_user"] == "n1"),
-        "{denied:#?}"
+    // The refusal is audited (in the background: a refusal never waits on the store).
+    daemon.wait_for_json(
+        &["events", "--output", "json"],
+        Duration::from_secs(5),
+        |events| {
+            events["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "deny" && e["action"] == "Health.Check" && e["caller_user"] == "n1"
+                })
+            })
+        },
     );
 }
