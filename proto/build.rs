@@ -1,5 +1,9 @@
 //! Compiles `proto/gpukill/v1/*.proto` with protox (no system `protoc` needed) and generates
-//! the prost messages and tonic client/server with tonic-prost-build.
+//! the prost messages and tonic client/server with tonic-prost-build. The compiled file
+//! descriptor set (imports and comments included) is written next to them for server
+//! reflection ([`FILE_DESCRIPTOR_SET`](../src/lib.rs)).
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/gpukill/v1/gpukill.proto"];
@@ -7,6 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    std::fs::write(
+        out_dir.join("gpukill_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -9,6 +9,10 @@ pub mod v1 {
     tonic::include_proto!("gpukill.v1");
 }
 
+/// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file of the contract
+/// and of what they import, comments included: what the daemon's server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gpukill_descriptor");
+
 /// The API package name the daemon serves, reported by `Version`.
 pub const API: &str = "gpukill.v1";
 

@@ -1,8 +1,12 @@
-//! Start-up stage 4, serve: the gRPC services (gpukill and cluster) on the Unix socket until
-//! shutdown, and on the TCP listener as a supervised task.
+//! Start-up stage 4, serve: the gRPC services (gpukill and cluster, and the standard health
+//! and reflection services) on the Unix socket until shutdown, and on the TCP listener as a
+//! supervised task.
 
 use std::future::Future;
 use std::sync::Arc;
+
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
 use super::start::Running;
 use crate::config::{self, Config};
@@ -59,6 +63,33 @@ pub(super) async fn serve(
     )
     .into_server()
     .max_decoding_message_size(request_limit);
+    // The Cluster service answers only on a coordinator.
+    let (serving, idle) = match running.membership.coordinator {
+        Some(_) => (
+            vec![service_name(&grpc), service_name(&cluster_grpc)],
+            vec![],
+        ),
+        None => (vec![service_name(&grpc)], vec![service_name(&cluster_grpc)]),
+    };
+    let health = rpc::standard::health::Statuses::new(&serving, &idle);
+    let store = &running.kill_context.store;
+    health.update(&running.ring, store).await;
+    rpc::standard::health::spawn(
+        tasks,
+        &health,
+        &running.ring,
+        store,
+        config.poll_interval,
+        &running.stopped,
+    );
+    // The same services, behind the same checks, on both listeners.
+    let routes = rpc::standard::add(
+        Routes::new(grpc).add_service(cluster_grpc),
+        &health,
+        store,
+        &running.stopped,
+        request_limit,
+    );
     let timeouts = connections::Timeouts {
         first_bytes: config.limits.handshake_timeout,
         idle: config.limits.idle_timeout,
@@ -79,8 +110,7 @@ pub(super) async fn serve(
                     .layer(forward.clone())
                     .into_inner(),
             )
-            .add_service(grpc.clone())
-            .add_service(cluster_grpc.clone());
+            .add_routes(routes.clone());
         // It owns the bound port: ending or panicking before shutdown stops the daemon.
         let (mut once, stopped) = (Some((server, incoming)), running.stopped.clone());
         tasks.spawn("tcp", OnPanic::StopDaemon, move || {
@@ -112,6 +142,8 @@ pub(super) async fn serve(
     let stop_on_shutdown = async move {
         shutdown.await;
         tracing::info!("stopping");
+        // Health watchers hear NOT_SERVING before their streams end.
+        health.shut_down().await;
         tasks.stopping();
         service::supervisor::stopping();
         let _ = stop.send(true);
@@ -119,8 +151,7 @@ pub(super) async fn serve(
     service::supervisor::ready(&running.ring.latest());
     let served = grpc_server(&config.limits)
         .layer(forward)
-        .add_service(grpc)
-        .add_service(cluster_grpc)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop_on_shutdown)
         .await;
     if served.is_err() {
@@ -129,6 +160,11 @@ pub(super) async fn serve(
         let _ = running.stop.send(true);
     }
     served
+}
+
+/// The full name a service is served and health-checked under (`gpukill.v1.GpuKill`).
+fn service_name<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
 }
 
 /// A gRPC server with `limits`: rpcs in flight per connection, and HTTP/2 keep-alive pings

@@ -137,8 +137,18 @@ pub async fn health(
 /// The store's state: unavailable without a usable database (kills and resets refused),
 /// degraded while writes fail (a kill or reset whose record cannot be written is refused).
 fn store_health(context: &KillContext) -> pb::StoreHealth {
-    let path = context.store_path.display().to_string();
-    let (state, message) = match context.store.get() {
+    let (state, message) = store_state(&context.store);
+    pb::StoreHealth {
+        state: state.into(),
+        path: context.store_path.display().to_string(),
+        message,
+    }
+}
+
+/// The store's state and, unless it is ok, why (as [`store_health`] reports it; the
+/// standard health service is `NOT_SERVING` unless it is ok).
+pub(crate) fn store_state(store: &crate::store::StoreHandle) -> (pb::StoreState, String) {
+    match store.get() {
         Err(message) => (
             pb::StoreState::Unavailable,
             format!(
@@ -155,11 +165,6 @@ fn store_health(context: &KillContext) -> pb::StoreHealth {
             ),
             (None, None) => (pb::StoreState::Ok, String::new()),
         },
-    };
-    pb::StoreHealth {
-        state: state.into(),
-        path,
-        message,
     }
 }
 

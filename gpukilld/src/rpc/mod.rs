@@ -17,6 +17,7 @@ pub mod reset;
 mod rogue;
 mod run;
 mod sessions;
+pub mod standard;
 pub mod summary;
 pub mod tcp;
 pub mod unix;

@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 pub mod central;
+pub mod clients;
 pub mod flood;
 pub mod measure;
 pub mod pki;
