@@ -32,7 +32,7 @@ const definition = protoLoader.loadSync('gpukill/v1/gpukill.proto', {
 });
 const gpukill = grpc.loadPackageDefinition(definition).gpukill.v1;
 const target = `unix:${socket}`;
-const daemon = new gpukill.GpuKill(target, grpc.credentials.createInsecure());
+const daemon = new gpukill.GpuKillService(target, grpc.credentials.createInsecure());
 
 // grpc.health.v1.Health/Check without its .proto: the request is one string field (empty
 // for the whole server), the answer one enum field.
@@ -67,8 +67,8 @@ async function main() {
   await new Promise((resolve, reject) => {
     const stream = daemon.Watch({});
     let seen = 0;
-    stream.on('data', (update) => {
-      console.log(`watch: snapshot ${update.sequence}, ${update.gpus.length} GPUs`);
+    stream.on('data', ({ snapshot: update, skipped }) => {
+      console.log(`watch: snapshot ${update.sequence}, ${update.gpus.length} GPUs, ${skipped} skipped`);
       if (++seen === 3) {
         stream.cancel();
         resolve();

@@ -46,7 +46,7 @@ def main():
     from gpukill.v1 import gpukill_pb2, gpukill_pb2_grpc
 
     with grpc.insecure_channel(f"unix:{args.socket}") as channel:
-        daemon = gpukill_pb2_grpc.GpuKillStub(channel)
+        daemon = gpukill_pb2_grpc.GpuKillServiceStub(channel)
 
         snapshot = daemon.List(gpukill_pb2.ListRequest(), timeout=10).snapshot
         print(f"host {snapshot.host}, snapshot {snapshot.sequence}"
@@ -60,9 +60,10 @@ def main():
 
         # Watch sends the latest snapshot at once, then each new one; cancel when done.
         stream = daemon.Watch(gpukill_pb2.WatchRequest())
-        for update in itertools.islice(stream, 3):
+        for message in itertools.islice(stream, 3):
+            update = message.snapshot
             print(f"watch: snapshot {update.sequence}, {len(update.gpus)} GPUs, "
-                  f"{len(update.processes)} processes")
+                  f"{len(update.processes)} processes, {message.skipped} skipped")
         stream.cancel()
 
         if args.kill is not None:

@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::cluster_client::ClusterClient;
+use gpukill_proto::v1::cluster_service_client::ClusterServiceClient;
 use serde_json::{Value, json};
 use support::measure::{cpu_ns, percentile, status_kib};
 use support::pki::{Pki, client_token, free_port, token_file};
@@ -46,12 +46,12 @@ fn scenario(targets: &[Target]) -> Value {
 }
 
 async fn list(
-    client: &mut ClusterClient<tonic::transport::Channel>,
+    client: &mut ClusterServiceClient<tonic::transport::Channel>,
     nodes: &[String],
-) -> (f64, pb::ClusterListResponse) {
+) -> (f64, pb::ListAllResponse) {
     let started = Instant::now();
     let response = client
-        .list(pb::ClusterListRequest {
+        .list_all(pb::ListAllRequest {
             filter: None,
             nodes: nodes.to_vec(),
         })
@@ -61,7 +61,7 @@ async fn list(
     (started.elapsed().as_secs_f64() * 1e3, response)
 }
 
-fn answered(response: &pb::ClusterListResponse) -> usize {
+fn answered(response: &pb::ListAllResponse) -> usize {
     response
         .nodes
         .iter()
@@ -77,7 +77,7 @@ fn answered(response: &pb::ClusterListResponse) -> usize {
 /// when `refreshing`.
 async fn cpu_per_second(
     coordinator: &Daemon,
-    client: &mut ClusterClient<tonic::transport::Channel>,
+    client: &mut ClusterServiceClient<tonic::transport::Channel>,
     window: Duration,
     refreshing: bool,
 ) -> (f64, usize) {
@@ -164,7 +164,7 @@ async fn main() {
             ..DaemonOptions::default()
         },
     );
-    let mut client = ClusterClient::new(support::channel(&coordinator.socket).await);
+    let mut client = ClusterServiceClient::new(support::channel(&coordinator.socket).await);
     let rss_before = status_kib(coordinator.pid(), "VmRSS");
 
     // The first call opens the 100 TLS connections.

@@ -164,8 +164,8 @@ fn run_queue_row(daemon: &Daemon, probe_binary: &Path, metrics_port: u16) {
         let mut streams = Vec::new();
         for _ in 0..100 {
             let mut client = support::client(&socket).await;
-            let start = pb::RunMessage {
-                message: Some(pb::run_message::Message::Start(pb::RunStart {
+            let start = pb::RunRequest {
+                message: Some(pb::run_request::Message::Start(pb::RunStart {
                     count: 1,
                     wait: true,
                     command: "z".repeat(900_000),

@@ -169,7 +169,10 @@ async fn main() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
-                    Ok(Ok(Some(snapshot))) => {
+                    Ok(Ok(Some(pb::WatchResponse {
+                        snapshot: Some(snapshot),
+                        ..
+                    }))) => {
                         received += 1;
                         let now_ms = SystemTime::now()
                             .duration_since(UNIX_EPOCH)

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::cluster_client::ClusterClient;
+use gpukill_proto::v1::cluster_service_client::ClusterServiceClient;
 use serde_json::{Value, json};
 use support::pki::{Pki, client_token, free_port, token_file};
 use support::{Daemon, DaemonOptions, MIB, Target, full_gpu, other_uid};
@@ -147,24 +147,24 @@ impl Cluster {
         self.nodes[index].as_ref().expect("node running")
     }
 
-    async fn client(&self) -> ClusterClient<tonic::transport::Channel> {
-        ClusterClient::new(support::channel(&self.coordinator.socket).await)
+    async fn client(&self) -> ClusterServiceClient<tonic::transport::Channel> {
+        ClusterServiceClient::new(support::channel(&self.coordinator.socket).await)
     }
 
     async fn nodes(&self) -> Vec<pb::Node> {
         self.client()
             .await
-            .nodes(pb::ClusterNodesRequest {})
+            .nodes(pb::NodesRequest {})
             .await
             .expect("Cluster.Nodes")
             .into_inner()
             .nodes
     }
 
-    async fn list(&self) -> pb::ClusterListResponse {
+    async fn list(&self) -> pb::ListAllResponse {
         self.client()
             .await
-            .list(pb::ClusterListRequest::default())
+            .list_all(pb::ListAllRequest::default())
             .await
             .expect("Cluster.List")
             .into_inner()
@@ -204,7 +204,7 @@ fn scenario_with(gpus: usize, processes: Value) -> Value {
     json!({"gpus": list})
 }
 
-fn gpus_by_node(list: &pb::ClusterListResponse) -> Vec<(String, Option<usize>)> {
+fn gpus_by_node(list: &pb::ListAllResponse) -> Vec<(String, Option<usize>)> {
     list.nodes
         .iter()
         .map(|node| {

@@ -139,8 +139,8 @@ fn a_request_over_the_size_limit_is_refused_and_changes_nothing() {
     assert!(held.status.success(), "{held:?}");
     runtime().block_on(async {
         let mut client = support::client(&daemon.socket).await;
-        let start = pb::RunMessage {
-            message: Some(pb::run_message::Message::Start(pb::RunStart {
+        let start = pb::RunRequest {
+            message: Some(pb::run_request::Message::Start(pb::RunStart {
                 count: 1,
                 wait: true,
                 command: "y".repeat(4 << 20),
@@ -277,7 +277,8 @@ fn credential_less_tls_connections_are_capped_per_address_and_closed_when_silent
     // The address's slots are free again: a client with a token is served.
     runtime().block_on(async {
         let channel = tls_channel(port, &pki.ca_pem(), None).await.expect("TLS");
-        let mut client = gpukill_proto::v1::gpu_kill_client::GpuKillClient::new(channel);
+        let mut client =
+            gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient::new(channel);
         let list = client
             .list(bearer(pb::ListRequest::default(), TOKEN))
             .await

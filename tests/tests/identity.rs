@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::cluster_client::ClusterClient;
-use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use gpukill_proto::v1::cluster_service_client::ClusterServiceClient;
+use gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient;
 use serde_json::{Value, json};
 use support::pki::{Pki, bearer, client_token, free_port, tls_channel, token_file};
 use support::{Daemon, DaemonOptions, MIB, Target, full_gpu, other_uid, user_name};
@@ -133,8 +133,8 @@ impl Cluster {
 
     /// Every node, as the coordinator lists it to root.
     async fn nodes(&self) -> Vec<pb::Node> {
-        ClusterClient::new(support::channel(&self.coordinator.socket).await)
-            .nodes(pb::ClusterNodesRequest {})
+        ClusterServiceClient::new(support::channel(&self.coordinator.socket).await)
+            .nodes(pb::NodesRequest {})
             .await
             .expect("Cluster.Nodes")
             .into_inner()
@@ -211,7 +211,7 @@ async fn a_principal_with_an_at_sign_forwarded_by_a_coordinator_is_not_that_loca
     let mut named_victim = Target::sleep(Some(nobody));
     let mut uid_victim = Target::sleep(Some(BARE_UID));
     let cluster = Cluster::start(on_gpu(&[&named_victim, &uid_victim])).await;
-    let mut coordinator = GpuKillClient::new(cluster.tls(cluster.coordinator_port).await);
+    let mut coordinator = GpuKillServiceClient::new(cluster.tls(cluster.coordinator_port).await);
 
     // `nobody@lab.example` through the coordinator, for nobody's process on n1: the old
     // `user@host` header split at the first '@' and made this user "nobody" there.
@@ -236,7 +236,7 @@ async fn a_principal_with_an_at_sign_forwarded_by_a_coordinator_is_not_that_loca
         assert!(result.reason.contains(&principal), "{result:?}");
     }
     // A principal named like the bare uid, directly on the node, is not uid 4343 either.
-    let mut node = GpuKillClient::new(cluster.tls(cluster.node_port).await);
+    let mut node = GpuKillServiceClient::new(cluster.tls(cluster.node_port).await);
     let result = outcome(
         node.kill(bearer(kill_pid(uid_victim.pid()), UID_NAME_TOKEN))
             .await,
@@ -296,7 +296,7 @@ async fn a_forwarded_uid_0_meets_the_protection_of_roots_processes_on_the_node()
     assert!(victim.alive());
 
     // The coordinator's token replayed straight at n1, with forged caller fields for root.
-    let mut node = GpuKillClient::new(cluster.tls(cluster.node_port).await);
+    let mut node = GpuKillServiceClient::new(cluster.tls(cluster.node_port).await);
     let forged = with_metadata(
         bearer(kill_pid(victim.pid()), COORDINATOR_TOKEN),
         &[
@@ -375,7 +375,7 @@ async fn a_second_node_principal_cannot_take_over_or_keep_alive_a_registration()
     let cluster = Cluster::start(json!([])).await;
     let before = cluster.wait_for_n1().await;
     let n1_id = before.node_id.clone().expect("a registered node has an id");
-    let mut attacker = ClusterClient::new(cluster.tls(cluster.coordinator_port).await);
+    let mut attacker = ClusterServiceClient::new(cluster.tls(cluster.coordinator_port).await);
     let register = |node_id: &str, name: &str| {
         bearer(
             pb::RegisterRequest {
@@ -477,7 +477,7 @@ async fn a_registration_stays_bound_to_its_principal_across_a_coordinator_restar
     let channel = tls_channel(coordinator_port, &pki.ca_pem(), None)
         .await
         .expect("TLS to the coordinator");
-    let mut attacker = ClusterClient::new(channel);
+    let mut attacker = ClusterServiceClient::new(channel);
     for (node_id, name) in [(n1_id.as_str(), "evil"), ("e".repeat(32).as_str(), "n1")] {
         let status = attacker
             .register(bearer(
@@ -497,8 +497,8 @@ async fn a_registration_stays_bound_to_its_principal_across_a_coordinator_restar
             "the refusal names the owner: {status:?}"
         );
     }
-    let nodes = ClusterClient::new(support::channel(&coordinator.socket).await)
-        .nodes(pb::ClusterNodesRequest {})
+    let nodes = ClusterServiceClient::new(support::channel(&coordinator.socket).await)
+        .nodes(pb::NodesRequest {})
         .await
         .expect("Cluster.Nodes")
         .into_inner()

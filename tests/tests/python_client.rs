@@ -9,8 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use gpukill_proto::v1::cluster_server::ClusterServer;
-use gpukill_proto::v1::gpu_kill_server::GpuKillServer;
+use gpukill_proto::v1::cluster_service_server::ClusterServiceServer;
+use gpukill_proto::v1::gpu_kill_service_server::GpuKillServiceServer;
 use serde_json::{Value, json};
 use support::{Daemon, MIB, Target, clients, full_gpu, other_uid};
 use tonic::server::NamedService;
@@ -47,8 +47,8 @@ fn grpcio_with_default_options_checks_health_reflects_lists_and_watches() {
     let daemon = Daemon::start(&scenario(&[&target]));
     let dir = clients::python_workdir();
     let socket = daemon.socket.to_str().unwrap();
-    let node_service = <GpuKillServer<()> as NamedService>::NAME;
-    let cluster_service = <ClusterServer<()> as NamedService>::NAME;
+    let node_service = <GpuKillServiceServer<()> as NamedService>::NAME;
+    let cluster_service = <ClusterServiceServer<()> as NamedService>::NAME;
 
     for authority in [None, Some("localhost")] {
         let mut args = vec!["--socket", socket];

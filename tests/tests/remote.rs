@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient;
 use serde_json::{Value, json};
 use support::pki::{Pki, bearer, free_port, tls_channel, token_file};
 use support::{Daemon, DaemonOptions, Target, full_gpu, other_uid};
@@ -59,7 +59,7 @@ async fn tcp_refuses_missing_and_wrong_credentials_and_unknown_cas_and_changes_n
     let mut target = Target::sleep(Some(other_uid()));
     let (daemon, port) = secure_node(&pki, &scenario(&target));
     let channel = tls_channel(port, &pki.ca_pem(), None).await.expect("TLS");
-    let mut client = GpuKillClient::new(channel.clone());
+    let mut client = GpuKillServiceClient::new(channel.clone());
     let pid = target.pid();
     let kill = || pb::KillRequest {
         target: Some(pb::kill_request::Target::Pid(pid)),
@@ -92,7 +92,7 @@ async fn tcp_refuses_missing_and_wrong_credentials_and_unknown_cas_and_changes_n
     let other = Pki::new(other_dir.path(), "other");
     let (cert, key) = other.client("ops-cert");
     let refused = match tls_channel(port, &pki.ca_pem(), Some((&cert, &key))).await {
-        Ok(channel) => GpuKillClient::new(channel)
+        Ok(channel) => GpuKillServiceClient::new(channel)
             .list(pb::ListRequest::default())
             .await
             .is_err(),
@@ -104,7 +104,7 @@ async fn tcp_refuses_missing_and_wrong_credentials_and_unknown_cas_and_changes_n
 
     // A certificate from the right CA names its principal.
     let (cert, key) = pki.client("ops-cert");
-    let mut with_cert = GpuKillClient::new(
+    let mut with_cert = GpuKillServiceClient::new(
         tls_channel(port, &pki.ca_pem(), Some((&cert, &key)))
             .await
             .expect("TLS with a client certificate"),

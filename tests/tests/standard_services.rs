@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::gpu_kill_server::GpuKillServer;
+use gpukill_proto::v1::gpu_kill_service_server::GpuKillServiceServer;
 use prost::Message;
 use serde_json::{Value, json};
 use support::pki::{Pki, bearer, free_port, tls_channel, token_file};
@@ -25,7 +25,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
-const NODE_SERVICE: &str = <GpuKillServer<()> as NamedService>::NAME;
+const NODE_SERVICE: &str = <GpuKillServiceServer<()> as NamedService>::NAME;
 
 fn scenario(hang: Value) -> Value {
     let mut gpu = full_gpu(0, json!([]));

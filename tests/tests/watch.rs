@@ -10,12 +10,14 @@ use gpukill_proto::v1 as pb;
 use serde_json::{Value, json};
 use support::{Daemon, MIB, Target, full_gpu};
 
-async fn next(stream: &mut tonic::Streaming<pb::Snapshot>) -> pb::Snapshot {
+async fn next(stream: &mut tonic::Streaming<pb::WatchResponse>) -> pb::Snapshot {
     stream
         .message()
         .await
         .expect("stream error")
         .expect("stream ended")
+        .snapshot
+        .expect("a snapshot in every message")
 }
 
 fn scenario(target: &Target) -> Value {

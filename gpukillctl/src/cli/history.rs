@@ -47,7 +47,7 @@ impl ResolutionArg {
     /// The History request's value.
     pub fn to_proto(self) -> gpukill_proto::v1::Resolution {
         match self {
-            ResolutionArg::Auto => gpukill_proto::v1::Resolution::Auto,
+            ResolutionArg::Auto => gpukill_proto::v1::Resolution::Unspecified,
             ResolutionArg::Raw => gpukill_proto::v1::Resolution::Raw,
             ResolutionArg::Hourly => gpukill_proto::v1::Resolution::Hourly,
         }

@@ -10,9 +10,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use gpukill_proto::v1::{
-    ClusterContentionRequest, ClusterListRequest, ClusterNodesRequest, SnapshotFilter, Vendor,
-};
+use gpukill_proto::v1::{ContentionRequest, ListAllRequest, NodesRequest, SnapshotFilter, Vendor};
 
 use crate::Output;
 use crate::cli::{
@@ -81,7 +79,7 @@ async fn nodes<W: Write, E: Write>(
 ) -> Result<(), Error> {
     let mut client = conn::connect_cluster(target).await?;
     let response = client
-        .nodes(conn::unary(ClusterNodesRequest {}))
+        .nodes(conn::unary(NodesRequest {}))
         .await
         .map_err(|status| cluster_error("Nodes", status, target))?
         .into_inner();
@@ -93,8 +91,8 @@ async fn nodes<W: Write, E: Write>(
 }
 
 /// The request `cluster list` makes.
-fn list_request(args: &ClusterListArgs) -> ClusterListRequest {
-    ClusterListRequest {
+fn list_request(args: &ClusterListArgs) -> ListAllRequest {
+    ListAllRequest {
         filter: Some(SnapshotFilter {
             vendor: Vendor::from(args.vendor) as i32,
             process_regex: args.filter.clone(),
@@ -112,7 +110,7 @@ async fn list<W: Write, E: Write>(
 ) -> Result<(), Error> {
     let mut client = conn::connect_cluster(target).await?;
     let response = client
-        .list(conn::unary_with_timeout(
+        .list_all(conn::unary_with_timeout(
             list_request(args),
             CLUSTER_TIMEOUT,
         ))
@@ -151,7 +149,7 @@ async fn contention<W: Write, E: Write>(
     let mut client = conn::connect_cluster(target).await?;
     let response = client
         .contention(conn::unary_with_timeout(
-            ClusterContentionRequest { top: args.top },
+            ContentionRequest { top: args.top },
             CLUSTER_TIMEOUT,
         ))
         .await
@@ -172,7 +170,7 @@ mod tests {
     use super::*;
     use crate::render::time::TimeZone;
     use crate::testutil::{self, FakeDaemon, run_cli, serve};
-    use gpukill_proto::v1::{ClusterListResponse, NodeSnapshot};
+    use gpukill_proto::v1::{ListAllResponse, NodeSnapshot};
     use tonic::Status;
 
     #[tokio::test]
@@ -232,7 +230,7 @@ mod tests {
         let requests = requests.lock().expect("lock").clone();
         assert_eq!(
             requests,
-            [ClusterListRequest {
+            [ListAllRequest {
                 filter: Some(SnapshotFilter {
                     vendor: Vendor::Nvidia as i32,
                     process_regex: Some("^py".to_owned()),
@@ -265,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_cluster_exits_6_and_says_so() {
         let served = serve(FakeDaemon {
-            cluster_list: Some(Ok(ClusterListResponse {
+            cluster_list: Some(Ok(ListAllResponse {
                 nodes: Vec::<NodeSnapshot>::new(),
                 deadline_ms: 1000,
             })),
@@ -361,10 +359,7 @@ mod tests {
         let requests = requests.lock().expect("lock").clone();
         assert_eq!(
             requests,
-            [
-                ClusterContentionRequest { top: 3 },
-                ClusterContentionRequest { top: 10 }
-            ]
+            [ContentionRequest { top: 3 }, ContentionRequest { top: 10 }]
         );
     }
 

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use gpukill_proto::v1::{ListRequest, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest};
+use gpukill_proto::v1::{
+    ListRequest, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest, WatchResponse,
+};
 
 use crate::Output;
 use crate::cli::{ListArgs, OutputFormat};
@@ -91,7 +93,7 @@ fn table_options<W, E>(args: &ListArgs, out: &Output<W, E>) -> TableOptions {
 /// ends or fails (an error with the status's exit code; [`Error::ConnectionLost`] when the
 /// daemon went away).
 async fn watch<W: Write, E: Write>(
-    mut stream: tonic::Streaming<Snapshot>,
+    mut stream: tonic::Streaming<WatchResponse>,
     target: &conn::Target,
     args: &ListArgs,
     out: &mut Output<W, E>,
@@ -104,7 +106,13 @@ async fn watch<W: Write, E: Write>(
             next = stream.message() => next,
         };
         match next {
-            Ok(Some(snapshot)) => write_frame(&snapshot, args, out)?,
+            Ok(Some(message)) => {
+                let snapshot = message.snapshot.ok_or(Error::EmptyResponse {
+                    rpc: "Watch",
+                    missing: "a snapshot",
+                })?;
+                write_frame(&snapshot, args, out)?;
+            }
             Ok(None) => return Err(Error::WatchEnded),
             Err(status) => return Err(stream_failed(status, target).await),
         }

@@ -33,7 +33,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use gpukill_proto::v1::{
-    RunGranted, RunHeartbeat, RunMessage, RunResume, RunStart, RunUpdate, run_message, run_update,
+    RunGranted, RunHeartbeat, RunRequest, RunResponse, RunResume, RunStart, run_request,
+    run_response,
 };
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -127,9 +128,9 @@ pub async fn run<W: Write, E: Write>(
 }
 
 /// The first message: RunStart as the arguments ask.
-fn start_message(args: &RunArgs) -> RunMessage {
-    RunMessage {
-        message: Some(run_message::Message::Start(RunStart {
+fn start_message(args: &RunArgs) -> RunRequest {
+    RunRequest {
+        message: Some(run_request::Message::Start(RunStart {
             count: args.gpus,
             timeout_ms: millis(args.timeout),
             wait: !args.nonblock,
@@ -140,9 +141,9 @@ fn start_message(args: &RunArgs) -> RunMessage {
 }
 
 /// A heartbeat message.
-fn heartbeat_message() -> RunMessage {
-    RunMessage {
-        message: Some(run_message::Message::Heartbeat(RunHeartbeat {})),
+fn heartbeat_message() -> RunRequest {
+    RunRequest {
+        message: Some(run_request::Message::Heartbeat(RunHeartbeat {})),
     }
 }
 
@@ -214,13 +215,13 @@ fn status_reason(status: &tonic::Status) -> String {
 struct Session {
     /// Kept with the stream, so that its connection lives as long.
     _client: conn::Client,
-    sender: mpsc::Sender<RunMessage>,
-    updates: tonic::Streaming<RunUpdate>,
+    sender: mpsc::Sender<RunRequest>,
+    updates: tonic::Streaming<RunResponse>,
 }
 
 impl Session {
     /// Opens a Run stream on `client` whose first message is `first`.
-    async fn open(mut client: conn::Client, first: RunMessage) -> Result<Self, tonic::Status> {
+    async fn open(mut client: conn::Client, first: RunRequest) -> Result<Self, tonic::Status> {
         let (sender, receiver) = mpsc::channel(OUTBOX);
         // Cannot fail: the channel is empty and its receiver is right here.
         let _ = sender.try_send(first);
@@ -253,17 +254,17 @@ impl Session {
                     reason: "it closed the stream".to_owned(),
                 })?;
             match update.update {
-                Some(run_update::Update::Granted(granted)) => return Ok(granted),
-                Some(run_update::Update::Ended(ended)) => {
+                Some(run_response::Update::Granted(granted)) => return Ok(granted),
+                Some(run_response::Update::Ended(ended)) => {
                     return Err(Error::RunNotGranted {
                         reason: ended.reason,
                     });
                 }
-                Some(run_update::Update::Queued(queued)) if ahead != Some(queued.ahead) => {
+                Some(run_response::Update::Queued(queued)) if ahead != Some(queued.ahead) => {
                     ahead = Some(queued.ahead);
                     out.note(&waiting_line(count, queued.ahead))?;
                 }
-                Some(run_update::Update::Queued(_)) | None => {}
+                Some(run_response::Update::Queued(_)) | None => {}
             }
         }
     }
@@ -307,7 +308,7 @@ enum Link<'a> {
 /// What happened to the [`Link`].
 enum LinkEvent {
     /// gpukilld sent an update.
-    Update(RunUpdate),
+    Update(RunResponse),
     /// The stream broke, or gpukilld closed it without a word.
     Broken,
     /// The reservation was taken back on a new stream.
@@ -391,11 +392,11 @@ impl Supervisor<'_> {
     /// Acts on what happened to the link.
     fn handle<W: Write, E: Write>(&mut self, event: LinkEvent, out: &mut Output<W, E>) {
         match event {
-            LinkEvent::Update(RunUpdate {
-                update: Some(run_update::Update::Ended(ended)),
+            LinkEvent::Update(RunResponse {
+                update: Some(run_response::Update::Ended(ended)),
             }) => self.stop(ended.reason, out),
-            LinkEvent::Update(RunUpdate {
-                update: Some(run_update::Update::Granted(granted)),
+            LinkEvent::Update(RunResponse {
+                update: Some(run_response::Update::Granted(granted)),
             }) => self.regranted(granted),
             LinkEvent::Update(_) => {}
             LinkEvent::Broken => self.resume(),
@@ -498,8 +499,8 @@ async fn attempt(
     let client = conn::connect(target)
         .await
         .map_err(|err| Failure::Unanswered(err.to_string()))?;
-    let first = RunMessage {
-        message: Some(run_message::Message::Resume(RunResume { reservation_id })),
+    let first = RunRequest {
+        message: Some(run_request::Message::Resume(RunResume { reservation_id })),
     };
     let mut session = Session::open(client, first).await.map_err(failure)?;
     loop {
@@ -507,9 +508,9 @@ async fn attempt(
             return Err(Failure::Unanswered("gpukilld closed the stream".to_owned()));
         };
         match update.update {
-            Some(run_update::Update::Granted(granted)) => return Ok((session, granted)),
-            Some(run_update::Update::Ended(ended)) => return Err(Failure::Refused(ended.reason)),
-            Some(run_update::Update::Queued(_)) | None => {}
+            Some(run_response::Update::Granted(granted)) => return Ok((session, granted)),
+            Some(run_response::Update::Ended(ended)) => return Err(Failure::Refused(ended.reason)),
+            Some(run_response::Update::Queued(_)) | None => {}
         }
     }
 }
@@ -537,9 +538,9 @@ mod tests {
     use tonic::Status;
 
     /// Reservation 17 of GPUs 2 and 5, heartbeats every 50 ms, 3 s to come back.
-    fn granted() -> RunUpdate {
-        RunUpdate {
-            update: Some(run_update::Update::Granted(RunGranted {
+    fn granted() -> RunResponse {
+        RunResponse {
+            update: Some(run_response::Update::Granted(RunGranted {
                 reservation_id: 17,
                 gpus: vec![reserved_gpu(2), reserved_gpu(5)],
                 environment: HashMap::from([
@@ -553,22 +554,22 @@ mod tests {
         }
     }
 
-    fn queued(ahead: u32) -> RunUpdate {
-        RunUpdate {
-            update: Some(run_update::Update::Queued(RunQueued { ahead })),
+    fn queued(ahead: u32) -> RunResponse {
+        RunResponse {
+            update: Some(run_response::Update::Queued(RunQueued { ahead })),
         }
     }
 
-    fn ended(reason: &str) -> RunUpdate {
-        RunUpdate {
-            update: Some(run_update::Update::Ended(RunEnded {
+    fn ended(reason: &str) -> RunResponse {
+        RunResponse {
+            update: Some(run_response::Update::Ended(RunEnded {
                 reason: reason.to_owned(),
             })),
         }
     }
 
     /// A fake daemon whose Run calls follow `scripts`, one per call.
-    fn daemon(scripts: Vec<Vec<Result<RunUpdate, Status>>>) -> FakeDaemon {
+    fn daemon(scripts: Vec<Vec<Result<RunResponse, Status>>>) -> FakeDaemon {
         FakeDaemon {
             run: scripts
                 .into_iter()
@@ -670,8 +671,8 @@ mod tests {
         let call = &calls(&received)[0];
         assert_eq!(
             call[0],
-            RunReceived::Message(RunMessage {
-                message: Some(run_message::Message::Start(RunStart {
+            RunReceived::Message(RunRequest {
+                message: Some(run_request::Message::Start(RunStart {
                     count: 2,
                     timeout_ms: 0,
                     wait: true,
@@ -686,9 +687,9 @@ mod tests {
     }
 
     /// A grant of GPUs 2 and 5 whose environment is `environment`.
-    fn granted_with(environment: &[(&str, &str)]) -> RunUpdate {
+    fn granted_with(environment: &[(&str, &str)]) -> RunResponse {
         let mut update = granted();
-        if let Some(run_update::Update::Granted(granted)) = update.update.as_mut() {
+        if let Some(run_response::Update::Granted(granted)) = update.update.as_mut() {
             granted.environment = environment
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
@@ -814,8 +815,8 @@ mod tests {
         );
         assert_eq!(notes, "");
         assert!(!ran.exists());
-        let RunReceived::Message(RunMessage {
-            message: Some(run_message::Message::Start(start)),
+        let RunReceived::Message(RunRequest {
+            message: Some(run_request::Message::Start(start)),
         }) = calls(&received)[0][0].clone()
         else {
             panic!("expected RunStart");
@@ -834,8 +835,8 @@ mod tests {
         let served = serve(fake);
         let (result, _, _) = run_cli(&served.socket, &["run", "--wait", "10m", "/bin/true"]).await;
         assert_eq!(result.expect_err("busy").exit_code(), 7);
-        let RunReceived::Message(RunMessage {
-            message: Some(run_message::Message::Start(start)),
+        let RunReceived::Message(RunRequest {
+            message: Some(run_request::Message::Start(start)),
         }) = calls(&received)[0][0].clone()
         else {
             panic!("expected RunStart");
@@ -926,8 +927,8 @@ mod tests {
         let resumed = &calls(&received)[1];
         assert_eq!(
             resumed[0],
-            RunReceived::Message(RunMessage {
-                message: Some(run_message::Message::Resume(RunResume {
+            RunReceived::Message(RunRequest {
+                message: Some(run_request::Message::Resume(RunResume {
                     reservation_id: 17
                 })),
             })

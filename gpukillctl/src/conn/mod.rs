@@ -23,8 +23,8 @@ mod transport;
 
 use std::time::Duration;
 
-use gpukill_proto::v1::cluster_client::ClusterClient as GeneratedClusterClient;
-use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use gpukill_proto::v1::cluster_service_client::ClusterServiceClient as GeneratedClusterClient;
+use gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient;
 use tonic::service::interceptor::InterceptedService;
 
 pub use address::{Address, RemoteAddress, is_loopback, parse_address, parse_node_name};
@@ -53,22 +53,23 @@ pub const NODE_HEADER: &str = "gpukill-node";
 const CLUSTER_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A connected client of the gpukill API.
-pub type Client = GpuKillClient<InterceptedService<Transport, RequestMetadata>>;
+pub type Client = GpuKillServiceClient<InterceptedService<Transport, RequestMetadata>>;
 
 /// A connected client of a coordinator's Cluster service.
-pub type ClusterClient = GeneratedClusterClient<InterceptedService<Transport, RequestMetadata>>;
+pub type ClusterServiceClient =
+    GeneratedClusterClient<InterceptedService<Transport, RequestMetadata>>;
 
 /// Connects to the GpuKill service of `target`.
 pub async fn connect(target: &Target) -> Result<Client, Error> {
     let channel = target.channel().await?;
-    Ok(GpuKillClient::with_interceptor(
+    Ok(GpuKillServiceClient::with_interceptor(
         channel,
         target.gpukill.clone(),
     ))
 }
 
 /// Connects to the Cluster service of `target` (a coordinator).
-pub async fn connect_cluster(target: &Target) -> Result<ClusterClient, Error> {
+pub async fn connect_cluster(target: &Target) -> Result<ClusterServiceClient, Error> {
     let channel = target.channel().await?;
     Ok(
         GeneratedClusterClient::with_interceptor(channel, target.cluster.clone())

@@ -10,8 +10,8 @@
 //! declaration order, and every absent value is `null`.
 
 use gpukill_proto::v1::{
-    ClusterContentionResponse, ClusterGpu, ClusterListResponse, ClusterNodesResponse, ClusterUser,
-    Node, NodeSnapshot, NodeState,
+    ClusterGpu, ClusterUser, ContentionResponse, ListAllResponse, Node, NodeSnapshot, NodeState,
+    NodesResponse,
 };
 use serde::Serialize;
 
@@ -89,14 +89,14 @@ impl NodeJson {
 }
 
 /// `response` as one indented JSON document, ending in a newline.
-pub fn nodes_json(response: &ClusterNodesResponse) -> Result<String, Error> {
+pub fn nodes_json(response: &NodesResponse) -> Result<String, Error> {
     document(&NodesJson {
         nodes: response.nodes.iter().map(NodeJson::new).collect(),
     })
 }
 
 /// `response` as a table, LAST SEEN counted back from `now_ms`, ending in a newline.
-pub fn render_nodes(response: &ClusterNodesResponse, now_ms: i64) -> String {
+pub fn render_nodes(response: &NodesResponse, now_ms: i64) -> String {
     let header = [
         "NAME",
         "STATE",
@@ -235,7 +235,7 @@ fn name(answer: &NodeSnapshot) -> &str {
 }
 
 /// `NAME (why)` for every node of `response` that did not answer.
-pub fn unreachable(response: &ClusterListResponse) -> Vec<String> {
+pub fn unreachable(response: &ListAllResponse) -> Vec<String> {
     response
         .nodes
         .iter()
@@ -245,7 +245,7 @@ pub fn unreachable(response: &ClusterListResponse) -> Vec<String> {
 }
 
 /// `response` as one indented JSON document, ending in a newline.
-pub fn list_json(response: &ClusterListResponse) -> Result<String, Error> {
+pub fn list_json(response: &ListAllResponse) -> Result<String, Error> {
     document(&ClusterListJson {
         nodes: response.nodes.iter().map(NodeSnapshotJson::new).collect(),
         deadline_ms: response.deadline_ms,
@@ -258,7 +258,7 @@ pub fn list_json(response: &ClusterListResponse) -> Result<String, Error> {
 ///    vendors not OK, no GPUs at all);
 /// 3. with `--details` or `--containers`, a blank line and the process table (NODE first);
 /// 4. `unreachable: n2 (why); n3 (why)` when nodes did not answer.
-pub fn render_list(response: &ClusterListResponse, options: &TableOptions) -> String {
+pub fn render_list(response: &ListAllResponse, options: &TableOptions) -> String {
     let answered: Vec<(&str, &gpukill_proto::v1::Snapshot)> = response
         .nodes
         .iter()
@@ -394,7 +394,7 @@ impl ClusterUserJson {
 }
 
 /// `response` as one indented JSON document, ending in a newline.
-pub fn contention_json(response: &ClusterContentionResponse) -> Result<String, Error> {
+pub fn contention_json(response: &ContentionResponse) -> Result<String, Error> {
     let gpus = |gpus: &[ClusterGpu]| gpus.iter().map(ClusterGpuJson::new).collect();
     let users = |users: &[ClusterUser]| users.iter().map(ClusterUserJson::new).collect();
     document(&ContentionJson {
@@ -410,7 +410,7 @@ pub fn contention_json(response: &ClusterContentionResponse) -> Result<String, E
 
 /// `response` as titled sections, each a table or `none`, separated by blank lines, ending
 /// in a newline.
-pub fn render_contention(response: &ClusterContentionResponse) -> String {
+pub fn render_contention(response: &ContentionResponse) -> String {
     let sections = [
         ("BUSY GPUS", gpu_section(&response.busy)),
         ("FREE GPUS", gpu_section(&response.free)),
@@ -657,7 +657,7 @@ mod tests {
                 "n4 (deadline exceeded after 1s)"
             ]
         );
-        let silent = ClusterListResponse {
+        let silent = ListAllResponse {
             nodes: vec![NodeSnapshot {
                 node: Some(Node {
                     name: "n9".to_owned(),
@@ -684,7 +684,7 @@ mod tests {
 
     #[test]
     fn empty_contention_says_none() {
-        let text = render_contention(&ClusterContentionResponse::default());
+        let text = render_contention(&ContentionResponse::default());
         assert_eq!(text.matches("none\n").count(), 7, "{text}");
         assert!(text.starts_with("BUSY GPUS\nnone\n\nFREE GPUS\n"), "{text}");
     }

@@ -197,7 +197,7 @@ pub fn csv(response: &HistoryResponse) -> String {
 fn resolution_name(resolution: Resolution) -> &'static str {
     match resolution {
         Resolution::Hourly => "hourly",
-        Resolution::Raw | Resolution::Auto => "raw",
+        Resolution::Raw | Resolution::Unspecified => "raw",
     }
 }
 

@@ -56,8 +56,8 @@ pub fn contention(
     answered: &[(String, pb::Snapshot)],
     unreachable: Vec<String>,
     top: usize,
-) -> pb::ClusterContentionResponse {
-    let mut response = pb::ClusterContentionResponse::default();
+) -> pb::ContentionResponse {
+    let mut response = pb::ContentionResponse::default();
     let mut users: BTreeMap<String, UserTotals> = BTreeMap::new();
     for (node, snapshot) in answered {
         for gpu in snapshot.gpus.iter().filter(|gpu| gpu.error.is_none()) {
@@ -116,7 +116,7 @@ fn place(gpu: &pb::ClusterGpu) -> String {
     format!("{} GPU {}", gpu.node, gpu.index)
 }
 
-fn suggestions(report: &pb::ClusterContentionResponse, unreachable: &[String]) -> Vec<String> {
+fn suggestions(report: &pb::ContentionResponse, unreachable: &[String]) -> Vec<String> {
     let mut lines = Vec::new();
     for gpu in &report.idle {
         let held = gpu

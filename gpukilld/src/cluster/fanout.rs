@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient;
 
 use super::registry::Registry;
 use crate::authz::Caller;
@@ -46,9 +46,9 @@ pub async fn list(
     registry: &Arc<Registry>,
     local: Option<&Local>,
     caller: &Caller,
-    request: pb::ClusterListRequest,
+    request: pb::ListAllRequest,
     deadline: Duration,
-) -> pb::ClusterListResponse {
+) -> pb::ListAllResponse {
     let wanted = |name: &str| request.nodes.is_empty() || request.nodes.iter().any(|n| n == name);
     let (targets, unknown) = registry.targets(
         &request
@@ -76,7 +76,7 @@ pub async fn list(
             let mut call = tonic::Request::new(pb::ListRequest { filter });
             call.set_timeout(deadline);
             registry.credentials().authorize(&mut call);
-            let mut client = GpuKillClient::new(target.channel);
+            let mut client = GpuKillServiceClient::new(target.channel);
             let answer = tokio::time::timeout(deadline, client.list(call)).await;
             let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let result = match answer {
@@ -139,7 +139,7 @@ pub async fn list(
         let name = |n: &pb::NodeSnapshot| n.node.as_ref().map(|n| n.name.clone());
         name(a).cmp(&name(b))
     });
-    pb::ClusterListResponse {
+    pb::ListAllResponse {
         nodes,
         deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
     }

@@ -25,7 +25,7 @@ use crate::rpc::tcp::{
 pub const NODE_HEADER: &str = "gpukill-node";
 
 /// The path prefix of the per-node service's rpcs.
-const NODE_SERVICE: &str = "/gpukill.v1.GpuKill/";
+const NODE_SERVICE: &str = "/gpukill.v1.GpuKillService/";
 
 /// What forwarding needs.
 pub struct Forwarder {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::cluster_client::ClusterClient;
+use gpukill_proto::v1::cluster_service_client::ClusterServiceClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -26,7 +26,7 @@ pub async fn run(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = ClusterClient::new(channel);
+    let mut client = ClusterServiceClient::new(channel);
     let mut last_error: Option<String> = None;
     let mut retry = interval.min(Duration::from_secs(1));
     let mut registered: Option<Duration> = None;

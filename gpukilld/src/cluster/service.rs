@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::cluster_server::Cluster;
+use gpukill_proto::v1::cluster_service_server::ClusterService as ClusterRpcs;
 use tonic::{Request, Response, Status};
 
 use super::contention;
@@ -44,8 +44,8 @@ impl ClusterService {
     async fn fan_out(
         &self,
         caller: &Caller,
-        request: pb::ClusterListRequest,
-    ) -> Result<pb::ClusterListResponse, Status> {
+        request: pb::ListAllRequest,
+    ) -> Result<pb::ListAllResponse, Status> {
         let coordinator = self.coordinator()?;
         Ok(fanout::list(
             &coordinator.registry,
@@ -67,11 +67,11 @@ impl ClusterService {
 }
 
 #[tonic::async_trait]
-impl Cluster for ClusterService {
+impl ClusterRpcs for ClusterService {
     async fn nodes(
         &self,
-        request: Request<pb::ClusterNodesRequest>,
-    ) -> Result<Response<pb::ClusterNodesResponse>, Status> {
+        request: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesResponse>, Status> {
         answer(&self.store, request, Access::Read, |_, _| async {
             let coordinator = self.coordinator()?;
             let mut nodes = coordinator.registry.nodes();
@@ -79,15 +79,15 @@ impl Cluster for ClusterService {
                 nodes.push(local.describe());
                 nodes.sort_by(|a, b| a.name.cmp(&b.name));
             }
-            Ok::<_, Status>(pb::ClusterNodesResponse { nodes })
+            Ok::<_, Status>(pb::NodesResponse { nodes })
         })
         .await
     }
 
-    async fn list(
+    async fn list_all(
         &self,
-        request: Request<pb::ClusterListRequest>,
-    ) -> Result<Response<pb::ClusterListResponse>, Status> {
+        request: Request<pb::ListAllRequest>,
+    ) -> Result<Response<pb::ListAllResponse>, Status> {
         answer(
             &self.store,
             request,
@@ -99,8 +99,8 @@ impl Cluster for ClusterService {
 
     async fn contention(
         &self,
-        request: Request<pb::ClusterContentionRequest>,
-    ) -> Result<Response<pb::ClusterContentionResponse>, Status> {
+        request: Request<pb::ContentionRequest>,
+    ) -> Result<Response<pb::ContentionResponse>, Status> {
         answer(
             &self.store,
             request,
@@ -110,9 +110,7 @@ impl Cluster for ClusterService {
                     0 => contention::DEFAULT_TOP,
                     top => top as usize,
                 };
-                let listed = self
-                    .fan_out(&caller, pb::ClusterListRequest::default())
-                    .await?;
+                let listed = self.fan_out(&caller, pb::ListAllRequest::default()).await?;
                 let mut answered = Vec::new();
                 let mut unreachable = Vec::new();
                 for node in listed.nodes {

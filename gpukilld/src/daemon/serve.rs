@@ -25,7 +25,7 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let request_limit = usize::try_from(config.limits.max_request_size).unwrap_or(usize::MAX);
-    let cluster_grpc = gpukill_proto::v1::cluster_server::ClusterServer::new(
+    let cluster_grpc = gpukill_proto::v1::cluster_service_server::ClusterServiceServer::new(
         cluster::service::ClusterService::new(
             running.membership.coordinator.clone(),
             running.kill_context.store.clone(),

@@ -22,10 +22,10 @@ pub async fn history(
     let log = store.get().map_err(RpcError::StoreUnavailable)?;
     let gpu = request.gpu_index;
     let resolution = match request.resolution() {
-        pb::Resolution::Auto if until.saturating_sub(since) > AUTO_RAW_LIMIT_MS => {
+        pb::Resolution::Unspecified if until.saturating_sub(since) > AUTO_RAW_LIMIT_MS => {
             pb::Resolution::Hourly
         }
-        pb::Resolution::Auto => pb::Resolution::Raw,
+        pb::Resolution::Unspecified => pb::Resolution::Raw,
         chosen => chosen,
     };
     let samples = match resolution {
@@ -148,7 +148,7 @@ mod tests {
             gpu_index: Some(0),
             since_unix_ms: t0,
             until_unix_ms: later,
-            resolution: pb::Resolution::Auto.into(),
+            resolution: pb::Resolution::Unspecified.into(),
         };
         // The writer thread writes history on its own schedule.
         let log = StoreHandle::from(log);

@@ -18,14 +18,15 @@ use tonic::codegen::http;
 pub struct RpcName(pub String);
 
 impl RpcName {
-    /// The name of the rpc at `path` (`/gpukill.v1.GpuKill/List`).
+    /// The name of the rpc at `path` (`/gpukill.v1.GpuKillService/List` is `List`,
+    /// `/gpukill.v1.ClusterService/Register` is `Cluster.Register`).
     pub fn of(path: &str) -> Self {
         let path = path.trim_start_matches('/');
         let (service, method) = path.rsplit_once('/').unwrap_or(("", path));
         let service = service.rsplit('.').next().unwrap_or(service);
-        match service {
+        match service.strip_suffix("Service").unwrap_or(service) {
             "" | "GpuKill" => RpcName(method.to_owned()),
-            _ => RpcName(format!("{service}.{method}")),
+            service => RpcName(format!("{service}.{method}")),
         }
     }
 }
@@ -139,10 +140,14 @@ mod tests {
 
     #[test]
     fn rpcs_are_named_by_their_path() {
-        assert_eq!(RpcName::of("/gpukill.v1.GpuKill/List").0, "List");
+        assert_eq!(RpcName::of("/gpukill.v1.GpuKillService/List").0, "List");
         assert_eq!(
-            RpcName::of("/gpukill.v1.Cluster/Register").0,
+            RpcName::of("/gpukill.v1.ClusterService/Register").0,
             "Cluster.Register"
+        );
+        assert_eq!(
+            RpcName::of("/grpc.health.v1.Health/Check").0,
+            "Health.Check"
         );
         assert_eq!(RpcName::of("/odd").0, "odd");
     }

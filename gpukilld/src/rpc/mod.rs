@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::gpu_kill_server::{GpuKill, GpuKillServer};
+use gpukill_proto::v1::gpu_kill_service_server::{GpuKillService, GpuKillServiceServer};
 use tokio::sync::watch as channel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -42,7 +42,8 @@ use crate::store::{EventCaller, EventKind, NewEvent};
 use error::RpcError;
 
 /// The stream type of `Watch`.
-pub type WatchStreamOf = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send + 'static>>;
+pub type WatchStreamOf =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
 
 /// What the handlers share.
 pub struct Service {
@@ -101,8 +102,8 @@ impl Service {
     }
 
     /// The tonic server wrapping this service.
-    pub fn into_server(self) -> GpuKillServer<Self> {
-        GpuKillServer::new(self)
+    pub fn into_server(self) -> GpuKillServiceServer<Self> {
+        GpuKillServiceServer::new(self)
     }
 }
 
@@ -224,7 +225,7 @@ where
 }
 
 #[tonic::async_trait]
-impl GpuKill for Service {
+impl GpuKillService for Service {
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
@@ -470,7 +471,7 @@ impl GpuKill for Service {
 
     async fn run(
         &self,
-        request: Request<tonic::Streaming<pb::RunMessage>>,
+        request: Request<tonic::Streaming<pb::RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         answer(
             &self.kill.store,

@@ -22,7 +22,7 @@ use crate::reservations::{
 use crate::store::LeaseKind;
 
 /// The stream type of `Run`.
-pub type RunStream = Pin<Box<dyn Stream<Item = Result<pb::RunUpdate, Status>> + Send + 'static>>;
+pub type RunStream = Pin<Box<dyn Stream<Item = Result<pb::RunResponse, Status>> + Send + 'static>>;
 
 /// Updates queued to a client at most (it reads them as they come; a few suffice).
 const UPDATES: usize = 8;
@@ -33,7 +33,7 @@ const UPDATES: usize = 8;
 pub async fn run(
     reservations: Arc<Reservations>,
     requester: Requester,
-    mut inbound: Streaming<pb::RunMessage>,
+    mut inbound: Streaming<pb::RunRequest>,
     stop: watch::Receiver<bool>,
 ) -> Result<RunStream, RpcError> {
     let timeout = reservations.config().heartbeat_timeout;
@@ -51,8 +51,8 @@ pub async fn run(
         stop,
     };
     match first {
-        Some(pb::run_message::Message::Start(start)) => session.start(start).await?,
-        Some(pb::run_message::Message::Resume(resume)) => session.resume(resume.reservation_id)?,
+        Some(pb::run_request::Message::Start(start)) => session.start(start).await?,
+        Some(pb::run_request::Message::Resume(resume)) => session.resume(resume.reservation_id)?,
         _ => return Err(RpcError::BadRunStart),
     }
     Ok(Box::pin(ReceiverStream::new(stream)))
@@ -61,8 +61,8 @@ pub async fn run(
 struct Session {
     reservations: Arc<Reservations>,
     requester: Requester,
-    inbound: Streaming<pb::RunMessage>,
-    updates: mpsc::Sender<Result<pb::RunUpdate, Status>>,
+    inbound: Streaming<pb::RunRequest>,
+    updates: mpsc::Sender<Result<pb::RunResponse, Status>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -134,7 +134,7 @@ impl Session {
             };
             if told != Some(ahead) {
                 told = Some(ahead);
-                let update = pb::run_update::Update::Queued(pb::RunQueued {
+                let update = pb::run_response::Update::Queued(pb::RunQueued {
                     ahead: u32::try_from(ahead).unwrap_or(u32::MAX),
                 });
                 if send(&self.updates, update).await.is_err() {
@@ -191,7 +191,7 @@ impl Session {
             // It ended between the grant and now.
             return;
         };
-        if send(&self.updates, pb::run_update::Update::Granted(granted))
+        if send(&self.updates, pb::run_response::Update::Granted(granted))
             .await
             .is_err()
         {
@@ -223,7 +223,7 @@ impl Session {
                     let reason = ended.borrow().clone();
                     if changed.is_err() || reason.is_some() {
                         let reason = reason.unwrap_or_else(|| "the reservation ended".to_owned());
-                        let _ = send(&self.updates, pb::run_update::Update::Ended(pb::RunEnded { reason })).await;
+                        let _ = send(&self.updates, pb::run_response::Update::Ended(pb::RunEnded { reason })).await;
                         return;
                     }
                 }
@@ -241,11 +241,11 @@ impl Session {
 }
 
 async fn send(
-    updates: &mpsc::Sender<Result<pb::RunUpdate, Status>>,
-    update: pb::run_update::Update,
+    updates: &mpsc::Sender<Result<pb::RunResponse, Status>>,
+    update: pb::run_response::Update,
 ) -> Result<(), ()> {
     updates
-        .send(Ok(pb::RunUpdate {
+        .send(Ok(pb::RunResponse {
             update: Some(update),
         }))
         .await

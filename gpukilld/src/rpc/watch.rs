@@ -1,6 +1,7 @@
 //! `Watch`: the latest snapshot, then every new one. Each watcher is a small task that
 //! ends when the client goes away, when the daemon shuts down, or when the ring closes. A
-//! watcher that falls behind skips snapshots (counted in Health).
+//! watcher that falls behind skips snapshots (counted in Health, and said in the next
+//! message's `skipped`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -36,9 +37,14 @@ pub fn watch(
     tokio::spawn(async move {
         // Counted as a watcher for as long as this task runs.
         let _guard = guard;
+        // Snapshots skipped since the last message sent.
+        let mut skipped = 0;
         loop {
             if let Some(snapshot) = next.take() {
-                let message = convert::snapshot(&snapshot, &filter, SystemTime::now());
+                let message = pb::WatchResponse {
+                    snapshot: Some(convert::snapshot(&snapshot, &filter, SystemTime::now())),
+                    skipped: std::mem::take(&mut skipped),
+                };
                 tokio::select! {
                     sent = sender.send(Ok(message)) => if sent.is_err() { break },
                     _ = stop.wait_for(|stop| *stop) => break,
@@ -47,7 +53,10 @@ pub fn watch(
             tokio::select! {
                 update = updates.recv() => match update {
                     Ok(snapshot) => next = Some(snapshot),
-                    Err(RecvError::Lagged(skipped)) => ring.record_lag(skipped),
+                    Err(RecvError::Lagged(lagged)) => {
+                        ring.record_lag(lagged);
+                        skipped += lagged;
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 _ = sender.closed() => break,
@@ -57,4 +66,63 @@ pub fn watch(
         tracing::debug!(%caller, "watch closed");
     });
     Ok(Box::pin(ReceiverStream::new(receiver)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::authz::Transport;
+    use crate::snapshot::Snapshot;
+
+    fn snapshot(sequence: u64) -> Snapshot {
+        Snapshot {
+            host: Arc::from("test"),
+            taken_at: SystemTime::now(),
+            sequence,
+            vendors: Vec::new(),
+            data: Vec::new(),
+            tick_duration: Duration::from_millis(1),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_told_how_many_snapshots_it_skipped() {
+        let ring = Arc::new(Ring::new(4, snapshot(0)));
+        let caller = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            transport: Transport::Local,
+            remote: None,
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let mut stream = watch(&ring, &caller, pb::WatchRequest::default(), stopped).unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.snapshot.unwrap().sequence, 0);
+        assert_eq!(first.skipped, 0);
+        // The client reads nothing while far more snapshots come than the backlog holds.
+        for sequence in 1..=100 {
+            ring.push(snapshot(sequence));
+        }
+        let mut received = Vec::new();
+        let mut skipped = 0;
+        while received.last() != Some(&100) {
+            let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("a message")
+                .unwrap()
+                .unwrap();
+            skipped += message.skipped;
+            received.push(message.snapshot.unwrap().sequence);
+        }
+        assert!(skipped > 0, "{received:?}");
+        // Every snapshot is either received or counted as skipped.
+        assert_eq!(received.len() as u64 + skipped, 100, "{received:?}");
+        assert_eq!(ring.watch_lagged(), skipped);
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! - a Python venv made from Debian's `/usr/bin/python3` with `clients/python/requirements.txt`
 //!   from PyPI (grpcio, grpcio-tools, the health and reflection packages);
-//! - `clients/node`'s `node_modules` from npm (`npm ci`: @grpc/grpc-js, @grpc/proto-loader).
+//! - `clients/node`'s `node_modules` from npm (`npm ci`: @grpc/grpc-js, @grpc/proto-loader);
+//! - buf from npm (`proto/tools`), for the contract's lint and breaking-change checks.
 //!
 //! Each is made once and made again when its pinned list changes. Nothing here skips:
 //! without the interpreter, its package tool or the registry, the test fails and says what
@@ -78,6 +79,28 @@ pub fn node_modules() -> PathBuf {
             })
         })
         .join("node_modules")
+}
+
+/// buf (from npm, pinned by proto/tools), which lints the contract and checks it for
+/// breaking changes; installed (or checked) once per test process.
+pub fn buf() -> PathBuf {
+    static BUF: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tools");
+        let (manifest, lock) = (tools.join("package.json"), tools.join("package-lock.json"));
+        cached("buf", &[&manifest, &lock], |dir| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(&manifest, dir.join("package.json")).unwrap();
+            std::fs::copy(&lock, dir.join("package-lock.json")).unwrap();
+            run_readable(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(dir),
+                "npm ci in proto/tools (install nodejs and npm: apt-get install nodejs npm; scripts/test does; needs the npm registry)",
+            );
+        })
+    })
+    .join("node_modules/.bin/buf")
 }
 
 /// `CACHE/name`, made by `make` unless it was made from `inputs` as they are now; one maker

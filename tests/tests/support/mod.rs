@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gpukill_proto::v1::gpu_kill_client::GpuKillClient;
+use gpukill_proto::v1::gpu_kill_service_client::GpuKillServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -285,7 +285,7 @@ impl Daemon {
     }
 
     /// A gRPC client over the daemon's socket.
-    pub async fn client(&self) -> GpuKillClient<Channel> {
+    pub async fn client(&self) -> GpuKillServiceClient<Channel> {
         client(&self.socket).await
     }
 
@@ -434,8 +434,8 @@ pub fn ctl_on(socket: &Path, args: &[&str]) -> Output {
 }
 
 /// A gRPC client over a Unix socket.
-pub async fn client(socket: &Path) -> GpuKillClient<Channel> {
-    GpuKillClient::new(channel(socket).await)
+pub async fn client(socket: &Path) -> GpuKillServiceClient<Channel> {
+    GpuKillServiceClient::new(channel(socket).await)
 }
 
 /// A gRPC channel over a Unix socket.

@@ -3,17 +3,17 @@
 
 use std::pin::Pin;
 
-use gpukill_proto::v1::gpu_kill_server::GpuKill;
+use gpukill_proto::v1::gpu_kill_service_server::GpuKillService;
 use gpukill_proto::v1::{
     EventsRequest, EventsResponse, GuardPolicyRequest, GuardPolicyResponse, GuardStatusRequest,
     GuardStatusResponse, GuardTestRequest, GuardTestResponse, GuardUpdateRequest,
     GuardUpdateResponse, HealthRequest, HealthResponse, HistoryRequest, HistoryResponse,
     ImportAuditRequest, ImportAuditResponse, KillRequest, KillResponse, ListRequest, ListResponse,
     ReleaseRequest, ReleaseResponse, ReservationsRequest, ReservationsResponse, ReserveRequest,
-    ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse, RunMessage,
-    RunUpdate, SessionsRequest, SessionsResponse, Snapshot, SummaryRequest, SummaryResponse,
+    ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse, RunRequest,
+    RunResponse, SessionsRequest, SessionsResponse, SummaryRequest, SummaryResponse,
     UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
-    UploadsResponse, VersionRequest, VersionResponse, WatchRequest,
+    UploadsResponse, VersionRequest, VersionResponse, WatchRequest, WatchResponse,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::{FakeDaemon, ReceivedKill, ReceivedReset, RunReceived, grpc_timeout};
 
 #[tonic::async_trait]
-impl GpuKill for FakeDaemon {
+impl GpuKillService for FakeDaemon {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         self.record(request.into_inner().filter);
         match self.list.clone() {
@@ -33,14 +33,19 @@ impl GpuKill for FakeDaemon {
         }
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.record(request.into_inner().filter);
-        let items = tokio_stream::iter(self.watch.clone());
+        let items = tokio_stream::iter(self.watch.clone().into_iter().map(|item| {
+            item.map(|snapshot| WatchResponse {
+                snapshot: Some(snapshot),
+                skipped: 0,
+            })
+        }));
         if self.watch_stays_open {
             Ok(Response::new(Box::pin(
                 items.chain(tokio_stream::pending()),
@@ -294,11 +299,11 @@ impl GpuKill for FakeDaemon {
         }
     }
 
-    type RunStream = Pin<Box<dyn Stream<Item = Result<RunUpdate, Status>> + Send>>;
+    type RunStream = Pin<Box<dyn Stream<Item = Result<RunResponse, Status>> + Send>>;
 
     async fn run(
         &self,
-        request: Request<tonic::Streaming<RunMessage>>,
+        request: Request<tonic::Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let call = {
             let mut received = self

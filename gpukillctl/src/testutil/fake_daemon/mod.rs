@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpukill_proto::v1::{
-    ClusterContentionRequest, ClusterContentionResponse, ClusterListRequest, ClusterListResponse,
-    ClusterNodesResponse, EventsRequest, EventsResponse, GuardPolicyResponse, GuardStatusResponse,
-    GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, HistoryRequest, HistoryResponse,
-    ImportAuditRequest, ImportAuditResponse, KillRequest, KillResponse, ReleaseRequest,
-    ReleaseResponse, ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest,
-    ResetResponse, RogueRequest, RogueResponse, RunMessage, RunUpdate, SessionsRequest,
-    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
-    UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
-    UploadsResponse, VersionResponse,
+    ContentionRequest, ContentionResponse, EventsRequest, EventsResponse, GuardPolicyResponse,
+    GuardStatusResponse, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse,
+    HistoryRequest, HistoryResponse, ImportAuditRequest, ImportAuditResponse, KillRequest,
+    KillResponse, ListAllRequest, ListAllResponse, NodesResponse, ReleaseRequest, ReleaseResponse,
+    ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest, ResetResponse,
+    RogueRequest, RogueResponse, RunRequest, RunResponse, SessionsRequest, SessionsResponse,
+    Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UploadRetryRequest,
+    UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest, UploadsResponse,
+    VersionResponse,
 };
 use tonic::{Request, Status};
 
@@ -96,15 +96,15 @@ pub struct FakeDaemon {
     /// Every UploadRetry request received.
     pub upload_retry_requests: Arc<Mutex<Vec<UploadRetryRequest>>>,
     /// What Cluster.Nodes answers; `None` fails with UNIMPLEMENTED.
-    pub cluster_nodes: Option<Result<ClusterNodesResponse, Status>>,
+    pub cluster_nodes: Option<Result<NodesResponse, Status>>,
     /// What Cluster.List answers; `None` fails with UNIMPLEMENTED.
-    pub cluster_list: Option<Result<ClusterListResponse, Status>>,
+    pub cluster_list: Option<Result<ListAllResponse, Status>>,
     /// What Cluster.Contention answers; `None` fails with UNIMPLEMENTED.
-    pub cluster_contention: Option<Result<ClusterContentionResponse, Status>>,
+    pub cluster_contention: Option<Result<ContentionResponse, Status>>,
     /// Every Cluster.List request received.
-    pub cluster_list_requests: Arc<Mutex<Vec<ClusterListRequest>>>,
+    pub cluster_list_requests: Arc<Mutex<Vec<ListAllRequest>>>,
     /// Every Cluster.Contention request received.
-    pub cluster_contention_requests: Arc<Mutex<Vec<ClusterContentionRequest>>>,
+    pub cluster_contention_requests: Arc<Mutex<Vec<ContentionRequest>>>,
     /// The credentials and node metadata of every request received, in order.
     pub received: Arc<Mutex<Vec<ReceivedMetadata>>>,
     /// What Reserve answers; `None` fails with UNIMPLEMENTED.
@@ -130,14 +130,14 @@ pub struct FakeDaemon {
 #[derive(Debug, Clone, Default)]
 pub struct RunScript {
     /// The updates sent after the first message, in order.
-    pub updates: Vec<Result<RunUpdate, Status>>,
+    pub updates: Vec<Result<RunResponse, Status>>,
 }
 
 /// What the fake daemon received on one Run stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunReceived {
     /// A message.
-    Message(RunMessage),
+    Message(RunRequest),
     /// The client ended its stream.
     End,
     /// The stream broke, with the error.

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use gpukill_proto::v1::cluster_server::ClusterServer;
-use gpukill_proto::v1::gpu_kill_server::GpuKillServer;
+use gpukill_proto::v1::cluster_service_server::ClusterServiceServer;
+use gpukill_proto::v1::gpu_kill_service_server::GpuKillServiceServer;
 
 use super::{FakeDaemon, Recorder};
 
@@ -19,11 +19,11 @@ fn router(
         received: daemon.received.clone(),
     };
     builder
-        .add_service(GpuKillServer::with_interceptor(
+        .add_service(GpuKillServiceServer::with_interceptor(
             daemon.clone(),
             recorder("GpuKill"),
         ))
-        .add_service(ClusterServer::with_interceptor(
+        .add_service(ClusterServiceServer::with_interceptor(
             daemon.clone(),
             recorder("Cluster"),
         ))

@@ -228,7 +228,10 @@ mod tests {
 
     #[tokio::test]
     async fn every_service_changes_together_and_stays_down_once_stopping() {
-        let statuses = Statuses::new(&["gpukill.v1.GpuKill"], &["gpukill.v1.Cluster"]);
+        let statuses = Statuses::new(
+            &["gpukill.v1.GpuKillService"],
+            &["gpukill.v1.ClusterService"],
+        );
         let status = |name: &'static str| {
             let statuses = statuses.clone();
             async move {
@@ -241,13 +244,17 @@ mod tests {
             }
         };
         statuses.set(ServingStatus::NotServing).await;
-        for name in ["", "gpukill.v1.GpuKill", "gpukill.v1.Cluster"] {
+        for name in ["", "gpukill.v1.GpuKillService", "gpukill.v1.ClusterService"] {
             assert_eq!(status(name).await.unwrap(), 2, "{name:?} NOT_SERVING");
         }
         statuses.set(ServingStatus::Serving).await;
         assert_eq!(status("").await.unwrap(), 1);
-        assert_eq!(status("gpukill.v1.GpuKill").await.unwrap(), 1);
-        assert_eq!(status("gpukill.v1.Cluster").await.unwrap(), 2, "idle here");
+        assert_eq!(status("gpukill.v1.GpuKillService").await.unwrap(), 1);
+        assert_eq!(
+            status("gpukill.v1.ClusterService").await.unwrap(),
+            2,
+            "idle here"
+        );
         assert_eq!(
             status("no.such.Service").await.unwrap_err().code(),
             tonic::Code::NotFound

@@ -33,8 +33,8 @@ fn builder() -> Builder<'static> {
 
 #[cfg(test)]
 mod tests {
-    use gpukill_proto::v1::cluster_server::ClusterServer;
-    use gpukill_proto::v1::gpu_kill_server::GpuKillServer;
+    use gpukill_proto::v1::cluster_service_server::ClusterServiceServer;
+    use gpukill_proto::v1::gpu_kill_service_server::GpuKillServiceServer;
     use tokio_stream::StreamExt;
     use tonic::server::NamedService;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -86,8 +86,8 @@ mod tests {
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         for name in [
-            <GpuKillServer<()> as NamedService>::NAME,
-            <ClusterServer<()> as NamedService>::NAME,
+            <GpuKillServiceServer<()> as NamedService>::NAME,
+            <ClusterServiceServer<()> as NamedService>::NAME,
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
         ] {
@@ -97,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_symbol_resolves_to_the_file_with_its_comments() {
-        let symbol = format!("{}.List", <GpuKillServer<()> as NamedService>::NAME);
+        let symbol = format!("{}.List", <GpuKillServiceServer<()> as NamedService>::NAME);
         let MessageResponse::FileDescriptorResponse(files) =
             ask(MessageRequest::FileContainingSymbol(symbol)).await
         else {
