@@ -9,6 +9,15 @@ pub mod v1 {
     tonic::include_proto!("gpukill.v1");
 }
 
+/// The daemon's servers of `gpukill.v1`: the same services as in [`v1`], with Watch
+/// streaming [`shared::SharedWatchResponse`] (encoded once per snapshot, shared by watchers).
+#[allow(missing_docs, clippy::all)]
+pub mod v1_shared_server {
+    include!(concat!(env!("OUT_DIR"), "/shared_server/gpukill.v1.rs"));
+}
+
+pub mod shared;
+
 /// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file of the contract
 /// and of what they import, comments included: what the daemon's server reflection serves.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gpukill_descriptor");

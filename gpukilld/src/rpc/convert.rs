@@ -18,6 +18,19 @@ pub struct Filter {
     containers_only: bool,
 }
 
+impl Filter {
+    /// Whether it lets everything through (no vendor, no regex, not containers only).
+    pub fn is_everything(&self) -> bool {
+        // Destructured, so that a new field of the filter must be considered here.
+        let Filter {
+            vendor,
+            process_regex,
+            containers_only,
+        } = self;
+        vendor.is_none() && process_regex.is_none() && !containers_only
+    }
+}
+
 impl TryFrom<Option<pb::SnapshotFilter>> for Filter {
     type Error = RpcError;
 

@@ -29,8 +29,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use gpukill_proto::shared::SharedWatchResponse;
 use gpukill_proto::v1 as pb;
-use gpukill_proto::v1::gpu_kill_service_server::{GpuKillService, GpuKillServiceServer};
+use gpukill_proto::v1_shared_server::gpu_kill_service_server::{
+    GpuKillService, GpuKillServiceServer,
+};
 use tokio::sync::watch as channel;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -43,7 +46,7 @@ use error::RpcError;
 
 /// The stream type of `Watch`.
 pub type WatchStreamOf =
-    Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<SharedWatchResponse, Status>> + Send + 'static>>;
 
 /// What the handlers share.
 pub struct Service {
@@ -56,6 +59,8 @@ pub struct Service {
     node: Arc<NodeIdentity>,
     uploads: uploads::UploadSettings,
     reservations: crate::reservations::ReservationsHandle,
+    /// The latest snapshot encoded once for every unfiltered watcher.
+    watch_encoding: Arc<watch::SharedEncoding>,
 }
 
 impl Service {
@@ -82,6 +87,7 @@ impl Service {
             node,
             uploads,
             reservations,
+            watch_encoding: Arc::default(),
         }
     }
 
@@ -250,7 +256,13 @@ impl GpuKillService for Service {
             request,
             Access::Read,
             |caller, message| async move {
-                watch::watch(&self.ring, &caller, message, self.stop.clone())
+                watch::watch(
+                    &self.ring,
+                    &self.watch_encoding,
+                    &caller,
+                    message,
+                    self.stop.clone(),
+                )
             },
         )
         .await
