@@ -99,6 +99,7 @@ fn list_request(args: &ClusterListArgs) -> ClusterListRequest {
             vendor: Vendor::from(args.vendor) as i32,
             process_regex: args.filter.clone(),
             containers_only: args.containers,
+            user: args.user.clone(),
         }),
         nodes: args.nodes.clone(),
     }
@@ -123,6 +124,7 @@ async fn list<W: Write, E: Write>(
         details: args.details,
         containers: args.containers,
         tz: out.tz,
+        width: if args.wide { None } else { out.width },
     };
     let text = match args.output {
         OutputFormat::Table => cluster::render_list(&response, &options),
@@ -223,6 +225,7 @@ mod tests {
             details: true,
             containers: false,
             tz: TimeZone::Utc,
+            width: None,
         };
         assert_eq!(
             text,
@@ -237,6 +240,7 @@ mod tests {
                     vendor: Vendor::Nvidia as i32,
                     process_regex: Some("^py".to_owned()),
                     containers_only: false,
+                    user: None,
                 }),
                 nodes: vec!["n1".to_owned(), "n3".to_owned()],
             }]

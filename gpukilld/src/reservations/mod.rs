@@ -37,7 +37,7 @@ pub enum ReservationError {
     )]
     NotLocal,
     /// A count of 0, or more GPUs than the node has.
-    #[error("--gpus {asked}: this node has {gpus} GPUs; ask for 1 to {gpus}")]
+    #[error("{asked} GPUs asked for: this node has {gpus} GPUs; ask for 1 to {gpus}")]
     BadCount {
         /// What was asked.
         asked: u32,
@@ -48,10 +48,12 @@ pub enum ReservationError {
     #[error("no GPU {0} on this node (gpukillctl list shows the GPUs)")]
     NoSuchGpu(u32),
     /// A GPU named twice.
-    #[error("GPU {0} is named twice in --gpu-ids")]
+    #[error("GPU {0} is named twice")]
     Duplicate(u32),
     /// A duration of 0 or beyond the maximum.
-    #[error("--duration {given}: use more than 0 and at most {max} ([reservations] max_duration)")]
+    #[error(
+        "a duration of {given} is out of range: use more than 0 and at most {max} ([reservations] max_duration)"
+    )]
     BadDuration {
         /// As given.
         given: String,
@@ -201,6 +203,9 @@ pub struct Status {
     pub threshold: u64,
     /// When.
     pub now_ms: i64,
+    /// Whether anyone has reserved a GPU here: a reservation was made (one held now, or
+    /// one the store still remembers) or a request waits for one.
+    pub used: bool,
 }
 
 /// A run reservation's link to its client.
@@ -479,7 +484,7 @@ impl Reservations {
                 }
                 if !state.queue.is_empty() && ticket.is_none() {
                     refusals.push(format!(
-                        "{} requests of gpukillctl run wait ahead (first come, first served)",
+                        "{} requests wait ahead in the queue (first come, first served)",
                         state.queue.len()
                     ));
                 }
@@ -914,6 +919,7 @@ impl Reservations {
             queue_total: state.queue.len(),
             threshold: self.config.unreserved_threshold,
             now_ms: unix_ms(SystemTime::now()),
+            used: state.last_lease > 0 || !state.queue.is_empty(),
         }
     }
 
@@ -1067,7 +1073,7 @@ fn busy_message(
 ) -> String {
     if ahead > 0 && free.len() >= count as usize {
         return format!(
-            "{ahead} requests of gpukillctl run wait ahead for GPUs (first come, first served); wait with gpukillctl run --wait, or see gpukillctl status"
+            "{ahead} requests wait ahead for GPUs (first come, first served): wait in the queue too, or see the reservation status"
         );
     }
     let taken: Vec<String> = assessed
@@ -1076,7 +1082,7 @@ fn busy_message(
         .map(|a| describe(a, now_ms))
         .collect();
     format!(
-        "{count} GPUs asked for, {} available: {} (gpukillctl status shows them; gpukillctl run --wait queues)",
+        "{count} GPUs asked for, {} available: {} (the reservation status shows them; a request that waits is queued)",
         free.len(),
         taken.join("; ")
     )
@@ -1144,7 +1150,9 @@ mod tests {
         );
         let manual = |count| request(LeaseKind::Manual, Want::Count(count));
         let run = |count| request(LeaseKind::Run, Want::Count(count));
+        assert!(!reservations.status().used, "nobody has reserved yet");
         reservations.reserve(&alice, &manual(3)).await.unwrap();
+        assert!(reservations.status().used);
         let bob_waits = reservations.enqueue(&bob, 2, "b").unwrap();
         let carol_waits = reservations.enqueue(&carol, 1, "c").unwrap();
         // One GPU is free, but Bob is first in line: Carol waits behind him.
@@ -1176,6 +1184,15 @@ mod tests {
         assert_eq!(all.len(), 3);
         drop(carol_waits);
         assert!(reservations.status().queue.is_empty());
+        // Alice's were released; a fresh start still finds them in the store.
+        let reloaded = Reservations::load(
+            ReservationsConfig::default(),
+            Arc::clone(&reservations.log),
+            Arc::clone(&reservations.ring),
+        )
+        .await
+        .unwrap();
+        assert!(reloaded.status().used, "the store remembers them");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ pub struct Filter {
     vendor: Option<Vendor>,
     process_regex: Option<Regex>,
     containers_only: bool,
+    user: Option<String>,
 }
 
 impl TryFrom<Option<pb::SnapshotFilter>> for Filter {
@@ -43,6 +44,7 @@ impl TryFrom<Option<pb::SnapshotFilter>> for Filter {
             vendor,
             process_regex,
             containers_only: filter.containers_only,
+            user: filter.user,
         })
     }
 }
@@ -59,11 +61,11 @@ impl Filter {
         {
             return false;
         }
-        self.process_regex.as_ref().is_none_or(|regex| {
-            regex.is_match(&info.name)
-                || regex.is_match(&info.cmdline)
-                || regex.is_match(&info.user)
-        })
+        self.user.as_deref().is_none_or(|user| info.is_user(user))
+            && self
+                .process_regex
+                .as_ref()
+                .is_none_or(|regex| info.matches(regex))
     }
 }
 
@@ -117,6 +119,7 @@ pub fn vendor_status(status: &VendorStatus, now: SystemTime) -> pb::VendorStatus
         message,
         driver_version: status.driver_version.clone(),
         last_success_unix_ms: status.last_success.map(unix_ms),
+        cuda_version: status.cuda_version.clone(),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::guard::notify::{self, Notice, NoticeProcess, Notifier};
 use crate::guard::policy::Mode;
 use crate::guard::tracker::Decision;
 use crate::procinfo::ProcessInfo;
-use crate::store::{EventKind, Database, EventTarget, NewEvent};
+use crate::store::{Database, EventKind, EventTarget, NewEvent};
 
 /// What responding to a decision needs.
 pub(super) struct Responder {
