@@ -175,6 +175,16 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A file gpukillctl was asked to write (a man page) cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    WriteFile {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file named on the command line cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     ReadFile {
@@ -266,8 +276,9 @@ pub enum Error {
     #[error("gpukilld closed the Watch stream")]
     WatchEnded,
 
-    /// Ctrl-C could not be listened for.
-    #[error("cannot listen for Ctrl-C")]
+    /// Ctrl-C (or, on a terminal, another signal `list --watch` handles) could not be
+    /// listened for.
+    #[error("cannot listen for signals (Ctrl-C)")]
     Signal(#[source] std::io::Error),
 
     /// Writing to standard output failed.
@@ -296,6 +307,19 @@ impl Error {
             code: status.code(),
             message,
         }
+    }
+
+    /// Builds [`Error::Rpc`] for a Kill or Reset sent without `--force`: when gpukilld says
+    /// that forcing would change the outcome (its words name the request's `force` field, not
+    /// this client's flag), the message ends with `(add --force)`.
+    pub fn rpc_unforced(rpc: &'static str, status: tonic::Status) -> Self {
+        let mut error = Error::rpc(rpc, status);
+        if let Error::Rpc { message, .. } = &mut error
+            && message.contains("force")
+        {
+            message.push_str(" (add --force)");
+        }
+        error
     }
 
     /// Whether `main` prints nothing for this error, only exits with its code: true for
@@ -364,6 +388,7 @@ impl Error {
             | Error::RunWait(_)
             | Error::Signal(_)
             | Error::Output(_)
+            | Error::WriteFile { .. }
             | Error::Json(_)
             | Error::Runtime(_) => exit_code::ERROR,
         }

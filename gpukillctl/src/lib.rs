@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod conn;
 pub mod error;
 pub mod render;
+pub mod term;
 
 #[cfg(test)]
 mod testutil;
@@ -30,8 +31,13 @@ pub struct Output<W, E = std::io::Stderr> {
     /// JSON that a script reads, e.g. kill's "nothing was killed" line. Errors are not
     /// written here: `main` prints them.
     pub notes: E,
-    /// Whether `writer` is a terminal; `list --watch` then redraws in place.
+    /// Whether `writer` is a terminal; `list --watch` then draws full-screen frames.
     pub is_tty: bool,
+    /// The width tables fit ([`term::output_width`]); `None`: no limit.
+    pub width: Option<usize>,
+    /// Whether keys typed on the terminal reach gpukillctl (standard input is the terminal
+    /// and gpukillctl runs in its foreground), so that `q` quits `list --watch`.
+    pub keys: bool,
     /// The time zone of times shown in tables.
     pub tz: TimeZone,
 }
@@ -45,13 +51,16 @@ impl Output<std::io::Stdout> {
             writer,
             notes: std::io::stderr(),
             is_tty,
+            width: term::output_width(is_tty),
+            keys: is_tty && term::keys_available(),
             tz: TimeZone::Local,
         }
     }
 }
 
 /// Moves the cursor home and clears the screen, so each `list --watch` frame replaces the
-/// last: the one control sequence gpukillctl prints on purpose.
+/// last: with those of [`term::Screen`], the only control sequences gpukillctl prints on
+/// purpose.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
 impl<W: Write, E: Write> Output<W, E> {
@@ -98,6 +107,9 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
     let result = match (&cli.command, target) {
         // The client's version is printed even when the options are unusable.
         (cli::Command::Version(args), target) => cmd::version::run(target, args, out).await,
+        // No daemon is asked.
+        (cli::Command::Completions(args), _) => cmd::completions::run(args, out),
+        (cli::Command::Man(args), _) => cmd::man::run(args, out),
         (_, Err(err)) => Err(err),
         (cli::Command::List(args), Ok(target)) => cmd::list::run(&target, args, out).await,
         (cli::Command::Kill(args), Ok(target)) => cmd::kill::run(&target, args, out).await,
@@ -135,6 +147,8 @@ mod tests {
             writer: Vec::new(),
             notes: Vec::new(),
             is_tty: false,
+            width: None,
+            keys: false,
             tz: TimeZone::Utc,
         }
     }

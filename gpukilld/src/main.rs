@@ -77,6 +77,13 @@ mod signals {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Rendered from the command line alone: no configuration is read.
+    if let Some(shell) = args.completions {
+        return print_exact(&gpukilld::cli::completion(shell));
+    }
+    if let Some(dir) = &args.man {
+        return man(dir.as_deref());
+    }
     let environment = gpukilld::Environment::current();
     let config = match Config::load(args.sources()) {
         Ok(config) => config,
@@ -119,6 +126,45 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// Writes `bytes` to standard output as they are.
+fn print_exact(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gpukilld: cannot write output: {error}");
+            ExitCode::from(exit_code::ERROR as u8)
+        }
+    }
+}
+
+/// `--man`: gpukilld(8) on standard output, or written into `dir` (its path printed).
+fn man(dir: Option<&std::path::Path>) -> ExitCode {
+    let page = match gpukilld::cli::man_page() {
+        Ok(page) => page,
+        Err(error) => {
+            eprintln!("gpukilld: cannot render the man page: {error}");
+            return ExitCode::from(exit_code::ERROR as u8);
+        }
+    };
+    let Some(dir) = dir else {
+        return print_exact(&page.text);
+    };
+    match gpukill_manual::write_pages(dir, &[page]) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gpukilld: cannot write {}: {error}", dir.display());
+            ExitCode::from(exit_code::ERROR as u8)
+        }
+    }
 }
 
 /// The daemon holds a pidfd per GPU process; lift the soft file limit to the hard one (as

@@ -260,6 +260,8 @@ pub struct VendorStatus {
     pub state: VendorState,
     /// Driver version the vendor library reports.
     pub driver_version: Option<String>,
+    /// The newest CUDA version the driver supports (NVIDIA, "12.4"), when known.
+    pub cuda_version: Option<String>,
     /// When it last answered completely.
     pub last_success: Option<SystemTime>,
 }

@@ -170,6 +170,7 @@ fn in_process_snapshot() -> Snapshot {
             vendor: Vendor::Nvidia,
             state: VendorState::Ok,
             driver_version: None,
+            cuda_version: None,
             last_success: Some(now),
         }],
         data: vec![(

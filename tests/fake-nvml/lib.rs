@@ -17,7 +17,7 @@ mod codes;
 mod scenario;
 mod state;
 
-use std::ffi::{CStr, c_char, c_uint, c_ulonglong};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
 
 use nvml_wrapper_sys::bindings::{
     nvmlClockType_t, nvmlDevice_t, nvmlEccCounterType_t, nvmlMemory_t, nvmlMemory_v2_t,
@@ -223,6 +223,20 @@ pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
         top_call(Func::SystemGetNvmlVersion, |sc, _| {
             // SAFETY: the caller's contract.
             unsafe { put_str(version, length, &sc.nvml_version) }
+        })
+    })
+}
+
+/// The scenario's `cuda_driver_version`.
+///
+/// # Safety
+/// `version` must be null or valid for a write of a `c_int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> nvmlReturn_t {
+    guard(|| {
+        top_call(Func::SystemGetCudaDriverVersion, |sc, _| {
+            // SAFETY: the caller's contract.
+            unsafe { put(version, sc.cuda_driver_version) }
         })
     })
 }

@@ -42,6 +42,7 @@ funcs! {
     InitWithFlags = "nvmlInitWithFlags", Top;
     SystemGetDriverVersion = "nvmlSystemGetDriverVersion", Top;
     SystemGetNvmlVersion = "nvmlSystemGetNVMLVersion", Top;
+    SystemGetCudaDriverVersion = "nvmlSystemGetCudaDriverVersion_v2", Top;
     DeviceGetCount = "nvmlDeviceGetCount_v2", Top;
     GetHandleByIndex = "nvmlDeviceGetHandleByIndex_v2", Handle;
     GetHandleByUuid = "nvmlDeviceGetHandleByUUID", Handle;
@@ -174,6 +175,7 @@ impl ProcKind {
 struct RawScenario {
     driver_version: Option<String>,
     nvml_version: Option<String>,
+    cuda_driver_version: Option<i32>,
     step_ms: Option<u64>,
     #[serde(default)]
     errors: BTreeMap<String, String>,
@@ -233,6 +235,8 @@ struct RawProcess {
 pub(crate) struct Scenario {
     pub(crate) driver_version: CString,
     pub(crate) nvml_version: CString,
+    /// NVML's encoding, 1000 * major + 10 * minor (12040 is CUDA 12.4).
+    pub(crate) cuda_driver_version: i32,
     pub(crate) step_ms: u64,
     /// Error code per function (0 = none), `"*"` already expanded.
     pub(crate) errors: [u32; N_FUNCS],
@@ -464,6 +468,7 @@ impl Scenario {
                 "nvml_version",
                 79,
             )?,
+            cuda_driver_version: raw.cuda_driver_version.unwrap_or(12040),
             step_ms,
             errors: parse_errors(&raw.errors, true, "")?,
             hang: parse_hang(&raw.hang, true, "")?,
@@ -588,6 +593,7 @@ mod tests {
         let text = br#"{
           "driver_version": "550.54.15",
           "nvml_version": "12.550.54.15",
+          "cuda_driver_version": 12020,
           "step_ms": 1000,
           "errors": {"nvmlDeviceGetCount_v2": "UNKNOWN"},
           "hang": ["nvmlDeviceGetCount_v2"],
@@ -617,6 +623,7 @@ mod tests {
           }]
         }"#;
         let sc = Scenario::parse(text).expect("parses");
+        assert_eq!(sc.cuda_driver_version, 12020);
         assert_eq!(sc.errors[Func::DeviceGetCount as usize], 999);
         assert_eq!(sc.hang, Func::DeviceGetCount.bit());
         let g = &sc.gpus[0];

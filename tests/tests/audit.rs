@@ -89,7 +89,7 @@ fn audit_and_history_show_what_the_daemon_persisted() {
     let bad = daemon.ctl(&["audit", "--process", "py("]);
     assert_eq!(bad.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("--process regex \"py(\""), "{stderr}");
+    assert!(stderr.contains("invalid process regex \"py(\""), "{stderr}");
 
     assert!(daemon.stop().success());
 }

@@ -136,7 +136,7 @@ fn another_users_note_and_process_name_cannot_drive_roots_terminal() {
             pid.to_string().as_str(),
             user_name(attacker).as_str(),
             NAME_SHOWN,
-            "2048"
+            "2048 MiB"
         ],
         "{details}"
     );

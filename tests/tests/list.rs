@@ -76,6 +76,8 @@ fn json_equals_the_scenario_with_users_from_proc_and_null_for_unsupported() {
     assert_eq!(list["vendors"][0]["vendor"], json!("nvidia"));
     assert_eq!(list["vendors"][0]["state"], json!("ok"));
     assert_eq!(list["vendors"][0]["driver_version"], json!("550.54.15"));
+    // The fake NVML's default CUDA driver version, 12040, as nvidia-smi shows it.
+    assert_eq!(list["vendors"][0]["cuda_version"], json!("12.4"));
 
     let gpus = list["gpus"].as_array().expect("gpus");
     assert_eq!(gpus.len(), 2);
@@ -154,27 +156,30 @@ fn table_shows_dashes_for_absent_values_and_the_process_table() {
         String::from_utf8_lossy(&output.stderr)
     );
     let table = String::from_utf8_lossy(&output.stdout);
+    // Not a terminal: every column whole, with units; the header names the drivers.
+    let header = table.lines().next().expect("header line");
+    assert!(
+        header.ends_with("  NVIDIA driver 550.54.15  CUDA 12.4"),
+        "{header}"
+    );
+    assert!(header.contains("  sampled "), "{header}");
     for header in [
-        "GPU",
-        "NAME",
-        "MEM_USED/TOTAL",
-        "UTIL(%)",
-        "TEMP(°C)",
-        "POWER(W)",
-        "ECC(volatile)",
-        "PIDS",
-        "TOP_PROC",
+        "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "PIDS", "TOP_PROC",
     ] {
         assert!(table.contains(header), "missing column {header}:\n{table}");
     }
-    for header in ["PID", "USER", "PROC", "VRAM_MB", "START", "CONTAINER"] {
+    for header in ["PID", "USER", "PROC", "START", "CONTAINER", "COMMAND"] {
         assert!(
             table.contains(header),
             "missing process column {header}:\n{table}"
         );
     }
-    assert!(table.contains("1536/81920"), "{table}");
-    assert!(table.contains("250.5"), "{table}");
+    assert!(table.contains("1536 / 81920 MiB"), "{table}");
+    assert!(table.contains("1024 MiB"), "{table}");
+    assert!(table.contains("251 W"), "{table}");
+    assert!(table.contains("41°C"), "{table}");
+    assert!(table.contains("50%"), "{table}");
+    assert!(table.contains("/bin/sleep 600"), "{table}");
     assert!(table.contains(&format!("sleep:{}", mine.pid())), "{table}");
     let gpu1_row = table
         .lines()
@@ -207,4 +212,50 @@ fn filter_and_vendor_select_processes() {
         json!([]),
         "no target runs in a container"
     );
+}
+
+#[test]
+fn list_and_kill_filters_select_the_same_processes() {
+    let (daemon, [mine, theirs, both]) = start_with_three_targets();
+    let pids = |value: &Value, key: &str| -> Vec<u64> {
+        let mut pids: Vec<u64> = value[key]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|p| p["pid"].as_u64())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    };
+    // A user name is not a process filter: neither selects nobody's process by its user.
+    let theirs_name = user_name(theirs.uid);
+    let listed = daemon.list_json(&["--filter", &theirs_name]);
+    assert_eq!(pids(&listed, "procs"), Vec::<u64>::new());
+    let kill = daemon.ctl(&["kill", "--filter", &theirs_name]);
+    assert_eq!(kill.status.code(), Some(3), "{kill:?}");
+    assert!(
+        String::from_utf8_lossy(&kill.stderr).contains("no GPU process matches"),
+        "{kill:?}"
+    );
+    // The command line: the same three processes in both, and nothing killed without
+    // --batch.
+    let listed = daemon.list_json(&["--filter", "sleep 600$"]);
+    let matched = daemon.ctl_json(&["kill", "--filter", "sleep 600$", "-o", "json"]);
+    assert_eq!(matched["needs_batch"], json!(true));
+    assert_eq!(pids(&listed, "procs"), pids(&matched, "results"));
+    let mut all = vec![
+        u64::from(mine.pid()),
+        u64::from(theirs.pid()),
+        u64::from(both.pid()),
+    ];
+    all.sort_unstable();
+    assert_eq!(pids(&listed, "procs"), all);
+    // --user selects by user, as kill --user does: by name or uid.
+    let by_name = daemon.list_json(&["--user", &theirs_name]);
+    assert_eq!(pids(&by_name, "procs"), [u64::from(theirs.pid())]);
+    let by_uid = daemon.list_json(&["--user", &theirs.uid.to_string()]);
+    assert_eq!(pids(&by_uid, "procs"), [u64::from(theirs.pid())]);
+    let matched = daemon.ctl_json(&["kill", "--user", &theirs_name, "-o", "json"]);
+    assert_eq!(pids(&matched, "results"), [u64::from(theirs.pid())]);
 }

@@ -489,3 +489,40 @@ fn a_restart_keeps_manual_reservations_and_ends_runs_that_do_not_come_back() {
     assert_eq!(held(&after).len(), 2, "{after:#?}");
     assert_eq!(held(&after), held(&before));
 }
+
+#[test]
+fn a_node_where_nobody_reserves_calls_a_used_gpu_busy_until_someone_does() {
+    let worker = Target::sleep(Some(BOB));
+    let daemon = start(&gpus(2, &[]), "");
+    // Bob uses 4 GiB of GPU 1; nobody has ever reserved a GPU here.
+    daemon.set_scenario(&gpus(2, &[(1, worker.pid(), 4096)]));
+    let seen = wait_status(&daemon, Duration::from_secs(5), |s| {
+        state_of(s, 1).state == pb::ReservationState::UnreservedUse as i32
+    });
+    assert!(!seen.reservations_used);
+    let text = ctl_output(&daemon, ALICE, &["status"]);
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("BUSY, used by {BOB}: pid {}", worker.pid())),
+        "{text}"
+    );
+    assert!(!text.contains("UNRESERVED"), "{text}");
+    // Alice reserves GPU 0: the node now uses reservations, and Bob's use of GPU 1 is
+    // unreserved use.
+    let reserved = ctl_output(&daemon, ALICE, &["reserve", "--gpu-ids", "0"]);
+    assert!(reserved.status.success(), "{reserved:?}");
+    let json = ctl_output(&daemon, ALICE, &["status", "-o", "json"]);
+    let json: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(json["reservations_used"], json!(true));
+    let text = ctl_output(&daemon, ALICE, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("UNRESERVED USE by {BOB}: pid {}", worker.pid())),
+        "{text}"
+    );
+    // Released, it is still remembered: a node that used reservations keeps using them.
+    let released = ctl_output(&daemon, ALICE, &["release"]);
+    assert!(released.status.success(), "{released:?}");
+    assert!(status(&daemon.socket).reservations_used);
+}

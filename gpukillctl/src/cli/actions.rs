@@ -45,7 +45,8 @@ pub struct KillTargetArgs {
     #[arg(long)]
     pub pid: Option<u32>,
 
-    /// The GPU processes whose name or command line match REGEX (Rust regex syntax)
+    /// The GPU processes whose name or command line match REGEX (Rust regex syntax; list
+    /// --filter REGEX --details shows them)
     #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
 

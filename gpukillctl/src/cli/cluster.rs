@@ -52,9 +52,14 @@ pub struct ClusterNodesArgs {
 /// Arguments of `gpukillctl cluster list`.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterListArgs {
-    /// Also show the process table (NODE, GPU, PID, USER, PROC, VRAM_MB, START, CONTAINER)
+    /// Also show the process table (NODE, GPU, PID, USER, PROC, MEMORY, START, CONTAINER,
+    /// COMMAND)
     #[arg(long)]
     pub details: bool,
+
+    /// Show every column, each whole, however wide the terminal (as list --wide)
+    #[arg(long)]
+    pub wide: bool,
 
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
@@ -64,9 +69,13 @@ pub struct ClusterListArgs {
     #[arg(long, value_enum, default_value_t = VendorArg::All)]
     pub vendor: VendorArg,
 
-    /// Only processes whose name, command line or user match REGEX (checked by each node)
+    /// Only processes whose name or command line match REGEX (checked by each node)
     #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
+
+    /// Only processes of this user (a name or a numeric uid)
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 
     /// Only processes running in a container; shows the process table with RUNTIME and POD
     #[arg(long)]

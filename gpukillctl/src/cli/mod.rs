@@ -1,6 +1,10 @@
 //! The command line: one clap derive tree, one subcommand per module in `cmd/`. The global
 //! options and the command tree are here; each group of commands has its arguments in its own
 //! module, and `values` has the option values several commands share.
+//!
+//! The connection options (`--socket`, `--token-file`, ...) are global: accepted before or
+//! after the subcommand, but described once, in `gpukillctl --help` under "Connection
+//! options", not repeated in every subcommand's help ([`hide_connection_options`]).
 
 mod actions;
 mod audit;
@@ -11,6 +15,8 @@ mod list;
 mod reserve;
 mod uploads;
 mod values;
+
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -31,6 +37,7 @@ pub use crate::conn::{CA_ENV, CERT_ENV, ConnectArgs, KEY_ENV, NODE_ENV, TOKEN_FI
 #[command(
     name = "gpukillctl",
     version,
+    mut_subcommands = hide_connection_options,
     about = "Show the GPUs of this node and the processes using them, as gpukilld sees them",
     after_help = "Exit codes:\n  0 ok, 1 error, 2 GPU vendor library failure, 3 invalid arguments,\n  \
                   4 permission denied, 5 unsupported, 6 gpukilld not reachable,\n  \
@@ -175,6 +182,52 @@ pub enum Command {
     /// one node (list, kill, events, ...), use the other commands with --node NAME.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print the shell completion script for gpukillctl (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For example: `gpukillctl completions bash > ~/.local/share/bash-completion/completions/gpukillctl`,
+    /// `gpukillctl completions zsh > ~/.zfunc/_gpukillctl` (with ~/.zfunc in $fpath), or
+    /// `gpukillctl completions fish > ~/.config/fish/completions/gpukillctl.fish`. The
+    /// packages install them already.
+    Completions(CompletionsArgs),
+    /// Print the man page of gpukillctl, or write it and one page per subcommand into DIR.
+    ///
+    /// Without DIR, gpukillctl(1) goes to standard output (`gpukillctl man | man -l -`). With
+    /// DIR, gpukillctl.1 and gpukillctl-list.1, gpukillctl-kill.1, ... are written there
+    /// (created when missing), and their paths printed; e.g. DIR ~/.local/share/man/man1.
+    /// The packages install them already.
+    Man(ManArgs),
+}
+
+/// Arguments of `gpukillctl completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: gpukill_manual::Shell,
+}
+
+/// Arguments of `gpukillctl man`.
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write the pages into this directory instead of printing gpukillctl(1)
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The connection options of a subcommand: accepted there as everywhere (they are global)
+/// but hidden from its help, which would otherwise repeat all six.
+///
+/// Each is added hidden before clap propagates the global one, which then finds it there
+/// and leaves it; its value still reaches [`Cli::connect`] through clap's global values.
+fn hide_connection_options(sub: clap::Command) -> clap::Command {
+    let connect = <ConnectArgs as Args>::augment_args(clap::Command::new("connect"));
+    connect.get_arguments().fold(sub, |sub, arg| {
+        if sub.get_arguments().any(|own| own.get_id() == arg.get_id()) {
+            sub
+        } else {
+            sub.arg(arg.clone().hide(true))
+        }
+    })
 }
 
 /// Arguments of `gpukillctl version`.
@@ -266,6 +319,50 @@ mod tests {
     #[test]
     fn short_help_matches_the_snapshot() {
         assert_snapshot("help-short.txt", &Cli::command().render_help().to_string());
+    }
+
+    #[test]
+    fn connection_options_are_described_once_and_accepted_everywhere() {
+        let top = help_for(&["gpukillctl", "--help"]);
+        assert!(
+            top.contains("\nConnection options:\n      --socket <ADDRESS>"),
+            "{top}"
+        );
+        let mut paths = Vec::new();
+        command_paths(&Cli::command(), &[], &mut paths);
+        for path in paths {
+            let mut args = vec!["gpukillctl".to_owned()];
+            args.extend(path.iter().cloned());
+            args.push("--help".to_owned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let help = help_for(&args);
+            for option in [
+                "--token-file <",
+                "--cert <",
+                "--key <",
+                "--ca <",
+                "[env: GPUKILL",
+            ] {
+                assert!(!help.contains(option), "{path:?} repeats {option}:\n{help}");
+            }
+        }
+        // After the subcommand, at any depth, as before it.
+        let cli = Cli::try_parse_from([
+            "gpukillctl",
+            "guard",
+            "policy",
+            "show",
+            "--socket",
+            "/tmp/g.sock",
+            "--node",
+            "n7",
+        ])
+        .expect("valid arguments");
+        assert_eq!(
+            cli.connect.socket,
+            Some(Address::Unix(PathBuf::from("/tmp/g.sock")))
+        );
+        assert_eq!(cli.connect.node.as_deref(), Some("n7"));
     }
 
     #[test]

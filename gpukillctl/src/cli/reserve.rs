@@ -60,6 +60,11 @@ pub struct StatusArgs {
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+
+    /// Show every column whole, however wide the terminal (on a terminal, DETAILS and then
+    /// STATUS are narrowed to fit it)
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Arguments of `gpukillctl run`.

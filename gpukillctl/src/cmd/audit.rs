@@ -63,14 +63,19 @@ async fn summary<W: Write, E: Write>(
     // Four tables do not make one CSV.
     refuse_csv(args, "--summary")?;
     let mut client = conn::connect(target).await?;
+    let request = summary_request(args, SystemTime::now());
+    let window = audit::Window {
+        since_unix_ms: request.since_unix_ms,
+        until_unix_ms: request.until_unix_ms,
+    };
     let response = client
-        .summary(conn::unary(summary_request(args, SystemTime::now())))
+        .summary(conn::unary(request))
         .await
         .map_err(|status| Error::rpc("Summary", status))?
         .into_inner();
     let text = match args.output {
-        ReportFormat::Json => audit::summary_json(&response)?,
-        ReportFormat::Table | ReportFormat::Csv => audit::render_summary(&response),
+        ReportFormat::Json => audit::summary_json(&response, window)?,
+        ReportFormat::Table | ReportFormat::Csv => audit::render_summary(&response, window, out.tz),
     };
     out.write(&text)
 }
@@ -199,7 +204,7 @@ mod tests {
     #[tokio::test]
     async fn an_rpc_error_maps_as_usual() {
         let served = serve(FakeDaemon {
-            sessions: Some(Err(Status::invalid_argument("invalid --process regex"))),
+            sessions: Some(Err(Status::invalid_argument("invalid process regex"))),
             ..Default::default()
         });
         let (result, text, _) = run_cli(&served.socket, &["audit", "--process", "("]).await;
@@ -207,7 +212,7 @@ mod tests {
         assert_eq!(err.exit_code(), 3);
         assert_eq!(
             err.to_string(),
-            "Sessions failed (InvalidArgument): invalid --process regex"
+            "Sessions failed (InvalidArgument): invalid process regex"
         );
         assert_eq!(text, "");
     }
@@ -224,18 +229,30 @@ mod tests {
         let (result, text, _) =
             run_cli(&served.socket, &["audit", "--summary", "--hours", "2"]).await;
         result.expect("summary succeeds");
-        assert_eq!(text, audit::render_summary(&testutil::summary_response()));
+        let requests_so_far = requests.lock().expect("lock").clone();
+        let window = audit::Window {
+            since_unix_ms: requests_so_far[0].since_unix_ms,
+            until_unix_ms: requests_so_far[0].until_unix_ms,
+        };
+        assert_eq!(
+            text,
+            audit::render_summary(&testutil::summary_response(), window, crate::TimeZone::Utc)
+        );
         let (result, text, _) = run_cli(
             &served.socket,
             &["audit", "--summary", "--top", "3", "-o", "json"],
         )
         .await;
         result.expect("summary succeeds");
+        let requests = requests.lock().expect("lock").clone();
+        let window = audit::Window {
+            since_unix_ms: requests[1].since_unix_ms,
+            until_unix_ms: requests[1].until_unix_ms,
+        };
         assert_eq!(
             text,
-            audit::summary_json(&testutil::summary_response()).expect("encode")
+            audit::summary_json(&testutil::summary_response(), window).expect("encode")
         );
-        let requests = requests.lock().expect("lock").clone();
         assert_eq!(requests.len(), 2);
         assert_eq!(
             requests[0].until_unix_ms - requests[0].since_unix_ms,

@@ -97,6 +97,7 @@ fn list_request(args: &ClusterListArgs) -> ListAllRequest {
             vendor: Vendor::from(args.vendor) as i32,
             process_regex: args.filter.clone(),
             containers_only: args.containers,
+            user: args.user.clone(),
         }),
         nodes: args.nodes.clone(),
     }
@@ -121,6 +122,7 @@ async fn list<W: Write, E: Write>(
         details: args.details,
         containers: args.containers,
         tz: out.tz,
+        width: if args.wide { None } else { out.width },
     };
     let text = match args.output {
         OutputFormat::Table => cluster::render_list(&response, &options),
@@ -221,6 +223,7 @@ mod tests {
             details: true,
             containers: false,
             tz: TimeZone::Utc,
+            width: None,
         };
         assert_eq!(
             text,
@@ -235,6 +238,7 @@ mod tests {
                     vendor: Vendor::Nvidia as i32,
                     process_regex: Some("^py".to_owned()),
                     containers_only: false,
+                    user: None,
                 }),
                 nodes: vec!["n1".to_owned(), "n3".to_owned()],
             }]

@@ -31,7 +31,10 @@ pub async fn run<W: Write, E: Write>(
     let response = client
         .kill(conn::unary_with_timeout(request(args), deadline(args)))
         .await
-        .map_err(|status| Error::rpc("Kill", status))?
+        .map_err(|status| match args.force {
+            true => Error::rpc("Kill", status),
+            false => Error::rpc_unforced("Kill", status),
+        })?
         .into_inner();
     if response
         .results
@@ -48,7 +51,7 @@ pub async fn run<W: Write, E: Write>(
         OutputFormat::Json => kill::json(&response)?,
     };
     out.write(&text)?;
-    if let Some(note) = note(&response) {
+    if let Some(note) = note(&response, args.force) {
         out.note(&note)?;
     }
     check(&response)
@@ -69,8 +72,14 @@ fn deadline(args: &KillArgs) -> Duration {
     Duration::from_secs(u64::from(args.timeout_secs)) + DEADLINE_MARGIN
 }
 
-/// What to say on standard error beside the results, when nothing was signalled.
-fn note(response: &KillResponse) -> Option<String> {
+/// What to say on standard error beside the results: when nothing was signalled, or when
+/// processes outlived SIGTERM and `--force` (SIGKILL) was not given.
+fn note(response: &KillResponse, force: bool) -> Option<String> {
+    let still_running = response
+        .results
+        .iter()
+        .filter(|result| result.outcome == KillOutcome::StillRunning as i32)
+        .count();
     if response.needs_batch {
         let count = response.results.len();
         Some(format!(
@@ -78,6 +87,8 @@ fn note(response: &KillResponse) -> Option<String> {
         ))
     } else if response.results.is_empty() {
         Some("No process matches; nothing was killed.".to_owned())
+    } else if still_running > 0 && !force {
+        Some("Add --force to send SIGKILL to what still runs after SIGTERM.".to_owned())
     } else {
         None
     }

@@ -1,4 +1,11 @@
 //! `gpukillctl list`: the List RPC once, or the Watch stream with `--watch`.
+//!
+//! On a terminal, `--watch` takes the screen ([`term::Screen`]): each frame fits the
+//! terminal (its width, as every table does, and its height: lines that do not fit are
+//! counted on one line, so the header never scrolls away), ends with `q or Ctrl-C to quit`,
+//! and is drawn again when the terminal is resized. `q`, Ctrl-C, SIGTERM, SIGHUP and SIGQUIT
+//! end it with exit 0 and the terminal as it was; Ctrl-Z gives the terminal back until the
+//! shell continues gpukillctl.
 
 use std::io::Write;
 
@@ -6,12 +13,14 @@ use gpukill_proto::v1::{
     ListRequest, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest, WatchResponse,
 };
 
-use crate::Output;
 use crate::cli::{ListArgs, OutputFormat};
 use crate::conn;
 use crate::error::Error;
 use crate::render::json;
+use crate::render::layout;
 use crate::render::table::{self, TableOptions};
+use crate::term::{self, Screen, Size};
+use crate::{Output, TimeZone};
 
 /// Runs `gpukillctl list` against the daemon `target` names.
 pub async fn run<W: Write, E: Write>(
@@ -44,7 +53,7 @@ pub async fn run<W: Write, E: Write>(
             missing: "a snapshot",
         })?;
     let text = match args.output {
-        OutputFormat::Table => table::render(&snapshot, &table_options(args, out)),
+        OutputFormat::Table => table::render(&snapshot, &table_options(args, out.tz, out.width)),
         OutputFormat::Json => json::pretty(&snapshot)?,
     };
     out.write(&text)?;
@@ -78,31 +87,72 @@ fn filter(args: &ListArgs) -> SnapshotFilter {
         vendor: Vendor::from(args.vendor) as i32,
         process_regex: args.filter.clone(),
         containers_only: args.containers,
+        user: args.user.clone(),
     }
 }
 
-fn table_options<W, E>(args: &ListArgs, out: &Output<W, E>) -> TableOptions {
+/// The tables the arguments ask for, `width` wide (everything whole with `--wide`).
+fn table_options(args: &ListArgs, tz: TimeZone, width: Option<usize>) -> TableOptions {
     TableOptions {
         details: args.details,
         containers: args.containers,
-        tz: out.tz,
+        tz,
+        width: if args.wide { None } else { width },
     }
 }
 
-/// Renders every snapshot of the Watch stream until Ctrl-C (success) or until the stream
-/// ends or fails (an error with the status's exit code; [`Error::ConnectionLost`] when the
-/// daemon went away).
+/// What a watch on a terminal says on its last line.
+const QUIT_KEYS: &str = "q or Ctrl-C to quit";
+/// The same, when standard input is not the terminal (no keys are read).
+const QUIT_SIGNAL: &str = "Ctrl-C to quit";
+
+/// Renders every snapshot of the Watch stream until `q`, Ctrl-C or (on a terminal) another
+/// signal that ends it (success), or until the stream ends or fails (an error with the
+/// status's exit code; [`Error::ConnectionLost`] when the daemon went away).
 async fn watch<W: Write, E: Write>(
     mut stream: tonic::Streaming<WatchResponse>,
     target: &conn::Target,
     args: &ListArgs,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let full_screen = out.is_tty && args.output == OutputFormat::Table;
+    // Dropped on every way out of this function: the terminal is restored.
+    let mut screen = full_screen.then(|| Screen::enter(out.keys));
+    let mut keys = match &screen {
+        Some(screen) if screen.reads_keys() => Some(term::keys()),
+        _ => None,
+    };
+    let hint = if keys.is_some() {
+        QUIT_KEYS
+    } else {
+        QUIT_SIGNAL
+    };
+    let mut signals = Signals::new(full_screen).map_err(Error::Signal)?;
+    let mut last: Option<Snapshot> = None;
     loop {
         let next = tokio::select! {
-            signal = &mut ctrl_c => return signal.map_err(Error::Signal),
+            signal = signals.next() => match signal.map_err(Error::Signal)? {
+                Signal::End => return Ok(()),
+                Signal::Suspend => {
+                    if let Some(screen) = &mut screen {
+                        screen.suspend();
+                        stop_until_continued();
+                        screen.resume();
+                    }
+                    redraw(last.as_ref(), args, hint, out)?;
+                    continue;
+                }
+                Signal::Resize => {
+                    redraw(last.as_ref(), args, hint, out)?;
+                    continue;
+                }
+            },
+            Some(key) = next_key(&mut keys) => {
+                if term::is_quit(key) {
+                    return Ok(());
+                }
+                continue;
+            }
             next = stream.message() => next,
         };
         match next {
@@ -111,11 +161,152 @@ async fn watch<W: Write, E: Write>(
                     rpc: "Watch",
                     missing: "a snapshot",
                 })?;
-                write_frame(&snapshot, args, out)?;
+                if full_screen {
+                    redraw(Some(&snapshot), args, hint, out)?;
+                } else {
+                    write_frame(&snapshot, args, out)?;
+                }
+                last = Some(snapshot);
             }
             Ok(None) => return Err(Error::WatchEnded),
             Err(status) => return Err(stream_failed(status, target).await),
         }
+    }
+}
+
+/// The next key typed, or never when keys are not read (or no longer come).
+async fn next_key(keys: &mut Option<tokio::sync::mpsc::Receiver<u8>>) -> Option<u8> {
+    match keys {
+        Some(receiver) => match receiver.recv().await {
+            Some(key) => Some(key),
+            None => {
+                *keys = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops this process as Ctrl-Z would have (the watch catches SIGTSTP to give the terminal
+/// back first); returns once the shell continues it.
+fn stop_until_continued() {
+    // SAFETY: raising a signal on the calling process; SIGSTOP cannot be caught, so this
+    // returns after SIGCONT.
+    unsafe {
+        libc::raise(libc::SIGSTOP);
+    }
+}
+
+/// Draws the full-screen frame of `snapshot` (nothing before the first snapshot).
+fn redraw<W: Write, E: Write>(
+    snapshot: Option<&Snapshot>,
+    args: &ListArgs,
+    hint: &str,
+    out: &mut Output<W, E>,
+) -> Result<(), Error> {
+    let Some(snapshot) = snapshot else {
+        return Ok(());
+    };
+    let size = term::stdout_size().unwrap_or(Size {
+        columns: 80,
+        rows: 24,
+    });
+    out.redraw(&screen_frame(snapshot, args, out.tz, size, hint))
+}
+
+/// One full-screen frame of `snapshot` for a terminal of `size`: the tables fit its width
+/// (unless `--wide`) and, with the `hint` line last, its height; what does not fit is counted
+/// on one line. Ends without a newline, so that a full screen does not scroll.
+fn screen_frame(
+    snapshot: &Snapshot,
+    args: &ListArgs,
+    tz: TimeZone,
+    size: Size,
+    hint: &str,
+) -> String {
+    let width = (!args.wide).then_some(size.columns);
+    let mut text = table::render(snapshot, &table_options(args, tz, width));
+    if let Some(width) = width {
+        // Lines outside the tables (a long error message) are cut too: nothing may wrap.
+        text = layout::cut_lines(&text, width);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    // One line for the hint.
+    let room = size.rows.saturating_sub(1).max(1);
+    let mut frame = String::with_capacity(text.len() + 64);
+    if lines.len() <= room {
+        for line in &lines {
+            frame.push_str(line);
+            frame.push('\n');
+        }
+    } else {
+        let shown = room - 1;
+        for line in &lines[..shown] {
+            frame.push_str(line);
+            frame.push('\n');
+        }
+        let more = format!(
+            "… {} more lines (a taller terminal shows them)",
+            lines.len() - shown
+        );
+        frame.push_str(&width.map_or_else(|| more.clone(), |width| layout::cut(&more, width)));
+        frame.push('\n');
+    }
+    frame.push_str(hint);
+    frame
+}
+
+/// What ends or changes a watch besides the stream.
+enum Signal {
+    /// Stop watching (exit 0).
+    End,
+    /// Ctrl-Z: give the terminal back and stop.
+    Suspend,
+    /// The terminal was resized: draw again.
+    Resize,
+}
+
+/// The signals a watch listens to: Ctrl-C always; on a terminal also SIGTERM, SIGHUP and
+/// SIGQUIT (so the terminal is restored before gpukillctl exits), Ctrl-Z and resizes.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    screen: Option<[tokio::signal::unix::Signal; 5]>,
+}
+
+impl Signals {
+    fn new(full_screen: bool) -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let screen = if full_screen {
+            Some([
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::quit())?,
+                signal(SignalKind::from_raw(libc::SIGTSTP))?,
+                signal(SignalKind::window_change())?,
+            ])
+        } else {
+            None
+        };
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            screen,
+        })
+    }
+
+    async fn next(&mut self) -> std::io::Result<Signal> {
+        let Some([terminate, hangup, quit, stop, resize]) = &mut self.screen else {
+            self.interrupt.recv().await;
+            return Ok(Signal::End);
+        };
+        Ok(tokio::select! {
+            _ = self.interrupt.recv() => Signal::End,
+            _ = terminate.recv() => Signal::End,
+            _ = hangup.recv() => Signal::End,
+            _ = quit.recv() => Signal::End,
+            _ = stop.recv() => Signal::Suspend,
+            _ = resize.recv() => Signal::Resize,
+        })
     }
 }
 
@@ -132,8 +323,8 @@ async fn stream_failed(status: tonic::Status, target: &conn::Target) -> Error {
     Error::rpc("Watch", status)
 }
 
-/// Writes one watch frame: an NDJSON line, or the tables (redrawn in place on a terminal,
-/// followed by a blank line otherwise).
+/// Writes one watch frame that is not full-screen: an NDJSON line, or the tables followed by
+/// a blank line.
 fn write_frame<W: Write, E: Write>(
     snapshot: &Snapshot,
     args: &ListArgs,
@@ -142,12 +333,8 @@ fn write_frame<W: Write, E: Write>(
     match args.output {
         OutputFormat::Json => out.write(&json::line(snapshot)?),
         OutputFormat::Table => {
-            let tables = table::render(snapshot, &table_options(args, out));
-            if out.is_tty {
-                out.redraw(&tables)
-            } else {
-                out.write(&format!("{tables}\n"))
-            }
+            let tables = table::render(snapshot, &table_options(args, out.tz, out.width));
+            out.write(&format!("{tables}\n"))
         }
     }
 }
@@ -164,6 +351,8 @@ mod tests {
             writer: Vec::new(),
             notes: Vec::new(),
             is_tty: false,
+            width: None,
+            keys: false,
             tz: TimeZone::Utc,
         }
     }
@@ -193,6 +382,7 @@ mod tests {
             details: false,
             containers: true,
             tz: TimeZone::Utc,
+            width: None,
         };
         assert_eq!(text, table::render(&testutil::snapshot(), &options));
         let filters = filters.lock().expect("lock").clone();
@@ -202,6 +392,7 @@ mod tests {
                 vendor: Vendor::Nvidia as i32,
                 process_regex: Some("^py".to_owned()),
                 containers_only: true,
+                user: None,
             }]
         );
     }
@@ -276,6 +467,7 @@ mod tests {
             details: false,
             containers: false,
             tz: TimeZone::Utc,
+            width: None,
         };
         let expected = format!(
             "{}\n{}\n",
@@ -285,26 +477,86 @@ mod tests {
         assert_eq!(text, expected);
     }
 
-    #[test]
-    fn terminal_frames_clear_the_screen_first() {
-        let args = ListArgs {
-            details: false,
+    fn watch_args(details: bool) -> ListArgs {
+        ListArgs {
+            details,
             watch: true,
+            wide: false,
             output: OutputFormat::Table,
             vendor: crate::cli::VendorArg::All,
             filter: None,
+            user: None,
             containers: false,
-        };
+        }
+    }
+
+    #[test]
+    fn terminal_frames_clear_the_screen_first() {
         let mut out = Output {
             is_tty: true,
             ..output()
         };
-        write_frame(&testutil::snapshot(), &args, &mut out).expect("frame");
+        let size = Size {
+            columns: 100,
+            rows: 30,
+        };
+        let frame = screen_frame(
+            &testutil::snapshot(),
+            &watch_args(false),
+            TimeZone::Utc,
+            size,
+            QUIT_KEYS,
+        );
+        out.redraw(&frame).expect("frame");
         let text = String::from_utf8(out.writer).expect("UTF-8");
         assert!(text.starts_with("\x1b[H\x1b[2Jgpu-node-1  "), "{text:?}");
-        assert!(!text.ends_with("\n\n"));
+        assert!(text.ends_with("\nq or Ctrl-C to quit"), "{text:?}");
         // The clear-screen sequence is the only escape in the frame.
         assert_eq!(text.matches('\x1b').count(), 2, "{text:?}");
+    }
+
+    #[test]
+    fn screen_frames_fit_the_terminal_and_keep_the_header() {
+        let mut snapshot = testutil::stale_snapshot();
+        // Forty processes: far more than 30 lines.
+        let template = snapshot.processes[0].clone();
+        snapshot.processes = (0..40)
+            .map(|pid| gpukill_proto::v1::GpuProcess {
+                pid: 10_000 + pid,
+                cmdline: format!("python train.py --run {pid} {}", "--flag ".repeat(20)),
+                ..template.clone()
+            })
+            .collect();
+        let size = Size {
+            columns: 100,
+            rows: 30,
+        };
+        let frame = screen_frame(&snapshot, &watch_args(true), TimeZone::Utc, size, QUIT_KEYS);
+        let lines: Vec<&str> = frame.split('\n').collect();
+        assert_eq!(lines.len(), 30, "{frame}");
+        assert!(lines[0].starts_with("gpu-node-1  "), "{frame}");
+        assert_eq!(lines[1], "STALE: nvidia backend hung");
+        assert!(lines[28].starts_with("… "), "{frame}");
+        assert!(lines[28].contains("more lines"), "{frame}");
+        assert_eq!(lines[29], QUIT_KEYS);
+        for line in &lines {
+            assert!(layout::text_width(line) <= 100, "{line:?}");
+        }
+        // A short snapshot leaves the screen's rest empty; --wide shows every column whole.
+        let wide = ListArgs {
+            wide: true,
+            ..watch_args(true)
+        };
+        let frame = screen_frame(
+            &testutil::snapshot(),
+            &wide,
+            TimeZone::Utc,
+            size,
+            QUIT_SIGNAL,
+        );
+        assert!(frame.contains("ECC"), "{frame}");
+        assert!(frame.contains("python train.py --epochs 10"), "{frame}");
+        assert!(frame.ends_with("\nCtrl-C to quit"), "{frame}");
     }
 
     #[tokio::test]

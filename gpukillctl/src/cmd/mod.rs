@@ -1,10 +1,12 @@
 //! One module per subcommand, named like the RPC it makes (and like the daemon's `rpc/`);
 //! `audit` makes the Sessions RPC, `uploads` the Uploads, UploadShow and UploadRetry RPCs,
-//! `status` the Reservations RPC.
+//! `status` the Reservations RPC. `completions` and `man` ask no daemon: they render this
+//! command line.
 
 pub mod audit;
 pub mod cluster;
 pub mod collection;
+pub mod completions;
 pub mod events;
 pub mod export;
 pub mod guard;
@@ -13,6 +15,7 @@ pub mod history;
 pub mod import;
 pub mod kill;
 pub mod list;
+pub mod man;
 pub mod release;
 pub mod reserve;
 pub mod reset;

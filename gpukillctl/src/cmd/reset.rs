@@ -31,7 +31,10 @@ pub async fn run<W: Write, E: Write>(
     let response = client
         .reset(conn::unary_with_timeout(request(args), DEADLINE))
         .await
-        .map_err(|status| Error::rpc("Reset", status))?
+        .map_err(|status| match args.force {
+            true => Error::rpc("Reset", status),
+            false => Error::rpc_unforced("Reset", status),
+        })?
         .into_inner();
     if response
         .results
@@ -193,7 +196,10 @@ mod tests {
                 5,
             ),
             (
-                Status::aborted("GPU 0 has 2 processes; pass --force to kill them first"),
+                Status::aborted(
+                    "not reset: 2 process(es) still use the GPU: python (pid 7, alice) on GPU 0; \
+                     stop them, or force the reset to kill them first",
+                ),
                 1,
             ),
             (Status::invalid_argument("no GPU 7 (this node has 2)"), 3),
@@ -207,9 +213,26 @@ mod tests {
             let (result, text, _) = run_cli(&served.socket, &["reset", "--gpu", "0"]).await;
             let err = result.expect_err("the daemon refuses");
             assert_eq!(err.exit_code(), expected, "{message}");
-            assert!(err.to_string().ends_with(&message), "{err}");
+            // gpukilld names the request's force, gpukillctl its flag.
+            let hint = if message.contains("force") {
+                " (add --force)"
+            } else {
+                ""
+            };
+            assert!(
+                err.to_string().ends_with(&format!("{message}{hint}")),
+                "{err}"
+            );
             assert_eq!(text, "");
         }
+        // With --force given, no hint.
+        let served = serve(FakeDaemon {
+            reset: Some(Err(Status::aborted("forced reset failed"))),
+            ..Default::default()
+        });
+        let (result, _, _) = run_cli(&served.socket, &["reset", "--gpu", "0", "--force"]).await;
+        let err = result.expect_err("the daemon refuses");
+        assert!(err.to_string().ends_with("forced reset failed"), "{err}");
     }
 
     #[tokio::test]

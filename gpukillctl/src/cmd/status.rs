@@ -24,7 +24,9 @@ pub async fn run<W: Write, E: Write>(
         .map_err(|status| Error::rpc("Reservations", status))?
         .into_inner();
     let text = match args.output {
-        OutputFormat::Table => reservations::render_status(&response, out.tz),
+        OutputFormat::Table => {
+            reservations::render_status(&response, out.tz, if args.wide { None } else { out.width })
+        }
         OutputFormat::Json => reservations::status_json(&response)?,
     };
     out.write(&text)
@@ -45,7 +47,10 @@ mod tests {
         let response = testutil::reservations_response();
         let (result, text, _) = run_cli(&served.socket, &["status"]).await;
         result.expect("status");
-        assert_eq!(text, reservations::render_status(&response, TimeZone::Utc));
+        assert_eq!(
+            text,
+            reservations::render_status(&response, TimeZone::Utc, None)
+        );
         let (result, text, _) = run_cli(&served.socket, &["status", "--output", "json"]).await;
         result.expect("status");
         assert_eq!(text, reservations::status_json(&response).expect("encode"));

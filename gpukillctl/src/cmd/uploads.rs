@@ -460,9 +460,7 @@ mod tests {
                  2024-05-01T10:00:00Z is pending",
             ),
             (
-                Status::invalid_argument(
-                    "name an hour or ask for every parked hour (--all-parked)",
-                ),
+                Status::invalid_argument("name an hour, or ask for every parked hour"),
                 3,
                 "UploadRetry failed (InvalidArgument): name an hour",
             ),

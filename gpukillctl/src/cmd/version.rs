@@ -147,6 +147,8 @@ mod tests {
             writer: Vec::new(),
             notes: Vec::new(),
             is_tty: false,
+            width: None,
+            keys: false,
             tz: TimeZone::Utc,
         }
     }

@@ -18,6 +18,9 @@ pub const CA_ENV: &str = "GPUKILL_CA";
 /// Environment variable for `--node`.
 pub const NODE_ENV: &str = "GPUKILL_NODE";
 
+/// The heading of the connection options in `gpukillctl --help`.
+pub const CONNECTION: &str = "Connection options";
+
 /// The global options that say which gpukilld to talk to, with which credentials, and which
 /// node of a cluster the request is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
@@ -38,6 +41,7 @@ pub struct ConnectArgs {
         hide_env_values = true,
         value_name = "ADDRESS",
         display_order = 100,
+        help_heading = CONNECTION,
         value_parser = parse_address
     )]
     pub socket: Option<Address>,
@@ -52,7 +56,8 @@ pub struct ConnectArgs {
         env = TOKEN_FILE_ENV,
         hide_env_values = true,
         value_name = "FILE",
-        display_order = 101
+        display_order = 101,
+        help_heading = CONNECTION
     )]
     pub token_file: Option<PathBuf>,
 
@@ -64,7 +69,8 @@ pub struct ConnectArgs {
         hide_env_values = true,
         value_name = "FILE",
         requires = "key",
-        display_order = 102
+        display_order = 102,
+        help_heading = CONNECTION
     )]
     pub cert: Option<PathBuf>,
 
@@ -76,7 +82,8 @@ pub struct ConnectArgs {
         hide_env_values = true,
         value_name = "FILE",
         requires = "cert",
-        display_order = 103
+        display_order = 103,
+        help_heading = CONNECTION
     )]
     pub key: Option<PathBuf>,
 
@@ -89,7 +96,8 @@ pub struct ConnectArgs {
         env = CA_ENV,
         hide_env_values = true,
         value_name = "FILE",
-        display_order = 104
+        display_order = 104,
+        help_heading = CONNECTION
     )]
     pub ca: Option<PathBuf>,
 
@@ -106,6 +114,7 @@ pub struct ConnectArgs {
         hide_env_values = true,
         value_name = "NAME",
         display_order = 105,
+        help_heading = CONNECTION,
         value_parser = parse_node_name
     )]
     pub node: Option<String>,

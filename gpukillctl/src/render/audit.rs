@@ -26,8 +26,8 @@ use serde::Serialize;
 use super::csv::{csv as csv_table, or_empty};
 use super::json::document;
 use super::mib;
-use super::table::{or_absent, or_absent_str, table};
-use super::time::{TimeZone, date_time, rfc3339_millis};
+use super::table::{ABSENT, or_absent, or_absent_str, table};
+use super::time::{TimeZone, date_time, rfc3339_millis, span};
 use crate::error::Error;
 
 /// Seconds per hour.
@@ -207,9 +207,27 @@ pub fn render(response: &SessionsResponse, tz: TimeZone) -> String {
     table(&header, rows)
 }
 
+/// The time window a summary covers, as asked for: milliseconds since the epoch, the end
+/// excluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The start.
+    pub since_unix_ms: i64,
+    /// The end (excluded).
+    pub until_unix_ms: i64,
+}
+
 /// The JSON document of `gpukillctl audit --summary --output json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SummaryJson {
+    /// The start of the window, RFC 3339 UTC with milliseconds.
+    pub since: Option<String>,
+    /// The start of the window, milliseconds since the epoch.
+    pub since_unix_ms: i64,
+    /// The end of the window (excluded), RFC 3339 UTC with milliseconds.
+    pub until: Option<String>,
+    /// The end of the window, milliseconds since the epoch.
+    pub until_unix_ms: i64,
     /// The users with the most GPU hours, most first.
     pub top_users: Vec<UserJson>,
     /// The processes (name and user) with the most GPU hours, most first.
@@ -279,9 +297,13 @@ pub struct GpuJson {
 }
 
 impl SummaryJson {
-    /// The JSON view of `response`.
-    pub fn new(response: &SummaryResponse) -> Self {
+    /// The JSON view of `response`, the summary of `window`.
+    pub fn new(response: &SummaryResponse, window: Window) -> Self {
         SummaryJson {
+            since: rfc3339_millis(window.since_unix_ms),
+            since_unix_ms: window.since_unix_ms,
+            until: rfc3339_millis(window.until_unix_ms),
+            until_unix_ms: window.until_unix_ms,
             top_users: response
                 .top_users
                 .iter()
@@ -329,14 +351,27 @@ impl SummaryJson {
     }
 }
 
-/// The summary `response` as one indented JSON document, ending in a newline.
-pub fn summary_json(response: &SummaryResponse) -> Result<String, Error> {
-    document(&SummaryJson::new(response))
+/// The summary `response` of `window` as one indented JSON document, ending in a newline.
+pub fn summary_json(response: &SummaryResponse, window: Window) -> Result<String, Error> {
+    document(&SummaryJson::new(response, window))
 }
 
-/// The summary `response` as four titled tables separated by blank lines, ending in a
-/// newline.
-pub fn render_summary(response: &SummaryResponse) -> String {
+/// The window line of a summary: `WINDOW 2024-05-01 10:00:00 to 2024-05-01 12:00:00 (2h)`,
+/// the times in `tz` (UTC says so), the end excluded.
+fn window_line(window: Window, tz: TimeZone) -> String {
+    let at = |ms| date_time(ms, tz).unwrap_or_else(|| ABSENT.to_owned());
+    format!(
+        "WINDOW {} to {}{} ({})\n",
+        at(window.since_unix_ms),
+        at(window.until_unix_ms),
+        if tz == TimeZone::Utc { " UTC" } else { "" },
+        span(window.until_unix_ms.saturating_sub(window.since_unix_ms))
+    )
+}
+
+/// The summary `response` of `window`: the window's line, then five titled tables
+/// separated by blank lines, ending in a newline.
+pub fn render_summary(response: &SummaryResponse, window: Window, tz: TimeZone) -> String {
     let users = table(
         &["USER", "UID", "GPU_HOURS", "MEM_GIB_H", "SESSIONS"],
         response.top_users.iter().map(|user| {
@@ -392,7 +427,8 @@ pub fn render_summary(response: &SummaryResponse) -> String {
         }),
     );
     format!(
-        "TOP USERS\n{users}\nTOP PROCESSES\n{processes}\nGPUS\n{gpus}\nHOUR OF DAY (UTC)\n{hours}\nRESERVATIONS\n{reservations}"
+        "{}\nTOP USERS\n{users}\nTOP PROCESSES\n{processes}\nGPUS\n{gpus}\nHOUR OF DAY (UTC)\n{hours}\nRESERVATIONS\n{reservations}",
+        window_line(window, tz)
     )
 }
 
@@ -488,14 +524,39 @@ mod tests {
     fn summary_table() {
         assert_snapshot(
             "audit-summary-table.txt",
-            &render_summary(&testutil::summary_response()),
+            &render_summary(&testutil::summary_response(), WINDOW, TimeZone::Utc),
+        );
+    }
+
+    /// The two hours before the fixtures' noon.
+    const WINDOW: Window = Window {
+        since_unix_ms: testutil::NOW_MS - 2 * 3_600_000,
+        until_unix_ms: testutil::NOW_MS,
+    };
+
+    #[test]
+    fn the_summary_says_which_window_it_covers() {
+        let text = render_summary(&testutil::summary_response(), WINDOW, TimeZone::Utc);
+        assert_eq!(
+            text.lines().next(),
+            Some("WINDOW 2024-05-01 10:00:00 to 2024-05-01 12:00:00 UTC (2h)")
+        );
+        let local = render_summary(&testutil::summary_response(), WINDOW, TimeZone::Local);
+        assert!(local.starts_with("WINDOW "), "{local}");
+        assert!(
+            local
+                .lines()
+                .next()
+                .is_some_and(|line| line.ends_with(" (2h)"))
         );
     }
 
     #[test]
     fn the_summary_renders_to_the_documented_json() {
-        let text = summary_json(&testutil::summary_response()).expect("encode");
+        let text = summary_json(&testutil::summary_response(), WINDOW).expect("encode");
         let actual: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(actual["since"], "2024-05-01T10:00:00.250Z");
+        assert_eq!(actual["until_unix_ms"], testutil::NOW_MS);
         assert_eq!(
             actual["top_users"][0],
             json!({
@@ -523,10 +584,12 @@ mod tests {
         let hours = actual["hour_of_day_gpu_hours"].as_array().expect("array");
         assert_eq!(hours.len(), 24);
         assert_eq!(hours[9], 1.5);
-        let empty = summary_json(&SummaryResponse::default()).expect("encode");
+        let empty = summary_json(&SummaryResponse::default(), WINDOW).expect("encode");
         assert_eq!(
             empty,
-            "{\n  \"top_users\": [],\n  \"top_processes\": [],\n  \"gpus\": [],\n  \
+            "{\n  \"since\": \"2024-05-01T10:00:00.250Z\",\n  \"since_unix_ms\": 1714557600250,\n  \
+             \"until\": \"2024-05-01T12:00:00.250Z\",\n  \"until_unix_ms\": 1714564800250,\n  \
+             \"top_users\": [],\n  \"top_processes\": [],\n  \"gpus\": [],\n  \
              \"hour_of_day_gpu_hours\": [],\n  \"reservations\": []\n}\n"
         );
     }

@@ -16,10 +16,11 @@ use gpukill_proto::v1::{
 use serde::Serialize;
 
 use super::json::{SnapshotJson, document, non_empty};
+use super::layout::{self, Step};
 use super::mib;
 use super::table::{
-    ABSENT, GPU_HEADER, TableOptions, gpu_row, or_absent, or_absent_str, problems, process_header,
-    process_row, table,
+    ABSENT, GPU_HEADER, GPU_STEPS, PROCESS_STEPS, TableOptions, gpu_row, or_absent, or_absent_str,
+    problems, process_header, process_row, table,
 };
 use super::time::{age, rfc3339_millis};
 use crate::error::Error;
@@ -272,7 +273,7 @@ pub fn render_list(response: &ListAllResponse, options: &TableOptions) -> String
                 .collect()
         })
     });
-    let mut text = table(&header, rows);
+    let mut text = layout::fitted(&header, rows, &with_node(&GPU_STEPS), options.width);
     for (node, snapshot) in &answered {
         if snapshot.stale {
             let why = snapshot
@@ -300,13 +301,25 @@ pub fn render_list(response: &ListAllResponse, options: &TableOptions) -> String
             })
         });
         text.push('\n');
-        text.push_str(&table(&header, rows));
+        text.push_str(&layout::fitted(
+            &header,
+            rows,
+            &with_node(&PROCESS_STEPS),
+            options.width,
+        ));
     }
     let unreachable = unreachable(response);
     if !unreachable.is_empty() {
         text.push_str(&format!("unreachable: {}\n", unreachable.join("; ")));
     }
     text
+}
+
+/// The steps of a `list` table, then narrowing the NODE column those tables begin with.
+fn with_node(steps: &[Step]) -> Vec<Step> {
+    let mut steps = steps.to_vec();
+    steps.push(Step::Shrink("NODE", 8));
+    steps
 }
 
 /// The JSON document of `gpukillctl cluster contention --output json`.
@@ -494,6 +507,7 @@ mod tests {
         details: false,
         containers: false,
         tz: TimeZone::Utc,
+        width: None,
     };
 
     #[test]
@@ -554,6 +568,21 @@ mod tests {
             "cluster-list-details.txt",
             &render_list(&testutil::cluster_list_response(), &options),
         );
+    }
+
+    #[test]
+    fn list_tables_fit_a_width_with_their_node_column() {
+        let options = TableOptions {
+            details: true,
+            containers: true,
+            width: Some(100),
+            ..PLAIN
+        };
+        let text = render_list(&testutil::cluster_list_response(), &options);
+        for line in text.lines().filter(|line| line.contains('|')) {
+            assert!(layout::text_width(line) <= 100, "{line:?} in\n{text}");
+        }
+        assert!(text.contains(" NODE "), "{text}");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct VendorJson {
     pub driver_version: Option<String>,
     /// When the vendor last answered a poll completely, RFC 3339 UTC with milliseconds.
     pub last_success_ts: Option<String>,
+    /// The newest CUDA version the driver supports (NVIDIA), when known: `12.4`.
+    pub cuda_version: Option<String>,
 }
 
 /// One GPU.
@@ -187,6 +189,7 @@ impl VendorJson {
             message: status.message.clone(),
             driver_version: status.driver_version.clone(),
             last_success_ts: status.last_success_unix_ms.and_then(rfc3339_millis),
+            cuda_version: status.cuda_version.clone(),
         }
     }
 }
@@ -405,7 +408,8 @@ mod tests {
                 "state": "ok",
                 "message": null,
                 "driver_version": "550.54.15",
-                "last_success_ts": "2024-05-01T12:00:00.250Z"
+                "last_success_ts": "2024-05-01T12:00:00.250Z",
+                "cuda_version": "12.4"
             }],
             "gpus": [
                 {

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod history;
 pub mod json;
 pub mod kill;
+pub mod layout;
 pub mod reservations;
 pub mod reset;
 pub mod table;

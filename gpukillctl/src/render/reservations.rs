@@ -15,13 +15,15 @@
 //!   timeout, `(run, client disconnected)` while its gpukillctl is not connected, or
 //!   `(manual, expires in 3h5m: NOTE)` for a manual reservation;
 //! - `UNRESERVED USE by bob: pid 123 (python) 10 GiB` (processes joined with `, `, each
-//!   user's after their name);
+//!   user's after their name), or `BUSY, used by bob: ...` on a node where nobody reserves
+//!   GPUs (no reservation ever made, none waiting): there, using a GPU breaks no rule;
 //! - `WRONG USER on alice's reservation: bob pid 123 (python) 10 GiB`.
 //!
 //! Memory is `-` when unknown; lengths of time are compact ([`age`]) as of the answer's
 //! `now`. DETAILS is the GPU's name and, for a held GPU, the reservation's id and times. When
 //! requests wait, a `QUEUE` section follows: columns `#, USER, GPUS, WAITING, COMMAND`, first
-//! in line first.
+//! in line first. On a terminal, DETAILS and then STATUS are narrowed to fit its width
+//! (see [`super::layout`]).
 //!
 //! JSON: the answers with snake_case names and `null` for absent values: enums as lower-case
 //! words (`available`, `reserved`, `unreserved_use`, `wrong_user`; `run`, `manual`), every
@@ -35,7 +37,8 @@ use gpukill_proto::v1::{
 use serde::Serialize;
 
 use super::json::{document, non_empty};
-use super::table::{ABSENT, table};
+use super::layout::{self, Step};
+use super::table::ABSENT;
 use super::time::{TimeZone, age, date_time, rfc3339_millis, span};
 use super::uploads::size;
 use super::vendor_name;
@@ -117,25 +120,46 @@ pub fn render_release(response: &ReleaseResponse, tz: TimeZone) -> String {
         .collect()
 }
 
-/// The table of `gpukillctl status`, then the queue when requests wait.
-pub fn render_status(response: &ReservationsResponse, tz: TimeZone) -> String {
+/// How the status table narrows to fit: DETAILS (names and times that `--wide` shows),
+/// then STATUS, whose beginning says the state.
+const STATUS_STEPS: [Step; 3] = [
+    Step::Shrink("DETAILS", 24),
+    Step::Drop("DETAILS"),
+    Step::Shrink("STATUS", 30),
+];
+
+/// The table of `gpukillctl status`, then the queue when requests wait; no wider than
+/// `width`, when given, as far as the columns can narrow.
+pub fn render_status(
+    response: &ReservationsResponse,
+    tz: TimeZone,
+    width: Option<usize>,
+) -> String {
     let now = response.now_unix_ms;
-    let mut text = table(
+    let mut text = layout::fitted(
         &["GPU", "STATUS", "DETAILS"],
         response.gpus.iter().map(|gpu| {
             let index = gpu.gpu.as_ref().map_or(0, |gpu| gpu.index);
-            vec![index.to_string(), status_text(gpu, now), details(gpu, tz)]
+            vec![
+                index.to_string(),
+                status_text(gpu, now, response.reservations_used),
+                details(gpu, tz),
+            ]
         }),
+        &STATUS_STEPS,
+        width,
     );
     if !response.queue.is_empty() {
         text.push_str("\nQUEUE\n");
-        text.push_str(&table(
+        text.push_str(&layout::fitted(
             &["#", "USER", "GPUS", "WAITING", "COMMAND"],
             response
                 .queue
                 .iter()
                 .enumerate()
                 .map(|(place, request)| queue_row(place + 1, request, now)),
+            &[Step::Shrink("COMMAND", 16)],
+            width,
         ));
         let listed = u32::try_from(response.queue.len()).unwrap_or(u32::MAX);
         if response.queue_total > listed {
@@ -148,8 +172,10 @@ pub fn render_status(response: &ReservationsResponse, tz: TimeZone) -> String {
     text
 }
 
-/// The STATUS text of one GPU, lengths of time as of `now_ms`.
-pub fn status_text(gpu: &GpuReservation, now_ms: i64) -> String {
+/// The STATUS text of one GPU, lengths of time as of `now_ms`. `reservations_used`: whether
+/// anyone reserves GPUs on the node; when nobody does, a used GPU is `BUSY`, not
+/// `UNRESERVED USE`.
+pub fn status_text(gpu: &GpuReservation, now_ms: i64, reservations_used: bool) -> String {
     let holder = gpu.reservation.as_ref();
     match ReservationState::try_from(gpu.state) {
         Ok(ReservationState::Available) => "AVAILABLE".to_owned(),
@@ -157,9 +183,10 @@ pub fn status_text(gpu: &GpuReservation, now_ms: i64) -> String {
             Some(reservation) => in_use(reservation, now_ms),
             None => "IN USE".to_owned(),
         },
-        Ok(ReservationState::UnreservedUse) => {
+        Ok(ReservationState::UnreservedUse) if reservations_used => {
             format!("UNRESERVED USE by {}", by_user(&gpu.misuse))
         }
+        Ok(ReservationState::UnreservedUse) => format!("BUSY, used by {}", by_user(&gpu.misuse)),
         Ok(ReservationState::WrongUser) => {
             let processes: Vec<String> = gpu
                 .misuse
@@ -475,6 +502,9 @@ pub struct StatusJson {
     pub queue: Vec<WaitingJson>,
     /// How many requests wait in all.
     pub queue_total: u32,
+    /// Whether anyone reserves GPUs on this node (a reservation was ever made, or a request
+    /// waits); when false, `unreserved_use` only means the GPU is busy.
+    pub reservations_used: bool,
 }
 
 impl StatusJson {
@@ -486,6 +516,7 @@ impl StatusJson {
             now_unix_ms,
             unreserved_threshold_bytes: response.unreserved_threshold_bytes,
             queue_total: response.queue_total,
+            reservations_used: response.reservations_used,
             gpus: response
                 .gpus
                 .iter()
@@ -629,7 +660,7 @@ mod tests {
     fn status_shows_each_state_and_the_queue() {
         assert_snapshot(
             "status-table.txt",
-            &render_status(&testutil::reservations_response(), TimeZone::Utc),
+            &render_status(&testutil::reservations_response(), TimeZone::Utc, None),
         );
     }
 
@@ -639,7 +670,7 @@ mod tests {
         let texts: Vec<String> = response
             .gpus
             .iter()
-            .map(|gpu| status_text(gpu, response.now_unix_ms))
+            .map(|gpu| status_text(gpu, response.now_unix_ms, true))
             .collect();
         assert_eq!(
             texts,
@@ -677,6 +708,7 @@ mod tests {
                 "sh\n-c\t\u{202e}x",
             ),
             TimeZone::Utc,
+            None,
         );
         assert!(
             !text.chars().any(|c| c != '\n' && escape::is_unsafe(c)),
@@ -688,7 +720,7 @@ mod tests {
             "\\e]52;c;Y2F0\\x07",
             "sh\\n-c\\t\\u{202e}x",
         );
-        assert_eq!(text, render_status(&escaped, TimeZone::Utc));
+        assert_eq!(text, render_status(&escaped, TimeZone::Utc, None));
         assert!(
             text.contains("expires in 3h5m: \\e]0;pwned\\x07\\e[2K\\rthesis)"),
             "{text}"
@@ -708,12 +740,45 @@ mod tests {
     }
 
     #[test]
+    fn a_node_without_reservations_calls_used_gpus_busy() {
+        let response = ReservationsResponse {
+            reservations_used: false,
+            ..testutil::reservations_response()
+        };
+        let busy = status_text(&response.gpus[3], response.now_unix_ms, false);
+        assert_eq!(
+            busy,
+            "BUSY, used by bob: pid 123 (python) 10 GiB, pid 124 (train) -, dave: pid 9 (x) 1.5 GiB"
+        );
+        let text = render_status(&response, TimeZone::Utc, None);
+        assert!(!text.contains("UNRESERVED"), "{text}");
+        let json: Value =
+            serde_json::from_str(&status_json(&response).expect("encode")).expect("JSON");
+        assert_eq!(json["reservations_used"], false);
+        assert_eq!(json["gpus"][3]["state"], "unreserved_use");
+    }
+
+    #[test]
+    fn the_status_table_fits_a_terminal() {
+        let text = render_status(&testutil::reservations_response(), TimeZone::Utc, Some(100));
+        for line in text.lines() {
+            assert!(layout::text_width(line) <= 100, "{line:?} in\n{text}");
+        }
+        // Details go before the status is cut.
+        assert!(!text.contains("DETAILS"), "{text}");
+        assert!(
+            text.contains("IN USE by carol for 5m3s (manual, expires in 3h5m: thesis runs)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn an_empty_queue_adds_nothing() {
         let response = ReservationsResponse {
             queue: Vec::new(),
             ..testutil::reservations_response()
         };
-        let text = render_status(&response, TimeZone::Utc);
+        let text = render_status(&response, TimeZone::Utc, None);
         assert!(!text.contains("QUEUE"), "{text}");
     }
 

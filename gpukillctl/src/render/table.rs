@@ -1,20 +1,29 @@
 //! The human tables of `gpukillctl list` (whose rows `cluster list` reuses).
 //!
 //! Layout, top to bottom:
-//! 1. `host  <ts RFC 3339 UTC, seconds>  seq N`, plus `  STALE: <reason>` when stale;
-//! 2. the GPU table (the columns of the original gpukill);
-//! 3. one `GPU i (name): error: ...` line per GPU that could not be read;
-//! 4. one `vendor: state: message` line per vendor whose last poll was not OK;
-//! 5. with `--details` or `--containers`, a blank line and the process table.
+//! 1. the header: `host  YYYY-MM-DD HH:MM:SS  sampled 0.1s ago  NVIDIA driver 550.54.15  CUDA
+//!    12.4`: the time of the sample in the chosen [`TimeZone`], how old its GPU data was when
+//!    gpukilld sent it, and each vendor's driver (with the CUDA version it supports);
+//! 2. `STALE: <reason>` when the snapshot is stale;
+//! 3. the GPU table: memory in MiB as nvidia-smi shows it, utilization in %, temperature in
+//!    °C, power in W;
+//! 4. one `GPU i (name): error: ...` line per GPU that could not be read;
+//! 5. one `vendor: state: message` line per vendor whose last poll was not OK;
+//! 6. with `--details` or `--containers`, a blank line and the process table, ending with
+//!    each process's command line.
 //!
 //! Every absent value is `-`. Tables use tabled's psql style with trailing spaces trimmed.
+//! With a width ([`TableOptions::width`]), the header and the tables fit it ([`layout`]:
+//! the GPU table drops ECC, then power, ..., the process table narrows the command line
+//! first); without one, everything is shown whole.
 
-use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, VendorState};
+use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, Vendor, VendorState};
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
 use super::escape;
-use super::time::{TimeZone, age, clock, rfc3339_seconds};
+use super::layout::{self, Step, cut, text_width};
+use super::time::{TimeZone, age, clock, date_time};
 use super::{mib, pid_count, top_process, vendor_name, vendor_state_name};
 
 /// The placeholder for an absent value.
@@ -27,16 +36,49 @@ pub struct TableOptions {
     pub details: bool,
     /// Show the process table with the container columns (RUNTIME, POD).
     pub containers: bool,
-    /// The time zone of process start times.
+    /// The time zone of the sample time and process start times.
     pub tz: TimeZone,
+    /// The width to fit (a terminal's columns); `None`: every column whole (`--wide`, or
+    /// output that is not a terminal).
+    pub width: Option<usize>,
 }
+
+/// How the GPU table narrows to fit: ECC first (a count that is nearly always 0), then the
+/// free-text columns down to a readable width, then power and the process count, then the
+/// names further, then temperature. GPU, memory and utilization always stay.
+pub(crate) const GPU_STEPS: [Step; 8] = [
+    Step::Drop("ECC"),
+    Step::Shrink("TOP_PROC", 16),
+    Step::Shrink("NAME", 16),
+    Step::Drop("POWER"),
+    Step::Drop("PIDS"),
+    Step::Shrink("TOP_PROC", 10),
+    Step::Shrink("NAME", 10),
+    Step::Drop("TEMP"),
+];
+
+/// How the process table narrows to fit: the command line takes what is left (as `ps` and
+/// nvitop show it), then the pod, the process name and user narrow, then the columns that
+/// matter least go. GPU, PID and memory always stay.
+pub(crate) const PROCESS_STEPS: [Step; 8] = [
+    Step::Shrink("COMMAND", 16),
+    Step::Shrink("POD", 13),
+    Step::Shrink("PROC", 12),
+    Step::Drop("RUNTIME"),
+    Step::Drop("COMMAND"),
+    Step::Shrink("USER", 8),
+    Step::Drop("START"),
+    Step::Shrink("CONTAINER", 8),
+];
 
 /// Renders `snapshot` as text, ending in a newline.
 pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
-    let mut text = header(snapshot);
-    text.push_str(&table(
+    let mut text = header(snapshot, options);
+    text.push_str(&layout::fitted(
         &GPU_HEADER,
         snapshot.gpus.iter().map(|gpu| gpu_row(snapshot, gpu)),
+        &GPU_STEPS,
+        options.width,
     ));
     for line in problems(snapshot) {
         text.push_str(&line);
@@ -44,12 +86,14 @@ pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
     }
     if options.details || options.containers {
         text.push('\n');
-        text.push_str(&table(
+        text.push_str(&layout::fitted(
             &process_header(options),
             snapshot
                 .processes
                 .iter()
                 .map(|process| process_row(snapshot, process, options)),
+            &PROCESS_STEPS,
+            options.width,
         ));
     }
     text
@@ -83,39 +127,88 @@ pub(crate) fn problems(snapshot: &Snapshot) -> Vec<String> {
     lines
 }
 
-/// The header line.
-fn header(snapshot: &Snapshot) -> String {
-    let ts = rfc3339_seconds(snapshot.timestamp_unix_ms);
-    let mut line = format!(
-        "{}  {}  seq {}",
-        snapshot.host,
-        ts.as_deref().unwrap_or(ABSENT),
-        snapshot.sequence
-    );
-    if snapshot.stale {
-        line.push_str("  STALE: ");
-        line.push_str(
-            snapshot
-                .stale_reason
-                .as_deref()
-                .unwrap_or("no reason given"),
-        );
+/// The header: the host, when the sample was taken and how old it was, the drivers; then a
+/// `STALE: ...` line when the snapshot is stale. With a width, the first line keeps what
+/// fits, in this order: the host, the time of day, the age, the date, each driver.
+fn header(snapshot: &Snapshot, options: &TableOptions) -> String {
+    let date = date_time(snapshot.timestamp_unix_ms, options.tz);
+    let time = clock(snapshot.timestamp_unix_ms, options.tz);
+    let sampled = format!("sampled {} ago", sample_age(snapshot.age_ms));
+    let drivers = drivers(snapshot);
+    let host = escape::cell(&snapshot.host).into_owned();
+    let full: Vec<&str> = [host.as_str()]
+        .into_iter()
+        .chain(date.as_deref().or(Some(ABSENT)))
+        .chain([sampled.as_str()])
+        .chain(drivers.iter().map(String::as_str))
+        .collect();
+    let mut line = full.join("  ");
+    if let Some(width) = options.width
+        && text_width(&line) > width
+    {
+        // The date goes first, then the drivers from the last; the host is cut last of all.
+        let mut parts: Vec<&str> = [host.as_str()]
+            .into_iter()
+            .chain(time.as_deref().or(Some(ABSENT)))
+            .chain([sampled.as_str()])
+            .chain(drivers.iter().map(String::as_str))
+            .collect();
+        while parts.len() > 3 && text_width(&parts.join("  ")) > width {
+            parts.pop();
+        }
+        line = cut(&parts.join("  "), width);
     }
     line.push('\n');
+    if snapshot.stale {
+        let why = snapshot
+            .stale_reason
+            .as_deref()
+            .unwrap_or("no reason given");
+        line.push_str("STALE: ");
+        line.push_str(why);
+        line.push('\n');
+    }
     line
 }
 
-/// The columns of the GPU table (those of the original gpukill).
+/// How old the GPU data of a snapshot was when gpukilld sent it: tenths of a second below
+/// ten seconds (`0.1s`, `3.2s`), then as [`age`] (`42s`, `5m12s`).
+fn sample_age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{}.{}s", ms / 1000, ms % 1000 / 100)
+    } else {
+        age(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+}
+
+/// Each vendor's driver as the header shows it: `NVIDIA driver 550.54.15  CUDA 12.4`,
+/// `AMD driver 6.8.0`; vendors whose driver version is unknown are left out.
+fn drivers(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .vendors
+        .iter()
+        .filter_map(|status| {
+            let version = status.driver_version.as_deref()?;
+            let name = match Vendor::try_from(status.vendor) {
+                Ok(Vendor::Nvidia) => "NVIDIA",
+                Ok(Vendor::Amd) => "AMD",
+                Ok(Vendor::Intel) => "Intel",
+                Ok(Vendor::Apple) => "Apple",
+                Ok(Vendor::Unspecified) | Err(_) => "unknown",
+            };
+            let mut text = escape::cell(&format!("{name} driver {version}")).into_owned();
+            if let Some(cuda) = &status.cuda_version {
+                text.push_str("  CUDA ");
+                text.push_str(&escape::cell(cuda));
+            }
+            Some(text)
+        })
+        .collect()
+}
+
+/// The columns of the GPU table.
 pub(crate) const GPU_HEADER: [&str; 9] = [
-    "GPU",
-    "NAME",
-    "MEM_USED/TOTAL",
-    "UTIL(%)",
-    "TEMP(°C)",
-    "POWER(W)",
-    "ECC(volatile)",
-    "PIDS",
-    "TOP_PROC",
+    "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "PIDS", "TOP_PROC",
 ];
 
 /// The GPU table's row for `gpu` of `snapshot`.
@@ -123,13 +216,9 @@ pub(crate) fn gpu_row(snapshot: &Snapshot, gpu: &Gpu) -> Vec<String> {
     vec![
         gpu.index.to_string(),
         or_absent(gpu.name.as_deref()),
-        format!(
-            "{}/{}",
-            or_absent(gpu.memory_used_bytes.map(mib)),
-            or_absent(gpu.memory_total_bytes.map(mib))
-        ),
-        or_absent(gpu.utilization_gpu_pct),
-        or_absent(gpu.temperature_c),
+        memory(gpu.memory_used_bytes, gpu.memory_total_bytes),
+        or_absent(gpu.utilization_gpu_pct.map(|pct| format!("{pct}%"))),
+        or_absent(gpu.temperature_c.map(|c| format!("{c}°C"))),
         or_absent(gpu.power_mw.map(watts)),
         or_absent(gpu.ecc_volatile_errors),
         or_absent(pid_count(snapshot, gpu)),
@@ -139,20 +228,31 @@ pub(crate) fn gpu_row(snapshot: &Snapshot, gpu: &Gpu) -> Vec<String> {
     ]
 }
 
+/// A GPU's memory as nvidia-smi shows it, in MiB: `25600 / 81920 MiB`, `- / 81920 MiB`
+/// when the use is unknown, `-` when both are.
+fn memory(used: Option<u64>, total: Option<u64>) -> String {
+    match (used, total) {
+        (None, None) => ABSENT.to_owned(),
+        (used, total) => format!(
+            "{} / {} MiB",
+            or_absent(used.map(mib)),
+            or_absent(total.map(mib))
+        ),
+    }
+}
+
+/// Memory in whole MiB with its unit (`20480 MiB`), or `-`.
+pub(crate) fn mib_text(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| ABSENT.to_owned(), |bytes| format!("{} MiB", mib(bytes)))
+}
+
 /// The columns of the process table: with `options.containers`, RUNTIME and POD too.
 pub(crate) fn process_header(options: &TableOptions) -> Vec<&'static str> {
-    let mut header = vec![
-        "GPU",
-        "PID",
-        "USER",
-        "PROC",
-        "VRAM_MB",
-        "START",
-        "CONTAINER",
-    ];
+    let mut header = vec!["GPU", "PID", "USER", "PROC", "MEMORY", "START", "CONTAINER"];
     if options.containers {
         header.extend(["RUNTIME", "POD"]);
     }
+    header.push("COMMAND");
     header
 }
 
@@ -168,7 +268,7 @@ pub(crate) fn process_row(
         process.pid.to_string(),
         process.user.clone(),
         process.name.clone(),
-        or_absent(process.used_memory_bytes.map(mib)),
+        mib_text(process.used_memory_bytes),
         start(process, snapshot.timestamp_unix_ms, options.tz),
         or_absent(container.map(|c| c.id.chars().take(12).collect::<String>())),
     ];
@@ -176,6 +276,7 @@ pub(crate) fn process_row(
         row.push(or_absent(container.map(|c| c.runtime.clone())));
         row.push(or_absent(container.and_then(|c| c.pod_uid.clone())));
     }
+    row.push(or_absent_str(&process.cmdline));
     row
 }
 
@@ -191,10 +292,9 @@ fn start(process: &GpuProcess, now_ms: i64, tz: TimeZone) -> String {
     }
 }
 
-/// Milliwatts as watts with one decimal, rounded half up: 245_150 -> `245.2`.
+/// Milliwatts as whole watts, rounded half up, as nvidia-smi shows them: 245_500 -> `246 W`.
 fn watts(mw: u32) -> String {
-    let tenths = (u64::from(mw) + 50) / 100;
-    format!("{}.{}", tenths / 10, tenths % 10)
+    format!("{} W", (u64::from(mw) + 500) / 1000)
 }
 
 /// `value` as text, or `-` when absent.
@@ -241,6 +341,7 @@ mod tests {
         details: false,
         containers: false,
         tz: TimeZone::Utc,
+        width: None,
     };
 
     #[test]
@@ -290,7 +391,7 @@ mod tests {
             [
                 "1",
                 "NVIDIA A100-SXM4-80GB",
-                "-/81920",
+                "- / 81920 MiB",
                 "-",
                 "-",
                 "-",
@@ -312,12 +413,12 @@ mod tests {
             ..PLAIN
         };
         let expected = [
-            "h  -  seq 0",
-            " GPU | NAME | MEM_USED/TOTAL | UTIL(%) | TEMP(°C) | POWER(W) | ECC(volatile) | PIDS | TOP_PROC",
-            "-----+------+----------------+---------+----------+----------+---------------+------+----------",
+            "h  -  sampled 0.0s ago",
+            " GPU | NAME | MEMORY | UTIL | TEMP | POWER | ECC | PIDS | TOP_PROC",
+            "-----+------+--------+------+------+-------+-----+------+----------",
             "",
-            " GPU | PID | USER | PROC | VRAM_MB | START | CONTAINER",
-            "-----+-----+------+------+---------+-------+-----------",
+            " GPU | PID | USER | PROC | MEMORY | START | CONTAINER | COMMAND",
+            "-----+-----+------+------+--------+-------+-----------+---------",
             "",
         ];
         assert_eq!(render(&snapshot, &options), expected.join("\n"));
@@ -402,6 +503,8 @@ mod tests {
             writer: Vec::new(),
             notes: Vec::new(),
             is_tty: false,
+            width: None,
+            keys: false,
             tz: TimeZone::Utc,
         };
         out.write(&text).expect("write");
@@ -415,11 +518,90 @@ mod tests {
     }
 
     #[test]
-    fn watts_have_one_decimal() {
-        assert_eq!(watts(0), "0.0");
-        assert_eq!(watts(245_123), "245.1");
-        assert_eq!(watts(245_150), "245.2");
-        assert_eq!(watts(999), "1.0");
-        assert_eq!(watts(u32::MAX), "4294967.3");
+    fn watts_are_whole_and_memory_is_in_mib() {
+        assert_eq!(watts(0), "0 W");
+        assert_eq!(watts(245_499), "245 W");
+        assert_eq!(watts(245_500), "246 W");
+        assert_eq!(watts(u32::MAX), "4294967 W");
+        assert_eq!(
+            memory(Some(25 * (1 << 30)), Some(80 << 30)),
+            "25600 / 81920 MiB"
+        );
+        assert_eq!(memory(None, Some(80 << 30)), "- / 81920 MiB");
+        assert_eq!(memory(None, None), "-");
+        assert_eq!(mib_text(Some(5 << 20)), "5 MiB");
+        assert_eq!(mib_text(None), "-");
+    }
+
+    #[test]
+    fn the_header_names_the_drivers_and_the_age_of_the_sample() {
+        let mut snapshot = testutil::snapshot();
+        snapshot.vendors.push(gpukill_proto::v1::VendorStatus {
+            vendor: Vendor::Amd as i32,
+            state: VendorState::Ok as i32,
+            driver_version: Some("6.8.0".to_owned()),
+            ..Default::default()
+        });
+        let text = render(&snapshot, &PLAIN);
+        assert_eq!(
+            text.lines().next(),
+            Some(
+                "gpu-node-1  2024-05-01 12:00:00  sampled 0.1s ago  NVIDIA driver 550.54.15  \
+                 CUDA 12.4  AMD driver 6.8.0"
+            )
+        );
+        assert_eq!(sample_age(0), "0.0s");
+        assert_eq!(sample_age(9_999), "9.9s");
+        assert_eq!(sample_age(42_000), "42s");
+        // Narrow: the date goes, then the drivers from the last, then the line is cut.
+        let fit = |width| {
+            let options = TableOptions {
+                width: Some(width),
+                ..PLAIN
+            };
+            render(&snapshot, &options)
+                .lines()
+                .next()
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            fit(80),
+            "gpu-node-1  12:00:00  sampled 0.1s ago  NVIDIA driver 550.54.15  CUDA 12.4"
+        );
+        assert_eq!(fit(40), "gpu-node-1  12:00:00  sampled 0.1s ago");
+        assert_eq!(fit(20), "gpu-node-1  12:00:0…");
+    }
+
+    #[test]
+    fn every_line_fits_a_100_column_terminal() {
+        for containers in [false, true] {
+            let options = TableOptions {
+                details: true,
+                containers,
+                width: Some(100),
+                ..PLAIN
+            };
+            let text = render(&testutil::stale_snapshot(), &options);
+            for line in text.lines() {
+                assert!(text_width(line) <= 100, "{line:?} in\n{text}");
+            }
+            // The GPU table keeps its most telling columns; without the container columns
+            // the commands are cut, not lost.
+            assert!(text.contains(" MEMORY "), "{text}");
+            assert_eq!(text.contains("python train.py"), !containers, "{text}");
+        }
+        assert_snapshot(
+            "list-details-100.txt",
+            &render(
+                &testutil::stale_snapshot(),
+                &TableOptions {
+                    details: true,
+                    containers: true,
+                    width: Some(100),
+                    ..PLAIN
+                },
+            ),
+        );
     }
 }

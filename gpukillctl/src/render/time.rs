@@ -99,7 +99,71 @@ fn civil(ms: i64, tz: TimeZone) -> Option<DateTime> {
         TimeZone::Utc => EPOCH.checked_add(SignedDuration::from_secs(secs)).ok(),
         // The host's zone (`TZ`, else `/etc/localtime`) with its daylight saving time, read on
         // first use and again after five minutes (glibc's `localtime_r` read `TZ` only once).
-        TimeZone::Local => in_zone(secs, &jiff::tz::TimeZone::system()),
+        TimeZone::Local => in_zone(secs, &local_zone()),
+    }
+}
+
+/// How long the local zone is kept before it is read again (a `list --watch` that runs for
+/// days follows a change of the host's zone).
+const LOCAL_ZONE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The host's time zone, read as the C library reads it: `TZ` (a file, a zone name under the
+/// zoneinfo directory, or a POSIX TZ string), else `/etc/localtime`; kept for
+/// [`LOCAL_ZONE_TTL`].
+///
+/// Not `jiff::tz::TimeZone::system()`: to name the zone, it lists the whole zoneinfo tree
+/// (hundreds of directories), which cost every `gpukillctl list` a few milliseconds at
+/// start-up; the zone's rules are all a table needs.
+fn local_zone() -> jiff::tz::TimeZone {
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, jiff::tz::TimeZone)>> =
+        std::sync::Mutex::new(None);
+    let Ok(mut cache) = CACHE.lock() else {
+        return read_local_zone();
+    };
+    match &*cache {
+        Some((read, zone)) if read.elapsed() < LOCAL_ZONE_TTL => zone.clone(),
+        _ => {
+            let zone = read_local_zone();
+            *cache = Some((std::time::Instant::now(), zone.clone()));
+            zone
+        }
+    }
+}
+
+/// Reads the host's time zone (see [`local_zone`]); jiff's own search when none of the
+/// quick ways works.
+fn read_local_zone() -> jiff::tz::TimeZone {
+    let tz = std::env::var("TZ").ok();
+    let dir = std::env::var_os("TZDIR")
+        .map_or_else(|| "/usr/share/zoneinfo".into(), std::path::PathBuf::from);
+    zone_from(tz.as_deref(), &dir, std::path::Path::new("/etc/localtime"))
+        .unwrap_or_else(jiff::tz::TimeZone::system)
+}
+
+/// The zone `TZ` (when set and not empty) names, with zone files under `dir`; otherwise
+/// the zone file `localtime`. `None` when that cannot be read.
+fn zone_from(
+    tz: Option<&str>,
+    dir: &std::path::Path,
+    localtime: &std::path::Path,
+) -> Option<jiff::tz::TimeZone> {
+    let tzif = |name: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .ok()
+            .and_then(|data| jiff::tz::TimeZone::tzif(name, &data).ok())
+    };
+    match tz {
+        Some(tz) if !tz.is_empty() => {
+            let name = tz.strip_prefix(':').unwrap_or(tz);
+            if name.starts_with('/') {
+                tzif(name, std::path::Path::new(name))
+            } else if !name.contains("..") && dir.join(name).is_file() {
+                tzif(name, &dir.join(name))
+            } else {
+                jiff::tz::TimeZone::posix(name).ok()
+            }
+        }
+        _ => tzif("localtime", localtime),
     }
 }
 
@@ -219,6 +283,45 @@ mod tests {
             date_time(last, TimeZone::Utc).as_deref(),
             Some("9999-12-31 23:59:59")
         );
+    }
+
+    /// A TZif (version 1) file of one zone, UTC+1 all year, abbreviated `X`.
+    fn tzif_utc_plus_one() -> Vec<u8> {
+        let mut data = b"TZif".to_vec();
+        data.extend([0u8; 16]); // version 1, then 15 reserved bytes
+        // isutcnt, isstdcnt, leapcnt, timecnt, typecnt, charcnt
+        for count in [0u32, 0, 0, 0, 1, 2] {
+            data.extend(count.to_be_bytes());
+        }
+        data.extend(3600i32.to_be_bytes()); // utoff
+        data.extend([0, 0]); // isdst, desigidx
+        data.extend(b"X\0");
+        data
+    }
+
+    #[test]
+    fn the_local_zone_is_read_from_tz_or_the_localtime_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("Plus1");
+        std::fs::write(&file, tzif_utc_plus_one()).expect("write");
+        let none = dir.path().join("missing");
+        let hour = |zone: Option<jiff::tz::TimeZone>| {
+            in_zone(NOON.div_euclid(1000), &zone.expect("a zone")).map(|t| t.hour())
+        };
+        // No TZ: the localtime file.
+        assert_eq!(hour(zone_from(None, dir.path(), &file)), Some(13));
+        assert_eq!(hour(zone_from(Some(""), dir.path(), &file)), Some(13));
+        assert!(zone_from(None, dir.path(), &none).is_none());
+        // TZ: a name under the zone directory (with or without ':'), a path, a POSIX string.
+        assert_eq!(hour(zone_from(Some("Plus1"), dir.path(), &none)), Some(13));
+        assert_eq!(hour(zone_from(Some(":Plus1"), dir.path(), &none)), Some(13));
+        let path = file.to_str().expect("UTF-8");
+        assert_eq!(hour(zone_from(Some(path), &none, &none)), Some(13));
+        assert_eq!(
+            hour(zone_from(Some("EST5EDT,M3.2.0,M11.1.0"), dir.path(), &none)),
+            Some(8)
+        );
+        assert!(zone_from(Some("not a zone"), dir.path(), &none).is_none());
     }
 
     #[test]

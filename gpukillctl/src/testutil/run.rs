@@ -23,6 +23,8 @@ pub async fn run_argv(args: &[&str]) -> (Result<(), crate::Error>, String, Strin
         writer: Vec::new(),
         notes: Vec::new(),
         is_tty: false,
+        width: None,
+        keys: false,
         tz: crate::TimeZone::Utc,
     };
     let result = crate::run(cli, &mut out).await;

@@ -97,7 +97,7 @@ pub enum SelectError {
     #[error("no process has pid {0}")]
     NoSuchPid(u32),
     /// The PID exists but uses no GPU, and force was not given.
-    #[error("pid {0} is not using a GPU; add --force to kill it anyway")]
+    #[error("pid {0} is not using a GPU; only a forced kill signals it anyway")]
     NotAGpuProcess(u32),
     /// The GPU index does not exist.
     #[error("GPU {index} does not exist: this node has NVIDIA GPUs 0 to {last}", last = count.saturating_sub(1))]
@@ -146,7 +146,7 @@ pub fn select(
         let info = &slot.info;
         let wanted = match selector {
             Selector::Pid(pid) => info.pid == *pid,
-            Selector::Filter(regex) => regex.is_match(&info.name) || regex.is_match(&info.cmdline),
+            Selector::Filter(regex) => info.matches(regex),
             Selector::Gpu(index) => slot.gpu_index == *index,
             Selector::User(uid) => info.uid == *uid,
         };
@@ -271,7 +271,7 @@ pub(super) fn execute(targets: Vec<Target>, options: KillOptions) -> Vec<Decided
             results[pinned.index] = Some((
                 Outcome::StillRunning,
                 format!(
-                    "still running {} after SIGTERM; add --force to send SIGKILL",
+                    "still running {} after SIGTERM; a forced kill sends SIGKILL",
                     humantime::format_duration(options.timeout)
                 ),
             ));
@@ -452,7 +452,7 @@ mod tests {
         let results = execute(vec![target(&stubborn)], options);
         assert_eq!(results[0].outcome, Outcome::StillRunning);
         assert!(
-            results[0].reason.contains("--force"),
+            results[0].reason.contains("a forced kill sends SIGKILL"),
             "{}",
             results[0].reason
         );

@@ -23,6 +23,8 @@ pub enum Reading {
     Ok {
         /// Driver version, when known.
         driver_version: Option<String>,
+        /// The newest CUDA version the driver supports (NVIDIA), when known.
+        cuda_version: Option<String>,
         /// GPUs in index order.
         gpus: Vec<GpuReading>,
     },

@@ -41,6 +41,8 @@ enum InitFailure {
 struct Loaded {
     nvml: Nvml,
     driver_version: Option<String>,
+    /// The newest CUDA version the driver supports, as nvidia-smi shows it ("12.4").
+    cuda_version: Option<String>,
     /// Per GPU index, the newest per-process utilization timestamp seen, so each poll asks
     /// only for samples taken since the previous one.
     last_utilization_sample: BTreeMap<u32, u64>,
@@ -92,15 +94,18 @@ impl NvidiaBackend {
             match Nvml::builder().lib_path(&self.library).init() {
                 Ok(nvml) => {
                     let driver_version = nvml.sys_driver_version().ok();
+                    let cuda_version = nvml.sys_cuda_driver_version().ok().map(cuda_version);
                     tracing::info!(
                         library = %self.library.to_string_lossy(),
                         driver_version = driver_version.as_deref().unwrap_or("unknown"),
+                        cuda_version = cuda_version.as_deref().unwrap_or("unknown"),
                         "NVML initialized"
                     );
                     self.last_init_failure = None;
                     self.nvml = Some(Loaded {
                         nvml,
                         driver_version,
+                        cuda_version,
                         last_utilization_sample: BTreeMap::new(),
                         identities: Interner::default(),
                     });
@@ -147,6 +152,16 @@ impl NvidiaBackend {
             )),
         }
     }
+}
+
+/// NVML's CUDA driver version (1000 * major + 10 * minor, e.g. 12040) as nvidia-smi shows
+/// it: `12.4`.
+fn cuda_version(version: i32) -> String {
+    format!(
+        "{}.{}",
+        nvml_wrapper::cuda_driver_version_major(version),
+        nvml_wrapper::cuda_driver_version_minor(version)
+    )
 }
 
 fn init_error_message(library: &OsString, error: &NvmlError) -> String {
@@ -208,6 +223,7 @@ impl NvidiaBackend {
         }
         Reading::Ok {
             driver_version: loaded.driver_version.clone(),
+            cuda_version: loaded.cuda_version.clone(),
             gpus,
         }
     }

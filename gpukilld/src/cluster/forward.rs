@@ -108,7 +108,7 @@ impl Forwarder {
     ) -> Result<http::Response<Body>, tonic::Status> {
         let Some(registry) = &self.registry else {
             return Err(tonic::Status::failed_precondition(format!(
-                "this gpukilld is not a cluster coordinator: it cannot forward to node {name:?} (ask the coordinator, or connect to the node with --addr)"
+                "this gpukilld is not a cluster coordinator: it cannot forward to node {name:?} (ask the coordinator, or connect to the node itself)"
             )));
         };
         let remote = request.extensions().get::<Remote>().cloned();

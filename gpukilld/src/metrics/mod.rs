@@ -219,6 +219,7 @@ mod tests {
                 vendor: Vendor::Nvidia,
                 state: VendorState::Ok,
                 driver_version: None,
+                cuda_version: None,
                 last_success: Some(taken_at),
             }],
             data: vec![(

@@ -396,6 +396,7 @@ mod tests {
                 vendor: Vendor::Nvidia,
                 state: VendorState::Ok,
                 driver_version: Some("550.54.15".into()),
+                cuda_version: Some("12.4".into()),
                 last_success: Some(t(100)),
             }],
             data: vec![(

@@ -50,6 +50,20 @@ pub struct ProcessInfo {
     pub exe_name: Option<String>,
 }
 
+impl ProcessInfo {
+    /// Whether a process filter `regex` selects this process: it matches the name or the
+    /// command line. The one rule for every process filter (List and Watch, Kill), so a
+    /// filter lists exactly what it would kill.
+    pub fn matches(&self, regex: &regex::Regex) -> bool {
+        regex.is_match(&self.name) || regex.is_match(&self.cmdline)
+    }
+
+    /// Whether `user` names this process's user: its user name or its uid in decimal.
+    pub fn is_user(&self, user: &str) -> bool {
+        *self.user == *user || user.parse() == Ok(self.uid)
+    }
+}
+
 /// Reads /proc for a set of PIDs, caching identities across ticks.
 #[derive(Debug)]
 pub struct ProcReader {
@@ -439,6 +453,30 @@ mod tests {
     fn real_uid_is_the_first_uid() {
         let status = "Name:\tpython\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\n";
         assert_eq!(parse_real_uid(status).expect("uid"), 1001);
+    }
+
+    #[test]
+    fn filters_match_the_name_or_the_command_line_never_the_user() {
+        let info = ProcessInfo {
+            pid: 7,
+            start_ticks: 1,
+            start_time: UNIX_EPOCH,
+            uid: 1001,
+            user: Arc::from("alice"),
+            name: "python3".into(),
+            cmdline: "/usr/bin/python3 train.py --lr 0.1".into(),
+            container: None,
+            exe_name: None,
+        };
+        let regex = |pattern: &str| regex::Regex::new(pattern).expect("regex");
+        assert!(info.matches(&regex("^python")));
+        assert!(info.matches(&regex(r"train\.py")));
+        assert!(!info.matches(&regex("alice")));
+        assert!(!info.matches(&regex("^train")));
+        assert!(info.is_user("alice"));
+        assert!(info.is_user("1001"));
+        assert!(!info.is_user("alic"));
+        assert!(!info.is_user("1000"));
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Reservations {
                 }
                 if !state.queue.is_empty() && ticket.is_none() {
                     refusals.push(format!(
-                        "{} requests of gpukillctl run wait ahead (first come, first served)",
+                        "{} requests wait ahead in the queue (first come, first served)",
                         state.queue.len()
                     ));
                 }

@@ -107,7 +107,7 @@ pub(super) fn busy_message(
 ) -> String {
     if ahead > 0 && free.len() >= count as usize {
         return format!(
-            "{ahead} requests of gpukillctl run wait ahead for GPUs (first come, first served); wait with gpukillctl run --wait, or see gpukillctl status"
+            "{ahead} requests wait ahead for GPUs (first come, first served): wait in the queue too, or see the reservation status"
         );
     }
     let taken: Vec<String> = assessed
@@ -116,7 +116,7 @@ pub(super) fn busy_message(
         .map(|a| describe(a, now_ms))
         .collect();
     format!(
-        "{count} GPUs asked for, {} available: {} (gpukillctl status shows them; gpukillctl run --wait queues)",
+        "{count} GPUs asked for, {} available: {} (the reservation status shows them; a request that waits is queued)",
         free.len(),
         taken.join("; ")
     )

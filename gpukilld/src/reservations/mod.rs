@@ -51,7 +51,7 @@ pub enum ReservationError {
     )]
     NotLocal,
     /// A count of 0, or more GPUs than the node has.
-    #[error("--gpus {asked}: this node has {gpus} GPUs; ask for 1 to {gpus}")]
+    #[error("{asked} GPUs asked for: this node has {gpus} GPUs; ask for 1 to {gpus}")]
     BadCount {
         /// What was asked.
         asked: u32,
@@ -62,10 +62,12 @@ pub enum ReservationError {
     #[error("no GPU {0} on this node (gpukillctl list shows the GPUs)")]
     NoSuchGpu(u32),
     /// A GPU named twice.
-    #[error("GPU {0} is named twice in --gpu-ids")]
+    #[error("GPU {0} is named twice")]
     Duplicate(u32),
     /// A duration of 0 or beyond the maximum.
-    #[error("--duration {given}: use more than 0 and at most {max} ([reservations] max_duration)")]
+    #[error(
+        "a duration of {given} is out of range: use more than 0 and at most {max} ([reservations] max_duration)"
+    )]
     BadDuration {
         /// As given.
         given: String,
@@ -215,6 +217,9 @@ pub struct Status {
     pub threshold: u64,
     /// When.
     pub now_ms: i64,
+    /// Whether anyone has reserved a GPU here: a reservation was made (one held now, or
+    /// one the store still remembers) or a request waits for one.
+    pub used: bool,
 }
 
 /// A run reservation's link to its client.
@@ -353,6 +358,7 @@ impl Reservations {
             queue_total: state.queue.len(),
             threshold: self.config.unreserved_threshold,
             now_ms: unix_ms(SystemTime::now()),
+            used: state.last_lease > 0 || !state.queue.is_empty(),
         }
     }
 

@@ -114,7 +114,9 @@ mod tests {
         );
         let manual = |count| request(LeaseKind::Manual, Want::Count(count));
         let run = |count| request(LeaseKind::Run, Want::Count(count));
+        assert!(!reservations.status().used, "nobody has reserved yet");
         reservations.reserve(&alice, &manual(3)).await.unwrap();
+        assert!(reservations.status().used);
         let bob_waits = reservations.enqueue(&bob, 2, "b").unwrap();
         let carol_waits = reservations.enqueue(&carol, 1, "c").unwrap();
         // One GPU is free, but Bob is first in line: Carol waits behind him.

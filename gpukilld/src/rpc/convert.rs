@@ -16,18 +16,21 @@ pub struct Filter {
     vendor: Option<Vendor>,
     process_regex: Option<Regex>,
     containers_only: bool,
+    user: Option<String>,
 }
 
 impl Filter {
-    /// Whether it lets everything through (no vendor, no regex, not containers only).
+    /// Whether it lets everything through (no vendor, no regex, not containers only, no
+    /// user).
     pub fn is_everything(&self) -> bool {
         // Destructured, so that a new field of the filter must be considered here.
         let Filter {
             vendor,
             process_regex,
             containers_only,
+            user,
         } = self;
-        vendor.is_none() && process_regex.is_none() && !containers_only
+        vendor.is_none() && process_regex.is_none() && !containers_only && user.is_none()
     }
 }
 
@@ -56,6 +59,7 @@ impl TryFrom<Option<pb::SnapshotFilter>> for Filter {
             vendor,
             process_regex,
             containers_only: filter.containers_only,
+            user: filter.user,
         })
     }
 }
@@ -72,11 +76,11 @@ impl Filter {
         {
             return false;
         }
-        self.process_regex.as_ref().is_none_or(|regex| {
-            regex.is_match(&info.name)
-                || regex.is_match(&info.cmdline)
-                || regex.is_match(&info.user)
-        })
+        self.user.as_deref().is_none_or(|user| info.is_user(user))
+            && self
+                .process_regex
+                .as_ref()
+                .is_none_or(|regex| info.matches(regex))
     }
 }
 
@@ -130,6 +134,7 @@ pub fn vendor_status(status: &VendorStatus, now: SystemTime) -> pb::VendorStatus
         message,
         driver_version: status.driver_version.clone(),
         last_success_unix_ms: status.last_success.map(unix_ms),
+        cuda_version: status.cuda_version.clone(),
     }
 }
 

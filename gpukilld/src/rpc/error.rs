@@ -11,7 +11,7 @@ pub enum RpcError {
     #[error(transparent)]
     Authz(#[from] AuthzError),
     /// A process filter regex does not compile.
-    #[error("invalid --filter regex {pattern:?}: {source}")]
+    #[error("invalid filter regex {pattern:?}: {source}")]
     InvalidRegex {
         /// The regex as given.
         pattern: String,
@@ -19,8 +19,8 @@ pub enum RpcError {
         #[source]
         source: regex::Error,
     },
-    /// A `--process` regex of a history query does not compile.
-    #[error("invalid --process regex {pattern:?}: {source}")]
+    /// The process regex of a history query does not compile.
+    #[error("invalid process regex {pattern:?}: {source}")]
     InvalidProcessRegex {
         /// The regex as given.
         pattern: String,
@@ -40,10 +40,10 @@ pub enum RpcError {
     #[error("unknown vendor value {0}: use nvidia, amd, intel, apple or all")]
     UnknownVendor(i32),
     /// A kill request without a selection.
-    #[error("say which processes to kill: --pid, --filter, --gpu or --user")]
+    #[error("say which processes to kill: a pid, a filter, a GPU or a user")]
     NoSelector,
     /// A kill timeout out of range.
-    #[error("--timeout-secs {0} is out of range: use 1 to 3600")]
+    #[error("a kill timeout of {0} s is out of range: use 1 to 3600 seconds")]
     InvalidTimeout(u32),
     /// A user name that the user database does not know.
     #[error("unknown user {0:?}: give a user name or a numeric uid")]
@@ -67,7 +67,7 @@ pub enum RpcError {
     #[error("cannot read the audit store")]
     Store(#[from] crate::store::StoreError),
     /// A reset request without a selection.
-    #[error("say which GPUs to reset: --gpu N or --all")]
+    #[error("say which GPUs to reset: one GPU, or all")]
     NoResetSelector,
     /// The caller is not an admin.
     #[error("{0}")]
@@ -116,7 +116,7 @@ pub enum RpcError {
     #[error("the hour starting at {hour} is {status}: only parked or rejected hours are sent again", hour = crate::store::rfc3339_ms(*.0), status = .1)]
     UploadNotStuck(i64, &'static str),
     /// A retry request that names nothing.
-    #[error("name an hour or ask for every parked hour (--all-parked)")]
+    #[error("name an hour, or ask for every parked hour")]
     InvalidUploadRetry,
     /// A reservation request that was refused.
     #[error(transparent)]
@@ -194,10 +194,10 @@ impl From<RpcError> for Status {
         // regex::Error's Display already holds the position and the reason; keep it whole.
         let message = match &error {
             RpcError::InvalidRegex { pattern, source } => {
-                format!("invalid --filter regex {pattern:?}:\n{source}")
+                format!("invalid filter regex {pattern:?}:\n{source}")
             }
             RpcError::InvalidProcessRegex { pattern, source } => {
-                format!("invalid --process regex {pattern:?}:\n{source}")
+                format!("invalid process regex {pattern:?}:\n{source}")
             }
             other => crate::errors::chain(other),
         };

@@ -40,8 +40,10 @@ pub struct KillContext {
 /// A request, checked.
 struct Parsed {
     selector: Selector,
-    /// How the selection reads on the command line, for messages and the audit trail.
+    /// How the selection reads on the command line, for the audit trail.
     described: String,
+    /// The selection in words, for messages to any client (`filter "py"`, `GPU 3`).
+    selection: String,
     options: KillOptions,
     batch: bool,
 }
@@ -53,27 +55,41 @@ fn parse(request: pb::KillRequest) -> Result<(Parsed, Option<String>), RpcError>
         secs => return Err(RpcError::InvalidTimeout(secs)),
     };
     let mut user_name = None;
-    let (selector, described) = match request.target.ok_or(RpcError::NoSelector)? {
-        Selection::Pid(pid) => (Selector::Pid(pid), format!("--pid {pid}")),
+    let (selector, described, selection) = match request.target.ok_or(RpcError::NoSelector)? {
+        Selection::Pid(pid) => (
+            Selector::Pid(pid),
+            format!("--pid {pid}"),
+            format!("pid {pid}"),
+        ),
         Selection::Filter(pattern) => {
             let regex = Regex::new(&pattern).map_err(|source| RpcError::InvalidRegex {
                 pattern: pattern.clone(),
                 source,
             })?;
-            (Selector::Filter(regex), format!("--filter {pattern:?}"))
+            (
+                Selector::Filter(regex),
+                format!("--filter {pattern:?}"),
+                format!("filter {pattern:?}"),
+            )
         }
-        Selection::GpuIndex(index) => (Selector::Gpu(index), format!("--gpu {index}")),
+        Selection::GpuIndex(index) => (
+            Selector::Gpu(index),
+            format!("--gpu {index}"),
+            format!("GPU {index}"),
+        ),
         Selection::User(user) => {
             let described = format!("--user {user}");
+            let selection = format!("user {user}");
             user_name = Some(user);
             // Resolved off the runtime (NSS) together with the caller.
-            (Selector::User(u32::MAX), described)
+            (Selector::User(u32::MAX), described, selection)
         }
     };
     Ok((
         Parsed {
             selector,
             described,
+            selection,
             options: KillOptions {
                 timeout,
                 force: request.force,
@@ -116,7 +132,7 @@ pub async fn kill(
             &snapshot,
             &parsed.selector,
             parsed.options.force,
-            &parsed.described,
+            &parsed.selection,
         )?;
         Ok::<_, RpcError>((principal, parsed, targets))
     })

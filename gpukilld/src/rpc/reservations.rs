@@ -105,6 +105,7 @@ pub fn status(reservations: &Reservations) -> pb::ReservationsResponse {
         unreserved_threshold_bytes: status.threshold,
         now_unix_ms: status.now_ms,
         queue_total: u32::try_from(status.queue_total).unwrap_or(u32::MAX),
+        reservations_used: status.used,
     }
 }
 

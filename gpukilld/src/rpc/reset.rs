@@ -80,7 +80,7 @@ pub async fn reset(
         .collect();
     if !busy.is_empty() && !request.force {
         let reason = format!(
-            "{} process(es) still use the GPU: {}; stop them or add --force to kill them first",
+            "{} process(es) still use the GPU: {}; stop them, or force the reset to kill them first",
             busy.len(),
             busy.join(", ")
         );

@@ -210,7 +210,7 @@ mod tests {
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
-            status.message().contains("--process regex \"py(\""),
+            status.message().contains("invalid process regex \"py(\""),
             "{status:?}"
         );
     }

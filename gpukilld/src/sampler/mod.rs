@@ -79,6 +79,7 @@ impl Sampler {
                     vendor,
                     state: VendorState::Error("not polled yet".to_string()),
                     driver_version: None,
+                    cuda_version: None,
                     last_success: None,
                 },
                 present: true,
@@ -276,10 +277,12 @@ impl VendorSlot {
         let failure = match outcome {
             Outcome::Done(Reading::Ok {
                 driver_version,
+                cuda_version,
                 gpus,
             }) => {
                 self.status.state = VendorState::Ok;
                 self.status.driver_version = driver_version;
+                self.status.cuda_version = cuda_version;
                 self.status.last_success = Some(taken_at);
                 return Some(gpus);
             }
@@ -337,6 +340,7 @@ mod tests {
     fn gpus(count: u32) -> Reading {
         Reading::Ok {
             driver_version: None,
+            cuda_version: None,
             gpus: (0..count)
                 .map(|index| GpuReading {
                     gpu: Gpu {

@@ -479,7 +479,8 @@ impl Target {
         target
     }
 
-    fn spawn(uid: Option<u32>, program: &str, args: &[&str]) -> Target {
+    /// `program` with `args`, as `uid` (None: as the test's own uid).
+    pub fn spawn(uid: Option<u32>, program: &str, args: &[&str]) -> Target {
         let mut command = Command::new(program);
         command
             .args(args)

@@ -172,6 +172,7 @@ impl Backend for DrmBackend {
                 .clone();
             readings.push(Reading::Ok {
                 driver_version,
+                cuda_version: None,
                 gpus,
             });
         }

@@ -211,6 +211,7 @@ mod tests {
             vendor: Vendor::Nvidia,
             state: VendorState::Hung { since: now },
             driver_version: None,
+            cuda_version: None,
             last_success: None,
         });
         assert!(not_serving(&hung, now, OK).unwrap().contains("nvidia"));
