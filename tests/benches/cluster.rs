@@ -1,4 +1,4 @@
-//! Cluster benchmark: `Cluster.List` through a real coordinator to 1, 10 and 100 real node
+//! Cluster benchmark: `ClusterService.ListAll` (`cluster list`) through a real coordinator to 1, 10 and 100 real node
 //! daemons (separate release gpukilld processes on loopback, each with its own fake NVML
 //! scenario of 8 GPUs and 16 processes, serving TLS with bearer tokens, polling every 2 s),
 //! and the coordinator's CPU and memory while a client refreshes the 100-node view every
