@@ -19,8 +19,8 @@ use super::json::{SnapshotJson, document, non_empty};
 use super::layout::{self, Step};
 use super::mib;
 use super::table::{
-    ABSENT, GPU_HEADER, GPU_STEPS, PROCESS_STEPS, TableOptions, gpu_row, or_absent, or_absent_str,
-    problems, process_header, process_row, table,
+    ABSENT, GPU_HEADER, GPU_STEPS, PROCESS_STEPS, TableOptions, gpu_row, memory, mib_text,
+    or_absent, or_absent_str, problems, process_header, process_row, table,
 };
 use super::time::{age, rfc3339_millis};
 use crate::error::Error;
@@ -451,18 +451,14 @@ fn gpu_section(gpus: &[ClusterGpu]) -> String {
     if gpus.is_empty() {
         return "none\n".to_owned();
     }
-    let header = ["NODE", "GPU", "NAME", "MEM_USED/TOTAL", "UTIL(%)", "USERS"];
+    let header = ["NODE", "GPU", "NAME", "MEMORY", "UTIL", "USERS"];
     let rows = gpus.iter().map(|gpu| {
         vec![
             gpu.node.clone(),
             gpu.index.to_string(),
             or_absent(gpu.name.as_deref()),
-            format!(
-                "{}/{}",
-                or_absent(gpu.memory_used_bytes.map(mib)),
-                or_absent(gpu.memory_total_bytes.map(mib))
-            ),
-            or_absent(gpu.utilization_pct),
+            memory(gpu.memory_used_bytes, gpu.memory_total_bytes),
+            or_absent(gpu.utilization_pct.map(|pct| format!("{pct}%"))),
             or_absent_str(&gpu.users.join(",")),
         ]
     });
@@ -474,12 +470,12 @@ fn user_section(users: &[ClusterUser]) -> String {
     if users.is_empty() {
         return "none\n".to_owned();
     }
-    let header = ["USER", "VRAM_MB", "SM_UTIL(%)", "GPUS", "PROCS", "NODES"];
+    let header = ["USER", "MEMORY", "SM_UTIL", "GPUS", "PROCS", "NODES"];
     let rows = users.iter().map(|user| {
         vec![
             user.user.clone(),
-            mib(user.memory_bytes).to_string(),
-            user.sm_utilization_pct.to_string(),
+            mib_text(Some(user.memory_bytes)),
+            format!("{}%", user.sm_utilization_pct),
             user.gpus.to_string(),
             user.processes.to_string(),
             or_absent_str(&user.nodes.join(",")),

@@ -230,7 +230,7 @@ pub(crate) fn gpu_row(snapshot: &Snapshot, gpu: &Gpu) -> Vec<String> {
 
 /// A GPU's memory as nvidia-smi shows it, in MiB: `25600 / 81920 MiB`, `- / 81920 MiB`
 /// when the use is unknown, `-` when both are.
-fn memory(used: Option<u64>, total: Option<u64>) -> String {
+pub(crate) fn memory(used: Option<u64>, total: Option<u64>) -> String {
     match (used, total) {
         (None, None) => ABSENT.to_owned(),
         (used, total) => format!(

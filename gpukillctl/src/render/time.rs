@@ -112,7 +112,7 @@ const LOCAL_ZONE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 /// [`LOCAL_ZONE_TTL`].
 ///
 /// Not `jiff::tz::TimeZone::system()`: to name the zone, it lists the whole zoneinfo tree
-/// (hundreds of directories), which cost every `gpukillctl list` a few milliseconds at
+/// (its 20-odd directories), work that every `gpukillctl list` would pay at
 /// start-up; the zone's rules are all a table needs.
 fn local_zone() -> jiff::tz::TimeZone {
     static CACHE: std::sync::Mutex<Option<(std::time::Instant, jiff::tz::TimeZone)>> =
