@@ -63,21 +63,7 @@ pub fn python() -> PathBuf {
 pub fn node_modules() -> PathBuf {
     static MODULES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     MODULES
-        .get_or_init(|| {
-            let node = clients_dir().join("node");
-            let (manifest, lock) = (node.join("package.json"), node.join("package-lock.json"));
-            cached("node", &[&manifest, &lock], |dir| {
-                std::fs::create_dir_all(dir).unwrap();
-                std::fs::copy(&manifest, dir.join("package.json")).unwrap();
-                std::fs::copy(&lock, dir.join("package-lock.json")).unwrap();
-                run_readable(
-                    Command::new("npm")
-                        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                        .current_dir(dir),
-                    "npm ci in clients/node (install nodejs and npm: apt-get install nodejs npm; scripts/test does; needs the npm registry)",
-                );
-            })
-        })
+        .get_or_init(|| npm_ci("node", &clients_dir().join("node"), "clients/node"))
         .join("node_modules")
 }
 
@@ -87,20 +73,32 @@ pub fn buf() -> PathBuf {
     static BUF: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUF.get_or_init(|| {
         let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tools");
-        let (manifest, lock) = (tools.join("package.json"), tools.join("package-lock.json"));
-        cached("buf", &[&manifest, &lock], |dir| {
-            std::fs::create_dir_all(dir).unwrap();
-            std::fs::copy(&manifest, dir.join("package.json")).unwrap();
-            std::fs::copy(&lock, dir.join("package-lock.json")).unwrap();
-            run_readable(
-                Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(dir),
-                "npm ci in proto/tools (install nodejs and npm: apt-get install nodejs npm; scripts/test does; needs the npm registry)",
-            );
-        })
+        npm_ci("buf", &tools, "proto/tools")
     })
     .join("node_modules/.bin/buf")
+}
+
+/// `CACHE/name` holding the packages pinned by `package`'s `package.json` and
+/// `package-lock.json` (`shown` in messages), installed with `npm ci` unless they already
+/// are.
+fn npm_ci(name: &str, package: &Path, shown: &str) -> PathBuf {
+    let (manifest, lock) = (
+        package.join("package.json"),
+        package.join("package-lock.json"),
+    );
+    cached(name, &[&manifest, &lock], |dir| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(&manifest, dir.join("package.json")).unwrap();
+        std::fs::copy(&lock, dir.join("package-lock.json")).unwrap();
+        run_readable(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(dir),
+            &format!(
+                "npm ci in {shown} (install nodejs and npm: apt-get install nodejs npm; scripts/test does; needs the npm registry)"
+            ),
+        );
+    })
 }
 
 /// `CACHE/name`, made by `make` unless it was made from `inputs` as they are now; one maker
