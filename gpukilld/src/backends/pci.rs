@@ -5,6 +5,8 @@
 use std::io;
 use std::path::Path;
 
+use super::drm::sysfs::read_hex;
+
 /// PCI vendor id of NVIDIA.
 pub const NVIDIA: u16 = 0x10de;
 
@@ -25,20 +27,15 @@ pub fn display_controllers(sysfs_root: &Path, vendor: u16) -> io::Result<Vec<Str
     for entry in entries {
         let entry = entry?;
         let dir = entry.path();
-        let matches = read_hex(&dir.join("vendor")) == Some(u32::from(vendor))
-            && read_hex(&dir.join("class")).map(|class| class >> 16) == Some(DISPLAY_CLASS);
+        let hex = |name: &str| read_hex::<u32>(&dir.join(name)).ok().flatten();
+        let matches = hex("vendor") == Some(u32::from(vendor))
+            && hex("class").map(|class| class >> 16) == Some(DISPLAY_CLASS);
         if matches {
             found.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     found.sort();
     Ok(found)
-}
-
-/// A sysfs attribute such as `0x10de` or `0x030200`.
-fn read_hex(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
 }
 
 #[cfg(test)]
