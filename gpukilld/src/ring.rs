@@ -138,11 +138,12 @@ impl Drop for WatcherGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn snapshot(sequence: u64) -> Snapshot {
+    /// An empty snapshot numbered `sequence`.
+    pub(crate) fn snapshot(sequence: u64) -> Snapshot {
         Snapshot {
             host: Arc::from("test"),
             taken_at: SystemTime::now(),

@@ -113,19 +113,7 @@ mod tests {
 
     use super::*;
     use crate::authz::Transport;
-    use crate::snapshot::Snapshot;
-
-    fn snapshot(sequence: u64) -> Snapshot {
-        Snapshot {
-            host: Arc::from("test"),
-            taken_at: SystemTime::now(),
-            sequence,
-            vendors: Vec::new(),
-            data: Vec::new(),
-            tick_duration: Duration::from_millis(1),
-            poll_interval: Duration::from_secs(2),
-        }
-    }
+    use crate::ring::tests::snapshot;
 
     fn caller() -> Caller {
         Caller {
