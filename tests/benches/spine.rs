@@ -7,78 +7,20 @@
 //!
 //!     cargo build --release --workspace && cargo bench -p gpukill-tests --bench spine
 
+#[path = "shared/busy_node.rs"]
+mod busy_node;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use busy_node::{GPUS, PROCS_PER_GPU, cpu_per_tick, health, scenario};
 use gpukill_proto::v1 as pb;
-use serde_json::{Value, json};
-use support::measure::{cpu_ns, median, status_kib};
-use support::{Daemon, DaemonOptions, MIB, Target};
+use support::measure::{median, status_kib};
+use support::{Daemon, DaemonOptions, Target};
 
-const GPUS: u32 = 8;
-const PROCS_PER_GPU: usize = 64;
 const RING: usize = 1800;
-
-fn scenario(targets: &[Target], changing: bool) -> Value {
-    let gpus: Vec<Value> = (0..GPUS)
-        .map(|gpu| {
-            let processes: Vec<Value> = targets
-                [gpu as usize * PROCS_PER_GPU..(gpu as usize + 1) * PROCS_PER_GPU]
-                .iter()
-                .enumerate()
-                .map(|(i, target)| {
-                    let base = (64 + i as u64) * MIB;
-                    let (memory, sm): (Value, Value) = if changing {
-                        // New values every 100 ms tick: nothing is shared between snapshots.
-                        (
-                            json!((0..10).map(|step| base + step * MIB).collect::<Vec<_>>()),
-                            json!(
-                                (0..10)
-                                    .map(|step| (i + step as usize) % 100)
-                                    .collect::<Vec<_>>()
-                            ),
-                        )
-                    } else {
-                        (json!(base), json!(i % 100))
-                    };
-                    json!({"pid": target.pid(), "used_memory_bytes": memory,
-                           "kind": "compute", "sm_util_pct": sm})
-                })
-                .collect();
-            let mut value = support::full_gpu(gpu, json!(processes));
-            value["utilization_gpu_pct"] = json!([10, 20, 30, 40, 50, 60, 70, 80, 90, 99]);
-            value
-        })
-        .collect();
-    json!({"step_ms": 100, "gpus": gpus})
-}
-
-async fn health(daemon: &Daemon) -> pb::HealthResponse {
-    daemon
-        .client()
-        .await
-        .health(pb::HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner()
-}
-
-/// Daemon CPU per tick over `ticks` ticks.
-async fn cpu_per_tick(daemon: &Daemon, ticks: u64) -> f64 {
-    let start_seq = health(daemon).await.latest_sequence;
-    let start_cpu = cpu_ns(daemon.pid());
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let seq = health(daemon).await.latest_sequence;
-        if seq >= start_seq + ticks {
-            let cpu = cpu_ns(daemon.pid()) - start_cpu;
-            return cpu as f64 / (seq - start_seq) as f64 / 1e6;
-        }
-    }
-}
 
 struct RingResult {
     cpu_ms_per_tick: f64,

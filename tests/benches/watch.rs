@@ -6,61 +6,18 @@
 //!
 //!     cargo build --release --workspace && cargo bench -p gpukill-tests --bench watch
 
+#[path = "shared/busy_node.rs"]
+mod busy_node;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
+use busy_node::{GPUS, PROCS_PER_GPU, cpu_per_tick, scenario};
 use gpukill_proto::v1 as pb;
-use serde_json::{Value, json};
-use support::measure::cpu_ns;
-use support::{Daemon, DaemonOptions, MIB, Target};
+use support::{Daemon, DaemonOptions, Target};
 
-const GPUS: u32 = 8;
-const PROCS_PER_GPU: usize = 64;
 const TICKS: u64 = 50;
-
-fn scenario(targets: &[Target]) -> Value {
-    let gpus: Vec<Value> = (0..GPUS)
-        .map(|gpu| {
-            let processes: Vec<Value> = targets
-                [gpu as usize * PROCS_PER_GPU..(gpu as usize + 1) * PROCS_PER_GPU]
-                .iter()
-                .enumerate()
-                .map(|(i, target)| {
-                    json!({"pid": target.pid(), "used_memory_bytes": (64 + i as u64) * MIB, "sm_util_pct": i % 100})
-                })
-                .collect();
-            support::full_gpu(gpu, json!(processes))
-        })
-        .collect();
-    json!({ "gpus": gpus })
-}
-
-async fn latest_sequence(daemon: &Daemon) -> u64 {
-    daemon
-        .client()
-        .await
-        .health(pb::HealthRequest {})
-        .await
-        .expect("health")
-        .into_inner()
-        .latest_sequence
-}
-
-/// Daemon CPU per tick over `TICKS` ticks, in ms.
-async fn cpu_per_tick(daemon: &Daemon) -> f64 {
-    let start_seq = latest_sequence(daemon).await;
-    let start_cpu = cpu_ns(daemon.pid());
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let seq = latest_sequence(daemon).await;
-        if seq >= start_seq + TICKS {
-            let cpu = cpu_ns(daemon.pid()) - start_cpu;
-            return cpu as f64 / (seq - start_seq) as f64 / 1e6;
-        }
-    }
-}
 
 /// `count` Watch streams with `filter`, `per_connection` to a connection, each drained by a
 /// task; returns the tasks (abort them to close) and the messages' `skipped` total.
@@ -103,7 +60,7 @@ async fn main() {
         .map(|_| Target::sleep(None))
         .collect();
     let daemon = Daemon::start_with(
-        &scenario(&targets),
+        &scenario(&targets, false),
         DaemonOptions {
             poll_interval: "100ms",
             vendor_timeout: "1s",
@@ -114,7 +71,7 @@ async fn main() {
     );
     let listed = daemon.list_json(&[]);
     assert_eq!(listed["procs"].as_array().map(Vec::len), Some(512));
-    let idle = cpu_per_tick(&daemon).await;
+    let idle = cpu_per_tick(&daemon, TICKS).await;
     // Keeps every process, yet is a filter: each stream converts and encodes its own.
     let everything = Some(pb::SnapshotFilter {
         process_regex: Some(".".to_owned()),
@@ -134,7 +91,7 @@ async fn main() {
         eprintln!("{count} watchers, {label}...");
         let (tasks, skipped) = open_watchers(&daemon, count, per_connection, filter).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let cpu = cpu_per_tick(&daemon).await;
+        let cpu = cpu_per_tick(&daemon, TICKS).await;
         for task in tasks {
             task.abort();
         }
