@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pidfd::PidFd;
+use pidfd::{ExitWatch, PidFd};
 
 /// The container a process runs in, from /proc/PID/cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,9 @@ pub struct ProcReader {
     ticks_per_second: u64,
     cache: HashMap<u32, Known>,
     users: HashMap<u32, Arc<str>>,
+    /// The pidfds of the cache, to learn which processes exited; `None` when the set could
+    /// not be made (then every PID is verified through /proc each tick).
+    exits: Option<ExitWatch>,
 }
 
 /// A process already read, with a handle that tells when it exits.
@@ -98,13 +101,18 @@ impl ProcReader {
             ticks_per_second,
             cache: HashMap::new(),
             users: HashMap::new(),
+            exits: ExitWatch::new()
+                .inspect_err(|error| {
+                    tracing::debug!(%error, "no epoll set for pidfds; verifying through /proc")
+                })
+                .ok(),
         })
     }
 
     /// Looks up every PID in `pids`. A PID whose process has exited (or cannot be read) is
     /// left out. Cache entries for PIDs not asked about are dropped.
     pub fn lookup(&mut self, pids: &[u32]) -> HashMap<u32, Arc<ProcessInfo>> {
-        let verified = self.forget_exited(pids);
+        let verified = self.forget_exited();
         let mut found = HashMap::with_capacity(pids.len());
         for &pid in pids {
             if let Some(known) = self.cache.get(&pid)
@@ -130,28 +138,21 @@ impl ProcReader {
         found
     }
 
-    /// Drops the known processes among `pids` whose pidfd says they exited. Returns false
-    /// when that could not be checked (then every PID is verified through /proc).
-    fn forget_exited(&mut self, pids: &[u32]) -> bool {
-        let watched: Vec<(u32, &PidFd)> = pids
-            .iter()
-            .filter_map(|pid| Some((*pid, self.cache.get(pid)?.pidfd.as_ref()?)))
-            .collect();
-        let fds: Vec<&PidFd> = watched.iter().map(|(_, fd)| *fd).collect();
-        match pidfd::exited(&fds) {
-            Ok(exited) => {
-                let gone: Vec<u32> = watched
-                    .iter()
-                    .zip(exited)
-                    .filter_map(|((pid, _), exited)| exited.then_some(*pid))
-                    .collect();
+    /// Drops the known processes whose pidfd says they exited. Returns false when that
+    /// could not be checked (then every PID is verified through /proc).
+    fn forget_exited(&mut self) -> bool {
+        let Some(exits) = &self.exits else {
+            return false;
+        };
+        match exits.exited(self.cache.len()) {
+            Ok(gone) => {
                 for pid in gone {
                     self.cache.remove(&pid);
                 }
                 true
             }
             Err(error) => {
-                tracing::debug!(%error, "poll on pidfds failed; verifying through /proc");
+                tracing::debug!(%error, "waiting on pidfds failed; verifying through /proc");
                 false
             }
         }
@@ -174,7 +175,11 @@ impl ProcReader {
         }
         // Opened before reading, so the handle is on the process we read (or on none).
         let pidfd = if self.root == Path::new("/proc") {
-            PidFd::open(pid).ok()
+            PidFd::open(pid).ok().filter(|pidfd| {
+                self.exits
+                    .as_ref()
+                    .is_some_and(|exits| exits.add(pidfd, pid).is_ok())
+            })
         } else {
             None
         };

@@ -1,11 +1,13 @@
 //! Process file descriptors (pidfd, Linux 5.3+): a handle on one process that never refers
-//! to another one, even after its PID is reused. Holding one per known GPU process lets a
-//! tick learn which of them exited with a single poll(2) instead of re-reading /proc.
+//! to another one, even after its PID is reused. Holding one per known GPU process, in an
+//! epoll set, lets a tick learn which of them exited with one epoll_wait(2) instead of
+//! re-reading /proc.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 /// A pidfd.
 #[derive(Debug)]
@@ -53,10 +55,41 @@ impl PidFd {
     }
 }
 
-/// For each pidfd, whether its process has exited (a pidfd polls readable then), all in
-/// one non-blocking poll(2).
-pub fn exited(fds: &[&PidFd]) -> io::Result<Vec<bool>> {
-    wait_for_exit(fds, std::time::Duration::ZERO)
+/// An epoll set of pidfds, each tagged with its PID: which of the processes exited, in one
+/// call whose cost grows with the exits rather than with the processes watched (a poll(2) of
+/// 512 pidfds each tick cost more than the rest of an idle tick's process bookkeeping). A
+/// pidfd leaves the set when it is closed.
+#[derive(Debug)]
+pub struct ExitWatch(Epoll);
+
+impl ExitWatch {
+    /// An empty set.
+    pub fn new() -> io::Result<ExitWatch> {
+        Ok(ExitWatch(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?))
+    }
+
+    /// Watches `fd`, the pidfd of `pid`, until it is closed.
+    pub fn add(&self, fd: &PidFd, pid: u32) -> io::Result<()> {
+        Ok(self
+            .0
+            .add(&fd.0, EpollEvent::new(EpollFlags::EPOLLIN, u64::from(pid)))?)
+    }
+
+    /// The PIDs whose processes have exited, among at most `watched` pidfds in the set;
+    /// does not wait. An exited process stays in the answer until its pidfd is closed.
+    pub fn exited(&self, watched: usize) -> io::Result<Vec<u32>> {
+        let mut events = vec![EpollEvent::empty(); watched.max(1)];
+        let ready = loop {
+            match self.0.wait(&mut events, EpollTimeout::ZERO) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                ready => break ready?,
+            }
+        };
+        Ok(events[..ready]
+            .iter()
+            .filter_map(|event| u32::try_from(event.data()).ok())
+            .collect())
+    }
 }
 
 /// Waits until every process in `fds` has exited or `timeout` has passed, whichever is
@@ -104,10 +137,16 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let fd = PidFd::open(child.id()).expect("pidfd_open");
-        assert_eq!(exited(&[&fd]).expect("poll"), vec![false]);
+        assert_eq!(
+            wait_for_exit(&[&fd], std::time::Duration::ZERO).expect("poll"),
+            vec![false]
+        );
         child.kill().expect("kill");
         child.wait().expect("reap");
-        assert_eq!(exited(&[&fd]).expect("poll"), vec![true]);
+        assert_eq!(
+            wait_for_exit(&[&fd], std::time::Duration::ZERO).expect("poll"),
+            vec![true]
+        );
     }
 
     #[test]
@@ -131,6 +170,31 @@ mod tests {
         );
         child.wait().expect("reap");
         assert!(fd.send_signal(nix::sys::signal::Signal::SIGTERM).is_err());
+    }
+
+    #[test]
+    fn the_exit_watch_names_the_processes_that_exited_until_their_pidfds_close() {
+        let spawn = || {
+            std::process::Command::new("/bin/sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep")
+        };
+        let (mut ending, mut staying) = (spawn(), spawn());
+        let watch = ExitWatch::new().expect("epoll");
+        let ending_fd = PidFd::open(ending.id()).expect("pidfd_open");
+        let staying_fd = PidFd::open(staying.id()).expect("pidfd_open");
+        watch.add(&ending_fd, ending.id()).expect("add");
+        watch.add(&staying_fd, staying.id()).expect("add");
+        assert_eq!(watch.exited(2).expect("wait"), Vec::<u32>::new());
+        ending.kill().expect("kill");
+        ending.wait().expect("reap");
+        assert_eq!(watch.exited(2).expect("wait"), vec![ending.id()]);
+        assert_eq!(watch.exited(2).expect("wait"), vec![ending.id()]);
+        drop(ending_fd);
+        assert_eq!(watch.exited(2).expect("wait"), Vec::<u32>::new());
+        staying.kill().expect("kill");
+        staying.wait().expect("reap");
     }
 
     #[test]

@@ -1,27 +1,31 @@
-//! `Watch`: the latest snapshot, then every new one. Each watcher is a small task that
-//! ends when the client goes away, when the daemon shuts down, or when the ring closes. A
-//! watcher that falls behind skips snapshots (counted in Health, and said in the next
+//! `Watch`: the latest snapshot, then every new one. A watch stream is polled by the
+//! connection itself, only when the client has room for another message (HTTP/2 flow
+//! control), so it needs no task and no queue of its own: each poll sends the newest snapshot
+//! published since the last message. It ends when the client goes away (the stream is
+//! dropped), when the daemon shuts down, or when the ring closes. A watcher that reads too
+//! slowly skips the snapshots published in between (counted in Health, and said in the next
 //! message's `skipped`).
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use gpukill_proto::shared::SharedWatchResponse;
 use gpukill_proto::v1 as pb;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use tonic::Status;
 
 use super::WatchStreamOf;
 use super::convert::{self, Filter};
 use super::error::RpcError;
 use crate::authz::Caller;
-use crate::ring::Ring;
+use crate::ring::{Ring, WatcherGuard};
 use crate::snapshot::Snapshot;
-
-/// Converted snapshots waiting for a slow client; beyond this the watcher skips snapshots.
-const SEND_BUFFER: usize = 2;
 
 /// The latest snapshot converted and encoded once for every watcher without a filter (most
 /// of them: dashboards, `list --watch`), shared by reference count; a filtered watcher
@@ -56,53 +60,100 @@ pub fn watch(
     encoding: &Arc<SharedEncoding>,
     caller: &Caller,
     request: pb::WatchRequest,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<WatchStreamOf, RpcError> {
     let filter = Filter::try_from(request.filter)?;
-    let (mut updates, guard) = ring.subscribe();
-    let mut next = Some(ring.latest());
-    let ring = Arc::clone(ring);
-    let shared = filter.is_everything().then(|| Arc::clone(encoding));
-    let (sender, receiver) = mpsc::channel(SEND_BUFFER);
+    let (updates, guard) = ring.subscribe();
     tracing::debug!(%caller, watchers = ring.watchers(), "watch opened");
-    let caller = caller.clone();
-    tokio::spawn(async move {
-        // Counted as a watcher for as long as this task runs.
-        let _guard = guard;
-        // Snapshots skipped since the last message sent.
-        let mut skipped = 0;
-        loop {
-            if let Some(snapshot) = next.take() {
-                let field = match &shared {
-                    Some(shared) => shared.field(&snapshot),
-                    None => SharedWatchResponse::encode_snapshot(&convert::snapshot(
-                        &snapshot,
-                        &filter,
-                        SystemTime::now(),
-                    )),
-                };
-                let message = SharedWatchResponse::new(field, std::mem::take(&mut skipped));
-                tokio::select! {
-                    sent = sender.send(Ok(message)) => if sent.is_err() { break },
-                    _ = stop.wait_for(|stop| *stop) => break,
-                }
-            }
-            tokio::select! {
-                update = updates.recv() => match update {
-                    Ok(snapshot) => next = Some(snapshot),
-                    Err(RecvError::Lagged(lagged)) => {
-                        ring.record_lag(lagged);
-                        skipped += lagged;
-                    }
-                    Err(RecvError::Closed) => break,
-                },
-                _ = sender.closed() => break,
-                _ = stop.wait_for(|stop| *stop) => break,
+    Ok(Box::pin(Watcher {
+        next: Some(ring.latest()),
+        ring: Arc::clone(ring),
+        updates: Some(BroadcastStream::new(updates)),
+        stop: WatchStream::new(stop),
+        skipped: 0,
+        shared: filter.is_everything().then(|| Arc::clone(encoding)),
+        filter,
+        caller: caller.clone(),
+        _guard: guard,
+    }))
+}
+
+/// One watch stream.
+struct Watcher {
+    ring: Arc<Ring>,
+    /// New snapshots; `None` once the ring has closed.
+    updates: Option<BroadcastStream<Arc<Snapshot>>>,
+    stop: WatchStream<bool>,
+    /// The newest snapshot not sent yet.
+    next: Option<Arc<Snapshot>>,
+    /// Snapshots skipped since the last message sent.
+    skipped: u64,
+    /// The shared encoding, for a watcher without a filter.
+    shared: Option<Arc<SharedEncoding>>,
+    filter: Filter,
+    caller: Caller,
+    /// Counts this stream as a watcher for as long as it lives.
+    _guard: WatcherGuard,
+}
+
+impl Watcher {
+    /// Records `count` snapshots this watcher will never send.
+    fn skip(&mut self, count: u64) {
+        self.skipped += count;
+        self.ring.record_lag(count);
+    }
+
+    fn message(&mut self, snapshot: &Snapshot) -> SharedWatchResponse {
+        let field = match &self.shared {
+            Some(shared) => shared.field(snapshot),
+            None => SharedWatchResponse::encode_snapshot(&convert::snapshot(
+                snapshot,
+                &self.filter,
+                SystemTime::now(),
+            )),
+        };
+        SharedWatchResponse::new(field, std::mem::take(&mut self.skipped))
+    }
+}
+
+impl Stream for Watcher {
+    type Item = Result<SharedWatchResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // The first poll yields the flag as it is; later ones, its changes.
+        while let Poll::Ready(stop) = Pin::new(&mut this.stop).poll_next(cx) {
+            if stop != Some(false) {
+                return Poll::Ready(None);
             }
         }
-        tracing::debug!(%caller, "watch closed");
-    });
-    Ok(Box::pin(ReceiverStream::new(receiver)))
+        // Every snapshot published since the last poll: only the newest is sent.
+        while let Some(updates) = this.updates.as_mut() {
+            match Pin::new(updates).poll_next(cx) {
+                Poll::Ready(Some(Ok(snapshot))) => {
+                    if this.next.replace(snapshot).is_some() {
+                        this.skip(1);
+                    }
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(count)))) => {
+                    this.skip(count);
+                }
+                Poll::Ready(None) => this.updates = None,
+                Poll::Pending => break,
+            }
+        }
+        match this.next.take() {
+            Some(snapshot) => Poll::Ready(Some(Ok(this.message(&snapshot)))),
+            None if this.updates.is_none() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        tracing::debug!(caller = %self.caller, "watch closed");
+    }
 }
 
 #[cfg(test)]
@@ -198,8 +249,35 @@ mod tests {
             received.push(message.snapshot.unwrap().sequence);
         }
         assert!(skipped > 0, "{received:?}");
+        // What it gets next is the newest snapshot, not the oldest one still buffered.
+        assert_eq!(received.first(), Some(&100), "{received:?}");
         // Every snapshot is either received or counted as skipped.
         assert_eq!(received.len() as u64 + skipped, 100, "{received:?}");
         assert_eq!(ring.watch_lagged(), skipped);
+    }
+
+    #[tokio::test]
+    async fn a_watch_ends_at_shutdown_and_uncounts_itself_when_dropped() {
+        let ring = Arc::new(Ring::new(4, snapshot(0)));
+        let (stop, stopped) = watch::channel(false);
+        let encoding = Arc::default();
+        let open = || {
+            watch(
+                &ring,
+                &encoding,
+                &caller(),
+                pb::WatchRequest::default(),
+                stopped.clone(),
+            )
+            .unwrap()
+        };
+        let (mut ending, dropped) = (open(), open());
+        assert_eq!(ring.watchers(), 2);
+        drop(dropped);
+        assert_eq!(ring.watchers(), 1);
+        assert!(ending.next().await.is_some());
+        stop.send_replace(true);
+        let end = tokio::time::timeout(Duration::from_secs(5), ending.next()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
     }
 }
