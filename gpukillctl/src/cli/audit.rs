@@ -50,16 +50,16 @@ pub enum EventType {
     Reservation,
 }
 
-impl EventType {
-    /// The name the Events RPC filters on.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Kill => "kill",
-            EventType::Reset => "reset",
-            EventType::Deny => "deny",
-            EventType::Violation => "violation",
-            EventType::Policy => "policy",
-            EventType::Reservation => "reservation",
+impl From<EventType> for gpukill_proto::v1::EventType {
+    fn from(arg: EventType) -> Self {
+        use gpukill_proto::v1::EventType as Pb;
+        match arg {
+            EventType::Kill => Pb::Kill,
+            EventType::Reset => Pb::Reset,
+            EventType::Deny => Pb::Deny,
+            EventType::Violation => Pb::Violation,
+            EventType::Policy => Pb::Policy,
+            EventType::Reservation => Pb::Reservation,
         }
     }
 }
@@ -219,14 +219,14 @@ pub enum RiskLevelArg {
     Critical,
 }
 
-impl RiskLevelArg {
-    /// The name the Rogue RPC takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RiskLevelArg::Low => "low",
-            RiskLevelArg::Medium => "medium",
-            RiskLevelArg::High => "high",
-            RiskLevelArg::Critical => "critical",
+impl From<RiskLevelArg> for gpukill_proto::v1::RogueLevel {
+    fn from(arg: RiskLevelArg) -> Self {
+        use gpukill_proto::v1::RogueLevel as Pb;
+        match arg {
+            RiskLevelArg::Low => Pb::Low,
+            RiskLevelArg::Medium => Pb::Medium,
+            RiskLevelArg::High => Pb::High,
+            RiskLevelArg::Critical => Pb::Critical,
         }
     }
 }
@@ -323,15 +323,20 @@ mod tests {
         );
     }
 
+    /// What `--type` and `--min-level` take is what the output shows.
     #[test]
-    fn event_type_names_are_the_rpc_names() {
+    fn event_type_and_level_names_are_the_output_names() {
+        fn name(arg: &impl ValueEnum) -> String {
+            let value = arg.to_possible_value().expect("visible value");
+            value.get_name().to_owned()
+        }
         for arg in EventType::value_variants() {
-            let name = arg
-                .to_possible_value()
-                .expect("visible value")
-                .get_name()
-                .to_owned();
-            assert_eq!(arg.as_str(), name);
+            let sent = gpukill_proto::v1::EventType::from(*arg) as i32;
+            assert_eq!(crate::render::event_type_name(sent), name(arg));
+        }
+        for arg in RiskLevelArg::value_variants() {
+            let sent = gpukill_proto::v1::RogueLevel::from(*arg) as i32;
+            assert_eq!(crate::render::rogue_level_name(sent), name(arg));
         }
     }
 }

@@ -54,13 +54,13 @@ pub enum GuardModeArg {
     Hard,
 }
 
-impl GuardModeArg {
-    /// The name in the policy file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuardModeArg::DryRun => "dry-run",
-            GuardModeArg::Soft => "soft",
-            GuardModeArg::Hard => "hard",
+impl From<GuardModeArg> for gpukill_proto::v1::GuardMode {
+    fn from(arg: GuardModeArg) -> Self {
+        use gpukill_proto::v1::GuardMode as Pb;
+        match arg {
+            GuardModeArg::DryRun => Pb::DryRun,
+            GuardModeArg::Soft => Pb::Soft,
+            GuardModeArg::Hard => Pb::Hard,
         }
     }
 }
@@ -193,4 +193,19 @@ pub struct GuardViolationsArgs {
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `guard mode` takes is what `guard status` shows.
+    #[test]
+    fn mode_names_are_the_output_names() {
+        for arg in GuardModeArg::value_variants() {
+            let value = arg.to_possible_value().expect("visible value");
+            let sent = gpukill_proto::v1::GuardMode::from(*arg) as i32;
+            assert_eq!(crate::render::guard_mode_name(sent), value.get_name());
+        }
+    }
 }

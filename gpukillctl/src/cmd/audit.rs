@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use gpukill_proto::v1::{RogueRequest, SessionsRequest, SummaryRequest};
+use gpukill_proto::v1::{RogueLevel, RogueRequest, SessionsRequest, SummaryRequest};
 
 use crate::Output;
 use crate::cli::{AuditAction, AuditArgs, ReportFormat};
@@ -93,7 +93,7 @@ async fn rogue<W: Write, E: Write>(
         .rogue(conn::unary(RogueRequest {
             since_unix_ms: window.since_unix_ms,
             until_unix_ms: window.until_unix_ms,
-            min_level: args.min_level.as_str().to_owned(),
+            min_level: RogueLevel::from(args.min_level).into(),
         }))
         .await
         .map_err(|status| Error::rpc("Rogue", status))?
@@ -320,8 +320,8 @@ mod tests {
             text,
             audit::render_rogue(&testutil::rogue_response(), TimeZone::Utc)
         );
-        let request = requests.lock().expect("lock")[0].clone();
-        assert_eq!(request.min_level, "high");
+        let request = requests.lock().expect("lock")[0];
+        assert_eq!(request.min_level(), RogueLevel::High);
         assert_eq!(
             request.until_unix_ms - request.since_unix_ms,
             48 * 3_600_000

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gpukill_proto::v1::EventsRequest;
+use gpukill_proto::v1::{EventType, EventsRequest};
 
 use crate::Output;
 use crate::cli::{EventsArgs, OutputFormat};
@@ -36,8 +36,8 @@ fn request(args: &EventsArgs, now: SystemTime) -> EventsRequest {
         since_unix_ms: args.since.map(|since| since_unix_ms(now, since)),
         r#type: args
             .event_type
-            .map(|event_type| event_type.as_str().to_owned())
-            .unwrap_or_default(),
+            .map_or(EventType::Unspecified, EventType::from)
+            .into(),
         limit: args.limit,
     }
 }
@@ -55,7 +55,7 @@ fn since_unix_ms(now: SystemTime, since: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::EventType;
+    use crate::cli;
     use crate::render::time::TimeZone;
     use crate::testutil::{self, FakeDaemon, millis, run_cli, serve};
     use tonic::Status;
@@ -83,7 +83,7 @@ mod tests {
         let requests = requests.lock().expect("lock").clone();
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
-        assert_eq!(request.r#type, "deny");
+        assert_eq!(request.r#type(), EventType::Deny);
         assert_eq!(request.limit, 100);
         let since = request.since_unix_ms.expect("since is sent");
         let hour = 3_600_000;
@@ -114,7 +114,7 @@ mod tests {
             requests,
             [EventsRequest {
                 since_unix_ms: None,
-                r#type: String::new(),
+                r#type: EventType::Unspecified.into(),
                 limit: 100,
             }]
         );
@@ -141,7 +141,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_millis(testutil::NOW_MS.unsigned_abs());
         let args = EventsArgs {
             since: Some(Duration::from_secs(7 * 86_400)),
-            event_type: Some(EventType::Kill),
+            event_type: Some(cli::EventType::Kill),
             limit: 5,
             output: OutputFormat::Table,
         };
@@ -149,7 +149,7 @@ mod tests {
             request(&args, now),
             EventsRequest {
                 since_unix_ms: Some(testutil::NOW_MS - 7 * 86_400_000),
-                r#type: "kill".to_owned(),
+                r#type: EventType::Kill.into(),
                 limit: 5,
             }
         );

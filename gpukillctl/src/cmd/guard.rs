@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use gpukill_proto::v1::guard_update_request::Change;
-use gpukill_proto::v1::{GuardStatusRequest, GuardTestRequest};
+use gpukill_proto::v1::{GuardMode, GuardStatusRequest, GuardTestRequest};
 
 use crate::Output;
 use crate::cli::{EventType, EventsArgs, GuardCommand, OutputFormat};
@@ -52,7 +52,8 @@ pub async fn run<W: Write, E: Write>(
             super::guard_policy::update(target, Change::Enabled(false), out).await
         }
         GuardCommand::Mode { mode } => {
-            super::guard_policy::update(target, Change::Mode(mode.as_str().to_owned()), out).await
+            let mode = GuardMode::from(*mode);
+            super::guard_policy::update(target, Change::Mode(mode.into()), out).await
         }
         GuardCommand::Policy(command) => super::guard_policy::run(target, command, out).await,
         GuardCommand::Export => super::guard_policy::show(target, true, out).await,
@@ -112,7 +113,10 @@ mod tests {
             run_cli(&served.socket, &["guard", "violations", "--since", "1h"]).await;
         result.expect("violations");
         let requests = requests.lock().expect("lock").clone();
-        assert_eq!(requests[0].r#type, "violation");
+        assert_eq!(
+            requests[0].r#type(),
+            gpukill_proto::v1::EventType::Violation
+        );
         assert!(requests[0].since_unix_ms.is_some());
     }
 

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use gpukill_proto::v1::guard_update_request::Change;
-use gpukill_proto::v1::{GuardEntry, GuardEntryKey, GuardPolicyRequest, GuardUpdateRequest};
+use gpukill_proto::v1::{
+    GuardEntry, GuardEntryKey, GuardEntryKind, GuardPolicyRequest, GuardUpdateRequest,
+};
 
 use crate::Output;
 use crate::cli::{GpuRulesArgs, GroupLimitsArgs, GuardPolicyCommand, UserLimitsArgs};
@@ -67,26 +69,26 @@ pub async fn run<W: Write, E: Write>(
     command: &GuardPolicyCommand,
     out: &mut Output<W, E>,
 ) -> Result<(), Error> {
-    let add = |kind: &str, toml: String| {
+    let add = |kind: GuardEntryKind, toml: String| {
         Change::Add(GuardEntry {
-            kind: kind.to_owned(),
+            kind: kind.into(),
             toml,
         })
     };
-    let remove = |kind: &str, key: String| {
+    let remove = |kind: GuardEntryKind, key: String| {
         Change::Remove(GuardEntryKey {
-            kind: kind.to_owned(),
+            kind: kind.into(),
             key,
         })
     };
     let change = match command {
         GuardPolicyCommand::Show => return show(target, false, out).await,
-        GuardPolicyCommand::AddUser(args) => add("user", user_entry(args)),
-        GuardPolicyCommand::RemoveUser { name } => remove("user", name.clone()),
-        GuardPolicyCommand::AddGroup(args) => add("group", group_entry(args)),
-        GuardPolicyCommand::RemoveGroup { name } => remove("group", name.clone()),
-        GuardPolicyCommand::AddGpu(args) => add("gpu", gpu_entry(args)),
-        GuardPolicyCommand::RemoveGpu { index } => remove("gpu", index.to_string()),
+        GuardPolicyCommand::AddUser(args) => add(GuardEntryKind::User, user_entry(args)),
+        GuardPolicyCommand::RemoveUser { name } => remove(GuardEntryKind::User, name.clone()),
+        GuardPolicyCommand::AddGroup(args) => add(GuardEntryKind::Group, group_entry(args)),
+        GuardPolicyCommand::RemoveGroup { name } => remove(GuardEntryKind::Group, name.clone()),
+        GuardPolicyCommand::AddGpu(args) => add(GuardEntryKind::Gpu, gpu_entry(args)),
+        GuardPolicyCommand::RemoveGpu { index } => remove(GuardEntryKind::Gpu, index.to_string()),
     };
     update(target, change, out).await
 }
@@ -263,7 +265,7 @@ mod tests {
         assert_eq!(
             sent,
             Some(Change::Add(GuardEntry {
-                kind: "user".into(),
+                kind: GuardEntryKind::User.into(),
                 toml: "name = \"al\\\"ice\"\nmax_memory_per_process = \"20GiB\"\n\
                        max_duration = \"1day\"\nmax_processes = 2\nallowed_gpus = [0, 1]\n"
                     .into(),
@@ -297,10 +299,10 @@ mod tests {
         assert_eq!(
             sent,
             [
-                Some(Change::Mode("dry-run".into())),
+                Some(Change::Mode(gpukill_proto::v1::GuardMode::DryRun.into())),
                 Some(Change::Enabled(false)),
                 Some(Change::Remove(GuardEntryKey {
-                    kind: "gpu".into(),
+                    kind: GuardEntryKind::Gpu.into(),
                     key: "3".into()
                 })),
                 Some(Change::Replace("mode = \"soft\"\n".into())),

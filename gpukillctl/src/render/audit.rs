@@ -25,9 +25,9 @@ use serde::Serialize;
 
 use super::csv::{csv as csv_table, or_empty};
 use super::json::document;
-use super::mib;
 use super::table::{ABSENT, or_absent, or_absent_str, table};
 use super::time::{TimeZone, date_time, rfc3339_millis, span};
+use super::{mib, rogue_level_name};
 use crate::error::Error;
 
 /// Seconds per hour.
@@ -631,7 +631,7 @@ pub fn rogue_json(response: &RogueResponse) -> Result<String, Error> {
             .iter()
             .map(|finding| RogueFindingJson {
                 score: finding.score,
-                level: finding.level.clone(),
+                level: rogue_level_name(finding.level).into_owned(),
                 reasons: finding.reasons.clone(),
                 session: finding.session.as_ref().map(SessionJson::new),
             })
@@ -658,7 +658,7 @@ pub fn render_rogue(response: &RogueResponse, tz: TimeZone) -> String {
         let session = finding.session.clone().unwrap_or_default();
         vec![
             finding.score.to_string(),
-            finding.level.clone(),
+            rogue_level_name(finding.level).into_owned(),
             session.user.clone(),
             session.pid.to_string(),
             session.name.clone(),

@@ -16,6 +16,7 @@
 use gpukill_proto::v1::{Event, EventsResponse};
 use serde::Serialize;
 
+use super::event_type_name;
 use super::json::{document, non_empty};
 use super::kill::TargetJson;
 use super::table::{ABSENT, or_absent, or_absent_str, table};
@@ -38,7 +39,8 @@ pub struct EventJson {
     pub time: Option<String>,
     /// When it happened, milliseconds since the epoch.
     pub time_unix_ms: Option<i64>,
-    /// `kill`, `reset` or `deny`.
+    /// `kill`, `reset`, `deny`, `violation`, `policy` or `reservation` (`unknown(N)` for
+    /// a type this client does not know).
     pub r#type: String,
     /// The caller's uid, from the kernel (or as the forwarding coordinator vouched for it);
     /// `null` for a remote principal, which has none.
@@ -79,7 +81,7 @@ impl EventJson {
             id: event.id,
             time_unix_ms: time.as_ref().map(|_| event.time_unix_ms),
             time,
-            r#type: event.r#type.clone(),
+            r#type: event_type_name(event.r#type).into_owned(),
             caller_uid: caller_uid(event),
             caller_user: event.caller_user.clone(),
             caller_pid: event.caller_pid,
@@ -128,7 +130,7 @@ pub fn render(response: &EventsResponse, tz: TimeZone) -> String {
         let target = event.target.as_ref();
         vec![
             or_absent(date_time(event.time_unix_ms, tz)),
-            or_absent_str(&event.r#type),
+            event_type_name(event.r#type).into_owned(),
             caller(event),
             or_absent_str(&event.action),
             or_absent(target.map(|t| t.pid)),

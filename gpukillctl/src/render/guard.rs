@@ -8,13 +8,14 @@
 //! JSON: the response's fields under their proto names; each violation's offenders as
 //! kill targets ([`TargetJson`]).
 
-use gpukill_proto::v1::{GuardStatusResponse, GuardTestResponse, GuardViolation};
+use gpukill_proto::v1::{GuardStatusResponse, GuardTestResponse, GuardUnit, GuardViolation};
 use serde::Serialize;
 
 use super::json::document;
 use super::kill::TargetJson;
 use super::table::{ABSENT, table};
 use super::time::{TimeZone, date_time, rfc3339_millis};
+use super::{guard_mode_name, guard_rule_name, guard_unit_name};
 use crate::error::Error;
 
 /// The JSON of one violation.
@@ -30,7 +31,7 @@ pub struct ViolationJson {
     pub measured: f64,
     /// The limit, in `unit`.
     pub limit: f64,
-    /// bytes, percent, seconds, count or gpu.
+    /// bytes, percent, seconds, count, gpu or score.
     pub unit: String,
     /// Whether the value is over the limit now.
     pub over: bool,
@@ -43,12 +44,12 @@ pub struct ViolationJson {
 impl ViolationJson {
     fn new(violation: &GuardViolation) -> Self {
         ViolationJson {
-            rule: violation.rule.clone(),
+            rule: guard_rule_name(violation.rule).into_owned(),
             policy: violation.policy.clone(),
             description: violation.description.clone(),
             measured: violation.measured,
             limit: violation.limit,
-            unit: violation.unit.clone(),
+            unit: guard_unit_name(violation.unit).into_owned(),
             over: violation.over,
             offenders: violation.offenders.iter().map(TargetJson::new).collect(),
             would: (!violation.would.is_empty()).then(|| violation.would.clone()),
@@ -118,7 +119,9 @@ pub fn status_json(response: &GuardStatusResponse) -> Result<String, Error> {
         loaded: response.loaded,
         load_error: response.load_error.clone(),
         enabled: response.enabled,
-        mode: response.loaded.then(|| response.mode.clone()),
+        mode: response
+            .loaded
+            .then(|| guard_mode_name(response.mode).into_owned()),
         loaded_at: time(response.loaded_at_unix_ms),
         grace_ms: response.grace_ms,
         min_duration_ms: response.min_duration_ms,
@@ -139,7 +142,7 @@ pub fn status_json(response: &GuardStatusResponse) -> Result<String, Error> {
 /// `response` as one JSON document.
 pub fn test_json(response: &GuardTestResponse) -> Result<String, Error> {
     document(&TestJson {
-        mode: response.mode.clone(),
+        mode: guard_mode_name(response.mode).into_owned(),
         violations: response.violations.iter().map(ViolationJson::new).collect(),
         not_evaluable: response.not_evaluable.clone(),
     })
@@ -169,7 +172,7 @@ pub fn render_status(response: &GuardStatusResponse, tz: TimeZone) -> String {
             } else {
                 "disabled"
             },
-            response.mode,
+            guard_mode_name(response.mode),
             human(response.grace_ms),
             human(response.min_duration_ms)
         ));
@@ -207,7 +210,7 @@ pub fn render_status(response: &GuardStatusResponse, tz: TimeZone) -> String {
 
 /// `response` as text.
 pub fn render_test(response: &GuardTestResponse) -> String {
-    let mut text = format!("mode: {}\n\n", response.mode);
+    let mut text = format!("mode: {}\n\n", guard_mode_name(response.mode));
     text.push_str(&violations_table(&response.violations, true));
     not_evaluable(&mut text, &response.not_evaluable);
     text
@@ -241,13 +244,13 @@ fn violations_table(violations: &[GuardViolation], with_would: bool) -> String {
             })
             .collect();
         let mut row = vec![
-            v.rule.clone(),
+            guard_rule_name(v.rule).into_owned(),
             v.policy.clone(),
-            value(v.measured, &v.unit),
-            if v.unit == "gpu" {
+            value(v.measured, v.unit()),
+            if v.unit() == GuardUnit::Gpu {
                 ABSENT.to_owned()
             } else {
-                value(v.limit, &v.unit)
+                value(v.limit, v.unit())
             },
             if v.over { "yes" } else { "band" }.to_owned(),
             if processes.is_empty() {
@@ -264,15 +267,17 @@ fn violations_table(violations: &[GuardViolation], with_would: bool) -> String {
     table(&header, rows)
 }
 
-fn value(value: f64, unit: &str) -> String {
+/// A value in `unit` for people; a plain number in a unit this client does not know
+/// (prost reads an unknown number as unspecified).
+fn value(value: f64, unit: GuardUnit) -> String {
     match unit {
-        "bytes" => format!("{:.1}GiB", value / (1u64 << 30) as f64),
-        "percent" => format!("{value:.1}%"),
-        "seconds" => {
+        GuardUnit::Bytes => format!("{:.1}GiB", value / (1u64 << 30) as f64),
+        GuardUnit::Percent => format!("{value:.1}%"),
+        GuardUnit::Seconds => {
             humantime::format_duration(std::time::Duration::from_secs(value as u64)).to_string()
         }
-        "gpu" => format!("GPU {value:.0}"),
-        _ => format!("{value:.0}"),
+        GuardUnit::Gpu => format!("GPU {value:.0}"),
+        GuardUnit::Count | GuardUnit::Score | GuardUnit::Unspecified => format!("{value:.0}"),
     }
 }
 

@@ -25,8 +25,11 @@ pub mod table;
 pub mod time;
 pub mod uploads;
 
+use std::borrow::Cow;
+
 use gpukill_proto::v1::{
-    Gpu, GpuProcess, KillOutcome, ProcessKind, ResetOutcome, Snapshot, Vendor, VendorState,
+    EventType, Gpu, GpuProcess, GuardMode, GuardRule, GuardUnit, KillOutcome, ProcessKind,
+    ResetOutcome, RogueLevel, Snapshot, Vendor, VendorState,
 };
 
 /// Bytes per MiB; memory is shown in whole MiB, rounded down.
@@ -98,6 +101,91 @@ pub fn reset_outcome_name(outcome: i32) -> &'static str {
         Ok(ResetOutcome::Failed) => "failed",
         Ok(ResetOutcome::Unspecified) | Err(_) => "unknown",
     }
+}
+
+/// An enum value from the daemon as output shows it: the name `name` gives a known value;
+/// `unknown` for the unset zero value (for which `name` answers `None`); `unknown(N)` for a
+/// number this client does not know (a newer daemon's).
+fn enum_name<E: TryFrom<i32>>(
+    value: i32,
+    name: fn(E) -> Option<&'static str>,
+) -> Cow<'static, str> {
+    match E::try_from(value) {
+        Ok(known) => Cow::Borrowed(name(known).unwrap_or("unknown")),
+        Err(_) => Cow::Owned(format!("unknown({value})")),
+    }
+}
+
+/// The guard rule as the policy and the audit trail name it: `memory_per_process`,
+/// `memory_total`, `utilization`, `duration`, `processes`, `gpu_not_allowed`,
+/// `user_not_allowed`, `gpu_memory_per_process`, `reserved_memory`, `group_memory`,
+/// `group_utilization`, `group_processes`, `rogue` or `reservation`.
+pub fn guard_rule_name(rule: i32) -> Cow<'static, str> {
+    enum_name(rule, |rule| match rule {
+        GuardRule::Unspecified => None,
+        GuardRule::MemoryPerProcess => Some("memory_per_process"),
+        GuardRule::MemoryTotal => Some("memory_total"),
+        GuardRule::Utilization => Some("utilization"),
+        GuardRule::Duration => Some("duration"),
+        GuardRule::Processes => Some("processes"),
+        GuardRule::GpuNotAllowed => Some("gpu_not_allowed"),
+        GuardRule::UserNotAllowed => Some("user_not_allowed"),
+        GuardRule::GpuMemoryPerProcess => Some("gpu_memory_per_process"),
+        GuardRule::ReservedMemory => Some("reserved_memory"),
+        GuardRule::GroupMemory => Some("group_memory"),
+        GuardRule::GroupUtilization => Some("group_utilization"),
+        GuardRule::GroupProcesses => Some("group_processes"),
+        GuardRule::Rogue => Some("rogue"),
+        GuardRule::Reservation => Some("reservation"),
+    })
+}
+
+/// The unit of a guard violation: `bytes`, `percent`, `seconds`, `count`, `gpu` or `score`.
+pub fn guard_unit_name(unit: i32) -> Cow<'static, str> {
+    enum_name(unit, |unit| match unit {
+        GuardUnit::Unspecified => None,
+        GuardUnit::Bytes => Some("bytes"),
+        GuardUnit::Percent => Some("percent"),
+        GuardUnit::Seconds => Some("seconds"),
+        GuardUnit::Count => Some("count"),
+        GuardUnit::Gpu => Some("gpu"),
+        GuardUnit::Score => Some("score"),
+    })
+}
+
+/// The guard mode as the policy file and `guard mode` name it: `dry-run`, `soft` or `hard`.
+pub fn guard_mode_name(mode: i32) -> Cow<'static, str> {
+    enum_name(mode, |mode| match mode {
+        GuardMode::Unspecified => None,
+        GuardMode::DryRun => Some("dry-run"),
+        GuardMode::Soft => Some("soft"),
+        GuardMode::Hard => Some("hard"),
+    })
+}
+
+/// The risk level of a rogue finding: `low`, `medium`, `high` or `critical`.
+pub fn rogue_level_name(level: i32) -> Cow<'static, str> {
+    enum_name(level, |level| match level {
+        RogueLevel::Unspecified => None,
+        RogueLevel::Low => Some("low"),
+        RogueLevel::Medium => Some("medium"),
+        RogueLevel::High => Some("high"),
+        RogueLevel::Critical => Some("critical"),
+    })
+}
+
+/// The type of an audit event: `kill`, `reset`, `deny`, `violation`, `policy` or
+/// `reservation`.
+pub fn event_type_name(event_type: i32) -> Cow<'static, str> {
+    enum_name(event_type, |event_type| match event_type {
+        EventType::Unspecified => None,
+        EventType::Kill => Some("kill"),
+        EventType::Reset => Some("reset"),
+        EventType::Deny => Some("deny"),
+        EventType::Violation => Some("violation"),
+        EventType::Policy => Some("policy"),
+        EventType::Reservation => Some("reservation"),
+    })
 }
 
 /// The processes of `snapshot` that run on `gpu` (same vendor and index).
@@ -218,6 +306,36 @@ mod tests {
         assert_eq!(vendor_state_name(VendorState::Hung as i32), "hung");
         assert_eq!(process_kind_name(3), Some("compute+graphics"));
         assert_eq!(process_kind_name(0), None);
+    }
+
+    #[test]
+    fn guard_rogue_and_event_names_are_the_proto_names_in_lower_case() {
+        fn check<E: TryFrom<i32> + Copy>(
+            name: fn(i32) -> Cow<'static, str>,
+            proto_name: fn(&E) -> &'static str,
+            prefix: &str,
+        ) {
+            assert_eq!(name(0), "unknown");
+            let mut value = 1;
+            while let Ok(known) = E::try_from(value) {
+                let proto = proto_name(&known).trim_start_matches(prefix).to_lowercase();
+                assert_eq!(
+                    name(value),
+                    proto.replace("dry_run", "dry-run"),
+                    "{prefix}{value}"
+                );
+                value += 1;
+            }
+            assert!(value > 2, "{prefix}: no values");
+            assert_eq!(name(value), format!("unknown({value})"));
+        }
+        check(guard_rule_name, GuardRule::as_str_name, "GUARD_RULE_");
+        check(guard_unit_name, GuardUnit::as_str_name, "GUARD_UNIT_");
+        check(guard_mode_name, GuardMode::as_str_name, "GUARD_MODE_");
+        check(rogue_level_name, RogueLevel::as_str_name, "ROGUE_LEVEL_");
+        check(event_type_name, EventType::as_str_name, "EVENT_TYPE_");
+        assert_eq!(guard_mode_name(GuardMode::DryRun as i32), "dry-run");
+        assert_eq!(event_type_name(-3), "unknown(-3)");
     }
 
     #[test]

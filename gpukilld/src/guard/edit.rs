@@ -35,16 +35,6 @@ impl EntryKind {
             EntryKind::Gpu => "index",
         }
     }
-
-    /// Parses `user`, `group` or `gpu`.
-    pub fn parse(text: &str) -> Option<EntryKind> {
-        match text {
-            "user" => Some(EntryKind::User),
-            "group" => Some(EntryKind::Group),
-            "gpu" => Some(EntryKind::Gpu),
-            _ => None,
-        }
-    }
 }
 
 /// One change to the policy.

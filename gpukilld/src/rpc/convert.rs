@@ -1,5 +1,6 @@
-//! Domain -> proto conversions, and the snapshot filter built from a request. A bad field in
-//! a request becomes `InvalidArgument` here, at the edge.
+//! Domain -> proto conversions (the snapshot; the guard's rules, units and modes, risk
+//! levels and event kinds as proto enums), and what requests carry: the snapshot filter and
+//! enum values. A bad field in a request becomes `InvalidArgument` here, at the edge.
 
 use std::time::SystemTime;
 
@@ -7,8 +8,13 @@ use gpukill_proto::v1 as pb;
 use regex::Regex;
 
 use super::error::RpcError;
+use crate::guard::edit::EntryKind;
+use crate::guard::evaluate::{Rule, Unit};
+use crate::guard::policy::Mode;
+use crate::guard::rogue::RiskLevel;
 use crate::procinfo::Container;
 use crate::snapshot::{Gpu, GpuProcess, ProcessKind, Snapshot, Vendor, VendorState, VendorStatus};
+use crate::store::EventKind;
 
 /// What part of a snapshot a reader asked for.
 #[derive(Debug, Default)]
@@ -111,6 +117,180 @@ pub fn vendor(vendor: Vendor) -> pb::Vendor {
         Vendor::Amd => pb::Vendor::Amd,
         Vendor::Intel => pb::Vendor::Intel,
         Vendor::Apple => pb::Vendor::Apple,
+    }
+}
+
+impl From<Rule> for pb::GuardRule {
+    fn from(rule: Rule) -> Self {
+        match rule {
+            Rule::MemoryPerProcess => pb::GuardRule::MemoryPerProcess,
+            Rule::MemoryTotal => pb::GuardRule::MemoryTotal,
+            Rule::Utilization => pb::GuardRule::Utilization,
+            Rule::Duration => pb::GuardRule::Duration,
+            Rule::Processes => pb::GuardRule::Processes,
+            Rule::GpuNotAllowed => pb::GuardRule::GpuNotAllowed,
+            Rule::UserNotAllowed => pb::GuardRule::UserNotAllowed,
+            Rule::GpuMemoryPerProcess => pb::GuardRule::GpuMemoryPerProcess,
+            Rule::ReservedMemory => pb::GuardRule::ReservedMemory,
+            Rule::GroupMemory => pb::GuardRule::GroupMemory,
+            Rule::GroupUtilization => pb::GuardRule::GroupUtilization,
+            Rule::GroupProcesses => pb::GuardRule::GroupProcesses,
+            Rule::Rogue => pb::GuardRule::Rogue,
+            Rule::Reservation => pb::GuardRule::Reservation,
+        }
+    }
+}
+
+impl From<Unit> for pb::GuardUnit {
+    fn from(unit: Unit) -> Self {
+        match unit {
+            Unit::Bytes => pb::GuardUnit::Bytes,
+            Unit::Percent => pb::GuardUnit::Percent,
+            Unit::Seconds => pb::GuardUnit::Seconds,
+            Unit::Count => pb::GuardUnit::Count,
+            Unit::Gpu => pb::GuardUnit::Gpu,
+            Unit::Score => pb::GuardUnit::Score,
+        }
+    }
+}
+
+impl From<Mode> for pb::GuardMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::DryRun => pb::GuardMode::DryRun,
+            Mode::Soft => pb::GuardMode::Soft,
+            Mode::Hard => pb::GuardMode::Hard,
+        }
+    }
+}
+
+impl From<RiskLevel> for pb::RogueLevel {
+    fn from(level: RiskLevel) -> Self {
+        match level {
+            // Below every threshold: never a finding, so never sent.
+            RiskLevel::None => pb::RogueLevel::Unspecified,
+            RiskLevel::Low => pb::RogueLevel::Low,
+            RiskLevel::Medium => pb::RogueLevel::Medium,
+            RiskLevel::High => pb::RogueLevel::High,
+            RiskLevel::Critical => pb::RogueLevel::Critical,
+        }
+    }
+}
+
+impl From<EventKind> for pb::EventType {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Kill => pb::EventType::Kill,
+            EventKind::Reset => pb::EventType::Reset,
+            EventKind::Deny => pb::EventType::Deny,
+            EventKind::Violation => pb::EventType::Violation,
+            EventKind::Policy => pb::EventType::Policy,
+            EventKind::Reservation => pb::EventType::Reservation,
+        }
+    }
+}
+
+/// The mode a GuardUpdate request sets: unspecified or unknown is `InvalidArgument`.
+pub fn guard_mode(value: i32) -> Result<Mode, RpcError> {
+    use pb::GuardMode as Pb;
+    match Pb::try_from(value) {
+        Ok(Pb::DryRun) => Ok(Mode::DryRun),
+        Ok(Pb::Soft) => Ok(Mode::Soft),
+        Ok(Pb::Hard) => Ok(Mode::Hard),
+        Ok(Pb::Unspecified) | Err(_) => Err(invalid_enum(
+            "guard mode",
+            value,
+            &[Pb::DryRun, Pb::Soft, Pb::Hard],
+            Pb::as_str_name,
+        )),
+    }
+}
+
+/// The kind of a GuardUpdate entry: unspecified or unknown is `InvalidArgument`.
+pub fn guard_entry_kind(value: i32) -> Result<EntryKind, RpcError> {
+    use pb::GuardEntryKind as Pb;
+    match Pb::try_from(value) {
+        Ok(Pb::User) => Ok(EntryKind::User),
+        Ok(Pb::Group) => Ok(EntryKind::Group),
+        Ok(Pb::Gpu) => Ok(EntryKind::Gpu),
+        Ok(Pb::Unspecified) | Err(_) => Err(invalid_enum(
+            "guard entry kind",
+            value,
+            &[Pb::User, Pb::Group, Pb::Gpu],
+            Pb::as_str_name,
+        )),
+    }
+}
+
+/// The event type an Events request filters on: `None` (unspecified) for every type; an
+/// unknown value is `InvalidArgument`.
+pub fn event_type(value: i32) -> Result<Option<EventKind>, RpcError> {
+    use pb::EventType as Pb;
+    match Pb::try_from(value) {
+        Ok(Pb::Unspecified) => Ok(None),
+        Ok(Pb::Kill) => Ok(Some(EventKind::Kill)),
+        Ok(Pb::Reset) => Ok(Some(EventKind::Reset)),
+        Ok(Pb::Deny) => Ok(Some(EventKind::Deny)),
+        Ok(Pb::Violation) => Ok(Some(EventKind::Violation)),
+        Ok(Pb::Policy) => Ok(Some(EventKind::Policy)),
+        Ok(Pb::Reservation) => Ok(Some(EventKind::Reservation)),
+        Err(_) => Err(invalid_enum(
+            "event type",
+            value,
+            &[
+                Pb::Unspecified,
+                Pb::Kill,
+                Pb::Reset,
+                Pb::Deny,
+                Pb::Violation,
+                Pb::Policy,
+                Pb::Reservation,
+            ],
+            Pb::as_str_name,
+        )),
+    }
+}
+
+/// The lowest risk level a Rogue request wants: unspecified is low; an unknown value is
+/// `InvalidArgument`.
+pub fn min_rogue_level(value: i32) -> Result<RiskLevel, RpcError> {
+    use pb::RogueLevel as Pb;
+    match Pb::try_from(value) {
+        Ok(Pb::Unspecified | Pb::Low) => Ok(RiskLevel::Low),
+        Ok(Pb::Medium) => Ok(RiskLevel::Medium),
+        Ok(Pb::High) => Ok(RiskLevel::High),
+        Ok(Pb::Critical) => Ok(RiskLevel::Critical),
+        Err(_) => Err(invalid_enum(
+            "rogue level",
+            value,
+            &[Pb::Unspecified, Pb::Low, Pb::Medium, Pb::High, Pb::Critical],
+            Pb::as_str_name,
+        )),
+    }
+}
+
+/// `InvalidArgument` for an enum `field` of a request whose `value` is not one of
+/// `accepted`, naming each accepted value with its number.
+fn invalid_enum<E: Copy + Into<i32>>(
+    field: &'static str,
+    value: i32,
+    accepted: &[E],
+    name: fn(&E) -> &'static str,
+) -> RpcError {
+    let mut names: Vec<String> = accepted
+        .iter()
+        .map(|known| format!("{} ({})", name(known), (*known).into()))
+        .collect();
+    let last = names.pop().unwrap_or_default();
+    let accepted = if names.is_empty() {
+        last
+    } else {
+        format!("{} or {last}", names.join(", "))
+    };
+    RpcError::InvalidEnum {
+        field,
+        value,
+        accepted,
     }
 }
 
@@ -245,6 +425,63 @@ mod tests {
         let status = tonic::Status::from(error);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("python("), "{}", status.message());
+    }
+
+    #[test]
+    fn enum_values_a_request_needs_are_checked_and_named() {
+        let status = tonic::Status::from(guard_mode(0).expect_err("unspecified mode"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid guard mode 0: use GUARD_MODE_DRY_RUN (1), GUARD_MODE_SOFT (2) or \
+             GUARD_MODE_HARD (3)"
+        );
+        assert_eq!(
+            guard_mode(pb::GuardMode::Soft.into()).ok(),
+            Some(Mode::Soft)
+        );
+        let status = tonic::Status::from(guard_entry_kind(9).expect_err("unknown kind"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid guard entry kind 9: use GUARD_ENTRY_KIND_USER (1), GUARD_ENTRY_KIND_GROUP \
+             (2) or GUARD_ENTRY_KIND_GPU (3)"
+        );
+        assert!(guard_entry_kind(0).is_err());
+        assert_eq!(
+            guard_entry_kind(pb::GuardEntryKind::Gpu.into()).ok(),
+            Some(EntryKind::Gpu)
+        );
+    }
+
+    #[test]
+    fn optional_enum_values_default_and_unknown_ones_are_invalid() {
+        assert_eq!(event_type(0).ok(), Some(None));
+        for kind in EventKind::ALL {
+            let sent = pb::EventType::from(kind);
+            assert_eq!(event_type(sent.into()).ok(), Some(Some(kind)));
+        }
+        let status = tonic::Status::from(event_type(7).expect_err("unknown type"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("invalid event type 7: use EVENT_TYPE_UNSPECIFIED (0), "),
+            "{}",
+            status.message()
+        );
+        assert_eq!(min_rogue_level(0).ok(), Some(RiskLevel::Low));
+        for level in RiskLevel::ALL.into_iter().skip(1) {
+            let sent = pb::RogueLevel::from(level);
+            assert_eq!(min_rogue_level(sent.into()).ok(), Some(level));
+        }
+        let status = tonic::Status::from(min_rogue_level(-1).expect_err("unknown level"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "invalid rogue level -1: use ROGUE_LEVEL_UNSPECIFIED (0), ROGUE_LEVEL_LOW (1), \
+             ROGUE_LEVEL_MEDIUM (2), ROGUE_LEVEL_HIGH (3) or ROGUE_LEVEL_CRITICAL (4)"
+        );
     }
 
     #[test]

@@ -51,9 +51,17 @@ pub enum RpcError {
     /// The kill targets could not be chosen.
     #[error(transparent)]
     Select(#[from] crate::actions::kill::SelectError),
-    /// An event type that does not exist.
-    #[error("{0}")]
-    InvalidEventType(String),
+    /// An enum field of a request whose value is not accepted there: unspecified where a
+    /// value is required, or a number this daemon does not know.
+    #[error("invalid {field} {value}: use {accepted}")]
+    InvalidEnum {
+        /// What the field is, e.g. `guard mode`.
+        field: &'static str,
+        /// The value as sent.
+        value: i32,
+        /// The values accepted there, with their numbers.
+        accepted: String,
+    },
     /// The audit store is not available; nothing is killed without it.
     #[error("the audit store is unavailable, so nothing is killed: {0}")]
     AuditUnavailable(String),
@@ -86,9 +94,6 @@ pub enum RpcError {
         /// The most allowed.
         max: usize,
     },
-    /// A risk level that does not exist (or `none` where it makes no sense).
-    #[error("unknown risk level {0:?}: use low, medium, high or critical")]
-    InvalidLevel(String),
     /// A change of the guard policy that does not apply or would make it invalid.
     #[error("{0}")]
     InvalidPolicy(String),
@@ -145,10 +150,9 @@ impl From<RpcError> for Status {
             | RpcError::NoSelector
             | RpcError::InvalidTimeout(_)
             | RpcError::UnknownUser(_)
-            | RpcError::InvalidEventType(_)
+            | RpcError::InvalidEnum { .. }
             | RpcError::NoResetSelector
             | RpcError::TooManyRecords { .. }
-            | RpcError::InvalidLevel(_)
             | RpcError::InvalidPolicy(_)
             | RpcError::UnknownUploadStatus(_)
             | RpcError::InvalidUploadRetry

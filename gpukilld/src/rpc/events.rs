@@ -1,11 +1,10 @@
 //! `Events`: the audit trail.
 
-use std::str::FromStr;
-
 use gpukill_proto::v1 as pb;
 
+use super::convert;
 use super::error::RpcError;
-use crate::store::{EventKind, EventQuery, StoredEvent};
+use crate::store::{EventQuery, StoredEvent};
 
 /// Events returned when the request names no limit.
 const DEFAULT_LIMIT: usize = 1000;
@@ -18,13 +17,7 @@ pub async fn events(
     request: pb::EventsRequest,
 ) -> Result<pb::EventsResponse, RpcError> {
     let log = store.get().map_err(RpcError::StoreUnavailable)?;
-    let kind = match request.r#type.as_str() {
-        "" => None,
-        name => Some(
-            EventKind::from_str(name)
-                .map_err(|error| RpcError::InvalidEventType(error.to_string()))?,
-        ),
-    };
+    let kind = convert::event_type(request.r#type)?;
     let limit = match request.limit {
         0 => DEFAULT_LIMIT,
         limit => (limit as usize).min(MAX_LIMIT),
@@ -45,7 +38,7 @@ fn event(event: StoredEvent) -> pb::Event {
     pb::Event {
         id: event.id,
         time_unix_ms: event.time_ms,
-        r#type: event.kind.as_str().to_string(),
+        r#type: pb::EventType::from(event.kind).into(),
         caller_uid: event.caller.uid,
         caller_user: event.caller.user,
         caller_pid: event.caller.pid,

@@ -36,7 +36,7 @@ pub fn status(guard: &Guard) -> pb::GuardStatusResponse {
         let policy = &loaded.policy.policy;
         response.loaded = true;
         response.enabled = policy.enabled;
-        response.mode = policy.mode.as_str().to_owned();
+        response.mode = pb::GuardMode::from(policy.mode).into();
         response.loaded_at_unix_ms = convert::unix_ms(loaded.loaded_at);
         response.grace_ms = millis(policy.grace);
         response.min_duration_ms = millis(policy.min_duration);
@@ -76,7 +76,7 @@ pub async fn test(
             .map(|v| violation(v, would(&loaded, v)))
             .collect();
         Some(pb::GuardTestResponse {
-            mode: loaded.policy.policy.mode.as_str().to_owned(),
+            mode: pb::GuardMode::from(loaded.policy.policy.mode).into(),
             violations,
             not_evaluable: evaluation.not_evaluable,
         })
@@ -131,12 +131,12 @@ fn would(loaded: &Loaded, violation: &Violation) -> String {
 
 fn violation(v: &Violation, would: String) -> pb::GuardViolation {
     pb::GuardViolation {
-        rule: v.rule.as_str().to_owned(),
+        rule: pb::GuardRule::from(v.rule).into(),
         policy: v.policy.clone(),
         description: v.describe(),
         measured: v.measured,
         limit: v.limit,
-        unit: crate::guard::evaluate::unit_name(v.unit).to_owned(),
+        unit: pb::GuardUnit::from(v.unit).into(),
         over: v.over,
         offenders: v
             .offenders

@@ -6,12 +6,12 @@ use std::time::SystemTime;
 
 use gpukill_proto::v1 as pb;
 
+use super::convert;
 use super::error::RpcError;
 use super::kill::{KillContext, event_caller};
 use crate::authz::{Caller, Principal};
-use crate::guard::edit::{Change, EntryKind};
+use crate::guard::edit::Change;
 use crate::guard::engine::{Guard, UpdateError};
-use crate::guard::policy::Mode;
 use crate::store::{EventKind, NewEvent};
 
 /// Answers `GuardPolicy`. Anyone may read the policy; only admins see its secrets (webhook
@@ -91,30 +91,79 @@ pub async fn update(
 /// The change a request asks for, checked.
 fn change(request: pb::GuardUpdateRequest) -> Result<Change, RpcError> {
     use pb::guard_update_request::Change as Asked;
-    let kind = |kind: &str| {
-        EntryKind::parse(kind).ok_or_else(|| {
-            RpcError::InvalidPolicy(format!(
-                "unknown entry kind {kind:?}: use user, group or gpu"
-            ))
-        })
-    };
     match request.change {
         None => Err(RpcError::InvalidPolicy(
             "say what to change: enabled, mode, add, remove or replace".to_owned(),
         )),
         Some(Asked::Enabled(enabled)) => Ok(Change::Enabled(enabled)),
-        Some(Asked::Mode(mode)) => mode
-            .parse::<Mode>()
-            .map(Change::Mode)
-            .map_err(RpcError::InvalidPolicy),
+        Some(Asked::Mode(mode)) => convert::guard_mode(mode).map(Change::Mode),
         Some(Asked::Add(entry)) => Ok(Change::Add {
-            kind: kind(&entry.kind)?,
+            kind: convert::guard_entry_kind(entry.kind)?,
             fragment: entry.toml,
         }),
         Some(Asked::Remove(entry)) => Ok(Change::Remove {
-            kind: kind(&entry.kind)?,
+            kind: convert::guard_entry_kind(entry.kind)?,
             key: entry.key,
         }),
         Some(Asked::Replace(text)) => Ok(Change::Replace(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::edit::EntryKind;
+    use crate::guard::policy::Mode;
+    use pb::guard_update_request::Change as Asked;
+    use tonic::{Code, Status};
+
+    fn asked(asked: Asked) -> Result<Change, RpcError> {
+        change(pb::GuardUpdateRequest {
+            change: Some(asked),
+        })
+    }
+
+    #[test]
+    fn modes_and_entry_kinds_are_converted() {
+        let hard = asked(Asked::Mode(pb::GuardMode::Hard.into())).unwrap();
+        assert_eq!(hard, Change::Mode(Mode::Hard));
+        let remove = asked(Asked::Remove(pb::GuardEntryKey {
+            kind: pb::GuardEntryKind::Group.into(),
+            key: "ml".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            remove,
+            Change::Remove {
+                kind: EntryKind::Group,
+                key: "ml".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_mode_or_kind_is_invalid_argument() {
+        let entry = |kind: i32| {
+            Asked::Add(pb::GuardEntry {
+                kind,
+                toml: "name = \"alice\"".into(),
+            })
+        };
+        for (refused, named) in [
+            (Asked::Mode(0), "guard mode 0"),
+            (Asked::Mode(4), "guard mode 4"),
+            (entry(0), "guard entry kind 0"),
+            (entry(17), "guard entry kind 17"),
+        ] {
+            let status = Status::from(asked(refused).expect_err("refused"));
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status
+                    .message()
+                    .starts_with(&format!("invalid {named}: use ")),
+                "{}",
+                status.message()
+            );
+        }
     }
 }

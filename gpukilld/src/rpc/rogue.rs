@@ -5,11 +5,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use gpukill_proto::v1 as pb;
 
+use super::convert;
 use super::error::RpcError;
 use super::sessions::{check_window, session};
 use crate::guard::clock;
 use crate::guard::engine::Guard;
-use crate::guard::rogue::{Observed, RiskLevel, RogueConfig, RogueScorer};
+use crate::guard::rogue::{Observed, RogueConfig, RogueScorer};
 use crate::store::StoredSession;
 
 /// Answers `Rogue`. Anyone may ask.
@@ -19,15 +20,7 @@ pub async fn rogue(
     request: pb::RogueRequest,
 ) -> Result<pb::RogueResponse, RpcError> {
     check_window(request.since_unix_ms, request.until_unix_ms)?;
-    let min_level = match request.min_level.as_str() {
-        "" => RiskLevel::Low,
-        text => match text.parse::<RiskLevel>() {
-            Ok(RiskLevel::None) | Err(_) => {
-                return Err(RpcError::InvalidLevel(text.to_owned()));
-            }
-            Ok(level) => level,
-        },
-    };
+    let min_level = convert::min_rogue_level(request.min_level)?;
     let scorer = match guard.status().loaded {
         Some(loaded) => loaded.policy.rogue.clone(),
         None => RogueScorer::new(&RogueConfig::default())
@@ -42,7 +35,7 @@ pub async fn rogue(
             let finding = scorer.score(&observed(&stored));
             (finding.level >= min_level).then(|| pb::RogueFinding {
                 score: finding.score,
-                level: finding.level.as_str().to_owned(),
+                level: pb::RogueLevel::from(finding.level).into(),
                 reasons: finding.reasons,
                 session: Some(session(stored)),
             })
@@ -126,19 +119,19 @@ mod tests {
             ],
         });
         let guard = Guard::new("/nonexistent/guard.toml".into(), None, Vec::new());
-        let request = |min_level: &str| pb::RogueRequest {
+        let request = |min_level: i32| pb::RogueRequest {
             since_unix_ms: now_ms - 3_600_000,
             until_unix_ms: now_ms,
-            min_level: min_level.into(),
+            min_level,
         };
         let log = StoreHandle::from(log);
-        let mut answer = rogue(&log, &guard, request("")).await.unwrap();
+        let mut answer = rogue(&log, &guard, request(0)).await.unwrap();
         for _ in 0..100 {
             if answer.findings.len() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            answer = rogue(&log, &guard, request("")).await.unwrap();
+            answer = rogue(&log, &guard, request(0)).await.unwrap();
         }
         let mut pids: Vec<u32> = answer
             .findings
@@ -153,19 +146,35 @@ mod tests {
             .iter()
             .find(|f| f.session.as_ref().unwrap().pid == 2)
             .unwrap();
-        assert_eq!(renamed.level, "critical");
+        assert_eq!(renamed.level(), pb::RogueLevel::Critical);
         assert!(
             renamed.reasons.iter().any(|r| r.contains("xmrig")),
             "{:?}",
             renamed.reasons
         );
         assert!(answer.findings[0].score >= answer.findings[1].score);
-        let error = rogue(&log, &guard, request("severe")).await.unwrap_err();
+        let critical = rogue(&log, &guard, request(pb::RogueLevel::Critical.into()))
+            .await
+            .unwrap();
+        let pids: Vec<u32> = critical
+            .findings
+            .iter()
+            .map(|f| f.session.as_ref().unwrap().pid)
+            .collect();
+        assert!(pids.contains(&2), "{pids:?}");
+        assert!(
+            critical
+                .findings
+                .iter()
+                .all(|f| f.level() == pb::RogueLevel::Critical)
+        );
+        let error = rogue(&log, &guard, request(7)).await.unwrap_err();
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(
-            status.message(),
-            "unknown risk level \"severe\": use low, medium, high or critical"
+        assert!(
+            status.message().starts_with("invalid rogue level 7: use "),
+            "{}",
+            status.message()
         );
     }
 }

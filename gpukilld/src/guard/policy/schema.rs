@@ -3,7 +3,6 @@
 //! is open). Checking the values and resolving names is the job of `parse`.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -32,21 +31,6 @@ impl Mode {
             Mode::DryRun => "dry-run",
             Mode::Soft => "soft",
             Mode::Hard => "hard",
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "dry-run" => Ok(Mode::DryRun),
-            "soft" => Ok(Mode::Soft),
-            "hard" => Ok(Mode::Hard),
-            other => Err(format!(
-                "unknown guard mode {other:?}: use dry-run, soft or hard"
-            )),
         }
     }
 }
@@ -327,10 +311,5 @@ mod tests {
         let compiled = parse("").unwrap();
         assert_eq!(compiled.policy, Policy::default());
         assert_eq!(compiled.policy.mode, Mode::DryRun);
-        assert!("hard".parse::<Mode>().is_ok());
-        assert_eq!(
-            "strict".parse::<Mode>().unwrap_err(),
-            "unknown guard mode \"strict\": use dry-run, soft or hard"
-        );
     }
 }
