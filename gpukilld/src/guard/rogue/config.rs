@@ -2,7 +2,6 @@
 //! their defaults and their TOML form; and the risk levels a score maps to.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -51,23 +50,6 @@ impl RiskLevel {
 impl fmt::Display for RiskLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A risk level name that is not one of none, low, medium, high, critical.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown risk level {0:?}: expected none, low, medium, high or critical")]
-pub struct ParseRiskLevelError(pub String);
-
-impl FromStr for RiskLevel {
-    type Err = ParseRiskLevelError;
-
-    /// Parses a level name, ignoring case.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        RiskLevel::ALL
-            .into_iter()
-            .find(|level| level.as_str().eq_ignore_ascii_case(text.trim()))
-            .ok_or_else(|| ParseRiskLevelError(text.to_string()))
     }
 }
 
@@ -308,17 +290,10 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
-    fn risk_levels_parse_and_order() {
+    fn risk_levels_are_named_and_ordered() {
         for level in RiskLevel::ALL {
-            assert_eq!(level.as_str().parse::<RiskLevel>(), Ok(level));
             assert_eq!(level.to_string(), level.as_str());
         }
-        assert_eq!("HIGH".parse::<RiskLevel>(), Ok(RiskLevel::High));
-        let error = "severe".parse::<RiskLevel>().expect_err("unknown level");
-        assert_eq!(
-            error.to_string(),
-            "unknown risk level \"severe\": expected none, low, medium, high or critical"
-        );
         assert!(RiskLevel::None < RiskLevel::Low);
         assert!(RiskLevel::Low < RiskLevel::Medium);
         assert!(RiskLevel::Medium < RiskLevel::High);

@@ -58,6 +58,6 @@ mod config;
 mod scorer;
 
 pub use config::{
-    HourRange, Levels, ParseRiskLevelError, RiskLevel, RogueConfig, Weights, Whitelist,
+    HourRange, Levels, RiskLevel, RogueConfig, Weights, Whitelist,
 };
 pub use scorer::{Finding, Identity, Observed, RogueConfigError, RogueScorer};
