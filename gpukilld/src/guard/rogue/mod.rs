@@ -57,7 +57,5 @@
 mod config;
 mod scorer;
 
-pub use config::{
-    HourRange, Levels, RiskLevel, RogueConfig, Weights, Whitelist,
-};
+pub use config::{HourRange, Levels, RiskLevel, RogueConfig, Weights, Whitelist};
 pub use scorer::{Finding, Identity, Observed, RogueConfigError, RogueScorer};
