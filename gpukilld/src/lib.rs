@@ -13,6 +13,7 @@ pub mod connections;
 pub mod daemon;
 pub mod errors;
 pub mod guard;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::health::GpuHealth;
 use crate::procinfo::ProcessInfo;
 
 /// GPU vendors.
@@ -80,6 +81,9 @@ pub struct Gpu {
     pub reset_supported: Option<bool>,
     /// Why the GPU (or part of it) could not be read this tick.
     pub error: Option<String>,
+    /// Its health as assessed this tick (the sampler sets it; shared with the previous
+    /// tick's while nothing changes).
+    pub health: Arc<GpuHealth>,
 }
 
 /// Whether a process holds a compute context, a graphics context or both.

@@ -5,15 +5,20 @@ pub mod drm;
 pub mod nvidia;
 pub mod pci;
 
+use crate::health::{HealthReading, Xid};
 use crate::snapshot::{Gpu, Vendor, VendorProcess};
 
 /// One GPU as a vendor reported it in one poll, with the processes on it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuReading {
     /// Device metrics.
     pub gpu: Gpu,
     /// Processes holding a context on this GPU, one entry per pid.
     pub processes: Vec<VendorProcess>,
+    /// Its health counters and flags this tick.
+    pub health: HealthReading,
+    /// Xid errors reported since the previous poll, oldest first.
+    pub xids: Vec<Xid>,
 }
 
 /// The result of one poll of one vendor.

@@ -216,7 +216,7 @@ impl NvidiaBackend {
                         error: Some(describe(&error)),
                         ..Gpu::default()
                     },
-                    processes: Vec::new(),
+                    ..GpuReading::default()
                 },
             };
             gpus.push(reading);
@@ -398,11 +398,19 @@ fn read_gpu(
         mig_enabled,
         reset_supported,
         error: (!fields.errors.is_empty()).then(|| fields.errors.join("; ")),
+        ..Gpu::default()
     };
     let processes = if fields.fatal {
         Vec::new()
     } else {
         processes.into_values().collect()
     };
-    (GpuReading { gpu, processes }, newest)
+    (
+        GpuReading {
+            gpu,
+            processes,
+            ..GpuReading::default()
+        },
+        newest,
+    )
 }

@@ -161,6 +161,7 @@ impl Backend for DrmBackend {
                     GpuReading {
                         gpu,
                         processes: processes.iter().map(|p| vendor_process(p)).collect(),
+                        ..GpuReading::default()
                     }
                 })
                 .collect();
