@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod errors;
 pub mod guard;
 pub mod health;
+pub mod health_events;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -48,6 +48,8 @@ pub enum EventType {
     Policy,
     /// GPU reservations made and ended (released, expired, a run's client gone).
     Reservation,
+    /// GPU health: state changes, Xid errors, admins clearing a GPU.
+    Health,
 }
 
 impl From<EventType> for gpukill_proto::v1::EventType {
@@ -60,6 +62,7 @@ impl From<EventType> for gpukill_proto::v1::EventType {
             EventType::Violation => Pb::Violation,
             EventType::Policy => Pb::Policy,
             EventType::Reservation => Pb::Reservation,
+            EventType::Health => Pb::Health,
         }
     }
 }

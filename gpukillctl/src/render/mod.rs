@@ -185,6 +185,7 @@ pub fn event_type_name(event_type: i32) -> Cow<'static, str> {
         EventType::Violation => Some("violation"),
         EventType::Policy => Some("policy"),
         EventType::Reservation => Some("reservation"),
+        EventType::Health => Some("health"),
     })
 }
 

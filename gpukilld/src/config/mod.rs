@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod health;
 mod limits;
 mod remote;
 mod reservations;
@@ -16,6 +17,7 @@ mod sources;
 mod upload;
 mod vendors;
 
+pub use health::{HealthConfig, OnCritical, THROTTLE_NAMES};
 pub use limits::LimitsConfig;
 pub use remote::{
     ClusterConfig, ClusterRole, DaemonUrl, NodeConfig, Role, StaticNode, TcpConfig, parse_address,
@@ -102,6 +104,8 @@ pub struct Config {
     pub reservations: ReservationsConfig,
     /// Bounds on what callers can make the daemon hold.
     pub limits: LimitsConfig,
+    /// GPU health: warning thresholds and what a critical GPU leads to.
+    pub health: HealthConfig,
 }
 
 /// `[retention]`: how long each kind of stored data is kept (pruned hourly).
@@ -200,6 +204,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             ingest: IngestConfig::default(),
             reservations: ReservationsConfig::default(),
+            health: HealthConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -396,6 +401,7 @@ impl Config {
         self.upload.validate(origin)?;
         self.ingest.validate(origin)?;
         self.reservations.validate(origin)?;
+        self.health.validate(origin)?;
         self.limits.validate(origin)?;
         Ok(())
     }

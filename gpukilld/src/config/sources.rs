@@ -124,6 +124,19 @@ pub(super) const ENV_VARS: &[(&str, &[&str])] = &[
         &["reservations", "max_queued"],
     ),
     (
+        "GPUKILL_HEALTH_CORRECTABLE_ERRORS",
+        &["health", "correctable_errors"],
+    ),
+    (
+        "GPUKILL_HEALTH_CORRECTABLE_WINDOW",
+        &["health", "correctable_window"],
+    ),
+    (
+        "GPUKILL_HEALTH_WARN_ON_THROTTLE",
+        &["health", "warn_on_throttle"],
+    ),
+    ("GPUKILL_HEALTH_ON_CRITICAL", &["health", "on_critical"]),
+    (
         "GPUKILL_LIMITS_CONNECTIONS_PER_UID",
         &["limits", "connections_per_uid"],
     ),

@@ -3,7 +3,7 @@
 //! listener's connection slots.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Environment, Error};
 use crate::backends::{self, Backend};
@@ -12,7 +12,7 @@ use crate::connections::{self, Admission, PeerAddress, PeerUid};
 use crate::rpc::kill::KillContext;
 use crate::sampler::{Sampler, Timing};
 use crate::service::tasks::Tasks;
-use crate::{actions, errors, node, procinfo, snapshot, store, upload};
+use crate::{actions, errors, health, node, procinfo, snapshot, store, upload};
 
 /// The daemon's parts, made and not yet started.
 pub(super) struct Configured {
@@ -20,6 +20,8 @@ pub(super) struct Configured {
     pub socket_path: PathBuf,
     /// The sampler, not yet running.
     pub sampler: Sampler,
+    /// The GPUs' health assessment the sampler makes each tick (admins clear it).
+    pub health: Arc<Mutex<health::Tracker>>,
     /// This node's id and name.
     pub node: Arc<node::NodeIdentity>,
     /// What killing needs: the protection rules, the admin group, the store, the tasks.
@@ -46,8 +48,15 @@ pub(super) fn configure(
         poll_interval: config.poll_interval,
         call_timeout: config.vendor_timeout,
     };
-    let sampler = Sampler::new(host_name(), timing, gpu_backends(config), proc_reader)
-        .map_err(Error::Thread)?;
+    let health = Arc::new(Mutex::new(health::Tracker::new(config.health.clone())));
+    let sampler = Sampler::new(
+        host_name(),
+        timing,
+        gpu_backends(config),
+        proc_reader,
+        Arc::clone(&health),
+    )
+    .map_err(Error::Thread)?;
     // The node id lives in the state directory, and the outbox's payloads carry it.
     if let Err(error) = store::create_dir(&config.state_dir) {
         tracing::error!(error = %errors::chain(&error), "cannot create the state directory");
@@ -75,6 +84,7 @@ pub(super) fn configure(
     Ok(Configured {
         socket_path,
         sampler,
+        health,
         node,
         kill_context,
         unix_admission,

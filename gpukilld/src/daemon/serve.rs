@@ -60,6 +60,7 @@ pub(super) async fn serve(
             url: config.upload.url.clone(),
         },
         running.reservations.clone(),
+        Arc::clone(&running.health),
     )
     .into_server()
     .max_decoding_message_size(request_limit);

@@ -19,7 +19,9 @@ use crate::rpc::kill::KillContext;
 use crate::sampler::Sampler;
 use crate::service::tasks::{OnPanic, Tasks};
 use crate::store::Database;
-use crate::{cluster, errors, guard, http, ingest, metrics, node, recorder, service, upload};
+use crate::{
+    cluster, errors, guard, health_events, http, ingest, metrics, node, recorder, service, upload,
+};
 
 /// The running daemon: what serving needs.
 pub(super) struct Running {
@@ -44,6 +46,8 @@ pub(super) struct Running {
     pub unix_admission: Admission<PeerUid>,
     /// The TCP listener's connection slots.
     pub tcp_admission: Admission<PeerAddress>,
+    /// The GPUs' health assessment.
+    pub health: Arc<std::sync::Mutex<crate::health::Tracker>>,
 }
 
 /// Takes the first sample and starts every background task. Fails only when the cluster
@@ -61,6 +65,7 @@ where
 {
     let Configured {
         mut sampler,
+        health,
         node,
         kill_context,
         unix_admission,
@@ -91,6 +96,10 @@ where
     if let Some(log) = &database {
         spawn_guard(tasks, &guard, &ring, log, &reservations, &stopped);
         spawn_recorder(tasks, config, &ring, log, &stopped);
+        let (ring, log, stopped) = (Arc::clone(&ring), Arc::clone(log), stopped.clone());
+        tasks.spawn("health-events", OnPanic::Restart, move || {
+            health_events::run(Arc::clone(&ring), Arc::clone(&log), stopped.clone())
+        });
     }
     reload::spawn(
         tasks,
@@ -157,6 +166,7 @@ where
         membership,
         unix_admission,
         tcp_admission,
+        health,
     })
 }
 

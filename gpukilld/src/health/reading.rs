@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::config::THROTTLE_NAMES;
+
 /// One tick's health readings of one GPU.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HealthReading {
@@ -53,25 +55,14 @@ impl HealthReading {
     }
 }
 
-/// Clock event (throttle) reasons as NVML's bitmask (`nvmlClocksEventReason*`), which
+/// Clock event (throttle) reasons as NVML's bitmask (`nvmlClocksEventReason*`, named in
+/// `config::THROTTLE_NAMES`), which
 /// dcgm-exporter exports as `DCGM_FI_DEV_CLOCK_THROTTLE_REASONS`; other vendors' reasons are
 /// mapped onto the same bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Throttle(pub u64);
 
 impl Throttle {
-    /// Every named bit, in bit order, with its name.
-    pub const NAMES: [(u64, &'static str); 9] = [
-        (0x1, "gpu_idle"),
-        (0x2, "applications_clocks_setting"),
-        (0x4, "sw_power_cap"),
-        (0x8, "hw_slowdown"),
-        (0x10, "sync_boost"),
-        (0x20, "sw_thermal"),
-        (0x40, "hw_thermal"),
-        (0x80, "hw_power_brake"),
-        (0x100, "display_clock_setting"),
-    ];
     /// The GPU is idle: clocks are low because nothing runs, not held down.
     pub const GPU_IDLE: u64 = 0x1;
     /// Software power cap.
@@ -85,24 +76,27 @@ impl Throttle {
     /// Hardware power brake slowdown (an external power brake signal).
     pub const HW_POWER_BRAKE: u64 = 0x80;
 
-    /// The names of the bits set; an unknown bit as `0x…`.
+    /// The names of the bits set (`THROTTLE_NAMES[i]` is bit `1 << i`), in bit order; an
+    /// unnamed bit as `0x…`.
     pub fn names(self) -> Vec<String> {
-        let mut names = Vec::new();
-        let mut known = 0;
-        for (bit, name) in Throttle::NAMES {
-            known |= bit;
-            if self.0 & bit != 0 {
-                names.push(name.to_owned());
-            }
-        }
-        let unknown = self.0 & !known;
-        for shift in 0..64 {
-            let bit = 1u64 << shift;
-            if unknown & bit != 0 {
-                names.push(format!("{bit:#x}"));
-            }
-        }
-        names
+        (0..64)
+            .map(|shift| 1u64 << shift)
+            .filter(|bit| self.0 & bit != 0)
+            .map(
+                |bit| match THROTTLE_NAMES.get(bit.trailing_zeros() as usize) {
+                    Some(name) => (*name).to_owned(),
+                    None => format!("{bit:#x}"),
+                },
+            )
+            .collect()
+    }
+
+    /// The bit of a reason's name.
+    pub fn bit(name: &str) -> Option<u64> {
+        THROTTLE_NAMES
+            .iter()
+            .position(|known| *known == name)
+            .map(|shift| 1u64 << shift)
     }
 
     /// Whether `bits` are set.
@@ -142,4 +136,27 @@ pub struct Xid {
     pub code: u64,
     /// When the event thread received it.
     pub time: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_bits_are_named_as_nvml_names_them() {
+        assert_eq!(Throttle(0x40).names(), ["hw_thermal"]);
+        assert_eq!(
+            Throttle(0x4 | 0x80 | 0x1000).names(),
+            ["sw_power_cap", "hw_power_brake", "0x1000"]
+        );
+        assert_eq!(Throttle::bit("hw_thermal"), Some(Throttle::HW_THERMAL));
+        assert_eq!(Throttle::bit("sw_power_cap"), Some(Throttle::SW_POWER_CAP));
+        assert_eq!(Throttle::bit("hw_slowdown"), Some(Throttle::HW_SLOWDOWN));
+        assert_eq!(
+            Throttle::bit("hw_power_brake"),
+            Some(Throttle::HW_POWER_BRAKE)
+        );
+        assert_eq!(Throttle::bit("sw_thermal"), Some(Throttle::SW_THERMAL));
+        assert_eq!(Throttle::bit("nonsense"), None);
+    }
 }

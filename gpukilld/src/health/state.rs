@@ -56,13 +56,56 @@ impl fmt::Display for HealthState {
     }
 }
 
+/// What a reason is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// The GPU answers GPU_IS_LOST.
+    Lost,
+    /// A serious Xid.
+    Xid,
+    /// Uncorrectable (double-bit) ECC errors.
+    EccUncorrectable,
+    /// Rows remapped after uncorrectable errors.
+    RemappedUncorrectable,
+    /// A row remap failed.
+    RemapFailure,
+    /// AMD RAS uncorrectable errors.
+    RasUncorrectable,
+    /// Clocks held down for a reason in `warn_on_throttle`.
+    Throttle,
+    /// Correctable errors rising.
+    CorrectableErrors,
+    /// A page retirement is pending.
+    RetirementPending,
+    /// A row remap is pending.
+    RemapPending,
+}
+
+impl Condition {
+    /// Snake-case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Lost => "lost",
+            Condition::Xid => "xid",
+            Condition::EccUncorrectable => "ecc_uncorrectable",
+            Condition::RemappedUncorrectable => "remapped_uncorrectable",
+            Condition::RemapFailure => "remap_failure",
+            Condition::RasUncorrectable => "ras_uncorrectable",
+            Condition::Throttle => "throttle",
+            Condition::CorrectableErrors => "correctable_errors",
+            Condition::RetirementPending => "retirement_pending",
+            Condition::RemapPending => "remap_pending",
+        }
+    }
+}
+
 /// One reason for a GPU's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthReason {
     /// The state this reason calls for.
     pub severity: HealthState,
-    /// A stable name: `xid`, `ecc_dbe`, `hw_thermal`, `remap_failure`, `lost`, …
-    pub kind: &'static str,
+    /// What it is about.
+    pub condition: Condition,
     /// One line for people, naming the value.
     pub text: String,
 }

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::DAEMON_USER;
 use super::usage::{self, Assessment, GpuRef, GpuState};
 use crate::store::{EventCaller, EventKind, NewEvent, ReservationRow};
 
@@ -30,17 +29,6 @@ pub(super) fn outcome(verb: &str) -> &'static str {
     match verb {
         "expire" => "expired",
         _ => "released",
-    }
-}
-
-/// The daemon itself, as events name it for expiries.
-pub(super) fn daemon_caller() -> EventCaller {
-    EventCaller {
-        uid: nix::unistd::geteuid().as_raw(),
-        user: DAEMON_USER.to_owned(),
-        pid: i32::try_from(std::process::id()).ok(),
-        transport: "daemon".to_owned(),
-        via: None,
     }
 }
 

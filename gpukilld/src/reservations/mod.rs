@@ -273,9 +273,6 @@ pub struct Reservations {
 /// The answer of a store write queued under the lock.
 type Pending = oneshot::Receiver<Result<(), StoreError>>;
 
-/// The user name events give the daemon's own changes (expiry).
-pub const DAEMON_USER: &str = "gpukilld";
-
 impl Reservations {
     /// Loads the reservations held when the daemon last stopped. A run reservation comes
     /// back detached: its client has `heartbeat_timeout` to resume it.

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::Reservations;
-use super::messages::daemon_caller;
 use super::usage::GpuRef;
 use crate::snapshot::Vendor;
-use crate::store::unix_ms;
+use crate::store::{EventCaller, unix_ms};
 
 impl Reservations {
     /// Ends manual reservations whose time came and runs whose client went silent, and
@@ -20,7 +19,7 @@ impl Reservations {
         let snapshot = self.ring.latest();
         let now_ms = unix_ms(SystemTime::now());
         let instant = Instant::now();
-        let daemon = daemon_caller();
+        let daemon = EventCaller::daemon();
         let mut pending = Vec::new();
         let waiting = {
             let mut state = self.lock();

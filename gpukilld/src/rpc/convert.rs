@@ -186,6 +186,7 @@ impl From<EventKind> for pb::EventType {
             EventKind::Violation => pb::EventType::Violation,
             EventKind::Policy => pb::EventType::Policy,
             EventKind::Reservation => pb::EventType::Reservation,
+            EventKind::Health => pb::EventType::Health,
         }
     }
 }
@@ -234,6 +235,7 @@ pub fn event_type(value: i32) -> Result<Option<EventKind>, RpcError> {
         Ok(Pb::Violation) => Ok(Some(EventKind::Violation)),
         Ok(Pb::Policy) => Ok(Some(EventKind::Policy)),
         Ok(Pb::Reservation) => Ok(Some(EventKind::Reservation)),
+        Ok(Pb::Health) => Ok(Some(EventKind::Health)),
         Err(_) => Err(invalid_enum(
             "event type",
             value,
@@ -245,6 +247,7 @@ pub fn event_type(value: i32) -> Result<Option<EventKind>, RpcError> {
                 Pb::Violation,
                 Pb::Policy,
                 Pb::Reservation,
+                Pb::Health,
             ],
             Pb::as_str_name,
         )),
@@ -341,6 +344,7 @@ fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
         vendor_index: gpu.vendor_index,
         gtt_used_bytes: gpu.gtt_used_bytes,
         gtt_total_bytes: gpu.gtt_total_bytes,
+        health: Some(super::gpu_health::gpu_health(&gpu.health)),
     }
 }
 
@@ -461,12 +465,12 @@ mod tests {
             let sent = pb::EventType::from(kind);
             assert_eq!(event_type(sent.into()).ok(), Some(Some(kind)));
         }
-        let status = tonic::Status::from(event_type(7).expect_err("unknown type"));
+        let status = tonic::Status::from(event_type(99).expect_err("unknown type"));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status
                 .message()
-                .starts_with("invalid event type 7: use EVENT_TYPE_UNSPECIFIED (0), "),
+                .starts_with("invalid event type 99: use EVENT_TYPE_UNSPECIFIED (0), "),
             "{}",
             status.message()
         );

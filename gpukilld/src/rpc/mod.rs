@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod error;
 mod events;
+mod gpu_health;
 mod guard;
 mod guard_update;
 mod health;
@@ -61,6 +62,8 @@ pub struct Service {
     reservations: crate::reservations::ReservationsHandle,
     /// The latest snapshot encoded once for every unfiltered watcher.
     watch_encoding: Arc<watch::SharedEncoding>,
+    /// The GPUs' health assessment (HealthClear acknowledges in it).
+    health: Arc<std::sync::Mutex<crate::health::Tracker>>,
 }
 
 impl Service {
@@ -76,6 +79,7 @@ impl Service {
         node: Arc<NodeIdentity>,
         uploads: uploads::UploadSettings,
         reservations: crate::reservations::ReservationsHandle,
+        health: Arc<std::sync::Mutex<crate::health::Tracker>>,
     ) -> Self {
         Self {
             ring,
@@ -88,6 +92,7 @@ impl Service {
             uploads,
             reservations,
             watch_encoding: Arc::default(),
+            health,
         }
     }
 
@@ -387,6 +392,16 @@ impl GpuKillService for Service {
     ) -> Result<Response<pb::GuardUpdateResponse>, Status> {
         answer(&self.kill.store, request, Access::Act, |caller, message| {
             guard_update::update(&self.guard, &self.kill, caller, message)
+        })
+        .await
+    }
+
+    async fn health_clear(
+        &self,
+        request: Request<pb::HealthClearRequest>,
+    ) -> Result<Response<pb::HealthClearResponse>, Status> {
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            gpu_health::clear(&self.ring, &self.health, &self.kill, caller, message)
         })
         .await
     }

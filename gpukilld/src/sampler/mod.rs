@@ -5,12 +5,13 @@
 pub mod worker;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
 use crate::backends::{Backend, GpuReading, Reading};
+use crate::health::Tracker;
 use crate::procinfo::{ProcReader, ProcessInfo};
 use crate::ring::Ring;
 use crate::snapshot::{
@@ -57,6 +58,8 @@ pub struct Sampler {
     slots: Vec<VendorSlot>,
     procs: ProcLookup,
     sequence: u64,
+    /// Assesses each GPU's health from its readings (shared with the rpc that clears it).
+    health: Arc<Mutex<Tracker>>,
 }
 
 impl Sampler {
@@ -66,6 +69,7 @@ impl Sampler {
         timing: Timing,
         backends: Vec<Box<dyn Backend>>,
         proc_reader: ProcReader,
+        health: Arc<Mutex<Tracker>>,
     ) -> std::io::Result<Self> {
         let mut vendors: Vec<Vendor> = backends.iter().flat_map(|b| b.vendors()).collect();
         vendors.sort();
@@ -115,6 +119,7 @@ impl Sampler {
             slots,
             procs,
             sequence: 0,
+            health,
         })
     }
 
@@ -148,6 +153,7 @@ impl Sampler {
             }
         }
         self.number_gpus(&mut fresh);
+        self.assess_health(&mut fresh, taken_at);
         self.join_processes(fresh, taken_at, deadline).await;
         self.sequence += 1;
         let present = || self.slots.iter().filter(|slot| slot.present);
@@ -177,6 +183,24 @@ impl Sampler {
             for reading in gpus.iter_mut() {
                 reading.gpu.vendor_index = reading.gpu.index;
                 reading.gpu.index = offset + reading.gpu.vendor_index;
+            }
+        }
+    }
+
+    /// Gives each fresh GPU its health, assessed from its readings (by UUID, or by vendor and
+    /// index for a GPU without one).
+    fn assess_health(&mut self, fresh: &mut [(usize, Vec<GpuReading>)], taken_at: SystemTime) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        for (position, gpus) in fresh.iter_mut() {
+            let vendor = self.slots[*position].vendor;
+            for reading in gpus.iter_mut() {
+                let key = crate::health::key(
+                    reading.gpu.uuid.as_ref(),
+                    vendor.name(),
+                    reading.gpu.vendor_index,
+                );
+                let xids = std::mem::take(&mut reading.xids);
+                reading.gpu.health = health.assess(&key, &reading.health, &xids, taken_at);
             }
         }
     }
@@ -348,6 +372,7 @@ mod tests {
                         ..Gpu::default()
                     },
                     processes: Vec::new(),
+                    ..GpuReading::default()
                 })
                 .collect(),
         }
@@ -384,6 +409,7 @@ mod tests {
             timing,
             backends,
             ProcReader::new("/proc").expect("procfs"),
+            Arc::default(),
         )
         .expect("sampler");
         let first = sampler.tick().await;

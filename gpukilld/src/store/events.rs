@@ -28,21 +28,24 @@ pub enum EventKind {
     /// A GPU was reserved, or a reservation ended (released, expired, its `run` client
     /// gone).
     Reservation,
+    /// A GPU's health changed state or it reported an Xid; or an admin cleared it.
+    Health,
 }
 
 impl EventKind {
     /// Every kind, in the order the error message lists them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Kill,
         EventKind::Reset,
         EventKind::Deny,
         EventKind::Violation,
         EventKind::Policy,
         EventKind::Reservation,
+        EventKind::Health,
     ];
 
     /// The name stored in the `kind` column: `kill`, `reset`, `deny`, `violation`,
-    /// `policy` or `reservation`.
+    /// `policy`, `reservation` or `health`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Kill => "kill",
@@ -51,6 +54,7 @@ impl EventKind {
             EventKind::Violation => "violation",
             EventKind::Policy => "policy",
             EventKind::Reservation => "reservation",
+            EventKind::Health => "health",
         }
     }
 }
@@ -64,7 +68,7 @@ impl fmt::Display for EventKind {
 /// A string that is not an [`EventKind`] name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy, reservation)"
+    "unknown event kind {value:?} (expected one of: kill, reset, deny, violation, policy, reservation, health)"
 )]
 pub struct EventKindError {
     /// The string that was given.
@@ -113,6 +117,22 @@ pub struct EventCaller {
     /// The coordinator principal that forwarded the request, when one did (`user` is then
     /// the original caller, `user@host`).
     pub via: Option<String>,
+}
+
+impl EventCaller {
+    /// The user name events give the daemon's own doings (an expiry, a GPU's health).
+    pub const DAEMON_USER: &'static str = "gpukilld";
+
+    /// The daemon itself, for what it does of its own accord.
+    pub fn daemon() -> EventCaller {
+        EventCaller {
+            uid: nix::unistd::geteuid().as_raw(),
+            user: EventCaller::DAEMON_USER.to_owned(),
+            pid: i32::try_from(std::process::id()).ok(),
+            transport: "daemon".to_owned(),
+            via: None,
+        }
+    }
 }
 
 /// The process an action was aimed at, as it was identified when the action ran.

@@ -62,6 +62,13 @@ impl GpuKillService for FakeDaemon {
         Err(Status::unimplemented("Health"))
     }
 
+    async fn health_clear(
+        &self,
+        _request: Request<gpukill_proto::v1::HealthClearRequest>,
+    ) -> Result<Response<gpukill_proto::v1::HealthClearResponse>, Status> {
+        Err(Status::unimplemented("HealthClear"))
+    }
+
     async fn version(
         &self,
         _request: Request<VersionRequest>,

@@ -227,6 +227,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(true),
                 error: None,
+                health: Default::default(),
             }
         );
     }
@@ -261,6 +262,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(true),
                 error: None,
+                health: Default::default(),
             }
         );
     }

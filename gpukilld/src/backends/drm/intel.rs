@@ -210,6 +210,7 @@ mod tests {
             mig_enabled: None,
             reset_supported: Some(false),
             error: None,
+            health: Default::default(),
         };
         assert_eq!(first, expected);
         // The counter did not move in 2 s: a measured 0 W.
@@ -260,6 +261,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(false),
                 error: None,
+                health: Default::default(),
             }
         );
     }

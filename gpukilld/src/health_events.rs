@@ -1,0 +1,236 @@
+//! The audit trail of GPU health: a `health` event each time a GPU's state changes and for
+//! each Xid it reports, written from the snapshots in the ring (so the sampler never waits
+//! on the store). A GPU first seen in a state other than ok or unknown is recorded too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use crate::health::{self, GpuHealth, HealthState, xid};
+use crate::ring::Ring;
+use crate::snapshot::Snapshot;
+use crate::store::{Database, EventCaller, EventKind, NewEvent};
+
+/// What was last recorded of one GPU.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    state: HealthState,
+    /// The time of the newest Xid recorded.
+    newest_xid: Option<SystemTime>,
+}
+
+/// Compares snapshots with what it recorded before.
+#[derive(Debug, Default)]
+pub struct HealthEvents {
+    seen: HashMap<Arc<str>, Seen>,
+}
+
+impl HealthEvents {
+    /// The events `snapshot` calls for: state changes and new Xids, oldest first.
+    pub fn changes(&mut self, snapshot: &Snapshot) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        for (vendor, gpu) in snapshot.gpus() {
+            let key = health::key(gpu.uuid.as_ref(), vendor.name(), gpu.vendor_index);
+            let label = format!("GPU {} ({key})", gpu.index);
+            let health = &gpu.health;
+            let before = self.seen.get(&key).copied();
+            for event in health
+                .recent_xids
+                .iter()
+                .filter(|event| before.and_then(|seen| seen.newest_xid) < Some(event.time))
+            {
+                events.push(health_event(
+                    event.time,
+                    format!("xid {} on {label}", event.code),
+                    "reported",
+                    format!("Xid {}: {}", event.code, xid::meaning(event.code)),
+                ));
+            }
+            let changed = match before {
+                Some(seen) => seen.state != health.state,
+                None => !matches!(health.state, HealthState::Ok | HealthState::Unknown),
+            };
+            if changed {
+                events.push(health_event(
+                    snapshot.taken_at,
+                    format!("health of {label}"),
+                    health.state.as_str(),
+                    describe(before.map(|seen| seen.state), health),
+                ));
+            }
+            self.seen.insert(
+                key,
+                Seen {
+                    state: health.state,
+                    newest_xid: health
+                        .recent_xids
+                        .last()
+                        .map(|event| event.time)
+                        .or(before.and_then(|seen| seen.newest_xid)),
+                },
+            );
+        }
+        events
+    }
+}
+
+fn health_event(time: SystemTime, action: String, outcome: &str, reason: String) -> NewEvent {
+    NewEvent {
+        time,
+        kind: EventKind::Health,
+        caller: EventCaller::daemon(),
+        action,
+        target: None,
+        outcome: outcome.to_owned(),
+        reason,
+    }
+}
+
+/// `was ok: Xid 79 (…); …`
+fn describe(before: Option<HealthState>, health: &GpuHealth) -> String {
+    let reasons: Vec<&str> = health
+        .reasons
+        .iter()
+        .map(|reason| reason.text.as_str())
+        .collect();
+    let was = before.map_or_else(|| "first seen".to_owned(), |state| format!("was {state}"));
+    if reasons.is_empty() {
+        was
+    } else {
+        format!("{was}: {}", reasons.join("; "))
+    }
+}
+
+/// Records health events from every new snapshot until `stop` turns true.
+pub async fn run(ring: Arc<Ring>, store: Arc<Database>, mut stop: watch::Receiver<bool>) {
+    let mut updates = ring.updates();
+    let mut events = HealthEvents::default();
+    let mut latest = ring.latest();
+    loop {
+        let new = events.changes(&latest);
+        if !new.is_empty()
+            && let Err(error) = store.record(new).await
+        {
+            tracing::error!(%error, "cannot record GPU health events");
+        }
+        latest = tokio::select! {
+            update = updates.recv() => match update {
+                Ok(snapshot) => snapshot,
+                // Behind: the latest snapshot still shows every state and Xid.
+                Err(RecvError::Lagged(_)) => ring.latest(),
+                Err(RecvError::Closed) => break,
+            },
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::{Condition, HealthReason, Xid};
+    use crate::snapshot::{Gpu, Vendor, VendorData};
+
+    fn snapshot(health: GpuHealth) -> Snapshot {
+        let mut snapshot = crate::ring::tests::snapshot(1);
+        let gpu = Gpu {
+            index: 0,
+            uuid: Some(Arc::from("GPU-a")),
+            health: Arc::new(health),
+            ..Gpu::default()
+        };
+        snapshot.data = vec![(
+            Vendor::Nvidia,
+            Arc::new(VendorData {
+                gpus: vec![gpu],
+                ..VendorData::default()
+            }),
+        )];
+        snapshot
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn state_changes_and_each_new_xid_are_recorded_once() {
+        let mut events = HealthEvents::default();
+        let ok = GpuHealth {
+            state: HealthState::Ok,
+            ..GpuHealth::default()
+        };
+        assert!(events.changes(&snapshot(ok.clone())).is_empty());
+        let critical = GpuHealth {
+            state: HealthState::Critical,
+            reasons: vec![HealthReason {
+                severity: HealthState::Critical,
+                condition: Condition::Xid,
+                text: "Xid 79 (GPU has fallen off the bus)".to_owned(),
+            }],
+            recent_xids: vec![
+                Xid {
+                    code: 13,
+                    time: at(1),
+                },
+                Xid {
+                    code: 79,
+                    time: at(2),
+                },
+            ],
+            ..GpuHealth::default()
+        };
+        let recorded = events.changes(&snapshot(critical.clone()));
+        let summary: Vec<(&str, &str, &str)> = recorded
+            .iter()
+            .map(|event| {
+                (
+                    event.action.as_str(),
+                    event.outcome.as_str(),
+                    event.reason.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "xid 13 on GPU 0 (GPU-a)",
+                    "reported",
+                    "Xid 13: graphics engine exception (usually the application)"
+                ),
+                (
+                    "xid 79 on GPU 0 (GPU-a)",
+                    "reported",
+                    "Xid 79: GPU has fallen off the bus"
+                ),
+                (
+                    "health of GPU 0 (GPU-a)",
+                    "critical",
+                    "was ok: Xid 79 (GPU has fallen off the bus)"
+                ),
+            ]
+        );
+        assert!(recorded.iter().all(|event| event.kind == EventKind::Health));
+        // The same snapshot again: nothing new.
+        assert!(events.changes(&snapshot(critical)).is_empty());
+        assert_eq!(events.changes(&snapshot(ok)).len(), 1);
+    }
+
+    #[test]
+    fn a_gpu_first_seen_unhealthy_is_recorded() {
+        let lost = GpuHealth {
+            state: HealthState::Lost,
+            ..GpuHealth::default()
+        };
+        let recorded = HealthEvents::default().changes(&snapshot(lost));
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].reason, "first seen");
+        assert_eq!(recorded[0].outcome, "lost");
+    }
+}
