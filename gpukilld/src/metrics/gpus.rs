@@ -184,6 +184,9 @@ pub(super) fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
     gpu_samples(gtt_total, snapshot, gpu_labels, any, |gpu| {
         gpu.gtt_total_bytes.map(Value::Uint)
     });
+    super::health::render_health(out, snapshot, gpu_labels, |n| {
+        &labels[starts[n]..short_ends[n]]
+    });
     let mut up = out.family(
         "gpukill_gpu_up",
         "gauge",
@@ -200,12 +203,12 @@ pub(super) fn render_gpus(out: &mut Exposition, snapshot: &Snapshot) {
 
 /// One sample per GPU of a vendor `of` accepts that reports `value`, with the GPU's labels
 /// (`labels(n)` for the n-th GPU of the snapshot).
-fn gpu_samples<'a>(
+pub(super) fn gpu_samples<'a>(
     mut family: Family<'_>,
     snapshot: &Snapshot,
     labels: impl Fn(usize) -> &'a str,
     of: impl Fn(Vendor) -> bool,
-    value: fn(&Gpu) -> Option<Value>,
+    value: impl Fn(&Gpu) -> Option<Value>,
 ) {
     for (n, (vendor, gpu)) in snapshot.gpus().enumerate() {
         if of(vendor)

@@ -6,6 +6,7 @@
 
 mod exposition;
 mod gpus;
+mod health;
 pub mod render;
 
 use std::convert::Infallible;

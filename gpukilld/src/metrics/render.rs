@@ -527,6 +527,68 @@ mod tests {
     }
 
     #[test]
+    fn health_metrics_have_dcgm_exporter_names_and_xids_are_counted_per_code() {
+        use crate::health::{GpuHealth, HealthReading, HealthState, Throttle, Xid};
+        let xid = |code| Xid { code, time: t(50) };
+        let mut gpu = full_gpu(0);
+        gpu.health = Arc::new(GpuHealth {
+            state: HealthState::Critical,
+            reading: HealthReading {
+                throttle: Some(Throttle(Throttle::HW_THERMAL)),
+                ecc_dbe_volatile: Some(2),
+                remap_failure: Some(true),
+                pstate: Some(0),
+                ..HealthReading::default()
+            },
+            recent_xids: vec![xid(13), xid(79)],
+            xid_counts: [(13, 1), (79, 1)].into(),
+            ..GpuHealth::default()
+        });
+        let text = render_at(
+            &snapshot(vec![gpu], ProcessTable::default()),
+            t(101),
+            StoreState::Unavailable,
+        );
+        let labels = "{gpu=\"0\",UUID=\"GPU-00000000\",pci_bus_id=\"00000000:00:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-80GB\",Hostname=\"node-1\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"}";
+        for (name, value) in [
+            ("DCGM_FI_DEV_XID_ERRORS", "79"),
+            ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "64"),
+            ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "2"),
+            ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "1"),
+            ("DCGM_FI_DEV_PSTATE", "0"),
+        ] {
+            assert_eq!(
+                samples(&text, name),
+                vec![format!("{name}{labels} {value}")],
+                "{text}"
+            );
+        }
+        // Not read: absent, never 0.
+        for name in ["DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "DCGM_FI_PROF_SM_ACTIVE"] {
+            assert!(samples(&text, name).is_empty(), "{name}: {text}");
+        }
+        let short = "gpu=\"0\",UUID=\"GPU-00000000\",vendor=\"nvidia\"";
+        assert_eq!(
+            samples(&text, "gpukill_gpu_xid_errors_total"),
+            vec![
+                format!("gpukill_gpu_xid_errors_total{{{short},xid=\"13\"}} 1"),
+                format!("gpukill_gpu_xid_errors_total{{{short},xid=\"79\"}} 1"),
+            ]
+        );
+        assert!(
+            samples(&text, "gpukill_gpu_health_state").contains(
+                &format!("gpukill_gpu_health_state{{{short},state=\"critical\"}} 1").as_str()
+            ),
+            "{text}"
+        );
+        assert!(
+            samples(&text, "gpukill_gpu_health_state")
+                .contains(&format!("gpukill_gpu_health_state{{{short},state=\"ok\"}} 0").as_str()),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn metrics_a_device_does_not_report_are_absent_not_zero() {
         let mut sparse = full_gpu(1);
         sparse.temperature_c = None;
