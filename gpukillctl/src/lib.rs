@@ -115,6 +115,7 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
         (cli::Command::Kill(args), Ok(target)) => cmd::kill::run(&target, args, out).await,
         (cli::Command::Reset(args), Ok(target)) => cmd::reset::run(&target, args, out).await,
         (cli::Command::Events(args), Ok(target)) => cmd::events::run(&target, args, out).await,
+        (cli::Command::Health(args), Ok(target)) => cmd::health::run(&target, args, out).await,
         (cli::Command::Audit(args), Ok(target)) => cmd::audit::run(&target, args, out).await,
         (cli::Command::History(args), Ok(target)) => cmd::history::run(&target, args, out).await,
         (cli::Command::Collection(command), Ok(target)) => {

@@ -10,6 +10,7 @@ mod actions;
 mod audit;
 mod cluster;
 mod guard;
+mod health;
 mod history;
 mod list;
 mod reserve;
@@ -24,6 +25,7 @@ pub use actions::*;
 pub use audit::*;
 pub use cluster::*;
 pub use guard::*;
+pub use health::*;
 pub use history::*;
 pub use list::*;
 pub use reserve::*;
@@ -85,6 +87,17 @@ pub enum Command {
     Reset(ResetArgs),
     /// Show the audit trail: kills, resets and refusals, oldest first.
     Events(EventsArgs),
+    /// Show each GPU's health: state, reasons, error counters, throttling, recent Xids.
+    ///
+    /// STATE is OK, WARNING (throttled by heat or a power brake, correctable errors rising, a
+    /// retirement or remap pending), CRITICAL (a serious Xid, uncorrectable errors, no spare
+    /// rows left: it stays so until an admin clears it or the GPU is reset) or LOST (fell off
+    /// the bus); UNKNOWN when the GPU reports nothing about its health. Anyone may look;
+    /// `health clear` is for admins.
+    #[command(after_help = "Exit codes:\n  \
+        0 shown (or cleared), 3 no such GPU, 4 health clear by a non-admin,\n  \
+        6 gpukilld not reachable")]
+    Health(HealthArgs),
     /// Show who used the GPUs and how much: the process sessions of a time window.
     ///
     /// gpukilld records every process it sees on a GPU as a session (one per PID, start time

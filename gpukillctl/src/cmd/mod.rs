@@ -11,6 +11,7 @@ pub mod events;
 pub mod export;
 pub mod guard;
 pub mod guard_policy;
+pub mod health;
 pub mod history;
 pub mod import;
 pub mod kill;

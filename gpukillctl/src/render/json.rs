@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::ser::Formatter;
 
 use super::escape::is_unsafe;
+use super::health::HealthJson;
 use super::time::{rfc3339_millis, rfc3339_seconds};
 use super::{mib, pid_count, process_kind_name, top_process, vendor_name, vendor_state_name};
 use crate::error::Error;
@@ -117,6 +118,8 @@ pub struct GpuJson {
     pub pids: Option<u64>,
     /// The process using the most memory on this GPU.
     pub top_proc: Option<ProcJson>,
+    /// Its health: state, reasons, error counters, throttling, recent Xids.
+    pub health: HealthJson,
 }
 
 /// One process on one GPU.
@@ -223,6 +226,7 @@ impl GpuJson {
             gtt_total_bytes: gpu.gtt_total_bytes,
             pids: pid_count(snapshot, gpu),
             top_proc: top_process(snapshot, gpu).map(ProcJson::new),
+            health: HealthJson::new(gpu.health.as_ref()),
         }
     }
 }
@@ -395,6 +399,22 @@ mod tests {
     }
 
     fn expected() -> Value {
+        let unknown = expected_health("unknown", json!([]), json!([]), json!({}));
+        let lost = expected_health(
+            "lost",
+            json!([{
+                "severity": "lost",
+                "condition": "lost",
+                "text": "the GPU has fallen off the bus (GPU_IS_LOST)"
+            }]),
+            json!([{
+                "code": 79,
+                "time": "2024-05-01T11:59:00.250Z",
+                "time_unix_ms": 1_714_564_740_250_i64,
+                "meaning": "GPU has fallen off the bus"
+            }]),
+            json!({"79": 1}),
+        );
         json!({
             "host": "gpu-node-1",
             "ts": "2024-05-01T12:00:00.250Z",
@@ -437,7 +457,8 @@ mod tests {
                     "gtt_used_bytes": null,
                     "gtt_total_bytes": null,
                     "pids": 3,
-                    "top_proc": expected_python()
+                    "top_proc": expected_python(),
+                    "health": unknown
                 },
                 {
                     "gpu_index": 1,
@@ -464,7 +485,8 @@ mod tests {
                     "gtt_used_bytes": null,
                     "gtt_total_bytes": null,
                     "pids": null,
-                    "top_proc": null
+                    "top_proc": null,
+                    "health": lost
                 }
             ],
             "procs": [
@@ -508,6 +530,36 @@ mod tests {
                     "used_mem_bytes": null
                 }
             ]
+        })
+    }
+
+    /// A GPU's `health` object: every counter null (the fixture reports none).
+    fn expected_health(state: &str, reasons: Value, xids: Value, counts: Value) -> Value {
+        json!({
+            "state": state,
+            "reasons": reasons,
+            "ecc_sbe_volatile": null,
+            "ecc_dbe_volatile": null,
+            "ecc_sbe_aggregate": null,
+            "ecc_dbe_aggregate": null,
+            "retired_sbe": null,
+            "retired_dbe": null,
+            "retired_pending": null,
+            "remapped_correctable": null,
+            "remapped_uncorrectable": null,
+            "remap_pending": null,
+            "remap_failure": null,
+            "throttle_reasons": null,
+            "throttle": [],
+            "pstate": null,
+            "pcie_replay": null,
+            "ras": [],
+            "gpm_graphics_engine_active": null,
+            "gpm_sm_active": null,
+            "gpm_tensor_active": null,
+            "gpm_dram_active": null,
+            "recent_xids": xids,
+            "xid_counts": counts
         })
     }
 

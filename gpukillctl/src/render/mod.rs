@@ -15,6 +15,7 @@ pub mod escape;
 pub mod events;
 pub mod gpukill_record;
 pub mod guard;
+pub mod health;
 pub mod history;
 pub mod json;
 pub mod kill;
