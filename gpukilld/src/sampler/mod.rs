@@ -348,6 +348,7 @@ mod tests {
                         ..Gpu::default()
                     },
                     processes: Vec::new(),
+                    ..GpuReading::default()
                 })
                 .collect(),
         }
