@@ -4,20 +4,58 @@
 //! Files read (each may be absent: the metric is then absent, not an error):
 //! `product_name`, `unique_id`, `gpu_busy_percent`, `mem_busy_percent`,
 //! `mem_info_vram_{used,total}`, `mem_info_gtt_{used,total}`, `pp_dpm_sclk`, `pp_dpm_mclk`,
-//! `ras/umc_err_count`, and in `hwmon/hwmonN`: `temp*_{input,label}`, `power1_average`,
-//! `power1_input`, `energy1_input`, `pwm1`, `pwm1_max`.
+//! in `hwmon/hwmonN`: `temp*_{input,label}`, `power1_average`, `power1_input`,
+//! `energy1_input`, `pwm1`, `pwm1_max`; and for health `ras/*_err_count` (see [`ras`],
+//! read every [`ras::RAS_INTERVAL`]) and `gpu_metrics` (see [`gpu_metrics`]).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use super::gpu_metrics::{self, ThrottleState};
 use super::names::Names;
+use super::ras::{self, RasCache};
 use super::sysfs::{self, Card, FieldReader};
+use crate::health::HealthReading;
 use crate::snapshot::Gpu;
 
-/// Reads one AMD GPU. `index` becomes both `index` and `vendor_index`. Read errors other
-/// than a missing file are named in `gpu.error` as `"<file>: <error>"`; a card whose device
-/// directory has gone is reported with its identity and an error, metrics absent.
-pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
+/// What one AMD card's reading keeps between polls: its last RAS counters (read less often
+/// than every tick) and its last throttle residency counters.
+#[derive(Debug, Clone)]
+pub struct AmdState {
+    ras: RasCache,
+    ras_interval: Duration,
+    throttle: ThrottleState,
+}
+
+impl Default for AmdState {
+    fn default() -> Self {
+        AmdState::with_ras_interval(ras::RAS_INTERVAL)
+    }
+}
+
+impl AmdState {
+    /// A state whose RAS counters are read at most once per `interval`.
+    pub fn with_ras_interval(interval: Duration) -> Self {
+        AmdState {
+            ras: RasCache::default(),
+            ras_interval: interval,
+            throttle: ThrottleState::default(),
+        }
+    }
+}
+
+/// Reads one AMD GPU at `now`: its metrics and its health readings. `index` becomes both
+/// `index` and `vendor_index`. Read errors other than a missing file are named in
+/// `gpu.error` as `"<file>: <error>"`; a card whose device directory has gone is reported
+/// with its identity and an error, metrics and health absent.
+pub fn read_gpu(
+    index: u32,
+    card: &Card,
+    names: &Names,
+    state: &mut AmdState,
+    now: Instant,
+) -> (Gpu, HealthReading) {
     let identity = Gpu {
         index,
         vendor_index: index,
@@ -26,11 +64,14 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
         ..Gpu::default()
     };
     if let Err(error) = std::fs::metadata(&card.device_dir) {
-        return Gpu {
+        // Whatever comes back at this address (after a reset, a rebind) starts afresh.
+        *state = AmdState::with_ras_interval(state.ras_interval);
+        let gpu = Gpu {
             name: Some(Arc::from(names.card_name(card, 0x1002, "AMD"))),
             error: Some(format!("{}: {error}", card.device_dir.display())),
             ..identity
         };
+        return (gpu, HealthReading::default());
     }
 
     let dir = card.device_dir.as_path();
@@ -57,14 +98,21 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
     let gtt_total_bytes = fields.u64(dir, "mem_info_gtt_total");
     let clock_sm_mhz = fields.parsed(dir, "pp_dpm_sclk", current_dpm_mhz).flatten();
     let clock_mem_mhz = fields.parsed(dir, "pp_dpm_mclk", current_dpm_mhz).flatten();
-    let ecc_volatile_errors = fields.parsed(dir, "ras/umc_err_count", ras_error_count);
+    let ras = state.ras.read(dir, now, state.ras_interval);
+    for (file, error) in &ras.errors {
+        fields.record(file, error);
+    }
+    let ecc_volatile_errors = ras.umc_total;
+    let throttle = state
+        .throttle
+        .throttle(fields.take("gpu_metrics", gpu_metrics::read(dir)));
 
     let hwmon = fields
         .take("hwmon", sysfs::hwmon_dir(dir))
         .map(|hwmon| read_hwmon(&hwmon, &mut fields))
         .unwrap_or_default();
 
-    Gpu {
+    let gpu = Gpu {
         uuid,
         name: Some(Arc::from(name)),
         memory_used_bytes,
@@ -82,7 +130,14 @@ pub fn read_gpu(index: u32, card: &Card, names: &Names) -> Gpu {
         ecc_volatile_errors,
         error: fields.into_error(),
         ..identity
-    }
+    };
+    // No performance state: amdgpu's DPM levels are per clock domain, not one P-state.
+    let health = HealthReading {
+        ras: ras.blocks,
+        throttle,
+        ..HealthReading::default()
+    };
+    (gpu, health)
 }
 
 /// What the hwmon directory says.
@@ -160,41 +215,41 @@ fn current_dpm_mhz(text: &str) -> Result<Option<u32>, String> {
         .map_err(|_| format!("unexpected level {line:?}"))
 }
 
-/// `ue: 1\nce: 3` -> 4 (uncorrectable + correctable).
-fn ras_error_count(text: &str) -> Result<u64, String> {
-    let mut total = 0u64;
-    let mut seen = false;
-    for line in text.lines().filter(|line| !line.trim().is_empty()) {
-        let count = line
-            .split_once(':')
-            .and_then(|(_, count)| count.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("unexpected line {line:?}"))?;
-        total = total.saturating_add(count);
-        seen = true;
-    }
-    if seen {
-        Ok(total)
-    } else {
-        Err("empty".to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
     use super::*;
     use crate::backends::drm::sysfs::{discover, fixture};
+    use crate::health::{RasCount, Throttle};
     use std::fs;
 
-    fn fixture_gpus() -> Vec<Gpu> {
+    fn fixture_readings() -> Vec<(Gpu, HealthReading)> {
         let names = Names::load(Some(&fixture("amdgpu.ids")), Some(&fixture("pci.ids")));
         let cards = discover(&fixture("sysfs/mixed")).unwrap();
         cards
             .iter()
             .filter(|card| card.driver == crate::backends::drm::Driver::Amdgpu)
             .enumerate()
-            .map(|(index, card)| read_gpu(index as u32, card, &names))
+            .map(|(index, card)| {
+                let mut state = AmdState::default();
+                read_gpu(index as u32, card, &names, &mut state, Instant::now())
+            })
             .collect()
+    }
+
+    fn fixture_gpus() -> Vec<Gpu> {
+        fixture_readings().into_iter().map(|(gpu, _)| gpu).collect()
+    }
+
+    /// `read_gpu` of a card with a fresh state, now.
+    fn read(index: u32, card: &Card) -> (Gpu, HealthReading) {
+        read_gpu(
+            index,
+            card,
+            &Names::default(),
+            &mut AmdState::default(),
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -300,7 +355,7 @@ mod tests {
         fs::write(hwmon.join("power1_input"), "95000000\n").unwrap();
         fs::write(hwmon.join("pwm1"), "255\n").unwrap();
 
-        let gpu = read_gpu(3, &card, &Names::default());
+        let (gpu, _) = read(3, &card);
         assert_eq!(gpu.name.as_deref(), Some("AMD GPU [1002:73bf]"));
         assert_eq!(gpu.utilization_gpu_pct, None);
         assert_eq!(gpu.memory_total_bytes, Some(17_163_091_968));
@@ -328,23 +383,123 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let card = temp_card(root.path());
         fs::remove_dir_all(&card.device_dir).unwrap();
-        let gpu = read_gpu(0, &card, &Names::default());
+        let (gpu, health) = read(0, &card);
         assert_eq!(gpu.pci_bus_id.as_deref(), Some("0000:03:00.0"));
         assert_eq!(gpu.memory_total_bytes, None);
         assert_eq!(gpu.temperature_c, None);
         assert!(gpu.error.unwrap().contains("No such file"));
+        assert!(health.is_empty());
     }
 
     #[test]
-    fn parses_dpm_and_ras() {
+    fn fixture_health_ras_blocks_and_throttling() {
+        let readings = fixture_readings();
+        let ras = |block: &str, correctable, uncorrectable| RasCount {
+            block: Arc::from(block),
+            correctable: Some(correctable),
+            uncorrectable: Some(uncorrectable),
+        };
+        // MI210: gfx and umc counters (not `features`), at its hotspot and power limits.
+        assert_eq!(
+            readings[0].1,
+            HealthReading {
+                ras: vec![ras("gfx", 2, 0), ras("umc", 3, 1)],
+                throttle: Some(Throttle(Throttle::SW_POWER_CAP | Throttle::SW_THERMAL)),
+                ..HealthReading::default()
+            }
+        );
+        // RX 7900 XTX: no RAS, not throttled.
+        assert_eq!(
+            readings[1].1,
+            HealthReading {
+                throttle: Some(Throttle(0)),
+                ..HealthReading::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_card_without_health_files_has_every_health_field_absent() {
+        let root = tempfile::tempdir().unwrap();
+        let card = temp_card(root.path());
+        let (gpu, health) = read(0, &card);
+        assert_eq!(gpu.error, None);
+        assert!(health.is_empty(), "{health:?}");
+    }
+
+    #[test]
+    fn garbled_health_files_are_named_and_the_rest_still_read() {
+        let root = tempfile::tempdir().unwrap();
+        let card = temp_card(root.path());
+        let dir = &card.device_dir;
+        fs::create_dir(dir.join("ras")).unwrap();
+        fs::write(dir.join("ras/umc_err_count"), "ue: x\nce: 1\n").unwrap();
+        fs::write(dir.join("ras/gfx_err_count"), "ue: 0\nce: 4\n").unwrap();
+        // A v1.3 table cut short.
+        let mut metrics = crate::backends::drm::gpu_metrics::build::v1_3(1 << 36);
+        metrics.truncate(100);
+        fs::write(dir.join("gpu_metrics"), &metrics).unwrap();
+
+        let (gpu, health) = read(0, &card);
+        assert_eq!(gpu.ecc_volatile_errors, None);
+        assert_eq!(
+            gpu.error.as_deref(),
+            Some(
+                "ras/umc_err_count: unexpected line \"ue: x\"; \
+                 gpu_metrics: header says 120 bytes, the file has 100"
+            )
+        );
+        assert_eq!(
+            health,
+            HealthReading {
+                ras: vec![RasCount {
+                    block: Arc::from("gfx"),
+                    correctable: Some(4),
+                    uncorrectable: Some(0),
+                }],
+                ..HealthReading::default()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_metrics_revision_is_no_throttle_and_no_error() {
+        let root = tempfile::tempdir().unwrap();
+        let card = temp_card(root.path());
+        let table = crate::backends::drm::gpu_metrics::build::table(1, 5, 328);
+        fs::write(card.device_dir.join("gpu_metrics"), table).unwrap();
+        let (gpu, health) = read(0, &card);
+        assert_eq!((gpu.error, health.throttle), (None, None));
+    }
+
+    #[test]
+    fn ras_is_read_once_per_interval() {
+        let root = tempfile::tempdir().unwrap();
+        let card = temp_card(root.path());
+        let ras = card.device_dir.join("ras");
+        fs::create_dir(&ras).unwrap();
+        fs::write(ras.join("umc_err_count"), "ue: 0\nce: 1\n").unwrap();
+        let mut state = AmdState::with_ras_interval(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let names = Names::default();
+        let (gpu, _) = read_gpu(0, &card, &names, &mut state, t0);
+        assert_eq!(gpu.ecc_volatile_errors, Some(1));
+        fs::write(ras.join("umc_err_count"), "ue: 2\nce: 1\n").unwrap();
+        let (gpu, health) = read_gpu(0, &card, &names, &mut state, t0 + Duration::from_secs(1));
+        assert_eq!(gpu.ecc_volatile_errors, Some(1));
+        assert_eq!(health.ras[0].uncorrectable, Some(0));
+        let (gpu, health) = read_gpu(0, &card, &names, &mut state, t0 + Duration::from_secs(30));
+        assert_eq!(gpu.ecc_volatile_errors, Some(3));
+        assert_eq!(health.ras[0].uncorrectable, Some(2));
+    }
+
+    #[test]
+    fn parses_dpm() {
         assert_eq!(
             current_dpm_mhz("0: 500Mhz \n1: 1800Mhz *\n"),
             Ok(Some(1800))
         );
         assert_eq!(current_dpm_mhz("S: 19Mhz *\n0: 500Mhz\n"), Ok(Some(19)));
         assert_eq!(current_dpm_mhz("0: 500Mhz\n1: 1800Mhz\n"), Ok(None));
-        assert_eq!(ras_error_count("ue: 0\nce: 3\n"), Ok(3));
-        assert!(ras_error_count("").is_err());
-        assert!(ras_error_count("ue: x\n").is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::amd::AmdState;
 use super::clients::{ClientScanner, DrmProcess};
 use super::intel::IntelState;
 use super::names::{self, Names};
@@ -42,6 +43,8 @@ pub struct DrmBackend {
     procfs_root: PathBuf,
     /// Per Intel card (by PCI address, or card name), the energy reading of the last poll.
     intel: HashMap<String, IntelState>,
+    /// Per AMD card (by PCI address, or card name), its last RAS and throttle counters.
+    amd: HashMap<String, AmdState>,
     /// Per driver, its version, read on its first poll (it changes only with a reboot or
     /// a module reload, which also restarts the cards).
     driver_versions: HashMap<Driver, Option<String>>,
@@ -63,6 +66,7 @@ impl DrmBackend {
             clients: ClientScanner::new(procfs_root.clone()),
             procfs_root,
             intel: HashMap::new(),
+            amd: HashMap::new(),
             driver_versions: HashMap::new(),
         }
     }
@@ -140,13 +144,16 @@ impl Backend for DrmBackend {
                 .enumerate()
                 .map(|(index, card)| {
                     let index = index as u32;
-                    let mut gpu = match root.vendor {
+                    let key = card.pci_bus_id.clone().unwrap_or(card.name.clone());
+                    let (mut gpu, health) = match root.vendor {
                         Vendor::Intel => {
-                            let key = card.pci_bus_id.clone().unwrap_or(card.name.clone());
                             let state = self.intel.entry(key).or_default();
                             intel::read_gpu(index, card, names, state, now)
                         }
-                        _ => amd::read_gpu(index, card, names),
+                        _ => {
+                            let state = self.amd.entry(key).or_default();
+                            amd::read_gpu(index, card, names, state, now)
+                        }
                     };
                     let processes = match &clients {
                         Ok(clients) => on_card(clients, card),
@@ -161,6 +168,7 @@ impl Backend for DrmBackend {
                     GpuReading {
                         gpu,
                         processes: processes.iter().map(|p| vendor_process(p)).collect(),
+                        health,
                         ..GpuReading::default()
                     }
                 })

@@ -16,14 +16,16 @@
 //!   channel) else `energy2_input` (xe's `pkg` channel, the only one on some cards), in µJ;
 //!   `power1_average`/`power1_input` when a kernel has them (neither driver does today);
 //!   `temp*_input` with `temp*_label` (xe labels `pkg` and `vram`; i915 has none).
+//! - health: the GT throttle reasons (see [`intel_throttle`]); nothing else of health.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Driver;
 use super::names::Names;
 use super::sysfs::{self, Card, FieldReader};
+use super::{Driver, intel_throttle};
+use crate::health::HealthReading;
 use crate::snapshot::Gpu;
 
 /// What one Intel card's reading keeps between polls: the last energy reading, from which
@@ -34,7 +36,8 @@ pub struct IntelState {
     last_energy: Option<(u64, Instant)>,
 }
 
-/// Reads one Intel GPU at `now`. `index` becomes both `index` and `vendor_index`.
+/// Reads one Intel GPU at `now`: its metrics and its health readings. `index` becomes both
+/// `index` and `vendor_index`.
 /// `power_mw` is the average over the time since the previous poll of this card (from the
 /// energy counter); the first poll has none unless the kernel exposes a power reading.
 /// Read errors other than a missing file are named in `gpu.error` as `"<file>: <error>"`.
@@ -44,7 +47,7 @@ pub fn read_gpu(
     names: &Names,
     state: &mut IntelState,
     now: Instant,
-) -> Gpu {
+) -> (Gpu, HealthReading) {
     let identity = Gpu {
         index,
         vendor_index: index,
@@ -55,10 +58,11 @@ pub fn read_gpu(
     };
     if let Err(error) = std::fs::metadata(&card.device_dir) {
         state.last_energy = None;
-        return Gpu {
+        let gpu = Gpu {
             error: Some(format!("{}: {error}", card.device_dir.display())),
             ..identity
         };
+        return (gpu, HealthReading::default());
     }
 
     let mut fields = FieldReader::new();
@@ -84,8 +88,12 @@ pub fn read_gpu(
         Some(hwmon) => read_hwmon(&hwmon, &mut fields, state, now, &mut gpu),
         None => state.last_energy = None,
     }
+    let health = HealthReading {
+        throttle: intel_throttle::read(card, &mut fields),
+        ..HealthReading::default()
+    };
     gpu.error = fields.into_error();
-    gpu
+    (gpu, health)
 }
 
 /// The sum of `tileN/physical_vram_size_bytes` over the tiles that have one.
@@ -167,6 +175,7 @@ mod tests {
 
     use super::*;
     use crate::backends::drm::sysfs::{discover, fixture};
+    use crate::health::Throttle;
     use std::fs;
     use std::time::Duration;
 
@@ -185,7 +194,15 @@ mod tests {
         let (names, cards) = fixture_cards();
         let mut state = IntelState::default();
         let t0 = Instant::now();
-        let first = read_gpu(0, &cards[0], &names, &mut state, t0);
+        let (first, health) = read_gpu(0, &cards[0], &names, &mut state, t0);
+        // gt0 throttled at its PL1 power limit.
+        assert_eq!(
+            health,
+            HealthReading {
+                throttle: Some(Throttle(Throttle::SW_POWER_CAP)),
+                ..HealthReading::default()
+            }
+        );
         let expected = Gpu {
             index: 0,
             vendor_index: 0,
@@ -214,7 +231,7 @@ mod tests {
         };
         assert_eq!(first, expected);
         // The counter did not move in 2 s: a measured 0 W.
-        let second = read_gpu(
+        let (second, _) = read_gpu(
             0,
             &cards[0],
             &names,
@@ -234,7 +251,9 @@ mod tests {
     fn arc_b580_on_xe() {
         let (names, cards) = fixture_cards();
         let mut state = IntelState::default();
-        let gpu = read_gpu(1, &cards[1], &names, &mut state, Instant::now());
+        let (gpu, health) = read_gpu(1, &cards[1], &names, &mut state, Instant::now());
+        // Thermally throttled.
+        assert_eq!(health.throttle, Some(Throttle(Throttle::SW_THERMAL)));
         assert_eq!(
             gpu,
             Gpu {
@@ -292,14 +311,14 @@ mod tests {
         let t0 = Instant::now();
 
         fs::write(&energy, "1000000000\n").unwrap();
-        let gpu = read_gpu(0, &card, &Names::default(), &mut state, t0);
+        let (gpu, _) = read_gpu(0, &card, &Names::default(), &mut state, t0);
         assert_eq!(gpu.name.as_deref(), Some("Intel GPU [8086:56a1]"));
         assert_eq!((gpu.power_mw, gpu.energy_total_mj), (None, Some(1_000_000)));
 
         // 45 J in 1.5 s: 30 W.
         fs::write(&energy, "1045000000\n").unwrap();
         let t1 = t0 + Duration::from_millis(1500);
-        let gpu = read_gpu(0, &card, &Names::default(), &mut state, t1);
+        let (gpu, _) = read_gpu(0, &card, &Names::default(), &mut state, t1);
         assert_eq!(
             (gpu.power_mw, gpu.energy_total_mj),
             (Some(30_000), Some(1_045_000))
@@ -308,10 +327,10 @@ mod tests {
         // The counter went back (driver reloaded): no power this poll, then again.
         fs::write(&energy, "5000000\n").unwrap();
         let t2 = t1 + Duration::from_secs(1);
-        let gpu = read_gpu(0, &card, &Names::default(), &mut state, t2);
+        let (gpu, _) = read_gpu(0, &card, &Names::default(), &mut state, t2);
         assert_eq!(gpu.power_mw, None);
         fs::write(&energy, "5250000\n").unwrap();
-        let gpu = read_gpu(
+        let (gpu, _) = read_gpu(
             0,
             &card,
             &Names::default(),
@@ -335,7 +354,7 @@ mod tests {
         // A directory where a file is expected: EISDIR, not NotFound.
         fs::create_dir(hwmon.join("energy1_input")).unwrap();
 
-        let gpu = read_gpu(
+        let (gpu, _) = read_gpu(
             0,
             &card,
             &Names::default(),
@@ -366,7 +385,7 @@ mod tests {
             )
             .unwrap();
         }
-        let gpu = read_gpu(
+        let (gpu, _) = read_gpu(
             0,
             &card,
             &Names::default(),

@@ -6,8 +6,11 @@ pub mod amd;
 pub mod backend;
 pub mod clients;
 pub mod fdinfo;
+pub mod gpu_metrics;
 pub mod intel;
+pub mod intel_throttle;
 pub mod names;
+pub mod ras;
 pub mod sysfs;
 
 use crate::snapshot::Vendor;
