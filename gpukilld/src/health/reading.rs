@@ -40,7 +40,7 @@ pub struct HealthReading {
     pub pstate: Option<u32>,
     /// PCIe replays (link-level retransmissions) since the driver loaded.
     pub pcie_replay: Option<u64>,
-    /// AMD RAS error counts per block (`umc`, `gfx`, `sdma`, …), in sysfs order.
+    /// AMD RAS error counts per block (`umc`, `gfx`, `sdma`, …), sorted by block.
     pub ras: Vec<RasCount>,
     /// NVIDIA GPM activity (Hopper and newer), from two samples a tick apart.
     pub gpm: Option<GpmActivity>,

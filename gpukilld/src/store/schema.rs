@@ -202,6 +202,34 @@ const MIGRATIONS: &[&str] = &[
         principal TEXT NOT NULL,
         registered_ms INTEGER NOT NULL
     );",
+    // 9: GPU health events (state changes, Xids, admins clearing a GPU) in the audit trail
+    // (the CHECK is widened as in 4 and 7, ids kept).
+    "CREATE TABLE events_v9 (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL
+            CHECK (kind IN ('kill','reset','deny','violation','policy','reservation','health')),
+        caller_uid INTEGER NOT NULL,
+        caller_user TEXT NOT NULL,
+        caller_pid INTEGER,
+        transport TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target_pid INTEGER,
+        target_start_ms INTEGER,
+        target_uid INTEGER,
+        target_user TEXT,
+        target_name TEXT,
+        target_cmdline TEXT,
+        target_gpu INTEGER,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        via TEXT
+    );
+    INSERT INTO events_v9 SELECT * FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v9 RENAME TO events;
+    CREATE INDEX events_by_time ON events(time_ms);
+    CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
 ];
 
 /// The schema version this binary knows: the number of migrations.
