@@ -90,6 +90,30 @@ fn amd_uncorrectable_ras_errors_are_critical_until_an_admin_clears_them() {
         },
     );
 
+    // Drained: reserve does not hand it out (exit 7, saying why), status says so, and the
+    // healthy AMD GPU is still handed out.
+    let refused = daemon.ctl_as(other_uid(), &["reserve", "--gpu-ids", "0"]);
+    assert_eq!(refused.status.code(), Some(7), "{refused:?}");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("GPU 0 is not handed out: its health is critical"),
+        "{message}"
+    );
+    let status = daemon.ctl_json(&["status", "--output", "json"]);
+    assert!(
+        status.to_string().contains("its health is critical"),
+        "{status:#}"
+    );
+    let granted = daemon.ctl_as(other_uid(), &["reserve", "--gpus", "1", "--output", "json"]);
+    assert!(granted.status.success(), "{granted:?}");
+    let granted: Value = serde_json::from_slice(&granted.stdout).expect("reserve JSON");
+    assert!(
+        !granted.to_string().contains("\"gpu_index\":0"),
+        "{granted:#}"
+    );
+    let released = daemon.ctl_as(other_uid(), &["release"]);
+    assert!(released.status.success(), "{released:?}");
+
     // Not an admin: refused (exit 4), nothing cleared, the refusal audited.
     let refused = daemon.ctl_as(other_uid(), &["health", "clear", "--gpu", "0"]);
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");

@@ -10,7 +10,7 @@
 //! `no reservations released`.
 //!
 //! `status` (table): one row per GPU, columns `GPU, STATUS, DETAILS`. STATUS is one of
-//! - `AVAILABLE`;
+//! - `AVAILABLE` (or `UNHEALTHY, not handed out: …` when its health is critical or lost);
 //! - `IN USE by alice for 1h2m (run, pid 1234)`, with `, expires in 3h5m` when the run has a
 //!   timeout, `(run, client disconnected)` while its gpukillctl is not connected, or
 //!   `(manual, expires in 3h5m: NOTE)` for a manual reservation;
@@ -178,7 +178,10 @@ pub fn render_status(
 pub fn status_text(gpu: &GpuReservation, now_ms: i64, reservations_used: bool) -> String {
     let holder = gpu.reservation.as_ref();
     match ReservationState::try_from(gpu.state) {
-        Ok(ReservationState::Available) => "AVAILABLE".to_owned(),
+        Ok(ReservationState::Available) => match &gpu.unfit {
+            Some(unfit) => format!("UNHEALTHY, not handed out: {unfit}"),
+            None => "AVAILABLE".to_owned(),
+        },
         Ok(ReservationState::Reserved) => match holder {
             Some(reservation) => in_use(reservation, now_ms),
             None => "IN USE".to_owned(),
@@ -468,6 +471,9 @@ pub struct GpuStateJson {
     pub reservation: Option<ReservationJson>,
     /// The processes of users who do not hold it.
     pub misuse: Vec<MisuseJson>,
+    /// Why reserve and run do not hand it out although nobody holds it (critical or lost
+    /// health); `null` otherwise.
+    pub unfit: Option<String>,
 }
 
 /// A `run` request waiting for GPUs.
@@ -535,6 +541,7 @@ impl StatusJson {
                             used_memory_bytes: process.used_memory_bytes,
                         })
                         .collect(),
+                    unfit: gpu.unfit.clone(),
                 })
                 .collect(),
             queue: response

@@ -198,6 +198,7 @@ async fn load_reservations(
     let log = kill_context.store.get()?;
     Reservations::load(
         config.reservations.clone(),
+        config.health.on_critical.drains(),
         Arc::clone(log),
         Arc::clone(ring),
     )

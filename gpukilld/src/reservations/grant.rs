@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::allocate;
 use super::messages::{busy_message, describe, event, note_suffix};
-use super::usage::{self, GpuRef, GpuState};
+use super::usage::GpuRef;
 use super::{
     Grant, LeaseRequest, Pending, Requester, ReservationError, Reservations, RunLease, Want,
     clip_note,
@@ -63,7 +63,7 @@ impl Reservations {
         let now_ms = unix_ms(now);
         let expires_ms = self.expiry(request, now_ms)?;
         let mut state = self.lock();
-        let assessed = usage::assess(&snapshot, &state.held, self.config.unreserved_threshold);
+        let assessed = self.assess(&snapshot, &state.held);
         let chosen = match &request.want {
             Want::Count(count) => {
                 if *count == 0 || *count as usize > assessed.len() {
@@ -75,7 +75,7 @@ impl Reservations {
                 let ahead = state.ahead_of(ticket);
                 let free: Vec<GpuRef> = assessed
                     .iter()
-                    .filter(|a| a.state == GpuState::Available)
+                    .filter(|a| a.is_free())
                     .map(|a| a.gpu.clone())
                     .collect();
                 if ahead > 0 || free.len() < *count as usize {
@@ -102,7 +102,7 @@ impl Reservations {
                     if chosen.iter().any(|gpu: &GpuRef| gpu.index == *index) {
                         return Err(ReservationError::Duplicate(*index));
                     }
-                    if assessment.state != GpuState::Available {
+                    if !assessment.is_free() {
                         refusals.push(describe(assessment, now_ms));
                     }
                     chosen.push(assessment.gpu.clone());

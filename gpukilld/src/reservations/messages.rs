@@ -59,6 +59,11 @@ pub(super) fn describe(assessment: &Assessment, now_ms: i64) -> String {
         users.dedup();
         users.join(", ")
     };
+    if let Some(unfit) = &assessment.unfit {
+        return format!(
+            "GPU {index} is not handed out: {unfit} (an admin clears it with `gpukillctl health clear --gpu {index}`, or a reset does)"
+        );
+    }
     match (&assessment.holder, assessment.state) {
         (Some(holder), _) => {
             let until = holder
@@ -100,7 +105,7 @@ pub(super) fn busy_message(
     }
     let taken: Vec<String> = assessed
         .iter()
-        .filter(|a| a.state != GpuState::Available)
+        .filter(|a| !a.is_free())
         .map(|a| describe(a, now_ms))
         .collect();
     format!(

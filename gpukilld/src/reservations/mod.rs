@@ -262,6 +262,9 @@ pub type ReservationsHandle = Result<Arc<Reservations>, String>;
 /// The reservations of this host.
 pub struct Reservations {
     config: ReservationsConfig,
+    /// Whether a GPU whose health is critical or lost is kept from reserve and run
+    /// (`[health] on_critical = "drain"`).
+    drain_unhealthy: bool,
     log: Arc<Database>,
     ring: Arc<Ring>,
     state: Mutex<State>,
@@ -278,6 +281,7 @@ impl Reservations {
     /// back detached: its client has `heartbeat_timeout` to resume it.
     pub async fn load(
         config: ReservationsConfig,
+        drain_unhealthy: bool,
         log: Arc<Database>,
         ring: Arc<Ring>,
     ) -> Result<Self, StoreError> {
@@ -313,6 +317,7 @@ impl Reservations {
         };
         Ok(Reservations {
             config,
+            drain_unhealthy,
             log,
             ring,
             state: Mutex::new(state),
@@ -323,6 +328,16 @@ impl Reservations {
     /// The settings in force.
     pub fn config(&self) -> &ReservationsConfig {
         &self.config
+    }
+
+    /// Every GPU of `snapshot` against the reservations `held`.
+    fn assess(&self, snapshot: &Snapshot, held: &[ReservationRow]) -> Vec<Assessment> {
+        usage::assess(
+            snapshot,
+            held,
+            self.config.unreserved_threshold,
+            self.drain_unhealthy,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -340,7 +355,7 @@ impl Reservations {
         let snapshot = self.ring.latest();
         let state = self.lock();
         Status {
-            gpus: usage::assess(&snapshot, &state.held, self.config.unreserved_threshold),
+            gpus: self.assess(&snapshot, &state.held),
             attached: state
                 .runs
                 .iter()
@@ -362,7 +377,7 @@ impl Reservations {
     /// The GPUs of `snapshot` used by someone who does not hold them (for the guard).
     pub fn misuse(&self, snapshot: &Snapshot) -> Vec<Assessment> {
         let state = self.lock();
-        usage::assess(snapshot, &state.held, self.config.unreserved_threshold)
+        self.assess(snapshot, &state.held)
             .into_iter()
             .filter(|a| matches!(a.state, GpuState::UnreservedUse | GpuState::WrongUser))
             .collect()
@@ -378,7 +393,7 @@ mod tests {
         let log = Arc::new(Database::start_in_memory().unwrap());
         let ring = Arc::new(Ring::new(4, snapshot_at(0, &[])));
         Arc::new(
-            Reservations::load(ReservationsConfig::default(), log, ring)
+            Reservations::load(ReservationsConfig::default(), true, log, ring)
                 .await
                 .unwrap(),
         )

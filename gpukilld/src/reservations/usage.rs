@@ -82,6 +82,16 @@ pub struct Assessment {
     pub holder: Option<ReservationRow>,
     /// The processes of users who do not hold it and use it (over the threshold).
     pub misuse: Vec<Misuse>,
+    /// Why it is not handed out although nobody holds it: its health is critical or lost
+    /// (when unhealthy GPUs are drained).
+    pub unfit: Option<String>,
+}
+
+impl Assessment {
+    /// Whether reserve and run may hand it out.
+    pub fn is_free(&self) -> bool {
+        self.state == GpuState::Available && self.unfit.is_none()
+    }
 }
 
 /// Every GPU of `snapshot` in vendor and index order, against `held`.
@@ -89,7 +99,14 @@ pub struct Assessment {
 /// A user uses a GPU when their processes on it hold more than `threshold` bytes together;
 /// a process whose memory the vendor does not report counts when the GPU's own used memory
 /// is over the threshold (absent is not zero, nor proof of use).
-pub fn assess(snapshot: &Snapshot, held: &[ReservationRow], threshold: u64) -> Vec<Assessment> {
+///
+/// With `drain_unhealthy`, a GPU whose health is critical or lost is `unfit`.
+pub fn assess(
+    snapshot: &Snapshot,
+    held: &[ReservationRow],
+    threshold: u64,
+    drain_unhealthy: bool,
+) -> Vec<Assessment> {
     let mut gpus: Vec<(Vendor, &Gpu)> = snapshot.gpus().collect();
     gpus.sort_by_key(|(vendor, gpu)| (*vendor, gpu.index));
     gpus.into_iter()
@@ -125,11 +142,26 @@ pub fn assess(snapshot: &Snapshot, held: &[ReservationRow], threshold: u64) -> V
                 (Some(_), true) => GpuState::Reserved,
                 (Some(_), false) => GpuState::WrongUser,
             };
+            let unfit = (drain_unhealthy && gpu.health.state.is_unfit()).then(|| {
+                let reasons: Vec<&str> = gpu
+                    .health
+                    .reasons
+                    .iter()
+                    .filter(|reason| reason.severity.is_unfit())
+                    .map(|reason| reason.text.as_str())
+                    .collect();
+                format!(
+                    "its health is {} ({})",
+                    gpu.health.state,
+                    reasons.join("; ")
+                )
+            });
             Assessment {
                 gpu: gpu_ref,
                 state,
                 holder,
                 misuse,
+                unfit,
             }
         })
         .collect()
@@ -174,7 +206,7 @@ pub(crate) mod tests {
             ],
         );
         let held = [held("index:1", alice), held("index:2", alice)];
-        let assessed = assess(&snapshot, &held, GIB);
+        let assessed = assess(&snapshot, &held, GIB, true);
         let states: Vec<GpuState> = assessed.iter().map(|a| a.state).collect();
         assert_eq!(
             states,
@@ -189,5 +221,31 @@ pub(crate) mod tests {
         assert_eq!(assessed[1].misuse[0].info.pid, 11);
         assert_eq!(assessed[1].holder.as_ref().unwrap().uid, alice);
         assert!(assessed[2].misuse.is_empty());
+    }
+
+    #[test]
+    fn a_critical_gpu_is_not_free_when_unhealthy_gpus_are_drained() {
+        use crate::health::{Condition, GpuHealth, HealthReason, HealthState};
+        let mut snapshot = snapshot_at(0, &[]);
+        let data = Arc::make_mut(&mut snapshot.data[0].1);
+        data.gpus[1].health = Arc::new(GpuHealth {
+            state: HealthState::Critical,
+            reasons: vec![HealthReason {
+                severity: HealthState::Critical,
+                condition: Condition::Xid,
+                text: "Xid 79 (GPU has fallen off the bus)".to_owned(),
+            }],
+            ..GpuHealth::default()
+        });
+        let drained = assess(&snapshot, &[], GIB, true);
+        assert!(drained[0].is_free());
+        assert!(!drained[1].is_free());
+        assert_eq!(drained[1].state, GpuState::Available);
+        assert_eq!(
+            drained[1].unfit.as_deref(),
+            Some("its health is critical (Xid 79 (GPU has fallen off the bus))")
+        );
+        // on_critical = "notify": handed out as before.
+        assert!(assess(&snapshot, &[], GIB, false)[1].is_free());
     }
 }

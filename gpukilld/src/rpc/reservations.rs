@@ -134,6 +134,7 @@ fn gpu_reservation(assessment: &Assessment, status: &Status) -> pb::GpuReservati
                 used_memory_bytes: misuse.used_memory_bytes,
             })
             .collect(),
+        unfit: assessment.unfit.clone(),
     }
 }
 
