@@ -192,6 +192,97 @@ fn table_shows_dashes_for_absent_values_and_the_process_table() {
     assert!(table.contains(&theirs.pid().to_string()), "{table}");
 }
 
+/// gpukillctl's standard output of `args`, failing with its error.
+fn ctl_text(daemon: &Daemon, args: &[&str]) -> String {
+    let output = daemon.ctl(args);
+    assert!(
+        output.status.success(),
+        "gpukillctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// `text` without its first line (the header: the sample's time and age change per tick).
+fn without_header(text: &str) -> &str {
+    text.split_once('\n').map_or("", |(_, rest)| rest)
+}
+
+#[test]
+fn the_gpu_table_from_summaries_is_the_gpu_table_of_the_full_list() {
+    let (daemon, [mine, theirs, both]) = start_with_three_targets();
+    let theirs_name = user_name(theirs.uid);
+    let filters: [&[&str]; 5] = [
+        &[],
+        &["--user", &theirs_name],
+        &["--filter", "^nothing matches$"],
+        &["--vendor", "amd"],
+        &["--wide"],
+    ];
+    for filter in filters {
+        // `list` asks for summaries; `--details` for the full list, whose GPU table is
+        // everything before the blank line that starts the process table.
+        let summarized = ctl_text(&daemon, &[&["list"], filter].concat());
+        let full = ctl_text(&daemon, &[&["list", "--details"], filter].concat());
+        let (gpus, _processes) = full.split_once("\n\n").expect("a process table");
+        assert_eq!(
+            without_header(&summarized),
+            without_header(&format!("{gpus}\n")),
+            "{filter:?}"
+        );
+    }
+    let table = ctl_text(&daemon, &["list"]);
+    // GPU 0: mine (1024 MiB) on top of theirs; GPU 1: one process of unknown memory.
+    assert!(
+        table.contains(&format!("| 2    | sleep:{}", mine.pid())),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("| 1    | sleep:{}", both.pid())),
+        "{table}"
+    );
+
+    // On the wire: no process list, a summary per GPU.
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            daemon
+                .client()
+                .await
+                .list(gpukill_proto::v1::ListRequest {
+                    filter: None,
+                    process_view: gpukill_proto::v1::ProcessView::Summary.into(),
+                })
+                .await
+                .expect("List")
+                .into_inner()
+                .snapshot
+                .expect("a snapshot")
+        });
+    assert_eq!(answer.processes, []);
+    let summaries: Vec<(u32, Option<u64>, Option<u32>)> = answer
+        .gpus
+        .iter()
+        .map(|gpu| {
+            let summary = gpu.process_summary.as_ref().expect("a summary");
+            (
+                summary.process_count,
+                summary.used_memory_bytes,
+                summary.top_process.as_ref().map(|top| top.pid),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            (2, Some(1536 * MIB), Some(mine.pid())),
+            (1, None, Some(both.pid())),
+        ]
+    );
+}
+
 #[test]
 fn filter_and_vendor_select_processes() {
     let (daemon, _targets) = start_with_three_targets();

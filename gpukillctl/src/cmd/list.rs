@@ -10,7 +10,8 @@
 use std::io::Write;
 
 use gpukill_proto::v1::{
-    ListRequest, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest, WatchResponse,
+    ListRequest, ProcessView, Snapshot, SnapshotFilter, Vendor, VendorState, WatchRequest,
+    WatchResponse,
 };
 
 use crate::cli::{ListArgs, OutputFormat};
@@ -43,6 +44,7 @@ pub async fn run<W: Write, E: Write>(
     let snapshot = client
         .list(conn::unary(ListRequest {
             filter: Some(filter),
+            process_view: process_view(args) as i32,
         }))
         .await
         .map_err(|status| Error::rpc("List", status))?
@@ -88,6 +90,19 @@ fn filter(args: &ListArgs) -> SnapshotFilter {
         process_regex: args.filter.clone(),
         containers_only: args.containers,
         user: args.user.clone(),
+    }
+}
+
+/// How the List answer should carry the processes: a summary per GPU when all that is shown
+/// is the GPU table (its PIDS and TOP_PROC columns), the full list otherwise (the process
+/// table, JSON). A daemon that does not know summaries sends the full list, which renders
+/// the same table.
+fn process_view(args: &ListArgs) -> ProcessView {
+    let processes_shown = args.details || args.containers || args.output != OutputFormat::Table;
+    if processes_shown {
+        ProcessView::List
+    } else {
+        ProcessView::Summary
     }
 }
 
@@ -395,6 +410,65 @@ mod tests {
                 user: None,
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn the_gpu_table_asks_for_summaries_and_shows_what_the_full_list_shows() {
+        let plain = TableOptions {
+            details: false,
+            containers: false,
+            tz: TimeZone::Utc,
+            width: None,
+        };
+        for snapshot in [testutil::snapshot(), testutil::stale_snapshot()] {
+            let expected = table::render(&snapshot, &plain);
+            // From gpukilld's summaries, and from a daemon that predates them (the full list).
+            for summarizes in [true, false] {
+                let daemon = FakeDaemon {
+                    list: Some(Ok(snapshot.clone())),
+                    list_summarizes: summarizes,
+                    ..Default::default()
+                };
+                let views = daemon.list_views.clone();
+                let served = serve(daemon);
+                for args in [&["list"][..], &["list", "--user", "alice"]] {
+                    let (result, text, _) = run_cli(&served.socket, args).await;
+                    result.expect("list succeeds");
+                    assert_eq!(text, expected, "{args:?}, summaries: {summarizes}");
+                }
+                let views = views.lock().expect("lock").clone();
+                assert_eq!(views, [ProcessView::Summary, ProcessView::Summary]);
+            }
+        }
+        let summarized = testutil::summarized(&testutil::snapshot());
+        assert!(summarized.processes.is_empty());
+        assert_eq!(
+            table::render(&summarized, &plain),
+            table::render(&testutil::snapshot(), &plain)
+        );
+    }
+
+    #[tokio::test]
+    async fn process_tables_and_json_ask_for_the_full_list() {
+        let daemon = FakeDaemon {
+            list: Some(Ok(testutil::snapshot())),
+            list_summarizes: true,
+            ..Default::default()
+        };
+        let views = daemon.list_views.clone();
+        let served = serve(daemon);
+        for args in [
+            &["list", "--details"][..],
+            &["list", "--containers"],
+            &["list", "--output", "json"],
+            &["list", "--wide", "--details", "--filter", "py"],
+        ] {
+            let (result, text, _) = run_cli(&served.socket, args).await;
+            result.expect("list succeeds");
+            assert!(text.contains("4242"), "{args:?}: {text}");
+        }
+        let views = views.lock().expect("lock").clone();
+        assert_eq!(views, [ProcessView::List; 4]);
     }
 
     #[tokio::test]

@@ -105,6 +105,10 @@ fn table_width(columns: &[Column<'_>]) -> usize {
 
 /// The display width of `text` (in terminal columns).
 pub fn text_width(text: &str) -> usize {
+    // Most cells are printable ASCII, one column a byte; the Unicode tables are for the rest.
+    if text.bytes().all(|byte| matches!(byte, b' '..=b'~')) {
+        return text.len();
+    }
     tabled::grid::util::string::get_string_width(text)
 }
 
@@ -226,6 +230,28 @@ mod tests {
         for line in &lines {
             assert_eq!(bars(line), bars(lines[1]), "{text}");
         }
+    }
+
+    #[test]
+    fn widths_are_display_columns() {
+        for text in [
+            "",
+            "python:4242",
+            " ~!",
+            "東京",
+            "e\u{301}",
+            "🦀",
+            "\t",
+            "a\u{7f}b",
+            "ü",
+        ] {
+            assert_eq!(
+                text_width(text),
+                tabled::grid::util::string::get_string_width(text),
+                "{text:?}"
+            );
+        }
+        assert_eq!(text_width("東京 ok"), 7);
     }
 
     #[test]

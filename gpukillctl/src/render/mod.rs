@@ -205,22 +205,36 @@ pub fn processes_on<'a>(
 /// How many distinct processes run on `gpu`. `None` (unknown, not zero) when the GPU could
 /// not be read this tick and no process was reported for it.
 ///
-/// When the request had a process filter, this counts the processes that matched it.
+/// When the request had a process filter, this counts the processes that matched it. From
+/// the GPU's process summary when the daemon sent one (`PROCESS_VIEW_SUMMARY`), else from
+/// the snapshot's processes: both give the same count.
 pub fn pid_count(snapshot: &Snapshot, gpu: &Gpu) -> Option<u64> {
-    let mut pids: Vec<u32> = processes_on(snapshot, gpu).map(|p| p.pid).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    if pids.is_empty() && gpu.error.is_some() {
+    let count = match &gpu.process_summary {
+        Some(summary) => u64::from(summary.process_count),
+        None => {
+            let mut pids: Vec<u32> = processes_on(snapshot, gpu).map(|p| p.pid).collect();
+            pids.sort_unstable();
+            pids.dedup();
+            pids.len() as u64
+        }
+    };
+    if count == 0 && gpu.error.is_some() {
         None
     } else {
-        Some(pids.len() as u64)
+        Some(count)
     }
 }
 
 /// The process using the most memory on `gpu`. Processes whose memory is unknown rank below
 /// every process whose memory is known; ties go to the lowest PID. A GPU whose processes all
 /// have unknown memory still has a top process (the lowest PID), since one is better than none.
-pub fn top_process<'a>(snapshot: &'a Snapshot, gpu: &Gpu) -> Option<&'a GpuProcess> {
+///
+/// The daemon picks it by the same rule for a process summary; when the GPU has one, that is
+/// the answer.
+pub fn top_process<'a>(snapshot: &'a Snapshot, gpu: &'a Gpu) -> Option<&'a GpuProcess> {
+    if let Some(summary) = &gpu.process_summary {
+        return summary.top_process.as_ref();
+    }
     processes_on(snapshot, gpu).min_by(|a, b| {
         // `Option` orders `None` below `Some`, so reversing puts the largest known first.
         b.used_memory_bytes

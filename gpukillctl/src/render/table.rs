@@ -12,14 +12,14 @@
 //! 6. with `--details` or `--containers`, a blank line and the process table, ending with
 //!    each process's command line.
 //!
-//! Every absent value is `-`. Tables use tabled's psql style with trailing spaces trimmed.
+//! Every absent value is `-`. Tables are psql-style ([`table`]) with trailing spaces trimmed.
 //! With a width ([`TableOptions::width`]), the header and the tables fit it ([`layout`]:
 //! the GPU table drops ECC, then power, ..., the process table narrows the command line
 //! first); without one, everything is shown whole.
 
+use std::borrow::Cow;
+
 use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, Vendor, VendorState};
-use tabled::builder::Builder;
-use tabled::settings::Style;
 
 use super::escape;
 use super::layout::{self, Step, cut, text_width};
@@ -311,22 +311,66 @@ pub(crate) fn or_absent_str(text: &str) -> String {
     }
 }
 
-/// A psql-style table of `header` and `rows`, without trailing spaces, ending in a newline.
+/// A psql-style table of `header` and `rows`, without trailing spaces, ending in a newline:
+/// every cell left-aligned with a space on each side, columns separated by `|`, the header
+/// underlined with `-` joined by `+`, a row short of cells filled with empty ones.
 ///
 /// Every cell is escaped ([`escape::cell`]) before the column widths are measured, so a
-/// name with control characters can neither drive the terminal nor break the layout.
+/// name with control characters can neither drive the terminal nor break the layout, and
+/// every cell is one line.
+///
+/// This is tabled's `Style::psql()`, written out: tabled builds a grid configuration for
+/// every table, which was most of the client's own work in a cold `gpukillctl list`
+/// (docs/performance.md, client start-up); a test checks that both draw the same table.
 pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let mut builder = Builder::default();
-    builder.push_record(header.iter().map(|cell| escape::cell(cell).into_owned()));
-    for row in rows {
-        builder.push_record(row.iter().map(|cell| escape::cell(cell).into_owned()));
+    let rows: Vec<Vec<String>> = rows.collect();
+    let records: Vec<Vec<Cow<'_, str>>> = std::iter::once(
+        header
+            .iter()
+            .map(|cell| escape::cell(cell))
+            .collect::<Vec<_>>(),
+    )
+    .chain(
+        rows.iter()
+            .map(|row| row.iter().map(|cell| escape::cell(cell)).collect()),
+    )
+    .collect();
+    let cell_widths: Vec<Vec<usize>> = records
+        .iter()
+        .map(|record| record.iter().map(|cell| text_width(cell)).collect())
+        .collect();
+    let mut widths = vec![0; records.iter().map(Vec::len).max().unwrap_or(0)];
+    for record in &cell_widths {
+        for (width, cell) in widths.iter_mut().zip(record) {
+            *width = (*width).max(*cell);
+        }
     }
-    let mut table = builder.build();
-    table.with(Style::psql());
-    let mut text = String::new();
-    for line in table.to_string().lines() {
-        text.push_str(line.trim_end());
+    let line_width = widths.iter().map(|width| width + 3).sum::<usize>();
+    let mut text = String::with_capacity((records.len() + 1) * (line_width + 1));
+    for (at, (record, cell_widths)) in records.iter().zip(&cell_widths).enumerate() {
+        let start = text.len();
+        for (column, width) in widths.iter().enumerate() {
+            if column > 0 {
+                text.push('|');
+            }
+            let cell = record.get(column).map_or("", |cell| cell.as_ref());
+            text.push(' ');
+            text.push_str(cell);
+            let pad = width - cell_widths.get(column).copied().unwrap_or(0) + 1;
+            text.extend(std::iter::repeat_n(' ', pad));
+        }
+        let kept = text[start..].trim_end().len();
+        text.truncate(start + kept);
         text.push('\n');
+        if at == 0 {
+            for (column, width) in widths.iter().enumerate() {
+                if column > 0 {
+                    text.push('+');
+                }
+                text.extend(std::iter::repeat_n('-', width + 2));
+            }
+            text.push('\n');
+        }
     }
     text
 }
@@ -515,6 +559,76 @@ mod tests {
         );
         assert!(!written.chars().any(|c| c != '\n' && escape::is_unsafe(c)));
         assert_eq!(written.lines().count(), text.lines().count());
+    }
+
+    /// The table tabled's `Style::psql()` draws, trailing spaces trimmed, as `table` drew
+    /// it before it was written out.
+    fn tabled_psql(header: &[&str], rows: &[Vec<String>]) -> String {
+        use tabled::builder::Builder;
+        use tabled::settings::Style;
+        let mut builder = Builder::default();
+        builder.push_record(header.iter().map(|cell| escape::cell(cell).into_owned()));
+        for row in rows {
+            builder.push_record(row.iter().map(|cell| escape::cell(cell).into_owned()));
+        }
+        let mut table = builder.build();
+        table.with(Style::psql());
+        let mut text = String::new();
+        for line in table.to_string().lines() {
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+
+    #[test]
+    fn tables_are_the_ones_tabled_draws() {
+        let row = |cells: &[&str]| cells.iter().map(|cell| (*cell).to_owned()).collect();
+        let cases: Vec<(Vec<&str>, Vec<Vec<String>>)> = vec![
+            (vec!["GPU", "NAME"], vec![]),
+            (
+                vec!["A", "B", "C"],
+                vec![row(&["1", "", "3"]), row(&["", "", ""])],
+            ),
+            (
+                vec!["A", "LONG HEADER"],
+                vec![row(&["a much longer cell", "x"])],
+            ),
+            // Short rows, a row longer than the header.
+            (vec!["A", "B"], vec![row(&["1"]), row(&["1", "2", "3"])]),
+            // Wide and zero-width characters, escapes, trailing spaces in a last cell.
+            (
+                vec!["NAME", "USER", "NOTE"],
+                vec![
+                    row(&["训练任务", "bob\u{202e}x", "trailing   "]),
+                    row(&["e\u{301}", "🦀 crab", "\u{1b}[2J\t"]),
+                    row(&["", "", "  "]),
+                ],
+            ),
+        ];
+        for (header, rows) in cases {
+            assert_eq!(
+                table(&header, rows.clone().into_iter()),
+                tabled_psql(&header, &rows),
+                "{header:?} {rows:?}"
+            );
+        }
+        let snapshot = testutil::stale_snapshot();
+        let options = TableOptions {
+            details: true,
+            containers: true,
+            ..PLAIN
+        };
+        let rows: Vec<Vec<String>> = snapshot
+            .processes
+            .iter()
+            .map(|process| process_row(&snapshot, process, &options))
+            .collect();
+        let header = process_header(&options);
+        assert_eq!(
+            table(&header, rows.clone().into_iter()),
+            tabled_psql(&header, &rows)
+        );
     }
 
     #[test]

@@ -73,7 +73,10 @@ pub async fn list(
                     latency_us: 0,
                 };
             }
-            let mut call = tonic::Request::new(pb::ListRequest { filter });
+            let mut call = tonic::Request::new(pb::ListRequest {
+                filter,
+                ..Default::default()
+            });
             call.set_timeout(deadline);
             registry.credentials().authorize(&mut call);
             let mut client = GpuKillServiceClient::new(target.channel);
@@ -108,7 +111,14 @@ pub async fn list(
     let mut nodes = join_all(asks).await;
     if let Some(local) = local.filter(|local| wanted(&local.node.name)) {
         let started = Instant::now();
-        let answer = crate::rpc::list::list(&local.ring, caller, pb::ListRequest { filter });
+        let answer = crate::rpc::list::list(
+            &local.ring,
+            caller,
+            pb::ListRequest {
+                filter,
+                ..Default::default()
+            },
+        );
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (snapshot, error) = match answer {
             Ok(response) => (response.snapshot, None),

@@ -139,28 +139,57 @@ pub(super) async fn serve(
         timeouts,
         running.stopped.clone(),
     );
-    let stop = running.stop.clone();
-    let stop_on_shutdown = async move {
-        shutdown.await;
-        tracing::info!("stopping");
-        // Health watchers hear NOT_SERVING before their streams end.
-        health.shut_down().await;
-        tasks.stopping();
-        service::supervisor::stopping();
-        let _ = stop.send(true);
-    };
-    service::supervisor::ready(&running.ring.latest());
-    let served = grpc_server(&config.limits)
+    let server = grpc_server(&config.limits)
         .layer(forward)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stop_on_shutdown)
-        .await;
-    if served.is_err() {
-        // The Unix server failed before shutdown began: stop everything else.
-        tasks.stopping();
-        let _ = running.stop.send(true);
+        .add_routes(routes);
+    let mut stopping = running.stopped.clone();
+    // A task of its own, on a worker thread, rather than part of the caller's future (which
+    // `main` runs on the main thread, outside the workers): the accept loop then hands each
+    // connection to its task on the worker that accepted it, instead of waking the main
+    // thread and then a worker for every connection (docs/performance.md, client start-up).
+    let mut unix_server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stopping.wait_for(|stopped| *stopped).await;
+        };
+        server.serve_with_incoming_shutdown(incoming, stopped).await
+    });
+    service::supervisor::ready(&running.ring.latest());
+    let ended_early = tokio::select! {
+        ended = &mut unix_server => Some(ended),
+        () = shutdown => None,
+    };
+    match ended_early {
+        Some(ended) => {
+            let served = joined(ended);
+            // The Unix server ended before shutdown began: stop everything else.
+            tasks.stopping();
+            let _ = running.stop.send(true);
+            served
+        }
+        None => {
+            tracing::info!("stopping");
+            // Health watchers hear NOT_SERVING before their streams end.
+            health.shut_down().await;
+            tasks.stopping();
+            service::supervisor::stopping();
+            // The Unix server stops accepting, and ends once its connections have.
+            let _ = running.stop.send(true);
+            joined(unix_server.await)
+        }
     }
-    served
+}
+
+/// The result of the Unix server's task; its panic goes on as the caller's, as when it ran
+/// in the caller's future.
+fn joined(
+    ended: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), tonic::transport::Error> {
+    match ended {
+        Ok(served) => served,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Cancelled: only when the runtime itself shuts down.
+        Err(_) => Ok(()),
+    }
 }
 
 /// The full name a service is served and health-checked under (`gpukill.v1.GpuKill`).

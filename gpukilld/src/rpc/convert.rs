@@ -90,6 +90,28 @@ impl Filter {
     }
 }
 
+/// How a List answer carries the processes the filter selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProcessView {
+    /// Every process, in `Snapshot.processes`.
+    #[default]
+    List,
+    /// No list: each GPU's processes in brief, in `Gpu.process_summary`.
+    Summary,
+}
+
+impl From<i32> for ProcessView {
+    /// The view a request asks for. A value this daemon does not know (a newer client's) gets
+    /// the full list, as a daemon that predates the field answers: the client then counts the
+    /// list itself, so nothing it shows changes.
+    fn from(value: i32) -> Self {
+        match pb::ProcessView::try_from(value) {
+            Ok(pb::ProcessView::Summary) => ProcessView::Summary,
+            Ok(pb::ProcessView::Unspecified | pb::ProcessView::List) | Err(_) => ProcessView::List,
+        }
+    }
+}
+
 pub(crate) use crate::store::unix_ms;
 
 fn duration_ms(duration: std::time::Duration) -> u64 {
@@ -345,6 +367,7 @@ fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
         gtt_used_bytes: gpu.gtt_used_bytes,
         gtt_total_bytes: gpu.gtt_total_bytes,
         health: Some(super::gpu_health::gpu_health(&gpu.health)),
+        process_summary: None,
     }
 }
 
@@ -381,9 +404,34 @@ fn process(process: GpuProcess<'_>) -> pb::GpuProcess {
     }
 }
 
-/// The API view of a snapshot at `now`, restricted to what `filter` asks for.
+/// The API view of a snapshot at `now`, restricted to what `filter` asks for, with every
+/// process it selects.
 pub fn snapshot(snapshot: &Snapshot, filter: &Filter, now: SystemTime) -> pb::Snapshot {
+    snapshot_as(snapshot, filter, ProcessView::List, now)
+}
+
+/// The API view of a snapshot at `now`, restricted to what `filter` asks for, with the
+/// processes it selects as `view` asks.
+pub fn snapshot_as(
+    snapshot: &Snapshot,
+    filter: &Filter,
+    view: ProcessView,
+    now: SystemTime,
+) -> pb::Snapshot {
     let stale_reason = snapshot.stale_reason(now);
+    let mut gpus: Vec<pb::Gpu> = snapshot
+        .gpus()
+        .filter(|(vendor, _)| filter.wants_vendor(*vendor))
+        .map(|(vendor, g)| gpu(vendor, g))
+        .collect();
+    let selected = snapshot.processes().filter(|p| filter.wants_process(p));
+    let processes = match view {
+        ProcessView::List => selected.map(process).collect(),
+        ProcessView::Summary => {
+            summarize(&mut gpus, selected);
+            Vec::new()
+        }
+    };
     pb::Snapshot {
         host: snapshot.host.to_string(),
         timestamp_unix_ms: unix_ms(snapshot.taken_at),
@@ -400,19 +448,65 @@ pub fn snapshot(snapshot: &Snapshot, filter: &Filter, now: SystemTime) -> pb::Sn
             now.duration_since(snapshot.data_taken_at())
                 .unwrap_or_default(),
         ),
-        gpus: snapshot
-            .gpus()
-            .filter(|(vendor, _)| filter.wants_vendor(*vendor))
-            .map(|(vendor, g)| gpu(vendor, g))
-            .collect(),
-        processes: snapshot
-            .processes()
-            .filter(|p| filter.wants_process(p))
-            .map(process)
-            .collect(),
+        gpus,
+        processes,
         tick_duration_us: u64::try_from(snapshot.tick_duration.as_micros()).unwrap_or(u64::MAX),
         poll_interval_ms: duration_ms(snapshot.poll_interval),
     }
+}
+
+/// One GPU's processes as they are counted for its summary.
+#[derive(Default)]
+struct Tally<'a> {
+    pids: Vec<u32>,
+    used_memory_bytes: Option<u64>,
+    top: Option<GpuProcess<'a>>,
+}
+
+/// Sets the process summary of every GPU in `gpus` from `selected`, the processes the
+/// filter let through. A process on a GPU that is not in `gpus` is not counted (a table of
+/// GPUs has no row for it either).
+fn summarize<'a>(gpus: &mut [pb::Gpu], selected: impl Iterator<Item = GpuProcess<'a>>) {
+    let mut tallies: Vec<Tally<'a>> = gpus.iter().map(|_| Tally::default()).collect();
+    for candidate in selected {
+        let (vendor_, index) = (
+            vendor(candidate.slot.vendor) as i32,
+            candidate.slot.gpu_index,
+        );
+        let Some(at) = gpus
+            .iter()
+            .position(|gpu| gpu.vendor == vendor_ && gpu.index == index)
+        else {
+            continue;
+        };
+        let tally = &mut tallies[at];
+        tally.pids.push(candidate.slot.info.pid);
+        if let Some(bytes) = candidate.used_memory_bytes {
+            tally.used_memory_bytes =
+                Some(tally.used_memory_bytes.unwrap_or(0).saturating_add(bytes));
+        }
+        if tally.top.is_none_or(|top| ranks_above(&candidate, &top)) {
+            tally.top = Some(candidate);
+        }
+    }
+    for (gpu, mut tally) in gpus.iter_mut().zip(tallies) {
+        tally.pids.sort_unstable();
+        tally.pids.dedup();
+        gpu.process_summary = Some(pb::GpuProcessSummary {
+            process_count: u32::try_from(tally.pids.len()).unwrap_or(u32::MAX),
+            used_memory_bytes: tally.used_memory_bytes,
+            top_process: tally.top.map(process),
+        });
+    }
+}
+
+/// Whether `a` ranks above `b` as its GPU's top process: more memory (a known reading above
+/// an unknown one), then the lower pid. Of two that rank alike the first seen stays, as the
+/// full list's reader would pick it (gpukillctl's `render::top_process`).
+fn ranks_above(a: &GpuProcess<'_>, b: &GpuProcess<'_>) -> bool {
+    use std::cmp::Reverse;
+    (a.used_memory_bytes, Reverse(a.slot.info.pid))
+        > (b.used_memory_bytes, Reverse(b.slot.info.pid))
 }
 
 #[cfg(test)]

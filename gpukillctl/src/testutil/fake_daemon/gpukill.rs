@@ -9,9 +9,9 @@ use gpukill_proto::v1::{
     GuardStatusResponse, GuardTestRequest, GuardTestResponse, GuardUpdateRequest,
     GuardUpdateResponse, HealthRequest, HealthResponse, HistoryRequest, HistoryResponse,
     ImportAuditRequest, ImportAuditResponse, KillRequest, KillResponse, ListRequest, ListResponse,
-    ReleaseRequest, ReleaseResponse, ReservationsRequest, ReservationsResponse, ReserveRequest,
-    ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse, RunRequest,
-    RunResponse, SessionsRequest, SessionsResponse, SummaryRequest, SummaryResponse,
+    ProcessView, ReleaseRequest, ReleaseResponse, ReservationsRequest, ReservationsResponse,
+    ReserveRequest, ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse,
+    RunRequest, RunResponse, SessionsRequest, SessionsResponse, SummaryRequest, SummaryResponse,
     UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
     UploadsResponse, VersionRequest, VersionResponse, WatchRequest, WatchResponse,
 };
@@ -23,8 +23,19 @@ use super::{FakeDaemon, ReceivedKill, ReceivedReset, RunReceived, grpc_timeout};
 #[tonic::async_trait]
 impl GpuKillService for FakeDaemon {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        self.record(request.into_inner().filter);
+        let request = request.into_inner();
+        self.record(request.filter.clone());
+        let view = request.process_view();
+        if let Ok(mut views) = self.list_views.lock() {
+            views.push(view);
+        }
         match self.list.clone() {
+            // As gpukilld does; without `list_summarizes`, as a daemon that predates summaries.
+            Some(Ok(snapshot)) if self.list_summarizes && view == ProcessView::Summary => {
+                Ok(Response::new(ListResponse {
+                    snapshot: Some(crate::testutil::summarized(&snapshot)),
+                }))
+            }
             Some(Ok(snapshot)) => Ok(Response::new(ListResponse {
                 snapshot: Some(snapshot),
             })),

@@ -13,12 +13,12 @@ use gpukill_proto::v1::{
     ContentionRequest, ContentionResponse, EventsRequest, EventsResponse, GuardPolicyResponse,
     GuardStatusResponse, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse,
     HistoryRequest, HistoryResponse, ImportAuditRequest, ImportAuditResponse, KillRequest,
-    KillResponse, ListAllRequest, ListAllResponse, NodesResponse, ReleaseRequest, ReleaseResponse,
-    ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest, ResetResponse,
-    RogueRequest, RogueResponse, RunRequest, RunResponse, SessionsRequest, SessionsResponse,
-    Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse, UploadRetryRequest,
-    UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest, UploadsResponse,
-    VersionResponse,
+    KillResponse, ListAllRequest, ListAllResponse, NodesResponse, ProcessView, ReleaseRequest,
+    ReleaseResponse, ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest,
+    ResetResponse, RogueRequest, RogueResponse, RunRequest, RunResponse, SessionsRequest,
+    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
+    UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
+    UploadsResponse, VersionResponse,
 };
 use tonic::{Request, Status};
 
@@ -29,6 +29,12 @@ pub use serve::{ServedTcp, serve, serve_tcp};
 pub struct FakeDaemon {
     /// What List answers, or the status it fails with.
     pub list: Option<Result<Snapshot, Status>>,
+    /// Answer a List that asks for `PROCESS_VIEW_SUMMARY` with the summaries of `list`
+    /// ([`summarized`](crate::testutil::summarized)), as gpukilld does; unset, the full `list`,
+    /// as a daemon that predates summaries does.
+    pub list_summarizes: bool,
+    /// The process view of every List request received.
+    pub list_views: Arc<Mutex<Vec<ProcessView>>>,
     /// What Watch streams, item by item; the stream then ends, or stays open when
     /// `watch_stays_open` is set.
     pub watch: Vec<Result<Snapshot, Status>>,
