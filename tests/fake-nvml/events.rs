@@ -51,17 +51,22 @@ fn sets() -> MutexGuard<'static, Sets> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
     guard(|| {
-        call(Func::EventSetCreate, true, |_| Ok(None), |_, _, _| {
-            if set.is_null() {
-                return INVALID_ARGUMENT;
-            }
-            let mut sets = sets();
-            let id = sets.next;
-            sets.next += 1;
-            sets.sets.insert(id, Set::default());
-            // SAFETY: the caller's contract.
-            unsafe { put(set, id as nvmlEventSet_t) }
-        })
+        call(
+            Func::EventSetCreate,
+            true,
+            |_| Ok(None),
+            |_, _, _| {
+                if set.is_null() {
+                    return INVALID_ARGUMENT;
+                }
+                let mut sets = sets();
+                let id = sets.next;
+                sets.next += 1;
+                sets.sets.insert(id, Set::default());
+                // SAFETY: the caller's contract.
+                unsafe { put(set, id as nvmlEventSet_t) }
+            },
+        )
     })
 }
 
@@ -169,31 +174,36 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
         loop {
             maybe_reload();
             let mut next_due = None;
-            let r = call(Func::EventSetWait, true, |_| Ok(None), |sc, _, t| {
-                if data.is_null() {
-                    return INVALID_ARGUMENT;
-                }
-                let mut sets = sets();
-                let Some(set) = sets.sets.get_mut(&(set as usize)) else {
-                    return INVALID_ARGUMENT;
-                };
-                let (index, event) = match next_event(sc, set, t) {
-                    Ok(event) => event,
-                    Err(due) => {
-                        next_due = due;
-                        return NOTHING_YET;
+            let r = call(
+                Func::EventSetWait,
+                true,
+                |_| Ok(None),
+                |sc, _, t| {
+                    if data.is_null() {
+                        return INVALID_ARGUMENT;
                     }
-                };
-                let v = nvmlEventData_t {
-                    device: index_handle(index),
-                    eventType: event.kind.bit(),
-                    eventData: event.data,
-                    gpuInstanceId: 0xFFFF_FFFF,
-                    computeInstanceId: 0xFFFF_FFFF,
-                };
-                // SAFETY: the caller's contract.
-                unsafe { put(data, v) }
-            });
+                    let mut sets = sets();
+                    let Some(set) = sets.sets.get_mut(&(set as usize)) else {
+                        return INVALID_ARGUMENT;
+                    };
+                    let (index, event) = match next_event(sc, set, t) {
+                        Ok(event) => event,
+                        Err(due) => {
+                            next_due = due;
+                            return NOTHING_YET;
+                        }
+                    };
+                    let v = nvmlEventData_t {
+                        device: index_handle(index),
+                        eventType: event.kind.bit(),
+                        eventData: event.data,
+                        gpuInstanceId: 0xFFFF_FFFF,
+                        computeInstanceId: 0xFFFF_FFFF,
+                    };
+                    // SAFETY: the caller's contract.
+                    unsafe { put(data, v) }
+                },
+            );
             if r != NOTHING_YET {
                 return r;
             }

@@ -76,17 +76,22 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlGpmSampleAlloc(sample: *mut nvmlGpmSample_t) -> nvmlReturn_t {
     guard(|| {
-        call(Func::GpmSampleAlloc, true, |_| Ok(None), |_, _, _| {
-            if sample.is_null() {
-                return INVALID_ARGUMENT;
-            }
-            let mut samples = samples();
-            let id = samples.next;
-            samples.next += 1;
-            samples.samples.insert(id, None);
-            // SAFETY: the caller's contract.
-            unsafe { put(sample, id as nvmlGpmSample_t) }
-        })
+        call(
+            Func::GpmSampleAlloc,
+            true,
+            |_| Ok(None),
+            |_, _, _| {
+                if sample.is_null() {
+                    return INVALID_ARGUMENT;
+                }
+                let mut samples = samples();
+                let id = samples.next;
+                samples.next += 1;
+                samples.samples.insert(id, None);
+                // SAFETY: the caller's contract.
+                unsafe { put(sample, id as nvmlGpmSample_t) }
+            },
+        )
     })
 }
 
@@ -139,44 +144,49 @@ fn metric_value(gpm: &Gpm, id: u32, t: &Ticker) -> Result<f64, nvmlReturn_t> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t) -> nvmlReturn_t {
     guard(|| {
-        call(Func::GpmMetricsGet, true, |_| Ok(None), |sc, _, t| {
-            if metrics_get.is_null() {
-                return INVALID_ARGUMENT;
-            }
-            // SAFETY: non-null and valid for reads and writes per the caller's contract.
-            let request = unsafe { &mut *metrics_get };
-            if request.version != GPM_VERSION {
-                return ARGUMENT_VERSION_MISMATCH;
-            }
-            let gpu = {
-                let samples = samples();
-                let first = samples.samples.get(&(request.sample1 as usize)).copied();
-                let second = samples.samples.get(&(request.sample2 as usize)).copied();
-                match (first, second) {
-                    (Some(Some(a)), Some(Some(b))) if a == b => a,
-                    _ => return INVALID_ARGUMENT,
+        call(
+            Func::GpmMetricsGet,
+            true,
+            |_| Ok(None),
+            |sc, _, t| {
+                if metrics_get.is_null() {
+                    return INVALID_ARGUMENT;
                 }
-            };
-            let Some(gpm) = sc.gpus.get(gpu).and_then(|g| g.gpm.as_ref()) else {
-                return NOT_SUPPORTED;
-            };
-            let count = request.numMetrics as usize;
-            if count > request.metrics.len() {
-                return INVALID_ARGUMENT;
-            }
-            for metric in &mut request.metrics[..count] {
-                match metric_value(gpm, metric.metricId, t) {
-                    Ok(value) => {
-                        metric.value = value;
-                        metric.nvmlReturn = SUCCESS;
+                // SAFETY: non-null and valid for reads and writes per the caller's contract.
+                let request = unsafe { &mut *metrics_get };
+                if request.version != GPM_VERSION {
+                    return ARGUMENT_VERSION_MISMATCH;
+                }
+                let gpu = {
+                    let samples = samples();
+                    let first = samples.samples.get(&(request.sample1 as usize)).copied();
+                    let second = samples.samples.get(&(request.sample2 as usize)).copied();
+                    match (first, second) {
+                        (Some(Some(a)), Some(Some(b))) if a == b => a,
+                        _ => return INVALID_ARGUMENT,
                     }
-                    Err(code) => metric.nvmlReturn = code,
+                };
+                let Some(gpm) = sc.gpus.get(gpu).and_then(|g| g.gpm.as_ref()) else {
+                    return NOT_SUPPORTED;
+                };
+                let count = request.numMetrics as usize;
+                if count > request.metrics.len() {
+                    return INVALID_ARGUMENT;
                 }
-                metric.metricInfo.shortName = std::ptr::null_mut();
-                metric.metricInfo.longName = std::ptr::null_mut();
-                metric.metricInfo.unit = std::ptr::null_mut();
-            }
-            SUCCESS
-        })
+                for metric in &mut request.metrics[..count] {
+                    match metric_value(gpm, metric.metricId, t) {
+                        Ok(value) => {
+                            metric.value = value;
+                            metric.nvmlReturn = SUCCESS;
+                        }
+                        Err(code) => metric.nvmlReturn = code,
+                    }
+                    metric.metricInfo.shortName = std::ptr::null_mut();
+                    metric.metricInfo.longName = std::ptr::null_mut();
+                    metric.metricInfo.unit = std::ptr::null_mut();
+                }
+                SUCCESS
+            },
+        )
     })
 }

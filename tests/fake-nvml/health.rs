@@ -57,8 +57,7 @@ unsafe fn put_pages(
         unsafe { page_count.write(0) };
         return SUCCESS;
     }
-    if addresses.is_null() || timestamps.is_some_and(<*mut c_ulonglong>::is_null) || capacity < n
-    {
+    if addresses.is_null() || timestamps.is_some_and(<*mut c_ulonglong>::is_null) || capacity < n {
         // SAFETY: as above.
         unsafe { page_count.write(needed) };
         return INSUFFICIENT_SIZE;

@@ -703,7 +703,10 @@ impl Gpu {
         let remapped_rows = match g.remapped_rows {
             None => None,
             Some(r) => {
-                for (m, what) in [(&r.correctable, "correctable"), (&r.uncorrectable, "uncorrectable")] {
+                for (m, what) in [
+                    (&r.correctable, "correctable"),
+                    (&r.uncorrectable, "uncorrectable"),
+                ] {
                     if let Some(m) = m {
                         m.validate(&format!("{ctx}remapped_rows.{what}"))?;
                     }
@@ -746,7 +749,9 @@ impl Gpu {
         for (j, e) in g.events.iter().flatten().enumerate() {
             let data = match (e.kind, e.data) {
                 (EventKind::Xid, None) => {
-                    return Err(format!("{ctx}events[{j}]: an xid event needs its code in data"));
+                    return Err(format!(
+                        "{ctx}events[{j}]: an xid event needs its code in data"
+                    ));
                 }
                 (_, data) => data.unwrap_or(0),
             };
@@ -760,7 +765,11 @@ impl Gpu {
         events.dedup();
         let event_mask = match (&g.event_types, &g.events) {
             (Some(types), _) => Some(types.iter().fold(0, |mask, kind| mask | kind.bit())),
-            (None, Some(_)) => Some(EventKind::ALL.iter().fold(0, |mask, kind| mask | kind.bit())),
+            (None, Some(_)) => Some(
+                EventKind::ALL
+                    .iter()
+                    .fold(0, |mask, kind| mask | kind.bit()),
+            ),
             (None, None) => None,
         };
         if let Some(mask) = event_mask
@@ -997,7 +1006,11 @@ mod tests {
         let rows = g.remapped_rows.as_ref().expect("remapped rows");
         assert!(rows.correctable.is_none() && rows.failure.is_some());
         assert_eq!(g.lost_at_ms, Some(1500));
-        assert_eq!(g.event_mask, Some(0x1f), "every type when only events are given");
+        assert_eq!(
+            g.event_mask,
+            Some(0x1f),
+            "every type when only events are given"
+        );
         let events: Vec<(u64, EventKind, u64)> =
             g.events.iter().map(|e| (e.at_ms, e.kind, e.data)).collect();
         assert_eq!(

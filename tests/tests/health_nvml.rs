@@ -2,7 +2,8 @@
 //! reads (error counters, retired and remapped memory, throttle reasons, performance state,
 //! PCIe replays, GPM activity), a lost GPU next to healthy ones, Xid events from the event
 //! thread within one poll, and the event thread's end when the backend is dropped. Most
-//! tests poll `NvidiaBackend` in this process; the last one runs the daemon.
+//! tests poll `NvidiaBackend` in this process; the last one runs the daemon and reads the
+//! same through `gpukillctl health`.
 
 mod support;
 
@@ -38,7 +39,7 @@ fn fake(scenario: &Value) -> Fake {
         let dir = tempfile::Builder::new()
             .prefix("gpukill-health-nvml-")
             .tempdir()
-            .unwrap()
+            .expect("a temp dir for the scenario")
             .keep();
         let path = dir.join("scenario.json");
         // SAFETY: set once, under the turn lock, before this process loads the fake
@@ -92,7 +93,7 @@ fn sick_gpu(index: u32) -> Value {
 /// Names of this process's threads.
 fn thread_names() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
-        .unwrap()
+        .expect("/proc/self/task")
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .map(|name| name.trim().to_string())
         .collect()
@@ -100,6 +101,15 @@ fn thread_names() -> Vec<String> {
 
 fn event_threads() -> usize {
     thread_names().iter().filter(|n| *n == THREAD_NAME).count()
+}
+
+/// Waits up to 2 s for `count` event threads (a new thread names itself once running).
+fn wait_for_event_threads(count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while event_threads() != count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    event_threads()
 }
 
 #[test]
@@ -130,8 +140,15 @@ fn every_counter_is_read_and_a_gpu_without_them_has_none() {
             ..HealthReading::default()
         }
     );
-    assert_eq!(sick.health.throttle.map(Throttle::names), Some(vec!["hw_thermal".to_string()]));
-    assert_eq!(sick.gpu.ecc_volatile_errors, Some(6), "the old sum still works");
+    assert_eq!(
+        sick.health.throttle.map(Throttle::names),
+        Some(vec!["hw_thermal".to_string()])
+    );
+    assert_eq!(
+        sick.gpu.ecc_volatile_errors,
+        Some(6),
+        "the old sum still works"
+    );
     assert!(sick.xids.is_empty());
 
     // full_gpu has volatile ECC counts and nothing else of health: the rest is absent,
@@ -189,12 +206,20 @@ fn slow_counters_are_read_every_tenth_poll_or_at_once_after_an_ecc_event() {
     fake.set(&json!({"gpus": [gpu.clone()]}));
     for _ in 1..SLOW_EVERY {
         let health = &poll(&mut backend)[0].health;
-        assert_eq!(health.ecc_dbe_volatile, Some(2), "volatile counts every poll");
+        assert_eq!(
+            health.ecc_dbe_volatile,
+            Some(2),
+            "volatile counts every poll"
+        );
         assert_eq!(health.ecc_dbe_aggregate, Some(4), "the slow ones kept");
         assert_eq!(health.remap_failure, Some(false));
     }
     let health = &poll(&mut backend)[0].health;
-    assert_eq!(health.ecc_dbe_aggregate, Some(5), "read again on poll {SLOW_EVERY}");
+    assert_eq!(
+        health.ecc_dbe_aggregate,
+        Some(5),
+        "read again on poll {SLOW_EVERY}"
+    );
     assert_eq!(health.remap_failure, Some(true));
 
     // A double-bit ECC event: the next poll reads the slow counters, whatever the count.
@@ -203,7 +228,11 @@ fn slow_counters_are_read_every_tenth_poll_or_at_once_after_an_ecc_event() {
     fake.set(&json!({"gpus": [gpu]}));
     std::thread::sleep(TICK);
     let health = &poll(&mut backend)[0].health;
-    assert_eq!(health.ecc_dbe_aggregate, Some(6), "read at once after the event");
+    assert_eq!(
+        health.ecc_dbe_aggregate,
+        Some(6),
+        "read at once after the event"
+    );
 }
 
 #[test]
@@ -239,7 +268,10 @@ fn a_lost_gpu_stays_under_its_last_identity_next_to_unaffected_ones() {
     );
     assert_eq!(lost.gpu.error.as_deref(), Some("GPU is lost"));
     assert_eq!(lost.gpu.index, 1);
-    assert_eq!(lost.gpu.uuid, before[1].gpu.uuid, "known by its last identity");
+    assert_eq!(
+        lost.gpu.uuid, before[1].gpu.uuid,
+        "known by its last identity"
+    );
     assert_eq!(lost.gpu.name, before[1].gpu.name);
     assert_eq!(lost.gpu.pci_bus_id, before[1].gpu.pci_bus_id);
     assert_eq!(lost.gpu.utilization_gpu_pct, None);
@@ -247,7 +279,10 @@ fn a_lost_gpu_stays_under_its_last_identity_next_to_unaffected_ones() {
     for unaffected in [&after[0], &after[2]] {
         assert_eq!(unaffected.gpu.error, None);
         assert!(!unaffected.health.lost);
-        assert_eq!(unaffected.health, before[unaffected.gpu.index as usize].health);
+        assert_eq!(
+            unaffected.health,
+            before[unaffected.gpu.index as usize].health
+        );
         assert_eq!(unaffected.gpu.utilization_gpu_pct, Some(50));
     }
 
@@ -290,7 +325,11 @@ fn an_xid_reaches_the_next_poll_once_oldest_first() {
     std::thread::sleep(TICK);
     let gpus = poll(&mut backend);
     let codes: Vec<u64> = gpus[0].xids.iter().map(|xid| xid.code).collect();
-    assert_eq!(codes, [79, 13], "both Xids, oldest first; a pstate event is no Xid");
+    assert_eq!(
+        codes,
+        [79, 13],
+        "both Xids, oldest first; a pstate event is no Xid"
+    );
     for xid in &gpus[0].xids {
         assert!(xid.time >= injected && xid.time <= SystemTime::now());
     }
@@ -309,11 +348,11 @@ fn the_event_thread_runs_only_with_events_and_stops_within_a_second_of_the_drop(
         let _fake = fake(&json!({"gpus": [sick_gpu(0)]}));
         let mut backend = backend();
         poll(&mut backend);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while event_threads() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(event_threads(), 0, "a thread with nothing to wait for ends");
+        assert_eq!(
+            wait_for_event_threads(0),
+            0,
+            "a thread with nothing to wait for ends"
+        );
     }
 
     let mut gpu = sick_gpu(0);
@@ -321,11 +360,15 @@ fn the_event_thread_runs_only_with_events_and_stops_within_a_second_of_the_drop(
     let _fake = fake(&json!({"gpus": [gpu]}));
     let mut backend = backend();
     poll(&mut backend);
-    assert_eq!(event_threads(), 1);
+    assert_eq!(wait_for_event_threads(1), 1, "{:?}", thread_names());
     let started = Instant::now();
     drop(backend);
     let took = started.elapsed();
-    assert_eq!(event_threads(), 0, "the thread has ended when the drop returns");
+    assert_eq!(
+        event_threads(),
+        0,
+        "the thread has ended when the drop returns"
+    );
     assert!(took < Duration::from_secs(1), "the drop took {took:?}");
     eprintln!("event thread stopped in {took:?}");
 }
@@ -353,29 +396,90 @@ fn gpm_activity_comes_from_two_samples_a_poll_apart() {
 }
 
 #[test]
-fn the_daemon_logs_an_injected_xid_within_a_tick() {
-    let scenario = |events: Value| {
-        let mut gpu = full_gpu(0, json!([]));
-        gpu["events"] = events;
-        json!({"gpus": [gpu]})
+fn the_daemon_reports_an_injected_xid_and_a_lost_gpu() {
+    let scenario = |events: Value, lost_at_ms: Value| {
+        // Throttled and with correctable errors only: `warning` until the Xid.
+        let mut gpu0 = sick_gpu(0);
+        gpu0["ecc_volatile_uncorrected"] = json!(0);
+        gpu0["remapped_rows"]["uncorrectable"] = json!(0);
+        gpu0["events"] = events;
+        let mut gpu1 = full_gpu(1, json!([]));
+        gpu1["ecc_volatile_uncorrected"] = json!(0);
+        gpu1["throttle_reasons"] = json!(0);
+        if !lost_at_ms.is_null() {
+            gpu1["lost_at_ms"] = lost_at_ms;
+        }
+        json!({"gpus": [gpu0, gpu1]})
     };
-    let daemon = Daemon::start(&scenario(json!([])));
-    daemon.wait_for_list(Duration::from_secs(10), |list| {
-        list["gpus"][0]["util_pct"] == json!(50)
-    });
-    daemon.set_scenario(&scenario(json!([{"at_ms": 0, "type": "xid", "data": 79}])));
-    let started = Instant::now();
-    while !daemon.log_text().contains("reported Xid 79") {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "no Xid 79 in the log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let health = |daemon: &Daemon| daemon.ctl_json(&["health", "--output", "json"]);
+    let daemon = Daemon::start(&scenario(json!([]), Value::Null));
+    let before = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus[1]["state"] == json!("ok"),
+    );
+    // What the backend read, through the daemon.
+    assert_eq!(before[0]["state"], json!("warning"), "{before:#}");
+    assert_eq!(before[0]["throttle_reasons"], json!(Throttle::HW_THERMAL));
+    assert_eq!(before[0]["throttle"], json!(["hw_thermal"]));
+    assert_eq!(before[0]["ecc_dbe_aggregate"], json!(4));
+    assert_eq!(before[0]["remapped_correctable"], json!(3));
+    assert_eq!(before[0]["pstate"], json!(2));
+    assert_eq!(before[0]["pcie_replay"], json!(7));
+    assert_eq!(before[1]["retired_sbe"], Value::Null, "absent, not 0");
+
+    daemon.set_scenario(&scenario(
+        json!([{"at_ms": 0, "type": "xid", "data": 79}]),
+        Value::Null,
+    ));
+    let injected = Instant::now();
+    let after = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(5),
+        |gpus| {
+            gpus[0]["recent_xids"]
+                .as_array()
+                .is_some_and(|x| !x.is_empty())
+        },
+    );
+    let latency = injected.elapsed();
+    eprintln!("Xid 79 in `gpukillctl health` {latency:?} after the scenario was written");
     assert!(
-        daemon.log_text().contains("GPU has fallen off the bus"),
-        "the log line says what the Xid means"
+        latency < Duration::from_millis(1500),
+        "Xid 79 took {latency:?} (200 ms ticks)"
+    );
+    assert_eq!(after[0]["recent_xids"][0]["code"], json!(79));
+    assert_eq!(after[0]["state"], json!("critical"));
+    assert_eq!(
+        after[1]["state"],
+        json!("ok"),
+        "the other GPU is unaffected"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("NVIDIA GPU 0 reported Xid 79: GPU has fallen off the bus"),
+        "the event thread logs the Xid:\n{}",
+        daemon.log_text()
+    );
+
+    // GPU 1 falls off the bus: `lost`, under its UUID; GPU 0 is still critical.
+    daemon.set_scenario(&scenario(
+        json!([{"at_ms": 0, "type": "xid", "data": 79}]),
+        json!(0),
+    ));
+    let lost = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(5),
+        |gpus| gpus[1]["state"] == json!("lost"),
+    );
+    assert_eq!(lost[1]["uuid"], before[1]["uuid"]);
+    assert_eq!(lost[1]["name"], before[1]["name"]);
+    assert_eq!(lost[0]["state"], json!("critical"));
+    assert_eq!(
+        health(&daemon)[0]["recent_xids"].as_array().map(Vec::len),
+        Some(1),
+        "the Xid was delivered once"
     );
     let status = daemon.stop();
     assert!(status.success(), "{status}");

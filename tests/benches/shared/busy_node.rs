@@ -73,7 +73,8 @@ fn add_health(gpu: &mut Value) {
     gpu["throttle_reasons"] = json!([0, 0, 4, 4, 0, 0, 0, 0, 0, 0]);
     gpu["pstate"] = json!(0);
     gpu["pcie_replay_counter"] = json!(0);
-    gpu["gpm"] = json!({"graphics_pct": [40, 60], "sm_pct": [35, 55], "tensor_pct": 20, "dram_pct": 30});
+    gpu["gpm"] =
+        json!({"graphics_pct": [40, 60], "sm_pct": [35, 55], "tensor_pct": 20, "dram_pct": 30});
     gpu["events"] = json!([]);
 }
 

@@ -317,7 +317,10 @@ mod tests {
         queues.push_xid(0, xid(48));
         queues.mark_ecc(0);
         let one = queues.take(1);
-        assert_eq!(one.xids.iter().map(|x| x.code).collect::<Vec<_>>(), [13, 79]);
+        assert_eq!(
+            one.xids.iter().map(|x| x.code).collect::<Vec<_>>(),
+            [13, 79]
+        );
         assert!(!one.ecc);
         assert!(queues.take(1).xids.is_empty());
         let zero = queues.take(0);

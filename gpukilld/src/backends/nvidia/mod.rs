@@ -256,7 +256,9 @@ impl NvidiaBackend {
     /// Xids the event thread dropped because a GPU's queue was full between two polls,
     /// in this NVML session (0 before NVML is loaded).
     pub fn dropped_xids(&self) -> u64 {
-        self.nvml.as_ref().map_or(0, |loaded| loaded.queues.dropped())
+        self.nvml
+            .as_ref()
+            .map_or(0, |loaded| loaded.queues.dropped())
     }
 
     /// Reads every NVIDIA GPU.
@@ -327,8 +329,14 @@ impl Loaded {
         if let Some(newest) = newest {
             self.last_utilization_sample.insert(index, newest);
         }
-        self.health
-            .read(index, nvml, device, &mut fields, ecc_event, &mut reading.health);
+        self.health.read(
+            index,
+            nvml,
+            device,
+            &mut fields,
+            ecc_event,
+            &mut reading.health,
+        );
         reading.health.gpm = self.gpm.read(nvml, index, device, &mut fields);
         if fields.fatal {
             // Nothing of this tick's answers can be trusted: only the error, and `lost`.
@@ -343,4 +351,3 @@ impl Loaded {
         reading
     }
 }
-
