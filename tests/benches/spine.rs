@@ -74,6 +74,8 @@ async fn main() {
         poll_interval: "100ms",
         vendor_timeout: "1s",
         ring_capacity: Some(RING),
+        // The 100 Watch clients below are more than one uid's default 32 connections.
+        config: "[limits]\nconnections_per_uid = 128\n".to_owned(),
         ..DaemonOptions::default()
     };
     eprintln!("filling two 1,800-snapshot rings at 100 ms (about 3 minutes)...");

@@ -11,6 +11,8 @@ pub(crate) const INVALID_ARGUMENT: Ret = 2;
 pub(crate) const NOT_SUPPORTED: Ret = 3;
 pub(crate) const NOT_FOUND: Ret = 6;
 pub(crate) const INSUFFICIENT_SIZE: Ret = 7;
+pub(crate) const TIMEOUT: Ret = 10;
+pub(crate) const GPU_IS_LOST: Ret = 15;
 pub(crate) const ARGUMENT_VERSION_MISMATCH: Ret = 25;
 pub(crate) const UNKNOWN: Ret = 999;
 

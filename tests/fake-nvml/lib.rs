@@ -14,6 +14,9 @@
 #![allow(non_snake_case)]
 
 mod codes;
+mod events;
+mod gpm;
+mod health;
 mod scenario;
 mod state;
 
@@ -622,7 +625,7 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
 }
 
 /// ECC error totals: error type 0 corrected / 1 uncorrected; counter type 0
-/// volatile / 1 aggregate (both report the volatile value).
+/// volatile (`ecc_volatile_*`) / 1 aggregate (`ecc_aggregate_*`).
 ///
 /// # Safety
 /// `ecc_counts` must be null or valid for a write.
@@ -635,12 +638,11 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
 ) -> nvmlReturn_t {
     guard(|| {
         device_call(Func::GetTotalEccErrors, device, |_, g, t| {
-            if counter_type > 1 {
-                return INVALID_ARGUMENT;
-            }
-            let m = match error_type {
-                0 => g.ecc_corrected.as_ref(),
-                1 => g.ecc_uncorrected.as_ref(),
+            let m = match (error_type, counter_type) {
+                (0, 0) => g.ecc_corrected.as_ref(),
+                (1, 0) => g.ecc_uncorrected.as_ref(),
+                (0, 1) => g.ecc_aggregate_corrected.as_ref(),
+                (1, 1) => g.ecc_aggregate_uncorrected.as_ref(),
                 _ => return INVALID_ARGUMENT,
             };
             // SAFETY: the caller's contract.

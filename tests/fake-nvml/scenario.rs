@@ -67,6 +67,22 @@ funcs! {
     GetGraphicsProcesses = "nvmlDeviceGetGraphicsRunningProcesses_v3", Device;
     GetMpsProcesses = "nvmlDeviceGetMPSComputeRunningProcesses_v3", Device;
     GetProcessUtilization = "nvmlDeviceGetProcessUtilization", Device;
+    GetRetiredPages = "nvmlDeviceGetRetiredPages", Device;
+    GetRetiredPagesV2 = "nvmlDeviceGetRetiredPages_v2", Device;
+    GetRetiredPagesPendingStatus = "nvmlDeviceGetRetiredPagesPendingStatus", Device;
+    GetRemappedRows = "nvmlDeviceGetRemappedRows", Device;
+    GetClocksEventReasons = "nvmlDeviceGetCurrentClocksEventReasons", Device;
+    GetClocksThrottleReasons = "nvmlDeviceGetCurrentClocksThrottleReasons", Device;
+    GetPerformanceState = "nvmlDeviceGetPerformanceState", Device;
+    GetPcieReplayCounter = "nvmlDeviceGetPcieReplayCounter", Device;
+    EventSetCreate = "nvmlEventSetCreate", Top;
+    EventSetWait = "nvmlEventSetWait_v2", Top;
+    GetSupportedEventTypes = "nvmlDeviceGetSupportedEventTypes", Device;
+    RegisterEvents = "nvmlDeviceRegisterEvents", Device;
+    GpmSampleAlloc = "nvmlGpmSampleAlloc", Top;
+    GpmMetricsGet = "nvmlGpmMetricsGet", Top;
+    GpmQueryDeviceSupport = "nvmlGpmQueryDeviceSupport", Device;
+    GpmSampleGet = "nvmlGpmSampleGet", Device;
 }
 
 /// Number of functions in [`FUNCS`].
@@ -84,6 +100,11 @@ const _: () = {
 };
 
 impl Func {
+    /// Whether the function is about one device (a lost GPU fails it).
+    pub(crate) fn is_device(self) -> bool {
+        FUNCS[self as usize].2 == Scope::Device
+    }
+
     /// The bit of this function in a hang mask.
     pub(crate) const fn bit(self) -> u64 {
         1 << (self as usize)
@@ -112,6 +133,13 @@ pub(crate) struct Ticker {
     pub(crate) start: Instant,
     /// Milliseconds per series element (>= 1).
     pub(crate) step_ms: u64,
+}
+
+impl Ticker {
+    /// Milliseconds since init.
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl<T: Copy> Metric<T> {
@@ -208,6 +236,19 @@ struct RawGpu {
     clock_video_mhz: Option<Metric<u32>>,
     ecc_volatile_corrected: Option<Metric<u64>>,
     ecc_volatile_uncorrected: Option<Metric<u64>>,
+    ecc_aggregate_corrected: Option<Metric<u64>>,
+    ecc_aggregate_uncorrected: Option<Metric<u64>>,
+    retired_pages_sbe: Option<Metric<u32>>,
+    retired_pages_dbe: Option<Metric<u32>>,
+    retired_pages_pending: Option<Metric<bool>>,
+    remapped_rows: Option<RawRemappedRows>,
+    throttle_reasons: Option<Metric<u64>>,
+    pstate: Option<Metric<u32>>,
+    pcie_replay_counter: Option<Metric<u32>>,
+    lost_at_ms: Option<u64>,
+    event_types: Option<Vec<EventKind>>,
+    events: Option<Vec<RawEvent>>,
+    gpm: Option<RawGpm>,
     mig_enabled: Option<bool>,
     multi_gpu_board: Option<bool>,
     #[serde(default)]
@@ -216,6 +257,74 @@ struct RawGpu {
     errors: BTreeMap<String, String>,
     #[serde(default)]
     hang: Vec<String>,
+}
+
+/// `remapped_rows`: what `nvmlDeviceGetRemappedRows` answers.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawRemappedRows {
+    correctable: Option<Metric<u32>>,
+    uncorrectable: Option<Metric<u32>>,
+    pending: Option<Metric<bool>>,
+    failure: Option<Metric<bool>>,
+}
+
+/// One entry of `events`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    at_ms: u64,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    data: Option<u64>,
+}
+
+/// `gpm`: GPM metrics in percent (NVML's unit), one key per metric served.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGpm {
+    graphics_pct: Option<Metric<f64>>,
+    sm_pct: Option<Metric<f64>>,
+    tensor_pct: Option<Metric<f64>>,
+    dram_pct: Option<Metric<f64>>,
+}
+
+/// An NVML event type, as scenarios name it.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EventKind {
+    /// `nvmlEventTypeSingleBitEccError`.
+    SingleBitEcc,
+    /// `nvmlEventTypeDoubleBitEccError`.
+    DoubleBitEcc,
+    /// `nvmlEventTypePState`.
+    Pstate,
+    /// `nvmlEventTypeXidCriticalError`.
+    Xid,
+    /// `nvmlEventTypeClock`.
+    Clock,
+}
+
+impl EventKind {
+    /// Every type, in bit order.
+    const ALL: [EventKind; 5] = [
+        EventKind::SingleBitEcc,
+        EventKind::DoubleBitEcc,
+        EventKind::Pstate,
+        EventKind::Xid,
+        EventKind::Clock,
+    ];
+
+    /// NVML's bit for the type.
+    pub(crate) fn bit(self) -> u64 {
+        match self {
+            EventKind::SingleBitEcc => 0x1,
+            EventKind::DoubleBitEcc => 0x2,
+            EventKind::Pstate => 0x4,
+            EventKind::Xid => 0x8,
+            EventKind::Clock => 0x10,
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -267,6 +376,25 @@ pub(crate) struct Gpu {
     pub(crate) clock_video: Option<Metric<u32>>,
     pub(crate) ecc_corrected: Option<Metric<u64>>,
     pub(crate) ecc_uncorrected: Option<Metric<u64>>,
+    pub(crate) ecc_aggregate_corrected: Option<Metric<u64>>,
+    pub(crate) ecc_aggregate_uncorrected: Option<Metric<u64>>,
+    /// Pages retired after multiple single-bit errors (cause 0).
+    pub(crate) retired_sbe: Option<Metric<u32>>,
+    /// Pages retired after a double-bit error (cause 1).
+    pub(crate) retired_dbe: Option<Metric<u32>>,
+    pub(crate) retired_pending: Option<Metric<bool>>,
+    pub(crate) remapped_rows: Option<RemappedRows>,
+    /// Clock event (throttle) reasons bitmask.
+    pub(crate) throttle_reasons: Option<Metric<u64>>,
+    pub(crate) pstate: Option<Metric<u32>>,
+    pub(crate) pcie_replay: Option<Metric<u32>>,
+    /// From this many milliseconds after init, every call on the device is GPU_IS_LOST.
+    pub(crate) lost_at_ms: Option<u64>,
+    /// The event types the GPU supports (`None`: the event API is NOT_SUPPORTED).
+    pub(crate) event_mask: Option<u64>,
+    /// Its events, by time.
+    pub(crate) events: Vec<Event>,
+    pub(crate) gpm: Option<Gpm>,
     pub(crate) mig_enabled: Option<bool>,
     pub(crate) multi_gpu_board: bool,
     pub(crate) processes: Vec<Process>,
@@ -274,6 +402,35 @@ pub(crate) struct Gpu {
     pub(crate) has_process_util: bool,
     pub(crate) errors: [u32; N_FUNCS],
     pub(crate) hang: u64,
+}
+
+/// What `nvmlDeviceGetRemappedRows` answers (absent members are 0 / false).
+#[derive(Debug)]
+pub(crate) struct RemappedRows {
+    pub(crate) correctable: Option<Metric<u32>>,
+    pub(crate) uncorrectable: Option<Metric<u32>>,
+    pub(crate) pending: Option<Metric<bool>>,
+    pub(crate) failure: Option<Metric<bool>>,
+}
+
+/// One event of a GPU. Identified by (GPU, time, type, data): an event set delivers each
+/// once, so re-reading an unchanged scenario delivers nothing twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Event {
+    /// Milliseconds after init at which it happens.
+    pub(crate) at_ms: u64,
+    pub(crate) kind: EventKind,
+    /// The Xid code for `xid`; else 0 unless given.
+    pub(crate) data: u64,
+}
+
+/// GPM metrics in percent; an absent one is NOT_SUPPORTED in `nvmlGpmMetricsGet`.
+#[derive(Debug)]
+pub(crate) struct Gpm {
+    pub(crate) graphics: Option<Metric<f64>>,
+    pub(crate) sm: Option<Metric<f64>>,
+    pub(crate) tensor: Option<Metric<f64>>,
+    pub(crate) dram: Option<Metric<f64>>,
 }
 
 /// A validated process.
@@ -499,6 +656,9 @@ impl Gpu {
             (&g.ecc_volatile_corrected, "ecc_volatile_corrected"),
             (&g.ecc_volatile_uncorrected, "ecc_volatile_uncorrected"),
             (&g.total_energy_mj, "total_energy_mj"),
+            (&g.ecc_aggregate_corrected, "ecc_aggregate_corrected"),
+            (&g.ecc_aggregate_uncorrected, "ecc_aggregate_uncorrected"),
+            (&g.throttle_reasons, "throttle_reasons"),
         ];
         for (m, what) in metrics64 {
             if let Some(m) = m {
@@ -515,11 +675,110 @@ impl Gpu {
             (&g.clock_sm_mhz, "clock_sm_mhz"),
             (&g.clock_mem_mhz, "clock_mem_mhz"),
             (&g.clock_video_mhz, "clock_video_mhz"),
+            (&g.retired_pages_sbe, "retired_pages_sbe"),
+            (&g.retired_pages_dbe, "retired_pages_dbe"),
+            (&g.pstate, "pstate"),
+            (&g.pcie_replay_counter, "pcie_replay_counter"),
         ];
         for (m, what) in metrics32 {
             if let Some(m) = m {
                 m.validate(&format!("{ctx}{what}"))?;
             }
+        }
+
+        if let Some(m) = &g.retired_pages_pending {
+            m.validate(&format!("{ctx}retired_pages_pending"))?;
+        }
+        if let Some(pstate) = &g.pstate {
+            let values = match pstate {
+                Metric::One(v) => std::slice::from_ref(v),
+                Metric::Series(vs) => vs.as_slice(),
+            };
+            if let Some(bad) = values.iter().find(|&&v| v > 15 && v != 32) {
+                return Err(format!(
+                    "{ctx}pstate: {bad} is not a performance state (0-15, or 32 for unknown)"
+                ));
+            }
+        }
+        let remapped_rows = match g.remapped_rows {
+            None => None,
+            Some(r) => {
+                for (m, what) in [
+                    (&r.correctable, "correctable"),
+                    (&r.uncorrectable, "uncorrectable"),
+                ] {
+                    if let Some(m) = m {
+                        m.validate(&format!("{ctx}remapped_rows.{what}"))?;
+                    }
+                }
+                for (m, what) in [(&r.pending, "pending"), (&r.failure, "failure")] {
+                    if let Some(m) = m {
+                        m.validate(&format!("{ctx}remapped_rows.{what}"))?;
+                    }
+                }
+                Some(RemappedRows {
+                    correctable: r.correctable,
+                    uncorrectable: r.uncorrectable,
+                    pending: r.pending,
+                    failure: r.failure,
+                })
+            }
+        };
+        let gpm = match g.gpm {
+            None => None,
+            Some(m) => {
+                for (metric, what) in [
+                    (&m.graphics_pct, "graphics_pct"),
+                    (&m.sm_pct, "sm_pct"),
+                    (&m.tensor_pct, "tensor_pct"),
+                    (&m.dram_pct, "dram_pct"),
+                ] {
+                    if let Some(metric) = metric {
+                        metric.validate(&format!("{ctx}gpm.{what}"))?;
+                    }
+                }
+                Some(Gpm {
+                    graphics: m.graphics_pct,
+                    sm: m.sm_pct,
+                    tensor: m.tensor_pct,
+                    dram: m.dram_pct,
+                })
+            }
+        };
+        let mut events = Vec::new();
+        for (j, e) in g.events.iter().flatten().enumerate() {
+            let data = match (e.kind, e.data) {
+                (EventKind::Xid, None) => {
+                    return Err(format!(
+                        "{ctx}events[{j}]: an xid event needs its code in data"
+                    ));
+                }
+                (_, data) => data.unwrap_or(0),
+            };
+            events.push(Event {
+                at_ms: e.at_ms,
+                kind: e.kind,
+                data,
+            });
+        }
+        events.sort();
+        events.dedup();
+        let event_mask = match (&g.event_types, &g.events) {
+            (Some(types), _) => Some(types.iter().fold(0, |mask, kind| mask | kind.bit())),
+            (None, Some(_)) => Some(
+                EventKind::ALL
+                    .iter()
+                    .fold(0, |mask, kind| mask | kind.bit()),
+            ),
+            (None, None) => None,
+        };
+        if let Some(mask) = event_mask
+            && let Some(e) = events.iter().find(|e| mask & e.kind.bit() == 0)
+        {
+            return Err(format!(
+                "{ctx}events: a {:?} event on a GPU whose event_types do not include it",
+                e.kind
+            ));
         }
 
         let mut processes = Vec::with_capacity(g.processes.len());
@@ -574,6 +833,19 @@ impl Gpu {
             clock_video: g.clock_video_mhz,
             ecc_corrected: g.ecc_volatile_corrected,
             ecc_uncorrected: g.ecc_volatile_uncorrected,
+            ecc_aggregate_corrected: g.ecc_aggregate_corrected,
+            ecc_aggregate_uncorrected: g.ecc_aggregate_uncorrected,
+            retired_sbe: g.retired_pages_sbe,
+            retired_dbe: g.retired_pages_dbe,
+            retired_pending: g.retired_pages_pending,
+            remapped_rows,
+            throttle_reasons: g.throttle_reasons,
+            pstate: g.pstate,
+            pcie_replay: g.pcie_replay_counter,
+            lost_at_ms: g.lost_at_ms,
+            event_mask,
+            events,
+            gpm,
             mig_enabled: g.mig_enabled,
             multi_gpu_board: g.multi_gpu_board.unwrap_or(false),
             processes,
@@ -711,6 +983,67 @@ mod tests {
         ] {
             let text = format!(r#"{{"gpus": [{{"pci_bus_id": "{bad}"}}]}}"#);
             assert!(Scenario::parse(text.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_keys_parse_and_absent_stays_absent() {
+        let sc = Scenario::parse(
+            br#"{"gpus": [{
+              "ecc_aggregate_corrected": 3, "ecc_aggregate_uncorrected": [0, 1],
+              "retired_pages_sbe": 2, "retired_pages_dbe": 1, "retired_pages_pending": [false, true],
+              "remapped_rows": {"uncorrectable": 1, "failure": true},
+              "throttle_reasons": 64, "pstate": [0, 32], "pcie_replay_counter": 9,
+              "lost_at_ms": 1500,
+              "events": [{"at_ms": 20, "type": "xid", "data": 79}, {"at_ms": 10, "type": "double_bit_ecc"},
+                         {"at_ms": 10, "type": "double_bit_ecc"}],
+              "gpm": {"sm_pct": 40.5}
+            }, {"event_types": ["xid"]}, {}]}"#,
+        )
+        .expect("parses");
+        let g = &sc.gpus[0];
+        assert!(g.ecc_aggregate_corrected.is_some() && g.ecc_corrected.is_none());
+        let rows = g.remapped_rows.as_ref().expect("remapped rows");
+        assert!(rows.correctable.is_none() && rows.failure.is_some());
+        assert_eq!(g.lost_at_ms, Some(1500));
+        assert_eq!(
+            g.event_mask,
+            Some(0x1f),
+            "every type when only events are given"
+        );
+        let events: Vec<(u64, EventKind, u64)> =
+            g.events.iter().map(|e| (e.at_ms, e.kind, e.data)).collect();
+        assert_eq!(
+            events,
+            [(10, EventKind::DoubleBitEcc, 0), (20, EventKind::Xid, 79)],
+            "sorted by time, duplicates one event"
+        );
+        let gpm = g.gpm.as_ref().expect("gpm");
+        assert!(gpm.sm.is_some() && gpm.graphics.is_none());
+        assert_eq!(sc.gpus[1].event_mask, Some(0x8));
+        assert!(sc.gpus[1].events.is_empty());
+        let plain = &sc.gpus[2];
+        assert!(plain.event_mask.is_none() && plain.gpm.is_none());
+        assert!(plain.throttle_reasons.is_none() && plain.remapped_rows.is_none());
+        assert!(plain.lost_at_ms.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_health_keys() {
+        for bad in [
+            &br#"{"gpus": [{"pstate": 16}]}"#[..],
+            br#"{"gpus": [{"events": [{"at_ms": 0, "type": "xid"}]}]}"#,
+            br#"{"gpus": [{"events": [{"at_ms": 0, "type": "fire"}]}]}"#,
+            br#"{"gpus": [{"event_types": ["xid"], "events": [{"at_ms": 0, "type": "clock"}]}]}"#,
+            br#"{"gpus": [{"remapped_rows": {"spare": 1}}]}"#,
+            br#"{"gpus": [{"gpm": {"sm": 40}}]}"#,
+            br#"{"gpus": [{"retired_pages_sbe": []}]}"#,
+        ] {
+            assert!(
+                Scenario::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::codes::{INVALID_ARGUMENT, Ret, SUCCESS, UNINITIALIZED, UNKNOWN};
+use crate::codes::{GPU_IS_LOST, INVALID_ARGUMENT, Ret, SUCCESS, UNINITIALIZED, UNKNOWN};
 use crate::scenario::{Func, Gpu, Scenario, Ticker};
 
 /// Environment variable naming the scenario file.
@@ -180,6 +180,13 @@ pub(crate) fn call(
             start: st.start.unwrap_or_else(Instant::now),
             step_ms: sc.step_ms,
         };
+        // A lost GPU keeps its handle; every call on the device fails.
+        if let Some(g) = gpu
+            && func.is_device()
+            && g.lost_at_ms.is_some_and(|at| ticker.elapsed_ms() >= at)
+        {
+            return GPU_IS_LOST;
+        }
         return body(sc, gpu, &ticker);
     }
 }

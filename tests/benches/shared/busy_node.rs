@@ -1,5 +1,5 @@
 //! The busy node the spine and Watch benchmarks measure: 8 GPUs x 64 processes on the fake
-//! NVML, and the daemon's CPU time per tick.
+//! NVML, with every health reading, and the daemon's CPU time per tick.
 
 use std::time::Duration;
 
@@ -43,10 +43,39 @@ pub fn scenario(targets: &[Target], changing: bool) -> Value {
                 .collect();
             let mut value = support::full_gpu(gpu, json!(processes));
             value["utilization_gpu_pct"] = json!([10, 20, 30, 40, 50, 60, 70, 80, 90, 99]);
+            if with_health() {
+                add_health(&mut value);
+            }
             value
         })
         .collect();
     json!({"step_ms": 100, "gpus": gpus})
+}
+
+/// Whether the node's GPUs have health readings: yes, unless `GPUKILL_BENCH_HEALTH=off`
+/// (to measure their cost, or to run against a fake NVML from before them).
+fn with_health() -> bool {
+    std::env::var("GPUKILL_BENCH_HEALTH").map_or(true, |value| value != "off")
+}
+
+/// Every NVIDIA health reading on a GPU of the node, as on a Hopper GPU: ECC counters,
+/// retired pages and remapped rows (read every tenth poll), throttle reasons, performance
+/// state and PCIe replays (every poll), GPM (two samples a poll apart), and event support
+/// (the event thread waits on them, no events come).
+fn add_health(gpu: &mut Value) {
+    gpu["ecc_aggregate_corrected"] = json!(12);
+    gpu["ecc_aggregate_uncorrected"] = json!(0);
+    gpu["retired_pages_sbe"] = json!(0);
+    gpu["retired_pages_dbe"] = json!(0);
+    gpu["retired_pages_pending"] = json!(false);
+    gpu["remapped_rows"] =
+        json!({"correctable": 1, "uncorrectable": 0, "pending": false, "failure": false});
+    gpu["throttle_reasons"] = json!([0, 0, 4, 4, 0, 0, 0, 0, 0, 0]);
+    gpu["pstate"] = json!(0);
+    gpu["pcie_replay_counter"] = json!(0);
+    gpu["gpm"] =
+        json!({"graphics_pct": [40, 60], "sm_pct": [35, 55], "tensor_pct": 20, "dram_pct": 30});
+    gpu["events"] = json!([]);
 }
 
 /// The daemon's Health.

@@ -2,6 +2,16 @@
 //! and loading is retried while it fails, so the daemon comes up (degraded) on a host whose
 //! driver is not loaded yet. A library that cannot be loaded on a host with no NVIDIA GPU on
 //! its PCI bus means NVIDIA is absent (an AMD- or Intel-only host), not failed.
+//!
+//! Each poll reads every GPU's metrics and processes (`device`), its health (`health`:
+//! cheap calls every poll, slow ones every tenth), its GPM activity (`gpm`), and the Xids
+//! the session's event thread (`events`) queued since the previous poll. A GPU that answers
+//! GPU_IS_LOST stays in the reading, `lost`, under the identity it last had.
+
+mod device;
+pub mod events;
+mod gpm;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -9,13 +19,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
-use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 
 use super::{Backend, GpuReading, Reading, pci};
-use crate::snapshot::{Gpu, ProcessKind, Vendor, VendorProcess};
+use crate::health::HealthReading;
+use crate::snapshot::{Gpu, Vendor};
+use device::{FieldReader, describe};
+use events::{EventQueues, EventThread};
 
 /// How often to retry loading NVML after it failed.
 const INIT_RETRY: Duration = Duration::from_secs(10);
@@ -38,8 +49,10 @@ enum InitFailure {
     Failed(String),
 }
 
+/// One NVML session: from a successful init until the backend is dropped.
 struct Loaded {
-    nvml: Nvml,
+    /// Shared with the event thread, which holds its event set on it.
+    nvml: Arc<Nvml>,
     driver_version: Option<String>,
     /// The newest CUDA version the driver supports, as nvidia-smi shows it ("12.4").
     cuda_version: Option<String>,
@@ -48,6 +61,50 @@ struct Loaded {
     last_utilization_sample: BTreeMap<u32, u64>,
     /// GPU identity strings (uuid, name, bus id), shared between ticks.
     identities: Interner,
+    /// Per GPU index, the identity it last answered with, for a GPU that stops answering.
+    known: BTreeMap<u32, Identity>,
+    /// The slow health calls' last answers.
+    health: health::HealthPolls,
+    /// GPM samples held from one poll to the next.
+    gpm: gpm::Gpm,
+    /// What the event thread queued for the next poll.
+    queues: Arc<EventQueues>,
+    /// Stopped (within a second) when the session is dropped; `None` when it could not
+    /// be started.
+    events: Option<EventThread>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        // Samples go back to the library before it shuts down (with the last `Arc`).
+        self.gpm.free(&self.nvml);
+        // Stop the event thread before the fields go, so its set is freed first.
+        self.events.take();
+    }
+}
+
+/// What a GPU was last known as.
+#[derive(Debug, Clone, Default)]
+struct Identity {
+    uuid: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+    pci_bus_id: Option<Arc<str>>,
+}
+
+impl Identity {
+    /// Keeps what `gpu` answered, and fills in what it did not from before.
+    fn remember(&mut self, gpu: &mut Gpu) {
+        for (known, now) in [
+            (&mut self.uuid, &mut gpu.uuid),
+            (&mut self.name, &mut gpu.name),
+            (&mut self.pci_bus_id, &mut gpu.pci_bus_id),
+        ] {
+            match now {
+                Some(value) => *known = Some(Arc::clone(value)),
+                None => now.clone_from(known),
+            }
+        }
+    }
 }
 
 /// Hands out one shared copy of each string, so the ring does not hold an hour of copies of
@@ -93,6 +150,7 @@ impl NvidiaBackend {
             }
             match Nvml::builder().lib_path(&self.library).init() {
                 Ok(nvml) => {
+                    let nvml = Arc::new(nvml);
                     let driver_version = nvml.sys_driver_version().ok();
                     let cuda_version = nvml.sys_cuda_driver_version().ok().map(cuda_version);
                     tracing::info!(
@@ -102,12 +160,19 @@ impl NvidiaBackend {
                         "NVML initialized"
                     );
                     self.last_init_failure = None;
+                    let queues = Arc::new(EventQueues::default());
+                    let events = EventThread::start(Arc::clone(&nvml), Arc::clone(&queues));
                     self.nvml = Some(Loaded {
                         nvml,
                         driver_version,
                         cuda_version,
                         last_utilization_sample: BTreeMap::new(),
                         identities: Interner::default(),
+                        known: BTreeMap::new(),
+                        health: health::HealthPolls::default(),
+                        gpm: gpm::Gpm::default(),
+                        queues,
+                        events,
                     });
                 }
                 Err(error) => {
@@ -188,6 +253,14 @@ impl Backend for NvidiaBackend {
 }
 
 impl NvidiaBackend {
+    /// Xids the event thread dropped because a GPU's queue was full between two polls,
+    /// in this NVML session (0 before NVML is loaded).
+    pub fn dropped_xids(&self) -> u64 {
+        self.nvml
+            .as_ref()
+            .map_or(0, |loaded| loaded.queues.dropped())
+    }
+
     /// Reads every NVIDIA GPU.
     fn read(&mut self) -> Reading {
         let loaded = match self.load() {
@@ -199,26 +272,36 @@ impl NvidiaBackend {
             Ok(count) => count,
             Err(error) => return Reading::Failed(format!("cannot count NVIDIA GPUs: {error}")),
         };
+        let nvml = Arc::clone(&loaded.nvml);
         let mut gpus = Vec::with_capacity(count as usize);
         for index in 0..count {
-            let reading = match loaded.nvml.device_by_index(index) {
-                Ok(device) => {
-                    let since = loaded.last_utilization_sample.get(&index).copied();
-                    let (reading, newest) = read_gpu(index, &device, since, &mut loaded.identities);
-                    if let Some(newest) = newest {
-                        loaded.last_utilization_sample.insert(index, newest);
+            let pending = loaded.queues.take(index);
+            let mut reading = match nvml.device_by_index(index) {
+                Ok(device) => loaded.read_gpu(&nvml, index, &device, pending.ecc),
+                Err(error) => {
+                    loaded.health.forget(index);
+                    loaded.gpm.forget(&nvml, index);
+                    GpuReading {
+                        gpu: Gpu {
+                            index,
+                            vendor_index: index,
+                            error: Some(describe(&error)),
+                            ..Gpu::default()
+                        },
+                        health: HealthReading {
+                            lost: matches!(error, NvmlError::GpuLost),
+                            ..HealthReading::default()
+                        },
+                        ..GpuReading::default()
                     }
-                    reading
                 }
-                Err(error) => GpuReading {
-                    gpu: Gpu {
-                        index,
-                        error: Some(describe(&error)),
-                        ..Gpu::default()
-                    },
-                    ..GpuReading::default()
-                },
             };
+            loaded
+                .known
+                .entry(index)
+                .or_default()
+                .remember(&mut reading.gpu);
+            reading.xids = pending.xids;
             gpus.push(reading);
         }
         Reading::Ok {
@@ -229,188 +312,42 @@ impl NvidiaBackend {
     }
 }
 
-/// NVML's own words for an error, without the wrapper's decoration.
-fn describe(error: &NvmlError) -> String {
-    match error {
-        NvmlError::GpuLost => "GPU is lost".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Errors after which nothing more can be read from the device this tick.
-fn is_fatal(error: &NvmlError) -> bool {
-    matches!(
-        error,
-        NvmlError::GpuLost | NvmlError::ResetRequired | NvmlError::Uninitialized
-    )
-}
-
-/// Collects one GPU's fields: unsupported ones stay `None`; other failures are named in
-/// `gpu.error`; a fatal one (GPU lost) stops the reading.
-struct FieldReader {
-    errors: Vec<String>,
-    fatal: bool,
-}
-
-impl FieldReader {
-    fn read<T>(&mut self, field: &str, call: impl FnOnce() -> Result<T, NvmlError>) -> Option<T> {
-        if self.fatal {
-            return None;
+impl Loaded {
+    /// Reads one GPU: metrics, processes, health and GPM activity. `ecc_event`: an ECC
+    /// event came since the last poll, so the slow ECC counters are read now.
+    fn read_gpu(
+        &mut self,
+        nvml: &Nvml,
+        index: u32,
+        device: &Device<'_>,
+        ecc_event: bool,
+    ) -> GpuReading {
+        let mut fields = FieldReader::default();
+        let since = self.last_utilization_sample.get(&index).copied();
+        let (mut reading, newest) =
+            device::read_gpu(index, device, since, &mut self.identities, &mut fields);
+        if let Some(newest) = newest {
+            self.last_utilization_sample.insert(index, newest);
         }
-        match call() {
-            Ok(value) => Some(value),
-            // An older driver's library without the function does not support the field.
-            Err(
-                NvmlError::NotSupported | NvmlError::NotFound | NvmlError::FailedToLoadSymbol(_),
-            ) => None,
-            Err(error) if is_fatal(&error) => {
-                self.fatal = true;
-                self.errors.clear();
-                self.errors.push(describe(&error));
-                None
-            }
-            Err(error) => {
-                self.errors.push(format!("{field}: {}", describe(&error)));
-                None
-            }
-        }
-    }
-}
-
-/// Reads one GPU. Returns the reading and the newest per-process utilization timestamp.
-fn read_gpu(
-    index: u32,
-    device: &Device<'_>,
-    since: Option<u64>,
-    identities: &mut Interner,
-) -> (GpuReading, Option<u64>) {
-    let mut fields = FieldReader {
-        errors: Vec::new(),
-        fatal: false,
-    };
-    let uuid = fields
-        .read("uuid", || device.uuid())
-        .map(|uuid| identities.intern(uuid));
-    let name = fields
-        .read("name", || device.name())
-        .map(|name| identities.intern(name));
-    let pci_bus_id = fields
-        .read("pci", || device.pci_info())
-        .map(|pci| identities.intern(pci.bus_id));
-    let memory = fields.read("memory", || device.memory_info());
-    let utilization = fields.read("utilization", || device.utilization_rates());
-    let temperature_c = fields
-        .read("temperature", || device.temperature(TemperatureSensor::Gpu))
-        .and_then(|t| i32::try_from(t).ok());
-    let power_mw = fields.read("power", || device.power_usage());
-    let energy_total_mj = fields.read("energy", || device.total_energy_consumption());
-    let fan_speed_pct = match fields.read("fans", || device.num_fans()) {
-        Some(0) | None => None,
-        Some(_) => fields.read("fan", || device.fan_speed(0)),
-    };
-    let clock_sm_mhz = fields.read("sm clock", || device.clock_info(Clock::SM));
-    let clock_mem_mhz = fields.read("memory clock", || device.clock_info(Clock::Memory));
-    let ecc_corrected = fields.read("ecc", || {
-        device.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
-    });
-    let ecc_uncorrected = fields.read("ecc", || {
-        device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
-    });
-    let mig_enabled = fields
-        .read("mig mode", || device.mig_mode())
-        .map(|mode| mode.current == 1);
-    let multi_gpu_board = fields.read("multi-gpu board", || device.is_multi_gpu_board());
-    let compute = fields.read("compute processes", || device.running_compute_processes());
-    let graphics = fields.read("graphics processes", || device.running_graphics_processes());
-    let samples = fields.read("process utilization", || {
-        device.process_utilization_stats(since)
-    });
-
-    let mut processes: BTreeMap<u32, VendorProcess> = BTreeMap::new();
-    let listed = [
-        (ProcessKind::Compute, compute.unwrap_or_default()),
-        (ProcessKind::Graphics, graphics.unwrap_or_default()),
-    ];
-    for (kind, list) in listed {
-        for process in list {
-            let used = match process.used_gpu_memory {
-                UsedGpuMemory::Used(bytes) => Some(bytes),
-                UsedGpuMemory::Unavailable => None,
+        self.health.read(
+            index,
+            nvml,
+            device,
+            &mut fields,
+            ecc_event,
+            &mut reading.health,
+        );
+        reading.health.gpm = self.gpm.read(nvml, index, device, &mut fields);
+        if fields.fatal {
+            // Nothing of this tick's answers can be trusted: only the error, and `lost`.
+            self.gpm.forget(nvml, index);
+            reading.processes.clear();
+            reading.health = HealthReading {
+                lost: fields.lost,
+                ..HealthReading::default()
             };
-            processes
-                .entry(process.pid)
-                .and_modify(|seen| {
-                    seen.kind = seen.kind.merge(kind);
-                    seen.used_memory_bytes = seen.used_memory_bytes.max(used);
-                })
-                .or_insert(VendorProcess {
-                    pid: process.pid,
-                    used_memory_bytes: used,
-                    sm_utilization_pct: None,
-                    kind,
-                });
         }
+        reading.gpu.error = fields.error();
+        reading
     }
-    let mut newest = None;
-    // NVML may return several samples per process; the newest one wins.
-    let mut latest_sample: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
-    for sample in samples.unwrap_or_default() {
-        newest = newest.max(Some(sample.timestamp));
-        let entry = latest_sample.entry(sample.pid).or_insert((0, 0));
-        if sample.timestamp >= entry.0 {
-            *entry = (sample.timestamp, sample.sm_util);
-        }
-    }
-    for (pid, (_, sm_util)) in latest_sample {
-        if let Some(process) = processes.get_mut(&pid) {
-            process.sm_utilization_pct = Some(sm_util);
-        }
-    }
-
-    let reset_supported = match (mig_enabled, multi_gpu_board) {
-        (Some(true), _) | (_, Some(true)) => Some(false),
-        (Some(false), Some(false)) => Some(true),
-        _ => None,
-    };
-    let ecc_volatile_errors = match (ecc_corrected, ecc_uncorrected) {
-        (None, None) => None,
-        (corrected, uncorrected) => Some(corrected.unwrap_or(0) + uncorrected.unwrap_or(0)),
-    };
-    let gpu = Gpu {
-        index,
-        vendor_index: index,
-        uuid,
-        name,
-        pci_bus_id,
-        memory_used_bytes: memory.as_ref().map(|m| m.used),
-        memory_total_bytes: memory.as_ref().map(|m| m.total),
-        gtt_used_bytes: None,
-        gtt_total_bytes: None,
-        utilization_gpu_pct: utilization.as_ref().map(|u| u.gpu),
-        utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
-        temperature_c,
-        power_mw,
-        energy_total_mj,
-        fan_speed_pct,
-        clock_sm_mhz,
-        clock_mem_mhz,
-        ecc_volatile_errors,
-        mig_enabled,
-        reset_supported,
-        error: (!fields.errors.is_empty()).then(|| fields.errors.join("; ")),
-        ..Gpu::default()
-    };
-    let processes = if fields.fatal {
-        Vec::new()
-    } else {
-        processes.into_values().collect()
-    };
-    (
-        GpuReading {
-            gpu,
-            processes,
-            ..GpuReading::default()
-        },
-        newest,
-    )
 }

@@ -1,0 +1,486 @@
+//! NVIDIA health through the real nvml-wrapper path on the fake NVML: what the backend
+//! reads (error counters, retired and remapped memory, throttle reasons, performance state,
+//! PCIe replays, GPM activity), a lost GPU next to healthy ones, Xid events from the event
+//! thread within one poll, and the event thread's end when the backend is dropped. Most
+//! tests poll `NvidiaBackend` in this process; the last one runs the daemon and reads the
+//! same through `gpukillctl health`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use gpukilld::backends::nvidia::NvidiaBackend;
+use gpukilld::backends::nvidia::events::THREAD_NAME;
+use gpukilld::backends::nvidia::health::SLOW_EVERY;
+use gpukilld::backends::{Backend, GpuReading, Reading};
+use gpukilld::health::{GpmActivity, HealthReading, Throttle};
+use serde_json::{Value, json};
+use support::{Daemon, full_gpu, write_scenario};
+
+/// A daemon's tick in these tests: the time between an injected event and the poll that
+/// must report it.
+const TICK: Duration = Duration::from_millis(150);
+
+/// The fake NVML is one library per process with one scenario file (named by the
+/// environment), so the tests that load it here take turns, each writing its scenario to
+/// the same file; the lock is held until the test's backend is dropped.
+struct Fake {
+    _turn: MutexGuard<'static, ()>,
+    scenario: PathBuf,
+}
+
+fn fake(scenario: &Value) -> Fake {
+    static TURN: Mutex<()> = Mutex::new(());
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let path = FILE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("gpukill-health-nvml-")
+            .tempdir()
+            .expect("a temp dir for the scenario")
+            .keep();
+        let path = dir.join("scenario.json");
+        // SAFETY: set once, under the turn lock, before this process loads the fake
+        // NVML (the only reader of the variable); the other tests wait on the lock.
+        unsafe { std::env::set_var("FAKE_NVML_SCENARIO", &path) };
+        path
+    });
+    write_scenario(path, scenario);
+    Fake {
+        _turn: turn,
+        scenario: path.clone(),
+    }
+}
+
+impl Fake {
+    fn set(&self, scenario: &Value) {
+        write_scenario(&self.scenario, scenario);
+    }
+}
+
+fn backend() -> NvidiaBackend {
+    NvidiaBackend::new(support::fake_nvml(), PathBuf::from("/nonexistent-sysfs"))
+}
+
+/// One poll's GPUs, failing on anything but an answer.
+fn poll(backend: &mut NvidiaBackend) -> Vec<GpuReading> {
+    match backend.poll().pop() {
+        Some(Reading::Ok { gpus, .. }) => gpus,
+        other => panic!("NVIDIA did not answer: {other:?}"),
+    }
+}
+
+/// A GPU with every health counter.
+fn sick_gpu(index: u32) -> Value {
+    let mut gpu = full_gpu(index, json!([]));
+    gpu["ecc_volatile_corrected"] = json!(5);
+    gpu["ecc_volatile_uncorrected"] = json!(1);
+    gpu["ecc_aggregate_corrected"] = json!(20);
+    gpu["ecc_aggregate_uncorrected"] = json!(4);
+    gpu["retired_pages_sbe"] = json!(2);
+    gpu["retired_pages_dbe"] = json!(1);
+    gpu["retired_pages_pending"] = json!(true);
+    gpu["remapped_rows"] =
+        json!({"correctable": 3, "uncorrectable": 1, "pending": true, "failure": false});
+    gpu["throttle_reasons"] = json!(Throttle::HW_THERMAL);
+    gpu["pstate"] = json!(2);
+    gpu["pcie_replay_counter"] = json!(7);
+    gpu
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+fn event_threads() -> usize {
+    thread_names().iter().filter(|n| *n == THREAD_NAME).count()
+}
+
+/// Waits up to 2 s for `count` event threads (a new thread names itself once running).
+fn wait_for_event_threads(count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while event_threads() != count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    event_threads()
+}
+
+#[test]
+fn every_counter_is_read_and_a_gpu_without_them_has_none() {
+    let _fake = fake(&json!({"gpus": [sick_gpu(0), full_gpu(1, json!([]))]}));
+    let mut backend = backend();
+    let gpus = poll(&mut backend);
+
+    let sick = &gpus[0];
+    assert_eq!(sick.gpu.error, None);
+    assert_eq!(
+        sick.health,
+        HealthReading {
+            ecc_sbe_volatile: Some(5),
+            ecc_dbe_volatile: Some(1),
+            ecc_sbe_aggregate: Some(20),
+            ecc_dbe_aggregate: Some(4),
+            retired_sbe: Some(2),
+            retired_dbe: Some(1),
+            retired_pending: Some(true),
+            remapped_correctable: Some(3),
+            remapped_uncorrectable: Some(1),
+            remap_pending: Some(true),
+            remap_failure: Some(false),
+            throttle: Some(Throttle(Throttle::HW_THERMAL)),
+            pstate: Some(2),
+            pcie_replay: Some(7),
+            ..HealthReading::default()
+        }
+    );
+    assert_eq!(
+        sick.health.throttle.map(Throttle::names),
+        Some(vec!["hw_thermal".to_string()])
+    );
+    assert_eq!(
+        sick.gpu.ecc_volatile_errors,
+        Some(6),
+        "the old sum still works"
+    );
+    assert!(sick.xids.is_empty());
+
+    // full_gpu has volatile ECC counts and nothing else of health: the rest is absent,
+    // not 0, and not an error.
+    let plain = &gpus[1];
+    assert_eq!(plain.gpu.error, None);
+    assert_eq!(
+        plain.health,
+        HealthReading {
+            ecc_sbe_volatile: Some(2),
+            ecc_dbe_volatile: Some(1),
+            ..HealthReading::default()
+        }
+    );
+}
+
+#[test]
+fn refused_and_missing_calls_are_absent_and_a_failing_one_is_named() {
+    let mut gpu = sick_gpu(0);
+    gpu["errors"] = json!({
+        "nvmlDeviceGetPcieReplayCounter": "NO_PERMISSION",
+        "nvmlDeviceGetRemappedRows": "FUNCTION_NOT_FOUND",
+        "nvmlDeviceGetRetiredPagesPendingStatus": "NOT_SUPPORTED",
+        "nvmlDeviceGetPerformanceState": "UNKNOWN",
+    });
+    let _fake = fake(&json!({"gpus": [gpu]}));
+    let mut backend = backend();
+    let reading = poll(&mut backend).remove(0);
+    let health = &reading.health;
+    assert_eq!(health.pcie_replay, None);
+    assert_eq!(health.remapped_correctable, None);
+    assert_eq!(health.remap_failure, None);
+    assert_eq!(health.retired_pending, None);
+    assert_eq!(health.pstate, None);
+    assert_eq!(health.retired_dbe, Some(1), "the other calls still answer");
+    assert_eq!(health.throttle, Some(Throttle(Throttle::HW_THERMAL)));
+    let error = reading.gpu.error.unwrap_or_default();
+    assert!(
+        error.starts_with("performance state: ") && !error.contains(';'),
+        "only the unexpected failure is an error: {error}"
+    );
+}
+
+#[test]
+fn slow_counters_are_read_every_tenth_poll_or_at_once_after_an_ecc_event() {
+    let mut gpu = sick_gpu(0);
+    gpu["event_types"] = json!(["double_bit_ecc", "single_bit_ecc"]);
+    let fake = fake(&json!({"gpus": [gpu.clone()]}));
+    let mut backend = backend();
+    assert_eq!(poll(&mut backend)[0].health.ecc_dbe_aggregate, Some(4));
+
+    gpu["ecc_volatile_uncorrected"] = json!(2);
+    gpu["ecc_aggregate_uncorrected"] = json!(5);
+    gpu["remapped_rows"]["failure"] = json!(true);
+    fake.set(&json!({"gpus": [gpu.clone()]}));
+    for _ in 1..SLOW_EVERY {
+        let health = &poll(&mut backend)[0].health;
+        assert_eq!(
+            health.ecc_dbe_volatile,
+            Some(2),
+            "volatile counts every poll"
+        );
+        assert_eq!(health.ecc_dbe_aggregate, Some(4), "the slow ones kept");
+        assert_eq!(health.remap_failure, Some(false));
+    }
+    let health = &poll(&mut backend)[0].health;
+    assert_eq!(
+        health.ecc_dbe_aggregate,
+        Some(5),
+        "read again on poll {SLOW_EVERY}"
+    );
+    assert_eq!(health.remap_failure, Some(true));
+
+    // A double-bit ECC event: the next poll reads the slow counters, whatever the count.
+    gpu["ecc_aggregate_uncorrected"] = json!(6);
+    gpu["events"] = json!([{"at_ms": 0, "type": "double_bit_ecc"}]);
+    fake.set(&json!({"gpus": [gpu]}));
+    std::thread::sleep(TICK);
+    let health = &poll(&mut backend)[0].health;
+    assert_eq!(
+        health.ecc_dbe_aggregate,
+        Some(6),
+        "read at once after the event"
+    );
+}
+
+#[test]
+fn a_lost_gpu_stays_under_its_last_identity_next_to_unaffected_ones() {
+    let scenario = |lost: Value, handle_errors: Value| {
+        let mut gpu1 = sick_gpu(1);
+        gpu1["processes"] = json!([{"pid": 4242, "used_memory_bytes": 1024}]);
+        if !lost.is_null() {
+            gpu1["lost_at_ms"] = lost;
+        }
+        gpu1["errors"] = handle_errors;
+        json!({"gpus": [sick_gpu(0), gpu1, sick_gpu(2)]})
+    };
+    let fake = fake(&scenario(Value::Null, json!({})));
+    let mut backend = backend();
+    let before = poll(&mut backend);
+    assert!(!before[1].health.lost);
+    assert_eq!(before[1].processes.len(), 1);
+
+    // Every call on GPU 1 answers GPU_IS_LOST from now on (its handle still works).
+    fake.set(&scenario(json!(0), json!({})));
+    let after = poll(&mut backend);
+    assert_eq!(after.len(), 3);
+    let lost = &after[1];
+    assert!(lost.health.lost);
+    assert_eq!(
+        lost.health,
+        HealthReading {
+            lost: true,
+            ..HealthReading::default()
+        },
+        "nothing but `lost` is known of a lost GPU"
+    );
+    assert_eq!(lost.gpu.error.as_deref(), Some("GPU is lost"));
+    assert_eq!(lost.gpu.index, 1);
+    assert_eq!(
+        lost.gpu.uuid, before[1].gpu.uuid,
+        "known by its last identity"
+    );
+    assert_eq!(lost.gpu.name, before[1].gpu.name);
+    assert_eq!(lost.gpu.pci_bus_id, before[1].gpu.pci_bus_id);
+    assert_eq!(lost.gpu.utilization_gpu_pct, None);
+    assert!(lost.processes.is_empty());
+    for unaffected in [&after[0], &after[2]] {
+        assert_eq!(unaffected.gpu.error, None);
+        assert!(!unaffected.health.lost);
+        assert_eq!(
+            unaffected.health,
+            before[unaffected.gpu.index as usize].health
+        );
+        assert_eq!(unaffected.gpu.utilization_gpu_pct, Some(50));
+    }
+
+    // A GPU whose very handle is lost: the same.
+    fake.set(&scenario(
+        Value::Null,
+        json!({"nvmlDeviceGetHandleByIndex_v2": "GPU_IS_LOST"}),
+    ));
+    let after = poll(&mut backend);
+    assert!(after[1].health.lost);
+    assert_eq!(after[1].gpu.error.as_deref(), Some("GPU is lost"));
+    assert_eq!(after[1].gpu.uuid, before[1].gpu.uuid);
+    assert!(!after[2].health.lost);
+
+    // Back on the bus: read in full again.
+    fake.set(&scenario(Value::Null, json!({})));
+    let back = poll(&mut backend);
+    assert_eq!(back[1].health, before[1].health);
+    assert_eq!(back[1].gpu.error, None);
+}
+
+#[test]
+fn an_xid_reaches_the_next_poll_once_oldest_first() {
+    let scenario = |events: Value| {
+        let mut gpu0 = sick_gpu(0);
+        gpu0["events"] = events;
+        json!({"gpus": [gpu0, sick_gpu(1)]})
+    };
+    let fake = fake(&scenario(json!([])));
+    let mut backend = backend();
+    assert!(poll(&mut backend).iter().all(|gpu| gpu.xids.is_empty()));
+
+    let injected = SystemTime::now();
+    fake.set(&scenario(json!([
+        {"at_ms": 0, "type": "xid", "data": 79},
+        {"at_ms": 1, "type": "xid", "data": 13},
+        {"at_ms": 0, "type": "pstate"}
+    ])));
+    // One tick later (the fake looks at its file every 50 ms): the next poll has them.
+    std::thread::sleep(TICK);
+    let gpus = poll(&mut backend);
+    let codes: Vec<u64> = gpus[0].xids.iter().map(|xid| xid.code).collect();
+    assert_eq!(
+        codes,
+        [79, 13],
+        "both Xids, oldest first; a pstate event is no Xid"
+    );
+    for xid in &gpus[0].xids {
+        assert!(xid.time >= injected && xid.time <= SystemTime::now());
+    }
+    assert!(gpus[1].xids.is_empty(), "another GPU's Xids are its own");
+    assert!(
+        poll(&mut backend).iter().all(|gpu| gpu.xids.is_empty()),
+        "each Xid is reported once"
+    );
+    assert_eq!(backend.dropped_xids(), 0);
+}
+
+#[test]
+fn the_event_thread_runs_only_with_events_and_stops_within_a_second_of_the_drop() {
+    {
+        // No GPU supports events: no thread keeps running.
+        let _fake = fake(&json!({"gpus": [sick_gpu(0)]}));
+        let mut backend = backend();
+        poll(&mut backend);
+        assert_eq!(
+            wait_for_event_threads(0),
+            0,
+            "a thread with nothing to wait for ends"
+        );
+    }
+
+    let mut gpu = sick_gpu(0);
+    gpu["events"] = json!([]);
+    let _fake = fake(&json!({"gpus": [gpu]}));
+    let mut backend = backend();
+    poll(&mut backend);
+    assert_eq!(wait_for_event_threads(1), 1, "{:?}", thread_names());
+    let started = Instant::now();
+    drop(backend);
+    let took = started.elapsed();
+    assert_eq!(
+        event_threads(),
+        0,
+        "the thread has ended when the drop returns"
+    );
+    assert!(took < Duration::from_secs(1), "the drop took {took:?}");
+    eprintln!("event thread stopped in {took:?}");
+}
+
+#[test]
+fn gpm_activity_comes_from_two_samples_a_poll_apart() {
+    let mut hopper = sick_gpu(0);
+    hopper["gpm"] = json!({"graphics_pct": 50.0, "sm_pct": 40.0, "tensor_pct": [20.0]});
+    let _fake = fake(&json!({"gpus": [hopper, sick_gpu(1)]}));
+    let mut backend = backend();
+    let first = poll(&mut backend);
+    assert_eq!(first[0].health.gpm, None, "one sample is not an interval");
+    let second = poll(&mut backend);
+    assert_eq!(
+        second[0].health.gpm,
+        Some(GpmActivity {
+            graphics_engine: Some(0.5),
+            sm: Some(0.4),
+            tensor: Some(0.2),
+            dram: None,
+        })
+    );
+    assert_eq!(second[1].health.gpm, None, "no GPM before Hopper");
+    assert_eq!(second[0].gpu.error, None);
+}
+
+#[test]
+fn the_daemon_reports_an_injected_xid_and_a_lost_gpu() {
+    let scenario = |events: Value, lost_at_ms: Value| {
+        // Throttled and with correctable errors only: `warning` until the Xid.
+        let mut gpu0 = sick_gpu(0);
+        gpu0["ecc_volatile_uncorrected"] = json!(0);
+        gpu0["remapped_rows"]["uncorrectable"] = json!(0);
+        gpu0["events"] = events;
+        let mut gpu1 = full_gpu(1, json!([]));
+        gpu1["ecc_volatile_uncorrected"] = json!(0);
+        gpu1["throttle_reasons"] = json!(0);
+        if !lost_at_ms.is_null() {
+            gpu1["lost_at_ms"] = lost_at_ms;
+        }
+        json!({"gpus": [gpu0, gpu1]})
+    };
+    let health = |daemon: &Daemon| daemon.ctl_json(&["health", "--output", "json"]);
+    let daemon = Daemon::start(&scenario(json!([]), Value::Null));
+    let before = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus[1]["state"] == json!("ok"),
+    );
+    // What the backend read, through the daemon.
+    assert_eq!(before[0]["state"], json!("warning"), "{before:#}");
+    assert_eq!(before[0]["throttle_reasons"], json!(Throttle::HW_THERMAL));
+    assert_eq!(before[0]["throttle"], json!(["hw_thermal"]));
+    assert_eq!(before[0]["ecc_dbe_aggregate"], json!(4));
+    assert_eq!(before[0]["remapped_correctable"], json!(3));
+    assert_eq!(before[0]["pstate"], json!(2));
+    assert_eq!(before[0]["pcie_replay"], json!(7));
+    assert_eq!(before[1]["retired_sbe"], Value::Null, "absent, not 0");
+
+    daemon.set_scenario(&scenario(
+        json!([{"at_ms": 0, "type": "xid", "data": 79}]),
+        Value::Null,
+    ));
+    let injected = Instant::now();
+    let after = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(5),
+        |gpus| {
+            gpus[0]["recent_xids"]
+                .as_array()
+                .is_some_and(|x| !x.is_empty())
+        },
+    );
+    let latency = injected.elapsed();
+    eprintln!("Xid 79 in `gpukillctl health` {latency:?} after the scenario was written");
+    assert!(
+        latency < Duration::from_millis(1500),
+        "Xid 79 took {latency:?} (200 ms ticks)"
+    );
+    assert_eq!(after[0]["recent_xids"][0]["code"], json!(79));
+    assert_eq!(after[0]["state"], json!("critical"));
+    assert_eq!(
+        after[1]["state"],
+        json!("ok"),
+        "the other GPU is unaffected"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("NVIDIA GPU 0 reported Xid 79: GPU has fallen off the bus"),
+        "the event thread logs the Xid:\n{}",
+        daemon.log_text()
+    );
+
+    // GPU 1 falls off the bus: `lost`, under its UUID; GPU 0 is still critical.
+    daemon.set_scenario(&scenario(
+        json!([{"at_ms": 0, "type": "xid", "data": 79}]),
+        json!(0),
+    ));
+    let lost = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(5),
+        |gpus| gpus[1]["state"] == json!("lost"),
+    );
+    assert_eq!(lost[1]["uuid"], before[1]["uuid"]);
+    assert_eq!(lost[1]["name"], before[1]["name"]);
+    assert_eq!(lost[0]["state"], json!("critical"));
+    assert_eq!(
+        health(&daemon)[0]["recent_xids"].as_array().map(Vec::len),
+        Some(1),
+        "the Xid was delivered once"
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+}
