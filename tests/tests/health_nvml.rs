@@ -158,8 +158,8 @@ fn every_counter_is_read_and_a_gpu_without_them_has_none() {
     assert_eq!(
         plain.health,
         HealthReading {
-            ecc_sbe_volatile: Some(2),
-            ecc_dbe_volatile: Some(1),
+            ecc_sbe_volatile: Some(3),
+            ecc_dbe_volatile: Some(0),
             ..HealthReading::default()
         }
     );

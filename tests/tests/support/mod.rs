@@ -563,7 +563,8 @@ pub fn read_all(mut reader: impl Read) -> String {
 
 pub const MIB: u64 = 1024 * 1024;
 
-/// A GPU object for a scenario with every metric present.
+/// A GPU object for a scenario with every metric present, and healthy: its volatile ECC
+/// errors are all corrected (an uncorrected one would make it critical and drain it).
 pub fn full_gpu(index: u32, processes: Value) -> Value {
     serde_json::json!({
         "uuid": format!("GPU-00000000-0000-4000-8000-00000000000{index}"),
@@ -578,8 +579,8 @@ pub fn full_gpu(index: u32, processes: Value) -> Value {
         "fan_speed_pct": 30,
         "clock_sm_mhz": 1410,
         "clock_mem_mhz": 1593,
-        "ecc_volatile_corrected": 2,
-        "ecc_volatile_uncorrected": 1,
+        "ecc_volatile_corrected": 3,
+        "ecc_volatile_uncorrected": 0,
         "mig_enabled": false,
         "multi_gpu_board": false,
         "processes": processes,
