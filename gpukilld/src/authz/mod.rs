@@ -379,11 +379,12 @@ pub fn may_change_registration(node: &str, owner: &str, principal: &str) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
 
     use super::*;
 
-    fn local(uid: u32, gid: u32) -> Caller {
+    /// A local caller (Unix socket) with `uid` and `gid`.
+    pub(crate) fn local(uid: u32, gid: u32) -> Caller {
         Caller {
             uid,
             gid,

@@ -35,18 +35,11 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::authz::Transport;
     use crate::procinfo::{Container, ProcessInfo};
     use crate::snapshot::{Gpu, ProcessKind, ProcessSlot, ProcessTable, Vendor, VendorData};
 
     fn caller() -> Caller {
-        Caller {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
-            transport: Transport::Local,
-            remote: None,
-        }
+        crate::authz::tests::local(1000, 1000)
     }
 
     /// A process of `user` (uid 1000 for alice, 1001 for bob) on `vendor`'s GPU `gpu`.

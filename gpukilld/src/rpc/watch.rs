@@ -163,17 +163,10 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::authz::Transport;
     use crate::ring::tests::snapshot;
 
     fn caller() -> Caller {
-        Caller {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
-            transport: Transport::Local,
-            remote: None,
-        }
+        crate::authz::tests::local(1000, 1000)
     }
 
     /// The message as a client reads it.
