@@ -10,6 +10,7 @@ use gpukill_proto::v1::{Gpu, GpuHealth, HealthCondition, HealthState};
 use serde::Serialize;
 
 use super::escape;
+use super::table::{or_absent, table};
 use super::time::{TimeZone, date_time};
 use super::{enum_name, vendor_name};
 
@@ -150,13 +151,9 @@ impl HealthJson {
     pub fn new(health: Option<&GpuHealth>) -> Self {
         let default = GpuHealth::default();
         let health = health.unwrap_or(&default);
-        let state = if health.state == 0 {
-            "unknown".to_owned()
-        } else {
-            state_name(health.state).into_owned()
-        };
         HealthJson {
-            state,
+            // Unset (a daemon that does not assess health) is `unknown` too.
+            state: state_name(health.state).into_owned(),
             reasons: health
                 .reasons
                 .iter()
@@ -229,20 +226,15 @@ impl GpuHealthJson {
 /// The table of `gpukillctl health`: one row per GPU (state and its worst reason), then one
 /// line per further reason and per recent Xid.
 pub fn render(gpus: &[&Gpu], tz: TimeZone) -> String {
-    let mut builder = tabled::builder::Builder::default();
-    builder.push_record(["GPU", "NAME", "STATE", "REASON"]);
+    let mut rows = Vec::new();
     let mut details = Vec::new();
     for gpu in gpus {
         let health = HealthJson::new(gpu.health.as_ref());
-        let reason = health
-            .reasons
-            .first()
-            .map_or_else(|| "-".to_owned(), |reason| reason.text.clone());
-        builder.push_record([
+        rows.push(vec![
             gpu.index.to_string(),
-            escape::cell(gpu.name.as_deref().unwrap_or("-")).into_owned(),
+            or_absent(gpu.name.as_deref()),
             health.state.to_uppercase(),
-            escape::cell(&reason).into_owned(),
+            or_absent(health.reasons.first().map(|reason| &reason.text)),
         ]);
         for reason in health.reasons.iter().skip(1) {
             details.push(format!("GPU {}: {}", gpu.index, escape::cell(&reason.text)));
@@ -252,21 +244,12 @@ pub fn render(gpus: &[&Gpu], tz: TimeZone) -> String {
                 "GPU {}: Xid {} at {}: {}",
                 gpu.index,
                 xid.code,
-                date_time(xid.time_unix_ms, tz).unwrap_or_else(|| "-".to_owned()),
+                or_absent(date_time(xid.time_unix_ms, tz)),
                 escape::cell(&xid.meaning)
             ));
         }
     }
-    let mut text = builder
-        .build()
-        .with(tabled::settings::Style::psql())
-        .to_string();
-    text = text
-        .lines()
-        .map(str::trim_end)
-        .collect::<Vec<_>>()
-        .join("\n");
-    text.push('\n');
+    let mut text = table(&["GPU", "NAME", "STATE", "REASON"], rows.into_iter());
     if !details.is_empty() {
         text.push('\n');
         for line in details {

@@ -37,14 +37,13 @@ pub async fn clear(
     )
     .await?;
     let snapshot = ring.latest();
-    let count = u32::try_from(snapshot.gpus().count()).unwrap_or(u32::MAX);
     let Some((vendor, gpu)) = snapshot
         .gpus()
         .find(|(_, gpu)| gpu.index == request.gpu_index)
     else {
         return Err(RpcError::Select(SelectError::NoSuchGpu {
             index: request.gpu_index,
-            count,
+            count: u32::try_from(snapshot.gpus().count()).unwrap_or(u32::MAX),
         }));
     };
     let key = health::key(gpu.uuid.as_ref(), vendor.name(), gpu.vendor_index);
