@@ -34,7 +34,8 @@ impl HealthEvents {
         let mut events = Vec::new();
         for (vendor, gpu) in snapshot.gpus() {
             let key = health::key(gpu.uuid.as_ref(), vendor.name(), gpu.vendor_index);
-            let label = format!("GPU {} ({key})", gpu.index);
+            // Only formatted when there is something to record (the usual tick has nothing).
+            let label = || format!("GPU {} ({key})", gpu.index);
             let health = &gpu.health;
             let before = self.seen.get(&key).copied();
             for event in health
@@ -44,7 +45,7 @@ impl HealthEvents {
             {
                 events.push(health_event(
                     event.time,
-                    format!("xid {} on {label}", event.code),
+                    format!("xid {} on {}", event.code, label()),
                     "reported",
                     format!("Xid {}: {}", event.code, xid::meaning(event.code)),
                 ));
@@ -56,7 +57,7 @@ impl HealthEvents {
             if changed {
                 events.push(health_event(
                     snapshot.taken_at,
-                    format!("health of {label}"),
+                    format!("health of {}", label()),
                     health.state.as_str(),
                     describe(before.map(|seen| seen.state), health),
                 ));
