@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::health::GpuHealth;
+use crate::health::{GpmActivity, GpuHealth};
 use crate::procinfo::ProcessInfo;
 
 /// GPU vendors.
@@ -81,6 +81,9 @@ pub struct Gpu {
     pub reset_supported: Option<bool>,
     /// Why the GPU (or part of it) could not be read this tick.
     pub error: Option<String>,
+    /// NVIDIA GPM activity (Hopper and newer), from two samples a tick apart. Kept out of
+    /// `health`: it changes every tick, and the health is shared between ticks.
+    pub gpm: Option<GpmActivity>,
     /// Its health as assessed this tick (the sampler sets it; shared with the previous
     /// tick's while nothing changes).
     pub health: Arc<GpuHealth>,

@@ -380,10 +380,10 @@ fn gpm_activity_comes_from_two_samples_a_poll_apart() {
     let _fake = fake(&json!({"gpus": [hopper, sick_gpu(1)]}));
     let mut backend = backend();
     let first = poll(&mut backend);
-    assert_eq!(first[0].health.gpm, None, "one sample is not an interval");
+    assert_eq!(first[0].gpu.gpm, None, "one sample is not an interval");
     let second = poll(&mut backend);
     assert_eq!(
-        second[0].health.gpm,
+        second[0].gpu.gpm,
         Some(GpmActivity {
             graphics_engine: Some(0.5),
             sm: Some(0.4),
@@ -391,7 +391,7 @@ fn gpm_activity_comes_from_two_samples_a_poll_apart() {
             dram: None,
         })
     );
-    assert_eq!(second[1].health.gpm, None, "no GPM before Hopper");
+    assert_eq!(second[1].gpu.gpm, None, "no GPM before Hopper");
     assert_eq!(second[0].gpu.error, None);
 }
 

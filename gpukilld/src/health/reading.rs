@@ -1,6 +1,7 @@
 //! What a backend reads of a GPU's health each tick: error counters, retired and remapped
-//! memory, throttle reasons, the performance state, PCIe replays, AMD's RAS counters and
-//! NVIDIA's GPM activity; and the Xid errors its event thread saw since the last tick.
+//! memory, throttle reasons, the performance state, PCIe replays, and AMD's RAS counters;
+//! and the Xid errors its event thread saw since the last tick. (NVIDIA's GPM activity is
+//! read with them but kept in `Gpu::gpm`: it changes every tick.)
 //! Every field is absent (`None`, empty) where the GPU or its driver does not report it:
 //! absent is never reported as zero.
 
@@ -42,8 +43,6 @@ pub struct HealthReading {
     pub pcie_replay: Option<u64>,
     /// AMD RAS error counts per block (`umc`, `gfx`, `sdma`, …), sorted by block.
     pub ras: Vec<RasCount>,
-    /// NVIDIA GPM activity (Hopper and newer), from two samples a tick apart.
-    pub gpm: Option<GpmActivity>,
     /// The GPU answered GPU_IS_LOST: it fell off the bus.
     pub lost: bool,
 }

@@ -4,7 +4,7 @@
 
 use super::exposition::{Exposition, Value};
 use super::gpus::gpu_samples;
-use crate::health::{GpuHealth, HealthReading, HealthState};
+use crate::health::{HealthReading, HealthState};
 use crate::snapshot::{Gpu, Snapshot, Vendor};
 
 /// A dcgm-exporter health field: name, type, help, and how to read it.
@@ -12,7 +12,7 @@ struct DcgmField {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: fn(&GpuHealth) -> Option<Value>,
+    value: fn(&Gpu) -> Option<Value>,
 }
 
 fn count(value: Option<u64>) -> Option<Value> {
@@ -27,8 +27,8 @@ fn ratio(value: Option<f64>) -> Option<Value> {
     value.map(Value::Float)
 }
 
-fn reading(health: &GpuHealth) -> &HealthReading {
-    &health.reading
+fn reading(gpu: &Gpu) -> &HealthReading {
+    &gpu.health.reading
 }
 
 /// NVIDIA's health fields under dcgm-exporter's names (its `default-counters.csv` and
@@ -38,109 +38,109 @@ const DCGM_FIELDS: &[DcgmField] = &[
         name: "DCGM_FI_DEV_XID_ERRORS",
         kind: "gauge",
         help: "Value of the last XID error encountered.",
-        value: |health| health.last_xid().map(Value::Uint),
+        value: |gpu| gpu.health.last_xid().map(Value::Uint),
     },
     DcgmField {
         name: "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
         kind: "gauge",
         help: "Current clock throttle reasons (bitmask of DCGM_CLOCKS_THROTTLE_REASON_*).",
-        value: |health| count(reading(health).throttle.map(|throttle| throttle.0)),
+        value: |gpu| count(reading(gpu).throttle.map(|throttle| throttle.0)),
     },
     DcgmField {
         name: "DCGM_FI_DEV_PSTATE",
         kind: "gauge",
         help: "Performance state (P-State) 0-15. 0=highest.",
-        value: |health| reading(health).pstate.map(|p| Value::Uint(p.into())),
+        value: |gpu| reading(gpu).pstate.map(|p| Value::Uint(p.into())),
     },
     DcgmField {
         name: "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
         kind: "counter",
         help: "Total number of PCIe retries.",
-        value: |health| count(reading(health).pcie_replay),
+        value: |gpu| count(reading(gpu).pcie_replay),
     },
     DcgmField {
         name: "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
         kind: "counter",
         help: "Total number of single-bit volatile ECC errors.",
-        value: |health| count(reading(health).ecc_sbe_volatile),
+        value: |gpu| count(reading(gpu).ecc_sbe_volatile),
     },
     DcgmField {
         name: "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
         kind: "counter",
         help: "Total number of double-bit volatile ECC errors.",
-        value: |health| count(reading(health).ecc_dbe_volatile),
+        value: |gpu| count(reading(gpu).ecc_dbe_volatile),
     },
     DcgmField {
         name: "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
         kind: "counter",
         help: "Total number of single-bit persistent ECC errors.",
-        value: |health| count(reading(health).ecc_sbe_aggregate),
+        value: |gpu| count(reading(gpu).ecc_sbe_aggregate),
     },
     DcgmField {
         name: "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
         kind: "counter",
         help: "Total number of double-bit persistent ECC errors.",
-        value: |health| count(reading(health).ecc_dbe_aggregate),
+        value: |gpu| count(reading(gpu).ecc_dbe_aggregate),
     },
     DcgmField {
         name: "DCGM_FI_DEV_RETIRED_SBE",
         kind: "counter",
         help: "Total number of retired pages due to single-bit errors.",
-        value: |health| count(reading(health).retired_sbe),
+        value: |gpu| count(reading(gpu).retired_sbe),
     },
     DcgmField {
         name: "DCGM_FI_DEV_RETIRED_DBE",
         kind: "counter",
         help: "Total number of retired pages due to double-bit errors.",
-        value: |health| count(reading(health).retired_dbe),
+        value: |gpu| count(reading(gpu).retired_dbe),
     },
     DcgmField {
         name: "DCGM_FI_DEV_RETIRED_PENDING",
         kind: "counter",
         help: "Total number of pages pending retirement.",
-        value: |health| flag(reading(health).retired_pending),
+        value: |gpu| flag(reading(gpu).retired_pending),
     },
     DcgmField {
         name: "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
         kind: "counter",
         help: "Number of remapped rows for correctable errors.",
-        value: |health| count(reading(health).remapped_correctable),
+        value: |gpu| count(reading(gpu).remapped_correctable),
     },
     DcgmField {
         name: "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
         kind: "counter",
         help: "Number of remapped rows for uncorrectable errors.",
-        value: |health| count(reading(health).remapped_uncorrectable),
+        value: |gpu| count(reading(gpu).remapped_uncorrectable),
     },
     DcgmField {
         name: "DCGM_FI_DEV_ROW_REMAP_FAILURE",
         kind: "gauge",
         help: "Whether remapping of rows has failed.",
-        value: |health| flag(reading(health).remap_failure),
+        value: |gpu| flag(reading(gpu).remap_failure),
     },
     DcgmField {
         name: "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
         kind: "gauge",
         help: "Ratio of time the graphics engine is active.",
-        value: |health| ratio(reading(health).gpm.and_then(|gpm| gpm.graphics_engine)),
+        value: |gpu| ratio(gpu.gpm.and_then(|gpm| gpm.graphics_engine)),
     },
     DcgmField {
         name: "DCGM_FI_PROF_SM_ACTIVE",
         kind: "gauge",
         help: "The ratio of cycles an SM has at least 1 warp assigned.",
-        value: |health| ratio(reading(health).gpm.and_then(|gpm| gpm.sm)),
+        value: |gpu| ratio(gpu.gpm.and_then(|gpm| gpm.sm)),
     },
     DcgmField {
         name: "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
         kind: "gauge",
         help: "Ratio of cycles the tensor (HMMA) pipe is active.",
-        value: |health| ratio(reading(health).gpm.and_then(|gpm| gpm.tensor)),
+        value: |gpu| ratio(gpu.gpm.and_then(|gpm| gpm.tensor)),
     },
     DcgmField {
         name: "DCGM_FI_PROF_DRAM_ACTIVE",
         kind: "gauge",
         help: "Ratio of cycles the device memory interface is active sending or receiving data.",
-        value: |health| ratio(reading(health).gpm.and_then(|gpm| gpm.dram)),
+        value: |gpu| ratio(gpu.gpm.and_then(|gpm| gpm.dram)),
     },
 ];
 
@@ -156,9 +156,7 @@ pub(super) fn render_health<'a>(
     for field in DCGM_FIELDS {
         let family = out.family(field.name, field.kind, field.help);
         let value = field.value;
-        gpu_samples(family, snapshot, labels, nvidia, move |gpu: &Gpu| {
-            value(&gpu.health)
-        });
+        gpu_samples(family, snapshot, labels, nvidia, value);
     }
     let other = |vendor: Vendor| vendor != Vendor::Nvidia;
     let throttle = out.family(

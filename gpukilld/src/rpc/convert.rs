@@ -366,7 +366,7 @@ fn gpu(vendor_: Vendor, gpu: &Gpu) -> pb::Gpu {
         vendor_index: gpu.vendor_index,
         gtt_used_bytes: gpu.gtt_used_bytes,
         gtt_total_bytes: gpu.gtt_total_bytes,
-        health: Some(super::gpu_health::gpu_health(&gpu.health)),
+        health: Some(super::gpu_health::gpu_health(gpu)),
         process_summary: None,
     }
 }

@@ -11,8 +11,9 @@ use super::error::RpcError;
 use super::kill::{KillContext, event_caller};
 use crate::actions::kill::SelectError;
 use crate::authz::Caller;
-use crate::health::{self, Condition, GpuHealth, HealthState, Tracker, xid};
+use crate::health::{self, Condition, HealthState, Tracker, xid};
 use crate::ring::Ring;
+use crate::snapshot::Gpu;
 use crate::store::{EventKind, NewEvent};
 
 /// Answers `HealthClear`: an admin acknowledges what the GPU shows now, so only new errors
@@ -111,10 +112,11 @@ impl From<Condition> for pb::HealthCondition {
     }
 }
 
-/// A GPU's health as sent.
-pub fn gpu_health(health: &GpuHealth) -> pb::GpuHealth {
+/// A GPU's health as sent (with its GPM activity, which the snapshot keeps beside it).
+pub fn gpu_health(gpu: &Gpu) -> pb::GpuHealth {
+    let health = &gpu.health;
     let reading = &health.reading;
-    let gpm = reading.gpm.unwrap_or_default();
+    let gpm = gpu.gpm.unwrap_or_default();
     pb::GpuHealth {
         state: pb::HealthState::from(health.state).into(),
         reasons: health

@@ -282,6 +282,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(true),
                 error: None,
+                gpm: None,
                 health: Default::default(),
             }
         );
@@ -317,6 +318,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(true),
                 error: None,
+                gpm: None,
                 health: Default::default(),
             }
         );

@@ -227,6 +227,7 @@ mod tests {
             mig_enabled: None,
             reset_supported: Some(false),
             error: None,
+            gpm: None,
             health: Default::default(),
         };
         assert_eq!(first, expected);
@@ -280,6 +281,7 @@ mod tests {
                 mig_enabled: None,
                 reset_supported: Some(false),
                 error: None,
+                gpm: None,
                 health: Default::default(),
             }
         );

@@ -337,7 +337,7 @@ impl Loaded {
             ecc_event,
             &mut reading.health,
         );
-        reading.health.gpm = self.gpm.read(nvml, index, device, &mut fields);
+        reading.gpu.gpm = self.gpm.read(nvml, index, device, &mut fields);
         if fields.fatal {
             // Nothing of this tick's answers can be trusted: only the error, and `lost`.
             self.gpm.forget(nvml, index);
