@@ -101,6 +101,14 @@ impl v1::Vendor {
     }
 }
 
+impl v1::HealthState {
+    /// Whether a GPU in this state is not fit for work: critical or lost. Such a GPU is not
+    /// handed out where unhealthy GPUs are drained, and never counted as free.
+    pub fn is_unfit(self) -> bool {
+        matches!(self, v1::HealthState::Critical | v1::HealthState::Lost)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

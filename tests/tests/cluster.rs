@@ -3,7 +3,8 @@
 //! shows every node's GPUs, a killed node is reported unreachable within the deadline while
 //! the others still answer, and a restarted node comes back under the same id; a kill sent
 //! through the coordinator with `--node` runs on the node, as the caller the coordinator
-//! verified, audited there with both names.
+//! verified, audited there with both names; a node's critical GPU shows in `cluster list`
+//! and `cluster contention` counts it as unhealthy, never as free.
 
 mod support;
 
@@ -398,4 +399,175 @@ async fn kill_through_the_coordinator_runs_on_the_node_as_the_verified_caller() 
     let unknown = cluster.coordinator.ctl(&["--node", "n9", "list"]);
     assert_eq!(unknown.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("n9"));
+}
+
+/// The `- ` lines of `section` in `cluster contention`'s text, or its table's rows.
+fn contention_section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.split("\n\n")
+        .find(|section| section.starts_with(title))
+        .unwrap_or_else(|| panic!("no section {title} in\n{text}"))
+        .lines()
+        .skip(1)
+        .filter(|line| !line.starts_with("--") && !line.starts_with(" NODE "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_gpu_shows_in_cluster_list_and_contention_never_offers_it() {
+    // n2's GPU 1 reports an uncorrectable ECC error: critical from its first tick.
+    let mut sick = full_gpu(1, json!([]));
+    sick["ecc_volatile_uncorrected"] = json!(1);
+    let cluster = Cluster::start(vec![
+        scenario_with(1, json!([])),
+        json!({"gpus": [full_gpu(0, json!([])), sick]}),
+    ]);
+    cluster
+        .wait_for_nodes("both nodes register", |nodes| {
+            up(nodes, "n1") && up(nodes, "n2")
+        })
+        .await;
+    let coordinator = &cluster.coordinator;
+
+    // cluster list, JSON: every node's GPUs with their health, as the nodes assessed it
+    // (critical from n2's first tick; the wait is for both nodes to have answered).
+    let list = coordinator.wait_for_json(
+        &["cluster", "list", "--output", "json"],
+        Duration::from_secs(15),
+        |list| list["nodes"][1]["gpus"][1]["health"]["state"] == "critical",
+    );
+    let health = |node: usize, gpu: usize| list["nodes"][node]["gpus"][gpu]["health"].clone();
+    assert_eq!(list["nodes"][1]["name"], "n2", "{list:#}");
+    assert_eq!(health(0, 0)["state"], "ok", "{list:#}");
+    assert_eq!(health(1, 0)["state"], "ok", "{list:#}");
+    assert_eq!(
+        health(1, 1)["reasons"][0]["condition"],
+        "ecc_uncorrectable",
+        "{list:#}"
+    );
+    let reason = health(1, 1)["reasons"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("uncorrectable ECC"), "{reason}");
+
+    // cluster list, table: the HEALTH column, and a line naming the critical GPU and why.
+    let output = coordinator.ctl(&["cluster", "list"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split('|').map(str::trim).collect();
+    let column = header
+        .iter()
+        .position(|cell| *cell == "HEALTH")
+        .unwrap_or_else(|| panic!("a HEALTH column in\n{text}"));
+    let health_cells: Vec<(String, String, String)> = lines[2..]
+        .iter()
+        .take_while(|line| line.starts_with(' '))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (
+                cells[0].to_owned(),
+                cells[1].to_owned(),
+                cells[column].to_owned(),
+            )
+        })
+        .collect();
+    let cell =
+        |node: &str, gpu: &str, health: &str| (node.to_owned(), gpu.to_owned(), health.to_owned());
+    assert_eq!(
+        health_cells,
+        [
+            cell("n1", "0", "ok"),
+            cell("n2", "0", "ok"),
+            cell("n2", "1", "critical")
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\nn2: GPU 1 (NVIDIA A100-SXM4-80GB): critical: {reason}\n"
+        )),
+        "{text}"
+    );
+
+    // cluster contention, JSON: n2's GPU 1 is unhealthy, in no other list, and not offered.
+    let contention = coordinator.ctl_json(&["cluster", "contention", "--output", "json"]);
+    let places = |list: &str| -> Vec<(String, u64, String)> {
+        contention[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{list} in {contention:#}"))
+            .iter()
+            .map(|gpu| {
+                (
+                    gpu["node"].as_str().unwrap_or_default().to_owned(),
+                    gpu["gpu_index"].as_u64().unwrap_or(u64::MAX),
+                    gpu["health_state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let place = |node: &str, index: u64, health: &str| (node.to_owned(), index, health.to_owned());
+    assert_eq!(
+        places("unhealthy"),
+        [place("n2", 1, "critical")],
+        "{contention:#}"
+    );
+    assert_eq!(contention["unhealthy"][0]["health_reason"], json!(reason));
+    assert_eq!(
+        places("free"),
+        [place("n1", 0, "ok"), place("n2", 0, "ok")],
+        "{contention:#}"
+    );
+    assert!(places("busy").is_empty(), "{contention:#}");
+    assert!(places("idle").is_empty(), "{contention:#}");
+    let suggestions: Vec<&str> = contention["suggestions"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        suggestions.contains(&"2 free GPUs: n1 GPU 0, n2 GPU 0"),
+        "{suggestions:#?}"
+    );
+    assert!(
+        suggestions.contains(
+            &format!(
+                "n2 GPU 1 is critical ({reason}): not counted as free; an admin checks it with \
+                 `gpukillctl --node n2 health`"
+            )
+            .as_str()
+        ),
+        "{suggestions:#?}"
+    );
+
+    // cluster contention, table: the same in its sections.
+    let output = coordinator.ctl(&["cluster", "contention"]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let unhealthy = contention_section(&text, "UNHEALTHY GPUS");
+    assert_eq!(unhealthy.len(), 1, "{text}");
+    let cells: Vec<&str> = unhealthy[0].split('|').map(str::trim).collect();
+    assert_eq!(cells[..2], ["n2", "1"], "{text}");
+    assert!(cells.contains(&"critical"), "{text}");
+    assert_eq!(cells.last(), Some(&reason.as_str()), "{text}");
+    let free = contention_section(&text, "FREE GPUS");
+    assert_eq!(free.len(), 2, "{text}");
+    assert!(
+        free.iter().all(|row| !row.starts_with(" n2   | 1 ")),
+        "{text}"
+    );
+    assert!(
+        contention_section(&text, "SUGGESTIONS")
+            .iter()
+            .any(|line| line.starts_with("- n2 GPU 1 is critical (")),
+        "{text}"
+    );
+
+    // What the suggestion says to run works through the coordinator.
+    let on_n2 = coordinator.ctl_json(&["--node", "n2", "health", "--output", "json"]);
+    assert_eq!(on_n2[1]["state"], "critical", "{on_n2:#}");
+    assert_eq!(on_n2[1]["reasons"][0]["text"], json!(reason), "{on_n2:#}");
 }

@@ -164,7 +164,7 @@ fn table_shows_dashes_for_absent_values_and_the_process_table() {
     );
     assert!(header.contains("  sampled "), "{header}");
     for header in [
-        "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "PIDS", "TOP_PROC",
+        "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "HEALTH", "PIDS", "TOP_PROC",
     ] {
         assert!(table.contains(header), "missing column {header}:\n{table}");
     }
@@ -189,6 +189,21 @@ fn table_shows_dashes_for_absent_values_and_the_process_table() {
         gpu1_row.contains(" - "),
         "absent values must render as '-': {gpu1_row}"
     );
+    // HEALTH: the A100 reports its ECC counters and nothing is wrong: ok; the RTX 3090
+    // reports nothing about its health: unknown, shown as '-'.
+    let cells = |line: &str| -> Vec<String> {
+        line.split('|').map(|cell| cell.trim().to_owned()).collect()
+    };
+    let column = cells(table.lines().nth(1).expect("GPU table header"))
+        .iter()
+        .position(|cell| cell == "HEALTH")
+        .expect("HEALTH column");
+    let gpu0_row = table
+        .lines()
+        .find(|line| line.contains("A100"))
+        .expect("GPU 0 row");
+    assert_eq!(cells(gpu0_row)[column], "ok", "{table}");
+    assert_eq!(cells(gpu1_row)[column], "-", "{table}");
     assert!(table.contains(&theirs.pid().to_string()), "{table}");
 }
 

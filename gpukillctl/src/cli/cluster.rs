@@ -32,11 +32,13 @@ pub enum ClusterCommand {
     /// table with the reason (and in the JSON with its error).
     #[command(after_help = CLUSTER_EXIT_CODES)]
     List(ClusterListArgs),
-    /// Contention across the cluster: busy, free and idle GPUs, the top users, suggestions
+    /// Contention across the cluster: busy, free, idle and unhealthy GPUs, the top users,
+    /// suggestions
     ///
     /// BUSY GPUS have memory or utilization at 90% or more; FREE GPUS have no processes;
-    /// IDLE GPUS have processes that do nothing (no utilization, no SM time). The top users
-    /// are ranked by GPU memory and by SM utilization across all nodes.
+    /// IDLE GPUS have processes that do nothing (no utilization, no SM time); UNHEALTHY GPUS
+    /// are critical or lost, and in none of the others (a free GPU is never a broken one).
+    /// The top users are ranked by GPU memory and by SM utilization across all nodes.
     #[command(after_help = CLUSTER_EXIT_CODES)]
     Contention(ClusterContentionArgs),
 }

@@ -23,9 +23,9 @@ pub struct ListArgs {
     /// Show every column, each whole, however wide the terminal
     ///
     /// On a terminal the tables fit its width: the GPU table leaves out ECC, then power, the
-    /// process count and temperature, and narrows names; the process table narrows the
-    /// command line first. Output that is not a terminal is never narrowed (unless $COLUMNS
-    /// is set).
+    /// process count, temperature and health, and narrows names; the process table narrows
+    /// the command line first. Output that is not a terminal is never narrowed (unless
+    /// $COLUMNS is set).
     #[arg(long)]
     pub wide: bool,
 

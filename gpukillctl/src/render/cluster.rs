@@ -15,6 +15,7 @@ use gpukill_proto::v1::{
 };
 use serde::Serialize;
 
+use super::health::{state_cell, state_name};
 use super::json::{SnapshotJson, document, non_empty};
 use super::layout::{self, Step};
 use super::mib;
@@ -255,8 +256,8 @@ pub fn list_json(response: &ListAllResponse) -> Result<String, Error> {
 
 /// `response` as text, ending in a newline:
 /// 1. the GPU table of every node that answered: NODE, then the columns of `list`;
-/// 2. per node, `NODE: ...` lines for what is wrong (stale, GPUs that could not be read,
-///    vendors not OK, no GPUs at all);
+/// 2. per node, `NODE: ...` lines for what is wrong (stale, GPUs that could not be read or
+///    that are critical or lost, vendors not OK, no GPUs at all);
 /// 3. with `--details` or `--containers`, a blank line and the process table (NODE first);
 /// 4. `unreachable: n2 (why); n3 (why)` when nodes did not answer.
 pub fn render_list(response: &ListAllResponse, options: &TableOptions) -> String {
@@ -331,6 +332,8 @@ pub struct ContentionJson {
     pub free: Vec<ClusterGpuJson>,
     /// GPUs whose processes do nothing.
     pub idle: Vec<ClusterGpuJson>,
+    /// GPUs whose health is critical or lost (in none of busy, free and idle).
+    pub unhealthy: Vec<ClusterGpuJson>,
     /// Top users by GPU memory.
     pub top_by_memory: Vec<ClusterUserJson>,
     /// Top users by SM utilization.
@@ -358,6 +361,11 @@ pub struct ClusterGpuJson {
     pub mem_total_mb: Option<u64>,
     /// Users with processes on it.
     pub users: Vec<String>,
+    /// `ok`, `warning`, `critical`, `lost`, or `unknown` (also from a node that does not
+    /// assess health).
+    pub health_state: String,
+    /// Why it is warning, critical or lost.
+    pub health_reason: Option<String>,
 }
 
 impl ClusterGpuJson {
@@ -371,6 +379,8 @@ impl ClusterGpuJson {
             mem_used_mb: gpu.memory_used_bytes.map(mib),
             mem_total_mb: gpu.memory_total_bytes.map(mib),
             users: gpu.users.clone(),
+            health_state: state_name(gpu.health_state).into_owned(),
+            health_reason: gpu.health_reason.clone(),
         }
     }
 }
@@ -414,6 +424,7 @@ pub fn contention_json(response: &ContentionResponse) -> Result<String, Error> {
         busy: gpus(&response.busy),
         free: gpus(&response.free),
         idle: gpus(&response.idle),
+        unhealthy: gpus(&response.unhealthy),
         top_by_memory: users(&response.top_by_memory),
         top_by_utilization: users(&response.top_by_utilization),
         suggestions: response.suggestions.clone(),
@@ -425,11 +436,15 @@ pub fn contention_json(response: &ContentionResponse) -> Result<String, Error> {
 /// in a newline.
 pub fn render_contention(response: &ContentionResponse) -> String {
     let sections = [
-        ("BUSY GPUS", gpu_section(&response.busy)),
-        ("FREE GPUS", gpu_section(&response.free)),
+        ("BUSY GPUS", gpu_section(&response.busy, false)),
+        ("FREE GPUS", gpu_section(&response.free, false)),
         (
             "IDLE GPUS (processes that do nothing)",
-            gpu_section(&response.idle),
+            gpu_section(&response.idle, false),
+        ),
+        (
+            "UNHEALTHY GPUS (critical or lost: not counted as busy, free or idle)",
+            gpu_section(&response.unhealthy, true),
         ),
         ("TOP USERS BY MEMORY", user_section(&response.top_by_memory)),
         (
@@ -446,21 +461,30 @@ pub fn render_contention(response: &ContentionResponse) -> String {
         .join("\n")
 }
 
-/// The table of `gpus`, or `none`.
-fn gpu_section(gpus: &[ClusterGpu]) -> String {
+/// The table of `gpus`, or `none`; with `reasons`, a REASON column last (why each is
+/// unhealthy).
+fn gpu_section(gpus: &[ClusterGpu], reasons: bool) -> String {
     if gpus.is_empty() {
         return "none\n".to_owned();
     }
-    let header = ["NODE", "GPU", "NAME", "MEMORY", "UTIL", "USERS"];
+    let mut header = vec!["NODE", "GPU", "NAME", "MEMORY", "UTIL", "HEALTH", "USERS"];
+    if reasons {
+        header.push("REASON");
+    }
     let rows = gpus.iter().map(|gpu| {
-        vec![
+        let mut row = vec![
             gpu.node.clone(),
             gpu.index.to_string(),
             or_absent(gpu.name.as_deref()),
             memory(gpu.memory_used_bytes, gpu.memory_total_bytes),
             or_absent(gpu.utilization_pct.map(|pct| format!("{pct}%"))),
+            state_cell(gpu.health_state),
             or_absent_str(&gpu.users.join(",")),
-        ]
+        ];
+        if reasons {
+            row.push(or_absent(gpu.health_reason.as_deref()));
+        }
+        row
     });
     table(&header, rows)
 }
@@ -579,6 +603,45 @@ mod tests {
             assert!(layout::text_width(line) <= 100, "{line:?} in\n{text}");
         }
         assert!(text.contains(" NODE "), "{text}");
+    }
+
+    #[test]
+    fn list_shows_each_gpus_health_and_names_the_unfit_per_node() {
+        let text = render_list(&testutil::cluster_list_response(), &PLAIN);
+        let health: Vec<(&str, &str, &str)> = text
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with(' '))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                (cells[0], cells[1], cells[8])
+            })
+            .collect();
+        assert_eq!(
+            health,
+            [
+                ("n1", "0", "-"),
+                ("n1", "1", "lost"),
+                ("n2", "0", "ok"),
+                ("n2", "1", "critical")
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\nn2: GPU 1 (NVIDIA H100 80GB HBM3): critical: {}\n",
+                testutil::XID_79
+            )),
+            "{text}"
+        );
+        let json: Value =
+            serde_json::from_str(&list_json(&testutil::cluster_list_response()).expect("encode"))
+                .expect("JSON");
+        assert_eq!(json["nodes"][1]["gpus"][1]["health"]["state"], "critical");
+        assert_eq!(
+            json["nodes"][1]["gpus"][1]["health"]["reasons"][0]["text"],
+            testutil::XID_79
+        );
     }
 
     #[test]
@@ -710,7 +773,7 @@ mod tests {
     #[test]
     fn empty_contention_says_none() {
         let text = render_contention(&ContentionResponse::default());
-        assert_eq!(text.matches("none\n").count(), 7, "{text}");
+        assert_eq!(text.matches("none\n").count(), 8, "{text}");
         assert!(text.starts_with("BUSY GPUS\nnone\n\nFREE GPUS\n"), "{text}");
     }
 
@@ -727,11 +790,19 @@ mod tests {
                 "util_pct": 97,
                 "mem_used_mb": 79872,
                 "mem_total_mb": 81920,
-                "users": ["alice"]
+                "users": ["alice"],
+                "health_state": "unknown",
+                "health_reason": null
             })
         );
         assert_eq!(value["free"][0]["users"], json!([]));
         assert_eq!(value["free"][0]["util_pct"], Value::Null);
+        assert_eq!(value["free"][0]["health_state"], "warning");
+        assert_eq!(value["free"][0]["health_reason"], "throttled: hw_thermal");
+        assert_eq!(value["unhealthy"][0]["node"], "n2");
+        assert_eq!(value["unhealthy"][0]["gpu_index"], 1);
+        assert_eq!(value["unhealthy"][0]["health_state"], "critical");
+        assert_eq!(value["unhealthy"][0]["health_reason"], testutil::XID_79);
         assert_eq!(
             value["top_by_memory"][0],
             json!({
@@ -747,14 +818,27 @@ mod tests {
             value["unreachable"],
             json!(["n3: down: no heartbeat for 45s"])
         );
-        assert_eq!(value["suggestions"].as_array().map(Vec::len), Some(2));
+        assert_eq!(value["suggestions"].as_array().map(Vec::len), Some(3));
         let keys: Vec<&str> = value
             .as_object()
             .expect("object")
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 7);
+        // (serde_json's map sorts them.)
+        assert_eq!(
+            keys,
+            [
+                "busy",
+                "free",
+                "idle",
+                "suggestions",
+                "top_by_memory",
+                "top_by_utilization",
+                "unhealthy",
+                "unreachable"
+            ]
+        );
     }
 
     #[test]

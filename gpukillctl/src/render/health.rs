@@ -10,7 +10,7 @@ use gpukill_proto::v1::{Gpu, GpuHealth, HealthCondition, HealthState};
 use serde::Serialize;
 
 use super::escape;
-use super::table::{or_absent, table};
+use super::table::{ABSENT, or_absent, table};
 use super::time::{TimeZone, date_time};
 use super::{enum_name, vendor_name};
 
@@ -24,6 +24,54 @@ pub fn state_name(value: i32) -> std::borrow::Cow<'static, str> {
         HealthState::Critical => Some("critical"),
         HealthState::Lost => Some("lost"),
     })
+}
+
+/// The HEALTH cell of `list`, `cluster list` and `cluster contention`: the state's name
+/// ([`state_name`]), `-` when it is unknown or unset (a daemon that does not assess health).
+pub(crate) fn state_cell(state: i32) -> String {
+    if state == HealthState::Unspecified as i32 || state == HealthState::Unknown as i32 {
+        ABSENT.to_owned()
+    } else {
+        state_name(state).into_owned()
+    }
+}
+
+/// The state of `gpu`'s health; unset when the daemon sends none.
+pub(crate) fn gpu_state(gpu: &Gpu) -> i32 {
+    gpu.health
+        .as_ref()
+        .map_or(HealthState::Unspecified as i32, |health| health.state)
+}
+
+/// The line under the GPU table for a GPU that is not fit for work (critical or lost),
+/// without a newline: `GPU 1 (NAME): critical: Xid 79 (GPU has fallen off the bus)`, its
+/// reasons of that severity `; `-joined. `None` for any other GPU, and for a lost GPU whose
+/// error line already says so.
+pub(crate) fn unfit_line(gpu: &Gpu) -> Option<String> {
+    let health = gpu.health.as_ref()?;
+    let state = health.state();
+    if !state.is_unfit() || (state == HealthState::Lost && gpu.error.is_some()) {
+        return None;
+    }
+    let mut line = format!(
+        "GPU {} ({}): {}",
+        gpu.index,
+        gpu.name.as_deref().unwrap_or(ABSENT),
+        state_name(health.state)
+    );
+    let mut reasons = health
+        .reasons
+        .iter()
+        .filter(|reason| reason.severity >= health.state);
+    if let Some(first) = reasons.next() {
+        line.push_str(": ");
+        line.push_str(&first.text);
+        for reason in reasons {
+            line.push_str("; ");
+            line.push_str(&reason.text);
+        }
+    }
+    Some(line)
 }
 
 fn condition_name(value: i32) -> std::borrow::Cow<'static, str> {

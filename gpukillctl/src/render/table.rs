@@ -6,22 +6,24 @@
 //!    gpukilld sent it, and each vendor's driver (with the CUDA version it supports);
 //! 2. `STALE: <reason>` when the snapshot is stale;
 //! 3. the GPU table: memory in MiB as nvidia-smi shows it, utilization in %, temperature in
-//!    °C, power in W;
-//! 4. one `GPU i (name): error: ...` line per GPU that could not be read;
+//!    °C, power in W, the health state (`-` when unknown);
+//! 4. one `GPU i (name): error: ...` line per GPU that could not be read, and one
+//!    `GPU i (name): critical: why` per GPU that is not fit for work;
 //! 5. one `vendor: state: message` line per vendor whose last poll was not OK;
 //! 6. with `--details` or `--containers`, a blank line and the process table, ending with
 //!    each process's command line.
 //!
 //! Every absent value is `-`. Tables are psql-style ([`table`]) with trailing spaces trimmed.
 //! With a width ([`TableOptions::width`]), the header and the tables fit it ([`layout`]:
-//! the GPU table drops ECC, then power, ..., the process table narrows the command line
-//! first); without one, everything is shown whole.
+//! the GPU table drops ECC, then power, ..., health last; the process table narrows the
+//! command line first); without one, everything is shown whole.
 
 use std::borrow::Cow;
 
 use gpukill_proto::v1::{Gpu, GpuProcess, Snapshot, Vendor, VendorState};
 
 use super::escape;
+use super::health::{gpu_state, state_cell, unfit_line};
 use super::layout::{self, Step, cut, text_width};
 use super::time::{TimeZone, age, clock, date_time};
 use super::{mib, pid_count, top_process, vendor_name, vendor_state_name};
@@ -45,8 +47,9 @@ pub struct TableOptions {
 
 /// How the GPU table narrows to fit: ECC first (a count that is nearly always 0), then the
 /// free-text columns down to a readable width, then power and the process count, then the
-/// names further, then temperature. GPU, memory and utilization always stay.
-pub(crate) const GPU_STEPS: [Step; 8] = [
+/// names further, then temperature, health last (a word, and the lines under the table
+/// name an unfit GPU anyway). GPU, memory and utilization always stay.
+pub(crate) const GPU_STEPS: [Step; 9] = [
     Step::Drop("ECC"),
     Step::Shrink("TOP_PROC", 16),
     Step::Shrink("NAME", 16),
@@ -55,6 +58,7 @@ pub(crate) const GPU_STEPS: [Step; 8] = [
     Step::Shrink("TOP_PROC", 10),
     Step::Shrink("NAME", 10),
     Step::Drop("TEMP"),
+    Step::Drop("HEALTH"),
 ];
 
 /// How the process table narrows to fit: the command line takes what is left (as `ps` and
@@ -99,15 +103,18 @@ pub fn render(snapshot: &Snapshot, options: &TableOptions) -> String {
     text
 }
 
-/// What is wrong in `snapshot`, one line each (without a newline): `GPU i (name): error: ...`
-/// per GPU that could not be read, then `vendor: state: message` per vendor whose last poll
-/// was not OK.
+/// What is wrong in `snapshot`, one line each (without a newline): per GPU, `GPU i (name):
+/// error: ...` when it could not be read and `GPU i (name): critical: why` when it is not fit
+/// for work ([`unfit_line`]); then `vendor: state: message` per vendor whose last poll was
+/// not OK.
 pub(crate) fn problems(snapshot: &Snapshot) -> Vec<String> {
     let mut lines = Vec::new();
-    for gpu in snapshot.gpus.iter().filter(|gpu| gpu.error.is_some()) {
-        let name = gpu.name.as_deref().unwrap_or(ABSENT);
-        let error = gpu.error.as_deref().unwrap_or_default();
-        lines.push(format!("GPU {} ({name}): error: {error}", gpu.index));
+    for gpu in &snapshot.gpus {
+        if let Some(error) = &gpu.error {
+            let name = gpu.name.as_deref().unwrap_or(ABSENT);
+            lines.push(format!("GPU {} ({name}): error: {error}", gpu.index));
+        }
+        lines.extend(unfit_line(gpu));
     }
     for vendor in &snapshot.vendors {
         if vendor.state == VendorState::Ok as i32 {
@@ -207,8 +214,8 @@ fn drivers(snapshot: &Snapshot) -> Vec<String> {
 }
 
 /// The columns of the GPU table.
-pub(crate) const GPU_HEADER: [&str; 9] = [
-    "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "PIDS", "TOP_PROC",
+pub(crate) const GPU_HEADER: [&str; 10] = [
+    "GPU", "NAME", "MEMORY", "UTIL", "TEMP", "POWER", "ECC", "HEALTH", "PIDS", "TOP_PROC",
 ];
 
 /// The GPU table's row for `gpu` of `snapshot`.
@@ -221,6 +228,7 @@ pub(crate) fn gpu_row(snapshot: &Snapshot, gpu: &Gpu) -> Vec<String> {
         or_absent(gpu.temperature_c.map(|c| format!("{c}°C"))),
         or_absent(gpu.power_mw.map(watts)),
         or_absent(gpu.ecc_volatile_errors),
+        state_cell(gpu_state(gpu)),
         or_absent(pid_count(snapshot, gpu)),
         or_absent(
             top_process(snapshot, gpu).map(|process| format!("{}:{}", process.name, process.pid)),
@@ -379,7 +387,7 @@ pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) ->
 mod tests {
     use super::*;
     use crate::testutil::{self, assert_snapshot};
-    use gpukill_proto::v1::Vendor;
+    use gpukill_proto::v1::{GpuHealth, HealthReason, HealthState, Vendor};
 
     const PLAIN: TableOptions = TableOptions {
         details: false,
@@ -440,9 +448,140 @@ mod tests {
                 "-",
                 "-",
                 "-",
+                "lost",
                 "-",
                 "-"
             ]
+        );
+    }
+
+    /// [`testutil::snapshot`] with GPU 0's health `state` for `reasons` (severity, text).
+    fn with_health(state: HealthState, reasons: &[(HealthState, &str)]) -> Snapshot {
+        let mut snapshot = testutil::snapshot();
+        snapshot.gpus[0].health = Some(GpuHealth {
+            state: state as i32,
+            reasons: reasons
+                .iter()
+                .map(|(severity, text)| HealthReason {
+                    severity: *severity as i32,
+                    text: (*text).to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        snapshot
+    }
+
+    /// The HEALTH cell of GPU `index` in `text`.
+    fn health_cell(text: &str, index: u32) -> String {
+        let header: Vec<&str> = text
+            .lines()
+            .find(|line| line.starts_with(" GPU "))
+            .expect("the GPU table")
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let column = header
+            .iter()
+            .position(|cell| *cell == "HEALTH")
+            .expect("a HEALTH column");
+        let row = text
+            .lines()
+            .find(|line| line.starts_with(&format!(" {index} ")))
+            .expect("the GPU's row");
+        row.split('|')
+            .nth(column)
+            .expect("a cell")
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn the_health_column_names_the_state_and_an_unfit_gpu_gets_a_line() {
+        use HealthState::{Critical, Lost, Ok, Unknown, Unspecified, Warning};
+        let xid = "Xid 79 (GPU has fallen off the bus)";
+        // Unknown, not assessed, or a GPU without health (the fixture's GPU 0): `-`.
+        assert_eq!(health_cell(&render(&testutil::snapshot(), &PLAIN), 0), "-");
+        for (state, shown) in [
+            (Unspecified, "-"),
+            (Unknown, "-"),
+            (Ok, "ok"),
+            (Warning, "warning"),
+            (Critical, "critical"),
+            (Lost, "lost"),
+        ] {
+            let text = render(&with_health(state, &[]), &PLAIN);
+            assert_eq!(health_cell(&text, 0), shown, "{text}");
+            // GPU 1 is lost, with an error line that says so: no second line.
+            assert_eq!(health_cell(&text, 1), "lost", "{text}");
+            assert_eq!(text.matches("GPU 1 (").count(), 1, "{text}");
+        }
+        // A critical GPU: its reasons of that severity under the table, not the warnings.
+        let text = render(
+            &with_health(
+                Critical,
+                &[
+                    (Critical, xid),
+                    (Critical, "1 uncorrectable ECC error"),
+                    (Warning, "throttled: hw_thermal"),
+                ],
+            ),
+            &PLAIN,
+        );
+        let problems: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("GPU "))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "GPU 0 (NVIDIA A100-SXM4-80GB): critical: Xid 79 (GPU has fallen off the bus); \
+                 1 uncorrectable ECC error",
+                "GPU 1 (NVIDIA A100-SXM4-80GB): error: GPU is lost",
+            ]
+        );
+        // A warning is only the word in its column; a lost GPU without an error gets a line.
+        let text = render(&with_health(Warning, &[(Warning, "throttled")]), &PLAIN);
+        assert!(!text.contains("GPU 0 ("), "{text}");
+        let text = render(&with_health(Lost, &[(Lost, "off the bus")]), &PLAIN);
+        assert!(
+            text.contains("\nGPU 0 (NVIDIA A100-SXM4-80GB): lost: off the bus\n"),
+            "{text}"
+        );
+        // A state this client does not know yet is named by its number.
+        let mut newer = testutil::snapshot();
+        newer.gpus[0].health = Some(GpuHealth {
+            state: 42,
+            ..Default::default()
+        });
+        assert_eq!(health_cell(&render(&newer, &PLAIN), 0), "unknown(42)");
+    }
+
+    #[test]
+    fn health_outlasts_temperature_when_the_table_narrows() {
+        let snapshot = with_health(HealthState::Critical, &[]);
+        let fit = |width| {
+            render(
+                &snapshot,
+                &TableOptions {
+                    width: Some(width),
+                    ..PLAIN
+                },
+            )
+        };
+        // Narrow enough that power, the process count and temperature are gone.
+        let text = fit(75);
+        let header = text.lines().nth(1).unwrap_or_default();
+        assert!(!header.contains("TEMP"), "{text}");
+        assert_eq!(health_cell(&text, 0), "critical", "{text}");
+        // Narrower still: health goes too, GPU, memory and utilization stay.
+        let text = fit(50);
+        let header = text.lines().nth(1).unwrap_or_default();
+        assert!(!header.contains("HEALTH"), "{text}");
+        assert!(
+            header.contains("MEMORY") && header.contains("UTIL"),
+            "{text}"
         );
     }
 
@@ -458,8 +597,8 @@ mod tests {
         };
         let expected = [
             "h  -  sampled 0.0s ago",
-            " GPU | NAME | MEMORY | UTIL | TEMP | POWER | ECC | PIDS | TOP_PROC",
-            "-----+------+--------+------+------+-------+-----+------+----------",
+            " GPU | NAME | MEMORY | UTIL | TEMP | POWER | ECC | HEALTH | PIDS | TOP_PROC",
+            "-----+------+--------+------+------+-------+-----+--------+------+----------",
             "",
             " GPU | PID | USER | PROC | MEMORY | START | CONTAINER | COMMAND",
             "-----+-----+------+------+--------+-------+-----------+---------",

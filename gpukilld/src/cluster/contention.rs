@@ -1,16 +1,23 @@
 //! Contention across the cluster, from the snapshots a fan-out collected: which GPUs are
-//! busy, free or held by processes that do nothing, who uses the most memory and compute,
-//! and what to do about it. Pure: tests give it snapshots.
+//! busy, free or held by processes that do nothing, which are unhealthy (critical or lost:
+//! in none of the others, so that nobody is sent to a broken GPU), who uses the most memory
+//! and compute, and what to do about it. Pure: tests give it snapshots.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use gpukill_proto::v1 as pb;
+
+use crate::health::HealthState;
 
 /// Memory or utilization at or above this share makes a GPU busy.
 const BUSY_PERCENT: u64 = 90;
 
 /// Users listed per ranking when the request does not say.
 pub const DEFAULT_TOP: usize = 10;
+
+/// GPUs named one by one in a suggestion (free GPUs in one line, unhealthy GPUs a line
+/// each); the rest are counted.
+const NAMED: usize = 8;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -32,7 +39,32 @@ fn cluster_gpu(node: &str, gpu: &pb::Gpu, users: Vec<String>) -> pb::ClusterGpu 
         memory_used_bytes: gpu.memory_used_bytes,
         memory_total_bytes: gpu.memory_total_bytes,
         users,
+        health_state: health_state(gpu).into(),
+        health_reason: health_reason(gpu),
     }
+}
+
+/// The health state `gpu`'s node sent (unset from a node that does not assess health).
+fn health_state(gpu: &pb::Gpu) -> pb::HealthState {
+    gpu.health
+        .as_ref()
+        .map_or(pb::HealthState::Unspecified, pb::GpuHealth::state)
+}
+
+/// Why `gpu` is warning, critical or lost: its reasons of that severity or worse,
+/// `; `-joined; `None` when it is ok, unknown or has no reason.
+fn health_reason(gpu: &pb::Gpu) -> Option<String> {
+    let health = gpu.health.as_ref()?;
+    if health.state < pb::HealthState::Warning as i32 {
+        return None;
+    }
+    let reasons: Vec<&str> = health
+        .reasons
+        .iter()
+        .filter(|reason| reason.severity >= health.state)
+        .map(|reason| reason.text.as_str())
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 fn busy(gpu: &pb::Gpu) -> bool {
@@ -60,7 +92,13 @@ pub fn contention(
     let mut response = pb::ContentionResponse::default();
     let mut users: BTreeMap<String, UserTotals> = BTreeMap::new();
     for (node, snapshot) in answered {
-        for gpu in snapshot.gpus.iter().filter(|gpu| gpu.error.is_none()) {
+        for gpu in &snapshot.gpus {
+            let unfit = health_state(gpu).is_unfit();
+            // A GPU that could not be read is in no list, unless its health says it is unfit
+            // (a lost GPU is an error too).
+            if gpu.error.is_some() && !unfit {
+                continue;
+            }
             let on_gpu: Vec<&pb::GpuProcess> = snapshot
                 .processes
                 .iter()
@@ -76,7 +114,9 @@ pub fn contention(
                 totals.processes += 1;
                 totals.nodes.insert(node.clone());
             }
-            if busy(gpu) {
+            if unfit {
+                response.unhealthy.push(cluster_gpu(node, gpu, names));
+            } else if busy(gpu) {
                 response.busy.push(cluster_gpu(node, gpu, names));
             } else if on_gpu.is_empty() {
                 response.free.push(cluster_gpu(node, gpu, names));
@@ -132,7 +172,19 @@ fn suggestions(report: &pb::ContentionResponse, unreachable: &[String]) -> Vec<S
         ));
     }
     if !report.free.is_empty() {
-        let free: Vec<String> = report.free.iter().take(8).map(place).collect();
+        let free: Vec<String> = report
+            .free
+            .iter()
+            .take(NAMED)
+            .map(|gpu| {
+                // A warning GPU is free, but whoever takes it should know.
+                if gpu.health_state() == pb::HealthState::Warning {
+                    format!("{} (warning)", place(gpu))
+                } else {
+                    place(gpu)
+                }
+            })
+            .collect();
         let more = report.free.len().saturating_sub(free.len());
         lines.push(format!(
             "{} free GPU{}: {}{}",
@@ -150,6 +202,26 @@ fn suggestions(report: &pb::ContentionResponse, unreachable: &[String]) -> Vec<S
             "no GPU is free: new work waits for one of the busy GPUs, or for an idle one to be released"
                 .to_string(),
         );
+    }
+    for gpu in report.unhealthy.iter().take(NAMED) {
+        let state =
+            HealthState::try_from(gpu.health_state()).map_or("unhealthy", HealthState::as_str);
+        let why = gpu
+            .health_reason
+            .as_ref()
+            .map(|reason| format!(" ({reason})"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{} is {state}{why}: not counted as free; an admin checks it with `gpukillctl --node {} health`",
+            place(gpu),
+            gpu.node
+        ));
+    }
+    if report.unhealthy.len() > NAMED {
+        lines.push(format!(
+            "{} more unhealthy GPUs: see the unhealthy list",
+            report.unhealthy.len() - NAMED
+        ));
     }
     if let Some(heaviest) = report.top_by_memory.first()
         && heaviest.gpus > 1
@@ -247,6 +319,131 @@ mod tests {
             "{text}"
         );
         assert_eq!(report.unreachable, ["n3: deadline exceeded after 1s"]);
+    }
+
+    fn health(state: pb::HealthState, reasons: &[(pb::HealthState, &str)]) -> pb::GpuHealth {
+        pb::GpuHealth {
+            state: state.into(),
+            reasons: reasons
+                .iter()
+                .map(|(severity, text)| pb::HealthReason {
+                    severity: (*severity).into(),
+                    text: (*text).into(),
+                    ..pb::HealthReason::default()
+                })
+                .collect(),
+            ..pb::GpuHealth::default()
+        }
+    }
+
+    #[test]
+    fn critical_and_lost_gpus_are_unhealthy_and_never_free() {
+        use pb::HealthState::{Critical, Lost, Ok, Warning};
+        let xid = "Xid 79 (GPU has fallen off the bus)";
+        let mut critical = gpu(0, 0, 0);
+        critical.health = Some(health(
+            Critical,
+            &[(Critical, xid), (Warning, "throttled: hw_thermal")],
+        ));
+        let mut throttled = gpu(1, 0, 0);
+        throttled.health = Some(health(Warning, &[(Warning, "throttled: hw_thermal")]));
+        // A lost GPU is an error too: still counted, as unhealthy.
+        let mut lost = pb::Gpu {
+            error: Some("GPU is lost".into()),
+            ..gpu(2, 0, 0)
+        };
+        lost.health = Some(health(Lost, &[(Lost, "the GPU has fallen off the bus")]));
+        // An unreadable GPU with no health verdict stays out of every list.
+        let unreadable = pb::Gpu {
+            error: Some("NVML timed out".into()),
+            ..gpu(3, 0, 0)
+        };
+        let mut busy_but_critical = gpu(4, 79 * GB, 99);
+        busy_but_critical.health = Some(health(Critical, &[(Critical, xid)]));
+        let mut fine = gpu(5, 0, 0);
+        fine.health = Some(health(Ok, &[]));
+        let n2 = pb::Snapshot {
+            gpus: vec![
+                critical,
+                throttled,
+                lost,
+                unreadable,
+                busy_but_critical,
+                fine,
+            ],
+            processes: vec![process(4, "carol", 79 * GB, Some(99))],
+            ..pb::Snapshot::default()
+        };
+        let report = contention(&[("n2".into(), n2)], Vec::new(), 10);
+        let places = |gpus: &[pb::ClusterGpu]| gpus.iter().map(place).collect::<Vec<_>>();
+        assert_eq!(
+            places(&report.unhealthy),
+            ["n2 GPU 0", "n2 GPU 2", "n2 GPU 4"]
+        );
+        assert_eq!(places(&report.free), ["n2 GPU 1", "n2 GPU 5"]);
+        assert!(
+            report.busy.is_empty() && report.idle.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(report.unhealthy[0].health_state(), Critical);
+        assert_eq!(report.unhealthy[0].health_reason.as_deref(), Some(xid));
+        assert_eq!(report.unhealthy[1].health_state(), Lost);
+        assert_eq!(report.unhealthy[2].users, ["carol"]);
+        assert_eq!(report.free[0].health_state(), Warning);
+        assert_eq!(
+            report.free[0].health_reason.as_deref(),
+            Some("throttled: hw_thermal")
+        );
+        assert_eq!(report.free[1].health_state(), Ok);
+        assert_eq!(report.free[1].health_reason, None);
+        // carol's memory on the critical GPU still counts: she holds it.
+        assert_eq!(report.top_by_memory[0].user, "carol");
+        let text = report.suggestions.join("\n");
+        assert!(
+            text.contains("2 free GPUs: n2 GPU 1 (warning), n2 GPU 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "n2 GPU 0 is critical ({xid}): not counted as free; an admin checks it with \
+                 `gpukillctl --node n2 health`"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2 GPU 2 is lost (the GPU has fallen off the bus): not counted"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn many_unhealthy_gpus_are_counted_after_the_first_few() {
+        let gpus = (0..11)
+            .map(|index| pb::Gpu {
+                health: Some(health(pb::HealthState::Lost, &[])),
+                ..gpu(index, 0, 0)
+            })
+            .collect();
+        let snapshot = pb::Snapshot {
+            gpus,
+            ..pb::Snapshot::default()
+        };
+        let report = contention(&[("n1".into(), snapshot)], Vec::new(), 10);
+        assert_eq!(report.unhealthy.len(), 11);
+        assert_eq!(
+            report.suggestions.len(),
+            NAMED + 1,
+            "{:?}",
+            report.suggestions
+        );
+        assert_eq!(
+            report.suggestions[0],
+            "n1 GPU 0 is lost: not counted as free; an admin checks it with `gpukillctl --node n1 health`"
+        );
+        assert_eq!(
+            report.suggestions[NAMED],
+            "3 more unhealthy GPUs: see the unhealthy list"
+        );
     }
 
     #[test]

@@ -95,6 +95,22 @@ impl From<HealthState> for pb::HealthState {
     }
 }
 
+impl TryFrom<pb::HealthState> for HealthState {
+    /// Unset: a node that does not assess health.
+    type Error = ();
+
+    fn try_from(state: pb::HealthState) -> Result<Self, ()> {
+        match state {
+            pb::HealthState::Unspecified => Err(()),
+            pb::HealthState::Unknown => Ok(HealthState::Unknown),
+            pb::HealthState::Ok => Ok(HealthState::Ok),
+            pb::HealthState::Warning => Ok(HealthState::Warning),
+            pb::HealthState::Critical => Ok(HealthState::Critical),
+            pb::HealthState::Lost => Ok(HealthState::Lost),
+        }
+    }
+}
+
 impl From<Condition> for pb::HealthCondition {
     fn from(condition: Condition) -> Self {
         match condition {
@@ -176,5 +192,23 @@ pub fn gpu_health(gpu: &Gpu) -> pb::GpuHealth {
                 count: *count,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_and_the_daemon_agree_on_which_states_are_unfit() {
+        // Coordinators and clients judge a node's GPUs by `pb::HealthState::is_unfit`;
+        // reservations judge them by the domain's: the two must be the same rule.
+        for state in HealthState::ALL {
+            let wire = pb::HealthState::from(state);
+            assert_eq!(wire.is_unfit(), state.is_unfit(), "{state}");
+            assert_eq!(HealthState::try_from(wire), Ok(state));
+        }
+        assert_eq!(HealthState::try_from(pb::HealthState::Unspecified), Err(()));
+        assert!(!pb::HealthState::Unspecified.is_unfit());
     }
 }
