@@ -1,6 +1,7 @@
 //! The audit trail of GPU health: a `health` event each time a GPU's state changes and for
 //! each Xid it reports, written from the snapshots in the ring (so the sampler never waits
-//! on the store). A GPU first seen in a state other than ok or unknown is recorded too.
+//! on the store), each also logged and posted to the guard policy's webhook (`[notify]`). A
+//! GPU first seen in a state other than ok or unknown is recorded too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use std::time::SystemTime;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+use crate::guard::engine::Guard;
+use crate::guard::notify::{HealthNotice, NoticeXid, Notifier};
 use crate::health::{self, GpuHealth, HealthState, xid};
 use crate::ring::Ring;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Gpu, Snapshot};
 use crate::store::{Database, EventCaller, EventKind, NewEvent};
 
 /// What was last recorded of one GPU.
@@ -22,6 +25,15 @@ struct Seen {
     newest_xid: Option<SystemTime>,
 }
 
+/// One thing to record: the audit event and the webhook's notice of it.
+#[derive(Debug)]
+pub struct Change {
+    /// The `health` event.
+    pub event: NewEvent,
+    /// The same, for the webhook.
+    pub notice: HealthNotice,
+}
+
 /// Compares snapshots with what it recorded before.
 #[derive(Debug, Default)]
 pub struct HealthEvents {
@@ -29,9 +41,9 @@ pub struct HealthEvents {
 }
 
 impl HealthEvents {
-    /// The events `snapshot` calls for: state changes and new Xids, oldest first.
-    pub fn changes(&mut self, snapshot: &Snapshot) -> Vec<NewEvent> {
-        let mut events = Vec::new();
+    /// What `snapshot` calls for: state changes and new Xids, oldest first.
+    pub fn changes(&mut self, snapshot: &Snapshot) -> Vec<Change> {
+        let mut changes = Vec::new();
         for (vendor, gpu) in snapshot.gpus() {
             let key = health::key(gpu.uuid.as_ref(), vendor.name(), gpu.vendor_index);
             // Only formatted when there is something to record (the usual tick has nothing).
@@ -43,24 +55,50 @@ impl HealthEvents {
                 .iter()
                 .filter(|event| before.and_then(|seen| seen.newest_xid) < Some(event.time))
             {
-                events.push(health_event(
-                    event.time,
-                    format!("xid {} on {}", event.code, label()),
-                    "reported",
-                    format!("Xid {}: {}", event.code, xid::meaning(event.code)),
-                ));
+                let meaning = xid::meaning(event.code);
+                let reason = format!("Xid {}: {meaning}", event.code);
+                let xid = NoticeXid {
+                    code: event.code,
+                    meaning: meaning.to_owned(),
+                };
+                changes.push(Change {
+                    notice: notice(
+                        snapshot,
+                        gpu,
+                        None,
+                        Some(xid),
+                        format!("{}: {reason}", label()),
+                    ),
+                    event: health_event(
+                        event.time,
+                        format!("xid {} on {}", event.code, label()),
+                        "reported",
+                        reason,
+                    ),
+                });
             }
             let changed = match before {
                 Some(seen) => seen.state != health.state,
                 None => !matches!(health.state, HealthState::Ok | HealthState::Unknown),
             };
             if changed {
-                events.push(health_event(
-                    snapshot.taken_at,
-                    format!("health of {}", label()),
-                    health.state.as_str(),
-                    describe(before.map(|seen| seen.state), health),
-                ));
+                let previous = before.map(|seen| seen.state);
+                let reason = describe(previous, health);
+                changes.push(Change {
+                    notice: notice(
+                        snapshot,
+                        gpu,
+                        previous,
+                        None,
+                        format!("{} is {}, {reason}", label(), health.state),
+                    ),
+                    event: health_event(
+                        snapshot.taken_at,
+                        format!("health of {}", label()),
+                        health.state.as_str(),
+                        reason,
+                    ),
+                });
             }
             self.seen.insert(
                 key,
@@ -74,7 +112,7 @@ impl HealthEvents {
                 },
             );
         }
-        events
+        changes
     }
 }
 
@@ -87,6 +125,32 @@ fn health_event(time: SystemTime, action: String, outcome: &str, reason: String)
         target: None,
         outcome: outcome.to_owned(),
         reason,
+    }
+}
+
+/// The webhook's notice about `gpu` in `snapshot`.
+fn notice(
+    snapshot: &Snapshot,
+    gpu: &Gpu,
+    previous: Option<HealthState>,
+    xid: Option<NoticeXid>,
+    description: String,
+) -> HealthNotice {
+    HealthNotice {
+        time: humantime::format_rfc3339_millis(snapshot.taken_at).to_string(),
+        host: snapshot.host.to_string(),
+        gpu_index: gpu.index,
+        uuid: gpu.uuid.as_deref().map(str::to_owned),
+        state: gpu.health.state.as_str().to_owned(),
+        previous: previous.map(|state| state.as_str().to_owned()),
+        reasons: gpu
+            .health
+            .reasons
+            .iter()
+            .map(|reason| reason.text.clone())
+            .collect(),
+        xid,
+        description,
     }
 }
 
@@ -105,17 +169,50 @@ fn describe(before: Option<HealthState>, health: &GpuHealth) -> String {
     }
 }
 
-/// Records health events from every new snapshot until `stop` turns true.
-pub async fn run(ring: Arc<Ring>, store: Arc<Database>, mut stop: watch::Receiver<bool>) {
+/// Where health events go besides the store: the log, and the webhook of the guard policy
+/// loaded now.
+pub struct Announce {
+    /// The guard, for its policy's `[notify]`.
+    pub guard: Arc<Guard>,
+    /// The webhook task.
+    pub notifier: Notifier,
+}
+
+impl Announce {
+    fn announce(&self, change: &Change) {
+        let notice = &change.notice;
+        if matches!(notice.state.as_str(), "critical" | "lost") || notice.xid.is_some() {
+            tracing::warn!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
+        } else {
+            tracing::info!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
+        }
+        if let Some(config) = self.guard.notify_config() {
+            self.notifier.send(&config, notice.clone());
+        }
+    }
+}
+
+/// Records health events from every new snapshot until `stop` turns true, announcing each
+/// once it is recorded.
+pub async fn run(
+    ring: Arc<Ring>,
+    store: Arc<Database>,
+    announce: Arc<Announce>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut updates = ring.updates();
     let mut events = HealthEvents::default();
     let mut latest = ring.latest();
     loop {
-        let new = events.changes(&latest);
-        if !new.is_empty()
-            && let Err(error) = store.record(new).await
-        {
-            tracing::error!(%error, "cannot record GPU health events");
+        let changes = events.changes(&latest);
+        if !changes.is_empty() {
+            let new = changes.iter().map(|change| change.event.clone()).collect();
+            if let Err(error) = store.record(new).await {
+                tracing::error!(%error, "cannot record GPU health events");
+            }
+            for change in &changes {
+                announce.announce(change);
+            }
         }
         latest = tokio::select! {
             update = updates.recv() => match update {
@@ -189,6 +286,7 @@ mod tests {
         let recorded = events.changes(&snapshot(critical.clone()));
         let summary: Vec<(&str, &str, &str)> = recorded
             .iter()
+            .map(|change| &change.event)
             .map(|event| {
                 (
                     event.action.as_str(),
@@ -217,7 +315,11 @@ mod tests {
                 ),
             ]
         );
-        assert!(recorded.iter().all(|event| event.kind == EventKind::Health));
+        assert!(
+            recorded
+                .iter()
+                .all(|change| change.event.kind == EventKind::Health)
+        );
         // The same snapshot again: nothing new.
         assert!(events.changes(&snapshot(critical)).is_empty());
         assert_eq!(events.changes(&snapshot(ok)).len(), 1);
@@ -231,7 +333,9 @@ mod tests {
         };
         let recorded = HealthEvents::default().changes(&snapshot(lost));
         assert_eq!(recorded.len(), 1);
-        assert_eq!(recorded[0].reason, "first seen");
-        assert_eq!(recorded[0].outcome, "lost");
+        assert_eq!(recorded[0].event.reason, "first seen");
+        assert_eq!(recorded[0].event.outcome, "lost");
+        assert_eq!(recorded[0].notice.state, "lost");
+        assert_eq!(recorded[0].notice.previous, None);
     }
 }

@@ -13,6 +13,7 @@ use super::{Error, LoadConfig, reload};
 use crate::config::{self, Config};
 use crate::connections::{Admission, PeerAddress, PeerUid};
 use crate::guard::engine::Guard;
+use crate::guard::notify::Notifier;
 use crate::reservations::{Reservations, ReservationsHandle};
 use crate::ring::Ring;
 use crate::rpc::kill::KillContext;
@@ -94,11 +95,30 @@ where
     let loading = Arc::clone(&guard);
     let _ = tokio::task::spawn_blocking(move || loading.load()).await;
     if let Some(log) = &database {
-        spawn_guard(tasks, &guard, &ring, log, &reservations, &stopped);
+        // One webhook task for the guard's notices and the health events.
+        let notifier = Notifier::start();
+        spawn_guard(
+            tasks,
+            &guard,
+            &ring,
+            log,
+            &reservations,
+            &notifier,
+            &stopped,
+        );
         spawn_recorder(tasks, config, &ring, log, &stopped);
+        let announce = Arc::new(health_events::Announce {
+            guard: Arc::clone(&guard),
+            notifier,
+        });
         let (ring, log, stopped) = (Arc::clone(&ring), Arc::clone(log), stopped.clone());
         tasks.spawn("health-events", OnPanic::Restart, move || {
-            health_events::run(Arc::clone(&ring), Arc::clone(&log), stopped.clone())
+            health_events::run(
+                Arc::clone(&ring),
+                Arc::clone(&log),
+                Arc::clone(&announce),
+                stopped.clone(),
+            )
         });
     }
     reload::spawn(
@@ -219,16 +239,19 @@ fn spawn_guard(
     ring: &Arc<Ring>,
     log: &Arc<Database>,
     reservations: &ReservationsHandle,
+    notifier: &Notifier,
     stopped: &watch::Receiver<bool>,
 ) {
     let (guard, ring, log) = (Arc::clone(guard), Arc::clone(ring), Arc::clone(log));
     let (held, stopped) = (reservations.as_ref().ok().cloned(), stopped.clone());
+    let notifier = notifier.clone();
     tasks.spawn("guard", OnPanic::Restart, move || {
         guard::engine::run(
             Arc::clone(&guard),
             Arc::clone(&ring),
             Arc::clone(&log),
             held.clone(),
+            notifier.clone(),
             stopped.clone(),
         )
     });

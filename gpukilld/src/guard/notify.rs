@@ -1,5 +1,5 @@
-//! Telling people about violations: an optional webhook (a JSON POST per violation and per
-//! guard action, sent from its own task with a bounded queue and bounded retries, so a slow
+//! Telling people about violations and GPU health: an optional webhook (a JSON POST per
+//! violation, per guard action and per GPU health event, sent from its own task with a bounded queue and bounded retries, so a slow
 //! or dead receiver never delays evaluation) and optional messages on the offending user's
 //! terminals (as `write(1)` would: every `/dev/pts/N` the user owns).
 //!
@@ -89,6 +89,63 @@ impl Webhook {
     }
 }
 
+/// What the webhook receives, told apart by `kind`: `guard` (a violation or an action) or
+/// `health` (a GPU's health changed, or it reported an Xid).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// A guard violation or action.
+    Guard(Notice),
+    /// A GPU health event.
+    Health(HealthNotice),
+}
+
+impl From<Notice> for Payload {
+    fn from(notice: Notice) -> Self {
+        Payload::Guard(notice)
+    }
+}
+
+impl From<HealthNotice> for Payload {
+    fn from(notice: HealthNotice) -> Self {
+        Payload::Health(notice)
+    }
+}
+
+/// A GPU health event, as the webhook receives it: the same event `events --type health`
+/// lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthNotice {
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// The node.
+    pub host: String,
+    /// The GPU's index on the node.
+    pub gpu_index: u32,
+    /// Its UUID, when it has one.
+    pub uuid: Option<String>,
+    /// Its health now: ok, warning, critical, lost or unknown.
+    pub state: String,
+    /// Its health before, when this is a change (absent for an Xid, and for a GPU first
+    /// seen unhealthy).
+    pub previous: Option<String>,
+    /// Why, worst first.
+    pub reasons: Vec<String>,
+    /// The Xid this event is about, for an Xid.
+    pub xid: Option<NoticeXid>,
+    /// One line for people.
+    pub description: String,
+}
+
+/// An Xid of a health notice.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoticeXid {
+    /// The Xid code.
+    pub code: u64,
+    /// What it usually means.
+    pub meaning: String,
+}
+
 /// One notice: a violation or an action, as the webhook receives it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notice {
@@ -147,7 +204,7 @@ const QUEUE: usize = 256;
 /// The sending side of the webhook task.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    queue: mpsc::Sender<(NotifyConfig, Notice)>,
+    queue: mpsc::Sender<(NotifyConfig, Payload)>,
     counters: std::sync::Arc<Counters>,
 }
 
@@ -162,15 +219,19 @@ impl Notifier {
 
     /// Queues `notice` for the webhook of `config`, if it has one; never waits. A full queue
     /// drops the notice and counts it.
-    pub fn send(&self, config: &NotifyConfig, notice: Notice) {
+    pub fn send(&self, config: &NotifyConfig, notice: impl Into<Payload>) {
         if config.webhook.is_none() {
             return;
         }
-        if self.queue.try_send((config.clone(), notice)).is_err() {
+        if self
+            .queue
+            .try_send((config.clone(), notice.into()))
+            .is_err()
+        {
             self.counters
                 .lost
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!("guard webhook queue full: a notice was dropped");
+            tracing::warn!("webhook queue full: a notice was dropped");
         }
     }
 
@@ -182,7 +243,7 @@ impl Notifier {
 
 /// The webhook task: one notice at a time, each with its retries.
 async fn deliver(
-    mut notices: mpsc::Receiver<(NotifyConfig, Notice)>,
+    mut notices: mpsc::Receiver<(NotifyConfig, Payload)>,
     counters: std::sync::Arc<Counters>,
 ) {
     use std::sync::atomic::Ordering;
@@ -191,7 +252,7 @@ async fn deliver(
         let webhook = match Webhook::parse(url) {
             Ok(webhook) => webhook,
             Err(error) => {
-                tracing::warn!(%error, "guard webhook not sent");
+                tracing::warn!(%error, "webhook not sent");
                 counters.lost.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -217,11 +278,11 @@ async fn deliver(
                 ),
             };
             if attempt >= config.webhook_retries {
-                tracing::warn!(webhook = %url, %error, attempts = attempt + 1, "guard webhook given up");
+                tracing::warn!(webhook = %url, %error, attempts = attempt + 1, "webhook given up");
                 counters.lost.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            tracing::debug!(webhook = %url, %error, "guard webhook failed; retrying");
+            tracing::debug!(webhook = %url, %error, "webhook failed; retrying");
             attempt += 1;
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(60));

@@ -26,6 +26,7 @@ use super::clock;
 use super::counters::GuardCounters;
 use super::edit::{self, Change};
 use super::evaluate::{self, Evaluation, UtilHistory, Violation};
+use super::notify::NotifyConfig;
 use super::policy::{CompiledPolicy, unix_group_members};
 use crate::actions::protect::Protection;
 use crate::authz::{Caller, Principal, Transport};
@@ -141,6 +142,14 @@ impl Guard {
     /// The current status.
     pub fn status(&self) -> Status {
         self.lock().clone()
+    }
+
+    /// The policy's `[notify]`, when a policy is loaded (its webhook also receives GPU health
+    /// events, whether or not the guard is enabled).
+    pub fn notify_config(&self) -> Option<NotifyConfig> {
+        let status = self.lock();
+        let loaded = status.loaded.as_ref()?;
+        Some(loaded.policy.policy.notify.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {

@@ -29,6 +29,7 @@ pub async fn run(
     ring: Arc<Ring>,
     events: Arc<Database>,
     reservations: Option<Arc<Reservations>>,
+    notifier: Notifier,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut updates = ring.updates();
@@ -39,7 +40,7 @@ pub async fn run(
         counters: guard.counters(),
         principal: principal.clone(),
         events: Arc::clone(&events),
-        notifier: Notifier::start(),
+        notifier,
         host: snapshot_host(&ring),
     });
     // Whether each offender (pid, start ticks) is protected, and why: checked once per
