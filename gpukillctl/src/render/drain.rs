@@ -90,8 +90,8 @@ pub fn render_undrain(response: &UndrainResponse, tz: TimeZone) -> String {
 pub struct DrainJson {
     /// The admin who drained the GPU.
     pub by: String,
-    /// Their uid.
-    pub uid: u32,
+    /// Their uid; `null` for a remote principal, which has none.
+    pub uid: Option<u32>,
     /// Why; `null` when not said.
     pub reason: Option<String>,
     /// Since when, RFC 3339 UTC with milliseconds.

@@ -143,7 +143,7 @@ fn gpu_reservation(assessment: &Assessment, status: &Status) -> pb::GpuReservati
 pub(crate) fn gpu_drain(drain: &DrainRow) -> pb::GpuDrain {
     pb::GpuDrain {
         by: drain.user.clone(),
-        uid: drain.uid,
+        uid: (drain.uid != crate::authz::NO_UID).then_some(drain.uid),
         reason: drain.reason.clone(),
         since_unix_ms: drain.since_ms,
     }

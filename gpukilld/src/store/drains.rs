@@ -15,7 +15,7 @@ pub struct DrainRow {
     pub gpu_key: String,
     /// The GPU's index when it was drained.
     pub gpu_index: u32,
-    /// The admin's uid.
+    /// The admin's uid (`u32::MAX` for a remote principal, which has none).
     pub uid: u32,
     /// The admin's user name (or remote principal).
     pub user: String,
