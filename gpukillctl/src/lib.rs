@@ -131,6 +131,8 @@ pub async fn run<W: Write, E: Write>(cli: Cli, out: &mut Output<W, E>) -> Result
         (cli::Command::Reserve(args), Ok(target)) => cmd::reserve::run(&target, args, out).await,
         (cli::Command::Release(args), Ok(target)) => cmd::release::run(&target, args, out).await,
         (cli::Command::Status(args), Ok(target)) => cmd::status::run(&target, args, out).await,
+        (cli::Command::Drain(args), Ok(target)) => cmd::drain::drain(&target, args, out).await,
+        (cli::Command::Undrain(args), Ok(target)) => cmd::drain::undrain(&target, args, out).await,
         (cli::Command::Run(args), Ok(target)) => cmd::run::run(&target, args, out).await,
     };
     match result {

@@ -9,6 +9,7 @@
 mod actions;
 mod audit;
 mod cluster;
+mod drain;
 mod guard;
 mod health;
 mod history;
@@ -24,6 +25,7 @@ use clap::{Args, Parser, Subcommand};
 pub use actions::*;
 pub use audit::*;
 pub use cluster::*;
+pub use drain::*;
 pub use guard::*;
 pub use health::*;
 pub use history::*;
@@ -158,10 +160,27 @@ pub enum Command {
     /// STATUS is AVAILABLE (free to reserve), IN USE by the holder (for how long, and whether
     /// by `run` (its pid) or a manual reservation (when it expires, its note)), UNRESERVED USE
     /// (not reserved, but someone's processes use it) or WRONG USER (reserved, and other users'
-    /// processes use it). Waiting requests are listed below, first in line first. Anyone may
-    /// look.
+    /// processes use it). A GPU an admin drained says DRAINED by whom, how long ago and why
+    /// (after its holder's reservation, when it is held); one whose health is critical or lost
+    /// says UNHEALTHY. Neither is handed out. Waiting requests are listed below, first in line
+    /// first. Anyone may look.
     #[command(after_help = RESERVATIONS_EXIT_CODES)]
     Status(StatusArgs),
+    /// Drain a GPU (admins only): reserve and run no longer hand it out until `undrain`.
+    ///
+    /// Like a Kubernetes cordon, a drain ends no reservation and kills nothing: whoever holds
+    /// the GPU keeps it until their reservation ends, and processes on it run on. Users who
+    /// ask for it are told who drained it, since when and why (exit 7); `status` shows it as
+    /// DRAINED. The drain outlives a gpukilld restart, and is written to the audit trail
+    /// (`gpukillctl events --type reservation`). Draining a drained GPU changes nothing.
+    #[command(after_help = DRAIN_EXIT_CODES)]
+    Drain(DrainArgs),
+    /// Undrain a GPU (admins only): reserve and run hand it out again.
+    ///
+    /// `run` requests waiting in the queue may then get it at once. Written to the audit
+    /// trail; undraining a GPU that is not drained changes nothing and says so.
+    #[command(after_help = DRAIN_EXIT_CODES)]
+    Undrain(UndrainArgs),
     /// Run a command on reserved GPUs; they are released when it exits.
     ///
     /// gpukilld picks --gpus free GPUs (in its own order of preference) and reserves them for

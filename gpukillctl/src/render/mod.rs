@@ -1,6 +1,7 @@
 //! Turning answers into text: for `list`, human tables ([`table`]) and the gpukill JSON
 //! ([`json`]); for `kill`, `reset`, `events`, `cluster` and `uploads`, one module each with
-//! both renderings (and [`reservations`] for `reserve`, `release` and `status`); for the reports `audit` and `history`, one module each with a table, JSON
+//! both renderings (and [`reservations`] for `reserve`, `release` and `status`, [`drain`] for `drain` and
+//! `undrain`); for the reports `audit` and `history`, one module each with a table, JSON
 //! and CSV ([`csv`]).
 //!
 //! The renderings share the helpers here, so a table and the JSON of the same answer always
@@ -11,6 +12,7 @@ pub mod audit;
 pub mod cluster;
 pub mod collection;
 pub mod csv;
+pub mod drain;
 pub mod escape;
 pub mod events;
 pub mod gpukill_record;

@@ -10,7 +10,8 @@
 //! `no reservations released`.
 //!
 //! `status` (table): one row per GPU, columns `GPU, STATUS, DETAILS`. STATUS is one of
-//! - `AVAILABLE` (or `UNHEALTHY, not handed out: …` when its health is critical or lost);
+//! - `AVAILABLE` (or `UNHEALTHY, not handed out: …` when its health is critical or lost, or
+//!   `DRAINED by alice 2h ago: REASON` when an admin drained it);
 //! - `IN USE by alice for 1h2m (run, pid 1234)`, with `, expires in 3h5m` when the run has a
 //!   timeout, `(run, client disconnected)` while its gpukillctl is not connected, or
 //!   `(manual, expires in 3h5m: NOTE)` for a manual reservation;
@@ -19,6 +20,9 @@
 //!   GPUs (no reservation ever made, none waiting): there, using a GPU breaks no rule;
 //! - `WRONG USER on alice's reservation: bob pid 123 (python) 10 GiB`.
 //!
+//! A drained GPU that is held or used shows its state, then `; DRAINED by alice 2h ago:
+//! REASON` (a drain ends no reservation); its DETAILS add `drained since DATE TIME`.
+//!
 //! Memory is `-` when unknown; lengths of time are compact ([`age`]) as of the answer's
 //! `now`. DETAILS is the GPU's name and, for a held GPU, the reservation's id and times. When
 //! requests wait, a `QUEUE` section follows: columns `#, USER, GPUS, WAITING, COMMAND`, first
@@ -26,7 +30,9 @@
 //! (see [`super::layout`]).
 //!
 //! JSON: the answers with snake_case names and `null` for absent values: enums as lower-case
-//! words (`available`, `reserved`, `unreserved_use`, `wrong_user`; `run`, `manual`), every
+//! words (`available`, `reserved`, `unreserved_use`, `wrong_user`; `run`, `manual`), a GPU's
+//! `drained` object (`by`, `uid`, `reason`, `since`, `since_unix_ms`; `null` when not
+//! drained), every
 //! time twice, RFC 3339 in UTC with milliseconds and as milliseconds since the epoch
 //! (`..._unix_ms`), memory in bytes.
 
@@ -36,6 +42,7 @@ use gpukill_proto::v1::{
 };
 use serde::Serialize;
 
+use super::drain::{DrainJson, drained_text};
 use super::json::{document, non_empty};
 use super::layout::{self, Step};
 use super::table::ABSENT;
@@ -176,6 +183,17 @@ pub fn render_status(
 /// anyone reserves GPUs on the node; when nobody does, a used GPU is `BUSY`, not
 /// `UNRESERVED USE`.
 pub fn status_text(gpu: &GpuReservation, now_ms: i64, reservations_used: bool) -> String {
+    let state = state_text(gpu, now_ms, reservations_used);
+    match &gpu.drained {
+        // Drained and free otherwise: the drain is what matters.
+        Some(drain) if state == "AVAILABLE" => drained_text(drain, now_ms),
+        Some(drain) => format!("{state}; {}", drained_text(drain, now_ms)),
+        None => state,
+    }
+}
+
+/// The STATUS text of one GPU without its drain.
+fn state_text(gpu: &GpuReservation, now_ms: i64, reservations_used: bool) -> String {
     let holder = gpu.reservation.as_ref();
     match ReservationState::try_from(gpu.state) {
         Ok(ReservationState::Available) => match &gpu.unfit {
@@ -267,6 +285,13 @@ fn details(gpu: &GpuReservation, tz: TimeZone) -> String {
         .and_then(|gpu| gpu.name.clone())
         .into_iter()
         .collect();
+    if let Some(since) = gpu
+        .drained
+        .as_ref()
+        .and_then(|drain| date_time(drain.since_unix_ms, tz))
+    {
+        parts.push(format!("drained since {since}"));
+    }
     if let Some(reservation) = &gpu.reservation {
         parts.push(format!("reservation {}", reservation.id));
         if let Some(since) = date_time(reservation.start_unix_ms, tz) {
@@ -474,6 +499,9 @@ pub struct GpuStateJson {
     /// Why reserve and run do not hand it out although nobody holds it (critical or lost
     /// health); `null` otherwise.
     pub unfit: Option<String>,
+    /// An admin's drain: reserve and run do not hand it out (a reservation held on it runs
+    /// on); `null` when not drained.
+    pub drained: Option<DrainJson>,
 }
 
 /// A `run` request waiting for GPUs.
@@ -542,6 +570,7 @@ impl StatusJson {
                         })
                         .collect(),
                     unfit: gpu.unfit.clone(),
+                    drained: gpu.drained.as_ref().map(DrainJson::new),
                 })
                 .collect(),
             queue: response
@@ -583,6 +612,7 @@ mod tests {
     use super::*;
     use crate::render::escape;
     use crate::testutil::{self, NOW_MS, assert_snapshot};
+    use gpukill_proto::v1::GpuDrain;
     use serde_json::{Value, json};
 
     #[test]
@@ -744,6 +774,48 @@ mod tests {
         );
         let actual: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(actual["gpus"][2]["reservation"]["note"], note);
+    }
+
+    #[test]
+    fn a_drained_gpu_says_who_drained_it_when_and_why_after_its_reservation() {
+        let mut response = testutil::reservations_response();
+        response.gpus[0].drained = Some(testutil::gpu_drain());
+        response.gpus[2].drained = Some(GpuDrain {
+            reason: String::new(),
+            ..testutil::gpu_drain()
+        });
+        let now = response.now_unix_ms;
+        assert_eq!(
+            status_text(&response.gpus[0], now, true),
+            "DRAINED by root 2h0m ago: fan noise"
+        );
+        assert_eq!(
+            status_text(&response.gpus[2], now, true),
+            "IN USE by carol for 5m3s (manual, expires in 3h5m: thesis runs); DRAINED by root 2h0m ago"
+        );
+        // Drained and unhealthy: both are said.
+        response.gpus[0].unfit = Some("its health is critical (Xid 79)".to_owned());
+        assert_eq!(
+            status_text(&response.gpus[0], now, true),
+            "UNHEALTHY, not handed out: its health is critical (Xid 79); DRAINED by root 2h0m ago: fan noise"
+        );
+        let text = render_status(&response, TimeZone::Utc, None);
+        assert!(text.contains("drained since 2024-05-01 10:00:00"), "{text}");
+        let json: Value =
+            serde_json::from_str(&status_json(&response).expect("encode")).expect("JSON");
+        assert_eq!(
+            json["gpus"][0]["drained"],
+            json!({
+                "by": "root",
+                "uid": 0,
+                "reason": "fan noise",
+                "since": "2024-05-01T10:00:00.250Z",
+                "since_unix_ms": NOW_MS - 7_200_000,
+            })
+        );
+        assert_eq!(json["gpus"][2]["drained"]["reason"], Value::Null);
+        assert_eq!(json["gpus"][2]["state"], "reserved");
+        assert_eq!(json["gpus"][1]["drained"], Value::Null);
     }
 
     #[test]

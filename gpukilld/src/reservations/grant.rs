@@ -63,7 +63,7 @@ impl Reservations {
         let now_ms = unix_ms(now);
         let expires_ms = self.expiry(request, now_ms)?;
         let mut state = self.lock();
-        let assessed = self.assess(&snapshot, &state.held);
+        let assessed = self.assess(&snapshot, &state);
         let chosen = match &request.want {
             Want::Count(count) => {
                 if *count == 0 || *count as usize > assessed.len() {
@@ -95,10 +95,12 @@ impl Reservations {
                 let mut chosen = Vec::new();
                 let mut refusals = Vec::new();
                 for index in indices {
-                    let assessment = assessed
-                        .iter()
-                        .find(|a| a.gpu.index == *index)
-                        .ok_or(ReservationError::NoSuchGpu(*index))?;
+                    let assessment = assessed.iter().find(|a| a.gpu.index == *index).ok_or(
+                        ReservationError::NoSuchGpu {
+                            index: *index,
+                            gpus: assessed.len(),
+                        },
+                    )?;
                     if chosen.iter().any(|gpu: &GpuRef| gpu.index == *index) {
                         return Err(ReservationError::Duplicate(*index));
                     }

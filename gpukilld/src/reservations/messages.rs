@@ -1,10 +1,11 @@
 //! What reservations say: refusals in words (who holds a GPU, for how long, who uses it
-//! without a reservation), and the audit event of each change with who made it.
+//! without a reservation, who drained it), and the audit event of each change with who made
+//! it.
 
 use std::time::{Duration, SystemTime};
 
 use super::usage::{self, Assessment, GpuRef, GpuState};
-use crate::store::{EventCaller, EventKind, NewEvent, ReservationRow};
+use crate::store::{DrainRow, EventCaller, EventKind, NewEvent, ReservationRow, rfc3339_ms};
 
 pub(super) fn event(
     time: SystemTime,
@@ -59,6 +60,9 @@ pub(super) fn describe(assessment: &Assessment, now_ms: i64) -> String {
         users.dedup();
         users.join(", ")
     };
+    if let Some(drain) = &assessment.drained {
+        return drained(index, drain);
+    }
     if let Some(unfit) = &assessment.unfit {
         return format!(
             "GPU {index} is not handed out: {unfit} (an admin clears it with `gpukillctl health clear --gpu {index}`, or a reset does)"
@@ -84,6 +88,20 @@ pub(super) fn describe(assessment: &Assessment, now_ms: i64) -> String {
         }
         (None, _) => format!("GPU {index} is available"),
     }
+}
+
+/// `GPU 2 is drained by alice since …: reason (an admin undrains it with …)`.
+pub(super) fn drained(index: u32, drain: &DrainRow) -> String {
+    let reason = if drain.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", drain.reason)
+    };
+    format!(
+        "GPU {index} is drained by {} since {}{reason} (an admin undrains it with `gpukillctl undrain --gpu {index}`)",
+        drain.user,
+        rfc3339_ms(drain.since_ms)
+    )
 }
 
 fn remaining(at_ms: i64, now_ms: i64) -> String {

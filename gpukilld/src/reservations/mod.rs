@@ -12,10 +12,12 @@
 //! This file holds the types, loading and the views (status, misuse); the rest, by job:
 //! `grant` (choosing and taking GPUs), `release` (ending reservations), `queue` (the
 //! first-come-first-served queue of `run --wait`), `runs` (run leases: heartbeats, detach
-//! and resume), `timers` (the tick that ends expired reservations and silent runs),
-//! `messages` (refusals in words, audit events).
+//! and resume), `timers` (the tick that ends expired reservations and silent runs), `drain`
+//! (admins' drains: GPUs kept from reserve and run until undrained), `messages` (refusals
+//! in words, audit events).
 
 pub mod allocate;
+mod drain;
 mod grant;
 mod messages;
 mod queue;
@@ -33,11 +35,14 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::config::ReservationsConfig;
 use crate::ring::Ring;
 use crate::snapshot::Snapshot;
-use crate::store::{Database, EventCaller, LeaseKind, ReservationRow, StoreError, unix_ms};
+use crate::store::{
+    Database, DrainRow, EventCaller, LeaseKind, ReservationRow, StoreError, unix_ms,
+};
 use allocate::UseMarks;
 use messages::holder_caller;
 use usage::{Assessment, GpuRef, GpuState};
 
+pub use drain::{DRAIN_REASON_LIMIT, Drained, Undrained};
 pub use queue::Queued;
 pub use timers::run_timers;
 pub(crate) use timers::stopped;
@@ -59,8 +64,13 @@ pub enum ReservationError {
         gpus: usize,
     },
     /// A GPU index that does not exist.
-    #[error("no GPU {0} on this node (gpukillctl list shows the GPUs)")]
-    NoSuchGpu(u32),
+    #[error("no GPU {index} on this node: {} (gpukillctl list shows them)", gpu_range(*.gpus))]
+    NoSuchGpu {
+        /// The index asked for.
+        index: u32,
+        /// GPUs on the node.
+        gpus: usize,
+    },
     /// A GPU named twice.
     #[error("GPU {0} is named twice")]
     Duplicate(u32),
@@ -92,8 +102,13 @@ pub enum ReservationError {
         "no run reservation {0} of yours is waiting to be resumed (it ended, or another client holds it)"
     )]
     NoSuchRun(i64),
+    /// A drain reason longer than [`DRAIN_REASON_LIMIT`].
+    #[error(
+        "a drain reason of {0} bytes is too long: say why in at most {DRAIN_REASON_LIMIT} bytes"
+    )]
+    DrainReasonTooLong(usize),
     /// The store refused the change; nothing changed.
-    #[error("the store did not record the reservation, so it was undone")]
+    #[error("the store did not record the change, so it was undone")]
     Store(#[source] StoreError),
     /// The caller, or everyone together, has as many requests waiting as may wait.
     #[error(
@@ -109,6 +124,15 @@ pub enum ReservationError {
         /// Its value.
         limit: usize,
     },
+}
+
+/// `its GPUs are 0 to 3`, for errors naming a GPU that does not exist.
+fn gpu_range(gpus: usize) -> String {
+    match gpus {
+        0 => "it has no GPUs".to_owned(),
+        1 => "its only GPU is 0".to_owned(),
+        n => format!("its GPUs are 0 to {}", n - 1),
+    }
 }
 
 /// The longest note (`reserve --note`) or command (`run`) kept, in bytes: the rest is
@@ -237,6 +261,8 @@ struct RunLease {
 #[derive(Default)]
 struct State {
     held: Vec<ReservationRow>,
+    /// The GPUs admins drained, by GPU key.
+    drains: Vec<DrainRow>,
     runs: HashMap<i64, RunLease>,
     marks: UseMarks,
     last_lease: i64,
@@ -285,8 +311,14 @@ impl Reservations {
         log: Arc<Database>,
         ring: Arc<Ring>,
     ) -> Result<Self, StoreError> {
-        let (held, marks) = log
-            .read(|store| Ok((store.held_reservations()?, store.reservation_marks()?)))
+        let (held, marks, drains) = log
+            .read(|store| {
+                Ok((
+                    store.held_reservations()?,
+                    store.reservation_marks()?,
+                    store.drains()?,
+                ))
+            })
             .await?;
         let deadline = Instant::now() + config.heartbeat_timeout;
         let mut runs = HashMap::new();
@@ -305,8 +337,18 @@ impl Reservations {
                 "reservations held before the restart are back"
             );
         }
+        for drain in &drains {
+            tracing::info!(
+                gpu = drain.gpu_index,
+                key = %drain.gpu_key,
+                by = %drain.user,
+                reason = %drain.reason,
+                "GPU drained before the restart: not handed out until undrained"
+            );
+        }
         let state = State {
             held,
+            drains,
             runs,
             marks: UseMarks {
                 last_used: marks.last_held,
@@ -330,11 +372,12 @@ impl Reservations {
         &self.config
     }
 
-    /// Every GPU of `snapshot` against the reservations `held`.
-    fn assess(&self, snapshot: &Snapshot, held: &[ReservationRow]) -> Vec<Assessment> {
+    /// Every GPU of `snapshot` against the reservations held and the drains of `state`.
+    fn assess(&self, snapshot: &Snapshot, state: &State) -> Vec<Assessment> {
         usage::assess(
             snapshot,
-            held,
+            &state.held,
+            &state.drains,
             self.config.unreserved_threshold,
             self.drain_unhealthy,
         )
@@ -355,7 +398,7 @@ impl Reservations {
         let snapshot = self.ring.latest();
         let state = self.lock();
         Status {
-            gpus: self.assess(&snapshot, &state.held),
+            gpus: self.assess(&snapshot, &state),
             attached: state
                 .runs
                 .iter()
@@ -377,7 +420,7 @@ impl Reservations {
     /// The GPUs of `snapshot` used by someone who does not hold them (for the guard).
     pub fn misuse(&self, snapshot: &Snapshot) -> Vec<Assessment> {
         let state = self.lock();
-        self.assess(snapshot, &state.held)
+        self.assess(snapshot, &state)
             .into_iter()
             .filter(|a| matches!(a.state, GpuState::UnreservedUse | GpuState::WrongUser))
             .collect()

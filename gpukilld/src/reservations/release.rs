@@ -37,7 +37,12 @@ impl Reservations {
                             // A reserved GPU that no longer shows (lost) can still be released.
                             match state.held.iter().find(|row| row.gpu_index == *index) {
                                 Some(row) => row.gpu_key.clone(),
-                                None => return Err(ReservationError::NoSuchGpu(*index)),
+                                None => {
+                                    return Err(ReservationError::NoSuchGpu {
+                                        index: *index,
+                                        gpus: gpus.len(),
+                                    });
+                                }
                             }
                         }
                     };
@@ -180,7 +185,7 @@ mod tests {
         );
         assert!(matches!(
             reservations.reserve(&bob, &gpus(&[9])).await,
-            Err(ReservationError::NoSuchGpu(9))
+            Err(ReservationError::NoSuchGpu { index: 9, gpus: 4 })
         ));
         let admin = requester(0, true);
         assert_eq!(

@@ -1,13 +1,14 @@
 //! Who uses each GPU, against who holds it: available, reserved, used without a
-//! reservation, or used by a user other than the holder. Pure: the caller passes the
-//! snapshot and the held reservations.
+//! reservation, or used by a user other than the holder; and whether it may be handed out
+//! (not drained by an admin, healthy enough). Pure: the caller passes the snapshot, the held
+//! reservations and the drains.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::procinfo::ProcessInfo;
 use crate::snapshot::{Gpu, Snapshot, Vendor};
-use crate::store::ReservationRow;
+use crate::store::{DrainRow, ReservationRow};
 
 /// A GPU as reservations know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +86,30 @@ pub struct Assessment {
     /// Why it is not handed out although nobody holds it: its health is critical or lost
     /// (when unhealthy GPUs are drained).
     pub unfit: Option<String>,
+    /// An admin's drain: it is not handed out until undrained (whoever holds it now keeps
+    /// it).
+    pub drained: Option<DrainRow>,
 }
 
 impl Assessment {
     /// Whether reserve and run may hand it out.
     pub fn is_free(&self) -> bool {
-        self.state == GpuState::Available && self.unfit.is_none()
+        self.state == GpuState::Available && self.unfit.is_none() && self.drained.is_none()
     }
 }
 
-/// Every GPU of `snapshot` in vendor and index order, against `held`.
+/// Every GPU of `snapshot` in vendor and index order, against `held` and `drains`.
 ///
 /// A user uses a GPU when their processes on it hold more than `threshold` bytes together;
 /// a process whose memory the vendor does not report counts when the GPU's own used memory
 /// is over the threshold (absent is not zero, nor proof of use).
 ///
-/// With `drain_unhealthy`, a GPU whose health is critical or lost is `unfit`.
+/// With `drain_unhealthy`, a GPU whose health is critical or lost is `unfit`. A GPU whose
+/// key is in `drains` is `drained`.
 pub fn assess(
     snapshot: &Snapshot,
     held: &[ReservationRow],
+    drains: &[DrainRow],
     threshold: u64,
     drain_unhealthy: bool,
 ) -> Vec<Assessment> {
@@ -156,12 +162,17 @@ pub fn assess(
                     reasons.join("; ")
                 )
             });
+            let drained = drains
+                .iter()
+                .find(|drain| drain.gpu_key == gpu_ref.key)
+                .cloned();
             Assessment {
                 gpu: gpu_ref,
                 state,
                 holder,
                 misuse,
                 unfit,
+                drained,
             }
         })
         .collect()
@@ -206,7 +217,7 @@ pub(crate) mod tests {
             ],
         );
         let held = [held("index:1", alice), held("index:2", alice)];
-        let assessed = assess(&snapshot, &held, GIB, true);
+        let assessed = assess(&snapshot, &held, &[], GIB, true);
         let states: Vec<GpuState> = assessed.iter().map(|a| a.state).collect();
         assert_eq!(
             states,
@@ -237,7 +248,7 @@ pub(crate) mod tests {
             }],
             ..GpuHealth::default()
         });
-        let drained = assess(&snapshot, &[], GIB, true);
+        let drained = assess(&snapshot, &[], &[], GIB, true);
         assert!(drained[0].is_free());
         assert!(!drained[1].is_free());
         assert_eq!(drained[1].state, GpuState::Available);
@@ -246,6 +257,34 @@ pub(crate) mod tests {
             Some("its health is critical (Xid 79 (GPU has fallen off the bus))")
         );
         // on_critical = "notify": handed out as before.
-        assert!(assess(&snapshot, &[], GIB, false)[1].is_free());
+        assert!(assess(&snapshot, &[], &[], GIB, false)[1].is_free());
+    }
+
+    #[test]
+    fn a_drained_gpu_is_not_free_whoever_holds_it() {
+        let alice = 1000;
+        let snapshot = snapshot_at(0, &[(proc_info(12, alice, "alice", 60), 2, Some(8), None)]);
+        let drain = |key: &str| DrainRow {
+            gpu_key: key.to_owned(),
+            gpu_index: 0,
+            uid: 0,
+            user: "root".to_owned(),
+            reason: "fan".to_owned(),
+            since_ms: 5,
+        };
+        let drains = [drain("index:1"), drain("index:2"), drain("GPU-gone")];
+        let assessed = assess(&snapshot, &[held("index:2", alice)], &drains, GIB, true);
+        assert!(assessed[0].is_free());
+        assert!(assessed[0].drained.is_none());
+        // Drained and unreserved: available, but not handed out.
+        assert_eq!(assessed[1].state, GpuState::Available);
+        assert!(!assessed[1].is_free());
+        assert_eq!(assessed[1].drained.as_ref().unwrap().reason, "fan");
+        // Drained while held: the reservation stands, the drain is shown.
+        assert_eq!(assessed[2].state, GpuState::Reserved);
+        assert_eq!(assessed[2].holder.as_ref().unwrap().uid, alice);
+        assert!(assessed[2].drained.is_some());
+        // A drain of a GPU not in the snapshot names no GPU that is.
+        assert!(assessed[3].drained.is_none() && assessed[3].is_free());
     }
 }

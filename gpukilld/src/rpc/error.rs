@@ -159,7 +159,8 @@ impl From<RpcError> for Status {
             | RpcError::BadRunStart
             | RpcError::Reservation(
                 ReservationError::BadCount { .. }
-                | ReservationError::NoSuchGpu(_)
+                | ReservationError::NoSuchGpu { .. }
+                | ReservationError::DrainReasonTooLong(_)
                 | ReservationError::Duplicate(_)
                 | ReservationError::BadDuration { .. },
             )

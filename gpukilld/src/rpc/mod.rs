@@ -2,6 +2,7 @@
 //! attribute the caller, parse the request, call the core, convert the answer.
 
 pub mod convert;
+mod drain;
 pub mod error;
 mod events;
 mod gpu_health;
@@ -402,6 +403,26 @@ impl GpuKillService for Service {
     ) -> Result<Response<pb::HealthClearResponse>, Status> {
         answer(&self.kill.store, request, Access::Act, |caller, message| {
             gpu_health::clear(&self.ring, &self.health, &self.kill, caller, message)
+        })
+        .await
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            drain::drain(&self.reservations, &self.kill, caller, message)
+        })
+        .await
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<pb::UndrainRequest>,
+    ) -> Result<Response<pb::UndrainResponse>, Status> {
+        answer(&self.kill.store, request, Access::Act, |caller, message| {
+            drain::undrain(&self.reservations, &self.kill, caller, message)
         })
         .await
     }

@@ -1,5 +1,5 @@
 //! Reserve, Release and Reservations: thin adapters over [`crate::reservations`]. The
-//! streaming Run is in [`super::run`].
+//! streaming Run is in [`super::run`], Drain and Undrain in [`super::drain`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::reservations::usage::{Assessment, GpuRef, GpuState};
 use crate::reservations::{
     LeaseRequest, Requester, ReservationError, Reservations, ReservationsHandle, Status, Want,
 };
-use crate::store::{LeaseKind, ReservationRow};
+use crate::store::{DrainRow, LeaseKind, ReservationRow};
 
 /// The reservations, or `StoreUnavailable`.
 pub(crate) fn available(handle: &ReservationsHandle) -> Result<&Arc<Reservations>, RpcError> {
@@ -135,6 +135,17 @@ fn gpu_reservation(assessment: &Assessment, status: &Status) -> pb::GpuReservati
             })
             .collect(),
         unfit: assessment.unfit.clone(),
+        drained: assessment.drained.as_ref().map(gpu_drain),
+    }
+}
+
+/// An admin's drain in the API.
+pub(crate) fn gpu_drain(drain: &DrainRow) -> pb::GpuDrain {
+    pb::GpuDrain {
+        by: drain.user.clone(),
+        uid: (drain.uid != crate::authz::NO_UID).then_some(drain.uid),
+        reason: drain.reason.clone(),
+        since_unix_ms: drain.since_ms,
     }
 }
 
@@ -150,7 +161,7 @@ pub(crate) fn reserved_gpu(gpu: &GpuRef) -> pb::ReservedGpu {
 
 /// A reservation row in the API; `held` says whether it is held now (a run's client
 /// connection is then known).
-fn reservation(row: &ReservationRow, status: &Status, held: bool) -> pb::Reservation {
+pub(crate) fn reservation(row: &ReservationRow, status: &Status, held: bool) -> pb::Reservation {
     let kind = match row.kind {
         LeaseKind::Run => pb::ReservationKind::Run,
         LeaseKind::Manual => pb::ReservationKind::Manual,

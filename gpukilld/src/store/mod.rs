@@ -1,6 +1,6 @@
 //! The daemon's SQLite store: the audit events (every kill, reset and denied request, with
-//! who asked and why), samples, sessions and hourly rollups, reservations, node
-//! registrations and the upload outbox.
+//! who asked and why), samples, sessions and hourly rollups, reservations and drained GPUs,
+//! node registrations and the upload outbox.
 //!
 //! Two layers:
 //! - [`Store`] is synchronous: one `rusqlite::Connection`, its pragmas and migrations, and
@@ -10,6 +10,7 @@
 //!   every event it could not write ([`DatabaseCounters`]).
 
 mod database;
+mod drains;
 mod events;
 mod handle;
 mod history;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use database::{Database, DatabaseCounters, HistoryBatch, HistoryCounters, HistoryOptions};
+pub use drains::DrainRow;
 pub use events::OutcomeUpdate;
 pub use events::{
     EventCaller, EventKind, EventKindError, EventQuery, EventTarget, NewEvent, StoredEvent,

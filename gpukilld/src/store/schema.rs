@@ -230,6 +230,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events_v9 RENAME TO events;
     CREATE INDEX events_by_time ON events(time_ms);
     CREATE INDEX events_by_kind_time ON events(kind, time_ms);",
+    // 10: GPUs an admin drained (`gpukillctl drain`): reserve and run do not hand them out
+    // until they are undrained, which deletes the row. Keyed like reservations (the UUID, or
+    // `index:N`); the drain and undrain events are `reservation` events.
+    "CREATE TABLE drains (
+        gpu_key TEXT PRIMARY KEY,
+        gpu_index INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this binary knows: the number of migrations.

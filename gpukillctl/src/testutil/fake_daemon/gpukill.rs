@@ -5,13 +5,14 @@ use std::pin::Pin;
 
 use gpukill_proto::v1::gpu_kill_service_server::GpuKillService;
 use gpukill_proto::v1::{
-    EventsRequest, EventsResponse, GuardPolicyRequest, GuardPolicyResponse, GuardStatusRequest,
-    GuardStatusResponse, GuardTestRequest, GuardTestResponse, GuardUpdateRequest,
-    GuardUpdateResponse, HealthRequest, HealthResponse, HistoryRequest, HistoryResponse,
-    ImportAuditRequest, ImportAuditResponse, KillRequest, KillResponse, ListRequest, ListResponse,
-    ProcessView, ReleaseRequest, ReleaseResponse, ReservationsRequest, ReservationsResponse,
-    ReserveRequest, ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse,
-    RunRequest, RunResponse, SessionsRequest, SessionsResponse, SummaryRequest, SummaryResponse,
+    DrainRequest, DrainResponse, EventsRequest, EventsResponse, GuardPolicyRequest,
+    GuardPolicyResponse, GuardStatusRequest, GuardStatusResponse, GuardTestRequest,
+    GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse, HealthRequest, HealthResponse,
+    HistoryRequest, HistoryResponse, ImportAuditRequest, ImportAuditResponse, KillRequest,
+    KillResponse, ListRequest, ListResponse, ProcessView, ReleaseRequest, ReleaseResponse,
+    ReservationsRequest, ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest,
+    ResetResponse, RogueRequest, RogueResponse, RunRequest, RunResponse, SessionsRequest,
+    SessionsResponse, SummaryRequest, SummaryResponse, UndrainRequest, UndrainResponse,
     UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
     UploadsResponse, VersionRequest, VersionResponse, WatchRequest, WatchResponse,
 };
@@ -78,6 +79,32 @@ impl GpuKillService for FakeDaemon {
         _request: Request<gpukill_proto::v1::HealthClearRequest>,
     ) -> Result<Response<gpukill_proto::v1::HealthClearResponse>, Status> {
         Err(Status::unimplemented("HealthClear"))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        if let Ok(mut requests) = self.drain_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.drain.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Drain")),
+        }
+    }
+
+    async fn undrain(
+        &self,
+        request: Request<UndrainRequest>,
+    ) -> Result<Response<UndrainResponse>, Status> {
+        if let Ok(mut requests) = self.undrain_requests.lock() {
+            requests.push(request.into_inner());
+        }
+        match self.undrain.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unimplemented("Undrain")),
+        }
     }
 
     async fn version(

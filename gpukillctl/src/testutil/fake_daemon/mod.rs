@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpukill_proto::v1::{
-    ContentionRequest, ContentionResponse, EventsRequest, EventsResponse, GuardPolicyResponse,
-    GuardStatusResponse, GuardTestResponse, GuardUpdateRequest, GuardUpdateResponse,
-    HistoryRequest, HistoryResponse, ImportAuditRequest, ImportAuditResponse, KillRequest,
-    KillResponse, ListAllRequest, ListAllResponse, NodesResponse, ProcessView, ReleaseRequest,
-    ReleaseResponse, ReservationsResponse, ReserveRequest, ReserveResponse, ResetRequest,
-    ResetResponse, RogueRequest, RogueResponse, RunRequest, RunResponse, SessionsRequest,
-    SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest, SummaryResponse,
-    UploadRetryRequest, UploadRetryResponse, UploadShowRequest, UploadShowResponse, UploadsRequest,
-    UploadsResponse, VersionResponse,
+    ContentionRequest, ContentionResponse, DrainRequest, DrainResponse, EventsRequest,
+    EventsResponse, GuardPolicyResponse, GuardStatusResponse, GuardTestResponse,
+    GuardUpdateRequest, GuardUpdateResponse, HistoryRequest, HistoryResponse, ImportAuditRequest,
+    ImportAuditResponse, KillRequest, KillResponse, ListAllRequest, ListAllResponse, NodesResponse,
+    ProcessView, ReleaseRequest, ReleaseResponse, ReservationsResponse, ReserveRequest,
+    ReserveResponse, ResetRequest, ResetResponse, RogueRequest, RogueResponse, RunRequest,
+    RunResponse, SessionsRequest, SessionsResponse, Snapshot, SnapshotFilter, SummaryRequest,
+    SummaryResponse, UndrainRequest, UndrainResponse, UploadRetryRequest, UploadRetryResponse,
+    UploadShowRequest, UploadShowResponse, UploadsRequest, UploadsResponse, VersionResponse,
 };
 use tonic::{Request, Status};
 
@@ -123,6 +123,14 @@ pub struct FakeDaemon {
     pub release_requests: Arc<Mutex<Vec<ReleaseRequest>>>,
     /// What Reservations answers; `None` fails with UNIMPLEMENTED.
     pub reservations: Option<Result<ReservationsResponse, Status>>,
+    /// What Drain answers; `None` fails with UNIMPLEMENTED.
+    pub drain: Option<Result<DrainResponse, Status>>,
+    /// Every Drain request received.
+    pub drain_requests: Arc<Mutex<Vec<DrainRequest>>>,
+    /// What Undrain answers; `None` fails with UNIMPLEMENTED.
+    pub undrain: Option<Result<UndrainResponse, Status>>,
+    /// Every Undrain request received.
+    pub undrain_requests: Arc<Mutex<Vec<UndrainRequest>>>,
     /// What each Run call does, in the order of the calls; a call beyond them fails with
     /// UNIMPLEMENTED.
     pub run: Vec<RunScript>,
