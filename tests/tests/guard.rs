@@ -525,48 +525,6 @@ fn admins_change_the_policy_through_the_api_keeping_its_comments_and_nothing_els
     );
 }
 
-/// A plain HTTP/1.1 receiver on loopback: answers 500 to the first request (to make the
-/// daemon retry) and 200 to the rest; keeps the bodies.
-fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = std::sync::Arc::clone(&bodies);
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0usize;
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|read| read > 0) {
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let mut stream = stream;
-            if n == 0 {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n");
-                continue;
-            }
-            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-                kept.lock().expect("lock").push(value);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
-    (port, bodies)
-}
-
 /// A pseudo-terminal whose slave side belongs to `uid`: (master, slave path).
 fn terminal_of(uid: u32) -> (std::fs::File, PathBuf) {
     use std::os::fd::FromRawFd;
@@ -593,7 +551,7 @@ fn terminal_of(uid: u32) -> (std::fs::File, PathBuf) {
 #[test]
 fn soft_mode_tells_the_user_on_their_terminal_and_posts_to_the_webhook_with_retries() {
     use std::io::Read;
-    let (port, notices) = webhook_receiver();
+    let (port, notices) = support::http::webhook_receiver(true);
     let (mut master, _slave) = terminal_of(ALICE);
     // The slave must stay open for writes to reach the master.
     let _slave_open = std::fs::OpenOptions::new()

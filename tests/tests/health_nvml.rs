@@ -484,3 +484,221 @@ fn the_daemon_reports_an_injected_xid_and_a_lost_gpu() {
     let status = daemon.stop();
     assert!(status.success(), "{status}");
 }
+
+/// The Prometheus sample of `family` whose labels contain every one of `labels`.
+fn sample(exposition: &str, family: &str, labels: &[&str]) -> Option<String> {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{family}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+#[test]
+fn an_xid_79_reaches_every_view_and_the_gpu_is_handed_out_no_more() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches uids and must run as root (CI does)"
+    );
+    let (webhook_port, notices) = support::http::webhook_receiver(false);
+    let policy_dir = tempfile::tempdir().expect("tempdir");
+    let policy = policy_dir.path().join("guard.toml");
+    std::fs::write(
+        &policy,
+        format!("[notify]\nwebhook = \"http://127.0.0.1:{webhook_port}/gpu-health\"\n"),
+    )
+    .expect("write the policy");
+    let metrics_port = support::pki::free_port();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    // Three healthy GPUs that support events; GPU 1 reports Xid 79 once the daemon runs.
+    let scenario = |xid_on_1: bool| {
+        let gpus: Vec<Value> = (0..3)
+            .map(|index| {
+                let mut gpu = full_gpu(index, json!([]));
+                gpu["events"] = if xid_on_1 && index == 1 {
+                    json!([{"at_ms": 0, "type": "xid", "data": 79}])
+                } else {
+                    json!([])
+                };
+                gpu
+            })
+            .collect();
+        json!({"gpus": gpus})
+    };
+    let daemon = Daemon::start_with(
+        &scenario(false),
+        support::DaemonOptions {
+            env: vec![
+                ("GPUKILL_GUARD_POLICY".into(), policy.display().to_string()),
+                (
+                    "GPUKILL_METRICS_LISTEN".into(),
+                    format!("127.0.0.1:{metrics_port}"),
+                ),
+            ],
+            ..support::DaemonOptions::default()
+        },
+    );
+    let before = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus.as_array().is_some_and(|gpus| gpus.len() == 3),
+    );
+    assert!(
+        (0..3).all(|n| before[n]["state"] == json!("ok")),
+        "{before:#}"
+    );
+
+    daemon.set_scenario(&scenario(true));
+    let injected = Instant::now();
+    let after = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(5),
+        |gpus| gpus[1]["state"] == json!("critical"),
+    );
+    let latency = injected.elapsed();
+    eprintln!("Xid 79 -> critical in `gpukillctl health` after {latency:?}");
+    // Two 200 ms ticks, plus the fake's 50 ms look at its scenario and gpukillctl's start.
+    assert!(latency < Duration::from_millis(1500), "{latency:?}");
+    assert_eq!(after[1]["recent_xids"][0]["code"], json!(79), "{after:#}");
+    assert_eq!(after[1]["reasons"][0]["condition"], json!("xid"));
+    assert_eq!(after[0]["state"], json!("ok"));
+    assert_eq!(after[2]["state"], json!("ok"));
+    let list = daemon.list_json(&[]);
+    assert_eq!(list["gpus"][1]["health"]["state"], json!("critical"));
+    assert_eq!(list["gpus"][0]["health"]["state"], json!("ok"));
+
+    // Metrics: dcgm-exporter's last-Xid gauge, gpukill's counter and state.
+    let exposition = support::http::request(metrics, "GET", "/metrics").body;
+    let gpu1 = "gpu=\"1\"";
+    assert_eq!(
+        sample(&exposition, "DCGM_FI_DEV_XID_ERRORS", &[gpu1]).as_deref(),
+        Some("79"),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(&exposition, "DCGM_FI_DEV_XID_ERRORS", &["gpu=\"0\""]),
+        None,
+        "no Xid on GPU 0: absent"
+    );
+    assert_eq!(
+        sample(
+            &exposition,
+            "gpukill_gpu_xid_errors_total",
+            &[gpu1, "xid=\"79\""]
+        )
+        .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        sample(
+            &exposition,
+            "gpukill_gpu_health_state",
+            &[gpu1, "state=\"critical\""]
+        )
+        .as_deref(),
+        Some("1")
+    );
+
+    // One `health` event for the Xid (code and meaning) and one for the state change.
+    let events = daemon.wait_for_json(
+        &["events", "--type", "health", "--output", "json"],
+        Duration::from_secs(5),
+        |events| events["events"].as_array().is_some_and(|e| e.len() >= 2),
+    );
+    let events = events["events"].as_array().cloned().unwrap_or_default();
+    let xids: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["outcome"] == json!("reported"))
+        .collect();
+    assert_eq!(xids.len(), 1, "{events:#?}");
+    assert_eq!(
+        xids[0]["reason"],
+        json!("Xid 79: GPU has fallen off the bus")
+    );
+    assert!(
+        xids[0]["action"]
+            .as_str()
+            .is_some_and(|action| action.starts_with("xid 79 on GPU 1")),
+        "{xids:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| event["outcome"] == json!("critical")
+                && event["reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.starts_with("was ok: Xid 79"))),
+        "{events:#?}"
+    );
+
+    // The webhook: a health notice for the Xid and one for the change, and nothing else.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let posted = loop {
+        let posted = notices.lock().expect("lock").clone();
+        if posted.len() >= 2 || Instant::now() > deadline {
+            break posted;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(posted.len(), 2, "{posted:#?}");
+    assert!(
+        posted
+            .iter()
+            .all(|notice| notice["kind"] == json!("health") && notice["gpu_index"] == json!(1))
+    );
+    let xid = posted
+        .iter()
+        .find(|notice| !notice["xid"].is_null())
+        .expect("an Xid notice");
+    assert_eq!(xid["xid"]["code"], json!(79));
+    assert_eq!(xid["xid"]["meaning"], json!("GPU has fallen off the bus"));
+    let change = posted
+        .iter()
+        .find(|notice| notice["xid"].is_null())
+        .expect("a state notice");
+    assert_eq!(change["state"], json!("critical"));
+    assert_eq!(change["previous"], json!("ok"));
+    assert_eq!(change["uuid"], before[1]["uuid"]);
+
+    // Not handed out: asked for by name or needed for a count, exit 7 with the reason; the
+    // others are still handed out.
+    let user = support::other_uid();
+    let refused = daemon.ctl_as(user, &["reserve", "--gpu-ids", "1"]);
+    assert_eq!(refused.status.code(), Some(7), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("GPU 1 is not handed out"),
+        "{refused:?}"
+    );
+    let all = daemon.ctl_as(user, &["reserve", "--gpus", "3"]);
+    assert_eq!(all.status.code(), Some(7), "{all:?}");
+    let run = daemon.ctl_as(user, &["run", "--gpus", "3", "--", "/bin/true"]);
+    assert_eq!(run.status.code(), Some(7), "{run:?}");
+    let granted = daemon.ctl_as(user, &["reserve", "--gpus", "2", "--output", "json"]);
+    assert!(granted.status.success(), "{granted:?}");
+    let granted: Value = serde_json::from_slice(&granted.stdout).expect("reserve JSON");
+    let mut indexes: Vec<u64> = granted["gpus"]
+        .as_array()
+        .expect("gpus")
+        .iter()
+        .filter_map(|gpu| gpu["gpu_index"].as_u64())
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, [0, 2], "{granted:#}");
+    assert!(daemon.ctl_as(user, &["release"]).status.success());
+
+    // Cleared: by a user, exit 4; by an admin, ok again and audited.
+    let denied = daemon.ctl_as(user, &["health", "clear", "--gpu", "1"]);
+    assert_eq!(denied.status.code(), Some(4), "{denied:?}");
+    let cleared = daemon.ctl(&["health", "clear", "--gpu", "1"]);
+    assert!(cleared.status.success(), "{cleared:?}");
+    daemon.wait_for_json(
+        &["health", "--gpu", "1", "--output", "json"],
+        Duration::from_secs(5),
+        |health| health[0]["state"] == json!("ok"),
+    );
+    let run = daemon.ctl_as(user, &["run", "--gpus", "3", "--", "/bin/true"]);
+    assert!(run.status.success(), "{run:?}");
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+}

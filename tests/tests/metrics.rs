@@ -4,12 +4,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::http::request;
 use support::{Daemon, DaemonOptions, MIB, Target, full_gpu, other_uid, user_name};
 
 /// A port nothing listens on now (the daemon binds it a moment later).
@@ -52,52 +53,6 @@ fn scenario(mine: &Target, theirs: &Target, hang: Value) -> Value {
 }
 
 /// A response: status code, headers (lower-case names) and body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn http(address: SocketAddr, method: &str, path: &str) -> Response {
-    let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(": "))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
 /// Runs `promtool check metrics` on `text`. Its only findings may be those dcgm-exporter's
 /// own names draw on the DCGM families (`modelName` is camelCase; its counters lack
 /// `_total`): those names are kept on purpose so its dashboards work. Our own families must
@@ -177,7 +132,7 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
     });
     let host = list["host"].as_str().expect("host").to_owned();
 
-    let response = http(address, "GET", "/metrics");
+    let response = request(address, "GET", "/metrics");
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
         response.header("content-type"),
@@ -255,12 +210,12 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
     }
     promtool_check(text);
 
-    let health = http(address, "GET", "/healthz");
+    let health = request(address, "GET", "/healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
-    let ready = http(address, "GET", "/readyz");
+    let ready = request(address, "GET", "/readyz");
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
-    assert_eq!(http(address, "GET", "/nothing").status, 404);
-    assert_eq!(http(address, "DELETE", "/metrics").status, 405);
+    assert_eq!(request(address, "GET", "/nothing").status, 404);
+    assert_eq!(request(address, "DELETE", "/metrics").status, 405);
 
     // NVML hangs: not ready (saying why), while /metrics still answers at once from the
     // last snapshot, marked stale.
@@ -271,7 +226,7 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = http(address, "GET", "/readyz");
+        let ready = request(address, "GET", "/readyz");
         if ready.status == 503 {
             assert!(
                 ready
@@ -294,7 +249,7 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let started = Instant::now();
-    let stale = http(address, "GET", "/metrics");
+    let stale = request(address, "GET", "/metrics");
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "a scrape waited on NVML"
@@ -311,11 +266,11 @@ fn metrics_have_dcgm_names_and_labels_pass_promtool_and_report_readiness() {
         "last values kept"
     );
     promtool_check(&stale.body);
-    assert_eq!(http(address, "GET", "/healthz").status, 200);
+    assert_eq!(request(address, "GET", "/healthz").status, 200);
 
     daemon.set_scenario(&scenario(&mine, &theirs, json!([])));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http(address, "GET", "/readyz").status != 200 {
+    while request(address, "GET", "/readyz").status != 200 {
         assert!(Instant::now() < deadline, "/readyz did not recover");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::allocate;
 use super::messages::{busy_message, describe, event, note_suffix};
-use super::usage::GpuRef;
+use super::usage::{Assessment, GpuRef};
 use super::{
     Grant, LeaseRequest, Pending, Requester, ReservationError, Reservations, RunLease, Want,
     clip_note,
@@ -71,6 +71,18 @@ impl Reservations {
                         asked: *count,
                         gpus: assessed.len(),
                     });
+                }
+                // Waiting would not help: too many GPUs are kept back (unhealthy, drained).
+                let kept_back: Vec<&Assessment> =
+                    assessed.iter().filter(|a| !a.is_handed_out()).collect();
+                if *count as usize > assessed.len() - kept_back.len() {
+                    let why: Vec<String> = kept_back.iter().map(|a| describe(a, now_ms)).collect();
+                    return Err(ReservationError::Busy(format!(
+                        "{count} GPUs asked for: only {} of this node's {} GPUs are handed out now; {}",
+                        assessed.len() - kept_back.len(),
+                        assessed.len(),
+                        why.join("; ")
+                    )));
                 }
                 let ahead = state.ahead_of(ticket);
                 let free: Vec<GpuRef> = assessed

@@ -94,7 +94,12 @@ pub struct Assessment {
 impl Assessment {
     /// Whether reserve and run may hand it out.
     pub fn is_free(&self) -> bool {
-        self.state == GpuState::Available && self.unfit.is_none() && self.drained.is_none()
+        self.state == GpuState::Available && self.is_handed_out()
+    }
+
+    /// Whether reserve and run hand it out at all (once free): neither unfit nor drained.
+    pub fn is_handed_out(&self) -> bool {
+        self.unfit.is_none() && self.drained.is_none()
     }
 }
 

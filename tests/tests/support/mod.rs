@@ -8,6 +8,7 @@
 pub mod central;
 pub mod clients;
 pub mod flood;
+pub mod http;
 pub mod measure;
 pub mod pki;
 
