@@ -176,3 +176,39 @@ fn reset_is_for_admins_needs_an_idle_supported_gpu_and_passes_the_pci_id() {
     let denied_event = &reset_events(&daemon)[0];
     assert_eq!(denied_event["caller_uid"], json!(BOB));
 }
+
+#[test]
+fn a_gpu_critical_after_an_xid_is_healthy_again_once_reset() {
+    assert!(nix::unistd::geteuid().is_root(), "run as root (CI does)");
+    let (smi_dir, smi_calls) = fake_smi();
+    let mut gpu = full_gpu(0, json!([]));
+    gpu["events"] = json!([{"at_ms": 0, "type": "xid", "data": 79}]);
+    let path = format!(
+        "{}:{}",
+        smi_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_with(
+        &json!({"gpus": [gpu]}),
+        DaemonOptions {
+            env: vec![("PATH".into(), path)],
+            ..DaemonOptions::default()
+        },
+    );
+    daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |health| health[0]["state"] == json!("critical"),
+    );
+    let reset = daemon.ctl(&["reset", "--gpu", "0"]);
+    assert!(reset.status.success(), "{reset:?}");
+    assert_eq!(calls(&smi_calls).len(), 1);
+    let after = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |health| health[0]["state"] != json!("critical"),
+    );
+    assert_eq!(after[0]["state"], json!("ok"), "{after:#}");
+    // The Xid stays in the GPU's history; it no longer makes it critical.
+    assert_eq!(after[0]["recent_xids"][0]["code"], json!(79));
+}

@@ -3,7 +3,7 @@
 //! refused or not, is audited; a reset (and each kill before it) is recorded before it
 //! runs, and not run when that record cannot be written.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use gpukill_proto::v1 as pb;
@@ -17,6 +17,7 @@ use crate::actions::reset;
 use crate::authz::{Caller, Principal};
 use crate::ring::Ring;
 use crate::snapshot::{Gpu, Vendor};
+use crate::health::Tracker;
 use crate::store::{Database, EventKind, NewEvent};
 
 /// How long the processes of a GPU get after SIGTERM before SIGKILL, with force.
@@ -24,11 +25,13 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reset GPU has to answer again (a few ticks).
 const COME_BACK: Duration = Duration::from_secs(30);
 
-/// Answers `Reset`.
+/// Answers `Reset`. A GPU that comes back from its reset starts a new health record: what
+/// it showed before (an Xid 79, uncorrectable errors) no longer keeps it critical.
 pub async fn reset(
     ring: &Arc<Ring>,
     context: &Arc<KillContext>,
     tools: &reset::ResetTools,
+    health: &Mutex<Tracker>,
     caller: Caller,
     request: pb::ResetRequest,
 ) -> Result<pb::ResetResponse, RpcError> {
@@ -143,6 +146,13 @@ pub async fn reset(
                 .map_err(audit::ActError::from)?
             }
         };
+        if outcome == pb::ResetOutcome::Reset {
+            let key = crate::health::key(gpu.uuid.as_ref(), vendor.name(), gpu.vendor_index);
+            health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .acknowledge(&key);
+        }
         tracing::info!(caller = %principal.user, gpu = gpu.index, pci = %pci_bus_id, ?outcome, %reason, "{action}");
         results.push(pb::ResetResult {
             gpu_index: gpu.index,
