@@ -702,3 +702,72 @@ fn an_xid_79_reaches_every_view_and_the_gpu_is_handed_out_no_more() {
     let status = daemon.stop();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn kill_new_kills_what_starts_on_a_critical_gpu_and_spares_what_was_there() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches uids and must run as root (CI does)"
+    );
+    let user = support::other_uid();
+    let mut before = support::Target::sleep(Some(user));
+    let mut newcomer = support::Target::sleep(Some(user));
+    let mut elsewhere = support::Target::sleep(Some(user));
+    let process = |target: &support::Target| json!({"pid": target.pid(), "used_memory_bytes": 512 * support::MIB});
+    let scenario = |gpu0: Value, gpu1: Value| {
+        let mut sick = full_gpu(0, gpu0);
+        sick["events"] = json!([{"at_ms": 0, "type": "xid", "data": 79}]);
+        json!({"gpus": [sick, full_gpu(1, gpu1)]})
+    };
+    let daemon = Daemon::start_with(
+        &scenario(json!([process(&before)]), json!([])),
+        support::DaemonOptions {
+            env: vec![("GPUKILL_HEALTH_ON_CRITICAL".into(), "kill-new".into())],
+            ..support::DaemonOptions::default()
+        },
+    );
+    daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus[0]["state"] == json!("critical"),
+    );
+    // Two ticks with GPU 0 critical and its first process seen.
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.set_scenario(&scenario(
+        json!([process(&before), process(&newcomer)]),
+        json!([process(&elsewhere)]),
+    ));
+    assert!(
+        newcomer.exits_within(Duration::from_secs(5)),
+        "the process that started on the critical GPU was killed\n{}",
+        daemon.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        before.alive(),
+        "the process already there is left to finish"
+    );
+    assert!(
+        elsewhere.alive(),
+        "a healthy GPU's processes are not touched"
+    );
+    let kills: Vec<Value> = daemon
+        .events_json()
+        .into_iter()
+        .filter(|event| event["action"] == json!("kill-new on GPU 0"))
+        .collect();
+    assert_eq!(kills.len(), 1, "{kills:#?}");
+    assert_eq!(
+        kills[0]["target"]["pid"],
+        json!(newcomer.pid()),
+        "{kills:#?}"
+    );
+    assert_eq!(kills[0]["outcome"], json!("terminated"), "{kills:#?}");
+    assert!(
+        kills[0]["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.starts_with("GPU 0 is critical (Xid 79")
+                && reason.ends_with("on_critical = \"kill-new\")")),
+        "{kills:#?}"
+    );
+}

@@ -133,6 +133,7 @@ impl Request<'_> {
 
     fn reason(&self, reason: &str) -> String {
         match self.context {
+            Some(context) if reason.is_empty() => context.to_string(),
             Some(context) => format!("{context}; {reason}"),
             None => reason.to_string(),
         }

@@ -16,12 +16,20 @@ pub enum OnCritical {
     /// Tell, and hand the GPU out no more (`reserve`, `run`) until it is healthy again.
     #[default]
     Drain,
+    /// Tell, drain, and kill every process that starts on the GPU while it is unfit (those
+    /// already there are left to finish).
+    KillNew,
 }
 
 impl OnCritical {
     /// Whether an unfit GPU is kept from `reserve` and `run`.
     pub fn drains(self) -> bool {
-        self == OnCritical::Drain
+        matches!(self, OnCritical::Drain | OnCritical::KillNew)
+    }
+
+    /// Whether processes that start on an unfit GPU are killed.
+    pub fn kills_new(self) -> bool {
+        self == OnCritical::KillNew
     }
 }
 
@@ -39,7 +47,7 @@ pub struct HealthConfig {
     /// (`hw_slowdown`, `hw_thermal`, `sw_thermal`, `hw_power_brake`, `sw_power_cap`,
     /// `sync_boost`, …).
     pub warn_on_throttle: Vec<String>,
-    /// What a `critical` or `lost` GPU leads to: `notify` or `drain`.
+    /// What a `critical` or `lost` GPU leads to: `notify`, `drain` or `kill-new`.
     pub on_critical: OnCritical,
 }
 

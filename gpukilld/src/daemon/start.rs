@@ -112,11 +112,17 @@ where
             notifier,
         });
         let (ring, log, stopped) = (Arc::clone(&ring), Arc::clone(log), stopped.clone());
+        let kill_new = config
+            .health
+            .on_critical
+            .kills_new()
+            .then(|| kill_context.protection.clone());
         tasks.spawn("health-events", OnPanic::Restart, move || {
             health_events::run(
                 Arc::clone(&ring),
                 Arc::clone(&log),
                 Arc::clone(&announce),
+                kill_new.clone().map(health_events::kill_new::KillNew::new),
                 stopped.clone(),
             )
         });

@@ -538,7 +538,14 @@ impl GpuKillService for Service {
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
         answer(&self.kill.store, request, Access::Act, |caller, message| {
-            reset::reset(&self.ring, &self.kill, &self.reset, &self.health, caller, message)
+            reset::reset(
+                &self.ring,
+                &self.kill,
+                &self.reset,
+                &self.health,
+                caller,
+                message,
+            )
         })
         .await
     }

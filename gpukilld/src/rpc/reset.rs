@@ -15,9 +15,9 @@ use crate::actions::audit;
 use crate::actions::kill::{self, KillOptions, Outcome, Selector};
 use crate::actions::reset;
 use crate::authz::{Caller, Principal};
+use crate::health::Tracker;
 use crate::ring::Ring;
 use crate::snapshot::{Gpu, Vendor};
-use crate::health::Tracker;
 use crate::store::{Database, EventKind, NewEvent};
 
 /// How long the processes of a GPU get after SIGTERM before SIGKILL, with force.

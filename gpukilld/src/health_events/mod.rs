@@ -1,7 +1,10 @@
 //! The audit trail of GPU health: a `health` event each time a GPU's state changes and for
 //! each Xid it reports, written from the snapshots in the ring (so the sampler never waits
 //! on the store), each also logged and posted to the guard policy's webhook (`[notify]`). A
-//! GPU first seen in a state other than ok or unknown is recorded too.
+//! GPU first seen in a state other than ok or unknown is recorded too. With
+//! `[health] on_critical = "kill-new"`, [`kill_new`] acts on the same snapshots.
+
+pub mod kill_new;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use crate::health::{self, GpuHealth, HealthState, xid};
 use crate::ring::Ring;
 use crate::snapshot::{Gpu, Snapshot};
 use crate::store::{Database, EventCaller, EventKind, NewEvent};
+use kill_new::KillNew;
 
 /// What was last recorded of one GPU.
 #[derive(Debug, Clone, Copy)]
@@ -193,17 +197,24 @@ impl Announce {
 }
 
 /// Records health events from every new snapshot until `stop` turns true, announcing each
-/// once it is recorded.
+/// once it is recorded; with `kill_new`, kills the processes that start on unfit GPUs.
 pub async fn run(
     ring: Arc<Ring>,
     store: Arc<Database>,
     announce: Arc<Announce>,
+    mut kill_new: Option<KillNew>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut updates = ring.updates();
     let mut events = HealthEvents::default();
     let mut latest = ring.latest();
     loop {
+        if let Some(kill_new) = &mut kill_new {
+            let newcomers = kill_new.newcomers(&latest);
+            if !newcomers.is_empty() {
+                kill_new.spawn_kill(&store, newcomers);
+            }
+        }
         let changes = events.changes(&latest);
         if !changes.is_empty() {
             let new = changes.iter().map(|change| change.event.clone()).collect();
