@@ -771,3 +771,152 @@ fn kill_new_kills_what_starts_on_a_critical_gpu_and_spares_what_was_there() {
         "{kills:#?}"
     );
 }
+
+#[test]
+fn each_condition_has_its_state_reason_and_metric_through_the_daemon() {
+    let metrics_port = support::pki::free_port();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let scenario = |later: bool| {
+        let mut throttled = full_gpu(0, json!([]));
+        throttled["throttle_reasons"] = json!(Throttle::HW_THERMAL);
+        let mut ecc = full_gpu(1, json!([]));
+        ecc["ecc_volatile_uncorrected"] = json!(if later { 2 } else { 0 });
+        let mut remap = full_gpu(2, json!([]));
+        remap["remapped_rows"] = json!({"correctable": 4, "uncorrectable": 0,
+                                        "pending": true, "failure": later});
+        let mut retired = full_gpu(3, json!([]));
+        retired["retired_pages_sbe"] = json!(2);
+        retired["retired_pages_dbe"] = json!(1);
+        retired["retired_pages_pending"] = json!(true);
+        let mut bare = full_gpu(4, json!([]));
+        let fields = bare.as_object_mut().expect("an object");
+        fields.remove("ecc_volatile_corrected");
+        fields.remove("ecc_volatile_uncorrected");
+        json!({"gpus": [throttled, ecc, remap, retired, bare]})
+    };
+    let daemon = Daemon::start_with(
+        &scenario(false),
+        support::DaemonOptions {
+            env: vec![(
+                "GPUKILL_METRICS_LISTEN".into(),
+                format!("127.0.0.1:{metrics_port}"),
+            )],
+            ..support::DaemonOptions::default()
+        },
+    );
+    let conditions = |gpu: &Value| -> Vec<String> {
+        gpu["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|reason| reason["condition"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // The slow counters (remapped rows, retired pages) are read on the first poll.
+    let first = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus[2]["remap_pending"] == json!(true) && gpus[3]["retired_pending"] == json!(true),
+    );
+    assert_eq!(first[0]["state"], json!("warning"), "{first:#}");
+    assert_eq!(first[0]["throttle"], json!(["hw_thermal"]));
+    assert_eq!(conditions(&first[0]), ["throttle"]);
+    assert_eq!(first[1]["state"], json!("ok"), "{:#}", first[1]);
+    assert_eq!(first[2]["state"], json!("warning"), "{:#}", first[2]);
+    assert_eq!(conditions(&first[2]), ["remap_pending"]);
+    assert_eq!(first[3]["state"], json!("warning"), "{:#}", first[3]);
+    assert_eq!(conditions(&first[3]), ["retirement_pending"]);
+    assert_eq!(
+        first[4]["state"],
+        json!("unknown"),
+        "nothing readable: {:#}",
+        first[4]
+    );
+    for field in [
+        "ecc_sbe_volatile",
+        "ecc_dbe_volatile",
+        "retired_sbe",
+        "remapped_correctable",
+        "throttle_reasons",
+        "pstate",
+    ] {
+        assert_eq!(first[4][field], Value::Null, "{field} is absent, not 0");
+    }
+
+    let exposition = support::http::request(metrics, "GET", "/metrics").body;
+    let metric = |family: &str, gpu: u32| sample(&exposition, family, &[&format!("gpu=\"{gpu}\"")]);
+    assert_eq!(
+        metric("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", 0).as_deref(),
+        Some("64"),
+        "{exposition}"
+    );
+    assert_eq!(
+        metric("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 2).as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        metric("DCGM_FI_DEV_ROW_REMAP_FAILURE", 2).as_deref(),
+        Some("0")
+    );
+    assert_eq!(metric("DCGM_FI_DEV_RETIRED_SBE", 3).as_deref(), Some("2"));
+    assert_eq!(metric("DCGM_FI_DEV_RETIRED_DBE", 3).as_deref(), Some("1"));
+    assert_eq!(
+        metric("DCGM_FI_DEV_RETIRED_PENDING", 3).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", 1).as_deref(),
+        Some("0")
+    );
+    for family in [
+        "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
+    ] {
+        assert_eq!(metric(family, 4), None, "{family} absent on GPU 4");
+    }
+    assert_eq!(
+        sample(
+            &exposition,
+            "gpukill_gpu_health_state",
+            &["gpu=\"4\"", "state=\"unknown\""]
+        )
+        .as_deref(),
+        Some("1")
+    );
+
+    // Double-bit errors rise and a row cannot be remapped: both critical.
+    daemon.set_scenario(&scenario(true));
+    let later = daemon.wait_for_json(
+        &["health", "--output", "json"],
+        Duration::from_secs(10),
+        |gpus| gpus[1]["state"] == json!("critical") && gpus[2]["state"] == json!("critical"),
+    );
+    assert_eq!(
+        conditions(&later[1]),
+        ["ecc_uncorrectable"],
+        "{:#}",
+        later[1]
+    );
+    assert_eq!(conditions(&later[2])[0], "remap_failure", "{:#}", later[2]);
+    assert_eq!(later[0]["state"], json!("warning"), "the others unchanged");
+    let exposition = support::http::request(metrics, "GET", "/metrics").body;
+    let metric = |family: &str, gpu: u32| sample(&exposition, family, &[&format!("gpu=\"{gpu}\"")]);
+    assert_eq!(
+        metric("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", 1).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        metric("DCGM_FI_DEV_ROW_REMAP_FAILURE", 2).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        sample(
+            &exposition,
+            "gpukill_gpu_health_state",
+            &["gpu=\"1\"", "state=\"critical\""]
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
