@@ -699,8 +699,13 @@ fn an_xid_79_reaches_every_view_and_the_gpu_is_handed_out_no_more() {
     );
     let run = daemon.ctl_as(user, &["run", "--gpus", "3", "--", "/bin/true"]);
     assert!(run.status.success(), "{run:?}");
+    // SIGTERM: the event thread, waiting on all three GPUs, does not hold the daemon up.
+    let stopping = Instant::now();
     let status = daemon.stop();
     assert!(status.success(), "{status}");
+    let stopped = stopping.elapsed();
+    eprintln!("stopped {stopped:?} after SIGTERM");
+    assert!(stopped < Duration::from_secs(1), "stopped {stopped:?} after SIGTERM");
 }
 
 #[test]
