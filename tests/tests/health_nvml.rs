@@ -705,7 +705,10 @@ fn an_xid_79_reaches_every_view_and_the_gpu_is_handed_out_no_more() {
     assert!(status.success(), "{status}");
     let stopped = stopping.elapsed();
     eprintln!("stopped {stopped:?} after SIGTERM");
-    assert!(stopped < Duration::from_secs(1), "stopped {stopped:?} after SIGTERM");
+    assert!(
+        stopped < Duration::from_secs(1),
+        "stopped {stopped:?} after SIGTERM"
+    );
 }
 
 #[test]
