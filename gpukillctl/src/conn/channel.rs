@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::codegen::StdError;
 use tonic::transport::{Channel, Endpoint};
 
+use super::direct::Direct;
 use super::reasons::{connect_reason, no_answer, tls_error, tls_hint};
 use super::{CONNECT_TIMEOUT, REMOTE_CONNECT_TIMEOUT, RemoteAddress, peer};
 use crate::error::Error;
@@ -17,29 +18,21 @@ use crate::error::Error;
 pub(super) async fn connect_unix(
     path: &Path,
     trusted: &peer::TrustedPeers,
-) -> Result<Channel, Error> {
+) -> Result<Direct, Error> {
     let unreachable = |reason: String| Error::Unreachable {
         socket: path.to_path_buf(),
         reason,
     };
-    // The URI is required by tonic but unused: the connector below ignores it.
-    let endpoint = Endpoint::from_static("http://[::]:50051").connect_timeout(CONNECT_TIMEOUT);
-    let (socket, checker) = (path.to_path_buf(), trusted.clone());
-    let connecting = endpoint.connect_with_connector(tower::service_fn(move |_| {
-        let (socket, checker) = (socket.clone(), checker.clone());
-        async move {
-            let stream = UnixStream::connect(socket).await?;
-            // Before the HTTP/2 preface: an untrusted server gets not one byte. Every
-            // reconnection of the channel comes through here again.
-            checker.check(&stream)?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    }));
-    // The endpoint's connect timeout covers connect(2) only; this one also covers a daemon
-    // that accepts but never completes the HTTP/2 handshake.
+    let connecting = async {
+        let stream = UnixStream::connect(path).await?;
+        // Before the HTTP/2 preface: an untrusted server gets not one byte.
+        trusted.check(&stream)?;
+        Direct::handshake(stream).await.map_err(StdError::from)
+    };
+    // Covers connect(2) and a daemon that accepts but never completes the HTTP/2 handshake.
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => match peer::untrusted(&err) {
+        Ok(Ok(direct)) => Ok(direct),
+        Ok(Err(err)) => match peer::untrusted(&*err) {
             Some(server) => Err(Error::UntrustedDaemon {
                 socket: path.to_path_buf(),
                 uid: server.uid,
@@ -50,7 +43,7 @@ pub(super) async fn connect_unix(
                     .daemon_user()
                     .map(|(name, uid)| format!("{name}, uid {uid}")),
             }),
-            None => Err(unreachable(connect_reason(&err, CONNECT_TIMEOUT))),
+            None => Err(unreachable(connect_reason(&*err, CONNECT_TIMEOUT))),
         },
         Err(_elapsed) => Err(unreachable(no_answer(CONNECT_TIMEOUT))),
     }

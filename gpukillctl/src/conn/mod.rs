@@ -15,7 +15,9 @@
 mod address;
 mod args;
 mod channel;
+mod coalesce;
 mod credentials;
+mod direct;
 pub mod peer;
 mod reasons;
 mod target;

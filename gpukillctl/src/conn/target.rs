@@ -12,7 +12,7 @@ use super::args::{CA_ENV, CERT_ENV, ConnectArgs, KEY_ENV, NODE_ENV, TOKEN_FILE_E
 use super::channel::{connect_remote, connect_unix};
 use super::credentials::{read_certificates, read_private_key, read_token};
 use super::reasons::{broken_hint, innermost};
-use super::transport::{Broken, RequestMetadata, Transport};
+use super::transport::{Broken, Link, RequestMetadata, Transport};
 use super::{Address, REMOTE_CONNECT_TIMEOUT, RemoteAddress, peer};
 use crate::error::Error;
 
@@ -113,19 +113,20 @@ impl Target {
     pub(super) async fn channel(&self) -> Result<Transport, Error> {
         match &self.place {
             Place::Unix(path, trusted) => Ok(Transport {
-                channel: connect_unix(path, trusted).await?,
-                broken: None,
+                link: Link::Unix(connect_unix(path, trusted).await?),
             }),
             Place::Remote {
                 address,
                 endpoint,
                 client_certificate,
             } => Ok(Transport {
-                channel: connect_remote(address, endpoint).await?,
-                broken: Some(Arc::new(Broken {
-                    address: address.url(),
-                    hint: broken_hint(address, *client_certificate),
-                })),
+                link: Link::Remote(
+                    connect_remote(address, endpoint).await?,
+                    Arc::new(Broken {
+                        address: address.url(),
+                        hint: broken_hint(address, *client_certificate),
+                    }),
+                ),
             }),
         }
     }

@@ -8,17 +8,25 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 use super::NODE_HEADER;
+use super::direct::Direct;
 use super::reasons::innermost;
 
 /// A connection to gpukilld. Over TCP, a connection that breaks under a call becomes an
 /// UNAVAILABLE status naming the address and what to check (with TLS 1.3, a server that
 /// refuses the client certificate says so only by closing the connection after the
-/// handshake); on the Unix socket, errors pass through as tonic reports them.
+/// handshake); on the Unix socket, errors pass through as hyper reports them.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    pub(super) channel: Channel,
-    /// For a TCP target: what to say when the connection breaks.
-    pub(super) broken: Option<Arc<Broken>>,
+    pub(super) link: Link,
+}
+
+/// What carries the requests.
+#[derive(Debug, Clone)]
+pub(super) enum Link {
+    /// The Unix socket: one HTTP/2 connection, without tonic's channel around it.
+    Unix(Direct),
+    /// TCP (and TLS): tonic's channel, and what to say when the connection breaks.
+    Remote(Channel, Arc<Broken>),
 }
 
 /// What a broken TCP connection is reported with.
@@ -31,17 +39,14 @@ pub(super) struct Broken {
 }
 
 impl Transport {
-    /// The status for the transport error `err`: UNAVAILABLE naming the address over TCP.
-    fn error(broken: Option<&Broken>, err: tonic::transport::Error) -> tonic::codegen::StdError {
-        match broken {
-            None => Box::new(err),
-            Some(broken) => Box::new(tonic::Status::unavailable(format!(
-                "the connection to gpukilld at {} broke: {} ({})",
-                broken.address,
-                innermost(&err),
-                broken.hint
-            ))),
-        }
+    /// The status for the transport error `err` over TCP: UNAVAILABLE naming the address.
+    fn error(broken: &Broken, err: tonic::transport::Error) -> tonic::codegen::StdError {
+        Box::new(tonic::Status::unavailable(format!(
+            "the connection to gpukilld at {} broke: {} ({})",
+            broken.address,
+            innermost(&err),
+            broken.hint
+        )))
     }
 }
 
@@ -56,19 +61,23 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Transp
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        let broken = self.broken.clone();
-        self.channel
-            .poll_ready(cx)
-            .map_err(|err| Transport::error(broken.as_deref(), err))
+        match &mut self.link {
+            Link::Unix(direct) => direct.poll_ready(cx),
+            Link::Remote(channel, broken) => channel
+                .poll_ready(cx)
+                .map_err(|err| Transport::error(broken, err)),
+        }
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
-        let broken = self.broken.clone();
-        let call = self.channel.call(request);
-        Box::pin(async move {
-            call.await
-                .map_err(|err| Transport::error(broken.as_deref(), err))
-        })
+        match &mut self.link {
+            Link::Unix(direct) => direct.call(request),
+            Link::Remote(channel, broken) => {
+                let broken = broken.clone();
+                let call = channel.call(request);
+                Box::pin(async move { call.await.map_err(|err| Transport::error(&broken, err)) })
+            }
+        }
     }
 }
 
