@@ -353,6 +353,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_count_the_kept_back_gpus_make_impossible_is_refused_even_in_the_queue() {
+        let log = Arc::new(Database::start_in_memory().unwrap());
+        let reservations = load(&log).await;
+        for index in [1, 3] {
+            reservations
+                .drain(&admin(), index, "maintenance".to_owned())
+                .await
+                .unwrap();
+        }
+        let alice = requester(1000, false);
+        // A queued request (a ticket) would wait for busy GPUs; not for drained ones.
+        let three = request(LeaseKind::Run, Want::Count(3));
+        let Err(ReservationError::Busy(message)) = reservations.grant(&alice, &three, Some(1))
+        else {
+            panic!("three of four GPUs with two drained was not refused");
+        };
+        assert!(
+            message.starts_with("3 GPUs asked for: only 2 of this node's 4 GPUs are handed out now; GPU 1 is drained by u0")
+                && message.contains("GPU 3 is drained by u0"),
+            "{message}"
+        );
+        let two = request(LeaseKind::Run, Want::Count(2));
+        let granted = reservations.grant(&alice, &two, Some(1)).unwrap();
+        assert!(granted.is_some(), "the two GPUs left are handed out");
+    }
+
+    #[tokio::test]
     async fn an_undrain_wakes_the_requests_waiting_for_gpus() {
         let log = Arc::new(Database::start_in_memory().unwrap());
         let reservations = load(&log).await;
