@@ -135,4 +135,16 @@ impl GpuHealth {
     pub fn last_xid(&self) -> Option<u64> {
         self.recent_xids.last().map(|xid| xid.code)
     }
+
+    /// The state and the reasons that make the GPU unfit for work, as people read them:
+    /// `critical (Xid 79 (GPU has fallen off the bus))`.
+    pub fn unfit_summary(&self) -> String {
+        let reasons: Vec<&str> = self
+            .reasons
+            .iter()
+            .filter(|reason| reason.severity.is_unfit())
+            .map(|reason| reason.text.as_str())
+            .collect();
+        format!("{} ({})", self.state, reasons.join("; "))
+    }
 }

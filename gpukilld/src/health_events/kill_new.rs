@@ -80,19 +80,12 @@ impl KillNew {
                 }
             }
             if !targets.is_empty() {
-                let reasons: Vec<&str> = gpu
-                    .health
-                    .reasons
-                    .iter()
-                    .map(|reason| reason.text.as_str())
-                    .collect();
                 found.push(Newcomers {
                     gpu_index: gpu.index,
                     why: format!(
-                        "GPU {} is {} ({}): no new processes while it is ([health] on_critical = \"kill-new\")",
+                        "GPU {} is {}: no new processes while it is ([health] on_critical = \"kill-new\")",
                         gpu.index,
-                        gpu.health.state,
-                        reasons.join("; ")
+                        gpu.health.unfit_summary()
                     ),
                     targets,
                 });

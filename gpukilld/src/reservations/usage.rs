@@ -153,20 +153,8 @@ pub fn assess(
                 (Some(_), true) => GpuState::Reserved,
                 (Some(_), false) => GpuState::WrongUser,
             };
-            let unfit = (drain_unhealthy && gpu.health.state.is_unfit()).then(|| {
-                let reasons: Vec<&str> = gpu
-                    .health
-                    .reasons
-                    .iter()
-                    .filter(|reason| reason.severity.is_unfit())
-                    .map(|reason| reason.text.as_str())
-                    .collect();
-                format!(
-                    "its health is {} ({})",
-                    gpu.health.state,
-                    reasons.join("; ")
-                )
-            });
+            let unfit = (drain_unhealthy && gpu.health.state.is_unfit())
+                .then(|| format!("its health is {}", gpu.health.unfit_summary()));
             let drained = drains
                 .iter()
                 .find(|drain| drain.gpu_key == gpu_ref.key)
