@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::messages::event;
 use super::usage::GpuRef;
-use super::{Pending, ReservationError, Reservations};
+use super::{Pending, ReservationError, Reservations, assessment_of};
 use crate::store::{DrainRow, EventCaller, ReservationRow, rfc3339_ms, unix_ms};
 
 /// The longest drain reason accepted, in bytes: a longer one is refused, not cut, so the
@@ -57,12 +57,7 @@ impl Reservations {
         let (drained, pending) = {
             let mut state = self.lock();
             let assessed = self.assess(&snapshot, &state);
-            let assessment = assessed.iter().find(|a| a.gpu.index == index).ok_or(
-                ReservationError::NoSuchGpu {
-                    index,
-                    gpus: assessed.len(),
-                },
-            )?;
+            let assessment = assessment_of(&assessed, index)?;
             if let Some(drain) = &assessment.drained {
                 return Ok(Drained {
                     gpu: assessment.gpu.clone(),

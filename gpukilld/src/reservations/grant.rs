@@ -10,7 +10,7 @@ use super::messages::{busy_message, describe, event, note_suffix};
 use super::usage::{Assessment, GpuRef};
 use super::{
     Grant, LeaseRequest, Pending, Requester, ReservationError, Reservations, RunLease, Want,
-    clip_note,
+    assessment_of, clip_note,
 };
 use crate::snapshot::{Snapshot, Vendor};
 use crate::store::{LeaseKind, NewEvent, ReservationRow, rfc3339_ms, unix_ms};
@@ -107,12 +107,7 @@ impl Reservations {
                 let mut chosen = Vec::new();
                 let mut refusals = Vec::new();
                 for index in indices {
-                    let assessment = assessed.iter().find(|a| a.gpu.index == *index).ok_or(
-                        ReservationError::NoSuchGpu {
-                            index: *index,
-                            gpus: assessed.len(),
-                        },
-                    )?;
+                    let assessment = assessment_of(&assessed, *index)?;
                     if chosen.iter().any(|gpu: &GpuRef| gpu.index == *index) {
                         return Err(ReservationError::Duplicate(*index));
                     }

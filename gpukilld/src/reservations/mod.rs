@@ -281,6 +281,17 @@ impl State {
     }
 }
 
+/// GPU `index` among the `assessed` GPUs, or why there is none.
+fn assessment_of(assessed: &[Assessment], index: u32) -> Result<&Assessment, ReservationError> {
+    assessed
+        .iter()
+        .find(|a| a.gpu.index == index)
+        .ok_or(ReservationError::NoSuchGpu {
+            index,
+            gpus: assessed.len(),
+        })
+}
+
 /// The reservations, or why there are none (they are kept in the store, which could not be
 /// opened).
 pub type ReservationsHandle = Result<Arc<Reservations>, String>;
