@@ -24,27 +24,26 @@ use super::table::ABSENT;
 use super::time::{TimeZone, age, date_time, rfc3339_millis};
 use crate::error::Error;
 
+/// `: REASON`, or nothing when no reason was given.
+fn reason_suffix(drain: &GpuDrain) -> String {
+    if drain.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", drain.reason)
+    }
+}
+
 /// `by alice since DATE TIME: REASON` (no reason: nothing after the time).
 fn by_since(drain: &GpuDrain, tz: TimeZone) -> String {
     let since = date_time(drain.since_unix_ms, tz).unwrap_or_else(|| ABSENT.to_owned());
-    let mut text = format!("by {} since {since}", drain.by);
-    if !drain.reason.is_empty() {
-        text.push_str(": ");
-        text.push_str(&drain.reason);
-    }
-    text
+    format!("by {} since {since}{}", drain.by, reason_suffix(drain))
 }
 
 /// The STATUS words of a drained GPU: `DRAINED by alice 2h ago: REASON`, the time as of
 /// `now_ms`.
 pub fn drained_text(drain: &GpuDrain, now_ms: i64) -> String {
     let ago = age(now_ms.saturating_sub(drain.since_unix_ms));
-    let mut text = format!("DRAINED by {} {ago} ago", drain.by);
-    if !drain.reason.is_empty() {
-        text.push_str(": ");
-        text.push_str(&drain.reason);
-    }
-    text
+    format!("DRAINED by {} {ago} ago{}", drain.by, reason_suffix(drain))
 }
 
 /// The lines of `gpukillctl drain`.
