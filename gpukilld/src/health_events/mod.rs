@@ -183,15 +183,17 @@ pub struct Announce {
 }
 
 impl Announce {
-    fn announce(&self, change: &Change) {
-        let notice = &change.notice;
-        if matches!(notice.state.as_str(), "critical" | "lost") || notice.xid.is_some() {
-            tracing::warn!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
-        } else {
-            tracing::info!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
-        }
-        if let Some(config) = self.guard.notify_config() {
-            self.notifier.send(&config, notice.clone());
+    fn announce(&self, notices: Vec<HealthNotice>) {
+        let config = self.guard.notify_config();
+        for notice in notices {
+            if matches!(notice.state.as_str(), "critical" | "lost") || notice.xid.is_some() {
+                tracing::warn!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
+            } else {
+                tracing::info!(gpu = notice.gpu_index, state = %notice.state, "GPU health: {}", notice.description);
+            }
+            if let Some(config) = &config {
+                self.notifier.send(config, notice);
+            }
         }
     }
 }
@@ -217,13 +219,14 @@ pub async fn run(
         }
         let changes = events.changes(&latest);
         if !changes.is_empty() {
-            let new = changes.iter().map(|change| change.event.clone()).collect();
+            let (new, notices): (Vec<NewEvent>, Vec<HealthNotice>) = changes
+                .into_iter()
+                .map(|change| (change.event, change.notice))
+                .unzip();
             if let Err(error) = store.record(new).await {
                 tracing::error!(%error, "cannot record GPU health events");
             }
-            for change in &changes {
-                announce.announce(change);
-            }
+            announce.announce(notices);
         }
         latest = tokio::select! {
             update = updates.recv() => match update {
